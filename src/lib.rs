@@ -1,8 +1,15 @@
 //! focalflow: train image classifiers with losses made for imbalanced data and
 //! overconfident models, on a fast CPU backend and hand-written CUDA kernels.
 
+pub mod backend;
+pub mod data;
 pub mod element;
 pub mod error;
+pub mod loss;
+pub mod model;
+pub mod npy;
+pub mod optim;
+pub mod rng;
 
 pub use element::Element;
 pub use error::{Error, Result};

@@ -1,0 +1,590 @@
+//! The CPU backend: convolutions as im2col + GEMM (the `gemm` crate), rayon over the images
+//! of a batch, scratch buffers reused across steps. Generic over the element type so that
+//! the very same code is the f64 reference of the gradient checks.
+
+use std::marker::PhantomData;
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::gemm::{MatRef, matmul};
+use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
+use crate::loss::{LossConfig, loss_forward_backward};
+use crate::{Element, Error, Result};
+
+/// Below this many elements an elementwise loop is not worth splitting across threads.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
+pub struct CpuBackend<T> {
+    /// Scratch buffers (im2col matrices, per-thread partial gradients), taken and returned
+    /// by workers so that a training step allocates nothing after the first.
+    scratch: Mutex<Vec<Vec<T>>>,
+    _t: PhantomData<T>,
+}
+
+impl<T: Element> Default for CpuBackend<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Element> CpuBackend<T> {
+    pub fn new() -> Self {
+        CpuBackend {
+            scratch: Mutex::new(Vec::new()),
+            _t: PhantomData,
+        }
+    }
+
+    /// A scratch buffer of exactly `len` elements (contents unspecified).
+    fn take_scratch(&self, len: usize) -> Vec<T> {
+        let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        // Prefer the smallest buffer that is large enough, so big ones stay for big jobs.
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        let mut buf = match best {
+            Some(i) => pool.swap_remove(i),
+            None => pool.pop().unwrap_or_default(),
+        };
+        buf.resize(len, T::zero());
+        buf
+    }
+
+    fn give_scratch(&self, buf: Vec<T>) {
+        self.scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(buf);
+    }
+
+    /// Images processed per rayon task: enough tasks to keep every thread busy.
+    fn images_per_task(batch: usize) -> usize {
+        batch.div_ceil(rayon::current_num_threads()).max(1)
+    }
+}
+
+fn check_len<T>(what: &str, buf: &[T], needed: usize) -> Result<()> {
+    if buf.len() < needed {
+        return Err(Error::Shape(format!(
+            "{what} holds {} elements, the operation needs {needed}",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the im2col matrix of one image: row `oh*out_w + ow` holds the receptive field of
+/// that output pixel in (kh, kw, c) order — the order of an HWIO kernel's rows.
+fn im2col<T: Element>(s: &ConvShape, image: &[T], col: &mut [T]) {
+    let (pad_top, pad_left) = s.pad_before();
+    let (out_h, out_w, c) = (s.out_h(), s.out_w(), s.in_c);
+    let patch = s.patch_len();
+    for oh in 0..out_h {
+        for ow in 0..out_w {
+            let row = &mut col[(oh * out_w + ow) * patch..][..patch];
+            for kh in 0..s.kernel_h {
+                let ih = (oh + kh) as isize - pad_top as isize;
+                let dst = &mut row[kh * s.kernel_w * c..][..s.kernel_w * c];
+                if ih < 0 || ih >= s.in_h as isize {
+                    dst.fill(T::zero());
+                    continue;
+                }
+                let iw0 = ow as isize - pad_left as isize;
+                if iw0 >= 0 && iw0 as usize + s.kernel_w <= s.in_w {
+                    // The whole kernel row is inside the image: one contiguous copy.
+                    let start = (ih as usize * s.in_w + iw0 as usize) * c;
+                    dst.copy_from_slice(&image[start..start + s.kernel_w * c]);
+                } else {
+                    for kw in 0..s.kernel_w {
+                        let iw = iw0 + kw as isize;
+                        let d = &mut dst[kw * c..][..c];
+                        if iw < 0 || iw >= s.in_w as isize {
+                            d.fill(T::zero());
+                        } else {
+                            let start = (ih as usize * s.in_w + iw as usize) * c;
+                            d.copy_from_slice(&image[start..start + c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of `im2col`: adds every row of `col` back onto the pixels it was read from.
+fn col2im_add<T: Element>(s: &ConvShape, col: &[T], image: &mut [T]) {
+    let (pad_top, pad_left) = s.pad_before();
+    let (out_h, out_w, c) = (s.out_h(), s.out_w(), s.in_c);
+    let patch = s.patch_len();
+    for oh in 0..out_h {
+        for ow in 0..out_w {
+            let row = &col[(oh * out_w + ow) * patch..][..patch];
+            for kh in 0..s.kernel_h {
+                let ih = (oh + kh) as isize - pad_top as isize;
+                if ih < 0 || ih >= s.in_h as isize {
+                    continue;
+                }
+                for kw in 0..s.kernel_w {
+                    let iw = ow as isize + kw as isize - pad_left as isize;
+                    if iw < 0 || iw >= s.in_w as isize {
+                        continue;
+                    }
+                    let src = &row[(kh * s.kernel_w + kw) * c..][..c];
+                    let start = (ih as usize * s.in_w + iw as usize) * c;
+                    for (d, &v) in image[start..start + c].iter_mut().zip(src) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Numerically stable softmax of one row (the maximum is subtracted before `exp`).
+pub fn softmax_row<T: Element>(z: &[T], p: &mut [T]) {
+    let max = z.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+    let mut sum = T::zero();
+    for (pi, &zi) in p.iter_mut().zip(z) {
+        *pi = (zi - max).exp();
+        sum += *pi;
+    }
+    for pi in p.iter_mut() {
+        *pi = *pi / sum;
+    }
+}
+
+/// `rows[r] = rows[r] + bias`, then ReLU if asked, for a row-major `[_, bias.len()]` block.
+fn add_bias_relu<T: Element>(rows: &mut [T], bias: &[T], relu: bool) {
+    for row in rows.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            let s = *v + b;
+            *v = if relu && s <= T::zero() { T::zero() } else { s };
+        }
+    }
+}
+
+/// Column sums of a row-major `[_, out.len()]` block, added to `out`.
+fn add_column_sums<T: Element>(rows: &[T], out: &mut [T]) {
+    for row in rows.chunks_exact(out.len()) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+impl<T: Element> Backend for CpuBackend<T> {
+    type E = T;
+    type Buf = Vec<T>;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zero(); len])
+    }
+
+    fn write(&self, buf: &mut Vec<T>, host: &[T]) -> Result<()> {
+        check_len("destination buffer", buf, host.len())?;
+        buf[..host.len()].copy_from_slice(host);
+        Ok(())
+    }
+
+    fn read(&self, buf: &Vec<T>, len: usize) -> Result<Vec<T>> {
+        check_len("source buffer", buf, len)?;
+        Ok(buf[..len].to_vec())
+    }
+
+    fn conv2d_forward(
+        &self,
+        s: &ConvShape,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        b: &Vec<T>,
+        y: &mut Vec<T>,
+        relu: bool,
+    ) -> Result<()> {
+        check_len("conv input", x, s.input_len())?;
+        check_len("conv kernel", w, s.kernel_len())?;
+        check_len("conv bias", b, s.out_c)?;
+        check_len("conv output", y, s.output_len())?;
+        let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
+        let pixels = s.out_h() * s.out_w();
+        let per_task = Self::images_per_task(s.batch);
+        let gemm_parallel = s.batch < rayon::current_num_threads();
+        y[..s.output_len()]
+            .par_chunks_mut(out_img * per_task)
+            .zip(x[..s.input_len()].par_chunks(in_img * per_task))
+            .for_each(|(ys, xs)| {
+                let mut col = self.take_scratch(pixels * s.patch_len());
+                for (yi, xi) in ys.chunks_exact_mut(out_img).zip(xs.chunks_exact(in_img)) {
+                    im2col(s, xi, &mut col);
+                    matmul(
+                        yi,
+                        MatRef::row_major(&col, pixels, s.patch_len()),
+                        MatRef::row_major(&w[..s.kernel_len()], s.patch_len(), s.out_c),
+                        false,
+                        gemm_parallel,
+                    );
+                    add_bias_relu(yi, &b[..s.out_c], relu);
+                }
+                self.give_scratch(col);
+            });
+        Ok(())
+    }
+
+    fn conv2d_backward_data(
+        &self,
+        s: &ConvShape,
+        dy: &Vec<T>,
+        w: &Vec<T>,
+        dx: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("conv output gradient", dy, s.output_len())?;
+        check_len("conv kernel", w, s.kernel_len())?;
+        check_len("conv input gradient", dx, s.input_len())?;
+        let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
+        let pixels = s.out_h() * s.out_w();
+        let per_task = Self::images_per_task(s.batch);
+        let gemm_parallel = s.batch < rayon::current_num_threads();
+        dx[..s.input_len()]
+            .par_chunks_mut(in_img * per_task)
+            .zip(dy[..s.output_len()].par_chunks(out_img * per_task))
+            .for_each(|(dxs, dys)| {
+                let mut dcol = self.take_scratch(pixels * s.patch_len());
+                for (dxi, dyi) in dxs.chunks_exact_mut(in_img).zip(dys.chunks_exact(out_img)) {
+                    // dcol[pixels, patch] = dy[pixels, out_c] @ w^T[out_c, patch]
+                    matmul(
+                        &mut dcol,
+                        MatRef::row_major(dyi, pixels, s.out_c),
+                        MatRef::transposed(&w[..s.kernel_len()], s.out_c, s.patch_len()),
+                        false,
+                        gemm_parallel,
+                    );
+                    dxi.fill(T::zero());
+                    col2im_add(s, &dcol, dxi);
+                }
+                self.give_scratch(dcol);
+            });
+        Ok(())
+    }
+
+    fn conv2d_backward_filter(
+        &self,
+        s: &ConvShape,
+        x: &Vec<T>,
+        dy: &Vec<T>,
+        dw: &mut Vec<T>,
+        db: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("conv input", x, s.input_len())?;
+        check_len("conv output gradient", dy, s.output_len())?;
+        check_len("conv kernel gradient", dw, s.kernel_len())?;
+        check_len("conv bias gradient", db, s.out_c)?;
+        let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
+        let pixels = s.out_h() * s.out_w();
+        let per_task = Self::images_per_task(s.batch);
+        let gemm_parallel = s.batch < rayon::current_num_threads();
+        let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
+        // Each task sums its images' gradients into a private [dw | db] buffer; the partial
+        // sums are added up at the end (a fixed order, so results are reproducible).
+        let partials: Vec<Vec<T>> = x[..s.input_len()]
+            .par_chunks(in_img * per_task)
+            .zip(dy[..s.output_len()].par_chunks(out_img * per_task))
+            .map(|(xs, dys)| {
+                let mut col = self.take_scratch(pixels * s.patch_len());
+                let mut acc = self.take_scratch(kernel_len + out_c);
+                acc.fill(T::zero());
+                for (i, (xi, dyi)) in xs
+                    .chunks_exact(in_img)
+                    .zip(dys.chunks_exact(out_img))
+                    .enumerate()
+                {
+                    im2col(s, xi, &mut col);
+                    // dw[patch, out_c] += col^T[patch, pixels] @ dy[pixels, out_c]
+                    matmul(
+                        &mut acc[..kernel_len],
+                        MatRef::transposed(&col, s.patch_len(), pixels),
+                        MatRef::row_major(dyi, pixels, out_c),
+                        i > 0,
+                        gemm_parallel,
+                    );
+                    add_column_sums(dyi, &mut acc[kernel_len..]);
+                }
+                self.give_scratch(col);
+                acc
+            })
+            .collect();
+        dw[..kernel_len].fill(T::zero());
+        db[..out_c].fill(T::zero());
+        for acc in partials {
+            for (d, &v) in dw[..kernel_len].iter_mut().zip(&acc[..kernel_len]) {
+                *d += v;
+            }
+            for (d, &v) in db[..out_c].iter_mut().zip(&acc[kernel_len..]) {
+                *d += v;
+            }
+            self.give_scratch(acc);
+        }
+        Ok(())
+    }
+
+    fn maxpool2d_forward(&self, s: &PoolShape, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
+        check_len("pool input", x, s.input_len())?;
+        check_len("pool output", y, s.output_len())?;
+        let (in_img, out_img) = (
+            s.in_h * s.in_w * s.channels,
+            s.out_h() * s.out_w() * s.channels,
+        );
+        let c = s.channels;
+        y[..s.output_len()]
+            .par_chunks_mut(out_img)
+            .zip(x[..s.input_len()].par_chunks(in_img))
+            .for_each(|(yi, xi)| {
+                for oh in 0..s.out_h() {
+                    for ow in 0..s.out_w() {
+                        let out = &mut yi[(oh * s.out_w() + ow) * c..][..c];
+                        out.fill(T::neg_infinity());
+                        for dh in 0..s.size {
+                            for dw in 0..s.size {
+                                let start = ((oh * s.size + dh) * s.in_w + ow * s.size + dw) * c;
+                                for (o, &v) in out.iter_mut().zip(&xi[start..start + c]) {
+                                    if v > *o {
+                                        *o = v;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn maxpool2d_backward(
+        &self,
+        s: &PoolShape,
+        x: &Vec<T>,
+        dy: &Vec<T>,
+        dx: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("pool input", x, s.input_len())?;
+        check_len("pool output gradient", dy, s.output_len())?;
+        check_len("pool input gradient", dx, s.input_len())?;
+        let (in_img, out_img) = (
+            s.in_h * s.in_w * s.channels,
+            s.out_h() * s.out_w() * s.channels,
+        );
+        let c = s.channels;
+        dx[..s.input_len()]
+            .par_chunks_mut(in_img)
+            .zip(x[..s.input_len()].par_chunks(in_img))
+            .zip(dy[..s.output_len()].par_chunks(out_img))
+            .for_each(|((dxi, xi), dyi)| {
+                dxi.fill(T::zero());
+                for oh in 0..s.out_h() {
+                    for ow in 0..s.out_w() {
+                        for ch in 0..c {
+                            // First maximum in row-major window order, as TF's MaxPoolGrad.
+                            let mut best = usize::MAX;
+                            let mut best_v = T::neg_infinity();
+                            for dh in 0..s.size {
+                                for dw in 0..s.size {
+                                    let idx =
+                                        ((oh * s.size + dh) * s.in_w + ow * s.size + dw) * c + ch;
+                                    if best == usize::MAX || xi[idx] > best_v {
+                                        best = idx;
+                                        best_v = xi[idx];
+                                    }
+                                }
+                            }
+                            dxi[best] += dyi[(oh * s.out_w() + ow) * c + ch];
+                        }
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn dense_forward(
+        &self,
+        s: &DenseShape,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        b: &Vec<T>,
+        y: &mut Vec<T>,
+        relu: bool,
+    ) -> Result<()> {
+        check_len("dense input", x, s.batch * s.inputs)?;
+        check_len("dense kernel", w, s.inputs * s.outputs)?;
+        check_len("dense bias", b, s.outputs)?;
+        check_len("dense output", y, s.batch * s.outputs)?;
+        let out = &mut y[..s.batch * s.outputs];
+        matmul(
+            out,
+            MatRef::row_major(&x[..s.batch * s.inputs], s.batch, s.inputs),
+            MatRef::row_major(&w[..s.inputs * s.outputs], s.inputs, s.outputs),
+            false,
+            true,
+        );
+        add_bias_relu(out, &b[..s.outputs], relu);
+        Ok(())
+    }
+
+    fn dense_backward(
+        &self,
+        s: &DenseShape,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        dy: &Vec<T>,
+        dx: Option<&mut Vec<T>>,
+        dw: &mut Vec<T>,
+        db: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("dense input", x, s.batch * s.inputs)?;
+        check_len("dense kernel", w, s.inputs * s.outputs)?;
+        check_len("dense output gradient", dy, s.batch * s.outputs)?;
+        check_len("dense kernel gradient", dw, s.inputs * s.outputs)?;
+        check_len("dense bias gradient", db, s.outputs)?;
+        let dy = &dy[..s.batch * s.outputs];
+        // dw[in, out] = x^T[in, batch] @ dy[batch, out]
+        matmul(
+            &mut dw[..s.inputs * s.outputs],
+            MatRef::transposed(&x[..s.batch * s.inputs], s.inputs, s.batch),
+            MatRef::row_major(dy, s.batch, s.outputs),
+            false,
+            true,
+        );
+        db[..s.outputs].fill(T::zero());
+        add_column_sums(dy, &mut db[..s.outputs]);
+        if let Some(dx) = dx {
+            check_len("dense input gradient", dx, s.batch * s.inputs)?;
+            // dx[batch, in] = dy[batch, out] @ w^T[out, in]
+            matmul(
+                &mut dx[..s.batch * s.inputs],
+                MatRef::row_major(dy, s.batch, s.outputs),
+                MatRef::transposed(&w[..s.inputs * s.outputs], s.outputs, s.inputs),
+                false,
+                true,
+            );
+        }
+        Ok(())
+    }
+
+    fn relu_backward(&self, len: usize, y: &Vec<T>, dy: &mut Vec<T>) -> Result<()> {
+        check_len("relu output", y, len)?;
+        check_len("relu gradient", dy, len)?;
+        dy[..len]
+            .par_iter_mut()
+            .with_min_len(PARALLEL_MIN_ELEMENTS)
+            .zip(&y[..len])
+            .for_each(|(d, &v)| {
+                if v <= T::zero() {
+                    *d = T::zero();
+                }
+            });
+        Ok(())
+    }
+
+    fn softmax_forward(
+        &self,
+        rows: usize,
+        cols: usize,
+        logits: &Vec<T>,
+        probs: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("logits", logits, rows * cols)?;
+        check_len("probabilities", probs, rows * cols)?;
+        for (z, p) in logits
+            .chunks_exact(cols)
+            .zip(probs.chunks_exact_mut(cols))
+            .take(rows)
+        {
+            softmax_row(z, p);
+        }
+        Ok(())
+    }
+
+    fn softmax_backward(
+        &self,
+        rows: usize,
+        cols: usize,
+        probs: &Vec<T>,
+        dprobs: &Vec<T>,
+        dlogits: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("probabilities", probs, rows * cols)?;
+        check_len("probability gradient", dprobs, rows * cols)?;
+        check_len("logit gradient", dlogits, rows * cols)?;
+        for ((p, dp), dz) in probs
+            .chunks_exact(cols)
+            .zip(dprobs.chunks_exact(cols))
+            .zip(dlogits.chunks_exact_mut(cols))
+            .take(rows)
+        {
+            let dot: T = p.iter().zip(dp).map(|(&a, &b)| a * b).sum();
+            for ((d, &pi), &dpi) in dz.iter_mut().zip(p).zip(dp) {
+                *d = pi * (dpi - dot);
+            }
+        }
+        Ok(())
+    }
+
+    fn loss(
+        &self,
+        cfg: &LossConfig,
+        batch: usize,
+        classes: usize,
+        y_true: &Vec<T>,
+        pred: &Vec<T>,
+        grad: Option<&mut Vec<T>>,
+    ) -> Result<T> {
+        let n = batch * classes;
+        check_len("labels", y_true, n)?;
+        check_len("predictions", pred, n)?;
+        let grad = match grad {
+            Some(g) => {
+                check_len("loss gradient", g, n)?;
+                Some(&mut g[..n])
+            }
+            None => None,
+        };
+        loss_forward_backward(cfg, &y_true[..n], &pred[..n], batch, classes, grad)
+    }
+
+    fn adam_update(
+        &self,
+        len: usize,
+        step: &AdamStep<T>,
+        param: &mut Vec<T>,
+        grad: &Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+    ) -> Result<()> {
+        for (what, b) in [
+            ("parameter", &*param),
+            ("gradient", grad),
+            ("first moment", &*m),
+            ("second moment", &*v),
+        ] {
+            check_len(what, b, len)?;
+        }
+        let s = *step;
+        param[..len]
+            .par_iter_mut()
+            .with_min_len(PARALLEL_MIN_ELEMENTS)
+            .zip(&grad[..len])
+            .zip(m[..len].par_iter_mut())
+            .zip(v[..len].par_iter_mut())
+            .for_each(|(((p, &g), m), v)| {
+                *m += (g - *m) * s.one_minus_beta1;
+                *v += (g * g - *v) * s.one_minus_beta2;
+                *p -= *m * s.step_size / (v.sqrt() + s.epsilon);
+            });
+        Ok(())
+    }
+}

@@ -1,0 +1,688 @@
+//! The model: a validated list of layers (the plan), its parameters on a backend, and the
+//! forward pass, backward pass and Adam step written per layer (no general autograd).
+
+pub mod arch;
+
+use crate::backend::{Backend, ConvShape, DenseShape, PoolShape};
+use crate::loss::LossConfig;
+use crate::optim::Adam;
+use crate::rng::Rng;
+use crate::{Element, Error, Result};
+pub use arch::{Arch, LayerSpec, REFERENCE_ARCH};
+
+/// Height, width and channels of one input image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageShape {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+}
+
+impl ImageShape {
+    pub fn len(&self) -> usize {
+        self.height * self.width * self.channels
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One executable layer with its shapes for a single image (`batch == 1`); `with_batch`
+/// gives the shapes of a batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Op {
+    /// Convolution (+ ReLU); its kernel and bias are parameters `param` and `param + 1`.
+    Conv {
+        shape: ConvShape,
+        relu: bool,
+        param: usize,
+    },
+    Pool {
+        shape: PoolShape,
+    },
+    /// Dense (+ ReLU); the flatten before it is free in NHWC row-major memory.
+    Dense {
+        shape: DenseShape,
+        relu: bool,
+        param: usize,
+    },
+}
+
+impl Op {
+    /// Output elements per image.
+    pub fn output_len(&self) -> usize {
+        match self {
+            Op::Conv { shape, .. } => shape.output_len(),
+            Op::Pool { shape } => shape.output_len(),
+            Op::Dense { shape, .. } => shape.outputs,
+        }
+    }
+    fn conv(shape: &ConvShape, batch: usize) -> ConvShape {
+        ConvShape { batch, ..*shape }
+    }
+    fn pool(shape: &PoolShape, batch: usize) -> PoolShape {
+        PoolShape { batch, ..*shape }
+    }
+    fn dense(shape: &DenseShape, batch: usize) -> DenseShape {
+        DenseShape { batch, ..*shape }
+    }
+    /// Forward FLOPs per image (convolutions and dense layers; pooling is not counted).
+    pub fn forward_flops(&self) -> f64 {
+        match self {
+            Op::Conv { shape, .. } => shape.forward_flops(),
+            Op::Pool { .. } => 0.0,
+            Op::Dense { shape, .. } => shape.forward_flops(),
+        }
+    }
+}
+
+/// Name and shape of one parameter tensor, Keras-style (`conv2d_1/kernel`, HWIO / [in, out]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl ParamSpec {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The validated layer list for a given input shape and number of classes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub arch: Arch,
+    pub input: ImageShape,
+    pub classes: usize,
+    pub ops: Vec<Op>,
+    pub params: Vec<ParamSpec>,
+}
+
+impl Plan {
+    /// Lays out `arch` (plus the `Dense(classes)` head) on `input`, with a clear error when a
+    /// layer does not fit its input.
+    pub fn new(arch: &Arch, input: ImageShape, classes: usize) -> Result<Plan> {
+        if classes < 2 {
+            return Err(Error::invalid(format!(
+                "a classifier needs at least 2 classes, the data has {classes}"
+            )));
+        }
+        if input.is_empty() {
+            return Err(Error::invalid(format!("input shape {input:?} is empty")));
+        }
+        let (mut h, mut w, mut c) = (input.height, input.width, input.channels);
+        let mut flat: Option<usize> = None; // Some(features) once flattened
+        let mut ops = Vec::new();
+        let mut params = Vec::new();
+        let (mut convs, mut denses) = (0usize, 0usize);
+        let keras_name = |base: &str, i: usize| {
+            if i == 0 {
+                base.to_string()
+            } else {
+                format!("{base}_{i}")
+            }
+        };
+        let too_small = |i: usize, spec: &LayerSpec, h: usize, w: usize| {
+            Error::invalid(format!(
+                "--arch {arch}: layer {} (`{spec}`) gets a {h}x{w} input, too small for it; use a larger --image-size or fewer/smaller layers",
+                i + 1
+            ))
+        };
+        let mut add_dense = |units: usize,
+                             features: usize,
+                             relu: bool,
+                             ops: &mut Vec<Op>,
+                             params: &mut Vec<ParamSpec>| {
+            let name = keras_name("dense", denses);
+            denses += 1;
+            ops.push(Op::Dense {
+                shape: DenseShape {
+                    batch: 1,
+                    inputs: features,
+                    outputs: units,
+                },
+                relu,
+                param: params.len(),
+            });
+            params.push(ParamSpec {
+                name: format!("{name}/kernel"),
+                shape: vec![features, units],
+            });
+            params.push(ParamSpec {
+                name: format!("{name}/bias"),
+                shape: vec![units],
+            });
+        };
+        for (i, spec) in arch.layers.iter().enumerate() {
+            match *spec {
+                LayerSpec::Conv {
+                    filters,
+                    kernel,
+                    padding,
+                } => {
+                    if flat.is_some() {
+                        return Err(Error::invalid(format!(
+                            "--arch {arch}: layer {} (`{spec}`) is a convolution after a flatten/dense layer; put convolutions first",
+                            i + 1
+                        )));
+                    }
+                    let shape = ConvShape {
+                        batch: 1,
+                        in_h: h,
+                        in_w: w,
+                        in_c: c,
+                        out_c: filters,
+                        kernel_h: kernel,
+                        kernel_w: kernel,
+                        padding,
+                    };
+                    if h < kernel || w < kernel {
+                        return Err(too_small(i, spec, h, w));
+                    }
+                    let name = keras_name("conv2d", convs);
+                    convs += 1;
+                    ops.push(Op::Conv {
+                        shape,
+                        relu: true,
+                        param: params.len(),
+                    });
+                    params.push(ParamSpec {
+                        name: format!("{name}/kernel"),
+                        shape: vec![kernel, kernel, c, filters],
+                    });
+                    params.push(ParamSpec {
+                        name: format!("{name}/bias"),
+                        shape: vec![filters],
+                    });
+                    (h, w, c) = (shape.out_h(), shape.out_w(), filters);
+                }
+                LayerSpec::Pool { size } => {
+                    if flat.is_some() {
+                        return Err(Error::invalid(format!(
+                            "--arch {arch}: layer {} (`{spec}`) is a pooling after a flatten/dense layer; put pooling before dense layers",
+                            i + 1
+                        )));
+                    }
+                    if h < size || w < size {
+                        return Err(too_small(i, spec, h, w));
+                    }
+                    let shape = PoolShape {
+                        batch: 1,
+                        in_h: h,
+                        in_w: w,
+                        channels: c,
+                        size,
+                    };
+                    ops.push(Op::Pool { shape });
+                    (h, w) = (shape.out_h(), shape.out_w());
+                }
+                LayerSpec::Flatten => {
+                    flat.get_or_insert(h * w * c);
+                }
+                LayerSpec::Dense { units } => {
+                    let features = *flat.get_or_insert(h * w * c);
+                    add_dense(units, features, true, &mut ops, &mut params);
+                    flat = Some(units);
+                }
+            }
+        }
+        let features = *flat.get_or_insert(h * w * c);
+        add_dense(classes, features, false, &mut ops, &mut params);
+        Ok(Plan {
+            arch: arch.clone(),
+            input,
+            classes,
+            ops,
+            params,
+        })
+    }
+
+    /// Forward FLOPs per image.
+    pub fn forward_flops(&self) -> f64 {
+        self.ops.iter().map(Op::forward_flops).sum()
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.params.iter().map(ParamSpec::len).sum()
+    }
+
+    /// One line per layer, Keras `summary()`-like.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for (op, i) in self.ops.iter().zip(0..) {
+            let line = match op {
+                Op::Conv { shape, .. } => format!(
+                    "conv {}x{} {:>4} -> {}x{}x{}",
+                    shape.kernel_h,
+                    shape.kernel_w,
+                    shape.out_c,
+                    shape.out_h(),
+                    shape.out_w(),
+                    shape.out_c
+                ),
+                Op::Pool { shape } => {
+                    format!(
+                        "maxpool {}x{}   -> {}x{}x{}",
+                        shape.size,
+                        shape.size,
+                        shape.out_h(),
+                        shape.out_w(),
+                        shape.channels
+                    )
+                }
+                Op::Dense { shape, relu, .. } => format!(
+                    "dense {} -> {}{}",
+                    shape.inputs,
+                    shape.outputs,
+                    if *relu { " relu" } else { " softmax" }
+                ),
+            };
+            out.push_str(&format!("  {i:>2}  {line}\n"));
+        }
+        out.push_str(&format!(
+            "  {} parameters, {:.1} MFLOP forward per image",
+            self.parameter_count(),
+            self.forward_flops() / 1e6
+        ));
+        out
+    }
+}
+
+/// A parameter tensor with its gradient and Adam moments on the backend.
+pub struct Param<Buf> {
+    pub spec: ParamSpec,
+    pub value: Buf,
+    pub grad: Buf,
+    pub m: Buf,
+    pub v: Buf,
+}
+
+/// Per-batch buffers, allocated once for the largest batch seen and reused by every step.
+struct Workspace<Buf> {
+    capacity: usize,
+    /// `acts[i]` is op i's output (after its ReLU); the last one holds the logits.
+    acts: Vec<Buf>,
+    probs: Buf,
+    /// dLoss/dprobs (unused when the loss takes logits).
+    dprobs: Buf,
+    /// Ping-pong buffers for the activation gradients of the backward pass.
+    grad_a: Buf,
+    grad_b: Buf,
+}
+
+/// What one training step reports back to the host.
+#[derive(Clone, Debug)]
+pub struct StepOutput<E> {
+    pub loss: E,
+    /// Softmax probabilities, `[batch, classes]`.
+    pub probs: Vec<E>,
+}
+
+pub struct Model<B: Backend> {
+    pub plan: Plan,
+    pub params: Vec<Param<B::Buf>>,
+    pub optimizer: Adam,
+    workspace: Option<Workspace<B::Buf>>,
+}
+
+/// Glorot-uniform initial values (Keras' default kernel initialiser) for a kernel, zeros
+/// for a bias: `U(-l, l)` with `l = sqrt(6 / (fan_in + fan_out))`, fans as Keras counts them
+/// (receptive field times input/output channels for HWIO kernels).
+pub fn glorot_uniform_init(spec: &ParamSpec, rng: &mut Rng) -> Vec<f64> {
+    if spec.shape.len() < 2 {
+        return vec![0.0; spec.len()];
+    }
+    let receptive: usize = spec.shape[..spec.shape.len() - 2].iter().product();
+    let fan_in = receptive * spec.shape[spec.shape.len() - 2];
+    let fan_out = receptive * spec.shape[spec.shape.len() - 1];
+    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
+    (0..spec.len()).map(|_| rng.range(-limit, limit)).collect()
+}
+
+impl<B: Backend> Model<B> {
+    /// A model with Glorot-uniform kernels and zero biases drawn from `seed`.
+    pub fn new(backend: &B, plan: Plan, seed: u64) -> Result<Self> {
+        let mut rng = Rng::derive(seed, 1);
+        let values: Vec<Vec<B::E>> = plan
+            .params
+            .iter()
+            .map(|spec| {
+                glorot_uniform_init(spec, &mut rng)
+                    .into_iter()
+                    .map(B::E::of)
+                    .collect()
+            })
+            .collect();
+        Self::with_weights(backend, plan, &values)
+    }
+
+    /// A model with the given weights, in the order and layouts of `plan.params`.
+    pub fn with_weights(backend: &B, plan: Plan, values: &[Vec<B::E>]) -> Result<Self> {
+        if values.len() != plan.params.len() {
+            return Err(Error::Shape(format!(
+                "{} weight tensors given, the model has {}",
+                values.len(),
+                plan.params.len()
+            )));
+        }
+        let mut params = Vec::with_capacity(values.len());
+        for (spec, value) in plan.params.iter().zip(values) {
+            if value.len() != spec.len() {
+                return Err(Error::Shape(format!(
+                    "{}: {} values given, shape {:?} needs {}",
+                    spec.name,
+                    value.len(),
+                    spec.shape,
+                    spec.len()
+                )));
+            }
+            params.push(Param {
+                spec: spec.clone(),
+                value: backend.upload(value)?,
+                grad: backend.zeros(spec.len())?,
+                m: backend.zeros(spec.len())?,
+                v: backend.zeros(spec.len())?,
+            });
+        }
+        Ok(Model {
+            plan,
+            params,
+            optimizer: Adam::default(),
+            workspace: None,
+        })
+    }
+
+    fn workspace(&mut self, backend: &B, batch: usize) -> Result<&mut Workspace<B::Buf>> {
+        if self.workspace.as_ref().is_none_or(|w| w.capacity < batch) {
+            let acts = self
+                .plan
+                .ops
+                .iter()
+                .map(|op| backend.zeros(op.output_len() * batch))
+                .collect::<Result<Vec<_>>>()?;
+            let biggest = self.plan.ops.iter().map(Op::output_len).max().unwrap_or(0) * batch;
+            let logits = self.plan.classes * batch;
+            self.workspace = Some(Workspace {
+                capacity: batch,
+                acts,
+                probs: backend.zeros(logits)?,
+                dprobs: backend.zeros(logits)?,
+                grad_a: backend.zeros(biggest)?,
+                grad_b: backend.zeros(biggest)?,
+            });
+        }
+        Ok(self.workspace.as_mut().expect("workspace was just ensured"))
+    }
+
+    /// Runs the layers on `batch` images in `x` (NHWC), leaving the logits and the softmax
+    /// probabilities in the workspace.
+    pub fn forward(&mut self, backend: &B, x: &B::Buf, batch: usize) -> Result<()> {
+        let classes = self.plan.classes;
+        self.workspace(backend, batch)?;
+        let Model {
+            plan,
+            params,
+            workspace,
+            ..
+        } = self;
+        let ws = workspace.as_mut().expect("workspace was just ensured");
+        let ops = &plan.ops;
+        for (i, op) in ops.iter().enumerate() {
+            let (done, rest) = ws.acts.split_at_mut(i);
+            let input = if i == 0 { x } else { &done[i - 1] };
+            let out = &mut rest[0];
+            match op {
+                Op::Conv { shape, relu, param } => {
+                    let s = Op::conv(shape, batch);
+                    backend.conv2d_forward(
+                        &s,
+                        input,
+                        &params[*param].value,
+                        &params[param + 1].value,
+                        out,
+                        *relu,
+                    )?
+                }
+                Op::Pool { shape } => {
+                    backend.maxpool2d_forward(&Op::pool(shape, batch), input, out)?
+                }
+                Op::Dense { shape, relu, param } => {
+                    let s = Op::dense(shape, batch);
+                    backend.dense_forward(
+                        &s,
+                        input,
+                        &params[*param].value,
+                        &params[param + 1].value,
+                        out,
+                        *relu,
+                    )?
+                }
+            }
+        }
+        let logits = ws.acts.last().expect("a plan has at least the head");
+        backend.softmax_forward(batch, classes, logits, &mut ws.probs)
+    }
+
+    /// Softmax probabilities of the last forward pass, `[batch, classes]`.
+    pub fn probabilities(&self, backend: &B, batch: usize) -> Result<Vec<B::E>> {
+        let ws = self
+            .workspace
+            .as_ref()
+            .ok_or_else(|| Error::invalid("probabilities() before forward()"))?;
+        backend.read(&ws.probs, batch * self.plan.classes)
+    }
+
+    /// Logits of the last forward pass, `[batch, classes]`.
+    pub fn logits(&self, backend: &B, batch: usize) -> Result<Vec<B::E>> {
+        let ws = self
+            .workspace
+            .as_ref()
+            .ok_or_else(|| Error::invalid("logits() before forward()"))?;
+        backend.read(
+            ws.acts.last().expect("a plan has at least the head"),
+            batch * self.plan.classes,
+        )
+    }
+
+    /// Output of op `index` in the last forward pass (after its ReLU), `batch` images.
+    pub fn activation(&self, backend: &B, index: usize, batch: usize) -> Result<Vec<B::E>> {
+        let ws = self
+            .workspace
+            .as_ref()
+            .ok_or_else(|| Error::invalid("activation() before forward()"))?;
+        backend.read(&ws.acts[index], batch * self.plan.ops[index].output_len())
+    }
+
+    /// Forward pass on `x` and softmax probabilities back on the host.
+    pub fn predict(&mut self, backend: &B, x: &B::Buf, batch: usize) -> Result<Vec<B::E>> {
+        self.forward(backend, x, batch)?;
+        self.probabilities(backend, batch)
+    }
+
+    /// Loss of the last forward pass against one-hot `y`, and every parameter's gradient
+    /// (into `params[i].grad`). Returns the loss.
+    pub fn backward(
+        &mut self,
+        backend: &B,
+        loss: &LossConfig,
+        x: &B::Buf,
+        y: &B::Buf,
+        batch: usize,
+    ) -> Result<B::E> {
+        let classes = self.plan.classes;
+        let ops = self.plan.ops.clone();
+        let ws = self
+            .workspace
+            .as_mut()
+            .ok_or_else(|| Error::invalid("backward() before forward()"))?;
+        if ws.capacity < batch {
+            return Err(Error::invalid(
+                "backward() with a larger batch than the last forward()",
+            ));
+        }
+        // dLoss/dlogits into grad_a.
+        let value = if loss.from_logits() {
+            let logits = ws.acts.last().expect("a plan has at least the head");
+            backend.loss(loss, batch, classes, y, logits, Some(&mut ws.grad_a))?
+        } else {
+            let value = backend.loss(loss, batch, classes, y, &ws.probs, Some(&mut ws.dprobs))?;
+            backend.softmax_backward(batch, classes, &ws.probs, &ws.dprobs, &mut ws.grad_a)?;
+            value
+        };
+        let (mut grad, mut next) = (&mut ws.grad_a, &mut ws.grad_b);
+        for (i, op) in ops.iter().enumerate().rev() {
+            let input = if i == 0 { x } else { &ws.acts[i - 1] };
+            let output = &ws.acts[i];
+            match op {
+                Op::Conv { shape, relu, param } => {
+                    let s = Op::conv(shape, batch);
+                    if *relu {
+                        backend.relu_backward(s.output_len(), output, grad)?;
+                    }
+                    let (kernel, bias) = pair_mut(&mut self.params, *param);
+                    backend.conv2d_backward_filter(
+                        &s,
+                        input,
+                        grad,
+                        &mut kernel.grad,
+                        &mut bias.grad,
+                    )?;
+                    if i > 0 {
+                        backend.conv2d_backward_data(&s, grad, &kernel.value, next)?;
+                    }
+                }
+                Op::Pool { shape } => {
+                    backend.maxpool2d_backward(&Op::pool(shape, batch), input, grad, next)?
+                }
+                Op::Dense { shape, relu, param } => {
+                    let s = Op::dense(shape, batch);
+                    if *relu {
+                        backend.relu_backward(s.batch * s.outputs, output, grad)?;
+                    }
+                    let (kernel, bias) = pair_mut(&mut self.params, *param);
+                    let dx = if i > 0 { Some(&mut *next) } else { None };
+                    backend.dense_backward(
+                        &s,
+                        input,
+                        &kernel.value,
+                        grad,
+                        dx,
+                        &mut kernel.grad,
+                        &mut bias.grad,
+                    )?;
+                }
+            }
+            std::mem::swap(&mut grad, &mut next);
+        }
+        Ok(value)
+    }
+
+    /// One Adam update of every parameter from its current gradient.
+    pub fn apply_gradients(&mut self, backend: &B) -> Result<()> {
+        let step = self.optimizer.next_step::<B::E>();
+        for p in &mut self.params {
+            backend.adam_update(
+                p.spec.len(),
+                &step,
+                &mut p.value,
+                &p.grad,
+                &mut p.m,
+                &mut p.v,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Forward, loss, backward and Adam on one batch. A non-finite loss is an error and
+    /// leaves the weights untouched.
+    pub fn train_step(
+        &mut self,
+        backend: &B,
+        loss: &LossConfig,
+        x: &B::Buf,
+        y: &B::Buf,
+        batch: usize,
+    ) -> Result<StepOutput<B::E>> {
+        self.forward(backend, x, batch)?;
+        let value = self.backward(backend, loss, x, y, batch)?;
+        if !value.f64().is_finite() {
+            return Err(Error::NonFinite(format!("the loss is {value}")));
+        }
+        self.apply_gradients(backend)?;
+        Ok(StepOutput {
+            loss: value,
+            probs: self.probabilities(backend, batch)?,
+        })
+    }
+
+    /// Every parameter's value, on the host, in `plan.params` order.
+    pub fn weights(&self, backend: &B) -> Result<Vec<Vec<B::E>>> {
+        self.params
+            .iter()
+            .map(|p| backend.read(&p.value, p.spec.len()))
+            .collect()
+    }
+
+    /// Every parameter's gradient of the last `backward`, on the host.
+    pub fn gradients(&self, backend: &B) -> Result<Vec<Vec<B::E>>> {
+        self.params
+            .iter()
+            .map(|p| backend.read(&p.grad, p.spec.len()))
+            .collect()
+    }
+}
+
+/// The kernel and the bias of a layer (two neighbouring parameters), both mutable.
+fn pair_mut<T>(params: &mut [T], first: usize) -> (&mut T, &mut T) {
+    let (a, b) = params[first..].split_at_mut(1);
+    (&mut a[0], &mut b[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_cnn_shapes_and_parameter_count() {
+        let plan = Plan::new(
+            &Arch::default(),
+            ImageShape {
+                height: 224,
+                width: 224,
+                channels: 3,
+            },
+            2,
+        )
+        .unwrap();
+        // 222 -> 111 -> 109 -> 54 -> 52 -> 26: flatten 26*26*64 = 43264, as in the brief.
+        match plan.ops[6] {
+            Op::Dense { shape, .. } => assert_eq!((shape.inputs, shape.outputs), (43264, 256)),
+            ref op => panic!("unexpected op {op:?}"),
+        }
+        // 448+16 + 4608+32 + 18432+64 + 43264*256+256 + 256*2+2 (counted by hand).
+        assert_eq!(plan.parameter_count(), 448 + 4640 + 18496 + 11075840 + 514);
+        assert_eq!(plan.params[0].name, "conv2d/kernel");
+        assert_eq!(plan.params[9].name, "dense_1/bias");
+    }
+
+    #[test]
+    fn too_small_input_is_a_clear_error() {
+        let err = Plan::new(
+            &Arch::default(),
+            ImageShape {
+                height: 20,
+                width: 20,
+                channels: 3,
+            },
+            2,
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        // 20 -> 18 -> 9 -> 7 -> 3 -> 1: the last pool gets 1x1.
+        assert!(msg.contains("layer 6 (`p`) gets a 1x1 input"), "{msg}");
+    }
+}
