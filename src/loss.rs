@@ -1,0 +1,795 @@
+//! Losses as data: one validated configuration type ([`LossConfig`]) and one function
+//! ([`loss_forward_backward`]) that computes the loss of a batch and, on request, its
+//! gradient with respect to the predictions (or to the logits with `from_logits`).
+//!
+//! Every formula follows a stated reference exactly, so that results can be compared with
+//! TensorFlow/Keras to float32 precision:
+//!
+//! - `focal`: the practitioner's original Keras loss
+//!   `p = clip(pred, 1e-7, 1-1e-7)`,
+//!   `mean_batch(sum_c -alpha_c * y * (1-p)^gamma * ln p) + l1 * sum|p| + l2 * sum p^2`,
+//!   where the L1/L2 sums run over the whole batch (they grow with the batch size).
+//!   Gradients follow TensorFlow's `clip_by_value`: zero where `pred` lies strictly outside
+//!   `[1e-7, 1-1e-7]` (for the L1/L2 terms too), passed on at the bounds and inside.
+//!   With `from_logits` a fused, numerically stable softmax + focal path without clipping.
+//! - `calibrated-mse`: `mean((y-p)^2) + facture * mean((0.5-p)^2)` over all batch x classes
+//!   elements, no clipping (softmax first with `from_logits`).
+//! - `keras-focal`: Keras 3 `CategoricalFocalCrossentropy` (label smoothing, softmax when
+//!   from logits, division by the row sum, clip, mean over the batch).
+//! - `ce`: Keras 3 `CategoricalCrossentropy` (label smoothing, division by the row sum and
+//!   clip for probabilities; stable log-softmax with `from_logits`).
+//!
+//! The clip bounds are computed in the element type's arithmetic, as TensorFlow does: in f32
+//! the upper bound is 0.99999988 (the f32 nearest to 1-1e-7), so an f32 prediction of
+//! 0.99999994 or 1.0 is clipped and gets no gradient.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Element, Error, Result};
+
+/// Keras' `backend.epsilon()`: the clip margin of the probability paths.
+pub const CLIP_EPSILON: f64 = 1e-7;
+
+/// The loss names accepted on the command line, in the order they are documented.
+pub const LOSS_NAMES: [&str; 4] = ["focal", "calibrated-mse", "keras-focal", "ce"];
+
+/// The class weight of the focal losses: one value for every class, or one per class.
+///
+/// Serialised untagged: `0.25` or `[0.25, 0.75]`.
+/// A per-class alpha for `keras-focal` is an extension of ours: Keras documents a float, and
+/// it broadcasts a list over the class axis exactly as we do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Alpha {
+    Scalar(f64),
+    PerClass(Vec<f64>),
+}
+
+impl Alpha {
+    /// The weight of class `class` (a per-class alpha must have been validated for the
+    /// number of classes first).
+    pub fn at(&self, class: usize) -> f64 {
+        match self {
+            Alpha::Scalar(a) => *a,
+            Alpha::PerClass(v) => v[class],
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Alpha::Scalar(a) => format!("{a}"),
+            Alpha::PerClass(v) => {
+                let parts: Vec<String> = v.iter().map(|a| format!("{a}")).collect();
+                format!("[{}]", parts.join(","))
+            }
+        }
+    }
+
+    fn validate_values(&self) -> Result<()> {
+        let check = |a: f64, what: String| -> Result<()> {
+            if (0.0..=1.0).contains(&a) {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "--alpha{what} must be in [0, 1], got {a}"
+                )))
+            }
+        };
+        match self {
+            Alpha::Scalar(a) => check(*a, String::new()),
+            Alpha::PerClass(v) => {
+                if v.is_empty() {
+                    return Err(Error::invalid(
+                        "--alpha: the per-class list is empty; give A or A1,A2,.. with values in [0, 1]",
+                    ));
+                }
+                v.iter()
+                    .enumerate()
+                    .try_for_each(|(c, &a)| check(a, format!(" (class {c})")))
+            }
+        }
+    }
+}
+
+impl Default for Alpha {
+    fn default() -> Self {
+        Alpha::Scalar(0.25)
+    }
+}
+
+/// A loss and its parameters. Serialised with the loss name in the field `name`
+/// (e.g. `{"name":"focal","alpha":0.25,"gamma":2.0,...}`; `CrossEntropy` is
+/// `"cross-entropy"` there and `ce` on the command line).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum LossConfig {
+    /// The practitioner's categorical focal loss with L1/L2 terms on the (clipped) probabilities.
+    Focal {
+        alpha: Alpha,
+        gamma: f64,
+        l1: f64,
+        l2: f64,
+        from_logits: bool,
+    },
+    /// `mean((y-p)^2) + facture * mean((0.5-p)^2)`.
+    CalibratedMse { facture: f64, from_logits: bool },
+    /// Keras 3 `CategoricalFocalCrossentropy`.
+    KerasFocal {
+        alpha: Alpha,
+        gamma: f64,
+        label_smoothing: f64,
+        from_logits: bool,
+    },
+    /// Keras 3 `CategoricalCrossentropy` (CLI name `ce`).
+    CrossEntropy {
+        label_smoothing: f64,
+        from_logits: bool,
+    },
+}
+
+impl LossConfig {
+    /// `focal` with alpha 0.25, gamma 2, l1 = l2 = 0, on probabilities.
+    pub fn default_focal() -> Self {
+        LossConfig::Focal {
+            alpha: Alpha::default(),
+            gamma: 2.0,
+            l1: 0.0,
+            l2: 0.0,
+            from_logits: false,
+        }
+    }
+    /// `calibrated-mse` with facture 0.1, on probabilities.
+    pub fn default_calibrated_mse() -> Self {
+        LossConfig::CalibratedMse {
+            facture: 0.1,
+            from_logits: false,
+        }
+    }
+    /// `keras-focal` with alpha 0.25, gamma 2, no label smoothing, on probabilities.
+    pub fn default_keras_focal() -> Self {
+        LossConfig::KerasFocal {
+            alpha: Alpha::default(),
+            gamma: 2.0,
+            label_smoothing: 0.0,
+            from_logits: false,
+        }
+    }
+    /// `ce` without label smoothing, on probabilities.
+    pub fn default_cross_entropy() -> Self {
+        LossConfig::CrossEntropy {
+            label_smoothing: 0.0,
+            from_logits: false,
+        }
+    }
+
+    /// The defaults of the loss named `name` (one of [`LOSS_NAMES`]).
+    pub fn default_for(name: &str) -> Result<Self> {
+        match name {
+            "focal" => Ok(Self::default_focal()),
+            "calibrated-mse" => Ok(Self::default_calibrated_mse()),
+            "keras-focal" => Ok(Self::default_keras_focal()),
+            "ce" => Ok(Self::default_cross_entropy()),
+            other => Err(Error::invalid(format!(
+                "--loss {other:?} is not a known loss; valid: {}",
+                LOSS_NAMES.join(", ")
+            ))),
+        }
+    }
+
+    /// Whether the predictions are logits (softmax applied inside the loss).
+    pub fn from_logits(&self) -> bool {
+        match self {
+            LossConfig::Focal { from_logits, .. }
+            | LossConfig::CalibratedMse { from_logits, .. }
+            | LossConfig::KerasFocal { from_logits, .. }
+            | LossConfig::CrossEntropy { from_logits, .. } => *from_logits,
+        }
+    }
+
+    /// The name of this loss on the command line.
+    pub fn cli_name(&self) -> &'static str {
+        match self {
+            LossConfig::Focal { .. } => "focal",
+            LossConfig::CalibratedMse { .. } => "calibrated-mse",
+            LossConfig::KerasFocal { .. } => "keras-focal",
+            LossConfig::CrossEntropy { .. } => "ce",
+        }
+    }
+
+    /// One line for logs, e.g. `focal(alpha=0.25, gamma=2, l1=0, l2=0)`.
+    pub fn describe(&self) -> String {
+        let body = match self {
+            LossConfig::Focal {
+                alpha,
+                gamma,
+                l1,
+                l2,
+                ..
+            } => {
+                format!(
+                    "alpha={}, gamma={gamma}, l1={l1}, l2={l2}",
+                    alpha.describe()
+                )
+            }
+            LossConfig::CalibratedMse { facture, .. } => format!("facture={facture}"),
+            LossConfig::KerasFocal {
+                alpha,
+                gamma,
+                label_smoothing,
+                ..
+            } => format!(
+                "alpha={}, gamma={gamma}, label_smoothing={label_smoothing}",
+                alpha.describe()
+            ),
+            LossConfig::CrossEntropy {
+                label_smoothing, ..
+            } => {
+                format!("label_smoothing={label_smoothing}")
+            }
+        };
+        let logits = if self.from_logits() {
+            ", from_logits"
+        } else {
+            ""
+        };
+        format!("{}({body}{logits})", self.cli_name())
+    }
+
+    /// Checks the parameters that do not depend on the data (everything but the length of
+    /// a per-class alpha). Called by the CLI as soon as the flags are parsed.
+    pub fn validate_params(&self) -> Result<()> {
+        fn non_negative(flag: &str, v: f64) -> Result<()> {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "{flag} must be a finite number >= 0, got {v}"
+                )))
+            }
+        }
+        fn smoothing(v: f64) -> Result<()> {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "--label-smoothing must be in [0, 1], got {v}"
+                )))
+            }
+        }
+        match self {
+            LossConfig::Focal {
+                alpha,
+                gamma,
+                l1,
+                l2,
+                ..
+            } => {
+                alpha.validate_values()?;
+                non_negative("--gamma", *gamma)?;
+                non_negative("--l1", *l1)?;
+                non_negative("--l2", *l2)
+            }
+            LossConfig::CalibratedMse { facture, .. } => non_negative("--facture", *facture),
+            LossConfig::KerasFocal {
+                alpha,
+                gamma,
+                label_smoothing,
+                ..
+            } => {
+                alpha.validate_values()?;
+                non_negative("--gamma", *gamma)?;
+                smoothing(*label_smoothing)
+            }
+            LossConfig::CrossEntropy {
+                label_smoothing, ..
+            } => smoothing(*label_smoothing),
+        }
+    }
+
+    /// Checks every parameter for data with `classes` classes.
+    pub fn validate(&self, classes: usize) -> Result<()> {
+        self.validate_params()?;
+        if let LossConfig::Focal {
+            alpha: Alpha::PerClass(v),
+            ..
+        }
+        | LossConfig::KerasFocal {
+            alpha: Alpha::PerClass(v),
+            ..
+        } = self
+            && v.len() != classes
+        {
+            return Err(Error::invalid(format!(
+                "--alpha has {} values but the data has {classes} classes; give one value, or one per class",
+                v.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Loss value, and if `grad` is Some, dLoss/dpred (or dLoss/dlogits when from_logits)
+/// written into it (overwritten, not accumulated).
+/// `y_true`, `pred`, `grad` are row-major `[batch, classes]`. Computed in `T` (f32 in
+/// training, f64 in gradient checks).
+///
+/// Errors: invalid parameters ([`LossConfig::validate`]), a zero batch or class count or
+/// slices of the wrong length (`Error::Shape`), a non-finite input (`Error::NonFinite`,
+/// naming the row and column), and for `keras-focal`/`ce` on probabilities a row whose sum
+/// is not positive (Keras would divide by it).
+pub fn loss_forward_backward<T: Element>(
+    cfg: &LossConfig,
+    y_true: &[T],
+    pred: &[T],
+    batch: usize,
+    classes: usize,
+    grad: Option<&mut [T]>,
+) -> Result<T> {
+    check_shapes(
+        y_true.len(),
+        pred.len(),
+        grad.as_ref().map(|g| g.len()),
+        batch,
+        classes,
+    )?;
+    cfg.validate(classes)?;
+    let pred_name = if cfg.from_logits() { "logits" } else { "pred" };
+    check_finite(y_true, "y_true", classes)?;
+    check_finite(pred, pred_name, classes)?;
+    let dims = Dims { batch, classes };
+    let alphas = |alpha: &Alpha| -> Vec<T> { (0..classes).map(|c| T::of(alpha.at(c))).collect() };
+
+    Ok(match cfg {
+        LossConfig::Focal {
+            alpha,
+            gamma,
+            l1,
+            l2,
+            from_logits: false,
+        } => focal_probs(
+            &alphas(alpha),
+            T::of(*gamma),
+            T::of(*l1),
+            T::of(*l2),
+            y_true,
+            pred,
+            dims,
+            grad,
+        ),
+        LossConfig::Focal {
+            alpha,
+            gamma,
+            l1,
+            l2,
+            from_logits: true,
+        } => focal_logits(
+            &alphas(alpha),
+            T::of(*gamma),
+            T::of(*l1),
+            T::of(*l2),
+            y_true,
+            pred,
+            dims,
+            grad,
+        ),
+        LossConfig::CalibratedMse {
+            facture,
+            from_logits,
+        } => calibrated_mse(T::of(*facture), *from_logits, y_true, pred, dims, grad),
+        LossConfig::KerasFocal {
+            alpha,
+            gamma,
+            label_smoothing,
+            from_logits,
+        } => {
+            let a = alphas(alpha);
+            let g = T::of(*gamma);
+            // d/do of a*(1-o)^g*(-y ln o), in the operation order Keras uses.
+            let term = |c: usize, y: T, o: T| -> (T, T) {
+                let q = T::one() - o;
+                let cce = -y * o.ln();
+                let value = q.powf(g) * a[c] * cce;
+                let d = a[c] * (-g * q.powf(g - T::one()) * cce + q.powf(g) * (-y / o));
+                (value, d)
+            };
+            keras_normalized(
+                *label_smoothing,
+                *from_logits,
+                y_true,
+                pred,
+                dims,
+                grad,
+                term,
+            )?
+        }
+        LossConfig::CrossEntropy {
+            label_smoothing,
+            from_logits: false,
+        } => {
+            let term = |_c: usize, y: T, o: T| -> (T, T) { (-y * o.ln(), -y / o) };
+            keras_normalized(*label_smoothing, false, y_true, pred, dims, grad, term)?
+        }
+        LossConfig::CrossEntropy {
+            label_smoothing,
+            from_logits: true,
+        } => cross_entropy_logits(*label_smoothing, y_true, pred, dims, grad),
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    classes: usize,
+}
+
+fn check_shapes(
+    y_len: usize,
+    pred_len: usize,
+    grad_len: Option<usize>,
+    batch: usize,
+    classes: usize,
+) -> Result<()> {
+    if batch == 0 || classes == 0 {
+        return Err(Error::Shape(format!(
+            "a loss needs at least one sample and one class, got [batch={batch}, classes={classes}]"
+        )));
+    }
+    let want = batch.checked_mul(classes).ok_or_else(|| {
+        Error::Shape(format!(
+            "[batch={batch}, classes={classes}] overflows the address space"
+        ))
+    })?;
+    let mut bad = Vec::new();
+    if y_len != want {
+        bad.push(format!("y_true has {y_len}"));
+    }
+    if pred_len != want {
+        bad.push(format!("pred has {pred_len}"));
+    }
+    if let Some(g) = grad_len
+        && g != want
+    {
+        bad.push(format!("grad has {g}"));
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Shape(format!(
+            "[batch={batch}, classes={classes}] needs {want} values, but {}",
+            bad.join(", ")
+        )))
+    }
+}
+
+fn check_finite<T: Element>(values: &[T], what: &str, classes: usize) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::NonFinite(format!(
+            "{what} has a non-finite value ({}) at row {}, column {}",
+            values[i],
+            i / classes,
+            i % classes
+        ))),
+    }
+}
+
+fn clip_bounds<T: Element>() -> (T, T) {
+    // As TensorFlow: both bounds are Python floats converted to the tensor's type.
+    (T::of(CLIP_EPSILON), T::of(1.0 - CLIP_EPSILON))
+}
+
+fn clamp<T: Element>(x: T, lo: T, hi: T) -> T {
+    if x < lo {
+        lo
+    } else if x > hi {
+        hi
+    } else {
+        x
+    }
+}
+
+/// The labels with Keras' label smoothing applied: `y*(1-ls) + ls/classes`.
+fn smooth_labels<T: Element>(y_true: &[T], label_smoothing: f64, classes: usize) -> Vec<T> {
+    if label_smoothing == 0.0 {
+        return y_true.to_vec();
+    }
+    let keep = T::of(1.0 - label_smoothing);
+    let add = T::of(label_smoothing) / T::of(classes as f64);
+    y_true.iter().map(|&y| y * keep + add).collect()
+}
+
+/// Softmax of one row as TensorFlow computes it: `exp(z - max) / sum`.
+fn softmax_row<T: Element>(z: &[T], p: &mut [T]) {
+    let m = z.iter().copied().fold(T::neg_infinity(), T::max);
+    let mut sum = T::zero();
+    for (pj, &zj) in p.iter_mut().zip(z) {
+        *pj = (zj - m).exp();
+        sum += *pj;
+    }
+    for pj in p.iter_mut() {
+        *pj = *pj / sum;
+    }
+}
+
+/// Chains a gradient w.r.t. the softmax output `p` back to the logits in place:
+/// `dz_j = p_j * (g_j - sum_c p_c g_c)`.
+fn softmax_backward_row<T: Element>(p: &[T], g: &mut [T]) {
+    let dot: T = p.iter().zip(g.iter()).map(|(&pc, &gc)| pc * gc).sum();
+    for (gj, &pj) in g.iter_mut().zip(p) {
+        *gj = pj * (*gj - dot);
+    }
+}
+
+/// Stable log-softmax of one row: `logp_j`, `p_j = exp(logp_j)` and `q_j = 1 - p_j`
+/// computed as `-expm1(logp_j)`. The log-sum-exp is `m + ln1p(sum over j != argmax of
+/// exp(z_j - m))`, so that a dominant class gets `logp = -ln1p(s)` and `q ~ s` with full
+/// relative precision even when `s` is far below the epsilon of `T`.
+fn log_softmax_row<T: Element>(z: &[T], logp: &mut [T], p: &mut [T], q: &mut [T]) {
+    let mut arg = 0;
+    for (j, &zj) in z.iter().enumerate() {
+        if zj > z[arg] {
+            arg = j;
+        }
+    }
+    let m = z[arg];
+    let s: T = z
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != arg)
+        .map(|(_, &zj)| (zj - m).exp())
+        .sum();
+    let lse_minus_m = s.ln_1p();
+    for j in 0..z.len() {
+        logp[j] = (z[j] - m) - lse_minus_m;
+        p[j] = logp[j].exp();
+        q[j] = -logp[j].exp_m1();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn focal_probs<T: Element>(
+    alpha: &[T],
+    gamma: T,
+    l1: T,
+    l2: T,
+    y_true: &[T],
+    pred: &[T],
+    d: Dims,
+    mut grad: Option<&mut [T]>,
+) -> T {
+    let (lo, hi) = clip_bounds::<T>();
+    let inv_batch = T::one() / T::of(d.batch as f64);
+    let two = T::of(2.0);
+    let (mut focal, mut abs_sum, mut sq_sum) = (T::zero(), T::zero(), T::zero());
+    for row in 0..d.batch {
+        let mut row_sum = T::zero();
+        for c in 0..d.classes {
+            let i = row * d.classes + c;
+            let x = pred[i];
+            let y = y_true[i];
+            let p = clamp(x, lo, hi);
+            let q = T::one() - p;
+            let ln_p = p.ln();
+            row_sum += -alpha[c] * y * q.powf(gamma) * ln_p;
+            abs_sum += p.abs();
+            sq_sum += p * p;
+            if let Some(g) = grad.as_deref_mut() {
+                g[i] = if x < lo || x > hi {
+                    // clip_by_value: no gradient strictly outside the bounds.
+                    T::zero()
+                } else {
+                    // d/dp of -a*y*(1-p)^g*ln p; 1-p >= 1.2e-7 here, so (1-p)^(g-1) is finite.
+                    let d_focal = -alpha[c]
+                        * y
+                        * (q.powf(gamma) / p - gamma * q.powf(gamma - T::one()) * ln_p);
+                    d_focal * inv_batch + l1 * p.signum() + two * l2 * p
+                };
+            }
+        }
+        focal += row_sum;
+    }
+    focal * inv_batch + l1 * abs_sum + l2 * sq_sum
+}
+
+/// Fused softmax + focal loss from logits, stable for any gamma >= 0 and any logit margin.
+///
+/// Per sample, with `log p = z - logsumexp(z)`, `q_c = 1 - p_c`:
+/// `L = -sum_c a_c y_c q_c^g log p_c`. Using `d log p_c/dz_j = δ_cj - p_j` and
+/// `d q_c/dz_j = -p_c (δ_cj - p_j)`:
+///
+/// `dL/dz_j = -sum_c a_c y_c (δ_cj - p_j) [q_c^g - g p_c q_c^(g-1) log p_c]`.
+///
+/// The second term has `q_c^(g-1)`, infinite for `g < 1` when the class is certain
+/// (`q_c = 0`), times `log p_c = 0`. With `r_c = -log(p_c)/q_c` (→ 1 as `q_c → 0`;
+/// `r = 1 + q/2 + q^2/3 + q^3/4 + ...` for tiny `q`) it is `q_c^(g-1) log p_c = -q_c^g r_c`,
+/// so the bracket is `q_c^g (1 + g p_c r_c)`, a product of finite factors. With
+/// `w_c = a_c y_c q_c^g (1 + g p_c r_c)` and `W = sum_c w_c`:
+///
+/// `dL/dz_j = p_j W - w_j`.
+///
+/// A confidently wrong sample (`p_c → 0` for its true class) keeps `w_c ≈ a_c y_c`, so its
+/// gradient stays large instead of vanishing as on the clipped probability path.
+/// L1/L2 act on the un-clipped softmax probabilities, chained through the softmax Jacobian.
+#[allow(clippy::too_many_arguments)]
+fn focal_logits<T: Element>(
+    alpha: &[T],
+    gamma: T,
+    l1: T,
+    l2: T,
+    y_true: &[T],
+    logits: &[T],
+    d: Dims,
+    mut grad: Option<&mut [T]>,
+) -> T {
+    let k = d.classes;
+    let inv_batch = T::one() / T::of(d.batch as f64);
+    let two = T::of(2.0);
+    let series_below = T::of(1e-4);
+    let (mut logp, mut p, mut q, mut w) = (
+        vec![T::zero(); k],
+        vec![T::zero(); k],
+        vec![T::zero(); k],
+        vec![T::zero(); k],
+    );
+    let (mut focal, mut abs_sum, mut sq_sum) = (T::zero(), T::zero(), T::zero());
+    for row in 0..d.batch {
+        let z = &logits[row * k..(row + 1) * k];
+        let y = &y_true[row * k..(row + 1) * k];
+        log_softmax_row(z, &mut logp, &mut p, &mut q);
+        let mut row_sum = T::zero();
+        for c in 0..k {
+            let qg = q[c].powf(gamma);
+            row_sum += -alpha[c] * y[c] * qg * logp[c];
+            abs_sum += p[c].abs();
+            sq_sum += p[c] * p[c];
+            let r = if q[c] < series_below {
+                let qc = q[c];
+                T::one() + qc * (T::of(0.5) + qc * (T::of(1.0 / 3.0) + qc * T::of(0.25)))
+            } else {
+                -logp[c] / q[c]
+            };
+            w[c] = alpha[c] * y[c] * qg * (T::one() + gamma * p[c] * r);
+        }
+        focal += row_sum;
+        if let Some(g) = grad.as_deref_mut() {
+            let g = &mut g[row * k..(row + 1) * k];
+            let big_w: T = w.iter().copied().sum();
+            // Gradient of the L1/L2 terms w.r.t. p, chained through the softmax.
+            for j in 0..k {
+                g[j] = l1 * p[j].signum() + two * l2 * p[j];
+            }
+            softmax_backward_row(&p, g);
+            for j in 0..k {
+                g[j] += (p[j] * big_w - w[j]) * inv_batch;
+            }
+        }
+    }
+    focal * inv_batch + l1 * abs_sum + l2 * sq_sum
+}
+
+fn calibrated_mse<T: Element>(
+    facture: T,
+    from_logits: bool,
+    y_true: &[T],
+    pred: &[T],
+    d: Dims,
+    mut grad: Option<&mut [T]>,
+) -> T {
+    let k = d.classes;
+    let n = T::of((d.batch * k) as f64);
+    let half = T::of(0.5);
+    let two = T::of(2.0);
+    let mut p = vec![T::zero(); k];
+    let (mut fit, mut calib) = (T::zero(), T::zero());
+    for row in 0..d.batch {
+        let x = &pred[row * k..(row + 1) * k];
+        if from_logits {
+            softmax_row(x, &mut p);
+        } else {
+            p.copy_from_slice(x);
+        }
+        let y = &y_true[row * k..(row + 1) * k];
+        for c in 0..k {
+            fit += (y[c] - p[c]) * (y[c] - p[c]);
+            calib += (half - p[c]) * (half - p[c]);
+        }
+        if let Some(g) = grad.as_deref_mut() {
+            let g = &mut g[row * k..(row + 1) * k];
+            for c in 0..k {
+                g[c] = (two * (p[c] - y[c]) + facture * two * (p[c] - half)) / n;
+            }
+            if from_logits {
+                softmax_backward_row(&p, g);
+            }
+        }
+    }
+    fit / n + facture * (calib / n)
+}
+
+/// The Keras probability path shared by `keras-focal` and `ce` (and `keras-focal` from
+/// logits, where Keras applies a plain softmax first): labels smoothed, `o = pred/rowsum`,
+/// `o` clipped to `[1e-7, 1-1e-7]` with TF's gradient semantics, per-element `term(c, y, o)`
+/// giving the value and its derivative w.r.t. the clipped `o`, mean over the batch.
+fn keras_normalized<T: Element>(
+    label_smoothing: f64,
+    from_logits: bool,
+    y_true: &[T],
+    pred: &[T],
+    d: Dims,
+    mut grad: Option<&mut [T]>,
+    term: impl Fn(usize, T, T) -> (T, T),
+) -> Result<T> {
+    let k = d.classes;
+    let (lo, hi) = clip_bounds::<T>();
+    let inv_batch = T::one() / T::of(d.batch as f64);
+    let y_all = smooth_labels(y_true, label_smoothing, k);
+    let (mut p, mut o, mut dout) = (vec![T::zero(); k], vec![T::zero(); k], vec![T::zero(); k]);
+    let mut total = T::zero();
+    for row in 0..d.batch {
+        let x = &pred[row * k..(row + 1) * k];
+        if from_logits {
+            softmax_row(x, &mut p);
+        } else {
+            p.copy_from_slice(x);
+        }
+        let s: T = p.iter().copied().sum();
+        if !(s > T::zero() && s.is_finite()) {
+            return Err(Error::invalid(format!(
+                "pred row {row} sums to {s}; this loss divides each row by its sum, which must be positive"
+            )));
+        }
+        let y = &y_all[row * k..(row + 1) * k];
+        let mut row_sum = T::zero();
+        for c in 0..k {
+            o[c] = p[c] / s;
+            let (v, dv) = term(c, y[c], clamp(o[c], lo, hi));
+            row_sum += v;
+            dout[c] = if o[c] < lo || o[c] > hi {
+                T::zero()
+            } else {
+                dv
+            };
+        }
+        total += row_sum;
+        if let Some(g) = grad.as_deref_mut() {
+            let g = &mut g[row * k..(row + 1) * k];
+            // o_c = p_c / s: do_c/dp_j = (δ_cj - o_c) / s.
+            let dot: T = dout.iter().zip(&o).map(|(&dc, &oc)| dc * oc).sum();
+            for j in 0..k {
+                g[j] = (dout[j] - dot) / s * inv_batch;
+            }
+            if from_logits {
+                softmax_backward_row(&p, g);
+            }
+        }
+    }
+    Ok(total * inv_batch)
+}
+
+/// `ce` from logits: `-sum_c y_c log_softmax(z)_c`, gradient `p * sum(y) - y`, mean over the batch.
+fn cross_entropy_logits<T: Element>(
+    label_smoothing: f64,
+    y_true: &[T],
+    logits: &[T],
+    d: Dims,
+    mut grad: Option<&mut [T]>,
+) -> T {
+    let k = d.classes;
+    let inv_batch = T::one() / T::of(d.batch as f64);
+    let y_all = smooth_labels(y_true, label_smoothing, k);
+    let (mut logp, mut p, mut q) = (vec![T::zero(); k], vec![T::zero(); k], vec![T::zero(); k]);
+    let mut total = T::zero();
+    for row in 0..d.batch {
+        let z = &logits[row * k..(row + 1) * k];
+        let y = &y_all[row * k..(row + 1) * k];
+        log_softmax_row(z, &mut logp, &mut p, &mut q);
+        total += -y.iter().zip(&logp).map(|(&yc, &lc)| yc * lc).sum::<T>();
+        if let Some(g) = grad.as_deref_mut() {
+            let y_sum: T = y.iter().copied().sum();
+            for j in 0..k {
+                g[row * k + j] = (p[j] * y_sum - y[j]) * inv_batch;
+            }
+        }
+    }
+    total * inv_batch
+}
