@@ -1,0 +1,339 @@
+//! The loss flags shared by `focalflow loss` and `focalflow train`
+//! (`#[command(flatten)]` them; keep the flag names exactly).
+
+use crate::loss::{Alpha, LOSS_NAMES, LossConfig};
+use crate::{Error, Result};
+
+/// Which loss to use and its parameters. A parameter left out takes the loss's default
+/// (focal: alpha 0.25, gamma 2, l1 0, l2 0; calibrated-mse: facture 0.1; keras-focal:
+/// alpha 0.25, gamma 2, label smoothing 0; ce: label smoothing 0). A parameter that the
+/// chosen loss does not have is an error, not silently ignored.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LossFlags {
+    /// The loss: focal, calibrated-mse, keras-focal or ce.
+    #[arg(long = "loss", value_name = "NAME", default_value = "focal")]
+    pub loss: String,
+    /// Class weight of focal and keras-focal: one value in [0, 1], or one per class (A1,A2,..).
+    /// (`--alpha auto`, weights from the class frequencies, is planned with the data issue.)
+    #[arg(long, value_name = "A|A1,A2,..", allow_hyphen_values = true)]
+    pub alpha: Option<String>,
+    /// Focusing parameter of focal and keras-focal (>= 0).
+    #[arg(long, value_name = "G", allow_hyphen_values = true)]
+    pub gamma: Option<f64>,
+    /// Weight of the L1 term of focal: l1 * sum |p| over the whole batch (>= 0).
+    #[arg(long, value_name = "W", allow_hyphen_values = true)]
+    pub l1: Option<f64>,
+    /// Weight of the L2 term of focal: l2 * sum p^2 over the whole batch (>= 0).
+    #[arg(long, value_name = "W", allow_hyphen_values = true)]
+    pub l2: Option<f64>,
+    /// Weight of the calibration term of calibrated-mse: facture * mean((0.5-p)^2) (>= 0).
+    #[arg(long, value_name = "F", allow_hyphen_values = true)]
+    pub facture: Option<f64>,
+    /// Label smoothing of keras-focal and ce, in [0, 1]: y*(1-S) + S/classes.
+    #[arg(long = "label-smoothing", value_name = "S", allow_hyphen_values = true)]
+    pub label_smoothing: Option<f64>,
+    /// The predictions are logits: the loss applies the softmax itself (fused and stable for focal).
+    #[arg(long = "from-logits")]
+    pub from_logits: bool,
+}
+
+impl Default for LossFlags {
+    fn default() -> Self {
+        LossFlags {
+            loss: "focal".into(),
+            alpha: None,
+            gamma: None,
+            l1: None,
+            l2: None,
+            facture: None,
+            label_smoothing: None,
+            from_logits: false,
+        }
+    }
+}
+
+/// Parses `--alpha`: `A` or `A1,A2,..` (ranges are checked by [`LossConfig::validate_params`]).
+pub fn parse_alpha(text: &str) -> Result<Alpha> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("auto") {
+        return Err(Error::invalid(
+            "--alpha auto (weights from the class frequencies) is not supported yet; give A or A1,A2,.. with values in [0, 1]",
+        ));
+    }
+    let values = text
+        .split(',')
+        .map(|part| {
+            let part = part.trim();
+            part.parse::<f64>().map_err(|_| {
+                Error::invalid(format!(
+                    "--alpha {text:?}: {part:?} is not a number; expected A or A1,A2,.. with values in [0, 1]"
+                ))
+            })
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    Ok(if values.len() == 1 && !text.contains(',') {
+        Alpha::Scalar(values[0])
+    } else {
+        Alpha::PerClass(values)
+    })
+}
+
+impl LossFlags {
+    /// The loss configuration these flags describe, with its parameters checked (all but
+    /// the length of a per-class alpha, which needs the number of classes).
+    pub fn to_config(&self) -> Result<LossConfig> {
+        let mut cfg = LossConfig::default_for(self.loss.trim())?;
+        let name = cfg.cli_name();
+        let not_for = |flag: &str, owners: &str| {
+            Error::invalid(format!(
+                "{flag} applies only to --loss {owners}, not to --loss {name}"
+            ))
+        };
+        let alpha = self.alpha.as_deref().map(parse_alpha).transpose()?;
+        match &mut cfg {
+            LossConfig::Focal {
+                alpha: a,
+                gamma,
+                l1,
+                l2,
+                from_logits,
+            } => {
+                if self.facture.is_some() {
+                    return Err(not_for("--facture", "calibrated-mse"));
+                }
+                if self.label_smoothing.is_some() {
+                    return Err(not_for("--label-smoothing", "keras-focal and ce"));
+                }
+                if let Some(v) = alpha {
+                    *a = v;
+                }
+                *gamma = self.gamma.unwrap_or(*gamma);
+                *l1 = self.l1.unwrap_or(*l1);
+                *l2 = self.l2.unwrap_or(*l2);
+                *from_logits = self.from_logits;
+            }
+            LossConfig::CalibratedMse {
+                facture,
+                from_logits,
+            } => {
+                if self.alpha.is_some() {
+                    return Err(not_for("--alpha", "focal and keras-focal"));
+                }
+                if self.gamma.is_some() {
+                    return Err(not_for("--gamma", "focal and keras-focal"));
+                }
+                self.no_l1_l2(&not_for)?;
+                if self.label_smoothing.is_some() {
+                    return Err(not_for("--label-smoothing", "keras-focal and ce"));
+                }
+                *facture = self.facture.unwrap_or(*facture);
+                *from_logits = self.from_logits;
+            }
+            LossConfig::KerasFocal {
+                alpha: a,
+                gamma,
+                label_smoothing,
+                from_logits,
+            } => {
+                self.no_l1_l2(&not_for)?;
+                if self.facture.is_some() {
+                    return Err(not_for("--facture", "calibrated-mse"));
+                }
+                if let Some(v) = alpha {
+                    *a = v;
+                }
+                *gamma = self.gamma.unwrap_or(*gamma);
+                *label_smoothing = self.label_smoothing.unwrap_or(*label_smoothing);
+                *from_logits = self.from_logits;
+            }
+            LossConfig::CrossEntropy {
+                label_smoothing,
+                from_logits,
+            } => {
+                if self.alpha.is_some() {
+                    return Err(not_for("--alpha", "focal and keras-focal"));
+                }
+                if self.gamma.is_some() {
+                    return Err(not_for("--gamma", "focal and keras-focal"));
+                }
+                self.no_l1_l2(&not_for)?;
+                if self.facture.is_some() {
+                    return Err(not_for("--facture", "calibrated-mse"));
+                }
+                *label_smoothing = self.label_smoothing.unwrap_or(*label_smoothing);
+                *from_logits = self.from_logits;
+            }
+        }
+        cfg.validate_params()?;
+        Ok(cfg)
+    }
+
+    fn no_l1_l2(&self, not_for: &dyn Fn(&str, &str) -> Error) -> Result<()> {
+        if self.l1.is_some() {
+            return Err(not_for("--l1", "focal"));
+        }
+        if self.l2.is_some() {
+            return Err(not_for("--l2", "focal"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(loss: &str) -> LossFlags {
+        LossFlags {
+            loss: loss.into(),
+            ..LossFlags::default()
+        }
+    }
+
+    #[test]
+    fn defaults_per_loss() {
+        for name in LOSS_NAMES {
+            let cfg = flags(name).to_config().unwrap();
+            assert_eq!(cfg, LossConfig::default_for(name).unwrap());
+            assert_eq!(cfg.cli_name(), name);
+        }
+    }
+
+    #[test]
+    fn parameters_are_taken() {
+        let f = LossFlags {
+            alpha: Some("0.1, 0.9".into()),
+            gamma: Some(0.5),
+            l1: Some(1e-3),
+            l2: Some(2e-3),
+            from_logits: true,
+            ..flags("focal")
+        };
+        assert_eq!(
+            f.to_config().unwrap(),
+            LossConfig::Focal {
+                alpha: Alpha::PerClass(vec![0.1, 0.9]),
+                gamma: 0.5,
+                l1: 1e-3,
+                l2: 2e-3,
+                from_logits: true
+            }
+        );
+        let f = LossFlags {
+            label_smoothing: Some(0.1),
+            ..flags("ce")
+        };
+        assert_eq!(
+            f.to_config().unwrap(),
+            LossConfig::CrossEntropy {
+                label_smoothing: 0.1,
+                from_logits: false
+            }
+        );
+        assert_eq!(parse_alpha("0.3").unwrap(), Alpha::Scalar(0.3));
+        assert!(
+            parse_alpha("0.3,")
+                .unwrap_err()
+                .to_string()
+                .contains("not a number")
+        );
+    }
+
+    #[test]
+    fn clear_errors() {
+        let cases: Vec<(LossFlags, &str)> = vec![
+            (
+                flags("hinge"),
+                "valid: focal, calibrated-mse, keras-focal, ce",
+            ),
+            (
+                LossFlags {
+                    facture: Some(0.2),
+                    ..flags("focal")
+                },
+                "--facture applies only to --loss calibrated-mse, not to --loss focal",
+            ),
+            (
+                LossFlags {
+                    alpha: Some("0.5".into()),
+                    ..flags("ce")
+                },
+                "--alpha applies only to --loss focal and keras-focal",
+            ),
+            (
+                LossFlags {
+                    gamma: Some(1.0),
+                    ..flags("calibrated-mse")
+                },
+                "--gamma applies only",
+            ),
+            (
+                LossFlags {
+                    l1: Some(1.0),
+                    ..flags("keras-focal")
+                },
+                "--l1 applies only to --loss focal",
+            ),
+            (
+                LossFlags {
+                    l2: Some(1.0),
+                    ..flags("ce")
+                },
+                "--l2 applies only to --loss focal",
+            ),
+            (
+                LossFlags {
+                    label_smoothing: Some(0.1),
+                    ..flags("focal")
+                },
+                "--label-smoothing applies only",
+            ),
+            (
+                LossFlags {
+                    alpha: Some("auto".into()),
+                    ..flags("focal")
+                },
+                "--alpha auto",
+            ),
+            (
+                LossFlags {
+                    alpha: Some("x".into()),
+                    ..flags("focal")
+                },
+                "\"x\" is not a number",
+            ),
+            (
+                LossFlags {
+                    alpha: Some("1.5".into()),
+                    ..flags("focal")
+                },
+                "--alpha must be in [0, 1], got 1.5",
+            ),
+            (
+                LossFlags {
+                    gamma: Some(-1.0),
+                    ..flags("keras-focal")
+                },
+                "--gamma must be a finite number >= 0, got -1",
+            ),
+            (
+                LossFlags {
+                    facture: Some(f64::NAN),
+                    ..flags("calibrated-mse")
+                },
+                "--facture must be",
+            ),
+            (
+                LossFlags {
+                    label_smoothing: Some(1.5),
+                    ..flags("ce")
+                },
+                "--label-smoothing must be in [0, 1]",
+            ),
+        ];
+        for (f, want) in cases {
+            let msg = f.to_config().unwrap_err().to_string();
+            assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `focalflow loss`: evaluates a configured loss (and its gradient) on arrays from `.npy`
+//! files — for checking a loss setup and comparing with other frameworks.
+
+use std::path::PathBuf;
+
+use crate::cli::loss_args::LossFlags;
+use crate::loss::loss_forward_backward;
+use crate::{Error, Result, npy};
+
+/// Evaluate a loss on given labels and predictions; prints `{"loss": <number>}`.
+#[derive(clap::Args, Debug)]
+pub struct LossArgs {
+    #[command(flatten)]
+    pub loss: LossFlags,
+    /// Labels: a 2-D .npy array [batch, classes] (f32 or f64, C order).
+    #[arg(long = "y-true", value_name = "T.npy")]
+    pub y_true: PathBuf,
+    /// Predictions of the same shape: probabilities, or logits with --from-logits.
+    #[arg(long = "y-pred", value_name = "P.npy")]
+    pub y_pred: PathBuf,
+    /// Write dLoss/dP (dLoss/dlogits with --from-logits) here as an f32 .npy of the same shape.
+    #[arg(long = "grad-out", value_name = "G.npy")]
+    pub grad_out: Option<PathBuf>,
+    /// Where to compute: cpu (auto means cpu until other devices can run losses).
+    #[arg(long, value_name = "D", default_value = "cpu")]
+    pub device: String,
+}
+
+/// Runs `focalflow loss`: computes in f32 like training (inputs rounded to f32), prints one
+/// JSON object on stdout and writes the gradient when asked.
+pub fn run(args: &LossArgs) -> Result<()> {
+    match args.device.as_str() {
+        "cpu" | "auto" => {}
+        other => {
+            return Err(Error::Device(format!(
+                "--device {other} for `focalflow loss` is not available yet: losses run on the cpu only for now (use --device cpu)"
+            )));
+        }
+    }
+    let cfg = args.loss.to_config()?;
+    let (y_true, y_shape) = npy::read_2d_f32(&args.y_true)?;
+    let (y_pred, p_shape) = npy::read_2d_f32(&args.y_pred)?;
+    if y_shape != p_shape {
+        return Err(Error::Shape(format!(
+            "--y-true {} is {y_shape:?} but --y-pred {} is {p_shape:?}; they must have the same shape [batch, classes]",
+            args.y_true.display(),
+            args.y_pred.display()
+        )));
+    }
+    let [batch, classes] = y_shape;
+    let mut grad = args.grad_out.as_ref().map(|_| vec![0f32; batch * classes]);
+    let loss =
+        loss_forward_backward::<f32>(&cfg, &y_true, &y_pred, batch, classes, grad.as_deref_mut())?;
+    if !loss.is_finite() {
+        return Err(Error::NonFinite(format!(
+            "{} evaluated to {loss} on these inputs",
+            cfg.describe()
+        )));
+    }
+    if let (Some(path), Some(g)) = (&args.grad_out, &grad) {
+        npy::write_2d_f32(path, g, y_shape)?;
+    }
+    // An f32 widened to f64 prints with enough digits to round-trip the f32 exactly.
+    println!("{}", serde_json::json!({ "loss": loss as f64 }));
+    Ok(())
+}
