@@ -546,6 +546,35 @@ fn log_softmax_row<T: Element>(z: &[T], logp: &mut [T], p: &mut [T], q: &mut [T]
     }
 }
 
+/// Adds `scale * (p_j * sum_c v_c - v_j)` to `out[j]`, the gradient w.r.t. the logits of
+/// `-sum_c v_c log p_c` with fixed weights `v`. Evaluated as
+/// `p_j * (sum over c != j of v_c) - q_j * v_j` (equal, since `p_j + q_j = 1`): for a confident
+/// class (`p_j ≈ 1`) the direct form subtracts two numbers close to `v_j` and keeps only an
+/// absolute precision of ~eps·v_j, whereas this form keeps the full relative precision of
+/// `q_j` (e.g. one-hot labels: exactly `-q_j`). The sums excluding `j` come from a suffix sum
+/// (`suffix`, scratch of the row's length) and a running prefix sum, never from `W - v_j`.
+fn add_softmax_residual<T: Element>(
+    p: &[T],
+    q: &[T],
+    v: &[T],
+    scale: T,
+    suffix: &mut [T],
+    out: &mut [T],
+) {
+    let k = p.len();
+    let mut acc = T::zero();
+    for j in (0..k).rev() {
+        suffix[j] = acc;
+        acc += v[j];
+    }
+    let mut prefix = T::zero();
+    for j in 0..k {
+        let others = prefix + suffix[j];
+        out[j] += (p[j] * others - q[j] * v[j]) * scale;
+        prefix += v[j];
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn focal_probs<T: Element>(
     alpha: &[T],
@@ -605,7 +634,8 @@ fn focal_probs<T: Element>(
 /// so the bracket is `q_c^g (1 + g p_c r_c)`, a product of finite factors. With
 /// `w_c = a_c y_c q_c^g (1 + g p_c r_c)` and `W = sum_c w_c`:
 ///
-/// `dL/dz_j = p_j W - w_j`.
+/// `dL/dz_j = p_j W - w_j` (evaluated as `p_j (W - w_j) - q_j w_j`, see
+/// [`add_softmax_residual`], so that a confident sample's small gradient stays accurate).
 ///
 /// A confidently wrong sample (`p_c → 0` for its true class) keeps `w_c ≈ a_c y_c`, so its
 /// gradient stays large instead of vanishing as on the clipped probability path.
@@ -631,6 +661,7 @@ fn focal_logits<T: Element>(
         vec![T::zero(); k],
         vec![T::zero(); k],
     );
+    let mut suffix = vec![T::zero(); k];
     let (mut focal, mut abs_sum, mut sq_sum) = (T::zero(), T::zero(), T::zero());
     for row in 0..d.batch {
         let z = &logits[row * k..(row + 1) * k];
@@ -653,15 +684,12 @@ fn focal_logits<T: Element>(
         focal += row_sum;
         if let Some(g) = grad.as_deref_mut() {
             let g = &mut g[row * k..(row + 1) * k];
-            let big_w: T = w.iter().copied().sum();
             // Gradient of the L1/L2 terms w.r.t. p, chained through the softmax.
             for j in 0..k {
                 g[j] = l1 * p[j].signum() + two * l2 * p[j];
             }
             softmax_backward_row(&p, g);
-            for j in 0..k {
-                g[j] += (p[j] * big_w - w[j]) * inv_batch;
-            }
+            add_softmax_residual(&p, &q, &w, inv_batch, &mut suffix, g);
         }
     }
     focal * inv_batch + l1 * abs_sum + l2 * sq_sum
@@ -767,6 +795,7 @@ fn keras_normalized<T: Element>(
 }
 
 /// `ce` from logits: `-sum_c y_c log_softmax(z)_c`, gradient `p * sum(y) - y`, mean over the batch.
+/// (TensorFlow's kernel returns `p - y`, the same when the labels sum to 1.)
 fn cross_entropy_logits<T: Element>(
     label_smoothing: f64,
     y_true: &[T],
@@ -778,6 +807,7 @@ fn cross_entropy_logits<T: Element>(
     let inv_batch = T::one() / T::of(d.batch as f64);
     let y_all = smooth_labels(y_true, label_smoothing, k);
     let (mut logp, mut p, mut q) = (vec![T::zero(); k], vec![T::zero(); k], vec![T::zero(); k]);
+    let mut suffix = vec![T::zero(); k];
     let mut total = T::zero();
     for row in 0..d.batch {
         let z = &logits[row * k..(row + 1) * k];
@@ -785,10 +815,9 @@ fn cross_entropy_logits<T: Element>(
         log_softmax_row(z, &mut logp, &mut p, &mut q);
         total += -y.iter().zip(&logp).map(|(&yc, &lc)| yc * lc).sum::<T>();
         if let Some(g) = grad.as_deref_mut() {
-            let y_sum: T = y.iter().copied().sum();
-            for j in 0..k {
-                g[row * k + j] = (p[j] * y_sum - y[j]) * inv_batch;
-            }
+            let g = &mut g[row * k..(row + 1) * k];
+            g.fill(T::zero());
+            add_softmax_residual(&p, &q, y, inv_batch, &mut suffix, g);
         }
     }
     total * inv_batch

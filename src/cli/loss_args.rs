@@ -1,7 +1,7 @@
 //! The loss flags shared by `focalflow loss` and `focalflow train`
 //! (`#[command(flatten)]` them; keep the flag names exactly).
 
-use crate::loss::{Alpha, LOSS_NAMES, LossConfig};
+use crate::loss::{Alpha, LossConfig};
 use crate::{Error, Result};
 
 /// Which loss to use and its parameters. A parameter left out takes the loss's default
@@ -182,6 +182,7 @@ impl LossFlags {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loss::LOSS_NAMES;
 
     fn flags(loss: &str) -> LossFlags {
         LossFlags {
