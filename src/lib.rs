@@ -2,6 +2,8 @@
 //! overconfident models, on a fast CPU backend and hand-written CUDA kernels.
 
 pub mod backend;
+pub mod bench;
+pub mod cli;
 pub mod data;
 pub mod element;
 pub mod error;
@@ -10,6 +12,7 @@ pub mod model;
 pub mod npy;
 pub mod optim;
 pub mod rng;
+pub mod train;
 
 pub use element::Element;
 pub use error::{Error, Result};

@@ -1,3 +1,9 @@
+use clap::Parser;
+
 fn main() {
-    println!("focalflow");
+    let cli = focalflow::cli::Cli::parse();
+    if let Err(e) = focalflow::cli::run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
 }

@@ -77,37 +77,46 @@ fn check_len<T>(what: &str, buf: &[T], needed: usize) -> Result<()> {
     Ok(())
 }
 
-/// Writes the im2col matrix of one image: row `oh*out_w + ow` holds the receptive field of
-/// that output pixel in (kh, kw, c) order — the order of an HWIO kernel's rows.
-fn im2col<T: Element>(s: &ConvShape, image: &[T], col: &mut [T]) {
+/// Bytes of im2col matrix processed at a time: small enough to stay in L2 between its
+/// writing (im2col) and its reading (GEMM), large enough to keep the GEMM efficient.
+const IM2COL_CHUNK_BYTES: usize = 512 * 1024;
+
+/// Output pixels per im2col chunk for a convolution.
+fn chunk_pixels<T>(s: &ConvShape) -> usize {
+    (IM2COL_CHUNK_BYTES / (s.patch_len() * std::mem::size_of::<T>()))
+        .clamp(16, s.out_h() * s.out_w())
+}
+
+/// Writes rows of one image's im2col matrix: row `r` of `col` holds the receptive field of
+/// output pixel `first_pixel + r` (pixels numbered `oh * out_w + ow`), in (kh, kw, c) order —
+/// the order of an HWIO kernel's rows.
+fn im2col<T: Element>(s: &ConvShape, image: &[T], first_pixel: usize, col: &mut [T]) {
     let (pad_top, pad_left) = s.pad_before();
-    let (out_h, out_w, c) = (s.out_h(), s.out_w(), s.in_c);
+    let (out_w, c) = (s.out_w(), s.in_c);
     let patch = s.patch_len();
-    for oh in 0..out_h {
-        for ow in 0..out_w {
-            let row = &mut col[(oh * out_w + ow) * patch..][..patch];
-            for kh in 0..s.kernel_h {
-                let ih = (oh + kh) as isize - pad_top as isize;
-                let dst = &mut row[kh * s.kernel_w * c..][..s.kernel_w * c];
-                if ih < 0 || ih >= s.in_h as isize {
-                    dst.fill(T::zero());
-                    continue;
-                }
-                let iw0 = ow as isize - pad_left as isize;
-                if iw0 >= 0 && iw0 as usize + s.kernel_w <= s.in_w {
-                    // The whole kernel row is inside the image: one contiguous copy.
-                    let start = (ih as usize * s.in_w + iw0 as usize) * c;
-                    dst.copy_from_slice(&image[start..start + s.kernel_w * c]);
-                } else {
-                    for kw in 0..s.kernel_w {
-                        let iw = iw0 + kw as isize;
-                        let d = &mut dst[kw * c..][..c];
-                        if iw < 0 || iw >= s.in_w as isize {
-                            d.fill(T::zero());
-                        } else {
-                            let start = (ih as usize * s.in_w + iw as usize) * c;
-                            d.copy_from_slice(&image[start..start + c]);
-                        }
+    for (r, row) in col.chunks_exact_mut(patch).enumerate() {
+        let (oh, ow) = ((first_pixel + r) / out_w, (first_pixel + r) % out_w);
+        for kh in 0..s.kernel_h {
+            let ih = (oh + kh) as isize - pad_top as isize;
+            let dst = &mut row[kh * s.kernel_w * c..][..s.kernel_w * c];
+            if ih < 0 || ih >= s.in_h as isize {
+                dst.fill(T::zero());
+                continue;
+            }
+            let iw0 = ow as isize - pad_left as isize;
+            if iw0 >= 0 && iw0 as usize + s.kernel_w <= s.in_w {
+                // The whole kernel row is inside the image: one contiguous copy.
+                let start = (ih as usize * s.in_w + iw0 as usize) * c;
+                dst.copy_from_slice(&image[start..start + s.kernel_w * c]);
+            } else {
+                for kw in 0..s.kernel_w {
+                    let iw = iw0 + kw as isize;
+                    let d = &mut dst[kw * c..][..c];
+                    if iw < 0 || iw >= s.in_w as isize {
+                        d.fill(T::zero());
+                    } else {
+                        let start = (ih as usize * s.in_w + iw as usize) * c;
+                        d.copy_from_slice(&image[start..start + c]);
                     }
                 }
             }
@@ -116,31 +125,40 @@ fn im2col<T: Element>(s: &ConvShape, image: &[T], col: &mut [T]) {
 }
 
 /// The adjoint of `im2col`: adds every row of `col` back onto the pixels it was read from.
-fn col2im_add<T: Element>(s: &ConvShape, col: &[T], image: &mut [T]) {
+fn col2im_add<T: Element>(s: &ConvShape, col: &[T], first_pixel: usize, image: &mut [T]) {
     let (pad_top, pad_left) = s.pad_before();
-    let (out_h, out_w, c) = (s.out_h(), s.out_w(), s.in_c);
+    let (out_w, c) = (s.out_w(), s.in_c);
     let patch = s.patch_len();
-    for oh in 0..out_h {
-        for ow in 0..out_w {
-            let row = &col[(oh * out_w + ow) * patch..][..patch];
-            for kh in 0..s.kernel_h {
-                let ih = (oh + kh) as isize - pad_top as isize;
-                if ih < 0 || ih >= s.in_h as isize {
+    for (r, row) in col.chunks_exact(patch).enumerate() {
+        let (oh, ow) = ((first_pixel + r) / out_w, (first_pixel + r) % out_w);
+        for kh in 0..s.kernel_h {
+            let ih = (oh + kh) as isize - pad_top as isize;
+            if ih < 0 || ih >= s.in_h as isize {
+                continue;
+            }
+            for kw in 0..s.kernel_w {
+                let iw = ow as isize + kw as isize - pad_left as isize;
+                if iw < 0 || iw >= s.in_w as isize {
                     continue;
                 }
-                for kw in 0..s.kernel_w {
-                    let iw = ow as isize + kw as isize - pad_left as isize;
-                    if iw < 0 || iw >= s.in_w as isize {
-                        continue;
-                    }
-                    let src = &row[(kh * s.kernel_w + kw) * c..][..c];
-                    let start = (ih as usize * s.in_w + iw as usize) * c;
-                    for (d, &v) in image[start..start + c].iter_mut().zip(src) {
-                        *d += v;
-                    }
+                let src = &row[(kh * s.kernel_w + kw) * c..][..c];
+                let start = (ih as usize * s.in_w + iw as usize) * c;
+                for (d, &v) in image[start..start + c].iter_mut().zip(src) {
+                    *d += v;
                 }
             }
         }
+    }
+}
+
+/// Calls `f(first_pixel, pixel_count)` for consecutive chunks of an image's output pixels.
+fn for_each_pixel_chunk<T>(s: &ConvShape, mut f: impl FnMut(usize, usize)) {
+    let (pixels, step) = (s.out_h() * s.out_w(), chunk_pixels::<T>(s));
+    let mut first = 0;
+    while first < pixels {
+        let count = step.min(pixels - first);
+        f(first, count);
+        first += count;
     }
 }
 
@@ -213,24 +231,27 @@ impl<T: Element> Backend for CpuBackend<T> {
         check_len("conv bias", b, s.out_c)?;
         check_len("conv output", y, s.output_len())?;
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
-        let pixels = s.out_h() * s.out_w();
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         y[..s.output_len()]
             .par_chunks_mut(out_img * per_task)
             .zip(x[..s.input_len()].par_chunks(in_img * per_task))
             .for_each(|(ys, xs)| {
-                let mut col = self.take_scratch(pixels * s.patch_len());
+                let mut col = self.take_scratch(chunk_pixels::<T>(s) * s.patch_len());
                 for (yi, xi) in ys.chunks_exact_mut(out_img).zip(xs.chunks_exact(in_img)) {
-                    im2col(s, xi, &mut col);
-                    matmul(
-                        yi,
-                        MatRef::row_major(&col, pixels, s.patch_len()),
-                        MatRef::row_major(&w[..s.kernel_len()], s.patch_len(), s.out_c),
-                        false,
-                        gemm_parallel,
-                    );
-                    add_bias_relu(yi, &b[..s.out_c], relu);
+                    for_each_pixel_chunk::<T>(s, |first, count| {
+                        let col = &mut col[..count * s.patch_len()];
+                        im2col(s, xi, first, col);
+                        let out = &mut yi[first * s.out_c..(first + count) * s.out_c];
+                        matmul(
+                            out,
+                            MatRef::row_major(col, count, s.patch_len()),
+                            MatRef::row_major(&w[..s.kernel_len()], s.patch_len(), s.out_c),
+                            false,
+                            gemm_parallel,
+                        );
+                        add_bias_relu(out, &b[..s.out_c], relu);
+                    });
                 }
                 self.give_scratch(col);
             });
@@ -248,25 +269,31 @@ impl<T: Element> Backend for CpuBackend<T> {
         check_len("conv kernel", w, s.kernel_len())?;
         check_len("conv input gradient", dx, s.input_len())?;
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
-        let pixels = s.out_h() * s.out_w();
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         dx[..s.input_len()]
             .par_chunks_mut(in_img * per_task)
             .zip(dy[..s.output_len()].par_chunks(out_img * per_task))
             .for_each(|(dxs, dys)| {
-                let mut dcol = self.take_scratch(pixels * s.patch_len());
+                let mut dcol = self.take_scratch(chunk_pixels::<T>(s) * s.patch_len());
                 for (dxi, dyi) in dxs.chunks_exact_mut(in_img).zip(dys.chunks_exact(out_img)) {
-                    // dcol[pixels, patch] = dy[pixels, out_c] @ w^T[out_c, patch]
-                    matmul(
-                        &mut dcol,
-                        MatRef::row_major(dyi, pixels, s.out_c),
-                        MatRef::transposed(&w[..s.kernel_len()], s.out_c, s.patch_len()),
-                        false,
-                        gemm_parallel,
-                    );
                     dxi.fill(T::zero());
-                    col2im_add(s, &dcol, dxi);
+                    for_each_pixel_chunk::<T>(s, |first, count| {
+                        let dcol = &mut dcol[..count * s.patch_len()];
+                        // dcol[pixels, patch] = dy[pixels, out_c] @ w^T[out_c, patch]
+                        matmul(
+                            dcol,
+                            MatRef::row_major(
+                                &dyi[first * s.out_c..(first + count) * s.out_c],
+                                count,
+                                s.out_c,
+                            ),
+                            MatRef::transposed(&w[..s.kernel_len()], s.out_c, s.patch_len()),
+                            false,
+                            gemm_parallel,
+                        );
+                        col2im_add(s, dcol, first, dxi);
+                    });
                 }
                 self.give_scratch(dcol);
             });
@@ -286,7 +313,6 @@ impl<T: Element> Backend for CpuBackend<T> {
         check_len("conv kernel gradient", dw, s.kernel_len())?;
         check_len("conv bias gradient", db, s.out_c)?;
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
-        let pixels = s.out_h() * s.out_w();
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
@@ -296,23 +322,26 @@ impl<T: Element> Backend for CpuBackend<T> {
             .par_chunks(in_img * per_task)
             .zip(dy[..s.output_len()].par_chunks(out_img * per_task))
             .map(|(xs, dys)| {
-                let mut col = self.take_scratch(pixels * s.patch_len());
+                let mut col = self.take_scratch(chunk_pixels::<T>(s) * s.patch_len());
                 let mut acc = self.take_scratch(kernel_len + out_c);
                 acc.fill(T::zero());
-                for (i, (xi, dyi)) in xs
-                    .chunks_exact(in_img)
-                    .zip(dys.chunks_exact(out_img))
-                    .enumerate()
-                {
-                    im2col(s, xi, &mut col);
-                    // dw[patch, out_c] += col^T[patch, pixels] @ dy[pixels, out_c]
-                    matmul(
-                        &mut acc[..kernel_len],
-                        MatRef::transposed(&col, s.patch_len(), pixels),
-                        MatRef::row_major(dyi, pixels, out_c),
-                        i > 0,
-                        gemm_parallel,
-                    );
+                for (xi, dyi) in xs.chunks_exact(in_img).zip(dys.chunks_exact(out_img)) {
+                    for_each_pixel_chunk::<T>(s, |first, count| {
+                        let col = &mut col[..count * s.patch_len()];
+                        im2col(s, xi, first, col);
+                        // dw[patch, out_c] += col^T[patch, pixels] @ dy[pixels, out_c]
+                        matmul(
+                            &mut acc[..kernel_len],
+                            MatRef::transposed(col, s.patch_len(), count),
+                            MatRef::row_major(
+                                &dyi[first * out_c..(first + count) * out_c],
+                                count,
+                                out_c,
+                            ),
+                            true,
+                            gemm_parallel,
+                        );
+                    });
                     add_column_sums(dyi, &mut acc[kernel_len..]);
                 }
                 self.give_scratch(col);
@@ -385,24 +414,37 @@ impl<T: Element> Backend for CpuBackend<T> {
             .zip(x[..s.input_len()].par_chunks(in_img))
             .zip(dy[..s.output_len()].par_chunks(out_img))
             .for_each(|((dxi, xi), dyi)| {
-                dxi.fill(T::zero());
+                let (size, in_w) = (s.size, s.in_w);
+                let (covered_h, covered_w) = (s.out_h() * size, s.out_w() * size);
+                // Pixels in no window (the floored last row/column of an odd size) get zero.
+                dxi[covered_h * in_w * c..].fill(T::zero());
+                for row in dxi[..covered_h * in_w * c].chunks_exact_mut(in_w * c) {
+                    row[covered_w * c..].fill(T::zero());
+                }
+                // Window position (0..size*size) of each channel's first maximum.
+                let mut best_at = vec![0usize; c];
+                let mut best = vec![T::zero(); c];
                 for oh in 0..s.out_h() {
                     for ow in 0..s.out_w() {
-                        for ch in 0..c {
-                            // First maximum in row-major window order, as TF's MaxPoolGrad.
-                            let mut best = usize::MAX;
-                            let mut best_v = T::neg_infinity();
-                            for dh in 0..s.size {
-                                for dw in 0..s.size {
-                                    let idx =
-                                        ((oh * s.size + dh) * s.in_w + ow * s.size + dw) * c + ch;
-                                    if best == usize::MAX || xi[idx] > best_v {
-                                        best = idx;
-                                        best_v = xi[idx];
-                                    }
+                        let at =
+                            |k: usize| ((oh * size + k / size) * in_w + ow * size + k % size) * c;
+                        for k in 0..size * size {
+                            let xs = &xi[at(k)..][..c];
+                            for ch in 0..c {
+                                if k == 0 || xs[ch] > best[ch] {
+                                    best[ch] = xs[ch];
+                                    best_at[ch] = k;
                                 }
                             }
-                            dxi[best] += dyi[(oh * s.out_w() + ow) * c + ch];
+                        }
+                        // Every input of the window is written: the gradient at the maximum,
+                        // zero elsewhere (windows do not overlap, stride = size).
+                        let g = &dyi[(oh * s.out_w() + ow) * c..][..c];
+                        for k in 0..size * size {
+                            let start = at(k);
+                            for (ch, d) in dxi[start..start + c].iter_mut().enumerate() {
+                                *d = if best_at[ch] == k { g[ch] } else { T::zero() };
+                            }
                         }
                     }
                 }

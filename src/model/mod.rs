@@ -581,6 +581,26 @@ impl<B: Backend> Model<B> {
         Ok(value)
     }
 
+    /// Loss of the last forward pass against one-hot `y`, without gradients (validation).
+    pub fn loss_of_forward(
+        &self,
+        backend: &B,
+        loss: &LossConfig,
+        y: &B::Buf,
+        batch: usize,
+    ) -> Result<B::E> {
+        let ws = self
+            .workspace
+            .as_ref()
+            .ok_or_else(|| Error::invalid("loss_of_forward() before forward()"))?;
+        let pred = if loss.from_logits() {
+            ws.acts.last().expect("a plan has at least the head")
+        } else {
+            &ws.probs
+        };
+        backend.loss(loss, batch, self.plan.classes, y, pred, None)
+    }
+
     /// One Adam update of every parameter from its current gradient.
     pub fn apply_gradients(&mut self, backend: &B) -> Result<()> {
         let step = self.optimizer.next_step::<B::E>();

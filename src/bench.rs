@@ -1,0 +1,103 @@
+//! `focalflow bench`: training and inference throughput of a model on random data, after
+//! warm-up, and the process' peak memory.
+
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::loss::LossConfig;
+use crate::model::{Arch, ImageShape, Model, Plan};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub arch: Arch,
+    pub image_size: usize,
+    pub batch_size: usize,
+    pub classes: usize,
+    /// Timed steps (after `warmup` untimed ones).
+    pub steps: usize,
+    pub warmup: usize,
+    pub loss: LossConfig,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub arch: String,
+    pub image_size: usize,
+    pub batch_size: usize,
+    pub steps: usize,
+    pub train_images_per_second: f64,
+    pub inference_images_per_second: f64,
+    /// Model FLOPs (forward + backward, about 3x forward) per second of training.
+    pub train_gflops: f64,
+    pub train_step_ms: f64,
+    pub inference_batch_ms: f64,
+    /// Peak resident memory of the process (Linux VmHWM), if known.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Peak resident set size of this process, from /proc/self/status (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+pub fn run<B: Backend<E = f32>>(backend: &B, opts: &BenchOptions) -> Result<BenchReport> {
+    if opts.steps == 0 || opts.batch_size == 0 {
+        return Err(Error::invalid(
+            "--steps and --batch-size must be at least 1",
+        ));
+    }
+    let shape = ImageShape {
+        height: opts.image_size,
+        width: opts.image_size,
+        channels: 3,
+    };
+    let plan = Plan::new(&opts.arch, shape, opts.classes)?;
+    let flops_per_image = plan.forward_flops();
+    let mut model = Model::new(backend, plan, 0)?;
+    let n = opts.batch_size;
+    let mut rng = Rng::new(1);
+    let x_host: Vec<f32> = (0..n * shape.len()).map(|_| rng.uniform() as f32).collect();
+    let y_host: Vec<f32> = (0..n * opts.classes)
+        .map(|i| f32::from(i % opts.classes == (i / opts.classes) % opts.classes))
+        .collect();
+    let (x, y) = (backend.upload(&x_host)?, backend.upload(&y_host)?);
+
+    for _ in 0..opts.warmup {
+        model.train_step(backend, &opts.loss, &x, &y, n)?;
+    }
+    let start = Instant::now();
+    for _ in 0..opts.steps {
+        model.train_step(backend, &opts.loss, &x, &y, n)?;
+    }
+    let train_s = start.elapsed().as_secs_f64() / opts.steps as f64;
+
+    for _ in 0..opts.warmup {
+        model.predict(backend, &x, n)?;
+    }
+    let start = Instant::now();
+    for _ in 0..opts.steps {
+        model.predict(backend, &x, n)?;
+    }
+    let infer_s = start.elapsed().as_secs_f64() / opts.steps as f64;
+
+    Ok(BenchReport {
+        device: backend.name().to_string(),
+        arch: opts.arch.to_string(),
+        image_size: opts.image_size,
+        batch_size: n,
+        steps: opts.steps,
+        train_images_per_second: n as f64 / train_s,
+        inference_images_per_second: n as f64 / infer_s,
+        // The backward pass costs about twice the forward (data and filter gradients).
+        train_gflops: 3.0 * flops_per_image * n as f64 / train_s / 1e9,
+        train_step_ms: train_s * 1e3,
+        inference_batch_ms: infer_s * 1e3,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}

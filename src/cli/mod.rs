@@ -1,0 +1,205 @@
+//! The command line: `focalflow train | loss | bench | info`.
+
+pub mod loss_args;
+pub mod loss_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::backend::CpuBackend;
+use crate::bench::{self, BenchOptions};
+use crate::data::synthetic;
+use crate::model::{Arch, REFERENCE_ARCH};
+use crate::train::{self, TrainOptions};
+use crate::{Error, Result};
+use loss_args::LossFlags;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "focalflow",
+    version,
+    about = "Train image classifiers with focal and calibration losses, on CPU or CUDA"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (the reference CNN by default) and write a run folder.
+    Train(TrainArgs),
+    /// Evaluate a loss (and its gradient) on arrays from .npy files.
+    Loss(loss_cmd::LossArgs),
+    /// Time training and inference steps of a model on random data.
+    Bench(BenchArgs),
+}
+
+/// Where to run: `auto` picks the best available and says which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+    CudaEmu,
+}
+
+/// Resolves `--device` to a backend this build can run, or a one-line reason why not.
+pub fn resolve_device(choice: DeviceChoice) -> Result<DeviceChoice> {
+    match choice {
+        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(DeviceChoice::Cpu),
+        DeviceChoice::Cuda | DeviceChoice::CudaEmu => Err(Error::Device(
+            "--device cuda / cuda-emu: the CUDA backend is not part of this build yet; use --device cpu".into(),
+        )),
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// A folder with one sub-folder of images per class (not supported yet: without it,
+    /// focalflow trains on its built-in generated set).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Images in the built-in set (used when --data is not given).
+    #[arg(long, value_name = "N", default_value_t = 640)]
+    pub synthetic_images: usize,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long = "lr", default_value_t = 1e-3)]
+    pub learning_rate: f64,
+    /// Images are square, this many pixels a side.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    #[command(flatten)]
+    pub loss: LossFlags,
+    /// Layers before the classifier head, e.g. c16,p,c32,p,c64,p,d256 (see README).
+    #[arg(long, default_value = REFERENCE_ARCH)]
+    pub arch: String,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Fraction of each class held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// At most this many batches per epoch (like Keras' fit(steps_per_epoch=)).
+    #[arg(long, value_name = "N")]
+    pub steps_per_epoch: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Run folder for config.json and metrics.jsonl (default: a new folder under runs/).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// No progress bars (they are also hidden when stderr is not a terminal).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Timed steps, after two warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value = REFERENCE_ARCH)]
+    pub arch: String,
+    #[command(flatten)]
+    pub loss: LossFlags,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => run_train(args),
+        Command::Loss(args) => loss_cmd::run(&args),
+        Command::Bench(args) => run_bench(args),
+    }
+}
+
+fn run_train(args: TrainArgs) -> Result<()> {
+    let device = resolve_device(args.device)?;
+    let loss = args.loss.to_config()?;
+    let arch: Arch = args.arch.parse()?;
+    if let Some(dir) = &args.data {
+        return Err(Error::invalid(format!(
+            "--data {}: reading image folders is not supported yet; leave out --data to train on the built-in set",
+            dir.display()
+        )));
+    }
+    if args.image_size == 0 || args.synthetic_images < 4 {
+        return Err(Error::invalid(
+            "--image-size must be positive and --synthetic-images at least 4",
+        ));
+    }
+    eprintln!(
+        "no --data given: training on the built-in set ({} generated {}x{} images of horizontal vs vertical stripes, seed {})",
+        args.synthetic_images, args.image_size, args.image_size, args.seed
+    );
+    let data = synthetic::generate(args.synthetic_images, args.image_size, args.seed);
+    let opts = TrainOptions {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.learning_rate,
+        loss: loss.clone(),
+        arch,
+        seed: args.seed,
+        val_fraction: args.val_fraction,
+        steps_per_epoch: args.steps_per_epoch,
+        progress: !args.quiet,
+    };
+    let out = args.out.unwrap_or_else(|| train::default_run_dir(&loss));
+    eprintln!("device: {device:?}; run folder: {}", out.display());
+    let backend = CpuBackend::<f32>::new();
+    let (_model, history) = train::train(&backend, &data, &opts, &out, |line| println!("{line}"))?;
+    if let Some(last) = history.last() {
+        eprintln!("done: metrics in {}", out.join("metrics.jsonl").display());
+        let _ = last;
+    }
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> Result<()> {
+    let device = resolve_device(args.device)?;
+    let opts = BenchOptions {
+        arch: args.arch.parse()?,
+        image_size: args.image_size,
+        batch_size: args.batch_size,
+        classes: 2,
+        steps: args.steps,
+        warmup: 2,
+        loss: args.loss.to_config()?,
+    };
+    let backend = CpuBackend::<f32>::new();
+    let report = bench::run(&backend, &opts)?;
+    let _ = device;
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("JSON"));
+    } else {
+        println!(
+            "{} {}x{} batch {}, {} threads: train {:.1} img/s ({:.0} ms/step, {:.1} GFLOP/s), inference {:.1} img/s, peak RSS {}",
+            report.device,
+            report.image_size,
+            report.image_size,
+            report.batch_size,
+            rayon::current_num_threads(),
+            report.train_images_per_second,
+            report.train_step_ms,
+            report.train_gflops,
+            report.inference_images_per_second,
+            report.peak_rss_bytes.map_or("unknown".into(), |b| format!(
+                "{:.0} MiB",
+                b as f64 / 1048576.0
+            ))
+        );
+    }
+    Ok(())
+}
