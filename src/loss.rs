@@ -592,14 +592,14 @@ fn focal_probs<T: Element>(
     let (mut focal, mut abs_sum, mut sq_sum) = (T::zero(), T::zero(), T::zero());
     for row in 0..d.batch {
         let mut row_sum = T::zero();
-        for c in 0..d.classes {
+        for (c, &alpha_c) in alpha.iter().enumerate() {
             let i = row * d.classes + c;
             let x = pred[i];
             let y = y_true[i];
             let p = clamp(x, lo, hi);
             let q = T::one() - p;
             let ln_p = p.ln();
-            row_sum += -alpha[c] * y * q.powf(gamma) * ln_p;
+            row_sum += -alpha_c * y * q.powf(gamma) * ln_p;
             abs_sum += p.abs();
             sq_sum += p * p;
             if let Some(g) = grad.as_deref_mut() {
@@ -608,7 +608,7 @@ fn focal_probs<T: Element>(
                     T::zero()
                 } else {
                     // d/dp of -a*y*(1-p)^g*ln p; 1-p >= 1.2e-7 here, so (1-p)^(g-1) is finite.
-                    let d_focal = -alpha[c]
+                    let d_focal = -alpha_c
                         * y
                         * (q.powf(gamma) / p - gamma * q.powf(gamma - T::one()) * ln_p);
                     d_focal * inv_batch + l1 * p.signum() + two * l2 * p

@@ -217,7 +217,7 @@ fn focal_clipped_value_by_hand() {
     );
     // In f32 the bounds are 1e-7f32 and 0.99999988f32 (the f32 nearest 1-1e-7).
     let v = loss_of::<f32>(&cfg, &[0.0, 1.0], &[1.0, 0.0], 1, 2) as f64;
-    let (lo, hi) = (1e-7f32 as f64, 0.99999988f32 as f64);
+    let (lo, hi) = (1e-7f32 as f64, f32::from_bits(0x3F7F_FFFE) as f64); // hi = 1 - 2^-23 = 0.99999988
     assert_close(
         v,
         0.25 * (1.0 - lo) * (1.0 - lo) * -lo.ln(),
