@@ -13,8 +13,9 @@ pub struct LossFlags {
     /// The loss: focal, calibrated-mse, keras-focal or ce.
     #[arg(long = "loss", value_name = "NAME", default_value = "focal")]
     pub loss: String,
-    /// Class weight of focal and keras-focal: one value in [0, 1], or one per class (A1,A2,..).
-    /// (`--alpha auto`, weights from the class frequencies, is planned with the data issue.)
+    /// Class weight of focal and keras-focal: one value in [0, 1], or one per class (A1,A2,..),
+    /// or (train only) `auto` from the training-split class counts: auto = auto:effective
+    /// (Cui et al., beta 0.999; auto:effective=BETA), or auto:inverse (inverse frequency).
     #[arg(long, value_name = "A|A1,A2,..", allow_hyphen_values = true)]
     pub alpha: Option<String>,
     /// Focusing parameter of focal and keras-focal (>= 0).
@@ -32,9 +33,12 @@ pub struct LossFlags {
     /// Label smoothing of keras-focal and ce, in [0, 1]: y*(1-S) + S/classes.
     #[arg(long = "label-smoothing", value_name = "S", allow_hyphen_values = true)]
     pub label_smoothing: Option<f64>,
-    /// The predictions are logits: the loss applies the softmax itself (fused and stable for focal).
-    #[arg(long = "from-logits")]
-    pub from_logits: bool,
+    /// The predictions are logits: the loss applies the softmax itself (fused and stable for
+    /// focal). `focalflow loss` defaults to false (it takes probabilities); `train` and
+    /// `bench` default to true, and `--from-logits=false` trains through the softmax output
+    /// exactly as the original Keras loss does (see README: the clipping trap).
+    #[arg(long = "from-logits", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub from_logits: Option<bool>,
 }
 
 impl Default for LossFlags {
@@ -47,7 +51,7 @@ impl Default for LossFlags {
             l2: None,
             facture: None,
             label_smoothing: None,
-            from_logits: false,
+            from_logits: None,
         }
     }
 }
@@ -57,7 +61,7 @@ pub fn parse_alpha(text: &str) -> Result<Alpha> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("auto") {
         return Err(Error::invalid(
-            "--alpha auto (weights from the class frequencies) is not supported yet; give A or A1,A2,.. with values in [0, 1]",
+            "--alpha auto needs the class counts of a data set: only `focalflow train` derives it; here give A or A1,A2,.. with values in [0, 1]",
         ));
     }
     let values = text
@@ -82,6 +86,13 @@ impl LossFlags {
     /// The loss configuration these flags describe, with its parameters checked (all but
     /// the length of a per-class alpha, which needs the number of classes).
     pub fn to_config(&self) -> Result<LossConfig> {
+        self.to_config_with_default(false)
+    }
+
+    /// As [`Self::to_config`], with `from_logits` taking `default_from_logits` when the flag
+    /// is absent.
+    pub fn to_config_with_default(&self, default_from_logits: bool) -> Result<LossConfig> {
+        let flag_from_logits = self.from_logits.unwrap_or(default_from_logits);
         let mut cfg = LossConfig::default_for(self.loss.trim())?;
         let name = cfg.cli_name();
         let not_for = |flag: &str, owners: &str| {
@@ -110,7 +121,7 @@ impl LossFlags {
                 *gamma = self.gamma.unwrap_or(*gamma);
                 *l1 = self.l1.unwrap_or(*l1);
                 *l2 = self.l2.unwrap_or(*l2);
-                *from_logits = self.from_logits;
+                *from_logits = flag_from_logits;
             }
             LossConfig::CalibratedMse {
                 facture,
@@ -127,7 +138,7 @@ impl LossFlags {
                     return Err(not_for("--label-smoothing", "keras-focal and ce"));
                 }
                 *facture = self.facture.unwrap_or(*facture);
-                *from_logits = self.from_logits;
+                *from_logits = flag_from_logits;
             }
             LossConfig::KerasFocal {
                 alpha: a,
@@ -144,7 +155,7 @@ impl LossFlags {
                 }
                 *gamma = self.gamma.unwrap_or(*gamma);
                 *label_smoothing = self.label_smoothing.unwrap_or(*label_smoothing);
-                *from_logits = self.from_logits;
+                *from_logits = flag_from_logits;
             }
             LossConfig::CrossEntropy {
                 label_smoothing,
@@ -161,7 +172,7 @@ impl LossFlags {
                     return Err(not_for("--facture", "calibrated-mse"));
                 }
                 *label_smoothing = self.label_smoothing.unwrap_or(*label_smoothing);
-                *from_logits = self.from_logits;
+                *from_logits = flag_from_logits;
             }
         }
         cfg.validate_params()?;
