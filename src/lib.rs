@@ -7,6 +7,8 @@ pub mod cli;
 pub mod data;
 pub mod element;
 pub mod error;
+pub mod gpu;
+pub mod info;
 pub mod loss;
 pub mod model;
 pub mod npy;
