@@ -1,0 +1,157 @@
+//! The CUDA emulator (cuda-emu) on the fixture kernels: every fixture under the forward,
+//! reverse and random schedules, plus the failures the emulator must catch (a missing
+//! barrier, a divergent barrier, a warp deadlock, a trap).
+
+#[path = "emulator/fixtures.rs"]
+mod fixtures;
+
+use focalflow::Error;
+use focalflow::gpu::{EmuOptions, Executor, Schedule};
+
+fn emu(schedule: Schedule) -> Executor {
+    Executor::emu_with(EmuOptions {
+        schedule,
+        ..EmuOptions::default()
+    })
+    .expect("the emulator is built on this target")
+}
+
+macro_rules! fixture_tests {
+    ($($name:ident),* $(,)?) => {
+        mod forward {
+            use super::*;
+            $( #[test] fn $name() { fixtures::$name(&emu(Schedule::Forward)); } )*
+        }
+        mod reverse {
+            use super::*;
+            $( #[test] fn $name() { fixtures::$name(&emu(Schedule::Reverse)); } )*
+        }
+        mod random {
+            use super::*;
+            $( #[test] fn $name() { fixtures::$name(&emu(Schedule::Random(0xC0FFEE))); } )*
+        }
+    };
+}
+
+fixture_tests!(
+    block_sum,
+    warp_ops,
+    sgemm_tiled,
+    dyn_shared,
+    atomics,
+    math,
+    float4,
+    index3d,
+    shift_with_barrier,
+    argument_checks,
+    launch_limits,
+    events,
+);
+
+/// The missing barrier is invisible under the forward schedule and caught by the others:
+/// this is the proof that the schedule tests can fail.
+#[test]
+fn missing_barrier_is_caught_by_reverse_and_random_schedules() {
+    let forward =
+        fixtures::shift_mismatches(&emu(Schedule::Forward), "fx_shift_missing_barrier", 9);
+    assert_eq!(
+        forward, 0,
+        "the forward schedule hides the race (the left neighbour always ran first)"
+    );
+    let reverse =
+        fixtures::shift_mismatches(&emu(Schedule::Reverse), "fx_shift_missing_barrier", 9);
+    assert!(
+        reverse > 0,
+        "the reverse schedule must expose the missing __syncthreads"
+    );
+    for seed in [1, 2, 3] {
+        let random =
+            fixtures::shift_mismatches(&emu(Schedule::Random(seed)), "fx_shift_missing_barrier", 9);
+        assert!(
+            random > 0,
+            "random:{seed} must expose the missing __syncthreads"
+        );
+    }
+}
+
+fn launch_error(exec: &Executor, kernel: &str, threads: u32) -> String {
+    let mut y = exec.alloc_zeros::<f32>(threads as usize).unwrap();
+    let cfg = focalflow::gpu::LaunchConfig::new(2u32, threads);
+    // SAFETY: the fixture takes one float* of blockDim.x elements (both blocks write the same ones).
+    match unsafe { exec.launch_builder(kernel, cfg).arg(&mut y).launch() } {
+        Ok(()) => panic!("{kernel} must fail on the emulator"),
+        Err(Error::Device(msg)) => msg,
+        Err(e) => panic!("{kernel}: expected Error::Device, got {e:?}"),
+    }
+}
+
+#[test]
+fn divergent_barrier_fails_with_kernel_name_and_line() {
+    for schedule in [Schedule::Forward, Schedule::Reverse, Schedule::Random(5)] {
+        let msg = launch_error(&emu(schedule), "fx_divergent_barrier", 32);
+        let line = fixtures::fixture_line("FIXTURE: divergent barrier");
+        assert!(msg.contains("fx_divergent_barrier"), "{msg}");
+        assert!(msg.contains("divergent __syncthreads"), "{msg}");
+        assert!(msg.contains(&line), "expected {line} in: {msg}");
+        assert!(msg.contains("16 thread(s) [16-31] exited"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+}
+
+#[test]
+fn warp_deadlock_fails_with_kernel_name_and_line() {
+    let msg = launch_error(&emu(Schedule::Forward), "fx_warp_deadlock", 32);
+    let line = fixtures::fixture_line("FIXTURE: warp deadlock");
+    assert!(
+        msg.contains("fx_warp_deadlock") && msg.contains("deadlock"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("__shfl_down_sync ({line})")),
+        "expected {line} in: {msg}"
+    );
+}
+
+#[test]
+fn trap_fails_with_line() {
+    let msg = launch_error(&emu(Schedule::Reverse), "fx_trap", 32);
+    let line = fixtures::fixture_line("FIXTURE: trap");
+    assert!(
+        msg.contains("fx_trap") && msg.contains(&format!("__trap() at {line}")),
+        "{msg}"
+    );
+}
+
+#[test]
+fn emulator_is_usable_after_a_failed_launch() {
+    let exec = emu(Schedule::Forward);
+    launch_error(&exec, "fx_divergent_barrier", 64);
+    fixtures::shift_with_barrier(&exec);
+    fixtures::block_sum(&exec);
+}
+
+#[test]
+fn schedules_parse_and_print() {
+    assert_eq!("forward".parse::<Schedule>().unwrap(), Schedule::Forward);
+    assert_eq!("reverse".parse::<Schedule>().unwrap(), Schedule::Reverse);
+    assert!(matches!(
+        "random".parse::<Schedule>().unwrap(),
+        Schedule::Random(_)
+    ));
+    assert_eq!(
+        "random:42".parse::<Schedule>().unwrap(),
+        Schedule::Random(42)
+    );
+    assert_eq!(Schedule::Random(42).to_string(), "random:42");
+    let err = "sideways".parse::<Schedule>().unwrap_err().to_string();
+    assert!(err.contains("forward, reverse, random"), "{err}");
+}
+
+#[test]
+fn emulator_buffers_start_poisoned() {
+    let exec = emu(Schedule::Forward);
+    let b = exec.alloc::<f32>(5).unwrap();
+    assert!(exec.download(&b).unwrap().iter().all(|v| v.is_nan()));
+    let z = exec.alloc_zeros::<i32>(5).unwrap();
+    assert_eq!(exec.download(&z).unwrap(), [0; 5]);
+}
