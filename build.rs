@@ -112,7 +112,15 @@ fn main() {
         println!("cargo:rerun-if-changed={}", f.path.display());
     }
     check_unique_names(&files);
-    let headers_hash = hash_files(&headers);
+    // nvcc sees the project's headers; the emulator build also kernels/emu/*.
+    let emu_dir = kernels_dir.join("emu");
+    let kernel_headers: Vec<PathBuf> = headers
+        .iter()
+        .filter(|h| !h.starts_with(&emu_dir))
+        .cloned()
+        .collect();
+    let headers_hash = hash_files(&kernel_headers);
+    let emu_hash = hash_files(&headers);
     let jobs = env::var("NUM_JOBS")
         .ok()
         .and_then(|j| j.parse().ok())
@@ -153,7 +161,7 @@ fn main() {
     let unix = env::var("CARGO_CFG_TARGET_FAMILY").is_ok_and(|f| f.split(',').any(|x| x == "unix"));
     let emulator = unix;
     if emulator {
-        build_emulator(&root, &out, &files, headers_hash, jobs);
+        build_emulator(&root, &out, &files, emu_hash, jobs);
     } else {
         println!("cargo:warning=the CUDA emulator (cuda-emu) is built on unix targets only");
     }
@@ -749,7 +757,7 @@ fn demangle_kernel_name(symbol: &str) -> String {
 
 // ---- the emulator -----------------------------------------------------------------------------------
 
-fn build_emulator(root: &Path, out: &Path, files: &[KernelFile], headers_hash: u64, jobs: usize) {
+fn build_emulator(root: &Path, out: &Path, files: &[KernelFile], emu_hash: u64, jobs: usize) {
     let emu_dir = root.join("kernels").join("emu");
     let header = emu_dir.join("cuda_emu.h");
     let gen_dir = out.join("emu");
@@ -765,6 +773,10 @@ fn build_emulator(root: &Path, out: &Path, files: &[KernelFile], headers_hash: u
         .flag("-fno-strict-aliasing")
         .flag("-ftls-model=initial-exec")
         .flag("-Wno-sign-compare")
+        .flag("-Wno-unknown-pragmas") // #pragma unroll
+        // Large local arrays probe page by page, so an overflow hits the fiber's guard page
+        // (and is reported) instead of skipping it into a neighbour's stack.
+        .flag_if_supported("-fstack-clash-protection")
         .include(root.join("kernels"))
         .include(root.join("kernels").join("fixtures"))
         .include(&emu_dir);
@@ -813,7 +825,7 @@ fn build_emulator(root: &Path, out: &Path, files: &[KernelFile], headers_hash: u
         } else {
             text.clone()
         };
-        (body, headers_hash, &cmd_key).hash(&mut h);
+        (body, emu_hash, &cmd_key).hash(&mut h);
         let stem = src.file_stem().unwrap().to_string_lossy().replace('.', "_");
         let obj = gen_dir.join(format!("{stem}-{:016x}.o", h.finish()));
         if obj.is_file() {

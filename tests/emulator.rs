@@ -155,3 +155,35 @@ fn emulator_buffers_start_poisoned() {
     let z = exec.alloc_zeros::<i32>(5).unwrap();
     assert_eq!(exec.download(&z).unwrap(), [0; 5]);
 }
+
+#[test]
+fn fiber_stack_overflow_fails_the_launch_and_a_larger_stack_fixes_it() {
+    let run = |stack_bytes: u32| {
+        let exec = Executor::emu_with(EmuOptions {
+            stack_bytes,
+            ..EmuOptions::default()
+        })
+        .unwrap();
+        let mut y = exec.alloc_zeros::<f32>(32).unwrap();
+        let cfg = focalflow::gpu::LaunchConfig::new(3u32, 32u32);
+        // SAFETY: fx_stack_hog(float* y, int n) writes y[threadIdx.x], 32 elements.
+        let r = unsafe {
+            exec.launch_builder("fx_stack_hog", cfg)
+                .arg(&mut y)
+                .arg(32768i32)
+                .launch()
+        };
+        (r, exec.download(&y).unwrap())
+    };
+    let (r, _) = run(64 * 1024);
+    let msg = r
+        .expect_err("128 KiB of locals on a 64 KiB stack must fail")
+        .to_string();
+    assert!(
+        msg.contains("fx_stack_hog") && msg.contains("FOCALFLOW_EMU_STACK_KB"),
+        "{msg}"
+    );
+    let (r, y) = run(256 * 1024);
+    r.unwrap();
+    assert!(y.iter().all(|&v| v == 32767.0), "{y:?}");
+}

@@ -7,6 +7,7 @@
 // collective, or the end of the kernel. When no fiber can run, either every thread waits
 // at the same __syncthreads (release them), or the block is stuck: a divergent barrier or
 // a deadlock, reported with the kernel's name and the source lines involved.
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -563,8 +564,52 @@ Pool& pool() {
     return *p;
 }
 
+// ---- fiber stack overflow -------------------------------------------------------------------------
+// A CUDA thread that overflows its fiber stack hits the guard page below it. The pool
+// threads handle SIGSEGV on an alternate stack: a fault inside the fiber stacks fails the
+// launch with a message (the fiber is abandoned, as after a trap); any other fault goes to
+// the handler that was installed before (Rust's, or the default).
+struct sigaction g_prev_segv;
+
+void segv_handler(int sig, siginfo_t* info, void* uctx) {
+    Worker* w = t_worker;
+    char* addr = static_cast<char*>(info->si_addr);
+    if (w && w->cur && w->stacks && addr >= w->stacks && addr < w->stacks + w->stacks_len) {
+        // Leave the handler for good: unblock SIGSEGV, then switch to the scheduler.
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGSEGV);
+        pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+        fail_fiber(*w, *w->cur,
+                   strf("CUDA thread %u overflowed its %zu-byte emulator stack (local arrays too large?): "
+                        "raise FOCALFLOW_EMU_STACK_KB or EmuOptions::stack_bytes",
+                        w->cur->linear, w->stack_bytes));
+    }
+    if (g_prev_segv.sa_flags & SA_SIGINFO) {
+        if (g_prev_segv.sa_sigaction) g_prev_segv.sa_sigaction(sig, info, uctx);
+    } else if (g_prev_segv.sa_handler != SIG_DFL && g_prev_segv.sa_handler != SIG_IGN) {
+        g_prev_segv.sa_handler(sig);
+    } else {
+        signal(sig, SIG_DFL);  // the fault repeats and takes the default action
+    }
+}
+
+void install_overflow_handler() {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = segv_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_prev_segv);
+}
+
 void worker_main(unsigned index) {
     t_worker = new Worker();
+    stack_t alt;
+    alt.ss_size = 64 * 1024;
+    alt.ss_sp = malloc(alt.ss_size);
+    alt.ss_flags = 0;
+    if (alt.ss_sp) sigaltstack(&alt, nullptr);
     Pool& P = pool();
     uint64_t seen = 0;
     for (;;) {
@@ -605,6 +650,8 @@ int run_grid(const LaunchParams* p, const char* kernel, const char* file, Trampo
     j.nblocks = nblocks;
     Pool& P = pool();
     std::lock_guard<std::mutex> launch(P.launch_mu);
+    static std::once_flag handler_once;
+    std::call_once(handler_once, install_overflow_handler);
     unsigned want = p->threads ? p->threads : 1;
     if (nblocks < want) want = static_cast<unsigned>(nblocks);
     {
