@@ -499,7 +499,9 @@ fn smooth_labels<T: Element>(y_true: &[T], label_smoothing: f64, classes: usize)
 }
 
 /// Softmax of one row as TensorFlow computes it: `exp(z - max) / sum`.
-fn softmax_row<T: Element>(z: &[T], p: &mut [T]) {
+/// Numerically stable softmax of one row (the maximum is subtracted before `exp`); shared
+/// by the losses and the CPU backend's softmax.
+pub fn softmax_row<T: Element>(z: &[T], p: &mut [T]) {
     let m = z.iter().copied().fold(T::neg_infinity(), T::max);
     let mut sum = T::zero();
     for (pj, &zj) in p.iter_mut().zip(z) {
@@ -513,7 +515,8 @@ fn softmax_row<T: Element>(z: &[T], p: &mut [T]) {
 
 /// Chains a gradient w.r.t. the softmax output `p` back to the logits in place:
 /// `dz_j = p_j * (g_j - sum_c p_c g_c)`.
-fn softmax_backward_row<T: Element>(p: &[T], g: &mut [T]) {
+/// In place, `g <- J_softmax^T g = p * (g - sum(g * p))` for one row.
+pub fn softmax_backward_row<T: Element>(p: &[T], g: &mut [T]) {
     let dot: T = p.iter().zip(g.iter()).map(|(&pc, &gc)| pc * gc).sum();
     for (gj, &pj) in g.iter_mut().zip(p) {
         *gj = pj * (*gj - dot);

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::gemm::{MatRef, matmul};
 use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
-use crate::loss::{LossConfig, loss_forward_backward};
+use crate::loss::{LossConfig, loss_forward_backward, softmax_backward_row, softmax_row};
 use crate::{Element, Error, Result};
 
 /// Below this many elements an elementwise loop is not worth splitting across threads.
@@ -159,19 +159,6 @@ fn for_each_pixel_chunk<T>(s: &ConvShape, mut f: impl FnMut(usize, usize)) {
         let count = step.min(pixels - first);
         f(first, count);
         first += count;
-    }
-}
-
-/// Numerically stable softmax of one row (the maximum is subtracted before `exp`).
-pub fn softmax_row<T: Element>(z: &[T], p: &mut [T]) {
-    let max = z.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-    let mut sum = T::zero();
-    for (pi, &zi) in p.iter_mut().zip(z) {
-        *pi = (zi - max).exp();
-        sum += *pi;
-    }
-    for pi in p.iter_mut() {
-        *pi = *pi / sum;
     }
 }
 
@@ -562,16 +549,13 @@ impl<T: Element> Backend for CpuBackend<T> {
         check_len("probabilities", probs, rows * cols)?;
         check_len("probability gradient", dprobs, rows * cols)?;
         check_len("logit gradient", dlogits, rows * cols)?;
-        for ((p, dp), dz) in probs
+        let n = rows * cols;
+        dlogits[..n].copy_from_slice(&dprobs[..n]);
+        for (p, dz) in probs
             .chunks_exact(cols)
-            .zip(dprobs.chunks_exact(cols))
-            .zip(dlogits.chunks_exact_mut(cols))
-            .take(rows)
+            .zip(dlogits[..n].chunks_exact_mut(cols))
         {
-            let dot: T = p.iter().zip(dp).map(|(&a, &b)| a * b).sum();
-            for ((d, &pi), &dpi) in dz.iter_mut().zip(p).zip(dp) {
-                *d = pi * (dpi - dot);
-            }
+            softmax_backward_row(p, dz);
         }
         Ok(())
     }
