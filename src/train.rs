@@ -141,10 +141,17 @@ pub fn train<B: Backend<E = f32>>(
     out: &Path,
     mut log: impl FnMut(&str),
 ) -> Result<(Model<B>, Vec<EpochMetrics>)> {
-    if opts.batch_size == 0 || opts.epochs == 0 {
-        return Err(Error::invalid(
-            "--batch-size and --epochs must be at least 1",
-        ));
+    if opts.batch_size == 0 || opts.epochs == 0 || opts.steps_per_epoch == Some(0) {
+        return Err(Error::invalid(format!(
+            "--batch-size {}, --epochs {}, --steps-per-epoch {:?}: each must be at least 1",
+            opts.batch_size, opts.epochs, opts.steps_per_epoch
+        )));
+    }
+    if !(opts.learning_rate.is_finite() && opts.learning_rate > 0.0) {
+        return Err(Error::invalid(format!(
+            "--lr {}: the learning rate must be a positive number (Keras' default is 0.001)",
+            opts.learning_rate
+        )));
     }
     opts.loss.validate(data.classes())?;
     let plan = Plan::new(&opts.arch, data.shape, data.classes())?;

@@ -83,8 +83,9 @@ const IM2COL_CHUNK_BYTES: usize = 512 * 1024;
 
 /// Output pixels per im2col chunk for a convolution.
 fn chunk_pixels<T>(s: &ConvShape) -> usize {
-    (IM2COL_CHUNK_BYTES / (s.patch_len() * std::mem::size_of::<T>()))
-        .clamp(16, s.out_h() * s.out_w())
+    let fits_l2 = IM2COL_CHUNK_BYTES / (s.patch_len() * std::mem::size_of::<T>());
+    // At least 16 rows keep the GEMM efficient; never more than the image has (or 1).
+    fits_l2.max(16).min(s.out_h() * s.out_w()).max(1)
 }
 
 /// Writes rows of one image's im2col matrix: row `r` of `col` holds the receptive field of
