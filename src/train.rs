@@ -9,7 +9,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::Backend;
-use crate::data::ImageSet;
+use crate::data::{Augment, ClassFraction, ImageSet, PixelStore};
 use crate::loss::LossConfig;
 use crate::model::{Arch, Model, Plan};
 use crate::optim::Adam;
@@ -28,6 +28,10 @@ pub struct TrainOptions {
     pub seed: u64,
     pub val_fraction: f64,
     pub steps_per_epoch: Option<usize>,
+    /// `--class-fraction`: classes kept only in part, chosen with the seed before the split.
+    pub class_fraction: Vec<ClassFraction>,
+    /// `--augment`: augmentation of training batches.
+    pub augment: Augment,
     /// Show progress bars (on a terminal).
     #[serde(skip)]
     pub progress: bool,
@@ -68,18 +72,20 @@ struct HostBatch {
 }
 
 /// Assembles the batches of `order` on a separate thread (two ahead) and hands each to
-/// `step`, so the training step does not wait for the u8 -> f32 conversion.
-fn for_each_batch(
-    data: &ImageSet,
+/// `step`, so the training step does not wait for the u8 -> f32 conversion. With
+/// `flip_seed`, images are flipped at random (`--augment flip`), seeded per batch.
+fn for_each_batch<P: PixelStore>(
+    data: &ImageSet<P>,
     order: &[usize],
     batch_size: usize,
+    flip_seed: Option<u64>,
     mut step: impl FnMut(usize, &HostBatch) -> Result<()>,
 ) -> Result<()> {
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::sync_channel::<HostBatch>(2);
         let (recycle_tx, recycle_rx) = mpsc::channel::<HostBatch>();
         scope.spawn(move || {
-            for chunk in order.chunks(batch_size) {
+            for (n, chunk) in order.chunks(batch_size).enumerate() {
                 let mut b = recycle_rx.try_recv().unwrap_or(HostBatch {
                     indices: Vec::new(),
                     x: Vec::new(),
@@ -87,7 +93,8 @@ fn for_each_batch(
                 });
                 b.indices.clear();
                 b.indices.extend_from_slice(chunk);
-                data.fill_batch(chunk, &mut b.x, &mut b.y);
+                let flip = flip_seed.map(|s| Rng::derive(s, n as u64).next_u64());
+                data.fill_batch_augmented(chunk, flip, &mut b.x, &mut b.y);
                 if tx.send(b).is_err() {
                     return; // the consumer stopped early (an error)
                 }
@@ -102,11 +109,11 @@ fn for_each_batch(
 }
 
 /// Loss and accuracy of `model` over `indices` (no weight update).
-pub fn evaluate<B: Backend<E = f32>>(
+pub fn evaluate<B: Backend<E = f32>, P: PixelStore>(
     backend: &B,
     model: &mut Model<B>,
     loss: &LossConfig,
-    data: &ImageSet,
+    data: &ImageSet<P>,
     indices: &[usize],
     batch_size: usize,
 ) -> Result<(f64, f64)> {
@@ -114,7 +121,7 @@ pub fn evaluate<B: Backend<E = f32>>(
     let mut x = backend.zeros(batch_size * data.shape.len())?;
     let mut y = backend.zeros(batch_size * classes)?;
     let (mut loss_sum, mut correct) = (0.0, 0usize);
-    for_each_batch(data, indices, batch_size, |_, b| {
+    for_each_batch(data, indices, batch_size, None, |_, b| {
         let n = b.indices.len();
         backend.write(&mut x, &b.x)?;
         backend.write(&mut y, &b.y)?;
@@ -134,9 +141,9 @@ pub fn evaluate<B: Backend<E = f32>>(
 
 /// Trains a new model on `data` with `opts`, writing `config.json` and `metrics.jsonl`
 /// into `out` and a line per epoch through `log`. Returns the model and the metrics.
-pub fn train<B: Backend<E = f32>>(
+pub fn train<B: Backend<E = f32>, P: PixelStore>(
     backend: &B,
-    data: &ImageSet,
+    data: &ImageSet<P>,
     opts: &TrainOptions,
     out: &Path,
     mut log: impl FnMut(&str),
@@ -155,7 +162,8 @@ pub fn train<B: Backend<E = f32>>(
     }
     opts.loss.validate(data.classes())?;
     let plan = Plan::new(&opts.arch, data.shape, data.classes())?;
-    let (train_idx, val_idx) = data.stratified_split(opts.val_fraction, opts.seed)?;
+    let (train_idx, val_idx) =
+        data.training_split(opts.val_fraction, opts.seed, &opts.class_fraction)?;
     if train_idx.is_empty() {
         return Err(Error::invalid(format!(
             "no training images left after --val-fraction {}",
@@ -215,7 +223,9 @@ pub fn train<B: Backend<E = f32>>(
         let bar = progress_bar(opts.progress, steps as u64, epoch, opts.epochs);
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for_each_batch(data, &order, opts.batch_size, |step, b| {
+        let flip_seed = (opts.augment == Augment::Flip)
+            .then(|| Rng::derive(opts.seed, 0xf11b_0000 + epoch as u64).next_u64());
+        for_each_batch(data, &order, opts.batch_size, flip_seed, |step, b| {
             let n = b.indices.len();
             backend.write(&mut x, &b.x)?;
             backend.write(&mut y, &b.y)?;

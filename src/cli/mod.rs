@@ -1,5 +1,6 @@
 //! The command line: `focalflow train | loss | bench | info`.
 
+pub mod data_args;
 pub mod loss_args;
 pub mod loss_cmd;
 
@@ -13,6 +14,7 @@ use crate::data::synthetic;
 use crate::model::{Arch, REFERENCE_ARCH};
 use crate::train::{self, TrainOptions};
 use crate::{Error, Result};
+use data_args::DataFlags;
 use loss_args::LossFlags;
 
 #[derive(Parser, Debug)]
@@ -57,10 +59,8 @@ pub fn resolve_device(choice: DeviceChoice) -> Result<DeviceChoice> {
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// A folder with one sub-folder of images per class (not supported yet: without it,
-    /// focalflow trains on its built-in generated set).
-    #[arg(long, value_name = "DIR")]
-    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataFlags,
     /// Images in the built-in set (used when --data is not given).
     #[arg(long, value_name = "N", default_value_t = 640)]
     pub synthetic_images: usize,
@@ -125,26 +125,42 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn run_train(args: TrainArgs) -> Result<()> {
+fn run_train(mut args: TrainArgs) -> Result<()> {
+    let auto_alpha = data_args::take_auto_alpha(&mut args.loss)?;
     let device = resolve_device(args.device)?;
     let loss = args.loss.to_config()?;
     let arch: Arch = args.arch.parse()?;
-    if let Some(dir) = &args.data {
-        return Err(Error::invalid(format!(
-            "--data {}: reading image folders is not supported yet; leave out --data to train on the built-in set",
-            dir.display()
-        )));
-    }
-    if args.image_size == 0 || args.synthetic_images < 4 {
-        return Err(Error::invalid(
-            "--image-size must be positive and --synthetic-images at least 4",
-        ));
-    }
+    let class_fraction = args.data.class_fractions()?;
+    let (data, skipped) = match args.data.load(args.image_size, !args.quiet)? {
+        Some((set, skipped)) => (set, Some(skipped)),
+        None => {
+            if args.image_size == 0 || args.synthetic_images < 4 {
+                return Err(Error::invalid(
+                    "--image-size must be positive and --synthetic-images at least 4",
+                ));
+            }
+            eprintln!(
+                "no --data given: training on the built-in set ({} generated {}x{} images of horizontal vs vertical stripes, seed {})",
+                args.synthetic_images, args.image_size, args.image_size, args.seed
+            );
+            let set = synthetic::generate(args.synthetic_images, args.image_size, args.seed);
+            (set.into_pixels(), None)
+        }
+    };
+    let (train_idx, val_idx) =
+        data.training_split(args.val_fraction, args.seed, &class_fraction)?;
     eprintln!(
-        "no --data given: training on the built-in set ({} generated {}x{} images of horizontal vs vertical stripes, seed {})",
-        args.synthetic_images, args.image_size, args.image_size, args.seed
+        "{}",
+        data_args::split_counts_line(&data, &train_idx, &val_idx)
     );
-    let data = synthetic::generate(args.synthetic_images, args.image_size, args.seed);
+    let loss = match auto_alpha {
+        Some(rule) => {
+            let alpha = rule.alpha(&data.class_counts(&train_idx), &data.class_names)?;
+            eprintln!("--alpha auto ({}): {alpha:?}", rule.describe());
+            data_args::with_alpha(loss, alpha)
+        }
+        None => loss,
+    };
     let opts = TrainOptions {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -154,9 +170,17 @@ fn run_train(args: TrainArgs) -> Result<()> {
         seed: args.seed,
         val_fraction: args.val_fraction,
         steps_per_epoch: args.steps_per_epoch,
+        class_fraction,
+        augment: args.data.augment,
         progress: !args.quiet,
     };
     let out = args.out.unwrap_or_else(|| train::default_run_dir(&loss));
+    if let Some(skipped) = &skipped {
+        let list = data_args::write_skip_list(&out, skipped)?;
+        if !skipped.is_empty() {
+            eprintln!("skipped files and reasons: {}", list.display());
+        }
+    }
     eprintln!("device: {device:?}; run folder: {}", out.display());
     let backend = CpuBackend::<f32>::new();
     let (_model, history) = train::train(&backend, &data, &opts, &out, |line| println!("{line}"))?;
