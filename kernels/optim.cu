@@ -1,0 +1,106 @@
+// Softmax (forward/backward, row-wise) and the fused Adam update, in f32.
+// Host side: src/backend/cuda/loss.rs. Reference: src/backend/cpu.rs.
+
+#define SOFTMAX_FULL 0xffffffffu
+#define SOFTMAX_ROWS_PER_BLOCK 4
+#define SOFTMAX_THREADS (32 * SOFTMAX_ROWS_PER_BLOCK)
+#define ADAM_THREADS 256
+
+__device__ __forceinline__ float softmax_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(SOFTMAX_FULL, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float softmax_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(SOFTMAX_FULL, v, o));
+    return v;
+}
+
+// probs = exp(z - max) / sum per row of [rows, cols] (as the CPU backend and TF). One warp
+// per row, SOFTMAX_ROWS_PER_BLOCK rows per block, grid-stride over rows; lanes take the
+// columns lane, lane+32, ... (coalesced). The exponentials are parked in `probs` by the
+// lane that later divides them, so each is computed once.
+__global__ void __launch_bounds__(SOFTMAX_THREADS)
+    softmax_forward_rows(const float* __restrict__ logits, float* __restrict__ probs, int rows, int cols) {
+    const int lane = threadIdx.x & 31;
+    for (int row = blockIdx.x * SOFTMAX_ROWS_PER_BLOCK + (threadIdx.x >> 5); row < rows;
+         row += gridDim.x * SOFTMAX_ROWS_PER_BLOCK) {
+        const float* z = logits + (size_t)row * cols;
+        float* p = probs + (size_t)row * cols;
+        float m = -INFINITY;
+        for (int c = lane; c < cols; c += 32) m = fmaxf(m, z[c]);
+        m = softmax_warp_max(m);
+        float sum = 0.0f;
+        for (int c = lane; c < cols; c += 32) {
+            const float e = expf(z[c] - m);
+            p[c] = e;
+            sum += e;
+        }
+        sum = softmax_warp_sum(sum);
+        for (int c = lane; c < cols; c += 32) p[c] = p[c] / sum;
+    }
+}
+
+// dlogits = p * (dp - sum(dp * p)) per row; same launch shape as softmax_forward_rows.
+__global__ void __launch_bounds__(SOFTMAX_THREADS)
+    softmax_backward_rows(const float* __restrict__ probs, const float* __restrict__ dprobs,
+                          float* __restrict__ dlogits, int rows, int cols) {
+    const int lane = threadIdx.x & 31;
+    for (int row = blockIdx.x * SOFTMAX_ROWS_PER_BLOCK + (threadIdx.x >> 5); row < rows;
+         row += gridDim.x * SOFTMAX_ROWS_PER_BLOCK) {
+        const size_t base = (size_t)row * cols;
+        float dot = 0.0f;
+        for (int c = lane; c < cols; c += 32) dot += probs[base + c] * dprobs[base + c];
+        dot = softmax_warp_sum(dot);
+        for (int c = lane; c < cols; c += 32) dlogits[base + c] = probs[base + c] * (dprobs[base + c] - dot);
+    }
+}
+
+// Keras 3 Adam, one element: m += (g - m)(1-b1); v += (g^2 - v)(1-b2);
+// p -= m * step_size / (sqrt(v) + eps).
+__device__ __forceinline__ void adam_one(float& p, float g, float& m, float& v, float step_size, float omb1,
+                                         float omb2, float eps) {
+    m += (g - m) * omb1;
+    v += (g * g - v) * omb2;
+    p -= m * step_size / (sqrtf(v) + eps);
+}
+
+// The fused Adam update of n parameters in place: float4 loads and stores when all four
+// buffers are 16-byte aligned (then the last n % 4 elements by the scalar tail), else all
+// scalar; grid-stride loops, ADAM_THREADS threads per block.
+__global__ void __launch_bounds__(ADAM_THREADS)
+    adam_update_f32(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
+                    float* __restrict__ v, long long n, float step_size, float one_minus_beta1,
+                    float one_minus_beta2, float epsilon) {
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const unsigned long long addr_bits = (unsigned long long)param | (unsigned long long)grad |
+                                         (unsigned long long)m | (unsigned long long)v;
+    long long done = 0;
+    if ((addr_bits & 15ull) == 0) {
+        const long long n4 = n / 4;
+        float4* p4 = reinterpret_cast<float4*>(param);
+        const float4* g4 = reinterpret_cast<const float4*>(grad);
+        float4* m4 = reinterpret_cast<float4*>(m);
+        float4* v4 = reinterpret_cast<float4*>(v);
+        for (long long i = tid; i < n4; i += stride) {
+            float4 p = p4[i], mm = m4[i], vv = v4[i];
+            const float4 g = g4[i];
+            adam_one(p.x, g.x, mm.x, vv.x, step_size, one_minus_beta1, one_minus_beta2, epsilon);
+            adam_one(p.y, g.y, mm.y, vv.y, step_size, one_minus_beta1, one_minus_beta2, epsilon);
+            adam_one(p.z, g.z, mm.z, vv.z, step_size, one_minus_beta1, one_minus_beta2, epsilon);
+            adam_one(p.w, g.w, mm.w, vv.w, step_size, one_minus_beta1, one_minus_beta2, epsilon);
+            p4[i] = p;
+            m4[i] = mm;
+            v4[i] = vv;
+        }
+        done = n4 * 4;
+    }
+    for (long long i = done + tid; i < n; i += stride) {
+        float p = param[i], mm = m[i], vv = v[i];
+        adam_one(p, grad[i], mm, vv, step_size, one_minus_beta1, one_minus_beta2, epsilon);
+        param[i] = p;
+        m[i] = mm;
+        v[i] = vv;
+    }
+}
