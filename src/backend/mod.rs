@@ -7,6 +7,7 @@
 //! its shape describes, and *overwrites* its outputs (gradients are not accumulated).
 
 pub mod cpu;
+pub mod cuda;
 mod gemm;
 
 use crate::Element;
