@@ -10,6 +10,7 @@ pub mod error;
 pub mod gpu;
 pub mod info;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod optim;
