@@ -36,6 +36,8 @@ pub enum Command {
     Loss(loss_cmd::LossArgs),
     /// Time training and inference steps of a model on random data.
     Bench(BenchArgs),
+    /// What this build and machine can run: kernels, executors, GPUs, versions.
+    Info,
 }
 
 /// Where to run: `auto` picks the best available and says which.
@@ -122,13 +124,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => run_train(args),
         Command::Loss(args) => loss_cmd::run(&args),
         Command::Bench(args) => run_bench(args),
+        Command::Info => crate::info::print_info(),
     }
 }
 
 fn run_train(mut args: TrainArgs) -> Result<()> {
     let auto_alpha = data_args::take_auto_alpha(&mut args.loss)?;
     let device = resolve_device(args.device)?;
-    let loss = args.loss.to_config()?;
+    let loss = args.loss.to_config_with_default(true)?;
     let arch: Arch = args.arch.parse()?;
     let class_fraction = args.data.class_fractions()?;
     let (data, skipped) = match args.data.load(args.image_size, !args.quiet)? {
@@ -200,7 +203,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         classes: 2,
         steps: args.steps,
         warmup: 2,
-        loss: args.loss.to_config()?,
+        loss: args.loss.to_config_with_default(true)?,
     };
     let backend = CpuBackend::<f32>::new();
     let report = bench::run(&backend, &opts)?;
