@@ -46,7 +46,26 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Where a benchmark run is, for [`run_with`]'s observer (e.g. to profile the timed
+/// training steps only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The timed training steps start (warm-up is done).
+    TrainTimed,
+    /// The timed training steps are done.
+    TrainDone,
+}
+
 pub fn run<B: Backend<E = f32>>(backend: &B, opts: &BenchOptions) -> Result<BenchReport> {
+    run_with(backend, opts, |_| Ok(()))
+}
+
+/// [`run`], telling `observe` when the timed training steps start and end.
+pub fn run_with<B: Backend<E = f32>>(
+    backend: &B,
+    opts: &BenchOptions,
+    mut observe: impl FnMut(Stage) -> Result<()>,
+) -> Result<BenchReport> {
     if opts.steps == 0 || opts.batch_size == 0 {
         return Err(Error::invalid(
             "--steps and --batch-size must be at least 1",
@@ -71,11 +90,13 @@ pub fn run<B: Backend<E = f32>>(backend: &B, opts: &BenchOptions) -> Result<Benc
     for _ in 0..opts.warmup {
         model.train_step(backend, &opts.loss, &x, &y, n)?;
     }
+    observe(Stage::TrainTimed)?;
     let start = Instant::now();
     for _ in 0..opts.steps {
         model.train_step(backend, &opts.loss, &x, &y, n)?;
     }
     let train_s = start.elapsed().as_secs_f64() / opts.steps as f64;
+    observe(Stage::TrainDone)?;
 
     for _ in 0..opts.warmup {
         model.predict(backend, &x, n)?;

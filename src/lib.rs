@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod optim;
+pub mod profile;
 pub mod rng;
 pub mod train;
 

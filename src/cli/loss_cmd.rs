@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use crate::cli::loss_args::LossFlags;
-use crate::loss::loss_forward_backward;
 use crate::{Error, Result, npy};
 
 /// Evaluate a loss on given labels and predictions; prints `{"loss": <number>}`.
@@ -21,7 +20,8 @@ pub struct LossArgs {
     /// Write dLoss/dP (dLoss/dlogits with --from-logits) here as an f32 .npy of the same shape.
     #[arg(long = "grad-out", value_name = "G.npy")]
     pub grad_out: Option<PathBuf>,
-    /// Where to compute: cpu (auto means cpu until other devices can run losses).
+    /// Where to compute: cpu, cuda, cuda-emu, or auto (cuda when a GPU and kernels are
+    /// present, else cpu).
     #[arg(long, value_name = "D", default_value = "cpu")]
     pub device: String,
 }
@@ -29,14 +29,7 @@ pub struct LossArgs {
 /// Runs `focalflow loss`: computes in f32 like training (inputs rounded to f32), prints one
 /// JSON object on stdout and writes the gradient when asked.
 pub fn run(args: &LossArgs) -> Result<()> {
-    match args.device.as_str() {
-        "cpu" | "auto" => {}
-        other => {
-            return Err(Error::Device(format!(
-                "--device {other} for `focalflow loss` is not available yet: losses run on the cpu only for now (use --device cpu)"
-            )));
-        }
-    }
+    let device = super::device::resolve_str(&args.device)?;
     let cfg = args.loss.to_config()?;
     let (y_true, y_shape) = npy::read_2d_f32(&args.y_true)?;
     let (y_pred, p_shape) = npy::read_2d_f32(&args.y_pred)?;
@@ -47,10 +40,15 @@ pub fn run(args: &LossArgs) -> Result<()> {
             args.y_pred.display()
         )));
     }
-    let [batch, classes] = y_shape;
-    let mut grad = args.grad_out.as_ref().map(|_| vec![0f32; batch * classes]);
-    let loss =
-        loss_forward_backward::<f32>(&cfg, &y_true, &y_pred, batch, classes, grad.as_deref_mut())?;
+    // Through the backend's `loss` (on the cpu: loss_forward_backward::<f32>).
+    let (loss, grad) = super::device::loss(
+        device,
+        &cfg,
+        &y_true,
+        &y_pred,
+        y_shape,
+        args.grad_out.is_some(),
+    )?;
     if !loss.is_finite() {
         return Err(Error::NonFinite(format!(
             "{} evaluated to {loss} on these inputs",

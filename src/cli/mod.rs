@@ -1,6 +1,7 @@
 //! The command line: `focalflow train | loss | bench | info`.
 
 pub mod data_args;
+pub mod device;
 pub mod loss_args;
 pub mod loss_cmd;
 
@@ -8,8 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::backend::CpuBackend;
-use crate::bench::{self, BenchOptions};
+use crate::bench::BenchOptions;
 use crate::data::synthetic;
 use crate::model::{Arch, REFERENCE_ARCH};
 use crate::train::{self, TrainOptions};
@@ -51,12 +51,7 @@ pub enum DeviceChoice {
 
 /// Resolves `--device` to a backend this build can run, or a one-line reason why not.
 pub fn resolve_device(choice: DeviceChoice) -> Result<DeviceChoice> {
-    match choice {
-        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(DeviceChoice::Cpu),
-        DeviceChoice::Cuda | DeviceChoice::CudaEmu => Err(Error::Device(
-            "--device cuda / cuda-emu: the CUDA backend is not part of this build yet; use --device cpu".into(),
-        )),
-    }
+    device::resolve(choice)
 }
 
 #[derive(clap::Args, Debug)]
@@ -97,6 +92,9 @@ pub struct TrainArgs {
     /// No progress bars (they are also hidden when stderr is not a terminal).
     #[arg(long)]
     pub quiet: bool,
+    /// Print a per-phase time table (data, forward, loss, backward, optimizer) at the end.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -117,6 +115,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Print a per-phase time table of the timed training steps.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -185,8 +186,9 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
         }
     }
     eprintln!("device: {device:?}; run folder: {}", out.display());
-    let backend = CpuBackend::<f32>::new();
-    let (_model, history) = train::train(&backend, &data, &opts, &out, |line| println!("{line}"))?;
+    let history = device::train(device, args.profile, &data, &opts, &out, |line| {
+        println!("{line}")
+    })?;
     if let Some(last) = history.last() {
         eprintln!("done: metrics in {}", out.join("metrics.jsonl").display());
         let _ = last;
@@ -205,9 +207,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         warmup: 2,
         loss: args.loss.to_config_with_default(true)?,
     };
-    let backend = CpuBackend::<f32>::new();
-    let report = bench::run(&backend, &opts)?;
-    let _ = device;
+    let report = device::bench(device, args.profile, args.json, &opts)?;
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("JSON"));
     } else {

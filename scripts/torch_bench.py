@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""PyTorch reference of `focalflow bench`: the same CNN, loss and optimizer in true fp32
+(TF32 off) with cuDNN, timed with CUDA events after warm-up. The speed anchor that the
+CUDA backend is measured against (issue: at least PyTorch+cuDNN fp32 on the same GPU).
+
+Model (the reference CNN, `c16,p,c32,p,c64,p,d256` + a 2-class head): 3x3 valid convs with
+ReLU, 2x2 max-pools, dense 43264->256 ReLU, dense 256->2, on 224x224x3 images. Loss: the
+categorical focal loss from logits (alpha 0.25, gamma 2, summed over classes, mean over
+the batch). Adam (lr 1e-3, eps 1e-7, fused). Each training step ends with `loss.item()`
+and a copy of the probabilities to the host, as focalflow's step returns the loss and the
+probabilities (one synchronisation per step on both sides). Inference: forward + softmax +
+copy to the host.
+
+Prints one JSON object per batch size on stdout, e.g.
+  {"framework": "pytorch", "device": "...", "batch_size": 32, "train_images_per_second": ...}
+"""
+
+import argparse
+import json
+import sys
+import time
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch-sizes", default="32,128")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--channels-last", action="store_true", help="NHWC memory format (as focalflow)")
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (for a dry run)")
+    args = ap.parse_args()
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    # True fp32: no TF32 in cuDNN convolutions or matmuls.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.benchmark = True  # let cuDNN pick its fastest algorithms
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("torch_bench.py: CUDA is not available to PyTorch")
+
+    def make_model():
+        side = args.image_size
+        for _ in range(3):
+            side = (side - 2) // 2
+        return nn.Sequential(
+            nn.Conv2d(3, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * side * side, 256), nn.ReLU(), nn.Linear(256, 2),
+        )
+
+    def focal_loss(logits, y, alpha=0.25, gamma=2.0):
+        logp = F.log_softmax(logits, dim=1)
+        p = logp.exp()
+        return (-(alpha * (1 - p) ** gamma * logp) * y).sum(dim=1).mean()
+
+    def timer():
+        if dev.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            return lambda: (e.record(), e.synchronize(), s.elapsed_time(e) / 1e3)[2]
+        t0 = time.perf_counter()
+        return lambda: time.perf_counter() - t0
+
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        torch.manual_seed(0)
+        model = make_model().to(dev)
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        model = model.to(memory_format=fmt)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7, fused=dev.type == "cuda")
+        x = torch.rand(batch, 3, args.image_size, args.image_size, device=dev).to(memory_format=fmt)
+        y = F.one_hot(torch.arange(batch, device=dev) % 2, 2).float()
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = focal_loss(logits, y)
+            loss.backward()
+            opt.step()
+            probs = logits.detach().softmax(dim=1).cpu()
+            return loss.item(), probs
+
+        for _ in range(args.warmup):
+            train_step()
+        stop = timer()
+        for _ in range(args.steps):
+            train_step()
+        train_s = stop() / args.steps
+
+        model.eval()
+        with torch.no_grad():
+            for _ in range(args.warmup):
+                model(x).softmax(dim=1).cpu()
+            stop = timer()
+            for _ in range(args.steps):
+                model(x).softmax(dim=1).cpu()
+            infer_s = stop() / args.steps
+        model.train()
+
+        print(json.dumps({
+            "framework": "pytorch",
+            "torch": torch.__version__,
+            "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "tf32": False,
+            "channels_last": args.channels_last,
+            "image_size": args.image_size,
+            "batch_size": batch,
+            "train_images_per_second": batch / train_s,
+            "inference_images_per_second": batch / infer_s,
+            "train_step_ms": train_s * 1e3,
+            "inference_batch_ms": infer_s * 1e3,
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

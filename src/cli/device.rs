@@ -1,0 +1,241 @@
+//! `--device auto|cpu|cuda|cuda-emu` and `--profile`: which backend runs a command, and
+//! running `train`, `bench` and `loss` on it (one generic call per backend).
+
+use std::path::Path;
+
+use super::DeviceChoice;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, CpuBackend};
+use crate::bench::{self, BenchOptions, BenchReport, Stage};
+use crate::data::{ImageSet, PixelStore};
+use crate::gpu::{Executor, cuda_unavailable_reason};
+use crate::loss::LossConfig;
+use crate::profile::{Profiled, Profiler, Timeline, nvtx};
+use crate::train::{self, EpochMetrics, TrainOptions};
+use crate::{Error, Result};
+
+/// Resolves `--device` to a backend this machine and build can run (`auto`: cuda when a GPU
+/// and compiled kernels are there, else cpu, said in one line on stderr), or a one-line
+/// error saying why not and what to do.
+pub fn resolve(choice: DeviceChoice) -> Result<DeviceChoice> {
+    match choice {
+        DeviceChoice::Cpu | DeviceChoice::CudaEmu => Ok(choice),
+        DeviceChoice::Cuda => match cuda_unavailable_reason() {
+            None => Ok(DeviceChoice::Cuda),
+            Some(why) => Err(Error::Device(format!("--device cuda: {why}"))),
+        },
+        DeviceChoice::Auto => match cuda_unavailable_reason() {
+            None => {
+                eprintln!("--device auto: cuda (a GPU and compiled kernels are present)");
+                Ok(DeviceChoice::Cuda)
+            }
+            Some(why) => {
+                // The reason without its advice (which is about --device cuda).
+                let cut = [": --device", "; use", ": run "]
+                    .iter()
+                    .filter_map(|m| why.find(m))
+                    .min();
+                eprintln!(
+                    "--device auto: cpu (no usable GPU: {})",
+                    &why[..cut.unwrap_or(why.len())]
+                );
+                Ok(DeviceChoice::Cpu)
+            }
+        },
+    }
+}
+
+/// Parses a `--device` string (`focalflow loss` takes one) and resolves it.
+pub fn resolve_str(s: &str) -> Result<DeviceChoice> {
+    let choice = <DeviceChoice as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+        Error::invalid(format!(
+            "--device {s}: expected auto, cpu, cuda or cuda-emu"
+        ))
+    })?;
+    resolve(choice)
+}
+
+/// The CUDA backend of a resolved `cuda` / `cuda-emu` choice.
+fn cuda_backend(device: DeviceChoice) -> Result<CudaBackend> {
+    let exec = match device {
+        DeviceChoice::CudaEmu => Executor::emu()?,
+        _ => Executor::cuda(0).map_err(|e| Error::Device(format!("--device cuda: {e}")))?,
+    };
+    Ok(CudaBackend::new(exec))
+}
+
+/// What the per-phase times are measured with.
+fn clock_name(device: DeviceChoice) -> &'static str {
+    match device {
+        DeviceChoice::Cuda => "CUDA events",
+        _ => "wall clock",
+    }
+}
+
+/// Trains on `device` (see [`train::train`]); with `profile`, prints the per-phase table.
+pub fn train<P: PixelStore>(
+    device: DeviceChoice,
+    profile: bool,
+    data: &ImageSet<P>,
+    opts: &TrainOptions,
+    out: &Path,
+    log: impl FnMut(&str),
+) -> Result<Vec<EpochMetrics>> {
+    match device {
+        DeviceChoice::Cuda | DeviceChoice::CudaEmu => train_with(
+            &cuda_backend(device)?,
+            profile,
+            clock_name(device),
+            data,
+            opts,
+            out,
+            log,
+        ),
+        _ => train_with(
+            &CpuBackend::<f32>::new(),
+            profile,
+            clock_name(device),
+            data,
+            opts,
+            out,
+            log,
+        ),
+    }
+}
+
+fn train_with<B: Backend<E = f32> + Timeline, P: PixelStore>(
+    backend: &B,
+    profile: bool,
+    clock: &str,
+    data: &ImageSet<P>,
+    opts: &TrainOptions,
+    out: &Path,
+    log: impl FnMut(&str),
+) -> Result<Vec<EpochMetrics>> {
+    // The phase wrapper costs a compare per backend call; skip it when nobody looks.
+    if !profile && !nvtx::available() {
+        return Ok(train::train(backend, data, opts, out, log)?.1);
+    }
+    let prof = Profiler::new(profile);
+    let (_model, history) = train::train(&Profiled::new(backend, &prof), data, opts, out, log)?;
+    prof.finish(backend)?;
+    if profile {
+        println!("{}", prof.table(clock));
+    }
+    Ok(history)
+}
+
+/// Benchmarks on `device` (see [`bench::run`]); with `profile`, prints the per-phase table
+/// of the timed training steps (to stderr when `json`, so stdout stays one JSON object).
+pub fn bench(
+    device: DeviceChoice,
+    profile: bool,
+    json: bool,
+    opts: &BenchOptions,
+) -> Result<BenchReport> {
+    match device {
+        DeviceChoice::Cuda | DeviceChoice::CudaEmu => bench_with(
+            &cuda_backend(device)?,
+            profile,
+            json,
+            clock_name(device),
+            opts,
+        ),
+        _ => bench_with(
+            &CpuBackend::<f32>::new(),
+            profile,
+            json,
+            clock_name(device),
+            opts,
+        ),
+    }
+}
+
+fn bench_with<B: Backend<E = f32> + Timeline>(
+    backend: &B,
+    profile: bool,
+    json: bool,
+    clock: &str,
+    opts: &BenchOptions,
+) -> Result<BenchReport> {
+    if !profile && !nvtx::available() {
+        return bench::run(backend, opts);
+    }
+    let prof = Profiler::new(false);
+    let report = bench::run_with(&Profiled::new(backend, &prof), opts, |stage| match stage {
+        Stage::TrainTimed => {
+            prof.set_timing(profile);
+            Ok(())
+        }
+        Stage::TrainDone => {
+            prof.finish(backend)?;
+            prof.set_timing(false);
+            Ok(())
+        }
+    })?;
+    prof.finish(backend)?;
+    if profile {
+        let table = prof.table(clock);
+        if json {
+            eprintln!("{table}")
+        } else {
+            println!("{table}")
+        }
+    }
+    Ok(report)
+}
+
+/// The loss (and its gradient when `want_grad`) of `[batch, classes]` host arrays, computed
+/// by `device`'s backend (`Backend::loss`).
+pub fn loss(
+    device: DeviceChoice,
+    cfg: &LossConfig,
+    y_true: &[f32],
+    y_pred: &[f32],
+    [batch, classes]: [usize; 2],
+    want_grad: bool,
+) -> Result<(f32, Option<Vec<f32>>)> {
+    match device {
+        DeviceChoice::Cuda | DeviceChoice::CudaEmu => loss_with(
+            &cuda_backend(device)?,
+            cfg,
+            y_true,
+            y_pred,
+            batch,
+            classes,
+            want_grad,
+        ),
+        _ => loss_with(
+            &CpuBackend::<f32>::new(),
+            cfg,
+            y_true,
+            y_pred,
+            batch,
+            classes,
+            want_grad,
+        ),
+    }
+}
+
+fn loss_with<B: Backend<E = f32>>(
+    b: &B,
+    cfg: &LossConfig,
+    y_true: &[f32],
+    y_pred: &[f32],
+    batch: usize,
+    classes: usize,
+    want_grad: bool,
+) -> Result<(f32, Option<Vec<f32>>)> {
+    let (t, p) = (b.upload(y_true)?, b.upload(y_pred)?);
+    let mut g = if want_grad {
+        Some(b.zeros(batch * classes)?)
+    } else {
+        None
+    };
+    let value = b.loss(cfg, batch, classes, &t, &p, g.as_mut())?;
+    let grad = match &g {
+        Some(g) => Some(b.read(g, batch * classes)?),
+        None => None,
+    };
+    Ok((value, grad))
+}
