@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod element;
@@ -15,6 +16,7 @@ pub mod model;
 pub mod npy;
 pub mod optim;
 pub mod profile;
+pub mod plots;
 pub mod rng;
 pub mod train;
 

@@ -468,3 +468,35 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     (n > 0).then(|| sum / n as f64)
 }
+
+/// The validation metrics of one epoch: extra fields of a `metrics.jsonl` line, beside
+/// `val_loss` and `val_accuracy`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochValidation {
+    pub val_balanced_accuracy: f64,
+    pub val_macro_f1: f64,
+    pub val_nll: f64,
+    pub val_brier: f64,
+    pub val_ece: f64,
+    pub val_mce: f64,
+    pub val_mean_confidence: f64,
+    pub val_per_class: Vec<ClassMetrics>,
+    /// Rows: true class, columns: predicted class.
+    pub val_confusion: Vec<Vec<usize>>,
+}
+
+impl From<&Metrics> for EpochValidation {
+    fn from(m: &Metrics) -> Self {
+        EpochValidation {
+            val_balanced_accuracy: m.balanced_accuracy,
+            val_macro_f1: m.macro_f1,
+            val_nll: m.nll,
+            val_brier: m.brier,
+            val_ece: m.ece,
+            val_mce: m.mce,
+            val_mean_confidence: m.mean_confidence,
+            val_per_class: m.per_class.clone(),
+            val_confusion: m.confusion.counts.clone(),
+        }
+    }
+}

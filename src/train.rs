@@ -54,6 +54,10 @@ pub struct EpochMetrics {
     pub val_accuracy: Option<f64>,
     pub images_per_second: f64,
     pub seconds: f64,
+    /// Validation metrics beyond loss and accuracy (`val_balanced_accuracy`, `val_ece`, ...;
+    /// absent without a validation split).
+    #[serde(flatten, default)]
+    pub validation: Option<crate::metrics::EpochValidation>,
 }
 
 /// Index of the largest value of each row of `[rows, classes]`.
@@ -139,6 +143,37 @@ pub fn evaluate<B: Backend<E = f32>, P: PixelStore>(
     Ok((loss_sum / n, correct as f64 / n))
 }
 
+/// Logits of `model` over `indices` (`[indices.len(), classes]`) and, with `loss`, the mean
+/// loss (no weight update).
+pub fn logits_of<B: Backend<E = f32>, P: PixelStore>(
+    backend: &B,
+    model: &mut Model<B>,
+    loss: Option<&LossConfig>,
+    data: &ImageSet<P>,
+    indices: &[usize],
+    batch_size: usize,
+) -> Result<(Option<f64>, Vec<f32>)> {
+    let classes = data.classes();
+    let batch_size = batch_size.clamp(1, indices.len().max(1));
+    let mut x = backend.zeros(batch_size * data.shape.len())?;
+    let mut y = backend.zeros(batch_size * classes)?;
+    let mut loss_sum = 0.0;
+    let mut logits = Vec::with_capacity(indices.len() * classes);
+    for_each_batch(data, indices, batch_size, None, |_, b| {
+        let n = b.indices.len();
+        backend.write(&mut x, &b.x)?;
+        model.forward(backend, &x, n)?;
+        if let Some(loss) = loss {
+            backend.write(&mut y, &b.y)?;
+            loss_sum += model.loss_of_forward(backend, loss, &y, n)?.f64() * n as f64;
+        }
+        logits.extend(model.logits(backend, n)?);
+        Ok(())
+    })?;
+    let mean = loss.map(|_| loss_sum / indices.len().max(1) as f64);
+    Ok((mean, logits))
+}
+
 /// Trains a new model on `data` with `opts`, writing `config.json` and `metrics.jsonl`
 /// into `out` and a line per epoch through `log`. Returns the model and the metrics.
 pub fn train<B: Backend<E = f32>, P: PixelStore>(
@@ -146,6 +181,21 @@ pub fn train<B: Backend<E = f32>, P: PixelStore>(
     data: &ImageSet<P>,
     opts: &TrainOptions,
     out: &Path,
+    log: impl FnMut(&str),
+) -> Result<(Model<B>, Vec<EpochMetrics>)> {
+    train_with(backend, data, opts, out, false, log)
+}
+
+/// [`train`], or with `resume` (`train --resume RUN`) the continuation of the run in `out`
+/// from its `checkpoints/last.safetensors`: weights, Adam state, data order and random
+/// streams as they were, so the result equals an uninterrupted run with the same seed.
+/// Also writes `checkpoints/last` and `best` each epoch, and plots at the end.
+pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
+    backend: &B,
+    data: &ImageSet<P>,
+    opts: &TrainOptions,
+    out: &Path,
+    resume: bool,
     mut log: impl FnMut(&str),
 ) -> Result<(Model<B>, Vec<EpochMetrics>)> {
     if opts.batch_size == 0 || opts.epochs == 0 || opts.steps_per_epoch == Some(0) {
@@ -170,9 +220,21 @@ pub fn train<B: Backend<E = f32>, P: PixelStore>(
             opts.val_fraction
         )));
     }
+    let options_json = serde_json::to_value(opts).expect("JSON");
+    let fingerprint = crate::checkpoint::data_fingerprint(data, &train_idx, &val_idx);
+    let resumed = if resume {
+        Some(crate::checkpoint::resume_point(
+            out,
+            &options_json,
+            &fingerprint,
+            opts.epochs,
+        )?)
+    } else {
+        None
+    };
     std::fs::create_dir_all(out)
         .map_err(|e| Error::file(out, format!("cannot create the run folder: {e}")))?;
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "focalflow_version": env!("CARGO_PKG_VERSION"),
         "device": backend.name(),
         "options": opts,
@@ -182,6 +244,9 @@ pub fn train<B: Backend<E = f32>, P: PixelStore>(
         "val_class_counts": data.class_counts(&val_idx),
         "parameters": plan.parameter_count(),
     });
+    if let Some(r) = &resumed {
+        config["resumed_after_epoch"] = r.state.epoch.into();
+    }
     write_file_atomically(
         &out.join("config.json"),
         serde_json::to_string_pretty(&config)
@@ -202,17 +267,54 @@ pub fn train<B: Backend<E = f32>, P: PixelStore>(
         opts.loss.describe(),
     ));
 
-    let mut model = Model::new(backend, plan, opts.seed)?;
-    model.optimizer = Adam::with_learning_rate(opts.learning_rate);
+    let mut model = match &resumed {
+        Some(r) => {
+            log(&format!(
+                "resuming {} after epoch {} (Adam step {})",
+                out.display(),
+                r.state.epoch,
+                r.checkpoint
+                    .optimizer
+                    .as_ref()
+                    .map_or(0, |o| o.adam.iterations)
+            ));
+            r.checkpoint.model(backend)?
+        }
+        None => {
+            let mut model = Model::new(backend, plan, opts.seed)?;
+            model.optimizer = Adam::with_learning_rate(opts.learning_rate);
+            model
+        }
+    };
     let classes = data.classes();
     let mut x = backend.zeros(opts.batch_size * data.shape.len())?;
     let mut y = backend.zeros(opts.batch_size * classes)?;
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics_file =
-        std::fs::File::create(&metrics_path).map_err(|e| Error::file(&metrics_path, e))?;
-    let mut history = Vec::new();
+    let (mut history, mut metrics_file) = match &resumed {
+        Some(r) => crate::checkpoint::reopen_metrics(&metrics_path, r.state.epoch)?,
+        None => (
+            Vec::new(),
+            std::fs::File::create(&metrics_path).map_err(|e| Error::file(&metrics_path, e))?,
+        ),
+    };
+    let mut checkpoints = crate::checkpoint::EpochCheckpoints {
+        run: out.to_path_buf(),
+        class_names: data.class_names.clone(),
+        loss: opts.loss.clone(),
+        options: options_json,
+        fingerprint,
+        best_val_loss: resumed.as_ref().and_then(|r| r.state.best_val_loss),
+        best_epoch: resumed.as_ref().and_then(|r| r.state.best_epoch),
+    };
+    let first_epoch = resumed.as_ref().map_or(1, |r| r.state.epoch + 1);
+    drop(resumed);
     let mut shuffle_rng = Rng::derive(opts.seed, 3);
-    for epoch in 1..=opts.epochs {
+    for _ in 1..first_epoch {
+        // The shuffles of the epochs done: the stream is where the run left it.
+        shuffle_rng.shuffle(&mut train_idx.clone());
+    }
+    let mut final_metrics = None;
+    for epoch in first_epoch..=opts.epochs {
         let mut order = train_idx.clone();
         shuffle_rng.shuffle(&mut order);
         let steps = order
@@ -254,18 +356,24 @@ pub fn train<B: Backend<E = f32>, P: PixelStore>(
         })?;
         bar.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
-        let (val_loss, val_accuracy) = if val_idx.is_empty() {
-            (None, None)
+        let (val_loss, val_accuracy, validation) = if val_idx.is_empty() {
+            (None, None, None)
         } else {
-            let (l, a) = evaluate(
+            let (l, logits) = logits_of(
                 backend,
                 &mut model,
-                &opts.loss,
+                Some(&opts.loss),
                 data,
                 &val_idx,
                 opts.batch_size,
             )?;
-            (Some(l), Some(a))
+            let labels: Vec<usize> = val_idx.iter().map(|&i| data.labels[i] as usize).collect();
+            let vm =
+                crate::metrics::Metrics::from_logits(&logits, &labels, &data.class_names, 1.0)?;
+            let summary = crate::metrics::EpochValidation::from(&vm);
+            let accuracy = vm.accuracy;
+            final_metrics = Some(vm);
+            (l, Some(accuracy), Some(summary))
         };
         let m = EpochMetrics {
             epoch,
@@ -275,12 +383,21 @@ pub fn train<B: Backend<E = f32>, P: PixelStore>(
             val_accuracy,
             images_per_second: seen as f64 / seconds,
             seconds,
+            validation,
         };
         writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("JSON"))
             .and_then(|_| metrics_file.flush())
             .map_err(|e| Error::file(&metrics_path, e))?;
-        let val = match (m.val_loss, m.val_accuracy) {
-            (Some(l), Some(a)) => format!("val loss {l:.4} acc {:.1}%", a * 100.0),
+        let best = checkpoints.save(backend, &model, epoch, m.val_loss)?;
+        let val = match (m.val_loss, m.val_accuracy, &m.validation) {
+            (Some(l), Some(a), Some(v)) => format!(
+                "val loss {l:.4} acc {:.1}% bal {:.1}% ECE {:.3}{}",
+                a * 100.0,
+                v.val_balanced_accuracy * 100.0,
+                v.val_ece,
+                if best { " (best)" } else { "" }
+            ),
+            (Some(l), Some(a), None) => format!("val loss {l:.4} acc {:.1}%", a * 100.0),
             _ => "no validation split".to_string(),
         };
         log(&format!(
@@ -293,7 +410,101 @@ pub fn train<B: Backend<E = f32>, P: PixelStore>(
         ));
         history.push(m);
     }
+    log(&format!("\n{}", epoch_table(&history)));
+    if let Some(vm) = &final_metrics {
+        log(&format!(
+            "validation, epoch {}: {}\n{}",
+            opts.epochs,
+            vm.summary_line(),
+            vm.per_class_table()
+        ));
+    }
+    match checkpoints.best_epoch {
+        Some(e) => log(&format!(
+            "checkpoints: {} (epoch {}), {} (epoch {e}, lowest val loss)",
+            crate::checkpoint::last_path(out).display(),
+            opts.epochs,
+            crate::checkpoint::best_path(out).display()
+        )),
+        None => log(&format!(
+            "checkpoints: {} (no validation split: no best)",
+            crate::checkpoint::last_path(out).display()
+        )),
+    }
+    let mut written = Vec::new();
+    let mut plot = |r: Result<Vec<PathBuf>>| match r {
+        Ok(paths) => written.extend(paths),
+        Err(e) => log(&format!("warning: a plot was not written: {e}")),
+    };
+    plot(crate::plots::training_curves(
+        &history,
+        out,
+        "training_curves",
+    ));
+    if let Some(vm) = &final_metrics {
+        let title = format!("validation, epoch {}", opts.epochs);
+        plot(crate::plots::reliability_diagram(
+            vm,
+            &title,
+            out,
+            "reliability",
+        ));
+    }
+    if !written.is_empty() {
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        log(&format!("plots in {}: {}", out.display(), names.join(", ")));
+    }
     Ok((model, history))
+}
+
+/// The compact per-epoch table printed at the end of training.
+pub fn epoch_table(history: &[EpochMetrics]) -> String {
+    let f = |v: Option<f64>, pct: bool| match v {
+        Some(v) if pct => format!("{:.1}%", v * 100.0),
+        Some(v) => format!("{v:.4}"),
+        None => "-".into(),
+    };
+    let mut out = format!(
+        "{:>5} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}\n",
+        "epoch",
+        "train loss",
+        "train acc",
+        "val loss",
+        "val acc",
+        "bal acc",
+        "macro-F1",
+        "NLL",
+        "Brier",
+        "ECE",
+        "s"
+    );
+    for m in history {
+        let v = m.validation.as_ref();
+        out.push_str(&format!(
+            "{:>5} {:>10.4} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7.1}\n",
+            m.epoch,
+            m.train_loss,
+            f(Some(m.train_accuracy), true),
+            f(m.val_loss, false),
+            f(m.val_accuracy, true),
+            f(v.map(|v| v.val_balanced_accuracy), true),
+            f(v.map(|v| v.val_macro_f1), false),
+            f(v.map(|v| v.val_nll), false),
+            f(v.map(|v| v.val_brier), false),
+            f(v.map(|v| v.val_ece), false),
+            m.seconds
+        ));
+    }
+    out.pop();
+    out
 }
 
 fn progress_bar(show: bool, steps: u64, epoch: usize, epochs: usize) -> ProgressBar {
