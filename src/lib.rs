@@ -15,8 +15,8 @@ pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod optim;
-pub mod profile;
 pub mod plots;
+pub mod profile;
 pub mod rng;
 pub mod train;
 
