@@ -741,3 +741,46 @@ impl EpochCheckpoints {
         Ok(better)
     }
 }
+
+/// The metadata of a checkpoint file without reading its tensors (for `compare`).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let bad = |msg: String| Error::file(path, msg);
+    let mut f = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        return Err(bad(format!("not a safetensors file (header of {n} bytes)")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default())
+}
+
+/// `--checkpoint`: a `.safetensors` file, or a run folder (its best checkpoint, else last).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.is_dir() {
+        for candidate in [
+            best_path(path),
+            last_path(path),
+            path.join("best.safetensors"),
+            path.join("last.safetensors"),
+        ] {
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+        return Err(Error::file(
+            path,
+            "a folder without checkpoints; --checkpoint takes a .safetensors file or a run folder holding checkpoints/best.safetensors",
+        ));
+    }
+    Ok(path.to_path_buf())
+}

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

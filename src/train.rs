@@ -35,6 +35,9 @@ pub struct TrainOptions {
     /// Show progress bars (on a terminal).
     #[serde(skip)]
     pub progress: bool,
+    /// `--resume`: continue the run in the output folder (see [`train_with`]).
+    #[serde(skip)]
+    pub resume: bool,
 }
 
 fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(
@@ -174,8 +177,9 @@ pub fn logits_of<B: Backend<E = f32>, P: PixelStore>(
     Ok((mean, logits))
 }
 
-/// Trains a new model on `data` with `opts`, writing `config.json` and `metrics.jsonl`
-/// into `out` and a line per epoch through `log`. Returns the model and the metrics.
+/// Trains a new model on `data` with `opts` (or continues the run in `out` with
+/// `opts.resume`), writing `config.json` and `metrics.jsonl` into `out` and a line per epoch
+/// through `log`. Returns the model and the metrics.
 pub fn train<B: Backend<E = f32>, P: PixelStore>(
     backend: &B,
     data: &ImageSet<P>,
@@ -183,7 +187,7 @@ pub fn train<B: Backend<E = f32>, P: PixelStore>(
     out: &Path,
     log: impl FnMut(&str),
 ) -> Result<(Model<B>, Vec<EpochMetrics>)> {
-    train_with(backend, data, opts, out, false, log)
+    train_with(backend, data, opts, out, opts.resume, log)
 }
 
 /// [`train`], or with `resume` (`train --resume RUN`) the continuation of the run in `out`

@@ -2,6 +2,7 @@
 
 pub mod data_args;
 pub mod device;
+pub mod eval_cmd;
 pub mod loss_args;
 pub mod loss_cmd;
 
@@ -38,6 +39,14 @@ pub enum Command {
     Bench(BenchArgs),
     /// What this build and machine can run: kernels, executors, GPUs, versions.
     Info,
+    /// Metrics of a checkpoint on a folder of labelled images (per-class table, ECE, plots).
+    Eval(eval_cmd::EvalArgs),
+    /// Class and probabilities of image files or folders.
+    Predict(eval_cmd::PredictArgs),
+    /// Fit a temperature on held-out images and store it in the checkpoint.
+    Calibrate(eval_cmd::CalibrateArgs),
+    /// The final metrics of several runs side by side.
+    Compare(eval_cmd::CompareArgs),
 }
 
 /// Where to run: `auto` picks the best available and says which.
@@ -92,6 +101,10 @@ pub struct TrainArgs {
     /// No progress bars (they are also hidden when stderr is not a terminal).
     #[arg(long)]
     pub quiet: bool,
+    /// Continue the run in RUN_DIR from its last checkpoint (give the run's flags again;
+    /// only --epochs may change, e.g. raised to train longer).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
     /// Print a per-phase time table (data, forward, loss, backward, optimizer) at the end.
     #[arg(long)]
     pub profile: bool,
@@ -126,6 +139,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Loss(args) => loss_cmd::run(&args),
         Command::Bench(args) => run_bench(args),
         Command::Info => crate::info::print_info(),
+        Command::Eval(args) => eval_cmd::run_eval(&args),
+        Command::Predict(args) => eval_cmd::run_predict(&args),
+        Command::Calibrate(args) => eval_cmd::run_calibrate(&args),
+        Command::Compare(args) => eval_cmd::run_compare(&args),
     }
 }
 
@@ -177,8 +194,19 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
         class_fraction,
         augment: args.data.augment,
         progress: !args.quiet,
+        resume: args.resume.is_some(),
     };
-    let out = args.out.unwrap_or_else(|| train::default_run_dir(&loss));
+    let out = match (args.resume, args.out) {
+        (Some(run), Some(out)) if run != out => {
+            return Err(Error::invalid(format!(
+                "--resume {} writes into that run folder; drop --out {}",
+                run.display(),
+                out.display()
+            )));
+        }
+        (Some(run), _) => run,
+        (None, out) => out.unwrap_or_else(|| train::default_run_dir(&loss)),
+    };
     if let Some(skipped) = &skipped {
         let list = data_args::write_skip_list(&out, skipped)?;
         if !skipped.is_empty() {
