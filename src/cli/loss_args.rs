@@ -203,6 +203,22 @@ mod tests {
     }
 
     #[test]
+    fn from_logits_default_is_the_callers_and_the_flag_overrides_it() {
+        assert!(!flags("focal").to_config().unwrap().from_logits());
+        assert!(
+            flags("focal")
+                .to_config_with_default(true)
+                .unwrap()
+                .from_logits()
+        );
+        let off = LossFlags {
+            from_logits: Some(false),
+            ..flags("focal")
+        };
+        assert!(!off.to_config_with_default(true).unwrap().from_logits());
+    }
+
+    #[test]
     fn defaults_per_loss() {
         for name in LOSS_NAMES {
             let cfg = flags(name).to_config().unwrap();
@@ -218,7 +234,7 @@ mod tests {
             gamma: Some(0.5),
             l1: Some(1e-3),
             l2: Some(2e-3),
-            from_logits: true,
+            from_logits: Some(true),
             ..flags("focal")
         };
         assert_eq!(
