@@ -228,3 +228,23 @@ fn tables_show_undefined_values_as_dashes() {
     let json = serde_json::to_value(&m).unwrap();
     assert!(json["per_class"][1]["recall"].is_null());
 }
+
+#[test]
+fn temperature_scaling_by_hand() {
+    use focalflow::calibrate::{fit_temperature, nll_at};
+    // Four images with logits [4, 0]; three are class 0. NLL(T) is smallest where the
+    // probability of class 0, sigmoid(4 / T), equals 3/4: 4 / T = ln 3, T = 4 / ln 3.
+    let logits = [4.0f32, 0.0, 4.0, 0.0, 4.0, 0.0, 4.0, 0.0];
+    let fit = fit_temperature(&logits, &[0, 0, 0, 1], 2).unwrap();
+    assert!((fit.temperature - 4.0 / 3f64.ln()).abs() < 1e-9, "{fit:?}");
+    assert!(!fit.at_bound);
+    // NLL at the optimum: -(3 ln .75 + ln .25) / 4
+    assert_close!(fit.nll_after, -(3.0 * 0.75f64.ln() + 0.25f64.ln()) / 4.0);
+    assert_close!(fit.nll_before, nll_at(&logits, &[0, 0, 0, 1], 2, 1.0));
+    assert!(fit.nll_after < fit.nll_before);
+    // All right and confident: the NLL keeps falling as T -> 0, the bound is reported.
+    let sure = fit_temperature(&[4.0, 0.0, 0.0, 4.0], &[0, 1], 2).unwrap();
+    assert!(sure.at_bound && (sure.temperature - focalflow::calibrate::T_MIN).abs() < 1e-12);
+    assert!(fit_temperature(&[], &[], 2).is_err());
+    assert!(fit_temperature(&[f32::NAN, 0.0], &[0], 2).is_err());
+}

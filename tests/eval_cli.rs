@@ -1,0 +1,506 @@
+//! End to end through the binary on a tiny trained run: the run folder (metrics with the
+//! validation fields, checkpoints, plots), `eval`, `predict`, `calibrate`, `compare`,
+//! `train --resume`, and their errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_focalflow");
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "focalflow-eval-cli-{label}-{}-{nanos}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ok(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The error line of a failed command.
+fn fails(what: &str, out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "{what} should fail:\n{}",
+        text(&out.stdout)
+    );
+    let stderr = text(&out.stderr);
+    stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temp path")
+}
+
+/// `train` of the built-in set at 32x32 (64 images, 2 epochs) into `out`.
+fn train(out: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "train",
+        "--image-size",
+        "32",
+        "--synthetic-images",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    ok("train", run(&args))
+}
+
+/// A class-per-folder set of `n` PNGs of the built-in stripes (another seed than the
+/// training set's), with the built-in class names.
+fn image_folder(dir: &Path, n: usize, seed: u64) {
+    let set = focalflow::data::synthetic::generate(n, 32, seed);
+    for i in 0..set.len() {
+        let class = &set.class_names[set.labels[i] as usize];
+        let folder = dir.join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        image::save_buffer(
+            folder.join(format!("img{i:03}.png")),
+            set.image(i),
+            32,
+            32,
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+    }
+}
+
+fn non_empty(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        bytes.len() > 1000,
+        "{} has only {} bytes",
+        path.display(),
+        bytes.len()
+    );
+    bytes
+}
+
+fn check_plots(dir: &Path, stem: &str, must_say: &str) {
+    let svg = String::from_utf8(non_empty(&dir.join(format!("{stem}.svg")))).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains(must_say),
+        "{stem}.svg lacks {must_say:?}"
+    );
+    let png = non_empty(&dir.join(format!("{stem}.png")));
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let img = image::load_from_memory(&png).unwrap().to_rgb8();
+    let dark = img
+        .pixels()
+        .filter(|p| p.0.iter().all(|&c| c < 100))
+        .count();
+    assert!(
+        dark > 500,
+        "{stem}.png has text and lines ({dark} dark pixels)"
+    );
+}
+
+#[test]
+fn run_folder_eval_predict_calibrate_compare() {
+    let tmp = TempDir::new("all");
+    let run_dir = tmp.join("run");
+    let stdout = train(&run_dir, &[]);
+
+    // The run folder: metrics with the validation fields, checkpoints, plots, the table.
+    let lines: Vec<Value> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for field in [
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "images_per_second",
+        "seconds",
+        "val_balanced_accuracy",
+        "val_macro_f1",
+        "val_nll",
+        "val_brier",
+        "val_ece",
+        "val_mce",
+        "val_per_class",
+        "val_confusion",
+    ] {
+        assert!(
+            lines[1].get(field).is_some(),
+            "metrics.jsonl lacks {field}: {}",
+            lines[1]
+        );
+    }
+    let confusion: u64 = lines[1]["val_confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()))
+        .sum();
+    assert_eq!(
+        confusion, 12,
+        "64 images, 20% of each class of 32: round(6.4) = 6 each"
+    );
+    assert!(
+        stdout.contains("epoch train loss") && stdout.contains("confusion (rows: true"),
+        "{stdout}"
+    );
+    non_empty(&run_dir.join("checkpoints/last.safetensors"));
+    non_empty(&run_dir.join("checkpoints/best.safetensors"));
+    check_plots(&run_dir, "training_curves", "epoch");
+    check_plots(&run_dir, "reliability", "ECE");
+
+    // eval on a labelled folder.
+    let data = tmp.join("data");
+    image_folder(&data, 24, 99);
+    let eval_dir = tmp.join("eval");
+    let report = json(&ok(
+        "eval --json",
+        run(&[
+            "eval",
+            "--checkpoint",
+            s(&run_dir),
+            "--data",
+            s(&data),
+            "--no-cache",
+            "--json",
+            "--out",
+            s(&eval_dir),
+        ]),
+    ));
+    let m = &report["metrics"];
+    assert_eq!(m["images"], 24);
+    assert_eq!(report["temperature"], 1.0);
+    assert_eq!(m["per_class"].as_array().unwrap().len(), 2);
+    assert_eq!(m["reliability"].as_array().unwrap().len(), 15);
+    let counts: Vec<Vec<u64>> = serde_json::from_value(m["confusion"]["counts"].clone()).unwrap();
+    assert_eq!(counts[0][0] + counts[0][1], 12);
+    for key in [
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "nll",
+        "brier",
+        "ece",
+        "mce",
+    ] {
+        assert!(m[key].as_f64().is_some_and(f64::is_finite), "{key}: {m}");
+    }
+    check_plots(&eval_dir, "reliability", "ECE");
+    assert!(eval_dir.join("metrics.json").is_file());
+    let table = ok(
+        "eval",
+        run(&[
+            "eval",
+            "--checkpoint",
+            s(&run_dir),
+            "--data",
+            s(&data),
+            "--no-cache",
+            "--out",
+            s(&eval_dir),
+        ]),
+    );
+    for want in [
+        "balanced acc",
+        "precision",
+        "confusion (rows: true",
+        "confidence bins",
+        "reliability.png",
+    ] {
+        assert!(table.contains(want), "eval output lacks {want:?}:\n{table}");
+    }
+
+    // predict: files and folders, an unreadable file reported and skipped.
+    let broken = tmp.join("broken.jpg");
+    std::fs::write(&broken, b"\xff\xd8\xff not really a jpeg").unwrap();
+    let one = data.join("vertical/img001.png");
+    let pred = run(&[
+        "predict",
+        "--checkpoint",
+        s(&run_dir),
+        s(&data),
+        s(&broken),
+        "--json",
+    ]);
+    let stderr = text(&pred.stderr);
+    let pred = json(&ok("predict --json", pred));
+    let predictions = pred["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 24);
+    assert_eq!(pred["skipped"].as_array().unwrap().len(), 1);
+    assert!(
+        stderr.contains("skipped") && stderr.contains("broken.jpg"),
+        "{stderr}"
+    );
+    // Predicted classes agree with eval's confusion matrix columns.
+    let as_vertical = predictions
+        .iter()
+        .filter(|p| p["class"] == "vertical")
+        .count() as u64;
+    assert_eq!(as_vertical, counts[0][1] + counts[1][1]);
+    for p in predictions {
+        let sum: f64 = p["probabilities"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-9);
+    }
+    let csv = ok(
+        "predict --csv",
+        run(&["predict", "--checkpoint", s(&run_dir), s(&one), "--csv"]),
+    );
+    let mut csv_lines = csv.lines();
+    assert_eq!(
+        csv_lines.next().unwrap(),
+        "file,class,confidence,p_horizontal,p_vertical"
+    );
+    assert_eq!(csv_lines.count(), 1);
+    let table = ok(
+        "predict",
+        run(&["predict", "--checkpoint", s(&run_dir), s(&one)]),
+    );
+    assert!(
+        table.contains("img001.png") && table.contains("p(vertic~)"),
+        "{table}"
+    );
+    let err = fails(
+        "predict of nothing readable",
+        run(&["predict", "--checkpoint", s(&run_dir), s(&broken)]),
+    );
+    assert!(err.contains("no image could be read"), "{err}");
+
+    // calibrate into a copy; eval then applies the temperature.
+    let calibrated = tmp.join("calibrated.safetensors");
+    let cal = json(&ok(
+        "calibrate",
+        run(&[
+            "calibrate",
+            "--checkpoint",
+            s(&run_dir),
+            "--data",
+            s(&data),
+            "--no-cache",
+            "--json",
+            "--out",
+            s(&calibrated),
+        ]),
+    ));
+    let t = cal["temperature"].as_f64().unwrap();
+    assert!(t > 0.0 && t.is_finite());
+    let (before, after) = (
+        cal["before"]["nll"].as_f64().unwrap(),
+        cal["after"]["nll"].as_f64().unwrap(),
+    );
+    assert!(after <= before + 1e-12, "NLL {before} -> {after}");
+    assert_eq!(cal["before"]["accuracy"], cal["after"]["accuracy"]);
+    let meta = focalflow::checkpoint::read_metadata(&calibrated).unwrap();
+    assert_eq!(meta["temperature"].parse::<f64>().unwrap(), t);
+    let report = json(&ok(
+        "eval calibrated",
+        run(&[
+            "eval",
+            "--checkpoint",
+            s(&calibrated),
+            "--data",
+            s(&data),
+            "--no-cache",
+            "--json",
+            "--out",
+            s(&eval_dir),
+        ]),
+    ));
+    assert_eq!(report["temperature"].as_f64().unwrap(), t);
+    assert!((report["metrics"]["nll"].as_f64().unwrap() - after).abs() < 1e-9);
+    assert_eq!(report["metrics"]["accuracy"], m["accuracy"]);
+    let text_out = ok(
+        "calibrate table",
+        run(&[
+            "calibrate",
+            "--checkpoint",
+            s(&calibrated),
+            "--data",
+            s(&data),
+            "--no-cache",
+        ]),
+    );
+    assert!(
+        text_out.contains("before (T = 1)") && text_out.contains("replaces"),
+        "{text_out}"
+    );
+
+    // compare: two runs with different losses.
+    let ce_dir = tmp.join("ce");
+    train(&ce_dir, &["--loss", "ce"]);
+    let table = ok("compare", run(&["compare", s(&run_dir), s(&ce_dir)]));
+    assert!(
+        table.contains("focal(") && table.contains("ce(") && table.contains('*'),
+        "{table}"
+    );
+    let rows = json(&ok(
+        "compare --json",
+        run(&["compare", s(&run_dir), s(&ce_dir), "--json"]),
+    ));
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert!(rows[1]["val_ece"].as_f64().is_some());
+}
+
+#[test]
+fn resume_through_the_binary_and_clear_errors() {
+    let tmp = TempDir::new("resume");
+    let run_dir = tmp.join("run");
+    train(&run_dir, &[]);
+    let resume = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--image-size",
+            "32",
+            "--synthetic-images",
+            "64",
+            "--batch-size",
+            "8",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--resume",
+            s(&run_dir),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let out = ok("resume", resume(&["--epochs", "3"]));
+    assert!(
+        out.contains("resuming") && out.contains("epoch 3/3"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("epoch 1/3"),
+        "epochs done are not trained again: {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+
+    let err = fails(
+        "resume with another lr",
+        resume(&["--epochs", "4", "--lr", "0.01"]),
+    );
+    assert!(
+        err.contains("--lr") && err.contains("only --epochs may change"),
+        "{err}"
+    );
+    let err = fails("resume done", resume(&["--epochs", "3"]));
+    assert!(err.contains("completed 3 of --epochs 3"), "{err}");
+    let err = fails(
+        "resume nothing",
+        run(&["train", "--resume", s(&tmp.join("nope")), "--quiet"]),
+    );
+    assert!(
+        err.contains("last.safetensors") && err.contains("--resume"),
+        "{err}"
+    );
+
+    // eval errors name the file or folder.
+    let err = fails(
+        "eval missing checkpoint",
+        run(&[
+            "eval",
+            "--checkpoint",
+            s(&tmp.join("none.safetensors")),
+            "--data",
+            s(&tmp.0),
+        ]),
+    );
+    assert!(
+        err.contains("none.safetensors") && err.contains("--checkpoint"),
+        "{err}"
+    );
+    let data = tmp.join("data");
+    image_folder(&data, 4, 5);
+    std::fs::create_dir_all(data.join("diagonal")).unwrap();
+    std::fs::copy(
+        data.join("vertical/img001.png"),
+        data.join("diagonal/x.png"),
+    )
+    .unwrap();
+    let err = fails(
+        "eval unknown class",
+        run(&[
+            "eval",
+            "--checkpoint",
+            s(&run_dir),
+            "--data",
+            s(&data),
+            "--no-cache",
+        ]),
+    );
+    assert!(
+        err.contains("\"diagonal\"") && err.contains("horizontal, vertical"),
+        "{err}"
+    );
+}
