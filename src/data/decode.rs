@@ -146,9 +146,25 @@ pub struct Rgb8 {
 
 /// Decodes `bytes` (any supported format, recognised by content) to RGB8.
 pub fn decode_rgb8(bytes: &[u8]) -> Result<Rgb8, Skip> {
+    let mut data = Vec::new();
+    let (width, height) = decode_rgb8_into(bytes, &mut data)?;
+    Ok(Rgb8 {
+        width,
+        height,
+        data,
+    })
+}
+
+/// [`decode_rgb8`] into `buf` (resized to fit; reusing it across images saves an
+/// allocation and page faults per image). Returns (width, height).
+pub fn decode_rgb8_into(bytes: &[u8], buf: &mut Vec<u8>) -> Result<(usize, usize), Skip> {
     match sniff(bytes) {
-        Sniffed::Image(Format::Jpeg) => decode_jpeg(bytes),
-        Sniffed::Image(format) => decode_with_image(bytes, format),
+        Sniffed::Image(Format::Jpeg) => decode_jpeg(bytes, buf),
+        Sniffed::Image(format) => {
+            let img = decode_with_image(bytes, format)?;
+            *buf = img.data;
+            Ok((img.width, img.height))
+        }
         Sniffed::Empty => Err(Skip::Empty),
         Sniffed::Text => Err(Skip::NotImage("text".into())),
         Sniffed::Unknown => Err(Skip::NotImage(format!(
@@ -178,7 +194,7 @@ fn check_size(width: u64, height: u64) -> Result<(), Skip> {
     Ok(())
 }
 
-fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, Skip> {
+fn decode_jpeg(bytes: &[u8], data: &mut Vec<u8>) -> Result<(usize, usize), Skip> {
     // Not strict: like libjpeg (and so TensorFlow and PIL), data with recoverable defects
     // ("extraneous bytes before marker") decodes. Truncation is caught below instead.
     let options = DecoderOptions::default()
@@ -206,9 +222,14 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, Skip> {
             "JPEG data ends before the end-of-image marker".into(),
         ));
     }
-    let mut data = vec![0u8; width * height * 3];
+    // Every byte is written by the decoder (missing data becomes grey), so a reused
+    // buffer of the right length needs no clearing.
+    if data.len() != width * height * 3 {
+        data.clear();
+        data.resize(width * height * 3, 0);
+    }
     decoder
-        .decode_into(&mut data)
+        .decode_into(data)
         .map_err(|e| Skip::Corrupt(format!("JPEG data: {e}")))?;
     if decoder.output_colorspace() != Some(ColorSpace::RGB) {
         return Err(Skip::Unsupported(format!(
@@ -216,21 +237,19 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, Skip> {
             decoder.input_colorspace()
         )));
     }
-    Ok(Rgb8 {
-        width,
-        height,
-        data,
-    })
+    Ok((width, height))
 }
 
 /// True when an EOI marker (FF D9) follows the last start-of-scan marker (FF DA). Inside
 /// entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so
-/// neither pair can appear by accident after the scan header.
+/// neither pair can appear by accident after the scan header. Searched from the end, where
+/// a complete file has its EOI, so a good file costs a few bytes, not a pass over it.
 fn has_eoi_after_last_scan(bytes: &[u8]) -> bool {
-    let Some(sos) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+    let Some(eoi) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else {
         return false;
     };
-    bytes[sos + 2..].windows(2).any(|w| w == [0xFF, 0xD9])
+    let is_sos = |w: &[u8]| w == [0xFF, 0xDA];
+    !bytes[eoi..].windows(2).any(is_sos) && bytes[..eoi].windows(2).any(is_sos)
 }
 
 fn decode_with_image(bytes: &[u8], format: Format) -> Result<Rgb8, Skip> {

@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use super::cache::{self, Key, Meta, Skipped};
-use super::decode::{Skip, decode_rgb8};
+use super::decode::{Skip, decode_rgb8_into};
 use super::resize::resize_bilinear;
 use super::source::{Source, discover};
 use super::tfrecord::{self, RecordSpan};
@@ -491,15 +491,16 @@ pub fn decode_resized(
     shape: ImageShape,
     slot: &mut [u8],
 ) -> std::result::Result<(), Skip> {
-    let img = decode_rgb8(bytes)?;
-    resize_bilinear(
-        &img.data,
-        img.width,
-        img.height,
-        slot,
-        shape.width,
-        shape.height,
-        3,
-    );
-    Ok(())
+    thread_local! {
+        /// The decoded full-size image, reused by each worker thread.
+        static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    DECODED.with_borrow_mut(|buf| {
+        let (width, height) = decode_rgb8_into(bytes, buf)?;
+        resize_bilinear(buf, width, height, slot, shape.width, shape.height, 3);
+        if buf.capacity() > 64 << 20 {
+            *buf = Vec::new(); // do not hold on to a huge photo's buffer
+        }
+        Ok(())
+    })
 }

@@ -330,7 +330,10 @@ mod tests {
         let set = toy(vec![0, 1, 1]);
         let (mut x, mut y) = (Vec::new(), Vec::new());
         set.fill_batch(&[2, 0], &mut x, &mut y);
-        assert_eq!(x, vec![40.0 / 255.0, 50.0 / 255.0, 0.0, 10.0 / 255.0]);
+        // Scaled as Keras' Rescaling(1/255) does: times the f32 nearest 1/255, which can be
+        // one ulp away from a division (50 / 255 is).
+        let s = 1.0f32 / 255.0;
+        assert_eq!(x, vec![40.0 * s, 50.0 * s, 0.0, 10.0 * s]);
         assert_eq!(y, vec![0.0, 1.0, 1.0, 0.0]);
     }
 

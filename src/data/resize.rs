@@ -4,8 +4,10 @@
 //! its 2x2 neighbours, in f32; the result is rounded to u8. The image is stretched to the
 //! target size (no crop), as Keras does by default.
 //!
-//! Only the two input rows an output row needs are interpolated horizontally, so the cost is
-//! proportional to the output (plus a row buffer), not to the input: decoding dominates.
+//! Each output row is made in two passes: the two input rows it needs are blended
+//! vertically across the full width (contiguous, so the compiler vectorises it), then that
+//! one row is sampled horizontally. TensorFlow blends horizontally first; the two orders
+//! are the same arithmetic up to float rounding (about 1e-5), far below the u8 step.
 
 /// Source index pair and weight of the upper one for each output coordinate.
 #[derive(Clone, Debug)]
@@ -50,43 +52,80 @@ pub fn resize_bilinear(
         dst.copy_from_slice(src);
         return;
     }
+    match channels {
+        3 => resize_rows::<3>(src, src_w, dst, dst_w, dst_h, src_h),
+        1 => resize_rows::<1>(src, src_w, dst, dst_w, dst_h, src_h),
+        4 => resize_rows::<4>(src, src_w, dst, dst_w, dst_h, src_h),
+        _ => panic!("resize_bilinear: {channels} channels (1, 3 or 4 supported)"),
+    }
+}
+
+fn resize_rows<const C: usize>(
+    src: &[u8],
+    src_w: usize,
+    dst: &mut [u8],
+    dst_w: usize,
+    dst_h: usize,
+    src_h: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe { resize_rows_avx2::<C>(src, src_w, dst, dst_w, dst_h, src_h) };
+        return;
+    }
+    resize_rows_portable::<C>(src, src_w, dst, dst_w, dst_h, src_h);
+}
+
+/// The same code compiled for AVX2 (8-lane vertical blend; about 1.3x faster here). No
+/// FMA, so results are bit-identical to the portable build.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn resize_rows_avx2<const C: usize>(
+    src: &[u8],
+    src_w: usize,
+    dst: &mut [u8],
+    dst_w: usize,
+    dst_h: usize,
+    src_h: usize,
+) {
+    resize_rows_portable::<C>(src, src_w, dst, dst_w, dst_h, src_h);
+}
+
+#[inline(always)]
+fn resize_rows_portable<const C: usize>(
+    src: &[u8],
+    src_w: usize,
+    dst: &mut [u8],
+    dst_w: usize,
+    dst_h: usize,
+    src_h: usize,
+) {
     let xs = taps(src_w, dst_w);
     let ys = taps(src_h, dst_h);
-    let row_len = dst_w * channels;
-    // Horizontally interpolated input rows, cached by index: consecutive output rows share
-    // input rows when enlarging, and the next row's `lo` is often this row's `hi`.
-    let mut rows = [vec![0f32; row_len], vec![0f32; row_len]];
-    let mut cached = [usize::MAX, usize::MAX];
-    let horizontal = |y: usize, out: &mut [f32]| {
-        let line = &src[y * src_w * channels..][..src_w * channels];
-        for x in 0..dst_w {
-            let (l, h, f) = (xs.lo[x] * channels, xs.hi[x] * channels, xs.frac[x]);
-            for c in 0..channels {
-                let a = f32::from(line[l + c]);
-                let b = f32::from(line[h + c]);
-                out[x * channels + c] = a + (b - a) * f;
-            }
-        }
-    };
-    for (y, out_row) in dst.chunks_exact_mut(row_len).enumerate() {
-        let (lo, hi) = (ys.lo[y], ys.hi[y]);
-        if cached[0] != lo && cached[1] == lo {
-            rows.swap(0, 1);
-            cached.swap(0, 1);
-        }
-        if cached[0] != lo {
-            horizontal(lo, &mut rows[0]);
-            cached[0] = lo;
-        }
-        if cached[1] != hi {
-            horizontal(hi, &mut rows[1]);
-            cached[1] = hi;
-        }
+    let in_row = src_w * C;
+    // Byte offsets of the two source pixels of each output column, and the weight.
+    let cols: Vec<(usize, usize, f32)> = (0..dst_w)
+        .map(|x| (xs.lo[x] * C, xs.hi[x] * C, xs.frac[x]))
+        .collect();
+    let mut blended = vec![0f32; in_row];
+    for (y, out_row) in dst.chunks_exact_mut(dst_w * C).enumerate() {
+        let top = &src[ys.lo[y] * in_row..][..in_row];
+        let bottom = &src[ys.hi[y] * in_row..][..in_row];
         let f = ys.frac[y];
-        let (top, bottom) = (&rows[0], &rows[1]);
-        for ((o, &t), &b) in out_row.iter_mut().zip(top).zip(bottom) {
-            let v = t + (b - t) * f;
-            *o = (v + 0.5) as u8; // v is in [0, 255]: truncation after +0.5 rounds
+        for ((b, &t), &u) in blended.iter_mut().zip(top).zip(bottom) {
+            let (t, u) = (f32::from(t), f32::from(u));
+            *b = t + (u - t) * f;
+        }
+        for (o, &(l, h, fx)) in out_row.chunks_exact_mut(C).zip(&cols) {
+            let a: &[f32; C] = blended[l..l + C].try_into().expect("C values");
+            let b: &[f32; C] = blended[h..h + C].try_into().expect("C values");
+            for c in 0..C {
+                let v = a[c] + (b[c] - a[c]) * fx;
+                // v is in [0, 255]: +0.5 and truncation round it; through i32, which
+                // needs no clamping (a direct `as u8` saturates, costing two more ops).
+                o[c] = (v + 0.5) as i32 as u8;
+            }
         }
     }
 }
@@ -128,6 +167,16 @@ mod tests {
         let mut dst = vec![0; 4];
         resize_bilinear(&[0, 100], 2, 1, &mut dst, 4, 1, 1);
         assert_eq!(dst, vec![0, 25, 75, 100]);
+    }
+
+    #[test]
+    fn avx2_and_portable_builds_agree_bit_for_bit() {
+        let src: Vec<u8> = (0..61 * 47 * 3).map(|i| (i * 37 % 253) as u8).collect();
+        let mut portable = vec![0u8; 29 * 50 * 3];
+        resize_rows_portable::<3>(&src, 61, &mut portable, 29, 50, 47);
+        let mut dispatched = vec![0u8; 29 * 50 * 3];
+        resize_bilinear(&src, 61, 47, &mut dispatched, 29, 50, 3);
+        assert_eq!(portable, dispatched);
     }
 
     #[test]
