@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use focalflow::backend::cuda::{CudaBackend, Variant};
+use focalflow::backend::cuda::{CudaBackend, KernelChoice, TILES, Variant};
 use focalflow::backend::{Backend, ConvShape, CpuBackend, DenseShape, Padding, PoolShape};
 use focalflow::gpu::{DeviceBuffer, EmuOptions, Executor, Schedule};
 use focalflow::loss::LossConfig;
@@ -44,6 +44,16 @@ fn emu(schedule: Schedule, variant: Variant) -> CudaBackend {
     })
     .expect("the emulator is built on this target");
     CudaBackend::with_variant(exec, variant)
+}
+
+/// The emulator with the tiled kernels' automatic choice overridden.
+fn emu_choice(schedule: Schedule, choice: KernelChoice) -> CudaBackend {
+    let exec = Executor::emu_with(EmuOptions {
+        schedule,
+        ..EmuOptions::default()
+    })
+    .expect("the emulator is built on this target");
+    CudaBackend::with_choice(exec, Variant::Tiled, choice)
 }
 
 static GPU_TILED: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
@@ -138,6 +148,7 @@ fn conv_shapes() -> Vec<ConvShape> {
         c(1, 6, 6, 8, 20, 1, 1, Padding::Valid),  // 1x1, vector path, partial N tile
         c(2, 15, 13, 4, 12, 3, 3, Padding::Valid), // several row tiles; split-K filter grads
         c(1, 5, 4, 3, 70, 5, 3, Padding::Same),   // kernel taller than half the image; 2 N tiles
+        c(2, 7, 6, 36, 40, 3, 3, Padding::Same), // > 32 input channels: 64-wide data-gradient tile, float4
     ]
 }
 
@@ -699,6 +710,56 @@ backend_tests!(
     gradient_check,
 );
 
+/// Every tile shape and load width of the tiled kernels, not only those the automatic choice
+/// picks for the shapes above: forced one by one, under the forward and reverse schedules.
+macro_rules! tile_tests {
+    ($($module:ident: $tile:literal, $scalar:literal => [$($op:ident),*];)*) => {$(
+        mod $module {
+            use super::*;
+            $( #[test] fn $op() {
+                for schedule in [Schedule::Forward, Schedule::Reverse] {
+                    super::$op(&emu_choice(schedule, KernelChoice { tile: Some($tile), scalar: $scalar }));
+                }
+            } )*
+        }
+    )*};
+}
+
+tile_tests! {
+    tile_n16: "n16", false => [conv_forward, conv_backward_data];
+    tile_n16_scalar: "n16", true => [conv_forward, conv_backward_data];
+    tile_n32: "n32", false => [conv_forward, conv_backward_data];
+    tile_n32_scalar: "n32", true => [conv_forward, conv_backward_data];
+    tile_n64: "n64", false => [conv_forward, conv_backward_data];
+    tile_n64_scalar: "n64", true => [conv_forward, conv_backward_data];
+    tile_s32: "s32", false => [conv_backward_filter, dense_forward, dense_backward];
+    tile_s32_scalar: "s32", true => [conv_backward_filter, dense_forward, dense_backward];
+    tile_s64: "s64", false => [conv_backward_filter, dense_forward, dense_backward];
+    tile_s64_scalar: "s64", true => [conv_backward_filter, dense_forward, dense_backward];
+}
+
+/// The same on the GPU: every kernel variant that the automatic choice may pick.
+#[test]
+fn gpu_every_tile() {
+    if gpu(Variant::Tiled, "gpu_every_tile").is_none() {
+        return;
+    }
+    for tile in TILES {
+        for scalar in [false, true] {
+            let choice = KernelChoice {
+                tile: Some(tile.name),
+                scalar,
+            };
+            let b = CudaBackend::with_choice(Executor::cuda(0).unwrap(), Variant::Tiled, choice);
+            conv_forward(&b);
+            conv_backward_data(&b);
+            conv_backward_filter(&b);
+            dense_forward(&b);
+            dense_backward(&b);
+        }
+    }
+}
+
 #[test]
 fn names_say_which_executor() {
     assert_eq!(emu(Schedule::Forward, Variant::Tiled).name(), "cuda-emu");
@@ -925,8 +986,26 @@ fn gpu_op_timings() {
     ) else {
         return;
     };
-    let exec = tiled.executor();
+    // Every tile and load width, forced (each backend has its own executor and stream on
+    // the same GPU; buffers are shared, and every measurement starts synchronised).
+    let variants: Vec<(String, CudaBackend)> = TILES
+        .iter()
+        .flat_map(|t| [(t.name, false), (t.name, true)])
+        .map(|(tile, scalar)| {
+            let choice = KernelChoice {
+                tile: Some(tile),
+                scalar,
+            };
+            let exec = Executor::cuda(0).unwrap();
+            let label = format!("{tile}_{}", if scalar { "s" } else { "v" });
+            (
+                label,
+                CudaBackend::with_choice(exec, Variant::Tiled, choice),
+            )
+        })
+        .collect();
     let time_us = |b: &CudaBackend, reps: usize, f: &mut dyn FnMut(&CudaBackend)| -> f64 {
+        let exec = b.executor();
         f(b);
         exec.synchronize().unwrap();
         let start = exec.record_event().unwrap();
@@ -934,7 +1013,9 @@ fn gpu_op_timings() {
             f(b);
         }
         let end = exec.record_event().unwrap();
-        start.elapsed_ms(&end).unwrap() as f64 * 1e3 / reps as f64
+        let us = start.elapsed_ms(&end).unwrap() as f64 * 1e3 / reps as f64;
+        exec.synchronize().unwrap();
+        us
     };
     let report = |what: String, flops: f64, f: &mut dyn FnMut(&CudaBackend)| {
         let t = time_us(tiled, 20, f);
@@ -953,6 +1034,22 @@ fn gpu_op_timings() {
             rate(n),
             n / t
         );
+        // The forced tile variants of the op's family (the others repeat the automatic one).
+        let family: &[&str] =
+            if what.starts_with("conv2d_forward") || what.starts_with("conv2d_backward_data") {
+                &["n16", "n32", "n64"]
+            } else if what.starts_with("conv2d_backward_filter") || what.starts_with("dense") {
+                &["s32", "s64"]
+            } else {
+                &[]
+            };
+        let mut line = String::new();
+        for (label, b) in variants.iter().filter(|(l, _)| family.contains(&&l[..3])) {
+            line.push_str(&format!(" {label} {:.1}", time_us(b, 10, f)));
+        }
+        if !line.is_empty() {
+            let _ = writeln!(std::io::stderr(), "TIMING   variants (us):{line}");
+        }
     };
     let mut rng = Rng::new(40);
     let mut buf = |n: usize| tiled.upload(&random(&mut rng, n)).unwrap();

@@ -70,6 +70,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// The tile shapes this family has kernels for.
+    pub fn tiles(self) -> &'static [Tile] {
+        match self {
+            Op::ConvForward | Op::ConvBackwardData => &[N16, N32, N64],
+            _ => &[S32, S64],
+        }
+    }
+
     fn prefix(self) -> &'static str {
         match self {
             Op::ConvForward => "conv_fwd",
@@ -160,18 +168,40 @@ pub struct Gemm {
     pub vector: bool,
 }
 
+/// Every tile shape, by name.
+pub const TILES: [Tile; 5] = [N16, N32, N64, S32, S64];
+
+/// Overrides of the automatic kernel choice, to validate and time every variant (tests,
+/// op timings); the default is the automatic choice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelChoice {
+    /// Use this tile (a name of [`TILES`]) for the op families that have it.
+    pub tile: Option<&'static str>,
+    /// Scalar loads even where float4 loads are possible.
+    pub scalar: bool,
+}
+
 /// How the launches of one backend are shaped.
 #[derive(Clone, Copy, Debug)]
 pub struct Planner {
     pub variant: Variant,
     /// Blocks that fill the device (a few per SM): below this, a long K is split.
     pub target_blocks: usize,
+    pub choice: KernelChoice,
 }
 
 /// Smallest K range of one split-K slice.
 const MIN_SPLIT_K: usize = 2 * BK;
 
 impl Planner {
+    /// The tile `g` runs with: the override if its family has it, else [`choose_tile`].
+    pub fn tile_for(&self, op: Op, m: usize, n: usize) -> Tile {
+        self.choice
+            .tile
+            .and_then(|name| op.tiles().iter().find(|t| t.name == name).copied())
+            .unwrap_or_else(|| choose_tile(op, m, n))
+    }
+
     /// `(slices, k per slice)` for a GEMM of `tiles` output tiles and depth `k`.
     pub fn split_k(&self, tiles: usize, k: usize) -> (usize, usize) {
         if k == 0 || tiles * 2 >= self.target_blocks || k < 2 * MIN_SPLIT_K {
@@ -189,7 +219,7 @@ impl Planner {
             return 0;
         }
         let a = &g.args;
-        let tile = choose_tile(g.op, a.m as usize, a.n as usize);
+        let tile = self.tile_for(g.op, a.m as usize, a.n as usize);
         let tiles = (a.m as usize).div_ceil(tile.bm) * (a.n as usize).div_ceil(tile.bn);
         let (slices, _) = self.split_k(tiles, a.k as usize);
         if slices > 1 {
@@ -222,7 +252,7 @@ impl Planner {
             // SAFETY: forwarded to the caller; the kernel takes one GemmArgs.
             return unsafe { exec.launch_builder(&name, cfg).arg_pod(&args).launch() };
         }
-        let tile = choose_tile(g.op, m, n);
+        let tile = self.tile_for(g.op, m, n);
         let (mt, nt) = (m.div_ceil(tile.bm), n.div_ceil(tile.bn));
         let (slices, chunk) = self.split_k(mt * nt, k);
         args.k_chunk = int("split-K chunk", chunk)?;
@@ -230,7 +260,11 @@ impl Planner {
             "{}_{}_{}",
             g.op.prefix(),
             tile.name,
-            if g.vector { "v" } else { "s" }
+            if g.vector && !self.choice.scalar {
+                "v"
+            } else {
+                "s"
+            }
         );
         let grid = (int("row tiles", mt)? as u32, nt as u32, slices as u32);
         let cfg = LaunchConfig::new(grid, THREADS);
@@ -273,6 +307,7 @@ mod tests {
         let p = Planner {
             variant: Variant::Tiled,
             target_blocks: 528,
+            choice: KernelChoice::default(),
         };
         for (tiles, k) in [
             (1, 1_577_088),

@@ -25,7 +25,7 @@ pub mod loss;
 use std::sync::Mutex;
 
 use gemm::{Gemm, Op, Planner, int};
-pub use gemm::{GemmArgs, Variant};
+pub use gemm::{GemmArgs, KernelChoice, TILES, Variant};
 
 use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
 use crate::gpu::{DeviceBuffer, Executor, LaunchConfig};
@@ -55,6 +55,12 @@ impl CudaBackend {
 
     /// The backend on `exec` with the given implementation of the GEMM-shaped ops.
     pub fn with_variant(exec: Executor, variant: Variant) -> Self {
+        Self::with_choice(exec, variant, KernelChoice::default())
+    }
+
+    /// The backend on `exec` with the given implementation of the GEMM-shaped ops and
+    /// overrides of the tiled kernels' automatic choice (to validate and time them all).
+    pub fn with_choice(exec: Executor, variant: Variant, choice: KernelChoice) -> Self {
         let target_blocks = match &exec {
             // A few resident blocks per SM (the tiled kernels fit two of 256 threads).
             Executor::Cuda(c) => (c.info().multiprocessors.max(1) as usize) * 4,
@@ -67,6 +73,7 @@ impl CudaBackend {
             planner: Planner {
                 variant,
                 target_blocks,
+                choice,
             },
             workspace: Mutex::new(None),
             loss_state: Mutex::new(loss::LossKernels::new()),
@@ -80,6 +87,10 @@ impl CudaBackend {
 
     pub fn variant(&self) -> Variant {
         self.planner.variant
+    }
+
+    pub fn choice(&self) -> KernelChoice {
+        self.planner.choice
     }
 
     /// Launches one GEMM-shaped kernel (and its split-K reduction), growing the workspace
