@@ -95,12 +95,15 @@ struct Curves<'a> {
     history: &'a [EpochMetrics],
 }
 
+/// A named line: its legend label, colour and (epoch, value) points.
+type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
 /// One panel of lines over epochs.
 struct Panel<'a> {
     title: &'a str,
     y_desc: &'a str,
     percent: bool,
-    series: Vec<(&'a str, RGBColor, Vec<(f64, f64)>)>,
+    series: Vec<Line<'a>>,
 }
 
 impl Panel<'_> {
