@@ -150,7 +150,7 @@ run() {
     }
 
     local dev=cuda img=224 b1=32 b2=128 steps=30 cpu_steps=3 torch_dev=cuda
-    local backend_filter=(on_gpu names_say cli_) loss_filter=(gpu::)
+    local backend_filter=(on_gpu gpu_every_tile names_say cli_) loss_filter=(gpu::)
     if [ $dry -eq 1 ]; then
         log "DRY RUN: cuda-emu instead of cuda, tiny sizes, no GPU required"
         dev=cuda-emu img=24 b1=4 b2=8 steps=1 cpu_steps=1 torch_dev=cpu
@@ -186,6 +186,7 @@ run() {
         else
             step_json torch_bench 0 120 python3 scripts/torch_bench.py --batch-sizes $b1,$b2 --steps $steps
             step_json torch_bench_channels_last 0 90 python3 scripts/torch_bench.py --batch-sizes $b1 --steps $steps --channels-last
+            step_json torch_ops 0 60 python3 scripts/torch_bench.py --batch-sizes $b1 --steps 5 --profile-ops
         fi
     else
         log "SKIP torch_bench (no PyTorch in python3)"

@@ -29,6 +29,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--channels-last", action="store_true", help="NHWC memory format (as focalflow)")
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (for a dry run)")
+    ap.add_argument("--profile-ops", action="store_true",
+                    help="also print the kernels' times over a few training steps (torch.profiler, to stderr)")
     args = ap.parse_args()
 
     import torch
@@ -102,6 +104,16 @@ def main():
                 model(x).softmax(dim=1).cpu()
             infer_s = stop() / args.steps
         model.train()
+
+        if args.profile_ops:
+            from torch.profiler import ProfilerActivity, profile
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+            with profile(activities=acts) as prof:
+                for _ in range(5):
+                    train_step()
+            key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+            print(f"torch.profiler, batch {batch}, 5 training steps:", file=sys.stderr)
+            print(prof.key_averages().table(sort_by=key, row_limit=30), file=sys.stderr, flush=True)
 
         print(json.dumps({
             "framework": "pytorch",
