@@ -168,6 +168,16 @@ impl AutoAlpha {
         Ok(Alpha::PerClass(weights.iter().map(|w| w / sum).collect()))
     }
 
+    /// `--alpha auto (inverse class frequency): Cat 0.1667, Dog 0.8333`.
+    pub fn line(&self, alpha: &Alpha, class_names: &[String]) -> String {
+        let values: Vec<String> = class_names
+            .iter()
+            .enumerate()
+            .map(|(c, n)| format!("{n} {:.4}", alpha.at(c)))
+            .collect();
+        format!("--alpha auto ({}): {}", self.describe(), values.join(", "))
+    }
+
     pub fn describe(&self) -> String {
         match self {
             AutoAlpha::Inverse => "inverse class frequency".into(),

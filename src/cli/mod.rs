@@ -177,7 +177,7 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
     let loss = match auto_alpha {
         Some(rule) => {
             let alpha = rule.alpha(&data.class_counts(&train_idx), &data.class_names)?;
-            eprintln!("--alpha auto ({}): {alpha:?}", rule.describe());
+            eprintln!("{}", rule.line(&alpha, &data.class_names));
             data_args::with_alpha(loss, alpha)
         }
         None => loss,
