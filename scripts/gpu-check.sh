@@ -162,6 +162,16 @@ run() {
     local arch_args=()
     [ $dry -eq 1 ] && arch_args=(--arch c2,p,c3,p,d4)
 
+    # NVTX ranges (focalflow's phases) for ncu, through PyTorch's NVTX library if present.
+    if [ -z "${FOCALFLOW_NVTX_LIB:-}" ]; then
+        FOCALFLOW_NVTX_LIB="$(python3 -c 'import glob, importlib.util, os
+s = importlib.util.find_spec("nvidia")
+dirs = list(s.submodule_search_locations) if s else []
+libs = [p for d in dirs for p in glob.glob(os.path.join(d, "*", "lib", "libnvtx3interop.so.1")) + glob.glob(os.path.join(d, "*", "lib", "libnvToolsExt.so.1"))]
+print(libs[0] if libs else "")' 2>/dev/null)"
+        [ -n "$FOCALFLOW_NVTX_LIB" ] && export FOCALFLOW_NVTX_LIB && log "NVTX library: $FOCALFLOW_NVTX_LIB"
+    fi
+
     # 1. The machine, and whether the bundled binaries load here.
     step env 0 20 bash -c 'uname -a; cat /etc/os-release 2>/dev/null | head -2; ldd --version | head -1;
         nvidia-smi 2>&1 | head -20; for f in "$0"/bin/* "$0"/tests/*; do ldd "$f" | grep -i "not found" && echo "MISSING LIBRARIES: $f"; done;

@@ -387,10 +387,12 @@ impl<B: Backend + Timeline> Backend for Profiled<'_, B> {
     }
 }
 
-/// NVTX ranges through libnvToolsExt, loaded at run time: when it cannot be loaded (no CUDA
-/// toolkit, or not on the library path) every call is a no-op. Set `FOCALFLOW_NVTX_LIB` to
-/// its path to choose one. Profilers (Nsight Systems / Compute) inject their handler into
-/// it through `NVTX_INJECTION64_PATH`.
+/// NVTX ranges through a library with NVTX's C API, loaded at run time: libnvToolsExt
+/// (CUDA <= 12 toolkits) or libnvtx3interop (CUDA 13, e.g. the `nvidia-nvtx` wheel that
+/// PyTorch installs: `nvidia/cu13/lib/libnvtx3interop.so.1`). When none can be loaded (not
+/// on the library path) every call is a no-op; `FOCALFLOW_NVTX_LIB` names one explicitly.
+/// Profilers (Nsight Systems / Compute) inject their handler through
+/// `NVTX_INJECTION64_PATH`.
 pub mod nvtx {
     use std::ffi::{CStr, c_char, c_int, c_void};
     use std::sync::OnceLock;
@@ -412,9 +414,14 @@ pub mod nvtx {
         let custom = std::env::var("FOCALFLOW_NVTX_LIB")
             .ok()
             .filter(|s| !s.is_empty());
-        let names = custom
-            .into_iter()
-            .chain(["libnvToolsExt.so.1", "libnvToolsExt.so"].map(String::from));
+        let names = custom.into_iter().chain(
+            [
+                "libnvToolsExt.so.1",
+                "libnvToolsExt.so",
+                "libnvtx3interop.so.1",
+            ]
+            .map(String::from),
+        );
         for name in names {
             let Ok(c) = std::ffi::CString::new(name) else {
                 continue;
