@@ -744,13 +744,15 @@ fn gpu_every_tile() {
     if gpu(Variant::Tiled, "gpu_every_tile").is_none() {
         return;
     }
+    // One more executor (one module load), switched from variant to variant.
+    let b = CudaBackend::new(Executor::cuda(0).unwrap());
     for tile in TILES {
         for scalar in [false, true] {
             let choice = KernelChoice {
                 tile: Some(tile.name),
                 scalar,
             };
-            let b = CudaBackend::with_choice(Executor::cuda(0).unwrap(), Variant::Tiled, choice);
+            b.set_choice(Variant::Tiled, choice);
             conv_forward(&b);
             conv_backward_data(&b);
             conv_backward_filter(&b);
@@ -988,22 +990,20 @@ fn gpu_op_timings() {
     };
     // Every tile and load width, forced (each backend has its own executor and stream on
     // the same GPU; buffers are shared, and every measurement starts synchronised).
-    let variants: Vec<(String, CudaBackend)> = TILES
+    let variants: Vec<(String, KernelChoice)> = TILES
         .iter()
         .flat_map(|t| [(t.name, false), (t.name, true)])
         .map(|(tile, scalar)| {
+            let label = format!("{tile}_{}", if scalar { "s" } else { "v" });
             let choice = KernelChoice {
                 tile: Some(tile),
                 scalar,
             };
-            let exec = Executor::cuda(0).unwrap();
-            let label = format!("{tile}_{}", if scalar { "s" } else { "v" });
-            (
-                label,
-                CudaBackend::with_choice(exec, Variant::Tiled, choice),
-            )
+            (label, choice)
         })
         .collect();
+    // One more executor (one module load) switched from variant to variant.
+    let var = CudaBackend::new(Executor::cuda(0).unwrap());
     let time_us = |b: &CudaBackend, reps: usize, f: &mut dyn FnMut(&CudaBackend)| -> f64 {
         let exec = b.executor();
         f(b);
@@ -1044,8 +1044,9 @@ fn gpu_op_timings() {
                 &[]
             };
         let mut line = String::new();
-        for (label, b) in variants.iter().filter(|(l, _)| family.contains(&&l[..3])) {
-            line.push_str(&format!(" {label} {:.1}", time_us(b, 10, f)));
+        for (label, choice) in variants.iter().filter(|(l, _)| family.contains(&&l[..3])) {
+            var.set_choice(Variant::Tiled, *choice);
+            line.push_str(&format!(" {label} {:.1}", time_us(&var, 10, f)));
         }
         if !line.is_empty() {
             let _ = writeln!(std::io::stderr(), "TIMING   variants (us):{line}");

@@ -40,7 +40,8 @@ const MAX_ELEMENTWISE_BLOCKS: usize = 8192;
 /// The CUDA backend over a GPU or the emulator.
 pub struct CudaBackend {
     exec: Executor,
-    planner: Planner,
+    /// Launch shapes; the kernel choice can be changed between ops (`set_choice`).
+    planner: Mutex<Planner>,
     /// Split-K partial sums; grown to the largest need, then reused by every step.
     workspace: Mutex<Option<DeviceBuffer<f32>>>,
     /// The loss kernels' reusable device state (per-row sums, result, class weights).
@@ -70,11 +71,11 @@ impl CudaBackend {
         };
         CudaBackend {
             exec,
-            planner: Planner {
+            planner: Mutex::new(Planner {
                 variant,
                 target_blocks,
                 choice,
-            },
+            }),
             workspace: Mutex::new(None),
             loss_state: Mutex::new(loss::LossKernels::new()),
         }
@@ -85,12 +86,24 @@ impl CudaBackend {
         &self.exec
     }
 
+    fn planner(&self) -> Planner {
+        *self.planner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn variant(&self) -> Variant {
-        self.planner.variant
+        self.planner().variant
     }
 
     pub fn choice(&self) -> KernelChoice {
-        self.planner.choice
+        self.planner().choice
+    }
+
+    /// Changes the implementation and kernel choice of later GEMM-shaped ops (one executor,
+    /// so one module load, can then validate or time every variant).
+    pub fn set_choice(&self, variant: Variant, choice: KernelChoice) {
+        let mut p = self.planner.lock().unwrap_or_else(|e| e.into_inner());
+        p.variant = variant;
+        p.choice = choice;
     }
 
     /// Launches one GEMM-shaped kernel (and its split-K reduction), growing the workspace
@@ -99,14 +112,15 @@ impl CudaBackend {
     /// # Safety
     /// The pointers in `g.args` must be valid for the extents its sizes describe.
     unsafe fn gemm(&self, g: Gemm) -> Result<()> {
-        let need = self.planner.workspace_len(&g);
+        let planner = self.planner();
+        let need = planner.workspace_len(&g);
         let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
         if need > 0 && ws.as_ref().is_none_or(|w| w.len() < need) {
             *ws = None; // free the old one first
             *ws = Some(self.exec.alloc::<f32>(need)?);
         }
         // SAFETY: forwarded to the caller; the workspace holds `need` floats.
-        unsafe { self.planner.launch(&self.exec, &g, ws.as_mut()) }
+        unsafe { planner.launch(&self.exec, &g, ws.as_mut()) }
     }
 
     /// `p[..n] = value`.
