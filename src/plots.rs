@@ -318,6 +318,18 @@ impl Figure for Reliability<'_> {
             }))
             .map_err(err)?;
         chart
+            .draw_series(bins.iter().map(|(b, _, conf)| {
+                PathElement::new(
+                    vec![(b.lower, *conf), (b.upper, *conf)],
+                    Color::stroke_width(&GAP, 2),
+                )
+            }))
+            .map_err(err)?
+            .label("mean confidence of the bin")
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], Color::stroke_width(&GAP, 2))
+            });
+        chart
             .draw_series(LineSeries::new(
                 [(0.0, 0.0), (1.0, 1.0)],
                 Color::stroke_width(&BLACK.mix(0.5), 1),

@@ -715,13 +715,13 @@ pub fn run_compare(args: &CompareArgs) -> Result<()> {
 
 fn compare_table(runs: &[RunSummary]) -> String {
     type Col = (&'static str, fn(&RunSummary) -> Option<f64>, bool, bool);
-    // (header, value, higher is better, as percent)
-    let cols: [Col; 9] = [
+    // (header, value, higher is better, as percent). The validation loss is left out: runs
+    // with different losses measure it on different scales (it is in --json).
+    let cols: [Col; 8] = [
         ("val acc", |r| r.val_accuracy, true, true),
         ("bal acc", |r| r.val_balanced_accuracy, true, true),
         ("macro-F1", |r| r.val_macro_f1, true, false),
         ("worst rec", |r| r.val_worst_recall, true, true),
-        ("val loss", |r| r.val_loss, false, false),
         ("NLL", |r| r.val_nll, false, false),
         ("Brier", |r| r.val_brier, false, false),
         ("ECE", |r| r.val_ece, false, false),
@@ -738,7 +738,7 @@ fn compare_table(runs: &[RunSummary]) -> String {
         .map(|r| r.loss.chars().count())
         .max()
         .unwrap_or(4)
-        .clamp(4, 48);
+        .clamp(4, 56);
     let mut out = format!("{:<run_w$}  {:<loss_w$}  {:>6}", "run", "loss", "epochs");
     for (h, ..) in &cols {
         out.push_str(&format!("  {h:>10}"));
