@@ -27,7 +27,10 @@ impl Error {
         Error::InvalidArgument(msg.into())
     }
     pub fn file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
-        Error::File { path: path.into(), message: message.to_string() }
+        Error::File {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
 }
 
