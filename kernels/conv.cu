@@ -15,10 +15,10 @@
 // every step's gradients differ in the last bits. The bias gradient is the same GEMM's
 // extra row: A gets a row of ones (AIm2colT's `ones_row`).
 //
-// Suffixes: the tile shape (n16/n32/n64: 128 output rows by 16/32/64 columns; s32/s64:
-// square tiles for the small filter-gradient matrices) and the load width (_v: float4
-// loads, needs the contiguous channel counts to be multiples of 4; _s: scalar).
-// The one-thread-per-output reference versions are in conv_naive.cu.
+// Suffixes: the tile shape (n16/n32/n64: 128 output rows by 16/32/64 columns; s32/s64,
+// m64n32, m32n64: 32x32, 64x64, 64x32, 32x64 tiles for the small filter-gradient matrices)
+// and the load width (_v: float4 loads, needs the contiguous channel counts to be multiples
+// of 4; _s: scalar). The one-thread-per-output reference versions are in naive.cu.
 
 #include "gemm_tile.cuh"
 
@@ -42,3 +42,7 @@ __global__ void __launch_bounds__(256) conv_bwd_filter_s32_s(GemmArgs p) { gemm<
 __global__ void __launch_bounds__(256) conv_bwd_filter_s32_v(GemmArgs p) { gemm<TileS32, AIm2colT<TileS32, 4>, BRowMajor<TileS32, 4>>(p); }
 __global__ void __launch_bounds__(256) conv_bwd_filter_s64_s(GemmArgs p) { gemm<TileS64, AIm2colT<TileS64, 1>, BRowMajor<TileS64, 1>>(p); }
 __global__ void __launch_bounds__(256) conv_bwd_filter_s64_v(GemmArgs p) { gemm<TileS64, AIm2colT<TileS64, 4>, BRowMajor<TileS64, 4>>(p); }
+__global__ void __launch_bounds__(256) conv_bwd_filter_m64n32_s(GemmArgs p) { gemm<TileM64N32, AIm2colT<TileM64N32, 1>, BRowMajor<TileM64N32, 1>>(p); }
+__global__ void __launch_bounds__(256) conv_bwd_filter_m64n32_v(GemmArgs p) { gemm<TileM64N32, AIm2colT<TileM64N32, 4>, BRowMajor<TileM64N32, 4>>(p); }
+__global__ void __launch_bounds__(256) conv_bwd_filter_m32n64_s(GemmArgs p) { gemm<TileM32N64, AIm2colT<TileM32N64, 1>, BRowMajor<TileM32N64, 1>>(p); }
+__global__ void __launch_bounds__(256) conv_bwd_filter_m32n64_v(GemmArgs p) { gemm<TileM32N64, AIm2colT<TileM32N64, 4>, BRowMajor<TileM32N64, 4>>(p); }

@@ -9,7 +9,7 @@
 //                                 dy) is the extra row of ones of A
 //   input       dx[batch, in]   = dy * w^T
 //
-// Suffixes: tile shape (s32: 32x32, s64: 64x64) and load width (_v: float4 loads, needs
+// Suffixes: tile shape (s32: 32x32, s64: 64x64, m64n32: 64x32, m32n64: 32x64) and load width (_v: float4 loads, needs
 // the contiguous dimensions to be multiples of 4; _s: scalar).
 
 #include "gemm_tile.cuh"
@@ -20,16 +20,28 @@ __global__ void __launch_bounds__(256) dense_fwd_s32_s(GemmArgs p) { gemm<TileS3
 __global__ void __launch_bounds__(256) dense_fwd_s32_v(GemmArgs p) { gemm<TileS32, ARowMajor<TileS32, 4>, BRowMajor<TileS32, 4>>(p); }
 __global__ void __launch_bounds__(256) dense_fwd_s64_s(GemmArgs p) { gemm<TileS64, ARowMajor<TileS64, 1>, BRowMajor<TileS64, 1>>(p); }
 __global__ void __launch_bounds__(256) dense_fwd_s64_v(GemmArgs p) { gemm<TileS64, ARowMajor<TileS64, 4>, BRowMajor<TileS64, 4>>(p); }
+__global__ void __launch_bounds__(256) dense_fwd_m64n32_s(GemmArgs p) { gemm<TileM64N32, ARowMajor<TileM64N32, 1>, BRowMajor<TileM64N32, 1>>(p); }
+__global__ void __launch_bounds__(256) dense_fwd_m64n32_v(GemmArgs p) { gemm<TileM64N32, ARowMajor<TileM64N32, 4>, BRowMajor<TileM64N32, 4>>(p); }
+__global__ void __launch_bounds__(256) dense_fwd_m32n64_s(GemmArgs p) { gemm<TileM32N64, ARowMajor<TileM32N64, 1>, BRowMajor<TileM32N64, 1>>(p); }
+__global__ void __launch_bounds__(256) dense_fwd_m32n64_v(GemmArgs p) { gemm<TileM32N64, ARowMajor<TileM32N64, 4>, BRowMajor<TileM32N64, 4>>(p); }
 
 __global__ void __launch_bounds__(256) dense_bwd_w_s32_s(GemmArgs p) { gemm<TileS32, ATransposed<TileS32, 1>, BRowMajor<TileS32, 1>>(p); }
 __global__ void __launch_bounds__(256) dense_bwd_w_s32_v(GemmArgs p) { gemm<TileS32, ATransposed<TileS32, 4>, BRowMajor<TileS32, 4>>(p); }
 __global__ void __launch_bounds__(256) dense_bwd_w_s64_s(GemmArgs p) { gemm<TileS64, ATransposed<TileS64, 1>, BRowMajor<TileS64, 1>>(p); }
 __global__ void __launch_bounds__(256) dense_bwd_w_s64_v(GemmArgs p) { gemm<TileS64, ATransposed<TileS64, 4>, BRowMajor<TileS64, 4>>(p); }
+__global__ void __launch_bounds__(256) dense_bwd_w_m64n32_s(GemmArgs p) { gemm<TileM64N32, ATransposed<TileM64N32, 1>, BRowMajor<TileM64N32, 1>>(p); }
+__global__ void __launch_bounds__(256) dense_bwd_w_m64n32_v(GemmArgs p) { gemm<TileM64N32, ATransposed<TileM64N32, 4>, BRowMajor<TileM64N32, 4>>(p); }
+__global__ void __launch_bounds__(256) dense_bwd_w_m32n64_s(GemmArgs p) { gemm<TileM32N64, ATransposed<TileM32N64, 1>, BRowMajor<TileM32N64, 1>>(p); }
+__global__ void __launch_bounds__(256) dense_bwd_w_m32n64_v(GemmArgs p) { gemm<TileM32N64, ATransposed<TileM32N64, 4>, BRowMajor<TileM32N64, 4>>(p); }
 
 __global__ void __launch_bounds__(256) dense_bwd_x_s32_s(GemmArgs p) { gemm<TileS32, ARowMajor<TileS32, 1>, BTransposed<TileS32, 1>>(p); }
 __global__ void __launch_bounds__(256) dense_bwd_x_s32_v(GemmArgs p) { gemm<TileS32, ARowMajor<TileS32, 4>, BTransposed<TileS32, 4>>(p); }
 __global__ void __launch_bounds__(256) dense_bwd_x_s64_s(GemmArgs p) { gemm<TileS64, ARowMajor<TileS64, 1>, BTransposed<TileS64, 1>>(p); }
 __global__ void __launch_bounds__(256) dense_bwd_x_s64_v(GemmArgs p) { gemm<TileS64, ARowMajor<TileS64, 4>, BTransposed<TileS64, 4>>(p); }
+__global__ void __launch_bounds__(256) dense_bwd_x_m64n32_s(GemmArgs p) { gemm<TileM64N32, ARowMajor<TileM64N32, 1>, BTransposed<TileM64N32, 1>>(p); }
+__global__ void __launch_bounds__(256) dense_bwd_x_m64n32_v(GemmArgs p) { gemm<TileM64N32, ARowMajor<TileM64N32, 4>, BTransposed<TileM64N32, 4>>(p); }
+__global__ void __launch_bounds__(256) dense_bwd_x_m32n64_s(GemmArgs p) { gemm<TileM32N64, ARowMajor<TileM32N64, 1>, BTransposed<TileM32N64, 1>>(p); }
+__global__ void __launch_bounds__(256) dense_bwd_x_m32n64_v(GemmArgs p) { gemm<TileM32N64, ARowMajor<TileM32N64, 4>, BTransposed<TileM32N64, 4>>(p); }
 
 // Second pass of every split-K GEMM (conv filter gradients too); see gemm_tile.cuh.
 __global__ void __launch_bounds__(256) gemm_splitk_reduce(GemmArgs p, int splits) { gemm_splitk_reduce_body(p, splits); }

@@ -583,6 +583,8 @@ using TileN32 = Tile<128, 32, 16, 4, 4>;  // N <= 32
 using TileN64 = Tile<128, 64, 16, 8, 4>;  // N > 32, M large
 using TileS32 = Tile<32, 32, 16, 2, 2>;   // small M and N (filter gradients, small batches)
 using TileS64 = Tile<64, 64, 16, 4, 4>;   // medium M and N
+using TileM64N32 = Tile<64, 32, 16, 4, 2>;  // M > 32, N <= 32 (filter gradients of narrow layers)
+using TileM32N64 = Tile<32, 64, 16, 2, 4>;  // M <= 32, N > 32 (dense layers at batch <= 32)
 
 }  // namespace fft
 

@@ -736,6 +736,10 @@ tile_tests! {
     tile_s32_scalar: "s32", true => [conv_backward_filter, dense_forward, dense_backward];
     tile_s64: "s64", false => [conv_backward_filter, dense_forward, dense_backward];
     tile_s64_scalar: "s64", true => [conv_backward_filter, dense_forward, dense_backward];
+    tile_m64n32: "m64n32", false => [conv_backward_filter, dense_forward, dense_backward];
+    tile_m64n32_scalar: "m64n32", true => [conv_backward_filter, dense_forward, dense_backward];
+    tile_m32n64: "m32n64", false => [conv_backward_filter, dense_forward, dense_backward];
+    tile_m32n64_scalar: "m32n64", true => [conv_backward_filter, dense_forward, dense_backward];
 }
 
 /// The same on the GPU: every kernel variant that the automatic choice may pick.
@@ -1039,12 +1043,15 @@ fn gpu_op_timings() {
             if what.starts_with("conv2d_forward") || what.starts_with("conv2d_backward_data") {
                 &["n16", "n32", "n64"]
             } else if what.starts_with("conv2d_backward_filter") || what.starts_with("dense") {
-                &["s32", "s64"]
+                &["s32", "s64", "m64n32", "m32n64"]
             } else {
                 &[]
             };
         let mut line = String::new();
-        for (label, choice) in variants.iter().filter(|(l, _)| family.contains(&&l[..3])) {
+        for (label, choice) in variants
+            .iter()
+            .filter(|(_, c)| c.tile.is_some_and(|t| family.contains(&t)))
+        {
             var.set_choice(Variant::Tiled, *choice);
             line.push_str(&format!(" {label} {:.1}", time_us(&var, 10, f)));
         }

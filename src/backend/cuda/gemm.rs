@@ -74,7 +74,7 @@ impl Op {
     pub fn tiles(self) -> &'static [Tile] {
         match self {
             Op::ConvForward | Op::ConvBackwardData => &[N16, N32, N64],
-            _ => &[S32, S64],
+            _ => &[S32, S64, M64N32, M32N64],
         }
     }
 
@@ -136,6 +136,16 @@ pub const S64: Tile = Tile {
     bm: 64,
     bn: 64,
 };
+pub const M64N32: Tile = Tile {
+    name: "m64n32",
+    bm: 64,
+    bn: 32,
+};
+pub const M32N64: Tile = Tile {
+    name: "m32n64",
+    bm: 32,
+    bn: 64,
+};
 
 /// The tile for a GEMM of `m x n` in the family `op` (the kernels exist for these pairs).
 pub fn choose_tile(op: Op, m: usize, n: usize) -> Tile {
@@ -146,17 +156,18 @@ pub fn choose_tile(op: Op, m: usize, n: usize) -> Tile {
             17..=32 => N32,
             _ => N64,
         },
-        // A (patch+1) x filters matrix, or a batch-row matrix: square tiles.
+        // A (patch+1) x filters matrix, or a batch-row matrix: a tile no wider than the
+        // matrix in either direction where possible (the 32-wide tiles use 2x2 register
+        // blocks, the others 4x2, 2x4 or 4x4: more FMAs per shared-memory load).
         Op::ConvBackwardFilter
         | Op::DenseForward
         | Op::DenseBackwardWeights
-        | Op::DenseBackwardInput => {
-            if m > 32 && n > 32 {
-                S64
-            } else {
-                S32
-            }
-        }
+        | Op::DenseBackwardInput => match (m > 32, n > 32) {
+            (true, true) => S64,
+            (true, false) => M64N32,
+            (false, true) => M32N64,
+            (false, false) => S32,
+        },
     }
 }
 
@@ -169,7 +180,7 @@ pub struct Gemm {
 }
 
 /// Every tile shape, by name.
-pub const TILES: [Tile; 5] = [N16, N32, N64, S32, S64];
+pub const TILES: [Tile; 7] = [N16, N32, N64, S32, S64, M64N32, M32N64];
 
 /// Overrides of the automatic kernel choice, to validate and time every variant (tests,
 /// op timings); the default is the automatic choice.
