@@ -180,7 +180,10 @@ fn mixed_folder_decodes_what_it_can_and_reports_the_rest() {
         .iter()
         .find(|s| s.item.ends_with("e_text.jpg"))
         .unwrap();
-    assert_eq!(text.detail, "not an image: text");
+    assert_eq!(
+        (text.category.as_str(), text.detail.as_str()),
+        ("not an image", "text")
+    );
     let summary = loaded.summary();
     assert!(
         summary.contains("7 images 16x16 in 2 classes (cat 5, dog 2)")
@@ -467,6 +470,21 @@ fn cache_is_reused_and_rebuilt_when_stale_or_damaged() {
         }
     ));
     assert!(same_set(&again.set, &load(&root, &o).unwrap().set));
+    // A cache folder that cannot be made (its parent is a file): loaded anyway, said why.
+    let blocked = cache_dir.join("a_file");
+    std::fs::write(&blocked, b"x").unwrap();
+    let fallback = load(&root, &opts(12, Some(&blocked.join("sub")))).unwrap();
+    match &fallback.cache {
+        CacheUse::Unwritable(why) => assert!(why.contains("--cache-dir"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(same_set(&fallback.set, &again.set));
+    assert!(
+        fallback.summary().contains("no cache ("),
+        "{}",
+        fallback.summary()
+    );
+    std::fs::remove_file(&blocked).unwrap();
     // No temporary files are left behind.
     let leftovers: Vec<_> = std::fs::read_dir(&cache_dir)
         .unwrap()

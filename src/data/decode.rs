@@ -124,6 +124,11 @@ impl Skip {
 
     /// The category with its detail, one line.
     pub fn describe(&self) -> String {
+        format!("{}: {}", self.category(), self.detail())
+    }
+
+    /// What exactly went wrong, one line.
+    pub fn detail(&self) -> String {
         let detail = match self {
             Skip::Empty => "0 bytes".to_string(),
             Skip::NotImage(d) | Skip::Unsupported(d) | Skip::Truncated(d) => d.clone(),
@@ -132,7 +137,7 @@ impl Skip {
                 format!("{width}x{height} is above the {MAX_PIXELS}-pixel limit")
             }
         };
-        format!("{}: {}", self.category(), detail.replace(['\n', '\t'], " "))
+        detail.replace(['\n', '\t'], " ")
     }
 }
 

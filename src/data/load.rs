@@ -50,6 +50,8 @@ pub enum CacheUse {
         path: PathBuf,
         replaced: Option<String>,
     },
+    /// The cache folder could not be written: loaded without a cache (the reason).
+    Unwritable(String),
 }
 
 /// A loaded set and the facts for the summary and the skip report.
@@ -96,6 +98,7 @@ impl Loaded {
         };
         let cache = match &self.cache {
             CacheUse::Disabled => "no cache".to_string(),
+            CacheUse::Unwritable(why) => format!("no cache ({why})"),
             CacheUse::Hit(p) => format!("from cache {}", p.display()),
             CacheUse::Written { path, replaced } => format!(
                 "cache written to {}{}",
@@ -119,15 +122,6 @@ impl Loaded {
             self.seconds,
             cache
         )
-    }
-
-    /// Writes the skip list (`item<TAB>category<TAB>detail`, a header line first).
-    pub fn write_skip_list(&self, path: &Path) -> Result<()> {
-        let mut text = String::from("item\tcategory\tdetail\n");
-        for s in &self.meta.skipped {
-            text.push_str(&format!("{}\t{}\t{}\n", s.item, s.category, s.detail));
-        }
-        crate::train::write_file_atomically(path, text.as_bytes())
     }
 }
 
@@ -197,7 +191,7 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         channels: 3,
     };
     let key = Key::of(&manifest(&source, shape));
-    let mut replaced = None;
+    let (mut replaced, mut unwritable) = (None, None);
     let cache_file = opts
         .cache_dir
         .as_ref()
@@ -227,16 +221,19 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         ),
         None => None,
     };
-    let run = || {
-        preprocess(
-            &source,
-            shape,
-            key,
-            cache_file.as_deref(),
-            opts.progress,
-            start,
-        )
+    // A cache folder that cannot be written (read-only, no permission) costs the speed-up
+    // of the next run, not this run: say so and go on in memory.
+    let writer = match &cache_file {
+        Some(path) => match cache::Writer::create(path) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                unwritable = Some(e.to_string());
+                None
+            }
+        },
+        None => None,
     };
+    let run = || preprocess(&source, shape, key, writer, opts.progress, start);
     let (set, meta) = match &pool {
         Some(p) => p.install(run)?,
         None => run()?,
@@ -244,9 +241,10 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let loaded = Loaded {
         set,
         meta,
-        cache: match cache_file {
-            Some(path) => CacheUse::Written { path, replaced },
-            None => CacheUse::Disabled,
+        cache: match (cache_file, unwritable) {
+            (_, Some(why)) => CacheUse::Unwritable(why),
+            (Some(path), None) => CacheUse::Written { path, replaced },
+            (None, None) => CacheUse::Disabled,
         },
         seconds: start.elapsed().as_secs_f64(),
     };
@@ -313,7 +311,7 @@ fn preprocess(
     source: &Source,
     shape: ImageShape,
     key: Key,
-    cache_file: Option<&Path>,
+    writer: Option<cache::Writer>,
     progress: bool,
     start: Instant,
 ) -> Result<(ImageSet<Pixels>, Meta)> {
@@ -408,8 +406,8 @@ fn preprocess(
         Item::Record { shard, span } => format!("{}@{}", shard_names[*shard], span.offset - 12),
     };
 
-    let mut sink = match cache_file {
-        Some(p) => Sink::Cache(cache::Writer::create(p)?),
+    let mut sink = match writer {
+        Some(w) => Sink::Cache(w),
         None => Sink::Memory(Vec::new()),
     };
     let len = shape.len();
@@ -443,7 +441,7 @@ fn preprocess(
                 Err(skip) => skipped.push(Skipped {
                     item: item_name(item),
                     category: skip.category().into(),
-                    detail: skip.describe(),
+                    detail: skip.detail(),
                 }),
             }
         }
