@@ -158,10 +158,18 @@ fn manifest(source: &Source, shape: ImageShape) -> String {
 /// and the size; one file per (folder, size), replaced when stale.
 pub fn cache_path(dir: &Path, source_root: &Path, size: usize) -> PathBuf {
     let full = std::fs::canonicalize(source_root).unwrap_or_else(|_| source_root.to_path_buf());
-    let name: String = full
+    let mut name = full
         .file_name()
         .unwrap_or_default()
         .to_string_lossy()
+        .into_owned();
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        // A TFDS version folder: cats_vs_dogs-4.0.1.
+        if let Some(parent) = full.parent().and_then(|p| p.file_name()) {
+            name = format!("{}-{name}", parent.to_string_lossy());
+        }
+    }
+    let name: String = name
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.".contains(c) {
