@@ -213,13 +213,14 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
             eprintln!("skipped files and reasons: {}", list.display());
         }
     }
-    eprintln!("device: {device:?}; run folder: {}", out.display());
+    let device_name = clap::ValueEnum::to_possible_value(&device)
+        .map_or_else(|| format!("{device:?}"), |v| v.get_name().to_string());
+    eprintln!("device: {device_name}; run folder: {}", out.display());
     let history = device::train(device, args.profile, &data, &opts, &out, |line| {
         println!("{line}")
     })?;
-    if let Some(last) = history.last() {
+    if !history.is_empty() {
         eprintln!("done: metrics in {}", out.join("metrics.jsonl").display());
-        let _ = last;
     }
     Ok(())
 }
