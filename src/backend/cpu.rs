@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::gemm::{MatRef, matmul};
 use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
 use crate::loss::{LossConfig, loss_forward_backward, softmax_backward_row, softmax_row};
-use crate::{Element, Error, Result};
+use crate::{Element, Result};
 
 /// Below this many elements an elementwise loop is not worth splitting across threads.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
@@ -68,13 +68,7 @@ impl<T: Element> CpuBackend<T> {
 }
 
 fn check_len<T>(what: &str, buf: &[T], needed: usize) -> Result<()> {
-    if buf.len() < needed {
-        return Err(Error::Shape(format!(
-            "{what} holds {} elements, the operation needs {needed}",
-            buf.len()
-        )));
-    }
-    Ok(())
+    super::check_len(what, buf.len(), needed)
 }
 
 /// Bytes of im2col matrix processed at a time: small enough to stay in L2 between its
@@ -214,10 +208,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         y: &mut Vec<T>,
         relu: bool,
     ) -> Result<()> {
-        check_len("conv input", x, s.input_len())?;
-        check_len("conv kernel", w, s.kernel_len())?;
-        check_len("conv bias", b, s.out_c)?;
-        check_len("conv output", y, s.output_len())?;
+        s.check_forward(x.len(), w.len(), b.len(), y.len())?;
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
@@ -253,9 +244,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         w: &Vec<T>,
         dx: &mut Vec<T>,
     ) -> Result<()> {
-        check_len("conv output gradient", dy, s.output_len())?;
-        check_len("conv kernel", w, s.kernel_len())?;
-        check_len("conv input gradient", dx, s.input_len())?;
+        s.check_backward_data(dy.len(), w.len(), dx.len())?;
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
@@ -296,10 +285,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         dw: &mut Vec<T>,
         db: &mut Vec<T>,
     ) -> Result<()> {
-        check_len("conv input", x, s.input_len())?;
-        check_len("conv output gradient", dy, s.output_len())?;
-        check_len("conv kernel gradient", dw, s.kernel_len())?;
-        check_len("conv bias gradient", db, s.out_c)?;
+        s.check_backward_filter(x.len(), dy.len(), dw.len(), db.len())?;
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
@@ -351,8 +337,7 @@ impl<T: Element> Backend for CpuBackend<T> {
     }
 
     fn maxpool2d_forward(&self, s: &PoolShape, x: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
-        check_len("pool input", x, s.input_len())?;
-        check_len("pool output", y, s.output_len())?;
+        s.check_forward(x.len(), y.len())?;
         let (in_img, out_img) = (
             s.in_h * s.in_w * s.channels,
             s.out_h() * s.out_w() * s.channels,
@@ -389,9 +374,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         dy: &Vec<T>,
         dx: &mut Vec<T>,
     ) -> Result<()> {
-        check_len("pool input", x, s.input_len())?;
-        check_len("pool output gradient", dy, s.output_len())?;
-        check_len("pool input gradient", dx, s.input_len())?;
+        s.check_backward(x.len(), dy.len(), dx.len())?;
         let (in_img, out_img) = (
             s.in_h * s.in_w * s.channels,
             s.out_h() * s.out_w() * s.channels,
@@ -449,10 +432,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         y: &mut Vec<T>,
         relu: bool,
     ) -> Result<()> {
-        check_len("dense input", x, s.batch * s.inputs)?;
-        check_len("dense kernel", w, s.inputs * s.outputs)?;
-        check_len("dense bias", b, s.outputs)?;
-        check_len("dense output", y, s.batch * s.outputs)?;
+        s.check_forward(x.len(), w.len(), b.len(), y.len())?;
         let out = &mut y[..s.batch * s.outputs];
         matmul(
             out,
@@ -475,11 +455,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         dw: &mut Vec<T>,
         db: &mut Vec<T>,
     ) -> Result<()> {
-        check_len("dense input", x, s.batch * s.inputs)?;
-        check_len("dense kernel", w, s.inputs * s.outputs)?;
-        check_len("dense output gradient", dy, s.batch * s.outputs)?;
-        check_len("dense kernel gradient", dw, s.inputs * s.outputs)?;
-        check_len("dense bias gradient", db, s.outputs)?;
+        let dx_len = dx.as_ref().map(|d| d.len());
+        s.check_backward(x.len(), w.len(), dy.len(), dx_len, dw.len(), db.len())?;
         let dy = &dy[..s.batch * s.outputs];
         // dw[in, out] = x^T[in, batch] @ dy[batch, out]
         matmul(
@@ -492,7 +469,6 @@ impl<T: Element> Backend for CpuBackend<T> {
         db[..s.outputs].fill(T::zero());
         add_column_sums(dy, &mut db[..s.outputs]);
         if let Some(dx) = dx {
-            check_len("dense input gradient", dx, s.batch * s.inputs)?;
             // dx[batch, in] = dy[batch, out] @ w^T[out, in]
             matmul(
                 &mut dx[..s.batch * s.inputs],

@@ -132,6 +132,81 @@ pub struct AdamStep<T> {
     pub epsilon: T,
 }
 
+/// Fails with a shape error naming `what` when a buffer of `have` elements is shorter than
+/// the `needed` elements an operation touches. Shared by every backend, so that a wrong
+/// buffer gives the same message on each.
+pub fn check_len(what: &str, have: usize, needed: usize) -> Result<()> {
+    if have < needed {
+        return Err(crate::Error::Shape(format!(
+            "{what} holds {have} elements, the operation needs {needed}"
+        )));
+    }
+    Ok(())
+}
+
+// The buffer checks of each operation, given the buffers' lengths: written once here and
+// called by every backend before it touches memory.
+impl ConvShape {
+    pub fn check_forward(&self, x: usize, w: usize, b: usize, y: usize) -> Result<()> {
+        check_len("conv input", x, self.input_len())?;
+        check_len("conv kernel", w, self.kernel_len())?;
+        check_len("conv bias", b, self.out_c)?;
+        check_len("conv output", y, self.output_len())
+    }
+    pub fn check_backward_data(&self, dy: usize, w: usize, dx: usize) -> Result<()> {
+        check_len("conv output gradient", dy, self.output_len())?;
+        check_len("conv kernel", w, self.kernel_len())?;
+        check_len("conv input gradient", dx, self.input_len())
+    }
+    pub fn check_backward_filter(&self, x: usize, dy: usize, dw: usize, db: usize) -> Result<()> {
+        check_len("conv input", x, self.input_len())?;
+        check_len("conv output gradient", dy, self.output_len())?;
+        check_len("conv kernel gradient", dw, self.kernel_len())?;
+        check_len("conv bias gradient", db, self.out_c)
+    }
+}
+
+impl PoolShape {
+    pub fn check_forward(&self, x: usize, y: usize) -> Result<()> {
+        check_len("pool input", x, self.input_len())?;
+        check_len("pool output", y, self.output_len())
+    }
+    pub fn check_backward(&self, x: usize, dy: usize, dx: usize) -> Result<()> {
+        check_len("pool input", x, self.input_len())?;
+        check_len("pool output gradient", dy, self.output_len())?;
+        check_len("pool input gradient", dx, self.input_len())
+    }
+}
+
+impl DenseShape {
+    pub fn check_forward(&self, x: usize, w: usize, b: usize, y: usize) -> Result<()> {
+        check_len("dense input", x, self.batch * self.inputs)?;
+        check_len("dense kernel", w, self.inputs * self.outputs)?;
+        check_len("dense bias", b, self.outputs)?;
+        check_len("dense output", y, self.batch * self.outputs)
+    }
+    /// `dx` is the input gradient's length when it is asked for.
+    pub fn check_backward(
+        &self,
+        x: usize,
+        w: usize,
+        dy: usize,
+        dx: Option<usize>,
+        dw: usize,
+        db: usize,
+    ) -> Result<()> {
+        check_len("dense input", x, self.batch * self.inputs)?;
+        check_len("dense kernel", w, self.inputs * self.outputs)?;
+        check_len("dense output gradient", dy, self.batch * self.outputs)?;
+        check_len("dense kernel gradient", dw, self.inputs * self.outputs)?;
+        check_len("dense bias gradient", db, self.outputs)?;
+        match dx {
+            Some(dx) => check_len("dense input gradient", dx, self.batch * self.inputs),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Every operation of a training step. `E` is the element type (f32 for training; the CPU
 /// backend also runs in f64 for gradient checks); `Buf` is a device buffer of `E`.
 pub trait Backend {

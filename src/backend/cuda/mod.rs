@@ -143,13 +143,7 @@ impl CudaBackend {
 }
 
 fn check_len(what: &str, buf: &DeviceBuffer<f32>, needed: usize) -> Result<()> {
-    if buf.len() < needed {
-        return Err(Error::Shape(format!(
-            "{what} holds {} elements, the operation needs {needed}",
-            buf.len()
-        )));
-    }
-    Ok(())
+    super::check_len(what, buf.len(), needed)
 }
 
 fn elementwise_config(n: usize) -> LaunchConfig {
@@ -222,10 +216,7 @@ impl Backend for CudaBackend {
         y: &mut DeviceBuffer<f32>,
         relu: bool,
     ) -> Result<()> {
-        check_len("conv input", x, s.input_len())?;
-        check_len("conv kernel", w, s.kernel_len())?;
-        check_len("conv bias", b, s.out_c)?;
-        check_len("conv output", y, s.output_len())?;
+        s.check_forward(x.len(), w.len(), b.len(), y.len())?;
         let m = s.batch * s.out_h() * s.out_w();
         let args = GemmArgs {
             a: x.device_ptr(),
@@ -259,9 +250,7 @@ impl Backend for CudaBackend {
         w: &DeviceBuffer<f32>,
         dx: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        check_len("conv output gradient", dy, s.output_len())?;
-        check_len("conv kernel", w, s.kernel_len())?;
-        check_len("conv input gradient", dx, s.input_len())?;
+        s.check_backward_data(dy.len(), w.len(), dx.len())?;
         let m = s.batch * s.in_h * s.in_w;
         let args = GemmArgs {
             a: dy.device_ptr(),
@@ -293,10 +282,7 @@ impl Backend for CudaBackend {
         dw: &mut DeviceBuffer<f32>,
         db: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        check_len("conv input", x, s.input_len())?;
-        check_len("conv output gradient", dy, s.output_len())?;
-        check_len("conv kernel gradient", dw, s.kernel_len())?;
-        check_len("conv bias gradient", db, s.out_c)?;
+        s.check_backward_filter(x.len(), dy.len(), dw.len(), db.len())?;
         let pixels = s.batch * s.out_h() * s.out_w();
         if pixels == 0 {
             // A sum over no pixels (the kernels divide by the image size).
@@ -335,8 +321,7 @@ impl Backend for CudaBackend {
         x: &DeviceBuffer<f32>,
         y: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        check_len("pool input", x, s.input_len())?;
-        check_len("pool output", y, s.output_len())?;
+        s.check_forward(x.len(), y.len())?;
         if s.size == 0 {
             return Err(Error::Shape("max-pooling with a window of size 0".into()));
         }
@@ -373,9 +358,7 @@ impl Backend for CudaBackend {
         dy: &DeviceBuffer<f32>,
         dx: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        check_len("pool input", x, s.input_len())?;
-        check_len("pool output gradient", dy, s.output_len())?;
-        check_len("pool input gradient", dx, s.input_len())?;
+        s.check_backward(x.len(), dy.len(), dx.len())?;
         if s.size == 0 {
             return Err(Error::Shape("max-pooling with a window of size 0".into()));
         }
@@ -416,10 +399,7 @@ impl Backend for CudaBackend {
         y: &mut DeviceBuffer<f32>,
         relu: bool,
     ) -> Result<()> {
-        check_len("dense input", x, s.batch * s.inputs)?;
-        check_len("dense kernel", w, s.inputs * s.outputs)?;
-        check_len("dense bias", b, s.outputs)?;
-        check_len("dense output", y, s.batch * s.outputs)?;
+        s.check_forward(x.len(), w.len(), b.len(), y.len())?;
         dense_check(s)?;
         let args = GemmArgs {
             a: x.device_ptr(),
@@ -458,11 +438,8 @@ impl Backend for CudaBackend {
         dw: &mut DeviceBuffer<f32>,
         db: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        check_len("dense input", x, s.batch * s.inputs)?;
-        check_len("dense kernel", w, s.inputs * s.outputs)?;
-        check_len("dense output gradient", dy, s.batch * s.outputs)?;
-        check_len("dense kernel gradient", dw, s.inputs * s.outputs)?;
-        check_len("dense bias gradient", db, s.outputs)?;
+        let dx_len = dx.as_ref().map(|d| d.len());
+        s.check_backward(x.len(), w.len(), dy.len(), dx_len, dw.len(), db.len())?;
         dense_check(s)?;
         // [dw; db][in + 1, out] = [x | 1]^T [in + 1, batch] * dy[batch, out]
         let args = GemmArgs {
@@ -490,7 +467,6 @@ impl Backend for CudaBackend {
             })?
         };
         if let Some(dx) = dx {
-            check_len("dense input gradient", dx, s.batch * s.inputs)?;
             // dx[batch, in] = dy[batch, out] * w^T[out, in]
             let args = GemmArgs {
                 a: dy.device_ptr(),
