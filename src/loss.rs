@@ -325,12 +325,13 @@ pub fn loss_forward_backward<T: Element>(
     classes: usize,
     grad: Option<&mut [T]>,
 ) -> Result<T> {
-    check_shapes(
+    check_loss_shapes(
+        batch,
+        classes,
         y_true.len(),
         pred.len(),
         grad.as_ref().map(|g| g.len()),
-        batch,
-        classes,
+        LengthRule::Exact,
     )?;
     cfg.validate(classes)?;
     let pred_name = if cfg.from_logits() { "logits" } else { "pred" };
@@ -422,13 +423,25 @@ struct Dims {
     classes: usize,
 }
 
-fn check_shapes(
+/// How the buffers handed to a loss must relate to `[batch, classes]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LengthRule {
+    /// Slices of exactly `batch * classes` values (`loss_forward_backward`).
+    Exact,
+    /// Device buffers of at least that many values (backends may reuse longer buffers).
+    AtLeast,
+}
+
+/// The shape checks of every loss implementation (same messages on every backend): returns
+/// `batch * classes`.
+pub fn check_loss_shapes(
+    batch: usize,
+    classes: usize,
     y_len: usize,
     pred_len: usize,
     grad_len: Option<usize>,
-    batch: usize,
-    classes: usize,
-) -> Result<()> {
+    rule: LengthRule,
+) -> Result<usize> {
     if batch == 0 || classes == 0 {
         return Err(Error::Shape(format!(
             "a loss needs at least one sample and one class, got [batch={batch}, classes={classes}]"
@@ -439,20 +452,24 @@ fn check_shapes(
             "[batch={batch}, classes={classes}] overflows the address space"
         ))
     })?;
+    let fits = |len: usize| match rule {
+        LengthRule::Exact => len == want,
+        LengthRule::AtLeast => len >= want,
+    };
     let mut bad = Vec::new();
-    if y_len != want {
+    if !fits(y_len) {
         bad.push(format!("y_true has {y_len}"));
     }
-    if pred_len != want {
+    if !fits(pred_len) {
         bad.push(format!("pred has {pred_len}"));
     }
     if let Some(g) = grad_len
-        && g != want
+        && !fits(g)
     {
         bad.push(format!("grad has {g}"));
     }
     if bad.is_empty() {
-        Ok(())
+        Ok(want)
     } else {
         Err(Error::Shape(format!(
             "[batch={batch}, classes={classes}] needs {want} values, but {}",

@@ -38,7 +38,7 @@
 
 use crate::backend::AdamStep;
 use crate::gpu::{DeviceBuffer, Executor, LaunchConfig};
-use crate::loss::{Alpha, LossConfig, loss_forward_backward};
+use crate::loss::{Alpha, LengthRule, LossConfig, check_loss_shapes, loss_forward_backward};
 use crate::{Error, Result};
 
 /// Rows per block of the row kernels (one warp each); `LOSS_ROWS_PER_BLOCK` and
@@ -111,48 +111,6 @@ fn as_int(what: &str, n: usize) -> Result<i32> {
     })
 }
 
-/// The checks of `loss_forward_backward` (same messages), for buffers that may be longer
-/// than `[batch, classes]`.
-fn check_loss_shapes(
-    batch: usize,
-    classes: usize,
-    y_len: usize,
-    pred_len: usize,
-    grad_len: Option<usize>,
-) -> Result<usize> {
-    if batch == 0 || classes == 0 {
-        return Err(Error::Shape(format!(
-            "a loss needs at least one sample and one class, got [batch={batch}, classes={classes}]"
-        )));
-    }
-    let want = batch.checked_mul(classes).ok_or_else(|| {
-        Error::Shape(format!(
-            "[batch={batch}, classes={classes}] overflows the address space"
-        ))
-    })?;
-    let mut bad = Vec::new();
-    if y_len < want {
-        bad.push(format!("y_true has {y_len}"));
-    }
-    if pred_len < want {
-        bad.push(format!("pred has {pred_len}"));
-    }
-    if let Some(g) = grad_len
-        && g < want
-    {
-        bad.push(format!("grad has {g}"));
-    }
-    if !bad.is_empty() {
-        return Err(Error::Shape(format!(
-            "[batch={batch}, classes={classes}] needs {want} values, but {}",
-            bad.join(", ")
-        )));
-    }
-    as_int("batch", batch)?;
-    as_int("classes", classes)?;
-    Ok(want)
-}
-
 /// The row kernel of a loss configuration and its scalar arguments.
 enum RowKernel {
     FocalProbs {
@@ -215,7 +173,11 @@ pub fn loss(
         y_true.len(),
         pred.len(),
         grad.as_ref().map(|g| g.len()),
+        LengthRule::AtLeast,
     )?;
+    // The kernels take the sizes as C ints.
+    as_int("batch", batch)?;
+    as_int("classes", classes)?;
     cfg.validate(classes)?;
 
     // Alpha: scalar by value, per class as a cached device array (null pointer otherwise).
