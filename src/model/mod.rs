@@ -314,6 +314,13 @@ struct Workspace<Buf> {
     grad_b: Buf,
 }
 
+impl<Buf> Workspace<Buf> {
+    /// The last op's output: the logits.
+    fn logits(&self) -> &Buf {
+        self.acts.last().expect("a plan has at least the head")
+    }
+}
+
 /// What one training step reports back to the host.
 #[derive(Clone, Debug)]
 pub struct StepOutput<E> {
@@ -467,33 +474,28 @@ impl<B: Backend> Model<B> {
         backend.softmax_forward(batch, classes, logits, &mut ws.probs)
     }
 
+    /// The workspace of the last forward pass, or an error naming `caller` if there was none.
+    fn last_forward(&self, caller: &str) -> Result<&Workspace<B::Buf>> {
+        self.workspace
+            .as_ref()
+            .ok_or_else(|| Error::invalid(format!("{caller}() before forward()")))
+    }
+
     /// Softmax probabilities of the last forward pass, `[batch, classes]`.
     pub fn probabilities(&self, backend: &B, batch: usize) -> Result<Vec<B::E>> {
-        let ws = self
-            .workspace
-            .as_ref()
-            .ok_or_else(|| Error::invalid("probabilities() before forward()"))?;
+        let ws = self.last_forward("probabilities")?;
         backend.read(&ws.probs, batch * self.plan.classes)
     }
 
     /// Logits of the last forward pass, `[batch, classes]`.
     pub fn logits(&self, backend: &B, batch: usize) -> Result<Vec<B::E>> {
-        let ws = self
-            .workspace
-            .as_ref()
-            .ok_or_else(|| Error::invalid("logits() before forward()"))?;
-        backend.read(
-            ws.acts.last().expect("a plan has at least the head"),
-            batch * self.plan.classes,
-        )
+        let ws = self.last_forward("logits")?;
+        backend.read(ws.logits(), batch * self.plan.classes)
     }
 
     /// Output of op `index` in the last forward pass (after its ReLU), `batch` images.
     pub fn activation(&self, backend: &B, index: usize, batch: usize) -> Result<Vec<B::E>> {
-        let ws = self
-            .workspace
-            .as_ref()
-            .ok_or_else(|| Error::invalid("activation() before forward()"))?;
+        let ws = self.last_forward("activation")?;
         backend.read(&ws.acts[index], batch * self.plan.ops[index].output_len())
     }
 
@@ -589,12 +591,9 @@ impl<B: Backend> Model<B> {
         y: &B::Buf,
         batch: usize,
     ) -> Result<B::E> {
-        let ws = self
-            .workspace
-            .as_ref()
-            .ok_or_else(|| Error::invalid("loss_of_forward() before forward()"))?;
+        let ws = self.last_forward("loss_of_forward")?;
         let pred = if loss.from_logits() {
-            ws.acts.last().expect("a plan has at least the head")
+            ws.logits()
         } else {
             &ws.probs
         };
