@@ -4,9 +4,8 @@
 //! checkpoint intact.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use focalflow::backend::{Backend, CpuBackend};
 use focalflow::checkpoint::{self, ABORT_AFTER_BYTES_ENV, Checkpoint};
@@ -15,35 +14,8 @@ use focalflow::loss::LossConfig;
 use focalflow::model::Model;
 use focalflow::train::{self, EpochMetrics, TrainOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_focalflow");
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "focalflow-checkpoint-{label}-{}-{nanos}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{BIN, TempDir};
 
 fn data() -> ImageSet {
     synthetic::generate(40, 16, 3)

@@ -3,14 +3,14 @@
 //! `bench --json`. Sizes are small so that each run takes well under a second, except the
 //! learning test (~8 s on 2 quiet cores, ~17 s when they are shared).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::process::Output;
 use std::time::Instant;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_focalflow");
+mod common;
+use common::{TempDir, run, text};
 
 /// The fields every line of `metrics.jsonl` must have.
 const METRIC_FIELDS: [&str; 6] = [
@@ -21,47 +21,6 @@ const METRIC_FIELDS: [&str; 6] = [
     "val_accuracy",
     "images_per_second",
 ];
-
-/// A fresh folder under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "focalflow-train-cli-{label}-{}-{nanos}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        assert!(!dir.exists(), "{} exists already", dir.display());
-        TempDir(dir)
-    }
-    /// A path inside the folder (not created: `train --out` creates it).
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// `train` on a small built-in set (64 images of 32x32, 2 epochs of batches of 8) into
 /// `out`, plus `extra` flags (clap rejects a repeated flag: only flags not given here).
