@@ -515,10 +515,14 @@ impl<B: Backend> Model<B> {
         y: &B::Buf,
         batch: usize,
     ) -> Result<B::E> {
-        let classes = self.plan.classes;
-        let ops = self.plan.ops.clone();
-        let ws = self
-            .workspace
+        let Model {
+            plan,
+            params,
+            workspace,
+            ..
+        } = self;
+        let (classes, ops) = (plan.classes, &plan.ops);
+        let ws = workspace
             .as_mut()
             .ok_or_else(|| Error::invalid("backward() before forward()"))?;
         if ws.capacity < batch {
@@ -545,7 +549,7 @@ impl<B: Backend> Model<B> {
                     if *relu {
                         backend.relu_backward(s.output_len(), output, grad)?;
                     }
-                    let (kernel, bias) = pair_mut(&mut self.params, *param);
+                    let (kernel, bias) = pair_mut(params, *param);
                     backend.conv2d_backward_filter(
                         &s,
                         input,
@@ -565,7 +569,7 @@ impl<B: Backend> Model<B> {
                     if *relu {
                         backend.relu_backward(s.batch * s.outputs, output, grad)?;
                     }
-                    let (kernel, bias) = pair_mut(&mut self.params, *param);
+                    let (kernel, bias) = pair_mut(params, *param);
                     let dx = if i > 0 { Some(&mut *next) } else { None };
                     backend.dense_backward(
                         &s,
