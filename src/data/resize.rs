@@ -104,12 +104,23 @@ fn resize_rows_portable<const C: usize>(
     let xs = taps(src_w, dst_w);
     let ys = taps(src_h, dst_h);
     let in_row = src_w * C;
-    // Byte offsets of the two source pixels of each output column, and the weight.
-    let cols: Vec<(usize, usize, f32)> = (0..dst_w)
-        .map(|x| (xs.lo[x] * C, xs.hi[x] * C, xs.frac[x]))
-        .collect();
+    // For every output value (pixel x channel) of a row: the offsets of its two source
+    // values in the vertically blended row, and the horizontal weight. Flat per value, so
+    // that the horizontal pass is one gather-and-lerp loop the compiler vectorises, rather
+    // than a small loop per pixel.
+    let out_row_len = dst_w * C;
+    let mut left = Vec::with_capacity(out_row_len);
+    let mut right = Vec::with_capacity(out_row_len);
+    let mut weight = Vec::with_capacity(out_row_len);
+    for x in 0..dst_w {
+        for c in 0..C {
+            left.push(u32::try_from(xs.lo[x] * C + c).expect("row fits u32 offsets"));
+            right.push(u32::try_from(xs.hi[x] * C + c).expect("row fits u32 offsets"));
+            weight.push(xs.frac[x]);
+        }
+    }
     let mut blended = vec![0f32; in_row];
-    for (y, out_row) in dst.chunks_exact_mut(dst_w * C).enumerate() {
+    for (y, out_row) in dst.chunks_exact_mut(out_row_len).enumerate() {
         let top = &src[ys.lo[y] * in_row..][..in_row];
         let bottom = &src[ys.hi[y] * in_row..][..in_row];
         let f = ys.frac[y];
@@ -117,15 +128,22 @@ fn resize_rows_portable<const C: usize>(
             let (t, u) = (f32::from(t), f32::from(u));
             *b = t + (u - t) * f;
         }
-        for (o, &(l, h, fx)) in out_row.chunks_exact_mut(C).zip(&cols) {
-            let a: &[f32; C] = blended[l..l + C].try_into().expect("C values");
-            let b: &[f32; C] = blended[h..h + C].try_into().expect("C values");
-            for c in 0..C {
-                let v = a[c] + (b[c] - a[c]) * fx;
-                // v is in [0, 255]: +0.5 and truncation round it; through i32, which
-                // needs no clamping (a direct `as u8` saturates, costing two more ops).
-                o[c] = (v + 0.5) as i32 as u8;
-            }
+        let taps = left.iter().zip(&right).zip(&weight);
+        for (o, ((&l, &r), &fx)) in out_row.iter_mut().zip(taps) {
+            // SAFETY: every offset is `x * C + c` for a source column x < src_w and c < C,
+            // so below `in_row == blended.len()` (bounds checks here stop vectorisation).
+            let (a, b) = unsafe {
+                (
+                    *blended.get_unchecked(l as usize),
+                    *blended.get_unchecked(r as usize),
+                )
+            };
+            let v = a + (b - a) * fx;
+            // v is a blend of values in [0, 255], so in [0, 255]: +0.5 and truncation round
+            // it. The unchecked conversion (vcvttps2dq) vectorises; Rust's saturating `as`
+            // compiles to a compare-and-branch per value here.
+            // SAFETY: v + 0.5 is finite and within i32.
+            *o = unsafe { (v + 0.5).to_int_unchecked::<i32>() } as u8;
         }
     }
 }
