@@ -62,6 +62,11 @@ pub fn info_report() -> String {
     } else {
         let _ = writeln!(s, "  emulator       not built (unix targets only)");
     }
+    let _ = writeln!(
+        s,
+        "  JPEG decoder   {}",
+        crate::data::libjpeg::jpeg_decoder()
+    );
     let with_ptx: Vec<_> = ops
         .iter()
         .filter_map(|k| k.ptx.as_ref().map(|p| (k, p)))

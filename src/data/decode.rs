@@ -1,6 +1,8 @@
 //! Decoding one image file to RGB8: the format is recognised by content (never by the file
-//! name), JPEG goes straight to `zune-jpeg` (the decoder inside the `image` crate, called
-//! without the `DynamicImage` round trip), PNG/BMP/GIF/WebP through `image`.
+//! name). JPEG goes to libjpeg-turbo where the build found it ([`super::libjpeg`]: the
+//! decoder and settings of `tf.image.decode_jpeg`), else and for CMYK files straight to
+//! `zune-jpeg` (the decoder inside the `image` crate, called without the `DynamicImage`
+//! round trip); PNG/BMP/GIF/WebP go through `image`.
 //!
 //! Conversions to RGB8 follow `tf.image.decode_image(channels=3)` and PIL's `convert("RGB")`:
 //! grey is replicated, alpha is dropped (not composited), 16-bit samples are rounded to 8
@@ -160,6 +162,17 @@ pub fn decode_rgb8(bytes: &[u8]) -> Result<Rgb8, Skip> {
     })
 }
 
+/// A JPEG through zune-jpeg whatever the build: the fallback decoder, for comparisons.
+pub fn decode_jpeg_with_zune(bytes: &[u8]) -> Result<Rgb8, Skip> {
+    let mut data = Vec::new();
+    let (width, height) = decode_jpeg_zune(bytes, &mut data)?;
+    Ok(Rgb8 {
+        width,
+        height,
+        data,
+    })
+}
+
 /// [`decode_rgb8`] into `buf` (resized to fit; reusing it across images saves an
 /// allocation and page faults per image). Returns (width, height).
 pub fn decode_rgb8_into(bytes: &[u8], buf: &mut Vec<u8>) -> Result<(usize, usize), Skip> {
@@ -189,7 +202,7 @@ fn hex_prefix(bytes: &[u8]) -> String {
         .join(" ")
 }
 
-fn check_size(width: u64, height: u64) -> Result<(), Skip> {
+pub(crate) fn check_size(width: u64, height: u64) -> Result<(), Skip> {
     if width == 0 || height == 0 {
         return Err(Skip::Corrupt(format!("image size {width}x{height}")));
     }
@@ -199,7 +212,19 @@ fn check_size(width: u64, height: u64) -> Result<(), Skip> {
     Ok(())
 }
 
+/// A JPEG: through libjpeg-turbo where this build has it (TensorFlow's pixels), else, and
+/// for CMYK/YCCK files and incomplete ones (whose skip reasons zune-jpeg's path words more
+/// precisely), through zune-jpeg.
 fn decode_jpeg(bytes: &[u8], data: &mut Vec<u8>) -> Result<(usize, usize), Skip> {
+    if has_eoi_after_last_scan(bytes)
+        && let Some(size) = super::libjpeg::decode(bytes, data)?
+    {
+        return Ok(size);
+    }
+    decode_jpeg_zune(bytes, data)
+}
+
+fn decode_jpeg_zune(bytes: &[u8], data: &mut Vec<u8>) -> Result<(usize, usize), Skip> {
     // Not strict: like libjpeg (and so TensorFlow and PIL), data with recoverable defects
     // ("extraneous bytes before marker") decodes. Truncation is caught below instead.
     let options = DecoderOptions::default()

@@ -24,9 +24,15 @@ use super::{ImageSet, Pixels};
 use crate::model::ImageShape;
 use crate::{Error, Result};
 
-/// Names the decoder, the conversions and the resize: part of the cache key, so changing
-/// any of them (bump it) invalidates every cache.
-pub const PREPROCESS_RECIPE: &str = "rgb8 (zune-jpeg 0.5 / image 0.25; alpha dropped, CMYK inverted-Adobe); bilinear half-pixel f32, rounded; v1";
+/// Names the decoders, the conversions and the resize: part of the cache key, so changing
+/// any of them (bump the version) invalidates every cache, and a cache written by a build
+/// with another JPEG decoder is rebuilt rather than mixed.
+pub fn preprocess_recipe() -> String {
+    format!(
+        "rgb8 (JPEG: {}; CMYK JPEG: zune-jpeg 0.5, inverted-Adobe; others: image 0.25; alpha dropped); bilinear half-pixel f32, rounded; v2",
+        super::libjpeg::jpeg_decoder()
+    )
+}
 
 /// How to load.
 #[derive(Clone, Debug)]
@@ -134,7 +140,8 @@ enum Item<'a> {
 /// The recipe and every input file: what the cache key hashes.
 fn manifest(source: &Source, shape: ImageShape) -> String {
     let mut m = format!(
-        "focalflow image cache\nrecipe: {PREPROCESS_RECIPE}\nshape: {}x{}x{}\nkind: {}\nclasses: {}\n",
+        "focalflow image cache\nrecipe: {}\nshape: {}x{}x{}\nkind: {}\nclasses: {}\n",
+        preprocess_recipe(),
         shape.height,
         shape.width,
         shape.channels,

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod decode;
+pub mod libjpeg;
 pub mod load;
 pub mod resize;
 pub mod source;
