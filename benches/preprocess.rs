@@ -242,7 +242,7 @@ fn main() {
     }
     if a.json {
         println!(
-            "{{\"tool\": \"focalflow\", \"images\": {}, \"size\": {}, \"threads_1\": {:.1}, \"cpu_ms_1\": {:.3}, \"threads_all\": {:.1}, \"cpu_ms_all\": {:.3}, \"threads\": {all}, \"decode_ms\": {:.3}, \"resize_ms\": {:.3}}}",
+            "{{\"tool\": \"focalflow\", \"images\": {}, \"size\": {}, \"threads_1\": {:.1}, \"cpu_ms_1\": {:.3}, \"threads_all\": {:.1}, \"cpu_ms_all\": {:.3}, \"threads\": {all}, \"decode_ms\": {:.3}, \"resize_ms\": {:.3}, \"jpeg_decoder\": \"{}\"}}",
             paths.len(),
             a.size,
             one.0,
@@ -250,7 +250,8 @@ fn main() {
             many.0,
             many.1,
             best_decode * 1e3,
-            best_resize * 1e3
+            best_resize * 1e3,
+            focalflow::data::libjpeg::jpeg_decoder()
         );
     } else {
         println!(
@@ -270,9 +271,10 @@ fn main() {
             many.0, many.1
         );
         println!(
-            "CPU time per image, 1 thread: decode {:.3} ms, resize {:.3} ms",
+            "CPU time per image, 1 thread: decode {:.3} ms, resize {:.3} ms (JPEG decoder: {})",
             best_decode * 1e3,
-            best_resize * 1e3
+            best_resize * 1e3,
+            focalflow::data::libjpeg::jpeg_decoder()
         );
     }
 }

@@ -7,8 +7,11 @@
 #   scripts/preprocess_anchor.sh            # ROUNDS=3 IMAGES=300 SIZE=224
 #
 # PIL comes from .venv-bench (created here: pillow + numpy); TensorFlow from .venv-tf if it
-# exists (TF_PY=... to point elsewhere; skipped when absent). Writes the JSON lines to
-# target/preprocess-anchor.jsonl and prints a table with the ratios.
+# exists (TF_PY=... to point elsewhere; skipped when absent). Where a C compiler and
+# libjpeg-turbo's headers are present (Debian: libjpeg62-turbo-dev), it also times
+# libjpeg-turbo's decode alone (scripts/jpeg_decode_floor.c): the decoder inside both
+# anchors, so the floor under what any pipeline built on it can reach. Writes the JSON
+# lines to target/preprocess-anchor.jsonl and prints a table with the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -25,6 +28,11 @@ if [ ! -x "$PIL_PY" ]; then
   PIL_PY=.venv-bench/bin/python
 fi
 cargo bench -q --bench preprocess --no-run
+FLOOR=target/jpeg_decode_floor
+if ! cc -O2 scripts/jpeg_decode_floor.c -o "$FLOOR" -ljpeg 2>/dev/null; then
+  echo "no libjpeg-turbo headers (apt install libjpeg62-turbo-dev): decode floor not measured" >&2
+  FLOOR=
+fi
 : > "$LOG"
 for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS" >&2
@@ -33,15 +41,22 @@ for r in $(seq "$ROUNDS"); do
   if [ -x "$TF_PY" ]; then
     "$TF_PY" scripts/preprocess_anchor.py --tool tf "$DIR" --size "$SIZE" --rounds 2 2>/dev/null | grep '^{' >> "$LOG"
   fi
+  if [ -n "$FLOOR" ]; then
+    "$FLOOR" "$DIR"/*.jpg >> "$LOG"
+  fi
 done
 python3 - "$LOG" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+floor = min((r["cpu_ms_1"] for r in rows if r["tool"].endswith("decode only")), default=None)
+rows = [r for r in rows if not r["tool"].endswith("decode only")]
 best = {}
 for r in rows:
     b = best.setdefault(r["tool"], {"t1": 0, "ta": 0, "c1": 1e9, "ca": 1e9, "n": 0, "threads": r["threads"]})
     b["t1"] = max(b["t1"], r["threads_1"]); b["ta"] = max(b["ta"], r["threads_all"])
     b["c1"] = min(b["c1"], r["cpu_ms_1"]); b["ca"] = min(b["ca"], r["cpu_ms_all"]); b["n"] += 1
+    if "decode_ms" in r:
+        b["decode"] = min(b.get("decode", 1e9), r["decode_ms"]); b["decoder"] = r["jpeg_decoder"]
 print(f"{'tool':<10} {'1 thread img/s':>15} {'all threads img/s':>18} {'CPU ms/img (1 thr)':>19}  rounds")
 for tool, b in best.items():
     print(f"{tool:<10} {b['t1']:>15.1f} {b['ta']:>18.1f} {b['c1']:>19.3f}  {b['n']}")
@@ -55,4 +70,9 @@ if ff and anchors:
           f"CPU time per image {anchors[c1]['c1'] / ff['c1']:.2f}x ({c1})")
     for k, v in anchors.items():
         print(f"  vs {k}: 1 thread {ff['t1'] / v['t1']:.2f}x, all threads {ff['ta'] / v['ta']:.2f}x, CPU {v['c1'] / ff['c1']:.2f}x")
+    need = anchors[c1]["c1"] / 1.5
+    print(f"1.5x the fastest anchor's CPU time is {need:.3f} ms per image in all; focalflow's "
+          f"decode alone ({ff['decoder']}) takes {ff['decode']:.3f}")
+if floor is not None:
+    print(f"libjpeg-turbo's decode alone (the anchors' decoder, C, no resize): {floor:.3f} ms per image")
 PY
