@@ -45,34 +45,4 @@ for r in $(seq "$ROUNDS"); do
     "$FLOOR" "$DIR"/*.jpg >> "$LOG"
   fi
 done
-python3 - "$LOG" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-floor = min((r["cpu_ms_1"] for r in rows if r["tool"].endswith("decode only")), default=None)
-rows = [r for r in rows if not r["tool"].endswith("decode only")]
-best = {}
-for r in rows:
-    b = best.setdefault(r["tool"], {"t1": 0, "ta": 0, "c1": 1e9, "ca": 1e9, "n": 0, "threads": r["threads"]})
-    b["t1"] = max(b["t1"], r["threads_1"]); b["ta"] = max(b["ta"], r["threads_all"])
-    b["c1"] = min(b["c1"], r["cpu_ms_1"]); b["ca"] = min(b["ca"], r["cpu_ms_all"]); b["n"] += 1
-    if "decode_ms" in r:
-        b["decode"] = min(b.get("decode", 1e9), r["decode_ms"]); b["decoder"] = r["jpeg_decoder"]
-print(f"{'tool':<10} {'1 thread img/s':>15} {'all threads img/s':>18} {'CPU ms/img (1 thr)':>19}  rounds")
-for tool, b in best.items():
-    print(f"{tool:<10} {b['t1']:>15.1f} {b['ta']:>18.1f} {b['c1']:>19.3f}  {b['n']}")
-ff = best.get("focalflow")
-anchors = {k: v for k, v in best.items() if k != "focalflow"}
-if ff and anchors:
-    t1 = max(anchors, key=lambda k: anchors[k]["t1"]); ta = max(anchors, key=lambda k: anchors[k]["ta"])
-    c1 = min(anchors, key=lambda k: anchors[k]["c1"])
-    print(f"focalflow / fastest anchor: 1 thread {ff['t1'] / anchors[t1]['t1']:.2f}x ({t1}), "
-          f"all {ff['threads']} threads {ff['ta'] / anchors[ta]['ta']:.2f}x ({ta}), "
-          f"CPU time per image {anchors[c1]['c1'] / ff['c1']:.2f}x ({c1})")
-    for k, v in anchors.items():
-        print(f"  vs {k}: 1 thread {ff['t1'] / v['t1']:.2f}x, all threads {ff['ta'] / v['ta']:.2f}x, CPU {v['c1'] / ff['c1']:.2f}x")
-    need = anchors[c1]["c1"] / 1.5
-    print(f"1.5x the fastest anchor's CPU time is {need:.3f} ms per image in all; focalflow's "
-          f"decode alone ({ff['decoder']}) takes {ff['decode']:.3f}")
-if floor is not None:
-    print(f"libjpeg-turbo's decode alone (the anchors' decoder, C, no resize): {floor:.3f} ms per image")
-PY
+python3 scripts/preprocess_anchor_summary.py "$LOG"
