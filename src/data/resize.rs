@@ -77,8 +77,8 @@ fn resize_rows<const C: usize>(
     resize_rows_portable::<C>(src, src_w, dst, dst_w, dst_h, src_h);
 }
 
-/// The same code compiled for AVX2 (8-lane vertical blend; about 1.3x faster here). No
-/// FMA, so results are bit-identical to the portable build.
+/// The same code compiled for AVX2 (8-lane blends and conversions). No FMA, so results
+/// are bit-identical to the portable build.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn resize_rows_avx2<const C: usize>(
