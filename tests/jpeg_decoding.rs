@@ -170,3 +170,50 @@ fn a_reused_buffer_of_another_size_is_fitted_to_each_image() {
         assert_eq!(buf, decode_rgb8(&f.jpeg).unwrap().data, "{}", f.name);
     }
 }
+
+#[test]
+fn mutated_files_never_crash_the_decoder() {
+    // Seeded byte flips, marker insertions and cuts of every fixture: each must come back
+    // decoded or as a Skip, whichever decoder takes it (a crash here would be a fault
+    // across the C boundary, not a failed assertion).
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut decoded, mut skipped) = (0, 0);
+    for f in fixtures() {
+        for _ in 0..150 {
+            let mut bytes = f.jpeg.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[at] = next() as u8,
+                    1 => bytes
+                        .splice(at..at, [0xFF, 0xC0 + (next() % 16) as u8])
+                        .for_each(drop),
+                    _ => bytes[at] ^= 1 << (next() % 8),
+                }
+            }
+            if next() % 4 == 0 {
+                // Cut the middle out but keep the end-of-image marker.
+                let cut = 2 + (next() as usize) % (bytes.len() - 4);
+                bytes.drain(cut..(cut + 64).min(bytes.len() - 2));
+            }
+            match decode_rgb8(&bytes) {
+                Ok(img) => {
+                    assert_eq!(img.data.len(), img.width * img.height * 3);
+                    decoded += 1;
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+    }
+    // Both outcomes occur, so both paths were exercised.
+    assert!(
+        decoded > 50 && skipped > 50,
+        "decoded {decoded}, skipped {skipped}"
+    );
+}
