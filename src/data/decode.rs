@@ -153,19 +153,20 @@ pub struct Rgb8 {
 
 /// Decodes `bytes` (any supported format, recognised by content) to RGB8.
 pub fn decode_rgb8(bytes: &[u8]) -> Result<Rgb8, Skip> {
-    let mut data = Vec::new();
-    let (width, height) = decode_rgb8_into(bytes, &mut data)?;
-    Ok(Rgb8 {
-        width,
-        height,
-        data,
-    })
+    into_new_buffer(|buf| decode_rgb8_into(bytes, buf))
 }
 
 /// A JPEG through zune-jpeg whatever the build: the fallback decoder, for comparisons.
 pub fn decode_jpeg_with_zune(bytes: &[u8]) -> Result<Rgb8, Skip> {
+    into_new_buffer(|buf| decode_jpeg_zune(bytes, buf))
+}
+
+/// Runs a decoder that fills a buffer and returns (width, height), into a fresh buffer.
+fn into_new_buffer(
+    decode: impl FnOnce(&mut Vec<u8>) -> Result<(usize, usize), Skip>,
+) -> Result<Rgb8, Skip> {
     let mut data = Vec::new();
-    let (width, height) = decode_jpeg_zune(bytes, &mut data)?;
+    let (width, height) = decode(&mut data)?;
     Ok(Rgb8 {
         width,
         height,
