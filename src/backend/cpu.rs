@@ -2,11 +2,13 @@
 //! of a batch, scratch buffers reused across steps. Generic over the element type so that
 //! the very same code is the f64 reference of the gradient checks.
 
+use std::any::TypeId;
 use std::marker::PhantomData;
 use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::direct_conv;
 use super::gemm::{MatRef, matmul};
 use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
 use crate::loss::{LossConfig, loss_forward_backward, softmax_backward_row, softmax_row};
@@ -157,6 +159,25 @@ fn for_each_pixel_chunk<T>(s: &ConvShape, mut f: impl FnMut(usize, usize)) {
     }
 }
 
+/// True when `T` is f32: the element type of the hand-vectorised paths.
+fn is_f32<T: Element>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>()
+}
+
+/// `values` as f32, for a path taken only when [`is_f32`] holds.
+fn f32_view<T: Element>(values: &[T]) -> &[f32] {
+    assert!(is_f32::<T>(), "f32 path with another element type");
+    // SAFETY: T is f32 (checked above), so the slice is one of f32 already.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<f32>(), values.len()) }
+}
+
+/// [`f32_view`], mutable.
+fn f32_view_mut<T: Element>(values: &mut [T]) -> &mut [f32] {
+    assert!(is_f32::<T>(), "f32 path with another element type");
+    // SAFETY: as in f32_view; the exclusive borrow carries over.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<f32>(), values.len()) }
+}
+
 /// `rows[r] = rows[r] + bias`, then ReLU if asked, for a row-major `[_, bias.len()]` block.
 fn add_bias_relu<T: Element>(rows: &mut [T], bias: &[T], relu: bool) {
     for row in rows.chunks_exact_mut(bias.len()) {
@@ -212,12 +233,24 @@ impl<T: Element> Backend for CpuBackend<T> {
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
+        let direct = is_f32::<T>() && direct_conv::supported(s);
         y[..s.output_len()]
             .par_chunks_mut(out_img * per_task)
             .zip(x[..s.input_len()].par_chunks(in_img * per_task))
             .for_each(|(ys, xs)| {
                 let mut col = self.take_scratch(chunk_pixels::<T>(s) * s.patch_len());
                 for (yi, xi) in ys.chunks_exact_mut(out_img).zip(xs.chunks_exact(in_img)) {
+                    if direct {
+                        direct_conv::forward_image(
+                            s,
+                            f32_view(xi),
+                            f32_view(&w[..s.kernel_len()]),
+                            f32_view(&b[..s.out_c]),
+                            f32_view_mut(yi),
+                            relu,
+                        );
+                        continue;
+                    }
                     for_each_pixel_chunk::<T>(s, |first, count| {
                         let col = &mut col[..count * s.patch_len()];
                         im2col(s, xi, first, col);
@@ -290,6 +323,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
+        let direct = is_f32::<T>() && direct_conv::supported(s);
         // Each task sums its images' gradients into a private [dw | db] buffer; the partial
         // sums are added up at the end (a fixed order, so results are reproducible).
         let partials: Vec<Vec<T>> = x[..s.input_len()]
@@ -300,6 +334,12 @@ impl<T: Element> Backend for CpuBackend<T> {
                 let mut acc = self.take_scratch(kernel_len + out_c);
                 acc.fill(T::zero());
                 for (xi, dyi) in xs.chunks_exact(in_img).zip(dys.chunks_exact(out_img)) {
+                    add_column_sums(dyi, &mut acc[kernel_len..]);
+                    if direct {
+                        let dw = f32_view_mut(&mut acc[..kernel_len]);
+                        direct_conv::backward_filter_image(s, f32_view(xi), f32_view(dyi), dw);
+                        continue;
+                    }
                     for_each_pixel_chunk::<T>(s, |first, count| {
                         let col = &mut col[..count * s.patch_len()];
                         im2col(s, xi, first, col);
@@ -316,7 +356,6 @@ impl<T: Element> Backend for CpuBackend<T> {
                             gemm_parallel,
                         );
                     });
-                    add_column_sums(dyi, &mut acc[kernel_len..]);
                 }
                 self.give_scratch(col);
                 acc

@@ -8,6 +8,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod direct_conv;
 mod gemm;
 
 use crate::Element;
