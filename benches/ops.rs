@@ -78,6 +78,14 @@ fn main() {
         time(&format!("pool{} backward", i + 1), 0.0, reps, || {
             b.maxpool2d_backward(&p, &y, &py, &mut pdx).unwrap()
         });
+        // What training runs: the pool's backward with the conv's ReLU mask in one pass
+        // (in place of "pool backward" + "relu backward" above).
+        time(
+            &format!("pool{} + conv{} relu backward", i + 1, i + 1),
+            0.0,
+            reps,
+            || b.maxpool2d_relu_backward(&p, &y, &py, &mut pdx).unwrap(),
+        );
     }
     let d = DenseShape {
         batch,

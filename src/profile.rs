@@ -310,6 +310,16 @@ impl<B: Backend + Timeline> Backend for Profiled<'_, B> {
         self.enter(Phase::Backward)?;
         self.inner.maxpool2d_backward(s, x, dy, dx)
     }
+    fn maxpool2d_relu_backward(
+        &self,
+        s: &PoolShape,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Backward)?;
+        self.inner.maxpool2d_relu_backward(s, x, dy, dx)
+    }
     fn dense_forward(
         &self,
         s: &DenseShape,

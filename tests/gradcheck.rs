@@ -444,6 +444,46 @@ fn maxpool_ties_go_to_the_first_maximum() {
     assert_eq!(pool_out(&b, &s, &x), vec![5.0, 7.0]);
 }
 
+#[test]
+fn maxpool_relu_backward_is_the_pool_step_then_the_relu_step() {
+    // The fused pass training uses after a ReLU conv must give exactly the two separate
+    // steps: values from a coarse grid so that windows have ties, zero and negative
+    // maxima (a ReLU output has zeros; the mask must zero those gradients).
+    let b = Cpu::new();
+    let mut rng = Rng::new(21);
+    let mut masked_somewhere = false;
+    for s in [
+        pool_shape(2, 7, 9, 5, 2),
+        pool_shape(1, 8, 6, 16, 2),
+        pool_shape(3, 7, 9, 3, 3),
+    ] {
+        // Integers in -1..=3, about half of them 0 (as after a ReLU) and a few negative.
+        let x: Vec<f64> = (0..s.input_len())
+            .map(|_| {
+                let relu_like = rng.range(-3.0, 4.0).floor().max(0.0);
+                if rng.range(0.0, 1.0) < 0.1 {
+                    relu_like - 1.0
+                } else {
+                    relu_like
+                }
+            })
+            .collect();
+        let dy = uniform(&mut rng, s.output_len(), -1.0, 1.0);
+        let mut pool_only = vec![f64::NAN; s.input_len()];
+        b.maxpool2d_backward(&s, &x, &dy, &mut pool_only).unwrap();
+        let mut two_steps = pool_only.clone();
+        b.relu_backward(s.input_len(), &x, &mut two_steps).unwrap();
+        let mut fused = vec![f64::NAN; s.input_len()];
+        b.maxpool2d_relu_backward(&s, &x, &dy, &mut fused).unwrap();
+        assert_eq!(fused, two_steps, "{s:?}");
+        masked_somewhere |= two_steps != pool_only;
+    }
+    assert!(
+        masked_somewhere,
+        "no window had a maximum <= 0: the mask went untested"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Dense and ReLU
 // ---------------------------------------------------------------------------------------

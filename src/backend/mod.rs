@@ -268,6 +268,20 @@ pub trait Backend {
         dy: &Self::Buf,
         dx: &mut Self::Buf,
     ) -> Result<()>;
+    /// [`Self::maxpool2d_backward`] then [`Self::relu_backward`] of the layer before, for a
+    /// pool whose input `x` is a ReLU's output: the gradient reaches the ReLU's input. A
+    /// window's maximum is the only input with a gradient, so the ReLU mask reduces to
+    /// "that maximum is above 0"; backends override this to do it in one pass.
+    fn maxpool2d_relu_backward(
+        &self,
+        s: &PoolShape,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()> {
+        self.maxpool2d_backward(s, x, dy, dx)?;
+        self.relu_backward(s.input_len(), x, dx)
+    }
 
     /// `y = x @ w + b`, then ReLU if `relu`.
     fn dense_forward(

@@ -540,13 +540,15 @@ impl<B: Backend> Model<B> {
             value
         };
         let (mut grad, mut next) = (&mut ws.grad_a, &mut ws.grad_b);
+        // Set by a pool that already applied the ReLU mask of the layer before it.
+        let mut relu_done = false;
         for (i, op) in ops.iter().enumerate().rev() {
             let input = if i == 0 { x } else { &ws.acts[i - 1] };
             let output = &ws.acts[i];
             match op {
                 Op::Conv { shape, relu, param } => {
                     let s = Op::conv(shape, batch);
-                    if *relu {
+                    if *relu && !std::mem::take(&mut relu_done) {
                         backend.relu_backward(s.output_len(), output, grad)?;
                     }
                     let (kernel, bias) = pair_mut(params, *param);
@@ -562,7 +564,15 @@ impl<B: Backend> Model<B> {
                     }
                 }
                 Op::Pool { shape } => {
-                    backend.maxpool2d_backward(&Op::pool(shape, batch), input, grad, next)?
+                    let s = Op::pool(shape, batch);
+                    // A pool right after a ReLU conv (the usual block) does both backward
+                    // steps in one pass over the large pre-pool activations.
+                    if i > 0 && matches!(ops[i - 1], Op::Conv { relu: true, .. }) {
+                        backend.maxpool2d_relu_backward(&s, input, grad, next)?;
+                        relu_done = true;
+                    } else {
+                        backend.maxpool2d_backward(&s, input, grad, next)?;
+                    }
                 }
                 Op::Dense { shape, relu, param } => {
                     let s = Op::dense(shape, batch);
