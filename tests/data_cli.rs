@@ -23,8 +23,8 @@ fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// `per_class` JPEGs per class (odd sizes, horizontal vs vertical gradient) and three bad
-/// files: an empty one, a text file and a truncated JPEG.
+/// `per_class` JPEGs per class (odd sizes, horizontal vs vertical gradient; Dog/1.jpg with
+/// garbled scan data) and bad files: an empty one, a text file and truncated JPEGs.
 fn pets(root: &Path, per_class: usize) {
     for (c, class) in ["Cat", "Dog"].iter().enumerate() {
         for i in 0..per_class {
@@ -40,6 +40,14 @@ fn pets(root: &Path, per_class: usize) {
             codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
                 .write_image(&px, w, h, image::ExtendedColorType::Rgb8)
                 .unwrap();
+            if c == 1 && i == 1 {
+                // Garbled entropy-coded data (no 0xFF added): decoders carry on with a
+                // warning, as TensorFlow does; the image is kept and the warning listed.
+                let sos = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+                for b in &mut jpeg[sos + 30..sos + 50] {
+                    *b = ((u32::from(*b) * 7 + 13) % 255) as u8;
+                }
+            }
             write(&root.join(class).join(format!("{i}.jpg")), &jpeg);
             if i == 0 {
                 write(
@@ -127,6 +135,19 @@ fn train_on_a_folder_reports_skips_and_reuses_the_cache() {
         skipped.contains("11702.jpg\tnot an image\ttext\n"),
         "{skipped}"
     );
+    // libjpeg reports the garbled file's damage; zune-jpeg (builds without libjpeg) is silent.
+    let warnings = std::fs::read_to_string(dir.join("run1/decode_warnings.tsv"));
+    if focalflow::data::libjpeg::AVAILABLE {
+        assert!(first.contains("1 kept with decoder warnings"), "{first}");
+        let warnings = warnings.unwrap();
+        assert_eq!(warnings.lines().count(), 2, "{warnings}");
+        assert!(
+            warnings.contains("1.jpg\tdecoded with warnings\tlibjpeg: Corrupt JPEG data"),
+            "{warnings}"
+        );
+    } else {
+        assert!(warnings.is_err(), "no warnings file without warnings");
+    }
 
     let second = ok(
         "second run",

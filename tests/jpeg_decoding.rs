@@ -133,8 +133,18 @@ fn damaged_files_behave_as_in_tensorflow() {
     for b in &mut garbled[sos + 40..sos + 60] {
         *b = ((u32::from(*b) * 7 + 13) % 255) as u8;
     }
-    let img = decode_rgb8(&garbled).expect("garbled scan data still decodes");
+    let mut buf = Vec::new();
+    let img = focalflow::data::decode::decode_rgb8_into(&garbled, &mut buf)
+        .expect("garbled scan data still decodes");
     assert_eq!((img.width, img.height), (base.width, base.height));
+    if libjpeg::AVAILABLE {
+        // TensorFlow printed the same: "Corrupt JPEG data: 37 extraneous bytes before
+        // marker 0xd9".
+        assert_eq!(
+            img.warning.as_deref(),
+            Some("libjpeg: Corrupt JPEG data: 37 extraneous bytes before marker 0xd9")
+        );
+    }
 
     // A quantisation table with index 7 (0..3 exist): TensorFlow fails ("Bogus DQT
     // index 7"); focalflow skips the file as corrupt, naming libjpeg's reason.
@@ -164,7 +174,9 @@ fn a_reused_buffer_of_another_size_is_fitted_to_each_image() {
     let all = fixtures();
     let mut buf = Vec::new();
     for f in all.iter().chain(all.iter().rev()) {
-        let (w, h) = focalflow::data::decode::decode_rgb8_into(&f.jpeg, &mut buf).unwrap();
+        let d = focalflow::data::decode::decode_rgb8_into(&f.jpeg, &mut buf).unwrap();
+        let (w, h) = (d.width, d.height);
+        assert_eq!(d.warning, None, "{}: a clean file", f.name);
         assert_eq!((w, h), (f.width, f.height), "{}", f.name);
         assert_eq!(buf.len(), w * h * 3, "{}", f.name);
         assert_eq!(buf, decode_rgb8(&f.jpeg).unwrap().data, "{}", f.name);

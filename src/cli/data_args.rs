@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::data::cache::{self, Skipped};
+use crate::data::cache::{self, Meta, Skipped};
 use crate::data::load::{LoadOptions, load};
 use crate::data::{Augment, ClassFraction, ImageSet, PixelStore, Pixels};
 use crate::loss::{Alpha, LossConfig};
@@ -46,12 +46,12 @@ impl DataFlags {
     }
 
     /// Loads `--data` (None without it), printing the summary line to stderr. Returns the
-    /// set and the skipped files.
+    /// set and what the loader reports (skipped files, decoder warnings).
     pub fn load(
         &self,
         image_size: usize,
         progress: bool,
-    ) -> Result<Option<(ImageSet<Pixels>, Vec<Skipped>)>> {
+    ) -> Result<Option<(ImageSet<Pixels>, Meta)>> {
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
@@ -71,17 +71,18 @@ impl DataFlags {
         };
         let loaded = load(dir, &opts)?;
         eprintln!("{}", loaded.summary());
-        Ok(Some((loaded.set, loaded.meta.skipped)))
+        Ok(Some((loaded.set, loaded.meta)))
     }
 }
 
-/// Writes `skipped.tsv` (item, category, detail) into the run folder `out`.
-pub fn write_skip_list(out: &Path, skipped: &[Skipped]) -> Result<PathBuf> {
+/// Writes `name` (`skipped.tsv`, `decode_warnings.tsv`: item, category, detail) into the
+/// run folder `out`.
+pub fn write_item_list(out: &Path, name: &str, items: &[Skipped]) -> Result<PathBuf> {
     std::fs::create_dir_all(out)
         .map_err(|e| Error::file(out, format!("cannot create the run folder: {e}")))?;
-    let path = out.join("skipped.tsv");
+    let path = out.join(name);
     let mut text = String::from("item\tcategory\tdetail\n");
-    for s in skipped {
+    for s in items {
         text.push_str(&format!("{}\t{}\t{}\n", s.item, s.category, s.detail));
     }
     crate::train::write_file_atomically(&path, text.as_bytes())?;

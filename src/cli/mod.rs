@@ -152,8 +152,8 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
     let loss = args.loss.to_config_with_default(true)?;
     let arch: Arch = args.arch.parse()?;
     let class_fraction = args.data.class_fractions()?;
-    let (data, skipped) = match args.data.load(args.image_size, !args.quiet)? {
-        Some((set, skipped)) => (set, Some(skipped)),
+    let (data, report) = match args.data.load(args.image_size, !args.quiet)? {
+        Some((set, meta)) => (set, Some(meta)),
         None => {
             if args.image_size == 0 || args.synthetic_images < 4 {
                 return Err(Error::invalid(
@@ -207,10 +207,14 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
         (Some(run), _) => run,
         (None, out) => out.unwrap_or_else(|| train::default_run_dir(&loss)),
     };
-    if let Some(skipped) = &skipped {
-        let list = data_args::write_skip_list(&out, skipped)?;
-        if !skipped.is_empty() {
+    if let Some(meta) = &report {
+        let list = data_args::write_item_list(&out, "skipped.tsv", &meta.skipped)?;
+        if !meta.skipped.is_empty() {
             eprintln!("skipped files and reasons: {}", list.display());
+        }
+        if !meta.warnings.is_empty() {
+            let list = data_args::write_item_list(&out, "decode_warnings.tsv", &meta.warnings)?;
+            eprintln!("files kept despite decoder warnings: {}", list.display());
         }
     }
     let device_name = clap::ValueEnum::to_possible_value(&device)

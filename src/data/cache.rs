@@ -65,7 +65,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// A file or record left out, and why.
+/// A file or record left out, and why (also used for files kept with a decoder warning).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     /// The file path, or `shard@offset` for a TFRecord record.
@@ -83,6 +83,10 @@ pub struct Meta {
     /// Files (or records) looked at.
     pub candidates: usize,
     pub skipped: Vec<Skipped>,
+    /// Files kept although the decoder warned about their data (category "decoded with
+    /// warnings"); absent in caches written before it existed.
+    #[serde(default)]
+    pub warnings: Vec<Skipped>,
     pub preprocess_seconds: f64,
     pub created_unix: u64,
 }

@@ -151,6 +151,25 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
+/// What decoding into a buffer gives: the size, and the decoder's warning when the data
+/// had recoverable damage (the image is kept, as TensorFlow and PIL keep it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub width: usize,
+    pub height: usize,
+    pub warning: Option<String>,
+}
+
+impl Decoded {
+    fn size(width: usize, height: usize) -> Decoded {
+        Decoded {
+            width,
+            height,
+            warning: None,
+        }
+    }
+}
+
 /// Decodes `bytes` (any supported format, recognised by content) to RGB8.
 pub fn decode_rgb8(bytes: &[u8]) -> Result<Rgb8, Skip> {
     into_new_buffer(|buf| decode_rgb8_into(bytes, buf))
@@ -161,28 +180,28 @@ pub fn decode_jpeg_with_zune(bytes: &[u8]) -> Result<Rgb8, Skip> {
     into_new_buffer(|buf| decode_jpeg_zune(bytes, buf))
 }
 
-/// Runs a decoder that fills a buffer and returns (width, height), into a fresh buffer.
+/// Runs a decoder that fills a buffer, into a fresh buffer.
 fn into_new_buffer(
-    decode: impl FnOnce(&mut Vec<u8>) -> Result<(usize, usize), Skip>,
+    decode: impl FnOnce(&mut Vec<u8>) -> Result<Decoded, Skip>,
 ) -> Result<Rgb8, Skip> {
     let mut data = Vec::new();
-    let (width, height) = decode(&mut data)?;
+    let d = decode(&mut data)?;
     Ok(Rgb8 {
-        width,
-        height,
+        width: d.width,
+        height: d.height,
         data,
     })
 }
 
 /// [`decode_rgb8`] into `buf` (resized to fit; reusing it across images saves an
-/// allocation and page faults per image). Returns (width, height).
-pub fn decode_rgb8_into(bytes: &[u8], buf: &mut Vec<u8>) -> Result<(usize, usize), Skip> {
+/// allocation and page faults per image).
+pub fn decode_rgb8_into(bytes: &[u8], buf: &mut Vec<u8>) -> Result<Decoded, Skip> {
     match sniff(bytes) {
         Sniffed::Image(Format::Jpeg) => decode_jpeg(bytes, buf),
         Sniffed::Image(format) => {
             let img = decode_with_image(bytes, format)?;
             *buf = img.data;
-            Ok((img.width, img.height))
+            Ok(Decoded::size(img.width, img.height))
         }
         Sniffed::Empty => Err(Skip::Empty),
         Sniffed::Text => Err(Skip::NotImage("text".into())),
@@ -216,16 +235,17 @@ pub(crate) fn check_size(width: u64, height: u64) -> Result<(), Skip> {
 /// A JPEG: through libjpeg-turbo where this build has it (TensorFlow's pixels), else, and
 /// for CMYK/YCCK files and incomplete ones (whose skip reasons zune-jpeg's path words more
 /// precisely), through zune-jpeg.
-fn decode_jpeg(bytes: &[u8], data: &mut Vec<u8>) -> Result<(usize, usize), Skip> {
+fn decode_jpeg(bytes: &[u8], data: &mut Vec<u8>) -> Result<Decoded, Skip> {
     if has_eoi_after_last_scan(bytes)
-        && let Some(size) = super::libjpeg::decode(bytes, data)?
+        && let Some(decoded) = super::libjpeg::decode(bytes, data)?
     {
-        return Ok(size);
+        return Ok(decoded);
     }
     decode_jpeg_zune(bytes, data)
 }
 
-fn decode_jpeg_zune(bytes: &[u8], data: &mut Vec<u8>) -> Result<(usize, usize), Skip> {
+/// zune-jpeg reports no warnings: in its non-strict mode it carries on silently.
+fn decode_jpeg_zune(bytes: &[u8], data: &mut Vec<u8>) -> Result<Decoded, Skip> {
     // Not strict: like libjpeg (and so TensorFlow and PIL), data with recoverable defects
     // ("extraneous bytes before marker") decodes. Truncation is caught below instead.
     let options = DecoderOptions::default()
@@ -268,7 +288,7 @@ fn decode_jpeg_zune(bytes: &[u8], data: &mut Vec<u8>) -> Result<(usize, usize), 
             decoder.input_colorspace()
         )));
     }
-    Ok((width, height))
+    Ok(Decoded::size(width, height))
 }
 
 /// True when an EOI marker (FF D9) follows the last start-of-scan marker (FF DA). Inside

@@ -8,7 +8,7 @@
 //! build.rs); otherwise [`decode`] hands every file to zune-jpeg. CMYK and YCCK files are
 //! always left to zune-jpeg, which converts them the way TensorFlow does.
 
-use super::decode::Skip;
+use super::decode::{Decoded, Skip};
 
 /// Which decoder handles ordinary (YCbCr and grey) JPEGs in this build, for `info`,
 /// the cache key and the README's claims.
@@ -36,10 +36,10 @@ pub fn jpeg_decoder() -> String {
 /// True when this build decodes JPEGs with libjpeg.
 pub const AVAILABLE: bool = cfg!(focalflow_libjpeg);
 
-/// Decodes a complete JPEG (one with its end-of-image marker) into `buf` as RGB8.
-/// `Ok(None)`: not handled here (no libjpeg in this build, or a CMYK/YCCK file); the
-/// caller decodes it with zune-jpeg.
-pub fn decode(bytes: &[u8], buf: &mut Vec<u8>) -> Result<Option<(usize, usize)>, Skip> {
+/// Decodes a complete JPEG (one with its end-of-image marker) into `buf` as RGB8, with
+/// libjpeg's first warning (and their number) if it had any. `Ok(None)`: not handled here (no libjpeg in this
+/// build, or a CMYK/YCCK file); the caller decodes it with zune-jpeg.
+pub fn decode(bytes: &[u8], buf: &mut Vec<u8>) -> Result<Option<Decoded>, Skip> {
     #[cfg(focalflow_libjpeg)]
     {
         decode_with_libjpeg(bytes, buf)
@@ -53,7 +53,7 @@ pub fn decode(bytes: &[u8], buf: &mut Vec<u8>) -> Result<Option<(usize, usize)>,
 
 #[cfg(focalflow_libjpeg)]
 mod ffi {
-    use std::ffi::{c_char, c_int, c_uchar, c_uint, c_ulong};
+    use std::ffi::{c_char, c_int, c_long, c_uchar, c_uint, c_ulong};
 
     // Return codes of focalflow_libjpeg_decode (libjpeg_decode.c).
     pub const OK: c_int = 0;
@@ -70,6 +70,7 @@ mod ffi {
             capacity: usize,
             width: *mut c_uint,
             height: *mut c_uint,
+            warnings: *mut c_long,
             err: *mut c_char,
             err_len: usize,
         ) -> c_int;
@@ -83,13 +84,13 @@ fn ffi_version() -> i32 {
 }
 
 #[cfg(focalflow_libjpeg)]
-fn decode_with_libjpeg(bytes: &[u8], buf: &mut Vec<u8>) -> Result<Option<(usize, usize)>, Skip> {
+fn decode_with_libjpeg(bytes: &[u8], buf: &mut Vec<u8>) -> Result<Option<Decoded>, Skip> {
     let len = std::ffi::c_ulong::try_from(bytes.len())
         .map_err(|_| Skip::Unsupported("JPEG file over 4 GiB".into()))?;
     let mut err = [0 as std::ffi::c_char; 200];
     // At most two calls: the first learns the size when `buf` is too small.
     for _ in 0..2 {
-        let (mut width, mut height) = (0, 0);
+        let (mut width, mut height, mut warnings) = (0, 0, 0);
         // SAFETY: `bytes` and `buf` are valid for the lengths passed; the shim writes at
         // most `capacity` bytes to `out` and a NUL-terminated message of at most `err_len`
         // bytes to `err`, and keeps no pointer after returning.
@@ -101,6 +102,7 @@ fn decode_with_libjpeg(bytes: &[u8], buf: &mut Vec<u8>) -> Result<Option<(usize,
                 buf.len(),
                 &mut width,
                 &mut height,
+                &mut warnings,
                 err.as_mut_ptr(),
                 err.len(),
             )
@@ -109,7 +111,18 @@ fn decode_with_libjpeg(bytes: &[u8], buf: &mut Vec<u8>) -> Result<Option<(usize,
             ffi::OK => {
                 // A buffer reused from a larger image is cut to this one.
                 buf.truncate(width as usize * height as usize * 3);
-                return Ok(Some((width as usize, height as usize)));
+                let warning = (warnings > 0).then(|| {
+                    let first = message(&err);
+                    match warnings {
+                        1 => format!("libjpeg: {first}"),
+                        n => format!("libjpeg: {n} warnings, the first: {first}"),
+                    }
+                });
+                return Ok(Some(Decoded {
+                    width: width as usize,
+                    height: height as usize,
+                    warning,
+                }));
             }
             ffi::NOT_HANDLED => return Ok(None),
             ffi::NEED_SPACE => {
@@ -118,15 +131,20 @@ fn decode_with_libjpeg(bytes: &[u8], buf: &mut Vec<u8>) -> Result<Option<(usize,
                 // what resize does for new capacity.
                 buf.resize(width as usize * height as usize * 3, 0);
             }
-            ffi::ERROR => {
-                // SAFETY: the shim always NUL-terminates within `err`.
-                let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
-                return Err(Skip::Corrupt(format!("JPEG: {}", msg.to_string_lossy())));
-            }
+            ffi::ERROR => return Err(Skip::Corrupt(format!("JPEG: {}", message(&err)))),
             other => unreachable!("focalflow_libjpeg_decode returned {other}"),
         }
     }
     Err(Skip::Corrupt(
         "JPEG: libjpeg asked for a larger buffer twice".into(),
     ))
+}
+
+/// The NUL-terminated message the shim wrote into `err`.
+#[cfg(focalflow_libjpeg)]
+fn message(err: &[std::ffi::c_char]) -> String {
+    // SAFETY: the shim NUL-terminates every message within `err` (and `err` starts zeroed).
+    unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }

@@ -4,8 +4,8 @@
  *
  * libjpeg reports fatal errors by calling error_exit, which must not return; here it
  * longjmps back into focalflow_libjpeg_decode, so no jump ever crosses a Rust frame. Warnings
- * ("corrupt JPEG data: N extraneous bytes before marker", common in PetImages) are kept
- * quiet and decoding goes on, as in TensorFlow and PIL. */
+ * ("corrupt JPEG data: N extraneous bytes before marker", common in PetImages) are not
+ * printed; decoding goes on, as in TensorFlow and PIL, and the caller gets the first one. */
 #include <setjmp.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -28,6 +28,7 @@ enum {
 struct error_trap {
   struct jpeg_error_mgr mgr;
   jmp_buf jump;
+  char first_warning[JMSG_LENGTH_MAX];
 };
 
 static void on_error(j_common_ptr info) {
@@ -35,6 +36,15 @@ static void on_error(j_common_ptr info) {
 }
 
 static void quiet(j_common_ptr info) { (void)info; }
+
+/* Counts warnings (level -1) and keeps the first one's text; trace messages (level >= 0)
+ * are dropped. Formatting at once matters: later trace messages overwrite msg_code. */
+static void on_message(j_common_ptr info, int level) {
+  struct error_trap *trap = (struct error_trap *)info->err;
+  if (level >= 0) return;
+  if (trap->mgr.num_warnings == 0) trap->mgr.format_message(info, trap->first_warning);
+  trap->mgr.num_warnings++;
+}
 
 static void set_message(char *err, size_t err_len, const char *message) {
   if (err_len == 0) return;
@@ -46,14 +56,18 @@ static void set_message(char *err, size_t err_len, const char *message) {
  * libjpeg that is not libjpeg-turbo. */
 int focalflow_libjpeg_version(void) { return LIBJPEG_TURBO_VERSION_NUMBER; }
 
+/* On FF_JPEG_OK, *warnings is libjpeg's warning count and, when it is not 0, err holds the
+ * first warning (the image decoded, as TensorFlow and PIL decode it). */
 int focalflow_libjpeg_decode(const unsigned char *data, unsigned long len, unsigned char *out,
-                             size_t capacity, unsigned *width, unsigned *height, char *err,
-                             size_t err_len) {
+                             size_t capacity, unsigned *width, unsigned *height,
+                             long *warnings, char *err, size_t err_len) {
   struct jpeg_decompress_struct info;
   struct error_trap trap;
   info.err = jpeg_std_error(&trap.mgr);
   trap.mgr.error_exit = on_error;
   trap.mgr.output_message = quiet;
+  trap.mgr.emit_message = on_message;
+  trap.first_warning[0] = '\0';
   if (setjmp(trap.jump)) {
     char message[JMSG_LENGTH_MAX];
     trap.mgr.format_message((j_common_ptr)&info, message);
@@ -95,6 +109,8 @@ int focalflow_libjpeg_decode(const unsigned char *data, unsigned long len, unsig
     }
   }
   jpeg_finish_decompress(&info);
+  *warnings = trap.mgr.num_warnings;
+  if (trap.mgr.num_warnings > 0) set_message(err, err_len, trap.first_warning);
   jpeg_destroy_decompress(&info);
   return FF_JPEG_OK;
 }

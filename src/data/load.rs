@@ -34,6 +34,10 @@ pub fn preprocess_recipe() -> String {
     )
 }
 
+/// The category of a file kept although its decoder warned (libjpeg's "corrupt JPEG
+/// data: ..."; TensorFlow and PIL decode these too).
+pub const DECODED_WITH_WARNINGS: &str = "decoded with warnings";
+
 /// How to load.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -101,6 +105,10 @@ impl Loaded {
                 .map(|(k, n)| format!("{n} {k}"))
                 .collect();
             format!("{} skipped ({})", self.meta.skipped.len(), parts.join(", "))
+        };
+        let skipped = match self.meta.warnings.len() {
+            0 => skipped,
+            n => format!("{skipped}, {n} kept with decoder warnings"),
         };
         let cache = match &self.cache {
             CacheUse::Disabled => "no cache".to_string(),
@@ -391,12 +399,14 @@ fn preprocess(
     let skipped_so_far = AtomicUsize::new(skipped.len());
     bar.set_message(format!("{} skipped", skipped.len()));
 
-    let process = |item: &Item, slot: &mut [u8]| -> std::result::Result<u32, Skip> {
+    // The label, and the decoder's warning if the image was kept despite one.
+    type Processed = std::result::Result<(u32, Option<String>), Skip>;
+    let process = |item: &Item, slot: &mut [u8]| -> Processed {
         match item {
             Item::File { path, label } => {
                 let bytes = std::fs::read(path).map_err(|e| Skip::Unreadable(e.to_string()))?;
-                decode_resized(&bytes, shape, slot)?;
-                Ok(*label)
+                let warning = decode_resized(&bytes, shape, slot)?;
+                Ok((*label, warning))
             }
             Item::Record { shard, span } => {
                 let record = &shard_maps[*shard][span.offset..][..span.len];
@@ -411,8 +421,8 @@ fn preprocess(
                         "label {label} is outside the {known_classes} classes of the data set"
                     )));
                 }
-                decode_resized(&image, shape, slot)?;
-                Ok(label as u32)
+                let warning = decode_resized(&image, shape, slot)?;
+                Ok((label as u32, warning))
             }
         }
     };
@@ -429,8 +439,9 @@ fn preprocess(
     let chunk = (rayon::current_num_threads() * 32).clamp(64, 1024);
     let mut buffer = vec![0u8; chunk * len];
     let mut labels: Vec<u32> = Vec::new();
+    let mut warnings: Vec<Skipped> = Vec::new();
     for items in items.chunks(chunk) {
-        let results: Vec<std::result::Result<u32, Skip>> = buffer
+        let results: Vec<Processed> = buffer
             .par_chunks_mut(len)
             .zip(items.par_iter())
             .map(|(slot, item)| {
@@ -445,13 +456,20 @@ fn preprocess(
             .collect();
         for (k, (r, item)) in results.into_iter().zip(items).enumerate() {
             match r {
-                Ok(label) => {
+                Ok((label, warning)) => {
                     let pixels = &buffer[k * len..][..len];
                     match &mut sink {
                         Sink::Cache(w) => w.push(pixels)?,
                         Sink::Memory(v) => v.extend_from_slice(pixels),
                     }
                     labels.push(label);
+                    if let Some(detail) = warning {
+                        warnings.push(Skipped {
+                            item: item_name(item),
+                            category: DECODED_WITH_WARNINGS.into(),
+                            detail,
+                        });
+                    }
                 }
                 Err(skip) => skipped.push(Skipped {
                     item: item_name(item),
@@ -479,6 +497,7 @@ fn preprocess(
         },
         candidates,
         skipped,
+        warnings,
         preprocess_seconds: start.elapsed().as_secs_f64(),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -498,22 +517,24 @@ fn preprocess(
     }
 }
 
-/// Decodes `bytes` and resizes the image into `slot` (`shape`, RGB8).
+/// Decodes `bytes` and resizes the image into `slot` (`shape`, RGB8); returns the
+/// decoder's warning, if it had one.
 pub fn decode_resized(
     bytes: &[u8],
     shape: ImageShape,
     slot: &mut [u8],
-) -> std::result::Result<(), Skip> {
+) -> std::result::Result<Option<String>, Skip> {
     thread_local! {
         /// The decoded full-size image, reused by each worker thread.
         static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     DECODED.with_borrow_mut(|buf| {
-        let (width, height) = decode_rgb8_into(bytes, buf)?;
+        let decoded = decode_rgb8_into(bytes, buf)?;
+        let (width, height) = (decoded.width, decoded.height);
         resize_bilinear(buf, width, height, slot, shape.width, shape.height, 3);
         if buf.capacity() > 64 << 20 {
             *buf = Vec::new(); // do not hold on to a huge photo's buffer
         }
-        Ok(())
+        Ok(decoded.warning)
     })
 }
