@@ -465,3 +465,79 @@ fn resume_through_the_binary_and_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn eval_and_predict_on_the_cuda_emulator_match_the_cpu() {
+    // --device runs the checkpoint's model on another backend (here the CUDA emulator: the
+    // same kernels and host code as on a GPU); the figures must be the CPU's, to float
+    // rounding.
+    let tmp = TempDir::new("devices");
+    let run_dir = tmp.join("run");
+    train(&run_dir, &[]);
+    let data = tmp.join("data");
+    image_folder(&data, 8, 7);
+    let eval_on = |device: &str| {
+        let out = run(&[
+            "eval",
+            "--checkpoint",
+            s(&run_dir),
+            "--data",
+            s(&data),
+            "--no-cache",
+            "--json",
+            "--device",
+            device,
+            "--out",
+            s(&tmp.join(&format!("eval-{device}"))),
+        ]);
+        let said = text(&out.stderr);
+        assert!(said.contains(&format!("device: {device}\n")), "{said}");
+        json(&ok(&format!("eval --device {device}"), out))["metrics"].clone()
+    };
+    let (cpu, emu) = (eval_on("cpu"), eval_on("cuda-emu"));
+    assert_eq!(cpu["images"], 8);
+    assert_eq!(cpu["confusion"], emu["confusion"]);
+    let nll = |m: &Value| m["nll"].as_f64().unwrap();
+    assert!(
+        (nll(&cpu) - nll(&emu)).abs() < 1e-4 * (1.0 + nll(&cpu)),
+        "NLL {} on cpu, {} on cuda-emu",
+        nll(&cpu),
+        nll(&emu)
+    );
+
+    let predict_on = |device: &str| {
+        let out = run(&[
+            "predict",
+            "--checkpoint",
+            s(&run_dir),
+            s(&data),
+            "--json",
+            "--device",
+            device,
+        ]);
+        let said = text(&out.stderr);
+        assert!(said.contains(&format!("device: {device}\n")), "{said}");
+        let out = json(&ok(&format!("predict --device {device}"), out));
+        out["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let probs = p["probabilities"].as_object().unwrap();
+                (
+                    p["file"].as_str().unwrap().to_string(),
+                    probs["vertical"].as_f64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (cpu, emu) = (predict_on("cpu"), predict_on("cuda-emu"));
+    assert_eq!(cpu.len(), 8);
+    for ((file, p), (file_emu, q)) in cpu.iter().zip(&emu) {
+        assert_eq!(file, file_emu);
+        assert!(
+            (p - q).abs() < 1e-5,
+            "{file}: p(vertical) {p} on cpu, {q} on cuda-emu"
+        );
+    }
+}

@@ -45,6 +45,12 @@ pub fn resolve(choice: DeviceChoice) -> Result<DeviceChoice> {
     }
 }
 
+/// The `--device` spelling of a choice (`cpu`, `cuda-emu`, ...).
+pub fn name(device: DeviceChoice) -> String {
+    clap::ValueEnum::to_possible_value(&device)
+        .map_or_else(|| format!("{device:?}"), |v| v.get_name().to_string())
+}
+
 /// Parses a `--device` string (`focalflow loss` takes one) and resolves it.
 pub fn resolve_str(s: &str) -> Result<DeviceChoice> {
     let choice = <DeviceChoice as clap::ValueEnum>::from_str(s, true).map_err(|_| {
@@ -56,13 +62,34 @@ pub fn resolve_str(s: &str) -> Result<DeviceChoice> {
 }
 
 /// The CUDA backend of a resolved `cuda` / `cuda-emu` choice.
-fn cuda_backend(device: DeviceChoice) -> Result<CudaBackend> {
+pub fn cuda_backend(device: DeviceChoice) -> Result<CudaBackend> {
     let exec = match device {
         DeviceChoice::CudaEmu => Executor::emu()?,
         _ => Executor::cuda(0).map_err(|e| Error::Device(format!("--device cuda: {e}")))?,
     };
     Ok(CudaBackend::new(exec))
 }
+
+/// Evaluates `$body` with `$b` bound to (a reference to) the backend of a resolved
+/// `--device`: one body, compiled for each backend type (a closure cannot be generic over
+/// it). `?` inside `$body` returns from the enclosing function.
+macro_rules! on_device {
+    ($device:expr, |$b:ident| $body:expr) => {
+        match $device {
+            $crate::cli::DeviceChoice::Cuda | $crate::cli::DeviceChoice::CudaEmu => {
+                let backend = $crate::cli::device::cuda_backend($device)?;
+                let $b = &backend;
+                $body
+            }
+            _ => {
+                let backend = $crate::backend::CpuBackend::<f32>::new();
+                let $b = &backend;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_device;
 
 /// What the per-phase times are measured with.
 fn clock_name(device: DeviceChoice) -> &'static str {

@@ -1,20 +1,22 @@
 //! `focalflow eval | predict | calibrate | compare`: what a trained model does on other
-//! images, how to make its confidences honest, and how runs compare. They run on the CPU
-//! backend.
+//! images, how to make its confidences honest, and how runs compare. The model runs on the
+//! backend `--device` picks (as for train).
 
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
-use crate::backend::CpuBackend;
+use super::DeviceChoice;
+use super::device::{self, on_device};
+use crate::backend::Backend;
 use crate::calibrate::fit_temperature;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::cache;
 use crate::data::load::{LoadOptions, decode_resized, load};
 use crate::data::{ImageSet, Pixels};
 use crate::metrics::{Metrics, softmax_rows};
-use crate::model::{ImageShape, Model};
+use crate::model::ImageShape;
 use crate::train::{self, EpochMetrics};
 use crate::{Error, Result};
 
@@ -25,6 +27,14 @@ pub struct CheckpointFlag {
     /// or a run folder (its best checkpoint, else its last).
     #[arg(long, value_name = "FILE|RUN")]
     pub checkpoint: PathBuf,
+}
+
+/// Where the model runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceFlag {
+    /// auto: cuda when a GPU and compiled kernels are present, else cpu (said on stderr).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
 /// A labelled folder of images, loaded as `train --data` loads it.
@@ -51,6 +61,8 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub checkpoint: CheckpointFlag,
     #[command(flatten)]
+    pub device: DeviceFlag,
+    #[command(flatten)]
     pub data: LabelledData,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -73,6 +85,8 @@ pub struct EvalArgs {
 pub struct PredictArgs {
     #[command(flatten)]
     pub checkpoint: CheckpointFlag,
+    #[command(flatten)]
+    pub device: DeviceFlag,
     /// Image files or folders (searched recursively; hidden files are left out).
     #[arg(value_name = "IMAGES", required = true)]
     pub images: Vec<PathBuf>,
@@ -93,6 +107,8 @@ pub struct PredictArgs {
 pub struct CalibrateArgs {
     #[command(flatten)]
     pub checkpoint: CheckpointFlag,
+    #[command(flatten)]
+    pub device: DeviceFlag,
     /// Held-out images (not the training images) to fit the temperature on.
     #[command(flatten)]
     pub data: LabelledData,
@@ -205,15 +221,23 @@ fn load_labelled(
     })
 }
 
-/// Logits of every image of `set`.
-fn logits_of_set(ck: &Checkpoint, set: &ImageSet<Pixels>, batch_size: usize) -> Result<Vec<f32>> {
+/// Logits of every image of `set`, computed on `device`.
+fn logits_of_set(
+    ck: &Checkpoint,
+    set: &ImageSet<Pixels>,
+    batch_size: usize,
+    device: DeviceChoice,
+) -> Result<Vec<f32>> {
     if batch_size == 0 {
         return Err(Error::invalid("--batch-size must be at least 1"));
     }
-    let backend = CpuBackend::<f32>::new();
-    let mut model = ck.model(&backend)?;
-    let all: Vec<usize> = (0..set.len()).collect();
-    Ok(train::logits_of(&backend, &mut model, None, set, &all, batch_size)?.1)
+    let device = device::resolve(device)?;
+    eprintln!("device: {}", device::name(device));
+    on_device!(device, |backend| {
+        let mut model = ck.model(backend)?;
+        let all: Vec<usize> = (0..set.len()).collect();
+        Ok(train::logits_of(backend, &mut model, None, set, &all, batch_size)?.1)
+    })
 }
 
 fn labels_of(set: &ImageSet<Pixels>) -> Vec<usize> {
@@ -230,7 +254,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     };
     eprintln!("{}", describe(&path, &ck, temperature));
     let set = load_labelled(&args.data, &ck, !args.quiet && !args.json)?;
-    let logits = logits_of_set(&ck, &set, args.batch_size)?;
+    let logits = logits_of_set(&ck, &set, args.batch_size, args.device.device)?;
     let labels = labels_of(&set);
     let m = Metrics::from_logits(&logits, &labels, &ck.class_names, temperature)?;
     let raw = (temperature != 1.0)
@@ -384,27 +408,25 @@ struct Prediction {
     probabilities: serde_json::Map<String, Value>,
 }
 
-/// `focalflow predict`.
-pub fn run_predict(args: &PredictArgs) -> Result<()> {
-    let (path, ck) = open_checkpoint(&args.checkpoint)?;
-    if args.batch_size == 0 {
-        return Err(Error::invalid("--batch-size must be at least 1"));
-    }
-    let temperature = if args.no_temperature {
-        1.0
-    } else {
-        ck.temperature_or_one()
-    };
-    eprintln!("{}", describe(&path, &ck, temperature));
+/// Files that could not be used, with why.
+type Skips = Vec<(String, String)>;
+
+/// Predictions for `files` (decoded and resized in parallel, `batch_size` at a time) on
+/// `backend`, and the files that could not be read.
+fn predict_files<B: Backend<E = f32>>(
+    backend: &B,
+    ck: &Checkpoint,
+    files: &[(PathBuf, Option<String>)],
+    batch_size: usize,
+    temperature: f64,
+) -> Result<(Vec<Prediction>, Skips)> {
     let shape: ImageShape = ck.input;
-    let backend = CpuBackend::<f32>::new();
-    let mut model: Model<CpuBackend<f32>> = ck.model(&backend)?;
+    let mut model = ck.model(backend)?;
     let classes = ck.class_names.len();
-    let files = image_files(&args.images);
     let mut predictions = Vec::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut x_buf = crate::backend::Backend::zeros(&backend, args.batch_size * shape.len())?;
-    for chunk in files.chunks(args.batch_size.max(1)) {
+    let mut x_buf = backend.zeros(batch_size * shape.len())?;
+    for chunk in files.chunks(batch_size.max(1)) {
         let decoded: Vec<std::result::Result<Vec<u8>, String>> = chunk
             .par_iter()
             .map(|(file, problem)| {
@@ -435,9 +457,9 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
             continue;
         }
         let n = names.len();
-        crate::backend::Backend::write(&backend, &mut x_buf, &x)?;
-        model.forward(&backend, &x_buf, n)?;
-        let probs = softmax_rows(&model.logits(&backend, n)?, classes, temperature);
+        backend.write(&mut x_buf, &x)?;
+        model.forward(backend, &x_buf, n)?;
+        let probs = softmax_rows(&model.logits(backend, n)?, classes, temperature);
         for (file, row) in names.into_iter().zip(probs.chunks_exact(classes)) {
             let best = crate::metrics::argmax(row);
             predictions.push(Prediction {
@@ -453,6 +475,28 @@ pub fn run_predict(args: &PredictArgs) -> Result<()> {
             });
         }
     }
+    Ok((predictions, skipped))
+}
+
+/// `focalflow predict`.
+pub fn run_predict(args: &PredictArgs) -> Result<()> {
+    let (path, ck) = open_checkpoint(&args.checkpoint)?;
+    if args.batch_size == 0 {
+        return Err(Error::invalid("--batch-size must be at least 1"));
+    }
+    let temperature = if args.no_temperature {
+        1.0
+    } else {
+        ck.temperature_or_one()
+    };
+    eprintln!("{}", describe(&path, &ck, temperature));
+    let classes = ck.class_names.len();
+    let files = image_files(&args.images);
+    let device = device::resolve(args.device.device)?;
+    eprintln!("device: {}", device::name(device));
+    let (predictions, skipped) = on_device!(device, |backend| {
+        predict_files(backend, &ck, &files, args.batch_size, temperature)
+    })?;
     if args.json {
         let report = json!({
             "checkpoint": path,
@@ -552,7 +596,7 @@ pub fn run_calibrate(args: &CalibrateArgs) -> Result<()> {
     let (path, mut ck) = open_checkpoint(&args.checkpoint)?;
     eprintln!("{}", describe(&path, &ck, ck.temperature_or_one()));
     let set = load_labelled(&args.data, &ck, !args.quiet && !args.json)?;
-    let logits = logits_of_set(&ck, &set, args.batch_size)?;
+    let logits = logits_of_set(&ck, &set, args.batch_size, args.device.device)?;
     let labels = labels_of(&set);
     let fit = fit_temperature(&logits, &labels, ck.class_names.len())?;
     let before = Metrics::from_logits(&logits, &labels, &ck.class_names, 1.0)?;

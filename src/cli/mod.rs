@@ -217,9 +217,11 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
             eprintln!("files kept despite decoder warnings: {}", list.display());
         }
     }
-    let device_name = clap::ValueEnum::to_possible_value(&device)
-        .map_or_else(|| format!("{device:?}"), |v| v.get_name().to_string());
-    eprintln!("device: {device_name}; run folder: {}", out.display());
+    eprintln!(
+        "device: {}; run folder: {}",
+        device::name(device),
+        out.display()
+    );
     let history = device::train(device, args.profile, &data, &opts, &out, |line| {
         println!("{line}")
     })?;
