@@ -37,8 +37,8 @@ pub fn jpeg_decoder() -> String {
 pub const AVAILABLE: bool = cfg!(focalflow_libjpeg);
 
 /// Decodes a complete JPEG (one with its end-of-image marker) into `buf` as RGB8, with
-/// libjpeg's first warning (and their number) if it had any. `Ok(None)`: not handled here (no libjpeg in this
-/// build, or a CMYK/YCCK file); the caller decodes it with zune-jpeg.
+/// libjpeg's first warning (and their number) if it had any. `Ok(None)`: not handled here
+/// (no libjpeg in this build, or a CMYK/YCCK file); the caller decodes it with zune-jpeg.
 pub fn decode(bytes: &[u8], buf: &mut Vec<u8>) -> Result<Option<Decoded>, Skip> {
     #[cfg(focalflow_libjpeg)]
     {
