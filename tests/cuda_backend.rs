@@ -851,6 +851,7 @@ fn cli_train_on_the_emulator_matches_the_cpu() {
     let cpu = train_losses("cpu", &dir);
     let emu = train_losses("cuda-emu", &dir);
     assert_eq!(cpu.len(), 2);
+    assert_eq!(emu.len(), cpu.len(), "epochs on cuda-emu");
     for (e, c) in emu.iter().zip(&cpu) {
         assert!(
             (e.0 - c.0).abs() <= 1e-4 * c.0.abs(),
@@ -867,6 +868,7 @@ fn cli_train_on_the_emulator_matches_the_cpu() {
     }
     if gpu(Variant::Tiled, "cli_train_on_the_emulator_matches_the_cpu").is_some() {
         let gpu = train_losses("cuda", &dir);
+        assert_eq!(gpu.len(), cpu.len(), "epochs on cuda");
         for (g, c) in gpu.iter().zip(&cpu) {
             assert!(
                 (g.0 - c.0).abs() <= 1e-4 * c.0.abs(),
