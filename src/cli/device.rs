@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use super::DeviceChoice;
+use crate::backend::Backend;
 use crate::backend::cuda::CudaBackend;
-use crate::backend::{Backend, CpuBackend};
 use crate::bench::{self, BenchOptions, BenchReport, Stage};
 use crate::data::{ImageSet, PixelStore};
 use crate::gpu::{Executor, cuda_unavailable_reason};
@@ -108,26 +108,9 @@ pub fn train<P: PixelStore>(
     out: &Path,
     log: impl FnMut(&str),
 ) -> Result<Vec<EpochMetrics>> {
-    match device {
-        DeviceChoice::Cuda | DeviceChoice::CudaEmu => train_with(
-            &cuda_backend(device)?,
-            profile,
-            clock_name(device),
-            data,
-            opts,
-            out,
-            log,
-        ),
-        _ => train_with(
-            &CpuBackend::<f32>::new(),
-            profile,
-            clock_name(device),
-            data,
-            opts,
-            out,
-            log,
-        ),
-    }
+    on_device!(device, |backend| {
+        train_with(backend, profile, clock_name(device), data, opts, out, log)
+    })
 }
 
 fn train_with<B: Backend<E = f32> + Timeline, P: PixelStore>(
@@ -160,22 +143,9 @@ pub fn bench(
     json: bool,
     opts: &BenchOptions,
 ) -> Result<BenchReport> {
-    match device {
-        DeviceChoice::Cuda | DeviceChoice::CudaEmu => bench_with(
-            &cuda_backend(device)?,
-            profile,
-            json,
-            clock_name(device),
-            opts,
-        ),
-        _ => bench_with(
-            &CpuBackend::<f32>::new(),
-            profile,
-            json,
-            clock_name(device),
-            opts,
-        ),
-    }
+    on_device!(device, |backend| {
+        bench_with(backend, profile, json, clock_name(device), opts)
+    })
 }
 
 fn bench_with<B: Backend<E = f32> + Timeline>(
@@ -222,26 +192,9 @@ pub fn loss(
     [batch, classes]: [usize; 2],
     want_grad: bool,
 ) -> Result<(f32, Option<Vec<f32>>)> {
-    match device {
-        DeviceChoice::Cuda | DeviceChoice::CudaEmu => loss_with(
-            &cuda_backend(device)?,
-            cfg,
-            y_true,
-            y_pred,
-            batch,
-            classes,
-            want_grad,
-        ),
-        _ => loss_with(
-            &CpuBackend::<f32>::new(),
-            cfg,
-            y_true,
-            y_pred,
-            batch,
-            classes,
-            want_grad,
-        ),
-    }
+    on_device!(device, |backend| {
+        loss_with(backend, cfg, y_true, y_pred, batch, classes, want_grad)
+    })
 }
 
 fn loss_with<B: Backend<E = f32>>(
