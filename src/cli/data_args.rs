@@ -20,6 +20,21 @@ pub struct DataFlags {
     /// (~/tensorflow_datasets/cats_vs_dogs[/4.0.1]). Without it, the built-in generated set.
     #[arg(long = "data", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub preprocessing: PreprocessFlags,
+    /// Augmentation of training batches: none, or flip (random horizontal flips, seeded).
+    #[arg(long, value_enum, default_value = "none")]
+    pub augment: Augment,
+    /// Keep only fraction F of class CLASS (name or index), chosen with --seed before the
+    /// train/validation split, to study imbalance on a balanced set; repeatable.
+    #[arg(long, value_name = "CLASS=F")]
+    pub class_fraction: Vec<String>,
+}
+
+/// How a folder is preprocessed: the cache and the decoding threads (shared by `train`,
+/// `eval` and `calibrate`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PreprocessFlags {
     /// Folder for the preprocessed-set cache (default: $XDG_CACHE_HOME/focalflow or
     /// ~/.cache/focalflow).
     #[arg(long, value_name = "DIR")]
@@ -30,13 +45,25 @@ pub struct DataFlags {
     /// Threads decoding images (default: all cores).
     #[arg(long, value_name = "N")]
     pub preprocess_threads: Option<usize>,
-    /// Augmentation of training batches: none, or flip (random horizontal flips, seeded).
-    #[arg(long, value_enum, default_value = "none")]
-    pub augment: Augment,
-    /// Keep only fraction F of class CLASS (name or index), chosen with --seed before the
-    /// train/validation split, to study imbalance on a balanced set; repeatable.
-    #[arg(long, value_name = "CLASS=F")]
-    pub class_fraction: Vec<String>,
+}
+
+impl PreprocessFlags {
+    /// The loader's options for images of `image_size` pixels a side.
+    pub fn load_options(&self, image_size: usize, progress: bool) -> Result<LoadOptions> {
+        if self.preprocess_threads == Some(0) {
+            return Err(Error::invalid("--preprocess-threads must be at least 1"));
+        }
+        Ok(LoadOptions {
+            image_size,
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                Some(self.cache_dir.clone().unwrap_or_else(cache::default_dir))
+            },
+            progress,
+            threads: self.preprocess_threads,
+        })
+    }
 }
 
 impl DataFlags {
@@ -56,19 +83,7 @@ impl DataFlags {
             return Ok(None);
         };
         self.class_fractions()?;
-        if self.preprocess_threads == Some(0) {
-            return Err(Error::invalid("--preprocess-threads must be at least 1"));
-        }
-        let opts = LoadOptions {
-            image_size,
-            cache_dir: if self.no_cache {
-                None
-            } else {
-                Some(self.cache_dir.clone().unwrap_or_else(cache::default_dir))
-            },
-            progress,
-            threads: self.preprocess_threads,
-        };
+        let opts = self.preprocessing.load_options(image_size, progress)?;
         let loaded = load(dir, &opts)?;
         eprintln!("{}", loaded.summary());
         Ok(Some((loaded.set, loaded.meta)))

@@ -8,12 +8,12 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use super::DeviceChoice;
+use super::data_args::PreprocessFlags;
 use super::device::{self, on_device};
 use crate::backend::Backend;
 use crate::calibrate::fit_temperature;
 use crate::checkpoint::{self, Checkpoint};
-use crate::data::cache;
-use crate::data::load::{LoadOptions, decode_resized, load};
+use crate::data::load::{decode_resized, load};
 use crate::data::{ImageSet, Pixels};
 use crate::metrics::{Metrics, softmax_rows};
 use crate::model::ImageShape;
@@ -44,16 +44,8 @@ pub struct LabelledData {
     /// (a class may be missing; an unknown one is an error).
     #[arg(long = "data", value_name = "DIR")]
     pub dir: PathBuf,
-    /// Folder for the preprocessed-set cache (default: $XDG_CACHE_HOME/focalflow or
-    /// ~/.cache/focalflow).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Decode the images again instead of reading or writing the cache.
-    #[arg(long)]
-    pub no_cache: bool,
-    /// Threads decoding images (default: all cores).
-    #[arg(long, value_name = "N")]
-    pub preprocess_threads: Option<usize>,
+    #[command(flatten)]
+    pub preprocessing: PreprocessFlags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -179,19 +171,9 @@ fn load_labelled(
     ck: &Checkpoint,
     progress: bool,
 ) -> Result<ImageSet<Pixels>> {
-    if flags.preprocess_threads == Some(0) {
-        return Err(Error::invalid("--preprocess-threads must be at least 1"));
-    }
-    let opts = LoadOptions {
-        image_size: ck.input.height,
-        cache_dir: if flags.no_cache {
-            None
-        } else {
-            Some(flags.cache_dir.clone().unwrap_or_else(cache::default_dir))
-        },
-        progress,
-        threads: flags.preprocess_threads,
-    };
+    let opts = flags
+        .preprocessing
+        .load_options(ck.input.height, progress)?;
     let loaded = load(&flags.dir, &opts)?;
     eprintln!("{}", loaded.summary());
     let set = loaded.set;
