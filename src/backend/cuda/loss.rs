@@ -36,6 +36,7 @@
 //! block, one float4 per thread per iteration, grid `ceil(len / 1024)` capped at
 //! [`ADAM_MAX_BLOCKS`] (grid-stride).
 
+use super::check_len;
 use crate::backend::AdamStep;
 use crate::gpu::{DeviceBuffer, Executor, LaunchConfig};
 use crate::loss::{Alpha, LengthRule, LossConfig, check_loss_shapes, loss_forward_backward};
@@ -433,17 +434,6 @@ fn input_error(
             cfg.describe()
         )),
     }
-}
-
-/// `Error::Shape` when `buf` is shorter than `needed` (the CPU backend's message).
-fn check_len(what: &str, buf: &DeviceBuffer<f32>, needed: usize) -> Result<()> {
-    if buf.len() < needed {
-        return Err(Error::Shape(format!(
-            "{what} holds {} elements, the operation needs {needed}",
-            buf.len()
-        )));
-    }
-    Ok(())
 }
 
 fn rows_cols(rows: usize, cols: usize) -> Result<(i32, i32, usize)> {
