@@ -445,6 +445,19 @@ fn maxpool_ties_go_to_the_first_maximum() {
 }
 
 #[test]
+fn maxpool_with_a_window_of_size_0_is_an_error_not_a_panic() {
+    let b = Cpu::new();
+    let s = pool_shape(1, 4, 4, 1, 0);
+    let x = vec![0.0; 16];
+    let err = b.maxpool2d_forward(&s, &x, &mut vec![]).unwrap_err();
+    assert!(err.to_string().contains("window of size 0"), "{err}");
+    let err = b
+        .maxpool2d_backward(&s, &x, &vec![], &mut vec![0.0; 16])
+        .unwrap_err();
+    assert!(err.to_string().contains("window of size 0"), "{err}");
+}
+
+#[test]
 fn maxpool_relu_backward_is_the_pool_step_then_the_relu_step() {
     // The fused pass training uses after a ReLU conv must give exactly the two separate
     // steps: values from a coarse grid so that windows have ties, zero and negative

@@ -168,11 +168,22 @@ impl ConvShape {
 }
 
 impl PoolShape {
+    /// A window of size 0 has no output size (`out_h` would divide by zero).
+    fn check_window(&self) -> Result<()> {
+        if self.size == 0 {
+            return Err(crate::Error::Shape(
+                "max-pooling with a window of size 0".into(),
+            ));
+        }
+        Ok(())
+    }
     pub fn check_forward(&self, x: usize, y: usize) -> Result<()> {
+        self.check_window()?;
         check_len("pool input", x, self.input_len())?;
         check_len("pool output", y, self.output_len())
     }
     pub fn check_backward(&self, x: usize, dy: usize, dx: usize) -> Result<()> {
+        self.check_window()?;
         check_len("pool input", x, self.input_len())?;
         check_len("pool output gradient", dy, self.output_len())?;
         check_len("pool input gradient", dx, self.input_len())

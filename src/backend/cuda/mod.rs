@@ -30,7 +30,7 @@ pub use gemm::{GemmArgs, KernelChoice, TILES, Variant};
 use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
 use crate::gpu::{DeviceBuffer, Executor, LaunchConfig};
 use crate::loss::LossConfig;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Threads per block of the elementwise and pooling kernels.
 const ELEMENTWISE_THREADS: u32 = 256;
@@ -110,8 +110,9 @@ impl CudaBackend {
     /// first if it needs more.
     ///
     /// # Safety
-    /// The pointers in `g.args` must be valid for the extents its sizes describe.
-    unsafe fn gemm(&self, g: Gemm) -> Result<()> {
+    /// The pointers in `args` must be valid for the extents its sizes describe.
+    unsafe fn gemm(&self, op: Op, args: GemmArgs, vector: bool) -> Result<()> {
+        let g = Gemm { op, args, vector };
         let planner = self.planner();
         let need = planner.workspace_len(&g);
         let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,13 +235,7 @@ impl Backend for CudaBackend {
         };
         let vector = s.in_c.is_multiple_of(4) && s.out_c.is_multiple_of(4);
         // SAFETY: the lengths were checked against the shape the arguments describe.
-        unsafe {
-            self.gemm(Gemm {
-                op: Op::ConvForward,
-                args,
-                vector,
-            })
-        }
+        unsafe { self.gemm(Op::ConvForward, args, vector) }
     }
 
     fn conv2d_backward_data(
@@ -265,13 +260,7 @@ impl Backend for CudaBackend {
         };
         let vector = s.out_c.is_multiple_of(4);
         // SAFETY: the lengths were checked against the shape the arguments describe.
-        unsafe {
-            self.gemm(Gemm {
-                op: Op::ConvBackwardData,
-                args,
-                vector,
-            })
-        }
+        unsafe { self.gemm(Op::ConvBackwardData, args, vector) }
     }
 
     fn conv2d_backward_filter(
@@ -306,13 +295,7 @@ impl Backend for CudaBackend {
         };
         let vector = s.in_c.is_multiple_of(4) && s.out_c.is_multiple_of(4);
         // SAFETY: the lengths were checked against the shape the arguments describe.
-        unsafe {
-            self.gemm(Gemm {
-                op: Op::ConvBackwardFilter,
-                args,
-                vector,
-            })
-        }
+        unsafe { self.gemm(Op::ConvBackwardFilter, args, vector) }
     }
 
     fn maxpool2d_forward(
@@ -322,9 +305,6 @@ impl Backend for CudaBackend {
         y: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         s.check_forward(x.len(), y.len())?;
-        if s.size == 0 {
-            return Err(Error::Shape("max-pooling with a window of size 0".into()));
-        }
         int("pool input", s.input_len())?;
         let vector = s.channels.is_multiple_of(4);
         let n = s.output_len() / if vector { 4 } else { 1 };
@@ -359,9 +339,6 @@ impl Backend for CudaBackend {
         dx: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         s.check_backward(x.len(), dy.len(), dx.len())?;
-        if s.size == 0 {
-            return Err(Error::Shape("max-pooling with a window of size 0".into()));
-        }
         int("pool input", s.input_len())?;
         if s.output_len() == 0 {
             // No window at all: every input gets zero.
@@ -419,13 +396,7 @@ impl Backend for CudaBackend {
         };
         let vector = s.inputs.is_multiple_of(4) && s.outputs.is_multiple_of(4);
         // SAFETY: the lengths were checked against the shape the arguments describe.
-        unsafe {
-            self.gemm(Gemm {
-                op: Op::DenseForward,
-                args,
-                vector,
-            })
-        }
+        unsafe { self.gemm(Op::DenseForward, args, vector) }
     }
 
     fn dense_backward(
@@ -459,13 +430,7 @@ impl Backend for CudaBackend {
         };
         let vector = s.inputs.is_multiple_of(4) && s.outputs.is_multiple_of(4);
         // SAFETY: the lengths were checked against the shape the arguments describe.
-        unsafe {
-            self.gemm(Gemm {
-                op: Op::DenseBackwardWeights,
-                args,
-                vector,
-            })?
-        };
+        unsafe { self.gemm(Op::DenseBackwardWeights, args, vector)? };
         if let Some(dx) = dx {
             // dx[batch, in] = dy[batch, out] * w^T[out, in]
             let args = GemmArgs {
@@ -484,13 +449,7 @@ impl Backend for CudaBackend {
             };
             let vector = s.outputs.is_multiple_of(4);
             // SAFETY: the lengths were checked against the shape the arguments describe.
-            unsafe {
-                self.gemm(Gemm {
-                    op: Op::DenseBackwardInput,
-                    args,
-                    vector,
-                })?
-            };
+            unsafe { self.gemm(Op::DenseBackwardInput, args, vector)? };
         }
         Ok(())
     }
