@@ -22,6 +22,8 @@
 //! no arithmetic: they must match exactly. Whole training steps chain many such ops (and
 //! the losses' transcendental functions) — see `training_step` for their tolerance.
 
+mod common;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,24 +67,12 @@ fn gpu(variant: Variant, test: &str) -> Option<&'static CudaBackend> {
         Variant::Tiled => &GPU_TILED,
         Variant::Naive => &GPU_NAIVE,
     };
-    match cell.get_or_init(|| {
+    let init = || {
         Executor::cuda(0)
             .map(|e| CudaBackend::with_variant(e, variant))
             .map_err(|e| e.to_string())
-    }) {
-        Ok(b) => Some(b),
-        Err(reason) => {
-            if std::env::var("FOCALFLOW_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("FOCALFLOW_REQUIRE_GPU=1 but the GPU is unavailable: {reason}");
-            }
-            // Straight to the stderr handle: the test harness captures eprintln!.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED (no GPU): cuda_backend::{test}: {reason}"
-            );
-            None
-        }
-    }
+    };
+    common::gpu_or_skip(cell, init, &format!("cuda_backend::{test}"))
 }
 
 fn random(rng: &mut Rng, n: usize) -> Vec<f32> {

@@ -28,7 +28,8 @@
 //! there the tiny gradients of confident samples (e.g. -exp(-50)) must agree relatively. The
 //! loss is a sum of non-negative terms: RTOL alone.
 
-use std::io::Write as _;
+mod common;
+
 use std::sync::OnceLock;
 
 use focalflow::Error;
@@ -52,19 +53,8 @@ static GPU: OnceLock<Result<Executor, String>> = OnceLock::new();
 
 /// The shared GPU executor, or `None` after printing the skip line.
 fn gpu(test: &str) -> Option<&'static Executor> {
-    match GPU.get_or_init(|| Executor::cuda(0).map_err(|e| e.to_string())) {
-        Ok(exec) => Some(exec),
-        Err(reason) => {
-            if std::env::var("FOCALFLOW_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("FOCALFLOW_REQUIRE_GPU=1 but the GPU executor is unavailable: {reason}");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED (no GPU): cuda_loss::{test}: {reason}"
-            );
-            None
-        }
-    }
+    let init = || Executor::cuda(0).map_err(|e| e.to_string());
+    common::gpu_or_skip(&GPU, init, &format!("cuda_loss::{test}"))
 }
 
 /// Each body on the emulator under three schedules and on the GPU.

@@ -4,6 +4,7 @@
 //! the GPU check script). Without a driver, `Executor::cuda` must return a clean one-line
 //! error, never panic.
 
+mod common;
 #[path = "emulator/fixtures.rs"]
 mod fixtures;
 
@@ -23,16 +24,8 @@ static GPU: OnceLock<Result<Executor, String>> = OnceLock::new();
 
 /// The shared GPU executor, or `None` after printing the skip line.
 fn gpu(test: &str) -> Option<&'static Executor> {
-    match GPU.get_or_init(|| Executor::cuda(0).map_err(|e| e.to_string())) {
-        Ok(exec) => Some(exec),
-        Err(reason) => {
-            if std::env::var("FOCALFLOW_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("FOCALFLOW_REQUIRE_GPU=1 but the GPU executor is unavailable: {reason}");
-            }
-            note(&format!("SKIPPED (no GPU): gpu_executor::{test}: {reason}"));
-            None
-        }
-    }
+    let init = || Executor::cuda(0).map_err(|e| e.to_string());
+    common::gpu_or_skip(&GPU, init, &format!("gpu_executor::{test}"))
 }
 
 macro_rules! gpu_fixture_tests {

@@ -1,9 +1,12 @@
-//! Helpers shared by the end-to-end tests that run the `focalflow` binary.
+//! Helpers shared by the test crates: the end-to-end tests that run the `focalflow`
+//! binary, and the GPU tests' skip rule.
 // Each test crate uses a different subset of these.
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_focalflow");
@@ -49,4 +52,25 @@ pub fn run(args: &[&str]) -> Output {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The GPU resource in `cell`, made once by `init`. Where `init` fails (no GPU, no driver)
+/// the test is skipped visibly: `None` after a `SKIPPED (no GPU): {test}: {reason}` line
+/// written straight to the stderr handle (the harness captures `eprintln!`); with
+/// `FOCALFLOW_REQUIRE_GPU=1` (the GPU check script) it panics instead.
+pub fn gpu_or_skip<T>(
+    cell: &'static OnceLock<Result<T, String>>,
+    init: impl FnOnce() -> Result<T, String>,
+    test: &str,
+) -> Option<&'static T> {
+    match cell.get_or_init(init) {
+        Ok(resource) => Some(resource),
+        Err(reason) => {
+            if std::env::var("FOCALFLOW_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("FOCALFLOW_REQUIRE_GPU=1 but the GPU is unavailable: {reason}");
+            }
+            let _ = writeln!(std::io::stderr(), "SKIPPED (no GPU): {test}: {reason}");
+            None
+        }
+    }
 }
