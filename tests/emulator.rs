@@ -3,6 +3,7 @@
 //! barrier, a divergent barrier, a warp deadlock, a trap).
 
 #[path = "emulator/fixtures.rs"]
+#[macro_use]
 mod fixtures;
 
 use focalflow::Error;
@@ -33,20 +34,7 @@ macro_rules! fixture_tests {
     };
 }
 
-fixture_tests!(
-    block_sum,
-    warp_ops,
-    sgemm_tiled,
-    dyn_shared,
-    atomics,
-    math,
-    float4,
-    index3d,
-    shift_with_barrier,
-    argument_checks,
-    launch_limits,
-    events,
-);
+with_working_fixtures!(fixture_tests);
 
 /// The missing barrier is invisible under the forward schedule and caught by the others:
 /// this is the proof that the schedule tests can fail.

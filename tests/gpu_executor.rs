@@ -6,6 +6,7 @@
 
 mod common;
 #[path = "emulator/fixtures.rs"]
+#[macro_use]
 mod fixtures;
 
 use std::io::Write as _;
@@ -41,21 +42,7 @@ macro_rules! gpu_fixture_tests {
     };
 }
 
-// Not the broken-on-purpose fixtures: a divergent barrier or a deadlock may hang a GPU.
-gpu_fixture_tests!(
-    block_sum,
-    warp_ops,
-    sgemm_tiled,
-    dyn_shared,
-    atomics,
-    math,
-    float4,
-    index3d,
-    shift_with_barrier,
-    argument_checks,
-    launch_limits,
-    events,
-);
+with_working_fixtures!(gpu_fixture_tests);
 
 #[test]
 fn cuda_executor_returns_a_clean_error_or_works() {

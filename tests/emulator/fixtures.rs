@@ -6,6 +6,28 @@
 
 use focalflow::gpu::{DeviceBuffer, DeviceElem, Executor, LaunchConfig};
 
+/// Calls `$m!` with every fixture that works as written (not the broken-on-purpose ones: a
+/// divergent barrier or a deadlock may hang a GPU): one list for the emulator's tests and
+/// the GPU's, so that a new fixture runs on both.
+macro_rules! with_working_fixtures {
+    ($m:ident) => {
+        $m!(
+            block_sum,
+            warp_ops,
+            sgemm_tiled,
+            dyn_shared,
+            atomics,
+            math,
+            float4,
+            index3d,
+            shift_with_barrier,
+            argument_checks,
+            launch_limits,
+            events,
+        );
+    };
+}
+
 /// The fixture source, to find the lines the emulator must name in its errors.
 pub const FIXTURE_SOURCE: &str = include_str!("../../kernels/fixtures/emu_fixtures.cu");
 
