@@ -3,11 +3,12 @@
 //! `--class-fraction`, `--alpha auto`, `--augment flip`, and bad flags.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use image::{ImageEncoder, codecs};
 
-const BIN: &str = env!("CARGO_BIN_EXE_focalflow");
+mod common;
+use common::{run, text};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -59,14 +60,6 @@ fn pets(root: &Path, per_class: usize) {
     }
     write(&root.join("Cat/666.jpg"), b"");
     write(&root.join("Dog/11702.jpg"), b"GIF? no: plain text\n");
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn train(data: &Path, cache: &Path, out: &Path, extra: &[&str]) -> Output {

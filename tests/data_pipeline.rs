@@ -364,6 +364,7 @@ fn resize_matches_an_independent_reference_on_odd_sizes() {
         let mut out = vec![0u8; dw * dh * 3];
         resize_bilinear(&src, 57, 31, &mut out, dw, dh, 3);
         let reference = reference_resize(&src, 57, 31, dw, dh);
+        assert_eq!(reference.len(), out.len(), "{dw}x{dh}: reference size");
         for (i, (&o, &r)) in out.iter().zip(&reference).enumerate() {
             assert!(
                 (f64::from(o) - r).abs() <= 0.5 + 1e-3,
