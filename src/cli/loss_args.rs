@@ -101,6 +101,18 @@ impl LossFlags {
             ))
         };
         let alpha = self.alpha.as_deref().map(parse_alpha).transpose()?;
+        // A flag of another loss is an error, not silently ignored.
+        let takes: &[&str] = match cfg {
+            LossConfig::Focal { .. } => &["--alpha", "--gamma", "--l1", "--l2"],
+            LossConfig::CalibratedMse { .. } => &["--facture"],
+            LossConfig::KerasFocal { .. } => &["--alpha", "--gamma", "--label-smoothing"],
+            LossConfig::CrossEntropy { .. } => &["--label-smoothing"],
+        };
+        for (flag, given, owners) in self.loss_specific_flags() {
+            if given && !takes.contains(&flag) {
+                return Err(not_for(flag, owners));
+            }
+        }
         match &mut cfg {
             LossConfig::Focal {
                 alpha: a,
@@ -109,12 +121,6 @@ impl LossFlags {
                 l2,
                 from_logits,
             } => {
-                if self.facture.is_some() {
-                    return Err(not_for("--facture", "calibrated-mse"));
-                }
-                if self.label_smoothing.is_some() {
-                    return Err(not_for("--label-smoothing", "keras-focal and ce"));
-                }
                 if let Some(v) = alpha {
                     *a = v;
                 }
@@ -127,16 +133,6 @@ impl LossFlags {
                 facture,
                 from_logits,
             } => {
-                if self.alpha.is_some() {
-                    return Err(not_for("--alpha", "focal and keras-focal"));
-                }
-                if self.gamma.is_some() {
-                    return Err(not_for("--gamma", "focal and keras-focal"));
-                }
-                self.no_l1_l2(&not_for)?;
-                if self.label_smoothing.is_some() {
-                    return Err(not_for("--label-smoothing", "keras-focal and ce"));
-                }
                 *facture = self.facture.unwrap_or(*facture);
                 *from_logits = flag_from_logits;
             }
@@ -146,10 +142,6 @@ impl LossFlags {
                 label_smoothing,
                 from_logits,
             } => {
-                self.no_l1_l2(&not_for)?;
-                if self.facture.is_some() {
-                    return Err(not_for("--facture", "calibrated-mse"));
-                }
                 if let Some(v) = alpha {
                     *a = v;
                 }
@@ -161,16 +153,6 @@ impl LossFlags {
                 label_smoothing,
                 from_logits,
             } => {
-                if self.alpha.is_some() {
-                    return Err(not_for("--alpha", "focal and keras-focal"));
-                }
-                if self.gamma.is_some() {
-                    return Err(not_for("--gamma", "focal and keras-focal"));
-                }
-                self.no_l1_l2(&not_for)?;
-                if self.facture.is_some() {
-                    return Err(not_for("--facture", "calibrated-mse"));
-                }
                 *label_smoothing = self.label_smoothing.unwrap_or(*label_smoothing);
                 *from_logits = flag_from_logits;
             }
@@ -179,14 +161,21 @@ impl LossFlags {
         Ok(cfg)
     }
 
-    fn no_l1_l2(&self, not_for: &dyn Fn(&str, &str) -> Error) -> Result<()> {
-        if self.l1.is_some() {
-            return Err(not_for("--l1", "focal"));
-        }
-        if self.l2.is_some() {
-            return Err(not_for("--l2", "focal"));
-        }
-        Ok(())
+    /// The flags only some losses take: (flag, given, the losses that take it), in the
+    /// order their errors are reported.
+    fn loss_specific_flags(&self) -> [(&'static str, bool, &'static str); 6] {
+        [
+            ("--alpha", self.alpha.is_some(), "focal and keras-focal"),
+            ("--gamma", self.gamma.is_some(), "focal and keras-focal"),
+            ("--l1", self.l1.is_some(), "focal"),
+            ("--l2", self.l2.is_some(), "focal"),
+            ("--facture", self.facture.is_some(), "calibrated-mse"),
+            (
+                "--label-smoothing",
+                self.label_smoothing.is_some(),
+                "keras-focal and ce",
+            ),
+        ]
     }
 }
 
