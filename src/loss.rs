@@ -346,33 +346,25 @@ pub fn loss_forward_backward<T: Element>(
             gamma,
             l1,
             l2,
-            from_logits: false,
-        } => focal_probs(
-            &alphas(alpha),
-            T::of(*gamma),
-            T::of(*l1),
-            T::of(*l2),
-            y_true,
-            pred,
-            dims,
-            grad,
-        ),
-        LossConfig::Focal {
-            alpha,
-            gamma,
-            l1,
-            l2,
-            from_logits: true,
-        } => focal_logits(
-            &alphas(alpha),
-            T::of(*gamma),
-            T::of(*l1),
-            T::of(*l2),
-            y_true,
-            pred,
-            dims,
-            grad,
-        ),
+            from_logits,
+        } => {
+            // The two paths take the same arguments: probabilities, or logits (fused).
+            let focal = if *from_logits {
+                focal_logits::<T>
+            } else {
+                focal_probs::<T>
+            };
+            focal(
+                &alphas(alpha),
+                T::of(*gamma),
+                T::of(*l1),
+                T::of(*l2),
+                y_true,
+                pred,
+                dims,
+                grad,
+            )
+        }
         LossConfig::CalibratedMse {
             facture,
             from_logits,
