@@ -28,9 +28,9 @@ use gemm::{Gemm, Op, Planner, int};
 pub use gemm::{GemmArgs, KernelChoice, TILES, Variant};
 
 use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
-use crate::gpu::{DeviceBuffer, Executor, LaunchConfig};
-use crate::loss::LossConfig;
 use crate::Result;
+use crate::gpu::{DeviceBuffer, Executor, Launch, LaunchConfig};
+use crate::loss::LossConfig;
 
 /// Threads per block of the elementwise and pooling kernels.
 const ELEMENTWISE_THREADS: u32 = 256;
@@ -145,6 +145,26 @@ impl CudaBackend {
 
 fn check_len(what: &str, buf: &DeviceBuffer<f32>, needed: usize) -> Result<()> {
     super::check_len(what, buf.len(), needed)
+}
+
+/// The pooling kernel for `s` (the float4 one when the channels allow it) and its thread
+/// count (one per output element, or per 4 with float4).
+fn pool_kernel(s: &PoolShape, scalar: &'static str, v4: &'static str) -> (&'static str, usize) {
+    if s.channels.is_multiple_of(4) {
+        (v4, s.output_len() / 4)
+    } else {
+        (scalar, s.output_len())
+    }
+}
+
+/// The shape arguments every pooling kernel takes after its buffers.
+fn pool_dims<'l, 'a>(launch: &'l mut Launch<'a>, s: &PoolShape) -> &'l mut Launch<'a> {
+    launch
+        .arg(s.batch as i32)
+        .arg(s.in_h as i32)
+        .arg(s.in_w as i32)
+        .arg(s.channels as i32)
+        .arg(s.size as i32)
 }
 
 fn elementwise_config(n: usize) -> LaunchConfig {
@@ -306,29 +326,14 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         s.check_forward(x.len(), y.len())?;
         int("pool input", s.input_len())?;
-        let vector = s.channels.is_multiple_of(4);
-        let n = s.output_len() / if vector { 4 } else { 1 };
+        let (name, n) = pool_kernel(s, "maxpool_fwd", "maxpool_fwd_v4");
         if n == 0 {
             return Ok(());
         }
-        let name = if vector {
-            "maxpool_fwd_v4"
-        } else {
-            "maxpool_fwd"
-        };
+        let mut launch = self.exec.launch_builder(name, elementwise_config(n));
+        launch.arg(x).arg(y);
         // SAFETY: the kernel reads the input and writes the output the shape describes.
-        unsafe {
-            self.exec
-                .launch_builder(name, elementwise_config(n))
-                .arg(x)
-                .arg(y)
-                .arg(s.batch as i32)
-                .arg(s.in_h as i32)
-                .arg(s.in_w as i32)
-                .arg(s.channels as i32)
-                .arg(s.size as i32)
-                .launch()
-        }
+        unsafe { pool_dims(&mut launch, s).launch() }
     }
 
     fn maxpool2d_backward(
@@ -344,27 +349,11 @@ impl Backend for CudaBackend {
             // No window at all: every input gets zero.
             return self.fill(dx, s.input_len(), 0.0);
         }
-        let vector = s.channels.is_multiple_of(4);
-        let n = s.output_len() / if vector { 4 } else { 1 };
-        let name = if vector {
-            "maxpool_bwd_v4"
-        } else {
-            "maxpool_bwd"
-        };
+        let (name, n) = pool_kernel(s, "maxpool_bwd", "maxpool_bwd_v4");
+        let mut launch = self.exec.launch_builder(name, elementwise_config(n));
+        launch.arg(x).arg(dy).arg(dx);
         // SAFETY: the kernel reads x and dy and writes every element of dx the shape describes.
-        unsafe {
-            self.exec
-                .launch_builder(name, elementwise_config(n))
-                .arg(x)
-                .arg(dy)
-                .arg(dx)
-                .arg(s.batch as i32)
-                .arg(s.in_h as i32)
-                .arg(s.in_w as i32)
-                .arg(s.channels as i32)
-                .arg(s.size as i32)
-                .launch()
-        }
+        unsafe { pool_dims(&mut launch, s).launch() }
     }
 
     fn dense_forward(
