@@ -1,6 +1,8 @@
 // Softmax (forward/backward, row-wise) and the fused Adam update, in f32.
 // Host side: src/backend/cuda/loss.rs. Reference: src/backend/cpu.rs.
 
+#include "counters.cuh"
+
 #define SOFTMAX_FULL 0xffffffffu
 #define SOFTMAX_ROWS_PER_BLOCK 4
 #define SOFTMAX_THREADS (32 * SOFTMAX_ROWS_PER_BLOCK)
@@ -67,11 +69,14 @@ __device__ __forceinline__ void adam_one(float& p, float g, float& m, float& v, 
 
 // The fused Adam update of n parameters in place: float4 loads and stores when all four
 // buffers are 16-byte aligned (then the last n % 4 elements by the scalar tail), else all
-// scalar; grid-stride loops, ADAM_THREADS threads per block.
+// scalar; grid-stride loops, ADAM_THREADS threads per block. With `counters` (else null),
+// nothing is updated once they record a failed step (a non-finite loss), so no NaN reaches
+// the weights without the host reading the loss every step.
 __global__ void __launch_bounds__(ADAM_THREADS)
     adam_update_f32(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m,
                     float* __restrict__ v, long long n, float step_size, float one_minus_beta1,
-                    float one_minus_beta2, float epsilon) {
+                    float one_minus_beta2, float epsilon, const double* __restrict__ counters) {
+    if (counters != nullptr && counters[COUNTER_FAILED_STEP] != 0.0) return;
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const unsigned long long addr_bits = (unsigned long long)param | (unsigned long long)grad |

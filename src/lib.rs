@@ -9,6 +9,7 @@ pub mod cli;
 pub mod data;
 pub mod element;
 pub mod error;
+pub mod feed;
 pub mod gpu;
 pub mod info;
 pub mod loss;

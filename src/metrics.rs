@@ -5,7 +5,7 @@
 //!
 //! Conventions (each stated where it matters, and in the README):
 //! - the predicted class is the arg-max of the probabilities, the lowest index on a tie (as
-//!   `train::argmax_rows`);
+//!   [`argmax`]);
 //! - precision of a class never predicted and recall of a class with no examples are
 //!   undefined (`None`, `null` in JSON, `-` in tables), never a silent 0;
 //! - F1 is `2 TP / (2 TP + FP + FN)`: defined whenever the class occurs in the labels or in
@@ -456,7 +456,7 @@ pub fn softmax_rows(logits: &[f32], classes: usize, temperature: f64) -> Vec<f64
 }
 
 /// Index of the largest value, the lowest on a tie.
-pub fn argmax(row: &[f64]) -> usize {
+pub fn argmax<T: PartialOrd>(row: &[T]) -> usize {
     (0..row.len()).fold(0, |best, c| if row[c] > row[best] { c } else { best })
 }
 

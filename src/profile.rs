@@ -20,7 +20,9 @@ use std::time::Instant;
 
 use crate::Result;
 use crate::backend::cuda::CudaBackend;
-use crate::backend::{AdamStep, Backend, ConvShape, CpuBackend, DenseShape, PoolShape};
+use crate::backend::{AdamStep, Backend, ConvShape, CpuBackend, DenseShape, PoolShape, StepTotals};
+use crate::data::{ImageSet, PixelStore};
+use crate::feed::{BatchFeeder, BatchFn, DeviceCache};
 use crate::gpu::Event;
 use crate::loss::LossConfig;
 use crate::{Element, Error};
@@ -240,7 +242,7 @@ impl<'a, B: Backend + Timeline> Profiled<'a, B> {
     }
 }
 
-impl<B: Backend + Timeline> Backend for Profiled<'_, B> {
+impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
     type E = B::E;
     type Buf = B::Buf;
 
@@ -394,6 +396,107 @@ impl<B: Backend + Timeline> Backend for Profiled<'_, B> {
     ) -> Result<()> {
         self.enter(Phase::Optimizer)?;
         self.inner.adam_update(len, step, param, grad, m, v)
+    }
+
+    type Counters = B::Counters;
+
+    fn counters(&self) -> Result<Self::Counters> {
+        self.inner.counters()
+    }
+    fn reset_counters(&self, counters: &mut Self::Counters) -> Result<()> {
+        self.inner.reset_counters(counters)
+    }
+    fn read_counters(&self, counters: &Self::Counters) -> Result<StepTotals> {
+        self.enter(Phase::Readback)?;
+        let totals = self.inner.read_counters(counters)?;
+        // As after `read`: the host has synchronised.
+        self.profiler.resolve()?;
+        self.enter(Phase::Data)?;
+        Ok(totals)
+    }
+    fn reads_are_cheap(&self) -> bool {
+        self.inner.reads_are_cheap()
+    }
+    fn loss_counted(
+        &self,
+        cfg: &LossConfig,
+        batch: usize,
+        classes: usize,
+        y_true: &Self::Buf,
+        pred: &Self::Buf,
+        probs: &Self::Buf,
+        grad: Option<&mut Self::Buf>,
+        step: usize,
+        counters: &mut Self::Counters,
+    ) -> Result<()> {
+        self.enter(Phase::Loss)?;
+        self.inner.loss_counted(
+            cfg, batch, classes, y_true, pred, probs, grad, step, counters,
+        )
+    }
+    fn adam_update_counted(
+        &self,
+        len: usize,
+        step: &AdamStep<Self::E>,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        counters: &Self::Counters,
+    ) -> Result<()> {
+        self.enter(Phase::Optimizer)?;
+        self.inner
+            .adam_update_counted(len, step, param, grad, m, v, counters)
+    }
+    fn copy_into(
+        &self,
+        src: &Self::Buf,
+        len: usize,
+        dst: &mut Self::Buf,
+        offset: usize,
+    ) -> Result<()> {
+        self.inner.copy_into(src, len, dst, offset)
+    }
+    fn free_memory(&self) -> Result<Option<u64>> {
+        self.inner.free_memory()
+    }
+    /// The inner backend's feeder, its batch assembly counted as data loading.
+    fn feeder<'f, P: PixelStore + 'f>(
+        &'f self,
+        data: &'f ImageSet<P>,
+        batch_size: usize,
+        cache: DeviceCache,
+    ) -> Result<Box<dyn BatchFeeder<Self::Buf> + 'f>> {
+        Ok(Box::new(ProfiledFeeder {
+            inner: self.inner.feeder(data, batch_size, cache)?,
+            profiled: self,
+        }))
+    }
+}
+
+/// A feeder whose work between steps (gathering the next batch) is the data phase.
+struct ProfiledFeeder<'f, 'a, B: Backend> {
+    inner: Box<dyn BatchFeeder<B::Buf> + 'f>,
+    profiled: &'f Profiled<'a, B>,
+}
+
+impl<B: Backend<E = f32> + Timeline> BatchFeeder<B::Buf> for ProfiledFeeder<'_, '_, B> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn for_each_batch(
+        &mut self,
+        order: &[usize],
+        flip_seed: Option<u64>,
+        step: &mut BatchFn<'_, B::Buf>,
+    ) -> Result<()> {
+        let profiled = self.profiled;
+        profiled.enter(Phase::Data)?;
+        self.inner
+            .for_each_batch(order, flip_seed, &mut |n, count, x, y| {
+                step(n, count, x, y)?;
+                profiled.enter(Phase::Data)
+            })
     }
 }
 

@@ -3,18 +3,18 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, StepTotals};
 use crate::data::{Augment, ClassFraction, ImageSet, PixelStore};
+use crate::feed::{BatchFeeder, DeviceCache};
 use crate::loss::LossConfig;
 use crate::model::{Arch, Model, Plan};
 use crate::optim::Adam;
 use crate::rng::Rng;
-use crate::{Element, Error, Result};
+use crate::{Error, Result};
 
 /// Everything that defines a training run (written to `config.json`).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -32,6 +32,10 @@ pub struct TrainOptions {
     pub class_fraction: Vec<ClassFraction>,
     /// `--augment`: augmentation of training batches.
     pub augment: Augment,
+    /// `--device-cache`: device memory the u8 set may take (where batches are assembled
+    /// changes no result, so it is not part of the run's configuration).
+    #[serde(skip)]
+    pub device_cache: DeviceCache,
     /// Show progress bars (on a terminal).
     #[serde(skip)]
     pub progress: bool,
@@ -63,118 +67,88 @@ pub struct EpochMetrics {
     pub validation: Option<crate::metrics::EpochValidation>,
 }
 
-/// Index of the largest value of each row of `[rows, classes]`.
-pub fn argmax_rows<E: Element>(values: &[E], classes: usize) -> Vec<usize> {
-    values
-        .chunks_exact(classes)
-        .map(|row| (0..classes).fold(0, |best, c| if row[c] > row[best] { c } else { best }))
-        .collect()
-}
-
-/// A batch on the host, assembled ahead of time by the loader thread.
-struct HostBatch {
-    indices: Vec<usize>,
-    x: Vec<f32>,
-    y: Vec<f32>,
-}
-
-/// Assembles the batches of `order` on a separate thread (two ahead) and hands each to
-/// `step`, so the training step does not wait for the u8 -> f32 conversion. With
-/// `flip_seed`, images are flipped at random (`--augment flip`), seeded per batch.
-fn for_each_batch<P: PixelStore>(
-    data: &ImageSet<P>,
-    order: &[usize],
-    batch_size: usize,
-    flip_seed: Option<u64>,
-    mut step: impl FnMut(usize, &HostBatch) -> Result<()>,
-) -> Result<()> {
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<HostBatch>(2);
-        let (recycle_tx, recycle_rx) = mpsc::channel::<HostBatch>();
-        scope.spawn(move || {
-            for (n, chunk) in order.chunks(batch_size).enumerate() {
-                let mut b = recycle_rx.try_recv().unwrap_or(HostBatch {
-                    indices: Vec::new(),
-                    x: Vec::new(),
-                    y: Vec::new(),
-                });
-                b.indices.clear();
-                b.indices.extend_from_slice(chunk);
-                let flip = flip_seed.map(|s| Rng::derive(s, n as u64).next_u64());
-                data.fill_batch_augmented(chunk, flip, &mut b.x, &mut b.y);
-                if tx.send(b).is_err() {
-                    return; // the consumer stopped early (an error)
-                }
-            }
-        });
-        for (i, batch) in rx.iter().enumerate() {
-            step(i, &batch)?;
-            let _ = recycle_tx.send(batch);
-        }
-        Ok(())
-    })
-}
-
-/// Loss and accuracy of `model` over `indices` (no weight update).
-pub fn evaluate<B: Backend<E = f32>, P: PixelStore>(
-    backend: &B,
-    model: &mut Model<B>,
-    loss: &LossConfig,
-    data: &ImageSet<P>,
-    indices: &[usize],
-    batch_size: usize,
-) -> Result<(f64, f64)> {
-    let classes = data.classes();
-    let mut x = backend.zeros(batch_size * data.shape.len())?;
-    let mut y = backend.zeros(batch_size * classes)?;
-    let (mut loss_sum, mut correct) = (0.0, 0usize);
-    for_each_batch(data, indices, batch_size, None, |_, b| {
-        let n = b.indices.len();
-        backend.write(&mut x, &b.x)?;
-        backend.write(&mut y, &b.y)?;
-        model.forward(backend, &x, n)?;
-        loss_sum += model.loss_of_forward(backend, loss, &y, n)?.f64() * n as f64;
-        let predicted = argmax_rows(&model.probabilities(backend, n)?, classes);
-        correct += predicted
-            .iter()
-            .zip(&b.indices)
-            .filter(|(p, i)| **p == data.labels[**i] as usize)
-            .count();
-        Ok(())
-    })?;
-    let n = indices.len().max(1) as f64;
-    Ok((loss_sum / n, correct as f64 / n))
-}
+/// How often the progress bar reads the counters of a backend whose reads wait for the
+/// device (about 10 times a second; not at all without a progress bar).
+const PROGRESS_READ_EVERY: Duration = Duration::from_millis(100);
 
 /// Logits of `model` over `indices` (`[indices.len(), classes]`) and, with `loss`, the mean
-/// loss (no weight update).
-pub fn logits_of<B: Backend<E = f32>, P: PixelStore>(
+/// loss (no weight update). Batches come from `feeder`; the logits are collected on the
+/// backend and read once, with the loss's counters.
+pub fn logits_of<B: Backend<E = f32>>(
     backend: &B,
     model: &mut Model<B>,
     loss: Option<&LossConfig>,
-    data: &ImageSet<P>,
+    feeder: &mut dyn BatchFeeder<B::Buf>,
     indices: &[usize],
-    batch_size: usize,
 ) -> Result<(Option<f64>, Vec<f32>)> {
-    let classes = data.classes();
-    let batch_size = batch_size.clamp(1, indices.len().max(1));
-    let mut x = backend.zeros(batch_size * data.shape.len())?;
-    let mut y = backend.zeros(batch_size * classes)?;
-    let mut loss_sum = 0.0;
-    let mut logits = Vec::with_capacity(indices.len() * classes);
-    for_each_batch(data, indices, batch_size, None, |_, b| {
-        let n = b.indices.len();
-        backend.write(&mut x, &b.x)?;
-        model.forward(backend, &x, n)?;
+    let classes = model.plan.classes;
+    let mut logits = backend.zeros(indices.len() * classes)?;
+    let mut counters = backend.counters()?;
+    let mut row = 0;
+    feeder.for_each_batch(indices, None, &mut |step, n, x, y| {
+        model.forward(backend, x, n)?;
         if let Some(loss) = loss {
-            backend.write(&mut y, &b.y)?;
-            loss_sum += model.loss_of_forward(backend, loss, &y, n)?.f64() * n as f64;
+            model.count_loss_of_forward(backend, loss, y, n, step, &mut counters)?;
         }
-        logits.extend(model.logits(backend, n)?);
+        model.copy_logits_into(backend, n, &mut logits, row)?;
+        row += n;
         Ok(())
     })?;
-    let mean = loss.map(|_| loss_sum / indices.len().max(1) as f64);
-    Ok((mean, logits))
+    let mean = match loss {
+        Some(_) => {
+            let totals = backend.read_counters(&counters)?;
+            if let Some(f) = totals.failure {
+                return Err(Error::NonFinite(format!(
+                    "evaluation batch {}: {}",
+                    f.step + 1,
+                    f.describe()
+                )));
+            }
+            Some(totals.loss_sum / indices.len().max(1) as f64)
+        }
+        None => None,
+    };
+    Ok((mean, backend.read(&logits, indices.len() * classes)?))
+}
+
+/// Fails with one line when the model and a batch of `batch_size` do not fit in the
+/// backend's free device memory (where it knows it), before anything is allocated.
+fn check_device_memory<B: Backend<E = f32>>(
+    backend: &B,
+    plan: &Plan,
+    batch_size: usize,
+) -> Result<()> {
+    let Some(free) = backend.free_memory()? else {
+        return Ok(());
+    };
+    let need = Model::<B>::training_bytes(plan, batch_size);
+    if need > free {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(Error::Device(format!(
+            "--batch-size {batch_size}: the model ({} parameters) and a batch need at least {:.2} GiB of {} memory, {:.2} GiB is free; use a smaller --batch-size or --arch",
+            plan.parameter_count(),
+            gib(need),
+            backend.name(),
+            gib(free)
+        )));
+    }
+    Ok(())
+}
+
+/// The error of a failed step (the loss, or the model's outputs, not finite).
+fn stopped_at(epoch: usize, step: usize, what: &str) -> Error {
+    Error::NonFinite(format!(
+        "training stopped at epoch {epoch}, step {}: {what}; try a lower --lr or check the data and loss parameters",
+        step + 1
+    ))
+}
+
+/// `totals`, or the error of the step that failed.
+fn checked(totals: StepTotals, epoch: usize) -> Result<StepTotals> {
+    match totals.failure {
+        Some(f) => Err(stopped_at(epoch, f.step, f.describe())),
+        None => Ok(totals),
+    }
 }
 
 /// Trains a new model on `data` with `opts` (or continues the run in `out` with
@@ -271,6 +245,7 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
         opts.loss.describe(),
     ));
 
+    check_device_memory(backend, &plan, opts.batch_size)?;
     let mut model = match &resumed {
         Some(r) => {
             log(&format!(
@@ -290,9 +265,9 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
             model
         }
     };
-    let classes = data.classes();
-    let mut x = backend.zeros(opts.batch_size * data.shape.len())?;
-    let mut y = backend.zeros(opts.batch_size * classes)?;
+    let mut feeder = backend.feeder(data, opts.batch_size, opts.device_cache)?;
+    log(&feeder.describe());
+    let mut counters = backend.counters()?;
     let metrics_path = out.join("metrics.jsonl");
     let (mut history, mut metrics_file) = match &resumed {
         Some(r) => crate::checkpoint::reopen_metrics(&metrics_path, r.state.epoch)?,
@@ -328,36 +303,35 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
         order.truncate((steps * opts.batch_size).min(order.len()));
         let bar = progress_bar(opts.progress, steps as u64, epoch, opts.epochs);
         let start = Instant::now();
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let flip_seed = (opts.augment == Augment::Flip)
             .then(|| Rng::derive(opts.seed, 0xf11b_0000 + epoch as u64).next_u64());
-        for_each_batch(data, &order, opts.batch_size, flip_seed, |step, b| {
-            let n = b.indices.len();
-            backend.write(&mut x, &b.x)?;
-            backend.write(&mut y, &b.y)?;
-            let out = model.train_step(backend, &opts.loss, &x, &y, n).map_err(|e| match e {
-                Error::NonFinite(what) => Error::NonFinite(format!(
-                    "training stopped at epoch {epoch}, step {}: {what}; try a lower --lr or check the data and loss parameters",
-                    step + 1
-                )),
-                other => other,
-            })?;
-            loss_sum += out.loss.f64() * n as f64;
-            seen += n;
-            let predicted = argmax_rows(&out.probs, classes);
-            correct += predicted
-                .iter()
-                .zip(&b.indices)
-                .filter(|(p, i)| **p == data.labels[**i] as usize)
-                .count();
+        // Nothing is read back inside a step: the counters are read where that is free (the
+        // CPU: then a failed step stops training at once) or for the progress bar, at most
+        // every PROGRESS_READ_EVERY; otherwise once, after the epoch.
+        backend.reset_counters(&mut counters)?;
+        let mut last_read = start;
+        feeder.for_each_batch(&order, flip_seed, &mut |step, n, x, y| {
+            model
+                .train_step_counted(backend, &opts.loss, x, y, n, step, &mut counters)
+                .map_err(|e| match e {
+                    Error::NonFinite(what) => stopped_at(epoch, step, &what),
+                    other => other,
+                })?;
             bar.inc(1);
-            bar.set_message(format!(
-                "loss {:.4}  {:.1} img/s",
-                loss_sum / seen as f64,
-                seen as f64 / start.elapsed().as_secs_f64()
-            ));
+            if backend.reads_are_cheap()
+                || (opts.progress && last_read.elapsed() >= PROGRESS_READ_EVERY)
+            {
+                let t = checked(backend.read_counters(&counters)?, epoch)?;
+                bar.set_message(format!(
+                    "loss {:.4}  {:.1} img/s",
+                    t.loss_sum / t.seen.max(1) as f64,
+                    t.seen as f64 / start.elapsed().as_secs_f64()
+                ));
+                last_read = Instant::now();
+            }
             Ok(())
         })?;
+        let totals = checked(backend.read_counters(&counters)?, epoch)?;
         bar.finish_and_clear();
         let seconds = start.elapsed().as_secs_f64();
         let (val_loss, val_accuracy, validation) = if val_idx.is_empty() {
@@ -367,9 +341,8 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
                 backend,
                 &mut model,
                 Some(&opts.loss),
-                data,
+                feeder.as_mut(),
                 &val_idx,
-                opts.batch_size,
             )?;
             let labels: Vec<usize> = val_idx.iter().map(|&i| data.labels[i] as usize).collect();
             let vm =
@@ -379,13 +352,14 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
             final_metrics = Some(vm);
             (l, Some(accuracy), Some(summary))
         };
+        let seen = totals.seen as f64;
         let m = EpochMetrics {
             epoch,
-            train_loss: loss_sum / seen as f64,
-            train_accuracy: correct as f64 / seen as f64,
+            train_loss: totals.loss_sum / seen,
+            train_accuracy: totals.correct as f64 / seen,
             val_loss,
             val_accuracy,
-            images_per_second: seen as f64 / seconds,
+            images_per_second: seen / seconds,
             seconds,
             validation,
         };

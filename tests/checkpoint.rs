@@ -34,6 +34,7 @@ fn options(epochs: usize) -> TrainOptions {
         class_fraction: Vec::new(),
         // Flips exercise the per-epoch augmentation stream on resume as well.
         augment: Augment::Flip,
+        device_cache: Default::default(),
         progress: false,
         resume: false,
     }

@@ -855,7 +855,8 @@ fn adam_two_steps(exec: &Executor) {
                 let gd = exec.upload(&pad(g)).unwrap();
                 let step = adam_step(t as i32 + 1);
                 if offset == 0 {
-                    kernels::adam_update(exec, len, &step, &mut pd, &gd, &mut md, &mut vd).unwrap();
+                    kernels::adam_update(exec, len, &step, &mut pd, &gd, &mut md, &mut vd, None)
+                        .unwrap();
                 } else {
                     launch_adam_view(exec, len, offset, &step, &mut pd, &gd, &mut md, &mut vd);
                 }
@@ -981,7 +982,7 @@ fn gpu_timings() {
     let mut v = exec.alloc_zeros::<f32>(n).unwrap();
     let step = adam_step(1);
     let us = time(50, &mut || {
-        kernels::adam_update(exec, n, &step, &mut p, &g, &mut m, &mut v).unwrap();
+        kernels::adam_update(exec, n, &step, &mut p, &g, &mut m, &mut v, None).unwrap();
     });
     let bytes = 7.0 * 4.0 * n as f64; // read p, g, m, v; write p, m, v
     eprintln!(

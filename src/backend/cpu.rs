@@ -10,8 +10,9 @@ use rayon::prelude::*;
 
 use super::direct_conv;
 use super::gemm::{MatRef, matmul};
-use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
+use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape, StepFailure, StepTotals};
 use crate::loss::{LossConfig, loss_forward_backward, softmax_backward_row, softmax_row};
+use crate::metrics::argmax;
 use crate::{Element, Result};
 
 /// Below this many elements an elementwise loop is not worth splitting across threads.
@@ -704,6 +705,83 @@ impl<T: Element> Backend for CpuBackend<T> {
                 *v += (g * g - *v) * s.one_minus_beta2;
                 *p -= *m * s.step_size / (v.sqrt() + s.epsilon);
             });
+        Ok(())
+    }
+
+    /// The totals themselves: host memory is where the CPU computes.
+    type Counters = StepTotals;
+
+    fn counters(&self) -> Result<StepTotals> {
+        Ok(StepTotals::default())
+    }
+
+    fn reset_counters(&self, counters: &mut StepTotals) -> Result<()> {
+        *counters = StepTotals::default();
+        Ok(())
+    }
+
+    fn read_counters(&self, counters: &StepTotals) -> Result<StepTotals> {
+        Ok(*counters)
+    }
+
+    fn reads_are_cheap(&self) -> bool {
+        true
+    }
+
+    fn loss_counted(
+        &self,
+        cfg: &LossConfig,
+        batch: usize,
+        classes: usize,
+        y_true: &Vec<T>,
+        pred: &Vec<T>,
+        probs: &Vec<T>,
+        grad: Option<&mut Vec<T>>,
+        step: usize,
+        counters: &mut StepTotals,
+    ) -> Result<()> {
+        let value = self.loss(cfg, batch, classes, y_true, pred, grad)?.f64();
+        check_len("probabilities", probs, batch * classes)?;
+        if counters.failure.is_some() {
+            return Ok(());
+        }
+        if !value.is_finite() {
+            counters.failure = Some(StepFailure {
+                step,
+                bad_inputs: false,
+            });
+            return Ok(());
+        }
+        counters.loss_sum += value * batch as f64;
+        counters.seen += batch as u64;
+        counters.correct += probs[..batch * classes]
+            .chunks_exact(classes)
+            .zip(y_true.chunks_exact(classes))
+            .filter(|(p, y)| argmax(p) == argmax(y))
+            .count() as u64;
+        Ok(())
+    }
+
+    fn adam_update_counted(
+        &self,
+        len: usize,
+        step: &AdamStep<T>,
+        param: &mut Vec<T>,
+        grad: &Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+        counters: &StepTotals,
+    ) -> Result<()> {
+        if counters.failure.is_some() {
+            return Ok(());
+        }
+        self.adam_update(len, step, param, grad, m, v)
+    }
+
+    fn copy_into(&self, src: &Vec<T>, len: usize, dst: &mut Vec<T>, offset: usize) -> Result<()> {
+        check_len("source buffer", src, len)?;
+        check_len("destination buffer", dst, offset + len)?;
+        dst[offset..offset + len].copy_from_slice(&src[..len]);
         Ok(())
     }
 }

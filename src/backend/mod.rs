@@ -13,6 +13,8 @@ mod gemm;
 
 use crate::Element;
 use crate::Result;
+use crate::data::{ImageSet, PixelStore};
+use crate::feed::{BatchFeeder, DeviceCache, HostFeeder};
 use crate::loss::LossConfig;
 
 pub use cpu::CpuBackend;
@@ -131,6 +133,39 @@ pub struct AdamStep<T> {
     pub one_minus_beta2: T,
     /// Added to `sqrt(v)` (not to the bias-corrected v), as Keras does.
     pub epsilon: T,
+}
+
+/// What the steps of a pass add up to, kept by the backend's counters
+/// ([`Backend::loss_counted`]) and read once per pass ([`Backend::read_counters`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTotals {
+    /// The loss summed as `loss * batch` per step (divide by `seen` for the mean).
+    pub loss_sum: f64,
+    /// Images whose largest probability is their label's.
+    pub correct: u64,
+    pub seen: u64,
+    /// The first step whose loss could not be computed; nothing is counted from it on.
+    pub failure: Option<StepFailure>,
+}
+
+/// A step whose loss was not finite (training stops; its weights were not updated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepFailure {
+    /// The step's index in the pass (0-based).
+    pub step: usize,
+    /// The loss's inputs (the model's outputs) held a NaN or an infinity, not just the loss.
+    pub bad_inputs: bool,
+}
+
+impl StepFailure {
+    /// What failed, for an error message.
+    pub fn describe(&self) -> &'static str {
+        if self.bad_inputs {
+            "the model's outputs are not finite"
+        } else {
+            "the loss is not finite"
+        }
+    }
 }
 
 /// Fails with a shape error naming `what` when a buffer of `have` elements is shorter than
@@ -363,4 +398,78 @@ pub trait Backend {
         m: &mut Self::Buf,
         v: &mut Self::Buf,
     ) -> Result<()>;
+
+    // The training loop's data path: batches in, per-pass totals out, with no read of the
+    // device inside a step.
+
+    /// The step counters of a pass (see [`StepTotals`]), kept where the backend computes:
+    /// on the device for CUDA, so a step needs no read-back.
+    type Counters;
+    /// New counters at zero.
+    fn counters(&self) -> Result<Self::Counters>;
+    /// Sets `counters` back to zero (a new pass).
+    fn reset_counters(&self, counters: &mut Self::Counters) -> Result<()>;
+    /// The totals so far: the one read of the device a pass needs (waits for its work).
+    fn read_counters(&self, counters: &Self::Counters) -> Result<StepTotals>;
+    /// Whether [`Self::read_counters`] costs no more than a copy in host memory (then the
+    /// training loop reads after every step and stops at a failed one at once).
+    fn reads_are_cheap(&self) -> bool {
+        false
+    }
+    /// [`Self::loss`] of step `step` of a pass, adding its loss and its correctly
+    /// classified images (`probs` against `y_true`) to `counters` instead of returning them;
+    /// a non-finite loss is recorded there as the pass's [`StepFailure`].
+    #[allow(clippy::too_many_arguments)]
+    fn loss_counted(
+        &self,
+        cfg: &LossConfig,
+        batch: usize,
+        classes: usize,
+        y_true: &Self::Buf,
+        pred: &Self::Buf,
+        probs: &Self::Buf,
+        grad: Option<&mut Self::Buf>,
+        step: usize,
+        counters: &mut Self::Counters,
+    ) -> Result<()>;
+    /// [`Self::adam_update`], skipped once `counters` record a failed step (so no NaN
+    /// reaches the weights).
+    #[allow(clippy::too_many_arguments)]
+    fn adam_update_counted(
+        &self,
+        len: usize,
+        step: &AdamStep<Self::E>,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        counters: &Self::Counters,
+    ) -> Result<()>;
+    /// Copies the first `len` elements of `src` to `dst[offset..offset + len]`.
+    fn copy_into(
+        &self,
+        src: &Self::Buf,
+        len: usize,
+        dst: &mut Self::Buf,
+        offset: usize,
+    ) -> Result<()>;
+    /// Free device memory in bytes, where the backend knows it (a GPU).
+    fn free_memory(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+    /// The feeder of batches of up to `batch_size` images of `data` (see [`crate::feed`]);
+    /// by default f32 batches built on the host. `cache` bounds the device memory a
+    /// backend may give the set.
+    fn feeder<'a, P: PixelStore + 'a>(
+        &'a self,
+        data: &'a ImageSet<P>,
+        batch_size: usize,
+        cache: DeviceCache,
+    ) -> Result<Box<dyn BatchFeeder<Self::Buf> + 'a>>
+    where
+        Self: Sized + Backend<E = f32>,
+    {
+        let _ = cache;
+        Ok(Box::new(HostFeeder::new(self, data, batch_size)?))
+    }
 }

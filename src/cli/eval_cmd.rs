@@ -15,6 +15,7 @@ use crate::calibrate::fit_temperature;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::load::{decode_resized, load};
 use crate::data::{ImageSet, Pixels};
+use crate::feed::DeviceCache;
 use crate::metrics::{Metrics, softmax_rows};
 use crate::model::ImageShape;
 use crate::train::{self, EpochMetrics};
@@ -218,7 +219,9 @@ fn logits_of_set(
     on_device!(device, |backend| {
         let mut model = ck.model(backend)?;
         let all: Vec<usize> = (0..set.len()).collect();
-        Ok(train::logits_of(backend, &mut model, None, set, &all, batch_size)?.1)
+        let batch = batch_size.min(set.len()).max(1);
+        let mut feeder = backend.feeder(set, batch, DeviceCache::Auto)?;
+        Ok(train::logits_of(backend, &mut model, None, feeder.as_mut(), &all)?.1)
     })
 }
 

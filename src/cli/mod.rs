@@ -95,6 +95,11 @@ pub struct TrainArgs {
     pub steps_per_epoch: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    /// On a GPU: device memory the u8 image set may take, in GiB (auto: half of the free
+    /// memory); a larger set is streamed batch by batch through pinned host memory (off:
+    /// always streamed).
+    #[arg(long, value_name = "auto|off|GiB", default_value = "auto")]
+    pub device_cache: crate::feed::DeviceCache,
     /// Run folder for config.json and metrics.jsonl (default: a new folder under runs/).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -193,6 +198,7 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
         steps_per_epoch: args.steps_per_epoch,
         class_fraction,
         augment: args.data.augment,
+        device_cache: args.device_cache,
         progress: !args.quiet,
         resume: args.resume.is_some(),
     };

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{self, CUdevice_attribute, CUfunction_attribute};
@@ -137,6 +138,33 @@ fn no_kernels_message() -> String {
     )
 }
 
+/// The first `len` elements of a pinned buffer, as a host source of a copy (cudarc copies
+/// whole slices; a batch fills only part of its staging buffer).
+struct PinnedPrefix<'a> {
+    slice: &'a cudarc::driver::PinnedHostSlice<u8>,
+    len: usize,
+}
+
+impl cudarc::driver::HostSlice<u8> for PinnedPrefix<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    unsafe fn stream_synced_slice<'b>(
+        &'b self,
+        stream: &'b CudaStream,
+    ) -> (&'b [u8], cudarc::driver::SyncOnDrop<'b>) {
+        // SAFETY: forwarded; the prefix lies within the slice.
+        let (all, sync) = unsafe { self.slice.stream_synced_slice(stream) };
+        (&all[..self.len], sync)
+    }
+    unsafe fn stream_synced_mut_slice<'b>(
+        &'b mut self,
+        _stream: &'b CudaStream,
+    ) -> (&'b mut [u8], cudarc::driver::SyncOnDrop<'b>) {
+        unreachable!("a staging buffer is only copied from")
+    }
+}
+
 /// A GPU with every embedded PTX module loaded, and one stream.
 pub struct CudaExecutor {
     ctx: Arc<CudaContext>,
@@ -145,6 +173,8 @@ pub struct CudaExecutor {
     _modules: Vec<Arc<CudaModule>>,
     max_dynamic_shared: Mutex<HashMap<&'static str, u32>>,
     info: GpuInfo,
+    /// Device-to-host copies, see `Executor::blocking_reads`.
+    pub(super) blocking_reads: AtomicU64,
 }
 
 impl CudaExecutor {
@@ -197,6 +227,7 @@ impl CudaExecutor {
             _modules: modules,
             max_dynamic_shared: Mutex::new(HashMap::new()),
             info,
+            blocking_reads: AtomicU64::new(0),
         })
     }
 
@@ -244,6 +275,8 @@ impl CudaExecutor {
         if dst.is_empty() {
             return Ok(());
         }
+        self.blocking_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let view = src.slice(0..dst.len());
         self.stream
             .memcpy_dtoh(&view, dst)
@@ -326,6 +359,41 @@ impl CudaExecutor {
                 describe_driver_error(&e)
             ))
         })
+    }
+
+    /// Free and total device memory in bytes.
+    pub(super) fn memory_info(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .map_err(driver_error("memory query (cuMemGetInfo)"))
+    }
+
+    /// Page-locked host memory of `len` bytes, for copies that overlap with kernels.
+    pub(super) fn alloc_pinned(&self, len: usize) -> Result<cudarc::driver::PinnedHostSlice<u8>> {
+        // SAFETY: the contents are unspecified until the caller writes them (as a Vec's
+        // spare capacity); the staging code writes before it copies.
+        unsafe { self.ctx.alloc_pinned_with_flags::<u8>(len.max(1), 0) }
+            .map_err(driver_error("pinned host allocation"))
+    }
+
+    /// Copies the first `len` bytes of pinned `src` to `dst[offset..]` without waiting: the
+    /// copy is ordered in the stream, and `src`'s own event (waited on when the host next
+    /// touches it) records its end.
+    pub(super) fn copy_pinned_htod(
+        &self,
+        src: &cudarc::driver::PinnedHostSlice<u8>,
+        dst: &mut CudaSlice<u8>,
+        offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let mut view = dst.slice_mut(offset..offset + len);
+        let src_view = PinnedPrefix { slice: src, len };
+        self.stream
+            .memcpy_htod(&src_view, &mut view)
+            .map_err(driver_error("copy to device"))
     }
 
     pub(super) fn synchronize(&self) -> Result<()> {

@@ -128,6 +128,8 @@ fn env_var(name: &str) -> Option<String> {
 pub struct EmuExecutor {
     options: Mutex<EmuOptions>,
     launches: AtomicU64,
+    /// Device-to-host copies (the reads that block a GPU's host), see `Executor::blocking_reads`.
+    pub(super) blocking_reads: AtomicU64,
     max_dynamic_shared: Mutex<HashMap<&'static str, u32>>,
 }
 
@@ -141,6 +143,7 @@ impl EmuExecutor {
         Ok(EmuExecutor {
             options: Mutex::new(options),
             launches: AtomicU64::new(0),
+            blocking_reads: AtomicU64::new(0),
             max_dynamic_shared: Mutex::new(HashMap::new()),
         })
     }

@@ -29,6 +29,7 @@ use std::ffi::c_void;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::Ordering;
 
 pub use cuda::{CudaExecutor, GpuInfo, cuda_unavailable_reason, driver_version, probe_gpus};
 pub use emu::{EmuExecutor, EmuOptions, Schedule};
@@ -370,6 +371,51 @@ impl Launch<'_> {
     }
 }
 
+/// Host memory that uploads are staged from (see [`Executor::staging`]).
+pub struct Staging(StagingInner);
+
+enum StagingInner {
+    /// Page-locked memory and its length (cudarc's slice has at least one byte).
+    Pinned(cudarc::driver::PinnedHostSlice<u8>, usize),
+    Host(Vec<u8>),
+}
+
+impl Staging {
+    /// The bytes, to fill; on a GPU this first waits until the last upload from them has
+    /// been copied (not for the device's other work).
+    pub fn bytes_mut(&mut self) -> Result<&mut [u8]> {
+        match &mut self.0 {
+            StagingInner::Pinned(p, len) => p
+                .as_mut_slice()
+                .map(|s| &mut s[..*len])
+                .map_err(cuda::driver_error("waiting for a staging buffer")),
+            StagingInner::Host(v) => Ok(v),
+        }
+    }
+    /// Copies the first `len` bytes to `dst[offset..offset + len]`, in the executor's stream
+    /// order, without waiting for the copy on a GPU.
+    pub fn upload(
+        &self,
+        exec: &Executor,
+        len: usize,
+        dst: &mut DeviceBuffer<u8>,
+        offset: usize,
+    ) -> Result<()> {
+        check_len("staged upload", offset.saturating_add(len), dst.len())?;
+        match (&self.0, exec, &mut dst.inner) {
+            (StagingInner::Pinned(p, cap), Executor::Cuda(c), BufferInner::Cuda(d)) => {
+                check_len("staged upload", len, *cap)?;
+                c.copy_pinned_htod(p, d, offset, len)
+            }
+            (StagingInner::Host(v), Executor::Emu(_), BufferInner::Host(d)) => {
+                d.as_mut_slice()[offset..offset + len].copy_from_slice(&v[..len]);
+                Ok(())
+            }
+            _ => Err(foreign_buffer("staged upload")),
+        }
+    }
+}
+
 /// A point in a stream's work, for timing.
 pub struct Event(EventInner);
 
@@ -492,12 +538,37 @@ impl Executor {
         check_len("copy_dtoh", dst.len(), src.len())?;
         match (self, &src.inner) {
             (Executor::Cuda(c), BufferInner::Cuda(s)) => c.copy_dtoh(s, dst),
-            (Executor::Emu(_), BufferInner::Host(s)) => {
+            (Executor::Emu(e), BufferInner::Host(s)) => {
+                e.blocking_reads.fetch_add(1, Ordering::Relaxed);
                 dst.copy_from_slice(&s.as_slice()[..dst.len()]);
                 Ok(())
             }
             _ => Err(foreign_buffer("copy_dtoh")),
         }
+    }
+    /// Device-to-host copies so far: each one makes the host wait for the device (the
+    /// emulator counts them too, so a test there can show a loop does not synchronise).
+    pub fn blocking_reads(&self) -> u64 {
+        match self {
+            Executor::Cuda(c) => c.blocking_reads.load(Ordering::Relaxed),
+            Executor::Emu(e) => e.blocking_reads.load(Ordering::Relaxed),
+        }
+    }
+    /// Free device memory in bytes (`None` on the emulator, whose device memory is the
+    /// host's).
+    pub fn free_memory(&self) -> Result<Option<u64>> {
+        match self {
+            Executor::Cuda(c) => Ok(Some(c.memory_info()?.0 as u64)),
+            Executor::Emu(_) => Ok(None),
+        }
+    }
+    /// A host buffer of `len` bytes to stage uploads from: page-locked on a GPU, so that
+    /// [`Staging::upload`] does not block the host.
+    pub fn staging(&self, len: usize) -> Result<Staging> {
+        Ok(Staging(match self {
+            Executor::Cuda(c) => StagingInner::Pinned(c.alloc_pinned(len)?, len),
+            Executor::Emu(_) => StagingInner::Host(vec![0; len]),
+        }))
     }
     /// The whole buffer as a `Vec` (waits for the copy).
     pub fn download<T: DeviceElem>(&self, src: &DeviceBuffer<T>) -> Result<Vec<T>> {

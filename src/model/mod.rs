@@ -515,6 +515,22 @@ impl<B: Backend> Model<B> {
         y: &B::Buf,
         batch: usize,
     ) -> Result<B::E> {
+        let classes = self.plan.classes;
+        self.backward_with(backend, loss, x, batch, |pred, _probs, grad| {
+            backend.loss(loss, batch, classes, y, pred, Some(grad))
+        })
+    }
+
+    /// [`Self::backward`] with the loss computed by `loss_call(pred, probs, grad)`: `pred`
+    /// is what the loss takes (logits or probabilities), `grad` receives dLoss/dpred.
+    fn backward_with<V>(
+        &mut self,
+        backend: &B,
+        loss: &LossConfig,
+        x: &B::Buf,
+        batch: usize,
+        loss_call: impl FnOnce(&B::Buf, &B::Buf, &mut B::Buf) -> Result<V>,
+    ) -> Result<V> {
         let Model {
             plan,
             params,
@@ -533,9 +549,9 @@ impl<B: Backend> Model<B> {
         // dLoss/dlogits into grad_a.
         let value = if loss.from_logits() {
             let logits = ws.acts.last().expect("a plan has at least the head");
-            backend.loss(loss, batch, classes, y, logits, Some(&mut ws.grad_a))?
+            loss_call(logits, &ws.probs, &mut ws.grad_a)?
         } else {
-            let value = backend.loss(loss, batch, classes, y, &ws.probs, Some(&mut ws.dprobs))?;
+            let value = loss_call(&ws.probs, &ws.probs, &mut ws.dprobs)?;
             backend.softmax_backward(batch, classes, &ws.probs, &ws.dprobs, &mut ws.grad_a)?;
             value
         };
@@ -650,6 +666,109 @@ impl<B: Backend> Model<B> {
             loss: value,
             probs: self.probabilities(backend, batch)?,
         })
+    }
+
+    /// [`Self::train_step`] as step `step` of a pass, with nothing read back: the loss and
+    /// the correctly classified images go to `counters`, and a non-finite loss is recorded
+    /// there (see [`Backend::loss_counted`]) and leaves the weights untouched, this step's
+    /// and every later one's in the pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step_counted(
+        &mut self,
+        backend: &B,
+        loss: &LossConfig,
+        x: &B::Buf,
+        y: &B::Buf,
+        batch: usize,
+        step: usize,
+        counters: &mut B::Counters,
+    ) -> Result<()> {
+        self.forward(backend, x, batch)?;
+        let classes = self.plan.classes;
+        self.backward_with(backend, loss, x, batch, |pred, probs, grad| {
+            backend.loss_counted(
+                loss,
+                batch,
+                classes,
+                y,
+                pred,
+                probs,
+                Some(grad),
+                step,
+                counters,
+            )
+        })?;
+        let adam = self.optimizer.next_step::<B::E>();
+        for p in &mut self.params {
+            backend.adam_update_counted(
+                p.spec.len(),
+                &adam,
+                &mut p.value,
+                &p.grad,
+                &mut p.m,
+                &mut p.v,
+                counters,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The loss of the last forward pass against one-hot `y`, added to `counters` as step
+    /// `step` (validation: no gradient, nothing read back).
+    pub fn count_loss_of_forward(
+        &self,
+        backend: &B,
+        loss: &LossConfig,
+        y: &B::Buf,
+        batch: usize,
+        step: usize,
+        counters: &mut B::Counters,
+    ) -> Result<()> {
+        let ws = self.last_forward("count_loss_of_forward")?;
+        let pred = if loss.from_logits() {
+            ws.logits()
+        } else {
+            &ws.probs
+        };
+        backend.loss_counted(
+            loss,
+            batch,
+            self.plan.classes,
+            y,
+            pred,
+            &ws.probs,
+            None,
+            step,
+            counters,
+        )
+    }
+
+    /// Copies the logits of the last forward pass (`batch` rows) into `dst` from row
+    /// `row` on, on the backend.
+    pub fn copy_logits_into(
+        &self,
+        backend: &B,
+        batch: usize,
+        dst: &mut B::Buf,
+        row: usize,
+    ) -> Result<()> {
+        let ws = self.last_forward("copy_logits_into")?;
+        let classes = self.plan.classes;
+        backend.copy_into(ws.logits(), batch * classes, dst, row * classes)
+    }
+
+    /// Device memory a training step with batches of `batch` needs, at least: the
+    /// parameters with their gradients and Adam moments, and the per-batch workspace.
+    pub fn training_bytes(plan: &Plan, batch: usize) -> u64 {
+        // Value, gradient and the two moments of each parameter.
+        let params = plan.parameter_count() as u64 * 4;
+        // Every op's output, two gradient buffers of the largest, probabilities and their
+        // gradient, and the batch itself (x and y).
+        let acts: usize = plan.ops.iter().map(Op::output_len).sum();
+        let biggest = plan.ops.iter().map(Op::output_len).max().unwrap_or(0);
+        let per_image = acts + 2 * biggest + 2 * plan.classes + plan.input.len() + plan.classes;
+        let elem = size_of::<B::E>() as u64;
+        elem * (params + (per_image * batch) as u64)
     }
 
     /// Every parameter's value, on the host, in `plan.params` order.

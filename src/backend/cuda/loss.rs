@@ -50,6 +50,8 @@ const ROW_THREADS: u32 = 32 * ROWS_PER_BLOCK as u32;
 const MAX_ROW_BLOCKS: usize = 65_535;
 /// `LOSS_REDUCE_THREADS` in kernels/loss.cu.
 const REDUCE_THREADS: u32 = 256;
+/// `COUNT_THREADS` in kernels/batch.cu.
+const COUNT_THREADS: u32 = 256;
 /// `ADAM_THREADS` in kernels/optim.cu.
 const ADAM_THREADS: u32 = 256;
 /// Grid cap of the Adam kernel: enough blocks to fill any current GPU several times over.
@@ -155,8 +157,9 @@ fn smoothing(label_smoothing: f64, classes: usize) -> (f32, f32) {
 }
 
 /// The loss of `pred` against `y_true` (`[batch, classes]` on the device) and its gradient
-/// into `grad` (if Some). Returns the loss value (the one host round trip of a training
-/// step). See the module documentation for the semantics and errors.
+/// into `grad` (if Some). Returns the loss value (a host round trip; the training loop
+/// uses [`loss_counted`] instead). See the module documentation for the semantics and
+/// errors.
 #[allow(clippy::too_many_arguments)]
 pub fn loss(
     exec: &Executor,
@@ -168,6 +171,68 @@ pub fn loss(
     pred: &DeviceBuffer<f32>,
     grad: Option<&mut DeviceBuffer<f32>>,
 ) -> Result<f32> {
+    let n = launch_loss(exec, k, cfg, batch, classes, y_true, pred, grad)?;
+    let mut out = [0.0f32; 2];
+    exec.copy_dtoh(
+        k.result.as_ref().expect("launch_loss allocates it"),
+        &mut out,
+    )?;
+    if out[1] != 0.0 {
+        return Err(input_error(exec, cfg, batch, classes, n, y_true, pred));
+    }
+    Ok(out[0])
+}
+
+/// [`loss`] without reading it back: the loss and the input-error flag stay in the device
+/// result, and `count_step` (kernels/batch.cu) adds them and the batch's correctly
+/// classified images (`probs` against `y_true`) to `counters` as step `step`.
+#[allow(clippy::too_many_arguments)]
+pub fn loss_counted(
+    exec: &Executor,
+    k: &mut LossKernels,
+    cfg: &LossConfig,
+    batch: usize,
+    classes: usize,
+    y_true: &DeviceBuffer<f32>,
+    pred: &DeviceBuffer<f32>,
+    probs: &DeviceBuffer<f32>,
+    grad: Option<&mut DeviceBuffer<f32>>,
+    step: usize,
+    counters: &mut DeviceBuffer<f64>,
+) -> Result<()> {
+    let n = launch_loss(exec, k, cfg, batch, classes, y_true, pred, grad)?;
+    check_len("probabilities", probs, n)?;
+    super::counters::check(counters)?;
+    let result = k.result.as_ref().expect("launch_loss allocates it");
+    // SAFETY: count_step(const float*, const float*, const float*, int, int, int, double*)
+    // reads the 2-float result, the [batch, classes] probabilities and labels checked above
+    // and updates the COUNTER_COUNT counters; one block of COUNT_THREADS.
+    unsafe {
+        exec.launch_builder("count_step", LaunchConfig::new(1u32, COUNT_THREADS))
+            .arg(result)
+            .arg(probs)
+            .arg(y_true)
+            .arg(batch as i32)
+            .arg(classes as i32)
+            .arg(as_int("step", step)?)
+            .arg(counters)
+            .launch()
+    }
+}
+
+/// Launches the loss kernels: the loss and the input-error flag into `k.result`, the
+/// gradient into `grad` when given. Returns `batch * classes`.
+#[allow(clippy::too_many_arguments)]
+fn launch_loss(
+    exec: &Executor,
+    k: &mut LossKernels,
+    cfg: &LossConfig,
+    batch: usize,
+    classes: usize,
+    y_true: &DeviceBuffer<f32>,
+    pred: &DeviceBuffer<f32>,
+    grad: Option<&mut DeviceBuffer<f32>>,
+) -> Result<usize> {
     let n = check_loss_shapes(
         batch,
         classes,
@@ -397,12 +462,7 @@ pub fn loss(
             .arg(&mut *result)
             .launch()?
     };
-    let mut out = [0.0f32; 2];
-    exec.copy_dtoh(result, &mut out)?;
-    if out[1] != 0.0 {
-        return Err(input_error(exec, cfg, batch, classes, n, y_true, pred));
-    }
-    Ok(out[0])
+    Ok(n)
 }
 
 /// The error of bad inputs flagged by a kernel: the host reference on the downloaded inputs
@@ -500,7 +560,9 @@ pub fn softmax_backward(
     }
 }
 
-/// One Keras 3 Adam update of the first `len` parameters in place.
+/// One Keras 3 Adam update of the first `len` parameters in place; with `counters`, none
+/// once they record a failed step (the kernel reads them: no host round trip).
+#[allow(clippy::too_many_arguments)]
 pub fn adam_update(
     exec: &Executor,
     len: usize,
@@ -509,7 +571,22 @@ pub fn adam_update(
     grad: &DeviceBuffer<f32>,
     m: &mut DeviceBuffer<f32>,
     v: &mut DeviceBuffer<f32>,
+    counters: Option<&DeviceBuffer<f64>>,
 ) -> Result<()> {
+    let counters_ptr = match counters {
+        None => 0u64,
+        Some(c) => {
+            super::counters::check(c)?;
+            if c.kind() != exec.kind() {
+                return Err(Error::Device(format!(
+                    "adam: the counters belong to the {} executor, not {}",
+                    c.kind(),
+                    exec.kind()
+                )));
+            }
+            c.device_ptr()
+        }
+    };
     check_len("parameter", param, len)?;
     check_len("gradient", grad, len)?;
     check_len("first moment", m, len)?;
@@ -519,8 +596,9 @@ pub fn adam_update(
     }
     let per_block = 4 * ADAM_THREADS as usize;
     let blocks = len.div_ceil(per_block).clamp(1, ADAM_MAX_BLOCKS);
-    // SAFETY: adam_update_f32(float*, const float*, float*, float*, long long, float x4)
-    // updates the first `len` elements of the four buffers checked above.
+    // SAFETY: adam_update_f32(float*, const float*, float*, float*, long long, float x4,
+    // const double*) updates the first `len` elements of the four buffers checked above and
+    // reads the counters (COUNTER_COUNT doubles, checked above) or none (null).
     unsafe {
         exec.launch_builder(
             "adam_update_f32",
@@ -535,6 +613,7 @@ pub fn adam_update(
         .arg(step.one_minus_beta1)
         .arg(step.one_minus_beta2)
         .arg(step.epsilon)
+        .arg(counters_ptr)
         .launch()
     }
 }

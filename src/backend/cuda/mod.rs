@@ -19,6 +19,8 @@
 //! [`Variant::Naive`] swaps the GEMM-shaped ops for one-thread-per-output reference kernels
 //! (kernels/naive.cu), for validation and timing beside the tiled ones.
 
+pub mod counters;
+pub mod feed;
 mod gemm;
 pub mod loss;
 
@@ -27,8 +29,10 @@ use std::sync::Mutex;
 use gemm::{Gemm, Op, Planner, int};
 pub use gemm::{GemmArgs, KernelChoice, TILES, Variant};
 
-use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape};
+use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape, StepTotals};
 use crate::Result;
+use crate::data::{ImageSet, PixelStore};
+use crate::feed::{BatchFeeder, DeviceCache};
 use crate::gpu::{DeviceBuffer, Executor, Launch, LaunchConfig};
 use crate::loss::LossConfig;
 
@@ -511,6 +515,96 @@ impl Backend for CudaBackend {
         m: &mut DeviceBuffer<f32>,
         v: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        loss::adam_update(&self.exec, len, step, param, grad, m, v)
+        loss::adam_update(&self.exec, len, step, param, grad, m, v, None)
+    }
+
+    type Counters = DeviceBuffer<f64>;
+
+    fn counters(&self) -> Result<DeviceBuffer<f64>> {
+        self.exec.alloc_zeros(counters::COUNT)
+    }
+
+    fn reset_counters(&self, counters: &mut DeviceBuffer<f64>) -> Result<()> {
+        self.exec.memset_zeros(counters)
+    }
+
+    fn read_counters(&self, counters: &DeviceBuffer<f64>) -> Result<StepTotals> {
+        counters::read(&self.exec, counters)
+    }
+
+    fn loss_counted(
+        &self,
+        cfg: &LossConfig,
+        batch: usize,
+        classes: usize,
+        y_true: &DeviceBuffer<f32>,
+        pred: &DeviceBuffer<f32>,
+        probs: &DeviceBuffer<f32>,
+        grad: Option<&mut DeviceBuffer<f32>>,
+        step: usize,
+        counters: &mut DeviceBuffer<f64>,
+    ) -> Result<()> {
+        let mut state = self.loss_state.lock().unwrap_or_else(|e| e.into_inner());
+        loss::loss_counted(
+            &self.exec, &mut state, cfg, batch, classes, y_true, pred, probs, grad, step, counters,
+        )
+    }
+
+    fn adam_update_counted(
+        &self,
+        len: usize,
+        step: &AdamStep<f32>,
+        param: &mut DeviceBuffer<f32>,
+        grad: &DeviceBuffer<f32>,
+        m: &mut DeviceBuffer<f32>,
+        v: &mut DeviceBuffer<f32>,
+        counters: &DeviceBuffer<f64>,
+    ) -> Result<()> {
+        loss::adam_update(&self.exec, len, step, param, grad, m, v, Some(counters))
+    }
+
+    fn copy_into(
+        &self,
+        src: &DeviceBuffer<f32>,
+        len: usize,
+        dst: &mut DeviceBuffer<f32>,
+        offset: usize,
+    ) -> Result<()> {
+        check_len("source buffer", src, len)?;
+        check_len("destination buffer", dst, offset + len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: copy_f32(const float*, float*, long long) copies `len` elements, which
+        // both ranges hold (checked above).
+        unsafe {
+            self.exec
+                .launch_builder("copy_f32", elementwise_config(len))
+                .arg(src)
+                .arg(dst.slice(offset..offset + len))
+                .arg(len as i64)
+                .launch()
+        }
+    }
+
+    fn free_memory(&self) -> Result<Option<u64>> {
+        self.exec.free_memory()
+    }
+
+    /// The set resident on the device when it fits `cache`'s budget, else streamed.
+    fn feeder<'a, P: PixelStore + 'a>(
+        &'a self,
+        data: &'a ImageSet<P>,
+        batch_size: usize,
+        cache: DeviceCache,
+    ) -> Result<Box<dyn BatchFeeder<DeviceBuffer<f32>> + 'a>> {
+        let budget = cache.budget(self.free_memory()?);
+        if data.pixels.len() as u64 <= budget {
+            Ok(Box::new(feed::ResidentFeeder::new(self, data, batch_size)?))
+        } else {
+            Ok(Box::new(feed::StreamingFeeder::new(
+                self, data, batch_size, budget,
+            )?))
+        }
     }
 }

@@ -1,0 +1,218 @@
+//! How batches reach the model: a [`BatchFeeder`] turns a pass over the data (the epoch's
+//! shuffled order, or the validation images) into `x`/`y` buffers on the backend.
+//!
+//! - [`HostFeeder`] (the CPU backend, and any backend by default): a loader thread builds
+//!   each f32 batch two ahead of the step, which writes it to the backend.
+//! - The CUDA backend's feeders (src/backend/cuda/feed.rs) move u8 pixels only: the whole
+//!   set once into device memory when it fits `--device-cache`, else each batch through
+//!   pinned staging; a kernel then gathers, flips, scales and one-hot encodes the batch.
+//!
+//! Every feeder makes the same batches: the flip decisions come from [`flip_decisions`]
+//! here and from `ImageSet::fill_batch_augmented` on the host, with the same seeded streams.
+
+use std::sync::mpsc;
+
+use crate::backend::Backend;
+use crate::data::{ImageSet, PixelStore};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// One step's batch: its index in the pass, its number of images, and `x` (NHWC in [0, 1])
+/// and one-hot `y` on the backend (buffers may be longer than the batch).
+pub type BatchFn<'s, Buf> = dyn FnMut(usize, usize, &Buf, &Buf) -> Result<()> + 's;
+
+/// Assembles the batches of passes over one image set on a backend.
+pub trait BatchFeeder<Buf> {
+    /// How batches reach the model, for the run's first lines.
+    fn describe(&self) -> String;
+    /// Calls `step` for each batch of `order` in turn (`batch_size` images, the last one
+    /// possibly fewer); with `flip_seed` (`--augment flip`), images are mirrored as
+    /// [`flip_decisions`] says.
+    fn for_each_batch(
+        &mut self,
+        order: &[usize],
+        flip_seed: Option<u64>,
+        step: &mut BatchFn<'_, Buf>,
+    ) -> Result<()>;
+}
+
+/// `--device-cache`: how much device memory the u8 image set may take.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum DeviceCache {
+    /// Half of the device memory free when training starts.
+    #[default]
+    Auto,
+    /// Never: stream every batch from host memory.
+    Off,
+    /// At most this many bytes.
+    Bytes(u64),
+}
+
+impl std::str::FromStr for DeviceCache {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceCache::Auto),
+            "off" => Ok(DeviceCache::Off),
+            _ => match s.parse::<f64>() {
+                Ok(gib) if gib.is_finite() && gib >= 0.0 => {
+                    Ok(DeviceCache::Bytes((gib * (1u64 << 30) as f64) as u64))
+                }
+                _ => Err(Error::invalid(format!(
+                    "--device-cache {s}: expected auto, off or a size in GiB (e.g. 4 or 0.5)"
+                ))),
+            },
+        }
+    }
+}
+
+impl DeviceCache {
+    /// The bytes the set may take, given the device's free memory (`None`: unknown, then
+    /// `auto` allows any size: the emulator's "device memory" is host memory).
+    pub fn budget(self, free_bytes: Option<u64>) -> u64 {
+        match self {
+            DeviceCache::Auto => free_bytes.map_or(u64::MAX, |f| f / 2),
+            DeviceCache::Off => 0,
+            DeviceCache::Bytes(b) => b,
+        }
+    }
+}
+
+/// Bit 31 of an entry of a pass (`FLIP_BIT` in kernels/batch.cu): mirror the image.
+pub const FLIP_BIT: u32 = 1 << 31;
+
+/// Whether each image of `order` is mirrored: batch `n`'s decisions come from the stream
+/// `Rng::derive(Rng::derive(flip_seed, n).next_u64(), 5)`, one draw per image, as
+/// `ImageSet::fill_batch_augmented` draws them.
+pub fn flip_decisions(order_len: usize, batch_size: usize, flip_seed: Option<u64>) -> Vec<bool> {
+    let Some(seed) = flip_seed else {
+        return vec![false; order_len];
+    };
+    let mut flips = Vec::with_capacity(order_len);
+    for n in 0..order_len.div_ceil(batch_size.max(1)) {
+        let mut rng = Rng::derive(Rng::derive(seed, n as u64).next_u64(), 5);
+        let in_batch = batch_size.min(order_len - n * batch_size);
+        flips.extend((0..in_batch).map(|_| rng.next_u64() >> 63 == 1));
+    }
+    flips
+}
+
+/// The entries of a pass for the gather kernel: `image(k) | FLIP_BIT` where image k of the
+/// pass is mirrored. `image` maps the position in the pass to the image's index in the
+/// buffer the kernel reads (the set on the device, or a staged batch).
+pub fn pass_entries(
+    order: &[usize],
+    batch_size: usize,
+    flip_seed: Option<u64>,
+    image: impl Fn(usize) -> usize,
+) -> Result<Vec<u32>> {
+    let flips = flip_decisions(order.len(), batch_size, flip_seed);
+    (0..order.len())
+        .map(|k| {
+            let i = image(k);
+            if i as u64 >= u64::from(FLIP_BIT) {
+                return Err(Error::invalid(format!(
+                    "image {i}: the device data path indexes at most 2^31 images"
+                )));
+            }
+            Ok(i as u32 | if flips[k] { FLIP_BIT } else { 0 })
+        })
+        .collect()
+}
+
+/// The labels of `order` (`labels` are the set's), as the gather kernel takes them.
+pub fn pass_labels(labels: &[u32], order: &[usize]) -> Vec<i32> {
+    order.iter().map(|&i| labels[i] as i32).collect()
+}
+
+/// The host data path: f32 batches built on a loader thread, written to the backend.
+pub struct HostFeeder<'a, B: Backend<E = f32>, P: PixelStore> {
+    backend: &'a B,
+    data: &'a ImageSet<P>,
+    batch_size: usize,
+    x: B::Buf,
+    y: B::Buf,
+}
+
+impl<'a, B: Backend<E = f32>, P: PixelStore> HostFeeder<'a, B, P> {
+    /// A feeder of batches of up to `batch_size` images of `data`.
+    pub fn new(backend: &'a B, data: &'a ImageSet<P>, batch_size: usize) -> Result<Self> {
+        Ok(HostFeeder {
+            backend,
+            data,
+            batch_size,
+            x: backend.zeros(batch_size * data.shape.len())?,
+            y: backend.zeros(batch_size * data.classes())?,
+        })
+    }
+}
+
+impl<B: Backend<E = f32>, P: PixelStore> BatchFeeder<B::Buf> for HostFeeder<'_, B, P> {
+    fn describe(&self) -> String {
+        "data: f32 batches built on the host, two ahead of the step".into()
+    }
+
+    fn for_each_batch(
+        &mut self,
+        order: &[usize],
+        flip_seed: Option<u64>,
+        step: &mut BatchFn<'_, B::Buf>,
+    ) -> Result<()> {
+        let HostFeeder {
+            backend,
+            data,
+            batch_size,
+            x,
+            y,
+        } = self;
+        host_batches(data, order, *batch_size, flip_seed, |n, b| {
+            backend.write(x, &b.x)?;
+            backend.write(y, &b.y)?;
+            step(n, b.len, x, y)
+        })
+    }
+}
+
+/// A batch on the host, assembled ahead of time by the loader thread.
+pub struct HostBatch {
+    /// Images in the batch.
+    pub len: usize,
+    pub x: Vec<f32>,
+    pub y: Vec<f32>,
+}
+
+/// Assembles the f32 batches of `order` on a separate thread (two ahead) and hands each to
+/// `step`, so the step does not wait for the u8 -> f32 conversion. With `flip_seed`, images
+/// are flipped at random (`--augment flip`), seeded per batch.
+pub fn host_batches<P: PixelStore>(
+    data: &ImageSet<P>,
+    order: &[usize],
+    batch_size: usize,
+    flip_seed: Option<u64>,
+    mut step: impl FnMut(usize, &HostBatch) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<HostBatch>(2);
+        let (recycle_tx, recycle_rx) = mpsc::channel::<HostBatch>();
+        scope.spawn(move || {
+            for (n, chunk) in order.chunks(batch_size).enumerate() {
+                let mut b = recycle_rx.try_recv().unwrap_or(HostBatch {
+                    len: 0,
+                    x: Vec::new(),
+                    y: Vec::new(),
+                });
+                b.len = chunk.len();
+                let flip = flip_seed.map(|s| Rng::derive(s, n as u64).next_u64());
+                data.fill_batch_augmented(chunk, flip, &mut b.x, &mut b.y);
+                if tx.send(b).is_err() {
+                    return; // the consumer stopped early (an error)
+                }
+            }
+        });
+        for (i, batch) in rx.iter().enumerate() {
+            step(i, &batch)?;
+            let _ = recycle_tx.send(batch);
+        }
+        Ok(())
+    })
+}
