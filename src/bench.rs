@@ -4,6 +4,8 @@
 use std::time::Instant;
 
 use crate::backend::Backend;
+use crate::data::{Augment, synthetic};
+use crate::feed::DeviceCache;
 use crate::loss::LossConfig;
 use crate::model::{Arch, ImageShape, Model, Plan};
 use crate::rng::Rng;
@@ -19,7 +21,15 @@ pub struct BenchOptions {
     pub steps: usize,
     pub warmup: usize,
     pub loss: LossConfig,
+    /// `--end-to-end N`: also train on N generated images for [`END_TO_END_EPOCHS`] epochs
+    /// (the first one untimed), data path included.
+    pub end_to_end: Option<usize>,
+    /// `--device-cache` of the end-to-end run.
+    pub device_cache: DeviceCache,
 }
+
+/// Epochs of an end-to-end run: one to warm up, the rest timed.
+pub const END_TO_END_EPOCHS: usize = 3;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchReport {
@@ -34,6 +44,11 @@ pub struct BenchReport {
     pub train_gflops: f64,
     pub train_step_ms: f64,
     pub inference_batch_ms: f64,
+    /// Training images/s of whole epochs of `train` (batches assembled and counted as a
+    /// user's run does), with `--end-to-end`.
+    pub end_to_end_images_per_second: Option<f64>,
+    /// How the end-to-end run's batches reached the model (the feeder's line).
+    pub end_to_end_data_path: Option<String>,
     /// Peak resident memory of the process (Linux VmHWM), if known.
     pub peak_rss_bytes: Option<u64>,
 }
@@ -106,6 +121,10 @@ pub fn run_with<B: Backend<E = f32>>(
         model.predict(backend, &x, n)?;
     }
     let infer_s = start.elapsed().as_secs_f64() / opts.steps as f64;
+    let end_to_end = match opts.end_to_end {
+        Some(images) => Some(end_to_end(backend, opts, images)?),
+        None => None,
+    };
 
     Ok(BenchReport {
         device: backend.name().to_string(),
@@ -119,6 +138,54 @@ pub fn run_with<B: Backend<E = f32>>(
         train_gflops: 3.0 * flops_per_image * n as f64 / train_s / 1e9,
         train_step_ms: train_s * 1e3,
         inference_batch_ms: infer_s * 1e3,
+        end_to_end_images_per_second: end_to_end.as_ref().map(|e| e.0),
+        end_to_end_data_path: end_to_end.map(|e| e.1),
         peak_rss_bytes: peak_rss_bytes(),
     })
+}
+
+/// Training images/s of the timed epochs of `train` on `images` generated images (no
+/// validation split, so an epoch is the training loop alone), and the data path's line.
+/// The run folder (checkpoints written after each epoch, outside the timing) is a
+/// temporary one.
+fn end_to_end<B: Backend<E = f32>>(
+    backend: &B,
+    opts: &BenchOptions,
+    images: usize,
+) -> Result<(f64, String)> {
+    if images < opts.batch_size {
+        return Err(Error::invalid(format!(
+            "--end-to-end {images}: at least one batch of {} images is needed",
+            opts.batch_size
+        )));
+    }
+    let set = synthetic::generate(images, opts.image_size, 0);
+    let train_opts = crate::train::TrainOptions {
+        epochs: END_TO_END_EPOCHS,
+        batch_size: opts.batch_size,
+        learning_rate: 1e-4,
+        loss: opts.loss.clone(),
+        arch: opts.arch.clone(),
+        seed: 0,
+        val_fraction: 0.0,
+        steps_per_epoch: None,
+        class_fraction: Vec::new(),
+        augment: Augment::None,
+        device_cache: opts.device_cache,
+        progress: false,
+        resume: false,
+    };
+    let dir = std::env::temp_dir().join(format!("focalflow-bench-{}", std::process::id()));
+    let mut data_path = String::new();
+    let result = crate::train::train(backend, &set, &train_opts, &dir, |line| {
+        if line.starts_with("data: ") {
+            data_path = line.to_string();
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let (_, history) = result?;
+    let timed = &history[1..];
+    let seconds: f64 = timed.iter().map(|m| m.seconds).sum();
+    let seen: f64 = timed.iter().map(|m| m.images_per_second * m.seconds).sum();
+    Ok((seen / seconds, data_path))
 }

@@ -898,8 +898,9 @@ fn launch_adam_view(
     v: &mut DeviceBuffer<f32>,
 ) {
     let cfg = LaunchConfig::new(2u32, 256u32);
-    // SAFETY: adam_update_f32(float*, const float*, float*, float*, long long, float x4) on
-    // views of `len` elements inside the buffers (each holds offset + len).
+    // SAFETY: adam_update_f32(float*, const float*, float*, float*, long long, float x4,
+    // const double*) on views of `len` elements inside the buffers (each holds offset +
+    // len), without counters (null).
     unsafe {
         exec.launch_builder("adam_update_f32", cfg)
             .arg(p.slice(offset..))
@@ -911,6 +912,7 @@ fn launch_adam_view(
             .arg(step.one_minus_beta1)
             .arg(step.one_minus_beta2)
             .arg(step.epsilon)
+            .arg(0u64)
             .launch()
             .unwrap()
     };

@@ -136,6 +136,13 @@ pub struct BenchArgs {
     /// Print a per-phase time table of the timed training steps.
     #[arg(long)]
     pub profile: bool,
+    /// Also time whole epochs of `train` on N generated images (data path included),
+    /// beside the kernels-only figure: 3 epochs, the first one untimed.
+    #[arg(long, value_name = "N")]
+    pub end_to_end: Option<usize>,
+    /// `--device-cache` of the --end-to-end run (see `train --help`).
+    #[arg(long, value_name = "auto|off|GiB", default_value = "auto")]
+    pub device_cache: crate::feed::DeviceCache,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -247,6 +254,8 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         steps: args.steps,
         warmup: 2,
         loss: args.loss.to_config_with_default(true)?,
+        end_to_end: args.end_to_end,
+        device_cache: args.device_cache,
     };
     let report = device::bench(device, args.profile, args.json, &opts)?;
     if args.json {
@@ -268,6 +277,16 @@ fn run_bench(args: BenchArgs) -> Result<()> {
                 b as f64 / 1048576.0
             ))
         );
+        if let (Some(e2e), Some(path)) = (
+            report.end_to_end_images_per_second,
+            &report.end_to_end_data_path,
+        ) {
+            println!(
+                "end to end (train, {} generated images): {e2e:.1} img/s, {:.0}% of the kernels-only figure; {path}",
+                args.end_to_end.unwrap_or(0),
+                100.0 * e2e / report.train_images_per_second
+            );
+        }
     }
     Ok(())
 }
