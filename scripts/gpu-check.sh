@@ -14,11 +14,16 @@
 #       THERE, from the repository root, with .gpu-bundle carried: with
 #       FOCALFLOW_REQUIRE_GPU=1 the GPU tests (kernels against the CPU, full training steps,
 #       train --device cuda vs cpu), `focalflow info`, `focalflow bench` on cpu and cuda
-#       (reference CNN, 224x224, batch 32 and 128, images/s for training and inference;
-#       --profile once), the PyTorch fp32 cuDNN reference (scripts/torch_bench.py), per-op
+#       (reference CNN, 224x224, batch 32 and 256, images/s for training and inference,
+#       and end to end: whole epochs of `train` on generated images, the data path
+#       included; --profile once), the default 10-epoch `train --device cuda` run, the
+#       PyTorch fp32 cuDNN reference and its uint8-on-the-GPU training loop
+#       (scripts/torch_bench.py), per-op
 #       kernel timings (tiled vs naive), a compute-sanitizer memcheck of the kernel tests and
 #       a short ncu pass when those tools exist. Writes summary.md and every log to $OUT
-#       (default ./gpu-check-out). Each step has a time limit; the whole run stays under
+#       (default ./gpu-check-out), and packs them into $OUT/gpu-check-logs.tar.gz (a remote
+#       machine returns only a few files; run folders with their checkpoints stay out of
+#       $OUT). Each step has a time limit; the whole run stays under
 #       $GPU_CHECK_BUDGET_S seconds (default 330); a step that fails is recorded and the
 #       run goes on. Exit status: 0 when every required step passed.
 #       --dry-run: the same plumbing on a machine without a GPU: cuda-emu instead of cuda,
@@ -29,7 +34,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bundle_dir="$root/.gpu-bundle"
 # The test executables the GPU check runs (tests/<name>.rs).
-gpu_tests=(cuda_backend cuda_loss gpu_executor)
+gpu_tests=(cuda_backend cuda_loss gpu_executor device_data)
 
 die() {
     echo "gpu-check: $*" >&2
@@ -74,6 +79,12 @@ EOF
     while read -r name exe; do
         strip -o "$bundle_dir/tests/$name" "$exe"
     done <"$target/gpu-bundle-tests.txt"
+    # Shared libraries the GPU machine may lack (libjpeg.so.62 is Debian's name; Ubuntu
+    # 24.04 ships libjpeg.so.8): carried beside the binaries, found through LD_LIBRARY_PATH.
+    mkdir -p "$bundle_dir/lib"
+    ldd "$bundle_dir/bin/focalflow" | awk '/libjpeg/ { print $3 }' | while read -r lib; do
+        cp -L "$lib" "$bundle_dir/lib/"
+    done
 
     # The binary must carry PTX, or the run half can only report that.
     local info
@@ -92,7 +103,7 @@ EOF
         echo
         echo "$info"
         echo
-        (cd "$bundle_dir" && du -ab bin tests | sort -k2)
+        (cd "$bundle_dir" && du -ab bin tests lib | sort -k2)
     } >"$bundle_dir/MANIFEST.txt"
     local bytes
     bytes=$(du -sb "$bundle_dir" | cut -f1)
@@ -115,6 +126,10 @@ run() {
     start=$(date +%s)
     deadline=$((start + ${GPU_CHECK_BUDGET_S:-330}))
     local ff="$bundle_dir/bin/focalflow" tests="$bundle_dir/tests"
+    export LD_LIBRARY_PATH="$bundle_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # Run folders (checkpoints of the reference CNN are ~133 MB) stay out of $OUT.
+    local runs="${TMPDIR:-/tmp}/focalflow-gpu-check-runs"
+    rm -rf "$runs"
     export FOCALFLOW_BIN="$ff" # the CLI tests run this binary
     # The driver compiles the PTX for the GPU when a module is first loaded; keep what it
     # compiles for the next process (every step starts one) in a cache that surely works.
@@ -153,11 +168,11 @@ run() {
         step "$name" "$required" "$limit" bash -c '"$@" >"$0"' "$OUT/$name.json" "$@"
     }
 
-    local dev=cuda img=224 b1=32 b2=128 steps=30 cpu_steps=3 torch_dev=cuda
+    local dev=cuda img=224 b1=32 b2=256 steps=30 cpu_steps=3 torch_dev=cuda e2e1=2048 e2e2=8192
     local backend_filter=(on_gpu gpu_every_tile names_say cli_) loss_filter=(gpu::)
     if [ $dry -eq 1 ]; then
         log "DRY RUN: cuda-emu instead of cuda, tiny sizes, no GPU required"
-        dev=cuda-emu img=24 b1=4 b2=8 steps=1 cpu_steps=1 torch_dev=cpu
+        dev=cuda-emu img=24 b1=4 b2=8 steps=1 cpu_steps=1 torch_dev=cpu e2e1=16 e2e2=32
         backend_filter=(emu_forward::relu_backward emu_forward::maxpool_forward names_say cli_device)
         loss_filter=(forward::softmax)
     else
@@ -190,18 +205,25 @@ print(libs[0] if libs else "")' 2>/dev/null)"
     step test_cuda_loss 1 90 "$tests/cuda_loss" "${loss_filter[@]}"
     if [ $dry -eq 0 ]; then
         step test_gpu_executor 1 60 "$tests/gpu_executor"
+        step test_device_data 1 90 "$tests/device_data"
     fi
 
     # 3. Speed: focalflow on cpu and cuda, the PyTorch reference.
     step_json bench_cpu_b$b1 1 90 "$ff" bench --device cpu --image-size $img --batch-size $b1 --steps $cpu_steps --json "${arch_args[@]}"
-    step_json bench_${dev}_b$b1 1 60 "$ff" bench --device $dev --image-size $img --batch-size $b1 --steps $steps --json "${arch_args[@]}"
-    step_json bench_${dev}_b$b2 1 60 "$ff" bench --device $dev --image-size $img --batch-size $b2 --steps $((steps * 2 / 3 + 1)) --json "${arch_args[@]}"
+    step_json bench_${dev}_b$b1 1 90 "$ff" bench --device $dev --image-size $img --batch-size $b1 --steps $steps --end-to-end $e2e1 --json "${arch_args[@]}"
+    step_json bench_${dev}_b$b2 1 120 "$ff" bench --device $dev --image-size $img --batch-size $b2 --steps $((steps * 2 / 3 + 1)) --end-to-end $e2e2 --json "${arch_args[@]}"
+    # The default run a user starts (10 epochs of 640 generated images; at the test size
+    # in a dry run), its epoch times from metrics.jsonl.
+    local default_size=()
+    [ $dry -eq 1 ] && default_size=(--image-size $img --synthetic-images 64 --epochs 2)
+    step train_default 1 120 bash -c '"$@" && cat "$0/default/metrics.jsonl"' "$runs" \
+        "$ff" train --device $dev --quiet --out "$runs/default" "${default_size[@]}" "${arch_args[@]}"
     step bench_${dev}_profile 1 60 "$ff" bench --device $dev --image-size $img --batch-size $b1 --steps $steps --profile "${arch_args[@]}"
     if python3 -c 'import torch' 2>/dev/null; then
         if [ $dry -eq 1 ]; then
-            step_json torch_bench 0 90 python3 scripts/torch_bench.py --device cpu --image-size 24 --batch-sizes $b1 --steps 1 --warmup 1
+            step_json torch_bench 0 90 python3 scripts/torch_bench.py --device cpu --image-size 24 --batch-sizes $b1 --steps 1 --warmup 1 --end-to-end $e2e1
         else
-            step_json torch_bench 0 120 python3 scripts/torch_bench.py --batch-sizes $b1,$b2 --steps $steps
+            step_json torch_bench 0 180 python3 scripts/torch_bench.py --batch-sizes $b1,$b2 --steps $steps --end-to-end $e2e2
             step_json torch_bench_channels_last 0 90 python3 scripts/torch_bench.py --batch-sizes $b1 --steps $steps --channels-last
             step_json torch_ops 0 60 python3 scripts/torch_bench.py --batch-sizes $b1 --steps 5 --profile-ops
         fi
@@ -246,18 +268,28 @@ def load(path):
 for path in sorted(glob.glob(os.path.join(out, "bench_*.json"))):
     for r in load(path):
         rows.append(("focalflow " + r["device"], r["batch_size"], r["image_size"], r["train_images_per_second"],
-                     r["inference_images_per_second"], r["train_step_ms"], r.get("train_gflops")))
+                     r["inference_images_per_second"], r["train_step_ms"], r.get("train_gflops"),
+                     r.get("end_to_end_images_per_second")))
 for name in ("torch_bench", "torch_bench_channels_last"):
     for r in load(os.path.join(out, name + ".json")):
         label = "pytorch fp32 cuDNN" + (" channels-last" if r.get("channels_last") else "")
         rows.append((label, r["batch_size"], r["image_size"], r["train_images_per_second"],
-                     r["inference_images_per_second"], r["train_step_ms"], None))
+                     r["inference_images_per_second"], r["train_step_ms"], None,
+                     r.get("end_to_end_images_per_second")))
 print("# focalflow GPU check\n")
-print("| run | batch | image | train img/s | inference img/s | ms/step | model GFLOP/s |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("End to end: whole training epochs with the data path (focalflow `bench --end-to-end`;")
+print("PyTorch: uint8 set on the GPU, `loss.item()` every step). Kernels only: `bench`'s steps.\n")
+print("| run | batch | image | train img/s (kernels only) | train img/s (end to end) | end to end / kernels | inference img/s | ms/step | model GFLOP/s |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     g = f"{r[6]:.0f}" if r[6] else ""
-    print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f} | {g} |")
+    e2e, share = (f"{r[7]:.1f}", f"{100 * r[7] / r[3]:.0f}%") if r[7] else ("", "")
+    print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.1f} | {e2e} | {share} | {r[4]:.1f} | {r[5]:.2f} | {g} |")
+default = load(os.path.join(out, "train_default.log"))
+if default:
+    secs = sum(m["seconds"] for m in default)
+    print(f"\nDefault `train --device {dev}` run: {len(default)} epochs, {secs:.2f} s of training "
+          f"(sum of the epochs' seconds in metrics.jsonl), final val accuracy {default[-1].get('val_accuracy')}")
 ff = {r[1]: r for r in rows if r[0] == "focalflow " + dev}
 pt = {r[1]: r for r in rows if r[0] == "pytorch fp32 cuDNN"}
 for b in sorted(set(ff) & set(pt)):
@@ -273,6 +305,10 @@ if os.path.exists(prof):
 EOF
     cat "$OUT/summary.md"
     log "done in $(($(date +%s) - start))s; logs in $OUT"
+    # One archive of every log, summary and JSON (only a handful of files come back from a
+    # remote machine); nothing else lives in $OUT.
+    (cd "$OUT" && tar czf gpu-check-logs.tar.gz --exclude=gpu-check-logs.tar.gz -- *.log *.json *.md *.tsv 2>/dev/null)
+    rm -rf "$runs"
     # Failed required steps fail the run.
     ! awk -F'\t' '$2 == 1 && $3 !~ /^ok/ && $3 !~ /^skipped/' "$steps_file" | grep -q .
 }

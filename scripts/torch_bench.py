@@ -11,6 +11,12 @@ and a copy of the probabilities to the host, as focalflow's step returns the los
 probabilities (one synchronisation per step on both sides). Inference: forward + softmax +
 copy to the host.
 
+With --end-to-end N, also the plain training loop a PyTorch user writes (the reference of
+`focalflow bench --end-to-end N`): N uint8 images kept on the GPU, each epoch a random
+permutation, each batch gathered, converted to float, scaled by 1/255 and one-hot labelled
+on the GPU, then forward, loss, backward, Adam and `loss.item()` every step; 3 epochs, the
+first one untimed (focalflow's end-to-end run has the same shape).
+
 Prints one JSON object per batch size on stdout, e.g.
   {"framework": "pytorch", "device": "...", "batch_size": 32, "train_images_per_second": ...}
 """
@@ -29,6 +35,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--channels-last", action="store_true", help="NHWC memory format (as focalflow)")
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (for a dry run)")
+    ap.add_argument("--end-to-end", type=int, default=0, metavar="N",
+                    help="also time the uint8-on-the-GPU training loop on N generated images")
     ap.add_argument("--profile-ops", action="store_true",
                     help="also print the kernels' times over a few training steps (torch.profiler, to stderr)")
     args = ap.parse_args()
@@ -105,6 +113,10 @@ def main():
             infer_s = stop() / args.steps
         model.train()
 
+        end_to_end = None
+        if args.end_to_end:
+            end_to_end = uint8_loop(args, torch, F, dev, make_model, focal_loss, batch, timer)
+
         if args.profile_ops:
             from torch.profiler import ProfilerActivity, profile
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
@@ -128,7 +140,36 @@ def main():
             "inference_images_per_second": batch / infer_s,
             "train_step_ms": train_s * 1e3,
             "inference_batch_ms": infer_s * 1e3,
+            "end_to_end_images": args.end_to_end or None,
+            "end_to_end_images_per_second": end_to_end,
         }), flush=True)
+
+
+def uint8_loop(args, torch, F, dev, make_model, focal_loss, batch, timer):
+    """Training images/s of epochs 2 and 3 of the plain uint8-on-the-GPU loop."""
+    n, side = args.end_to_end, args.image_size
+    gen = torch.Generator(device=dev).manual_seed(0)
+    data = torch.randint(0, 256, (n, side, side, 3), dtype=torch.uint8, device=dev, generator=gen)
+    labels = torch.arange(n, device=dev) % 2
+    torch.manual_seed(0)
+    model = make_model().to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-7, fused=dev.type == "cuda")
+    seconds = 0.0
+    for epoch in range(3):
+        stop = timer()
+        order = torch.randperm(n, device=dev)
+        for first in range(0, n, batch):
+            idx = order[first:first + batch]
+            x = data[idx].permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+            y = F.one_hot(labels[idx], 2).float()
+            opt.zero_grad(set_to_none=True)
+            loss = focal_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            loss.item()
+        if epoch > 0:
+            seconds += stop()
+    return 2 * n / seconds
 
 
 if __name__ == "__main__":

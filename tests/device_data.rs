@@ -280,3 +280,57 @@ fn adam_leaves_the_weights_alone_once_a_step_failed() {
         );
     }
 }
+
+#[test]
+fn bench_end_to_end_reports_the_trained_rate_beside_the_kernels_only_one() {
+    for device in ["cpu", "cuda-emu"] {
+        let out = common::run(&[
+            "bench",
+            "--device",
+            device,
+            "--image-size",
+            "12",
+            "--arch",
+            "c4,p,d8",
+            "--batch-size",
+            "4",
+            "--steps",
+            "1",
+            "--end-to-end",
+            "24",
+            "--json",
+        ]);
+        let stdout = common::text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{device}: {}",
+            common::text(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let rate = report["end_to_end_images_per_second"].as_f64().unwrap();
+        assert!(rate.is_finite() && rate > 0.0, "{device}: {stdout}");
+        let path = report["end_to_end_data_path"].as_str().unwrap();
+        let expected = if device == "cpu" {
+            "on the host"
+        } else {
+            "resident on the device"
+        };
+        assert!(path.contains(expected), "{device}: {path}");
+    }
+    // Fewer images than a batch cannot time an epoch.
+    let out = common::run(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--image-size",
+        "12",
+        "--arch",
+        "c4,p,d8",
+        "--steps",
+        "1",
+        "--end-to-end",
+        "2",
+    ]);
+    assert!(!out.status.success());
+    assert!(common::text(&out.stderr).contains("--end-to-end 2"));
+}
