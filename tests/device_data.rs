@@ -334,3 +334,57 @@ fn bench_end_to_end_reports_the_trained_rate_beside_the_kernels_only_one() {
     assert!(!out.status.success());
     assert!(common::text(&out.stderr).contains("--end-to-end 2"));
 }
+
+/// `train --device cuda-emu` on the built-in set with the emulator reporting `free_mib` MiB
+/// of free device memory.
+fn train_with_free_memory(free_mib: &str, extra: &[&str]) -> std::process::Output {
+    let dir = common::TempDir::new("device-memory");
+    let out = dir.join("run");
+    let mut args = vec![
+        "train",
+        "--device",
+        "cuda-emu",
+        "--epochs",
+        "1",
+        "--synthetic-images",
+        "64",
+        "--arch",
+        "c4,p,d8",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    std::process::Command::new(common::BIN)
+        .args(&args)
+        .env("FOCALFLOW_EMU_FREE_MIB", free_mib)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_set_is_streamed_when_it_exceeds_the_budget_and_a_model_too_large_fails_at_start() {
+    // 64 images of 64x64x3 (768 KiB) against half of 1 MiB: streamed, and said so.
+    let out = train_with_free_memory("1", &["--image-size", "64", "--batch-size", "2"]);
+    let log = common::text(&out.stdout) + &common::text(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("data: u8 batches streamed"), "{log}");
+    // The same set with room for it: resident.
+    let out = train_with_free_memory("64", &["--image-size", "64", "--batch-size", "2"]);
+    let log = common::text(&out.stdout) + &common::text(&out.stderr);
+    assert!(log.contains("resident on the device"), "{log}");
+    // The model and a batch of 256 at 224 px need far more than 1 MiB: one line at start.
+    let out = train_with_free_memory("1", &["--image-size", "224", "--batch-size", "256"]);
+    let stderr = common::text(&out.stderr);
+    assert!(
+        !out.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        error.contains("--batch-size 256") && error.contains("GiB is free"),
+        "{stderr}"
+    );
+}

@@ -72,6 +72,9 @@ pub struct EmuOptions {
     pub threads: u32,
     /// Stack of each emulated CUDA thread, bytes.
     pub stack_bytes: u32,
+    /// Free "device memory" the emulator reports (`FOCALFLOW_EMU_FREE_MIB`), so that the
+    /// GPU's memory checks can be exercised; `None`: unknown, as the host's memory is.
+    pub free_bytes: Option<u64>,
 }
 
 impl Default for EmuOptions {
@@ -83,6 +86,7 @@ impl Default for EmuOptions {
             schedule: Schedule::Forward,
             threads,
             stack_bytes: 64 * 1024,
+            free_bytes: None,
         }
     }
 }
@@ -115,6 +119,14 @@ impl EmuOptions {
                     Error::invalid(format!("FOCALFLOW_EMU_STACK_KB={s}: expected 8..=16384"))
                 })?;
             o.stack_bytes = kb * 1024;
+        }
+        if let Some(s) = env_var("FOCALFLOW_EMU_FREE_MIB") {
+            let mib: u64 = s.parse().map_err(|_| {
+                Error::invalid(format!(
+                    "FOCALFLOW_EMU_FREE_MIB={s}: expected a number of MiB"
+                ))
+            })?;
+            o.free_bytes = Some(mib << 20);
         }
         Ok(o)
     }

@@ -554,12 +554,12 @@ impl Executor {
             Executor::Emu(e) => e.blocking_reads.load(Ordering::Relaxed),
         }
     }
-    /// Free device memory in bytes (`None` on the emulator, whose device memory is the
-    /// host's).
+    /// Free device memory in bytes (on the emulator, whose device memory is the host's,
+    /// `None` unless `FOCALFLOW_EMU_FREE_MIB` sets a figure).
     pub fn free_memory(&self) -> Result<Option<u64>> {
         match self {
             Executor::Cuda(c) => Ok(Some(c.memory_info()?.0 as u64)),
-            Executor::Emu(_) => Ok(None),
+            Executor::Emu(e) => Ok(e.options().free_bytes),
         }
     }
     /// A host buffer of `len` bytes to stage uploads from: page-locked on a GPU, so that
