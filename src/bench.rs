@@ -172,8 +172,7 @@ fn end_to_end<B: Backend<E = f32>>(
         class_fraction: Vec::new(),
         augment: Augment::None,
         device_cache: opts.device_cache,
-        progress: false,
-        resume: false,
+        ..Default::default()
     };
     let dir = std::env::temp_dir().join(format!("focalflow-bench-{}", std::process::id()));
     let mut data_path = String::new();

@@ -35,6 +35,7 @@ use crate::data::{ImageSet, PixelStore};
 use crate::loss::LossConfig;
 use crate::model::{Arch, ImageShape, Model, Plan};
 use crate::optim::Adam;
+use crate::schedule::RunProgress;
 use crate::train::EpochMetrics;
 use crate::{Error, Result};
 
@@ -62,13 +63,37 @@ pub struct OptimizerState {
 pub struct TrainingState {
     /// Epochs completed.
     pub epoch: usize,
-    /// Lowest validation loss so far and its epoch (what `best.safetensors` holds).
-    pub best_val_loss: Option<f64>,
-    pub best_epoch: Option<usize>,
+    /// The best monitored value and its epoch (what `best.safetensors` holds), and the
+    /// schedule's and early stopping's counters.
+    #[serde(default)]
+    pub progress: RunProgress,
     /// The run's `TrainOptions`, as in `config.json`.
     pub options: serde_json::Value,
     /// Identifies the data and its split: a resumed run must see the same.
     pub data_fingerprint: String,
+    /// Where an interrupt stopped the next epoch (`None`: at an epoch's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialEpoch>,
+    /// Checkpoints written before `progress` existed kept the lowest validation loss and
+    /// its epoch here (read, then moved into `progress`, never written).
+    #[serde(default, skip_serializing)]
+    pub best_val_loss: Option<f64>,
+    #[serde(default, skip_serializing)]
+    pub best_epoch: Option<usize>,
+}
+
+/// The steps of an epoch done before an interrupt, and what they added up to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    /// Steps done (the epoch continues with the next one).
+    pub steps: usize,
+    pub loss_sum: f64,
+    pub correct: u64,
+    pub seen: u64,
+    /// Seconds spent on them.
+    pub seconds: f64,
+    /// The learning rate of each.
+    pub learning_rates: Vec<f64>,
 }
 
 /// A model with its metadata, in memory.
@@ -503,6 +528,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
+    // A second Ctrl-C exits at once: it removes this file first.
+    let _writing = crate::interrupt::writing(&tmp);
     let abort_after: Option<usize> = std::env::var(ABORT_AFTER_BYTES_ENV)
         .ok()
         .and_then(|v| v.parse().ok());
@@ -618,9 +645,14 @@ pub fn resume_point(
         ));
     }
     let checkpoint = Checkpoint::load(&path)?;
-    let state = checkpoint.training.clone().ok_or_else(|| {
+    let mut state = checkpoint.training.clone().ok_or_else(|| {
         Error::file(&path, "no training state (metadata `training`): written by something other than focalflow train, it cannot be resumed")
     })?;
+    if state.best_epoch.is_some() && state.progress.best_epoch.is_none() {
+        // An older checkpoint: its best was the lowest validation loss (--monitor val_loss).
+        state.progress.best = state.best_val_loss.take();
+        state.progress.best_epoch = state.best_epoch.take();
+    }
     if checkpoint.optimizer.is_none() {
         return Err(Error::file(
             &path,
@@ -692,53 +724,51 @@ pub fn reopen_metrics(path: &Path, epoch: usize) -> Result<(Vec<EpochMetrics>, s
     Ok((kept, file))
 }
 
-/// Writes `last` (weights, optimizer, training state) after every epoch and `best` (weights)
-/// whenever the validation loss is the lowest so far.
+/// Writes `last` (weights, optimizer, training state) after every epoch (and at an
+/// interrupt) and `best` (weights) whenever the monitored value is the best so far.
 pub struct EpochCheckpoints {
     pub run: PathBuf,
     pub class_names: Vec<String>,
     pub loss: LossConfig,
     pub options: serde_json::Value,
     pub fingerprint: String,
-    pub best_val_loss: Option<f64>,
-    pub best_epoch: Option<usize>,
 }
 
 impl EpochCheckpoints {
-    /// Saves the checkpoints of `epoch`; returns whether it is a new best.
+    /// Saves the checkpoints of `epoch` (completed): `best` too when `best`; `progress` is
+    /// the run's state after the epoch, `partial` the steps of the next one done before an
+    /// interrupt.
+    #[allow(clippy::too_many_arguments)]
     pub fn save<B: Backend<E = f32>>(
-        &mut self,
+        &self,
         backend: &B,
         model: &Model<B>,
         epoch: usize,
         val_loss: Option<f64>,
-    ) -> Result<bool> {
+        best: bool,
+        progress: &RunProgress,
+        partial: Option<PartialEpoch>,
+    ) -> Result<()> {
         let mut ck = Checkpoint::of_model(backend, model, &self.class_names)?;
         ck.loss = Some(self.loss.clone());
         ck.epoch = Some(epoch);
         ck.val_loss = val_loss;
-        let better = match (val_loss, self.best_val_loss) {
-            (Some(v), Some(best)) => v < best,
-            (Some(v), None) => v.is_finite(),
-            (None, _) => false,
-        };
-        if better {
-            self.best_val_loss = val_loss;
-            self.best_epoch = Some(epoch);
+        if best {
             ck.kind = "best".into();
             ck.save(&best_path(&self.run))?;
         }
         ck.kind = "last".into();
         ck.training = Some(TrainingState {
             epoch,
-            best_val_loss: self.best_val_loss,
-            best_epoch: self.best_epoch,
+            progress: progress.clone(),
             options: self.options.clone(),
             data_fingerprint: self.fingerprint.clone(),
+            partial,
+            best_val_loss: None,
+            best_epoch: None,
         });
         ck.with_optimizer(backend, model)?
-            .save(&last_path(&self.run))?;
-        Ok(better)
+            .save(&last_path(&self.run))
     }
 }
 

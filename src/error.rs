@@ -20,6 +20,10 @@ pub enum Error {
     /// The requested device or executor is not available on this machine/build.
     #[error("{0}")]
     Device(String),
+    /// Ctrl-C or SIGTERM stopped training (after saving what resumes it); the message says
+    /// how to continue. The process exits with 130.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl Error {

@@ -26,12 +26,13 @@ pub trait BatchFeeder<Buf> {
     /// How batches reach the model, for the run's first lines.
     fn describe(&self) -> String;
     /// Calls `step` for each batch of `order` in turn (`batch_size` images, the last one
-    /// possibly fewer); with `flip_seed` (`--augment flip`), images are mirrored as
-    /// [`flip_decisions`] says.
+    /// possibly fewer), from batch `first` on (a resumed epoch); with `flip_seed`
+    /// (`--augment flip`), images are mirrored as [`flip_decisions`] says.
     fn for_each_batch(
         &mut self,
         order: &[usize],
         flip_seed: Option<u64>,
+        first: usize,
         step: &mut BatchFn<'_, Buf>,
     ) -> Result<()>;
 }
@@ -156,6 +157,7 @@ impl<B: Backend<E = f32>, P: PixelStore> BatchFeeder<B::Buf> for HostFeeder<'_, 
         &mut self,
         order: &[usize],
         flip_seed: Option<u64>,
+        first: usize,
         step: &mut BatchFn<'_, B::Buf>,
     ) -> Result<()> {
         let HostFeeder {
@@ -165,7 +167,7 @@ impl<B: Backend<E = f32>, P: PixelStore> BatchFeeder<B::Buf> for HostFeeder<'_, 
             x,
             y,
         } = self;
-        host_batches(data, order, *batch_size, flip_seed, |n, b| {
+        host_batches(data, order, *batch_size, flip_seed, first, |n, b| {
             backend.write(x, &b.x)?;
             backend.write(y, &b.y)?;
             step(n, b.len, x, y)
@@ -181,21 +183,23 @@ pub struct HostBatch {
     pub y: Vec<f32>,
 }
 
-/// Assembles the f32 batches of `order` on a separate thread (two ahead) and hands each to
-/// `step`, so the step does not wait for the u8 -> f32 conversion. With `flip_seed`, images
-/// are flipped at random (`--augment flip`), seeded per batch.
+/// Assembles the f32 batches of `order` from batch `first` on, on a separate thread (two
+/// ahead), and hands each to `step`, so the step does not wait for the u8 -> f32
+/// conversion. With `flip_seed`, images are flipped at random (`--augment flip`), seeded
+/// per batch.
 pub fn host_batches<P: PixelStore>(
     data: &ImageSet<P>,
     order: &[usize],
     batch_size: usize,
     flip_seed: Option<u64>,
+    first: usize,
     mut step: impl FnMut(usize, &HostBatch) -> Result<()>,
 ) -> Result<()> {
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::sync_channel::<HostBatch>(2);
         let (recycle_tx, recycle_rx) = mpsc::channel::<HostBatch>();
         scope.spawn(move || {
-            for (n, chunk) in order.chunks(batch_size).enumerate() {
+            for (n, chunk) in order.chunks(batch_size).enumerate().skip(first) {
                 let mut b = recycle_rx.try_recv().unwrap_or(HostBatch {
                     len: 0,
                     x: Vec::new(),
@@ -210,7 +214,7 @@ pub fn host_batches<P: PixelStore>(
             }
         });
         for (i, batch) in rx.iter().enumerate() {
-            step(i, &batch)?;
+            step(first + i, &batch)?;
             let _ = recycle_tx.send(batch);
         }
         Ok(())

@@ -12,6 +12,7 @@ pub mod error;
 pub mod feed;
 pub mod gpu;
 pub mod info;
+pub mod interrupt;
 pub mod loss;
 pub mod metrics;
 pub mod model;
@@ -20,6 +21,7 @@ pub mod optim;
 pub mod plots;
 pub mod profile;
 pub mod rng;
+pub mod schedule;
 pub mod train;
 
 pub use element::Element;

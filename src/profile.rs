@@ -403,8 +403,8 @@ impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
     fn counters(&self) -> Result<Self::Counters> {
         self.inner.counters()
     }
-    fn reset_counters(&self, counters: &mut Self::Counters) -> Result<()> {
-        self.inner.reset_counters(counters)
+    fn set_counters(&self, counters: &mut Self::Counters, totals: &StepTotals) -> Result<()> {
+        self.inner.set_counters(counters, totals)
     }
     fn read_counters(&self, counters: &Self::Counters) -> Result<StepTotals> {
         self.enter(Phase::Readback)?;
@@ -488,12 +488,13 @@ impl<B: Backend<E = f32> + Timeline> BatchFeeder<B::Buf> for ProfiledFeeder<'_, 
         &mut self,
         order: &[usize],
         flip_seed: Option<u64>,
+        first: usize,
         step: &mut BatchFn<'_, B::Buf>,
     ) -> Result<()> {
         let profiled = self.profiled;
         profiled.enter(Phase::Data)?;
         self.inner
-            .for_each_batch(order, flip_seed, &mut |n, count, x, y| {
+            .for_each_batch(order, flip_seed, first, &mut |n, count, x, y| {
                 step(n, count, x, y)?;
                 profiled.enter(Phase::Data)
             })

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::{Backend, StepTotals};
+use crate::checkpoint::PartialEpoch;
 use crate::data::{Augment, ClassFraction, ImageSet, PixelStore};
 use crate::feed::{BatchFeeder, DeviceCache};
 use crate::loss::LossConfig;
 use crate::model::{Arch, Model, Plan};
 use crate::optim::Adam;
 use crate::rng::Rng;
+use crate::schedule::{LrSchedule, Monitor, RunProgress, Schedule};
 use crate::{Error, Result};
 
 /// Everything that defines a training run (written to `config.json`).
@@ -36,12 +38,56 @@ pub struct TrainOptions {
     /// changes no result, so it is not part of the run's configuration).
     #[serde(skip)]
     pub device_cache: DeviceCache,
+    /// `--lr-schedule` (not written when constant, so that runs of earlier versions, which
+    /// had no schedule, still resume).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lr_schedule: LrSchedule,
+    /// `--warmup-epochs`: linear warm-up of the learning rate over this many epochs.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub warmup_epochs: f64,
+    /// `--monitor`: the validation metric for the best checkpoint, early stopping and the
+    /// plateau schedule.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub monitor: Monitor,
+    /// `--early-stop PATIENCE`: stop when the monitored metric has not improved for this
+    /// many epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<usize>,
     /// Show progress bars (on a terminal).
     #[serde(skip)]
     pub progress: bool,
     /// `--resume`: continue the run in the output folder (see [`train_with`]).
     #[serde(skip)]
     pub resume: bool,
+}
+
+impl Default for TrainOptions {
+    /// The command line's defaults (`focalflow train` with no flags, on given data).
+    fn default() -> Self {
+        TrainOptions {
+            epochs: 10,
+            batch_size: 32,
+            learning_rate: 1e-3,
+            loss: LossConfig::default_focal(),
+            arch: Arch::default(),
+            seed: 42,
+            val_fraction: 0.2,
+            steps_per_epoch: None,
+            class_fraction: Vec::new(),
+            augment: Augment::None,
+            device_cache: DeviceCache::Auto,
+            lr_schedule: LrSchedule::Constant,
+            warmup_epochs: 0.0,
+            monitor: Monitor::ValLoss,
+            early_stop: None,
+            progress: false,
+            resume: false,
+        }
+    }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(
@@ -65,6 +111,13 @@ pub struct EpochMetrics {
     /// absent without a validation split).
     #[serde(flatten, default)]
     pub validation: Option<crate::metrics::EpochValidation>,
+    /// The learning rate of each step of the epoch.
+    #[serde(default)]
+    pub learning_rates: Vec<f64>,
+    /// The epoch was interrupted (Ctrl-C): the line covers its steps so far, without
+    /// validation; `--resume` replaces it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// How often the progress bar reads the counters of a backend whose reads wait for the
@@ -85,7 +138,7 @@ pub fn logits_of<B: Backend<E = f32>>(
     let mut logits = backend.zeros(indices.len() * classes)?;
     let mut counters = backend.counters()?;
     let mut row = 0;
-    feeder.for_each_batch(indices, None, &mut |step, n, x, y| {
+    feeder.for_each_batch(indices, None, 0, &mut |step, n, x, y| {
         model.forward(backend, x, n)?;
         if let Some(loss) = loss {
             model.count_loss_of_forward(backend, loss, y, n, step, &mut counters)?;
@@ -198,6 +251,15 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
             opts.val_fraction
         )));
     }
+    let schedule = Schedule {
+        base_lr: opts.learning_rate,
+        schedule: opts.lr_schedule,
+        warmup_epochs: opts.warmup_epochs,
+        epochs: opts.epochs,
+        monitor: opts.monitor,
+        early_stop: opts.early_stop,
+    };
+    schedule.validate(!val_idx.is_empty())?;
     let options_json = serde_json::to_value(opts).expect("JSON");
     let fingerprint = crate::checkpoint::data_fingerprint(data, &train_idx, &val_idx);
     let resumed = if resume {
@@ -225,7 +287,7 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
     if let Some(r) = &resumed {
         config["resumed_after_epoch"] = r.state.epoch.into();
     }
-    write_file_atomically(
+    crate::checkpoint::write_atomically(
         &out.join("config.json"),
         serde_json::to_string_pretty(&config)
             .expect("JSON")
@@ -276,17 +338,19 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
             std::fs::File::create(&metrics_path).map_err(|e| Error::file(&metrics_path, e))?,
         ),
     };
-    let mut checkpoints = crate::checkpoint::EpochCheckpoints {
+    let checkpoints = crate::checkpoint::EpochCheckpoints {
         run: out.to_path_buf(),
         class_names: data.class_names.clone(),
         loss: opts.loss.clone(),
         options: options_json,
         fingerprint,
-        best_val_loss: resumed.as_ref().and_then(|r| r.state.best_val_loss),
-        best_epoch: resumed.as_ref().and_then(|r| r.state.best_epoch),
     };
     let first_epoch = resumed.as_ref().map_or(1, |r| r.state.epoch + 1);
-    drop(resumed);
+    let mut progress = resumed
+        .as_ref()
+        .map_or_else(RunProgress::default, |r| r.state.progress.clone());
+    // The steps of `first_epoch` done before an interrupt, if that is where the run stopped.
+    let mut partial = resumed.and_then(|r| r.state.partial);
     let mut shuffle_rng = Rng::derive(opts.seed, 3);
     for _ in 1..first_epoch {
         // The shuffles of the epochs done: the stream is where the run left it.
@@ -301,42 +365,59 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
             .div_ceil(opts.batch_size)
             .min(opts.steps_per_epoch.unwrap_or(usize::MAX));
         order.truncate((steps * opts.batch_size).min(order.len()));
-        let bar = progress_bar(opts.progress, steps as u64, epoch, opts.epochs);
-        let start = Instant::now();
-        let flip_seed = (opts.augment == Augment::Flip)
-            .then(|| Rng::derive(opts.seed, 0xf11b_0000 + epoch as u64).next_u64());
-        // Nothing is read back inside a step: the counters are read where that is free (the
-        // CPU: then a failed step stops training at once) or for the progress bar, at most
-        // every PROGRESS_READ_EVERY; otherwise once, after the epoch.
-        backend.reset_counters(&mut counters)?;
-        let mut last_read = start;
-        feeder.for_each_batch(&order, flip_seed, &mut |step, n, x, y| {
-            model
-                .train_step_counted(backend, &opts.loss, x, y, n, step, &mut counters)
-                .map_err(|e| match e {
-                    Error::NonFinite(what) => stopped_at(epoch, step, &what),
-                    other => other,
-                })?;
-            bar.inc(1);
-            if backend.reads_are_cheap()
-                || (opts.progress && last_read.elapsed() >= PROGRESS_READ_EVERY)
-            {
-                let t = checked(backend.read_counters(&counters)?, epoch)?;
-                bar.set_message(format!(
-                    "loss {:.4}  {:.1} img/s",
-                    t.loss_sum / t.seen.max(1) as f64,
-                    t.seen as f64 / start.elapsed().as_secs_f64()
-                ));
-                last_read = Instant::now();
-            }
-            Ok(())
-        })?;
-        let totals = checked(backend.read_counters(&counters)?, epoch)?;
-        bar.finish_and_clear();
-        let seconds = start.elapsed().as_secs_f64();
-        let (val_loss, val_accuracy, validation) = if val_idx.is_empty() {
-            (None, None, None)
-        } else {
+        let run = EpochSteps {
+            epoch,
+            order: &order,
+            steps,
+            done: partial.take().unwrap_or_default(),
+        }
+        .run(
+            backend,
+            &mut model,
+            feeder.as_mut(),
+            &mut counters,
+            opts,
+            &schedule,
+            &progress,
+        )?;
+        let seen = run.totals.seen as f64;
+        let mut m = EpochMetrics {
+            epoch,
+            train_loss: run.totals.loss_sum / seen,
+            train_accuracy: run.totals.correct as f64 / seen,
+            val_loss: None,
+            val_accuracy: None,
+            images_per_second: seen / run.seconds,
+            seconds: run.seconds,
+            validation: None,
+            learning_rates: run.learning_rates.clone(),
+            partial: run.interrupted,
+        };
+        if run.interrupted {
+            append_metrics(&mut metrics_file, &metrics_path, &m)?;
+            checkpoints.save(
+                backend,
+                &model,
+                epoch - 1,
+                history.last().and_then(|h| h.val_loss),
+                false,
+                &progress,
+                Some(PartialEpoch {
+                    steps: run.steps_done,
+                    loss_sum: run.totals.loss_sum,
+                    correct: run.totals.correct,
+                    seen: run.totals.seen,
+                    seconds: run.seconds,
+                    learning_rates: run.learning_rates,
+                }),
+            )?;
+            return Err(Error::Interrupted(format!(
+                "interrupted at epoch {epoch}, step {} of {steps}: saved {} (the partial epoch is in metrics.jsonl, marked \"partial\")",
+                run.steps_done,
+                crate::checkpoint::last_path(out).display()
+            )));
+        }
+        if !val_idx.is_empty() {
             let (l, logits) = logits_of(
                 backend,
                 &mut model,
@@ -347,62 +428,53 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
             let labels: Vec<usize> = val_idx.iter().map(|&i| data.labels[i] as usize).collect();
             let vm =
                 crate::metrics::Metrics::from_logits(&logits, &labels, &data.class_names, 1.0)?;
-            let summary = crate::metrics::EpochValidation::from(&vm);
-            let accuracy = vm.accuracy;
+            m.val_loss = l;
+            m.val_accuracy = Some(vm.accuracy);
+            m.validation = Some(crate::metrics::EpochValidation::from(&vm));
             final_metrics = Some(vm);
-            (l, Some(accuracy), Some(summary))
-        };
-        let seen = totals.seen as f64;
-        let m = EpochMetrics {
+        }
+        let monitored = opts
+            .monitor
+            .value(m.val_loss, m.val_accuracy, m.validation.as_ref());
+        let decision = schedule.end_epoch(epoch, monitored, &mut progress);
+        append_metrics(&mut metrics_file, &metrics_path, &m)?;
+        checkpoints.save(
+            backend,
+            &model,
             epoch,
-            train_loss: totals.loss_sum / seen,
-            train_accuracy: totals.correct as f64 / seen,
-            val_loss,
-            val_accuracy,
-            images_per_second: seen / seconds,
-            seconds,
-            validation,
-        };
-        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("JSON"))
-            .and_then(|_| metrics_file.flush())
-            .map_err(|e| Error::file(&metrics_path, e))?;
-        let best = checkpoints.save(backend, &model, epoch, m.val_loss)?;
-        let val = match (m.val_loss, m.val_accuracy, &m.validation) {
-            (Some(l), Some(a), Some(v)) => format!(
-                "val loss {l:.4} acc {:.1}% bal {:.1}% ECE {:.3}{}",
-                a * 100.0,
-                v.val_balanced_accuracy * 100.0,
-                v.val_ece,
-                if best { " (best)" } else { "" }
-            ),
-            (Some(l), Some(a), None) => format!("val loss {l:.4} acc {:.1}%", a * 100.0),
-            _ => "no validation split".to_string(),
-        };
-        log(&format!(
-            "epoch {epoch}/{}: train loss {:.4} acc {:.1}% | {val} | {:.1} img/s, {:.1} s",
-            opts.epochs,
-            m.train_loss,
-            m.train_accuracy * 100.0,
-            m.images_per_second,
-            m.seconds
-        ));
+            m.val_loss,
+            decision.best,
+            &progress,
+            None,
+        )?;
+        log(&epoch_line(&m, opts.epochs, decision.best));
         history.push(m);
+        if decision.stop {
+            log(&format!(
+                "early stop after epoch {epoch}: {} has not improved for {} epochs (best {:.4} at epoch {})",
+                opts.monitor.name(),
+                progress.stale_epochs,
+                progress.best.unwrap_or(f64::NAN),
+                progress.best_epoch.unwrap_or(0)
+            ));
+            break;
+        }
     }
     log(&format!("\n{}", epoch_table(&history)));
+    let last_epoch = history.last().map_or(0, |m| m.epoch);
     if let Some(vm) = &final_metrics {
         log(&format!(
-            "validation, epoch {}: {}\n{}",
-            opts.epochs,
+            "validation, epoch {last_epoch}: {}\n{}",
             vm.summary_line(),
             vm.per_class_table()
         ));
     }
-    match checkpoints.best_epoch {
+    match progress.best_epoch {
         Some(e) => log(&format!(
-            "checkpoints: {} (epoch {}), {} (epoch {e}, lowest val loss)",
+            "checkpoints: {} (epoch {last_epoch}), {} (epoch {e}, best {})",
             crate::checkpoint::last_path(out).display(),
-            opts.epochs,
-            crate::checkpoint::best_path(out).display()
+            crate::checkpoint::best_path(out).display(),
+            opts.monitor.name()
         )),
         None => log(&format!(
             "checkpoints: {} (no validation split: no best)",
@@ -420,7 +492,7 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
         "training_curves",
     ));
     if let Some(vm) = &final_metrics {
-        let title = format!("validation, epoch {}", opts.epochs);
+        let title = format!("validation, epoch {last_epoch}");
         plot(crate::plots::reliability_diagram(
             vm,
             &title,
@@ -441,6 +513,142 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
         log(&format!("plots in {}: {}", out.display(), names.join(", ")));
     }
     Ok((model, history))
+}
+
+/// The steps of one epoch to run: its order, and those done before an interrupt.
+struct EpochSteps<'a> {
+    epoch: usize,
+    order: &'a [usize],
+    steps: usize,
+    done: PartialEpoch,
+}
+
+/// What the steps of an epoch came to.
+struct EpochRun {
+    totals: StepTotals,
+    seconds: f64,
+    learning_rates: Vec<f64>,
+    /// Steps done, including those before an interrupt.
+    steps_done: usize,
+    /// Ctrl-C stopped the epoch after `steps_done` steps.
+    interrupted: bool,
+}
+
+impl EpochSteps<'_> {
+    /// Trains on the epoch's batches (from the first not done), with the scheduled learning
+    /// rate of each step; stops early at an interrupt. The counters are read where that
+    /// is free (the CPU: then a failed step stops training at once) or for the progress
+    /// bar, at most every PROGRESS_READ_EVERY; otherwise once, at the end.
+    #[allow(clippy::too_many_arguments)]
+    fn run<B: Backend<E = f32>>(
+        self,
+        backend: &B,
+        model: &mut Model<B>,
+        feeder: &mut dyn BatchFeeder<B::Buf>,
+        counters: &mut B::Counters,
+        opts: &TrainOptions,
+        schedule: &Schedule,
+        progress: &RunProgress,
+    ) -> Result<EpochRun> {
+        let EpochSteps {
+            epoch,
+            order,
+            steps,
+            done,
+        } = self;
+        let bar = progress_bar(opts.progress, steps as u64, epoch, opts.epochs);
+        bar.inc(done.steps as u64);
+        let start = Instant::now();
+        let flip_seed = (opts.augment == Augment::Flip)
+            .then(|| Rng::derive(opts.seed, 0xf11b_0000 + epoch as u64).next_u64());
+        // The sums continue from the interrupted steps', in the same order.
+        let before = StepTotals {
+            loss_sum: done.loss_sum,
+            correct: done.correct,
+            seen: done.seen,
+            failure: None,
+        };
+        backend.set_counters(counters, &before)?;
+        let mut learning_rates = done.learning_rates;
+        let mut steps_done = done.steps;
+        let mut last_read = start;
+        let result = feeder.for_each_batch(order, flip_seed, done.steps, &mut |step, n, x, y| {
+            let lr = schedule.learning_rate(epoch, step, steps, progress);
+            model.optimizer.learning_rate = lr;
+            learning_rates.push(lr);
+            model
+                .train_step_counted(backend, &opts.loss, x, y, n, step, counters)
+                .map_err(|e| match e {
+                    Error::NonFinite(what) => stopped_at(epoch, step, &what),
+                    other => other,
+                })?;
+            steps_done = step + 1;
+            bar.inc(1);
+            if backend.reads_are_cheap()
+                || (opts.progress && last_read.elapsed() >= PROGRESS_READ_EVERY)
+            {
+                let t = checked(backend.read_counters(counters)?, epoch)?;
+                bar.set_message(format!(
+                    "loss {:.4}  lr {lr:.3e}  {:.1} img/s",
+                    t.loss_sum / t.seen.max(1) as f64,
+                    (t.seen - before.seen) as f64 / start.elapsed().as_secs_f64()
+                ));
+                last_read = Instant::now();
+            }
+            crate::interrupt::after_step();
+            if crate::interrupt::requested() {
+                // Unwinds the feeder; caught below.
+                return Err(Error::Interrupted(String::new()));
+            }
+            Ok(())
+        });
+        let interrupted = match result {
+            Err(Error::Interrupted(_)) => true,
+            other => {
+                other?;
+                false
+            }
+        };
+        let totals = checked(backend.read_counters(counters)?, epoch)?;
+        bar.finish_and_clear();
+        Ok(EpochRun {
+            totals,
+            seconds: done.seconds + start.elapsed().as_secs_f64(),
+            learning_rates,
+            steps_done,
+            interrupted,
+        })
+    }
+}
+
+/// Appends one line to metrics.jsonl (flushed: a run's progress is on disk as it goes).
+fn append_metrics(file: &mut std::fs::File, path: &Path, m: &EpochMetrics) -> Result<()> {
+    writeln!(file, "{}", serde_json::to_string(m).expect("JSON"))
+        .and_then(|_| file.flush())
+        .map_err(|e| Error::file(path, e))
+}
+
+/// The line logged after an epoch.
+fn epoch_line(m: &EpochMetrics, epochs: usize, best: bool) -> String {
+    let val = match (m.val_loss, m.val_accuracy, &m.validation) {
+        (Some(l), Some(a), Some(v)) => format!(
+            "val loss {l:.4} acc {:.1}% bal {:.1}% ECE {:.3}{}",
+            a * 100.0,
+            v.val_balanced_accuracy * 100.0,
+            v.val_ece,
+            if best { " (best)" } else { "" }
+        ),
+        (Some(l), Some(a), None) => format!("val loss {l:.4} acc {:.1}%", a * 100.0),
+        _ => "no validation split".to_string(),
+    };
+    format!(
+        "epoch {}/{epochs}: train loss {:.4} acc {:.1}% | {val} | {:.1} img/s, {:.1} s",
+        m.epoch,
+        m.train_loss,
+        m.train_accuracy * 100.0,
+        m.images_per_second,
+        m.seconds
+    )
 }
 
 /// The compact per-epoch table printed at the end of training.
@@ -497,26 +705,6 @@ fn progress_bar(show: bool, steps: u64, epoch: usize, epochs: usize) -> Progress
     );
     bar.set_prefix(format!("{epoch}/{epochs}"));
     bar
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// crash leaves either the old file or the new one, never half of one.
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp: PathBuf = {
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".tmp{}", std::process::id()));
-        path.with_file_name(name)
-    };
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(path, format!("cannot write: {e}"))
-    })
 }
 
 /// `runs/<date>-<time>-<loss>`: a new folder name for a run (UTC).

@@ -35,8 +35,7 @@ fn options(epochs: usize) -> TrainOptions {
         // Flips exercise the per-epoch augmentation stream on resume as well.
         augment: Augment::Flip,
         device_cache: Default::default(),
-        progress: false,
-        resume: false,
+        ..Default::default()
     }
 }
 

@@ -73,7 +73,7 @@ fn batches_of<B: Backend<E = f32>>(
     let mut feeder = backend.feeder(set, batch_size, cache)?;
     let mut out = Vec::new();
     let (len, classes) = (set.shape.len(), set.classes());
-    feeder.for_each_batch(order, flip_seed, &mut |step, n, x, y| {
+    feeder.for_each_batch(order, flip_seed, 0, &mut |step, n, x, y| {
         out.push((
             step,
             n,
@@ -165,8 +165,7 @@ fn options(epochs: usize, learning_rate: f64) -> TrainOptions {
         class_fraction: Vec::new(),
         augment: Augment::Flip,
         device_cache: DeviceCache::Auto,
-        progress: false,
-        resume: false,
+        ..Default::default()
     }
 }
 
@@ -273,7 +272,9 @@ fn adam_leaves_the_weights_alone_once_a_step_failed() {
         let failure = totals.failure.expect("the failure is recorded");
         assert_eq!((failure.step, totals.seen), (6, 0));
         assert_eq!(update(&counters), p0, "after a failure: no update");
-        backend.reset_counters(&mut counters).unwrap();
+        backend
+            .set_counters(&mut counters, &Default::default())
+            .unwrap();
         assert_eq!(
             backend.read_counters(&counters).unwrap(),
             Default::default()

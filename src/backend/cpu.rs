@@ -715,8 +715,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         Ok(StepTotals::default())
     }
 
-    fn reset_counters(&self, counters: &mut StepTotals) -> Result<()> {
-        *counters = StepTotals::default();
+    fn set_counters(&self, counters: &mut StepTotals, totals: &StepTotals) -> Result<()> {
+        *counters = *totals;
         Ok(())
     }
 

@@ -407,8 +407,9 @@ pub trait Backend {
     type Counters;
     /// New counters at zero.
     fn counters(&self) -> Result<Self::Counters>;
-    /// Sets `counters` back to zero (a new pass).
-    fn reset_counters(&self, counters: &mut Self::Counters) -> Result<()>;
+    /// Sets `counters` to `totals` (zero for a new pass; a resumed epoch's partial sums, so
+    /// that its sums continue in the order of an uninterrupted one).
+    fn set_counters(&self, counters: &mut Self::Counters, totals: &StepTotals) -> Result<()>;
     /// The totals so far: the one read of the device a pass needs (waits for its work).
     fn read_counters(&self, counters: &Self::Counters) -> Result<StepTotals>;
     /// Whether [`Self::read_counters`] costs no more than a copy in host memory (then the

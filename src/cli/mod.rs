@@ -95,6 +95,21 @@ pub struct TrainArgs {
     pub steps_per_epoch: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Learning rate over the run: constant, cosine (to 0 at the last epoch, per step),
+    /// step:EPOCHS:FACTOR (times FACTOR every EPOCHS epochs) or plateau:PATIENCE:FACTOR
+    /// (times FACTOR when --monitor has not improved for PATIENCE epochs).
+    #[arg(long, value_name = "SCHEDULE", default_value = "constant")]
+    pub lr_schedule: crate::schedule::LrSchedule,
+    /// Linear warm-up of the learning rate over the first W epochs (fractions allowed).
+    #[arg(long, value_name = "W", default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// Stop when --monitor has not improved for PATIENCE epochs.
+    #[arg(long, value_name = "PATIENCE")]
+    pub early_stop: Option<usize>,
+    /// The validation metric that picks checkpoints/best, early stopping and the plateau
+    /// schedule.
+    #[arg(long, value_enum, default_value = "val-loss")]
+    pub monitor: crate::schedule::Monitor,
     /// On a GPU: device memory the u8 image set may take, in GiB (auto: half of the free
     /// memory); a larger set is streamed batch by batch through pinned host memory (off:
     /// always streamed).
@@ -206,6 +221,10 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
         class_fraction,
         augment: args.data.augment,
         device_cache: args.device_cache,
+        lr_schedule: args.lr_schedule,
+        warmup_epochs: args.warmup_epochs,
+        monitor: args.monitor,
+        early_stop: args.early_stop,
         progress: !args.quiet,
         resume: args.resume.is_some(),
     };
@@ -235,13 +254,63 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
         device::name(device),
         out.display()
     );
+    crate::interrupt::install()?;
     let history = device::train(device, args.profile, &data, &opts, &out, |line| {
         println!("{line}")
+    })
+    .map_err(|e| match e {
+        Error::Interrupted(what) => Error::Interrupted(format!(
+            "{what}\ncontinue with: {}",
+            resume_command(std::env::args(), &out)
+        )),
+        other => other,
     })?;
     if !history.is_empty() {
         eprintln!("done: metrics in {}", out.join("metrics.jsonl").display());
     }
     Ok(())
+}
+
+/// The command line that continues an interrupted run: this one with `--out DIR` replaced
+/// by `--resume DIR` (or `--resume DIR` added), arguments quoted for a POSIX shell.
+fn resume_command(args: impl IntoIterator<Item = String>, out: &std::path::Path) -> String {
+    let mut words: Vec<String> = Vec::new();
+    let mut args = args.into_iter();
+    let mut resuming = false;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--out" => {
+                args.next();
+            }
+            _ if a.starts_with("--out=") => {}
+            "--resume" => {
+                resuming = true;
+                words.push(a);
+            }
+            _ => {
+                resuming |= a.starts_with("--resume=");
+                words.push(a);
+            }
+        }
+    }
+    if !resuming {
+        words.push("--resume".into());
+        words.push(out.display().to_string());
+    }
+    words
+        .iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+%@".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {
@@ -289,4 +358,33 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resume_command;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn the_resume_command_replaces_out_and_quotes() {
+        let out = std::path::Path::new("runs/a b");
+        assert_eq!(
+            resume_command(
+                words("focalflow train --epochs 3 --out runs/x --lr 1e-3"),
+                out
+            ),
+            "focalflow train --epochs 3 --lr 1e-3 --resume 'runs/a b'"
+        );
+        assert_eq!(
+            resume_command(words("focalflow train --resume runs/x"), out),
+            "focalflow train --resume runs/x"
+        );
+        assert_eq!(
+            resume_command(words("focalflow train --out=runs/x --data it's"), out),
+            "focalflow train --data 'it'\\''s' --resume 'runs/a b'"
+        );
+    }
 }

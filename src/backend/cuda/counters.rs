@@ -44,3 +44,21 @@ pub fn read(exec: &Executor, counters: &DeviceBuffer<f64>) -> Result<StepTotals>
         }),
     })
 }
+
+/// Sets the counters to `totals` (one small upload).
+pub fn write(exec: &Executor, counters: &mut DeviceBuffer<f64>, totals: &StepTotals) -> Result<()> {
+    check(counters)?;
+    let mut c = [0.0f64; COUNT];
+    c[LOSS_SUM] = totals.loss_sum;
+    c[CORRECT] = totals.correct as f64;
+    c[SEEN] = totals.seen as f64;
+    if let Some(f) = totals.failure {
+        c[FAILED_STEP] = f.step as f64 + 1.0;
+        c[FAILURE] = if f.bad_inputs {
+            FAILURE_BAD_INPUTS
+        } else {
+            1.0
+        };
+    }
+    exec.copy_htod(&c, counters)
+}

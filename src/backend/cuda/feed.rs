@@ -157,6 +157,7 @@ impl BatchFeeder<DeviceBuffer<f32>> for ResidentFeeder<'_> {
         &mut self,
         order: &[usize],
         flip_seed: Option<u64>,
+        first: usize,
         step: &mut BatchFn<'_, DeviceBuffer<f32>>,
     ) -> Result<()> {
         let b = &mut self.batch;
@@ -171,9 +172,13 @@ impl BatchFeeder<DeviceBuffer<f32>> for ResidentFeeder<'_> {
             &pass_entries(order, b.batch_size, flip_seed, |k| order[k])?,
             &pass_labels(&self.labels, order),
         )?;
-        for (n, first) in (0..order.len()).step_by(b.batch_size).enumerate() {
-            let count = b.batch_size.min(order.len() - first);
-            b.gather(&self.set, first, count)?;
+        for (n, start) in (0..order.len())
+            .step_by(b.batch_size)
+            .enumerate()
+            .skip(first)
+        {
+            let count = b.batch_size.min(order.len() - start);
+            b.gather(&self.set, start, count)?;
             step(n, count, &b.x, &b.y)?;
         }
         Ok(())
@@ -222,6 +227,7 @@ impl<P: PixelStore> BatchFeeder<DeviceBuffer<f32>> for StreamingFeeder<'_, P> {
         &mut self,
         order: &[usize],
         flip_seed: Option<u64>,
+        first: usize,
         step: &mut BatchFn<'_, DeviceBuffer<f32>>,
     ) -> Result<()> {
         let StreamingFeeder {
@@ -236,7 +242,7 @@ impl<P: PixelStore> BatchFeeder<DeviceBuffer<f32>> for StreamingFeeder<'_, P> {
         let entries = pass_entries(order, batch_size, flip_seed, |k| k % batch_size)?;
         b.start_pass(&entries, &pass_labels(&data.labels, order))?;
         let image_len = data.shape.len();
-        for (n, chunk) in order.chunks(batch_size).enumerate() {
+        for (n, chunk) in order.chunks(batch_size).enumerate().skip(first) {
             let (stage, device) = (&mut staging[n % 2], &mut staged[n % 2]);
             let bytes = stage.bytes_mut()?;
             bytes[..chunk.len() * image_len]

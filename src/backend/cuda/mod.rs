@@ -524,8 +524,8 @@ impl Backend for CudaBackend {
         self.exec.alloc_zeros(counters::COUNT)
     }
 
-    fn reset_counters(&self, counters: &mut DeviceBuffer<f64>) -> Result<()> {
-        self.exec.memset_zeros(counters)
+    fn set_counters(&self, counters: &mut DeviceBuffer<f64>, totals: &StepTotals) -> Result<()> {
+        counters::write(&self.exec, counters, totals)
     }
 
     fn read_counters(&self, counters: &DeviceBuffer<f64>) -> Result<StepTotals> {

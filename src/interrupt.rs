@@ -1,0 +1,90 @@
+//! Ctrl-C (SIGINT) and SIGTERM during `train`: the first asks the training loop to stop
+//! after the current step (it then saves a resumable checkpoint and exits with 130); the
+//! second exits at once with 130, first removing the temporary files of writes in progress,
+//! so no half-written file is left (the files themselves are only ever replaced by rename).
+//!
+//! Tests raise the interrupt deterministically with `FOCALFLOW_INTERRUPT_AFTER_STEPS=N`:
+//! the training loop sends itself SIGINT after its N-th step of the process.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::{Error, Result};
+
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Temporary files being written (removed by a second interrupt before exiting).
+static WRITING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Steps this process has taken (for `FOCALFLOW_INTERRUPT_AFTER_STEPS`).
+static STEPS: AtomicUsize = AtomicUsize::new(0);
+
+/// The exit status of an interrupted run (128 + SIGINT, as shells report it).
+pub const EXIT_STATUS: i32 = 130;
+
+/// Installs the handlers (once per process; later calls do nothing).
+pub fn install() -> Result<()> {
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| Error::Device(format!("cannot install the Ctrl-C handler: {e}")))?;
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            if REQUESTED.swap(true, Ordering::SeqCst) {
+                for tmp in WRITING.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                eprintln!("\ninterrupted again: stopped at once");
+                std::process::exit(EXIT_STATUS);
+            }
+            eprintln!(
+                "\ninterrupt: finishing the current step and saving a checkpoint (interrupt again to quit at once)"
+            );
+        }
+    });
+    Ok(())
+}
+
+/// Whether an interrupt asked training to stop.
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}
+
+/// Called after every training step: raises the test interrupt when its step has come.
+pub fn after_step() {
+    let n = STEPS.fetch_add(1, Ordering::SeqCst) + 1;
+    let at = std::env::var("FOCALFLOW_INTERRUPT_AFTER_STEPS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if at == Some(n) && INSTALLED.load(Ordering::SeqCst) {
+        let _ = signal_hook::low_level::raise(SIGINT);
+        // The handler runs on its own thread: wait for it to record the request.
+        while !requested() {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Registers `tmp` as being written until the guard is dropped.
+pub fn writing(tmp: &Path) -> WritingGuard {
+    WRITING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(tmp.to_path_buf());
+    WritingGuard(tmp.to_path_buf())
+}
+
+/// See [`writing`].
+pub struct WritingGuard(PathBuf);
+
+impl Drop for WritingGuard {
+    fn drop(&mut self) {
+        WRITING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| p != &self.0);
+    }
+}
