@@ -1,0 +1,293 @@
+//! What a practitioner expects of a trainer, through the `focalflow` binary: Ctrl-C that
+//! saves and resumes exactly, learning-rate schedules, `--monitor` and early stopping.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{BIN, TempDir, text};
+use serde_json::Value;
+
+/// A small run: 96 generated 32x32 images (76 train / 20 val), batches of 16: 5 steps per
+/// epoch.
+fn base_args(out: &Path, epochs: &str) -> Vec<String> {
+    [
+        "train",
+        "--quiet",
+        "--image-size",
+        "32",
+        "--synthetic-images",
+        "96",
+        "--arch",
+        "c8,p,d16",
+        "--batch-size",
+        "16",
+        "--augment",
+        "flip",
+        "--epochs",
+        epochs,
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run_with(args: &[String], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The tensors of a safetensors file (name -> bytes), metadata aside.
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = header
+        .iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .map(|(k, v)| {
+            let o = v["data_offsets"].as_array().unwrap();
+            let (a, b) = (
+                o[0].as_u64().unwrap() as usize,
+                o[1].as_u64().unwrap() as usize,
+            );
+            (k.clone(), bytes[8 + n + a..8 + n + b].to_vec())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The metrics lines without their timings (which differ from run to run).
+fn untimed(lines: &[Value]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            let o = m.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("images_per_second");
+            m
+        })
+        .collect()
+}
+
+/// The shell words of the `continue with:` line of an interrupted run.
+fn resume_words(stderr: &str) -> Vec<String> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("continue with: "))
+        .unwrap_or_else(|| panic!("no resume command:\n{stderr}"));
+    // The test's paths need no quoting.
+    line.split(' ').skip(1).map(String::from).collect()
+}
+
+#[test]
+fn an_interrupt_mid_epoch_saves_and_the_resume_command_finishes_the_run_exactly() {
+    for (device, flags) in [
+        (
+            "cpu",
+            vec!["--lr-schedule", "cosine", "--warmup-epochs", "0.5"],
+        ),
+        (
+            "cpu",
+            vec![
+                "--lr-schedule",
+                "plateau:1:0.5",
+                "--monitor",
+                "val-balanced-accuracy",
+                "--early-stop",
+                "5",
+            ],
+        ),
+        ("cuda-emu", vec!["--lr-schedule", "step:1:0.5"]),
+    ] {
+        let dir = TempDir::new("interrupt");
+        let mut full = base_args(&dir.join("full"), "3");
+        let mut cut = base_args(&dir.join("cut"), "3");
+        for args in [&mut full, &mut cut] {
+            args.extend(["--device".to_string(), device.to_string()]);
+            args.extend(flags.iter().map(|s| s.to_string()));
+        }
+        let done = run_with(&full, &[]);
+        assert!(done.status.success(), "{}", text(&done.stderr));
+        // Step 7 of 15: the middle of epoch 2.
+        let stopped = run_with(&cut, &[("FOCALFLOW_INTERRUPT_AFTER_STEPS", "7")]);
+        let stderr = text(&stopped.stderr);
+        assert_eq!(
+            stopped.status.code(),
+            Some(130),
+            "{device} {flags:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("interrupted at epoch 2, step 2 of 5"),
+            "{stderr}"
+        );
+        let partial = metrics(&dir.join("cut"));
+        assert_eq!(partial.len(), 2, "epoch 1 and the partial epoch 2");
+        assert_eq!(partial[1]["partial"], true);
+        assert_eq!(partial[1]["learning_rates"].as_array().unwrap().len(), 2);
+        assert!(dir.join("cut/checkpoints/last.safetensors").is_file());
+
+        let resumed = run_with(&resume_words(&stderr), &[]);
+        assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+        let (a, b) = (metrics(&dir.join("full")), metrics(&dir.join("cut")));
+        assert_eq!(
+            untimed(&a),
+            untimed(&b),
+            "{device} {flags:?}: metrics differ"
+        );
+        for name in ["last", "best"] {
+            let path = |run: &str| dir.0.join(format!("{run}/checkpoints/{name}.safetensors"));
+            assert_eq!(
+                tensors(&path("full")),
+                tensors(&path("cut")),
+                "{device} {flags:?}: {name} weights differ"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_real_sigint_saves_and_a_second_one_quits_at_once() {
+    let dir = TempDir::new("sigint");
+    // Long enough to be interrupted while training: 2,000 images, 200 epochs.
+    let args = many_images(base_args(&dir.join("run"), "200"));
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first epoch's line, then interrupt.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.unwrap().starts_with("epoch 1/")),
+        "no epoch line"
+    );
+    let kill = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(kill("-INT").success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("continue with: ") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert!(dir.join("run/checkpoints/last.safetensors").is_file());
+
+    // Two interrupts at once: out at once, status 130, no temporary file left behind.
+    let dir = TempDir::new("sigint-twice");
+    let args = many_images(base_args(&dir.join("run"), "200"));
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().starts_with("epoch 1/")));
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    let leftovers: Vec<String> = walk(&dir.join("run"))
+        .into_iter()
+        .filter(|p| p.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// `args` with 2,000 generated images instead of 96.
+fn many_images(mut args: Vec<String>) -> Vec<String> {
+    let at = args.iter().position(|a| a == "--synthetic-images").unwrap();
+    args[at + 1] = "2000".into();
+    args
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn schedules_are_logged_per_step_and_early_stopping_follows_the_monitor() {
+    let dir = TempDir::new("schedule");
+    let mut args = base_args(&dir.join("step"), "3");
+    args.extend(["--lr-schedule", "step:1:0.5", "--lr", "0.002"].map(String::from));
+    let out = run_with(&args, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lrs: Vec<Vec<f64>> = metrics(&dir.join("step"))
+        .iter()
+        .map(|m| {
+            m["learning_rates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(lrs, vec![vec![0.002; 5], vec![0.001; 5], vec![0.0005; 5]]);
+
+    // A learning rate too small to change anything: val accuracy never improves after
+    // epoch 1, so patience 1 stops after epoch 2, and best is epoch 1.
+    let mut args = base_args(&dir.join("stop"), "6");
+    args.extend(
+        [
+            "--lr",
+            "1e-12",
+            "--early-stop",
+            "1",
+            "--monitor",
+            "val-accuracy",
+        ]
+        .map(String::from),
+    );
+    let out = run_with(&args, &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(metrics(&dir.join("stop")).len(), 2, "{stdout}");
+    assert!(
+        stdout.contains("early stop after epoch 2: val_accuracy has not improved for 1 epochs"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(epoch 1, best val_accuracy)"), "{stdout}");
+
+    // Early stopping without a validation split has nothing to watch.
+    let mut args = base_args(&dir.join("noval"), "2");
+    args.extend(["--early-stop", "2", "--val-fraction", "0"].map(String::from));
+    let out = run_with(&args, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--early-stop watches --monitor val_loss"));
+}
