@@ -22,6 +22,7 @@ pub mod plots;
 pub mod profile;
 pub mod rng;
 pub mod schedule;
+pub mod tensorboard;
 pub mod train;
 
 pub use element::Element;

@@ -338,6 +338,7 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
             std::fs::File::create(&metrics_path).map_err(|e| Error::file(&metrics_path, e))?,
         ),
     };
+    let mut events = crate::tensorboard::EventWriter::create(out)?;
     let checkpoints = crate::checkpoint::EpochCheckpoints {
         run: out.to_path_buf(),
         class_names: data.class_names.clone(),
@@ -447,6 +448,7 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
             &progress,
             None,
         )?;
+        events.epoch(&m, steps)?;
         log(&epoch_line(&m, opts.epochs, decision.best));
         history.push(m);
         if decision.stop {
@@ -493,12 +495,15 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
     ));
     if let Some(vm) = &final_metrics {
         let title = format!("validation, epoch {last_epoch}");
-        plot(crate::plots::reliability_diagram(
-            vm,
-            &title,
-            out,
-            "reliability",
-        ));
+        let diagram = crate::plots::reliability_diagram(vm, &title, out, "reliability");
+        if let Ok(paths) = &diagram
+            && let Some(png) = paths
+                .iter()
+                .find(|p| p.extension().is_some_and(|e| e == "png"))
+        {
+            events.png("reliability_diagram", last_epoch as i64, png)?;
+        }
+        plot(diagram);
     }
     if !written.is_empty() {
         let names: Vec<String> = written

@@ -291,3 +291,124 @@ fn schedules_are_logged_per_step_and_early_stopping_follows_the_monitor() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--early-stop watches --monitor val_loss"));
 }
+
+/// Every event of the run folder's event file, after checking its framing and CRCs.
+fn events(run: &Path) -> Vec<focalflow::tensorboard::Event> {
+    use prost::Message;
+    let files: Vec<_> = walk(run)
+        .into_iter()
+        .filter(|p| p.contains("tfevents"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let (records, problems) = focalflow::data::tfrecord::frame(&bytes);
+    assert!(problems.is_empty(), "{problems:?}");
+    records
+        .iter()
+        .map(|r| focalflow::tensorboard::Event::decode(&bytes[r.offset..r.offset + r.len]).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_run_folder_has_tensorboard_events_of_every_metric() {
+    use focalflow::tensorboard::{EventKind, ValueKind};
+    let dir = TempDir::new("tensorboard");
+    let run = dir.join("run");
+    let out = run_with(&base_args(&run, "2"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = events(&run);
+    assert_eq!(
+        events[0].kind,
+        Some(EventKind::FileVersion("brain.Event:2".into()))
+    );
+    // (tag, step) -> value, of every scalar; and the images.
+    let mut scalars = std::collections::BTreeMap::new();
+    let mut images = Vec::new();
+    for e in &events[1..] {
+        let Some(EventKind::Summary(s)) = &e.kind else {
+            panic!("not a summary: {e:?}")
+        };
+        for v in &s.value {
+            match &v.kind {
+                Some(ValueKind::SimpleValue(x)) => {
+                    scalars.insert((v.tag.clone(), e.step), *x);
+                }
+                Some(ValueKind::Image(i)) => images.push((v.tag.clone(), e.step, i.clone())),
+                None => panic!("empty value {v:?}"),
+            }
+        }
+    }
+    let lines = metrics(&run);
+    for m in &lines {
+        let epoch = m["epoch"].as_i64().unwrap();
+        for key in [
+            "train_loss",
+            "val_loss",
+            "val_accuracy",
+            "val_balanced_accuracy",
+            "val_ece",
+        ] {
+            assert_eq!(
+                scalars[&(key.to_string(), epoch)],
+                m[key].as_f64().unwrap() as f32,
+                "{key} at epoch {epoch}"
+            );
+        }
+    }
+    let lrs: Vec<i64> = scalars
+        .keys()
+        .filter(|(t, _)| t == "learning_rate")
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(
+        lrs,
+        (0..10).collect::<Vec<_>>(),
+        "one learning rate per step"
+    );
+    assert_eq!(images.len(), 1);
+    let (tag, step, image) = &images[0];
+    assert_eq!((tag.as_str(), *step), ("reliability_diagram", 2));
+    assert_eq!(
+        image.encoded_image_string,
+        std::fs::read(run.join("reliability.png")).unwrap()
+    );
+
+    // TensorBoard's own reader sees the same.
+    let Some(python) = common::python_or_skip(
+        "trainer_cli::the_run_folder_has_tensorboard_events_of_every_metric",
+    ) else {
+        return;
+    };
+    let out = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tensorboard_read.py"))
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for m in &lines {
+        let epoch = m["epoch"].as_i64().unwrap();
+        let at = |tag: &str| {
+            read["scalars"][tag]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p[0].as_i64() == Some(epoch))
+                .map(|p| p[1].as_f64().unwrap())
+                .unwrap()
+        };
+        assert_eq!(
+            at("val_loss") as f32,
+            m["val_loss"].as_f64().unwrap() as f32
+        );
+        assert_eq!(
+            at("train_accuracy") as f32,
+            m["train_accuracy"].as_f64().unwrap() as f32
+        );
+    }
+    assert_eq!(
+        read["scalars"]["learning_rate"].as_array().unwrap().len(),
+        10
+    );
+    assert_eq!(read["images"]["reliability_diagram"][0][1], 720);
+}

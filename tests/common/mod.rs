@@ -74,3 +74,19 @@ pub fn gpu_or_skip<T>(
         }
     }
 }
+
+/// The Python interpreter with TensorBoard, onnx and onnxruntime that `.ci/run` installs
+/// (`FOCALFLOW_PYTHON`), or `None` after a visible `SKIPPED (no FOCALFLOW_PYTHON)` line:
+/// these checks always run in CI.
+pub fn python_or_skip(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("FOCALFLOW_PYTHON") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED (no FOCALFLOW_PYTHON; .ci/run sets it): {test}"
+            );
+            None
+        }
+    }
+}
