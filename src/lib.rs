@@ -17,6 +17,7 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod npy;
+pub mod onnx;
 pub mod optim;
 pub mod plots;
 pub mod profile;

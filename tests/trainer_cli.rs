@@ -412,3 +412,131 @@ fn the_run_folder_has_tensorboard_events_of_every_metric() {
     );
     assert_eq!(read["images"]["reliability_diagram"][0][1], 720);
 }
+
+#[test]
+fn the_onnx_export_reproduces_predict_on_real_images() {
+    use focalflow::checkpoint::Checkpoint;
+    let dir = TempDir::new("onnx");
+    let run = dir.join("run");
+    // A `same`-padded convolution and two poolings exercise the layout changes.
+    let mut args = base_args(&run, "2");
+    let at = args.iter().position(|a| a == "c8,p,d16").unwrap();
+    args[at] = "c8,p,c4k3s,p,d16".into();
+    let out = run_with(&args, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A calibrated temperature, which the export folds in.
+    let mut ck = Checkpoint::load(&run.join("checkpoints/last.safetensors")).unwrap();
+    ck.temperature = Some(1.7);
+    let calibrated = dir.join("calibrated.safetensors");
+    ck.save(&calibrated).unwrap();
+
+    let images: Vec<std::path::PathBuf> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tf_jpeg"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+            .collect();
+    assert!(images.len() >= 5);
+    let mut predict = vec![
+        "predict".to_string(),
+        "--json".into(),
+        "--checkpoint".into(),
+        calibrated.display().to_string(),
+    ];
+    predict.extend(images.iter().map(|p| p.display().to_string()));
+    let out = run_with(&predict, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let classes = ["horizontal", "vertical"];
+    let predicted: Vec<Vec<f64>> = images
+        .iter()
+        .map(|img| {
+            let p = report["predictions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| Path::new(p["file"].as_str().unwrap()) == img.as_path())
+                .unwrap_or_else(|| panic!("no prediction for {}", img.display()));
+            classes
+                .iter()
+                .map(|c| p["probabilities"][c].as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+
+    // The pixels the model sees, decoded and resized as predict does.
+    let shape = ck.input;
+    let mut pixels = vec![0u8; images.len() * shape.len()];
+    for (img, slot) in images.iter().zip(pixels.chunks_exact_mut(shape.len())) {
+        focalflow::data::load::decode_resized(&std::fs::read(img).unwrap(), shape, slot).unwrap();
+    }
+    let u8_path = dir.join("pixels-u8.bin");
+    std::fs::write(&u8_path, &pixels).unwrap();
+    let f32_path = dir.join("pixels-f32.bin");
+    let scaled: Vec<u8> = pixels
+        .iter()
+        .flat_map(|&p| (f32::from(p) * (1.0f32 / 255.0)).to_le_bytes())
+        .collect();
+    std::fs::write(&f32_path, scaled).unwrap();
+
+    let export = |name: &str, extra: &[&str]| {
+        let path = dir.join(name);
+        let mut args = vec![
+            "export".to_string(),
+            "--checkpoint".into(),
+            calibrated.display().to_string(),
+            "--onnx".into(),
+            path.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = run_with(&args, &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("temperature 1.7 folded in"));
+        path
+    };
+    let u8_model = export("u8.onnx", &["--probabilities"]);
+    let f32_model = export("f32.onnx", &["--input", "f32"]);
+
+    let Some(python) =
+        common::python_or_skip("trainer_cli::the_onnx_export_reproduces_predict_on_real_images")
+    else {
+        return;
+    };
+    let dims = [images.len(), shape.height, shape.width, shape.channels].map(|d| d.to_string());
+    let out = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_check.py"))
+        .args(&dims)
+        .args([u8_model.as_os_str(), u8_path.as_os_str(), "u8".as_ref()])
+        .args([f32_model.as_os_str(), f32_path.as_os_str(), "f32".as_ref()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        result["metadata"][0]["class_names"],
+        serde_json::to_string(&classes).unwrap()
+    );
+    let rows = |k: usize| -> Vec<Vec<f64>> {
+        serde_json::from_value(result["outputs"][k].clone()).unwrap()
+    };
+    let softmax = |z: &[f64]| {
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.into_iter().map(|v| v / s).collect::<Vec<f64>>()
+    };
+    for (k, (probs, logits)) in rows(0).iter().zip(rows(1)).enumerate() {
+        for (c, want) in predicted[k].iter().enumerate() {
+            assert!(
+                (probs[c] - want).abs() < 1e-5,
+                "image {k}: {probs:?} vs {:?}",
+                predicted[k]
+            );
+            let from_logits = softmax(&logits)[c];
+            assert!(
+                (from_logits - want).abs() < 1e-5,
+                "image {k}: logits {logits:?}"
+            );
+        }
+    }
+}

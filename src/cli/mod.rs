@@ -3,6 +3,7 @@
 pub mod data_args;
 pub mod device;
 pub mod eval_cmd;
+pub mod export_cmd;
 pub mod loss_args;
 pub mod loss_cmd;
 
@@ -47,6 +48,8 @@ pub enum Command {
     Calibrate(eval_cmd::CalibrateArgs),
     /// The final metrics of several runs side by side.
     Compare(eval_cmd::CompareArgs),
+    /// Write a checkpoint's network as an ONNX model (onnxruntime, TensorRT, OpenVINO).
+    Export(export_cmd::ExportArgs),
 }
 
 /// Where to run: `auto` picks the best available and says which.
@@ -170,6 +173,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => eval_cmd::run_predict(&args),
         Command::Calibrate(args) => eval_cmd::run_calibrate(&args),
         Command::Compare(args) => eval_cmd::run_compare(&args),
+        Command::Export(args) => export_cmd::run(&args),
     }
 }
 
