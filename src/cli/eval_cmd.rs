@@ -671,7 +671,7 @@ fn summarise_run(run: &Path) -> Result<RunSummary> {
             format!("cannot read: {e}; compare takes run folders written by focalflow train"),
         )
     })?;
-    let history: Vec<EpochMetrics> = text
+    let mut history: Vec<EpochMetrics> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
@@ -680,6 +680,8 @@ fn summarise_run(run: &Path) -> Result<RunSummary> {
                 .map_err(|e| Error::file(&metrics_path, format!("line {}: {e}", i + 1)))
         })
         .collect::<Result<_>>()?;
+    // An interrupted epoch (no validation yet) is not a result.
+    history.retain(|m| !m.partial);
     let last = history
         .last()
         .ok_or_else(|| Error::file(&metrics_path, "no epochs yet"))?;

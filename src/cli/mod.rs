@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model (the reference CNN by default) and write a run folder.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a loss (and its gradient) on arrays from .npy files.
     Loss(loss_cmd::LossArgs),
     /// Time training and inference steps of a model on random data.
@@ -165,7 +165,7 @@ pub struct BenchArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train(args) => run_train(args),
+        Command::Train(args) => run_train(*args),
         Command::Loss(args) => loss_cmd::run(&args),
         Command::Bench(args) => run_bench(args),
         Command::Info => crate::info::print_info(),
