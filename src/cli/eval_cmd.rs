@@ -396,8 +396,12 @@ struct Prediction {
 /// Files that could not be used, with why.
 type Skips = Vec<(String, String)>;
 
-/// Predictions for `files` (decoded and resized in parallel, `batch_size` at a time) on
-/// `backend`, and the files that could not be read.
+/// Files decoded per round of `predict` (then sent to the device as one u8 set).
+const PREDICT_CHUNK: usize = 1024;
+
+/// Predictions for `files` (decoded and resized in parallel, a chunk at a time, then run
+/// `batch_size` at a time through the same data path as training and `eval`) on `backend`,
+/// and the files that could not be read.
 fn predict_files<B: Backend<E = f32>>(
     backend: &B,
     ck: &Checkpoint,
@@ -410,8 +414,7 @@ fn predict_files<B: Backend<E = f32>>(
     let classes = ck.class_names.len();
     let mut predictions = Vec::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut x_buf = backend.zeros(batch_size * shape.len())?;
-    for chunk in files.chunks(batch_size.max(1)) {
+    for chunk in files.chunks(PREDICT_CHUNK.max(batch_size)) {
         let decoded: Vec<std::result::Result<Vec<u8>, String>> = chunk
             .par_iter()
             .map(|(file, problem)| {
@@ -424,12 +427,12 @@ fn predict_files<B: Backend<E = f32>>(
                 Ok(slot)
             })
             .collect();
-        let mut x = Vec::new();
+        let mut pixels = Vec::new();
         let mut names = Vec::new();
         for ((file, _), d) in chunk.iter().zip(decoded) {
             match d {
-                Ok(pixels) => {
-                    x.extend(pixels.iter().map(|&p| f32::from(p) * (1.0 / 255.0)));
+                Ok(image) => {
+                    pixels.extend_from_slice(&image);
                     names.push(file.display().to_string());
                 }
                 Err(why) => {
@@ -441,10 +444,17 @@ fn predict_files<B: Backend<E = f32>>(
         if names.is_empty() {
             continue;
         }
-        let n = names.len();
-        backend.write(&mut x_buf, &x)?;
-        model.forward(backend, &x_buf, n)?;
-        let probs = softmax_rows(&model.logits(backend, n)?, classes, temperature);
+        let set = ImageSet {
+            shape,
+            class_names: ck.class_names.clone(),
+            pixels,
+            labels: vec![0; names.len()],
+        };
+        let all: Vec<usize> = (0..set.len()).collect();
+        let batch = batch_size.min(set.len()).max(1);
+        let mut feeder = backend.feeder(&set, batch, DeviceCache::Auto)?;
+        let logits = train::logits_of(backend, &mut model, None, feeder.as_mut(), &all)?.1;
+        let probs = softmax_rows(&logits, classes, temperature);
         for (file, row) in names.into_iter().zip(probs.chunks_exact(classes)) {
             let best = crate::metrics::argmax(row);
             predictions.push(Prediction {
