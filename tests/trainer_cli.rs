@@ -168,19 +168,8 @@ fn an_interrupt_mid_epoch_saves_and_the_resume_command_finishes_the_run_exactly(
 fn a_real_sigint_saves_and_a_second_one_quits_at_once() {
     let dir = TempDir::new("sigint");
     // Long enough to be interrupted while training: 2,000 images, 200 epochs.
-    let args = many_images(base_args(&dir.join("run"), "200"));
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the first epoch's line, then interrupt.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(
-        lines.any(|l| l.unwrap().starts_with("epoch 1/")),
-        "no epoch line"
-    );
+    // Interrupted once its first epoch is done.
+    let child = training_past_epoch_1(&dir.join("run"));
     let kill = |sig: &str| {
         Command::new("kill")
             .args([sig, &child.id().to_string()])
@@ -199,15 +188,7 @@ fn a_real_sigint_saves_and_a_second_one_quits_at_once() {
 
     // Two interrupts at once: out at once, status 130, no temporary file left behind.
     let dir = TempDir::new("sigint-twice");
-    let args = many_images(base_args(&dir.join("run"), "200"));
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.any(|l| l.unwrap().starts_with("epoch 1/")));
+    let child = training_past_epoch_1(&dir.join("run"));
     let pid = child.id().to_string();
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -220,11 +201,25 @@ fn a_real_sigint_saves_and_a_second_one_quits_at_once() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-/// `args` with 2,000 generated images instead of 96.
-fn many_images(mut args: Vec<String>) -> Vec<String> {
+/// A long run (2,000 images, 200 epochs) into `out`, once it has printed its first epoch.
+fn training_past_epoch_1(out: &Path) -> std::process::Child {
+    let mut args = base_args(out, "200");
     let at = args.iter().position(|a| a == "--synthetic-images").unwrap();
     args[at + 1] = "2000".into();
-    args
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.unwrap().starts_with("epoch 1/")),
+        "no epoch line"
+    );
+    // Keep reading, or the next line written would find the pipe closed.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
 }
 
 fn walk(dir: &Path) -> Vec<String> {

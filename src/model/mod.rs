@@ -319,6 +319,14 @@ impl<Buf> Workspace<Buf> {
     fn logits(&self) -> &Buf {
         self.acts.last().expect("a plan has at least the head")
     }
+    /// What `loss` takes: the logits or the probabilities.
+    fn loss_input(&self, loss: &LossConfig) -> &Buf {
+        if loss.from_logits() {
+            self.logits()
+        } else {
+            &self.probs
+        }
+    }
 }
 
 /// What one training step reports back to the host.
@@ -622,12 +630,7 @@ impl<B: Backend> Model<B> {
         batch: usize,
     ) -> Result<B::E> {
         let ws = self.last_forward("loss_of_forward")?;
-        let pred = if loss.from_logits() {
-            ws.logits()
-        } else {
-            &ws.probs
-        };
-        backend.loss(loss, batch, self.plan.classes, y, pred, None)
+        backend.loss(loss, batch, self.plan.classes, y, ws.loss_input(loss), None)
     }
 
     /// One Adam update of every parameter from its current gradient.
@@ -725,17 +728,12 @@ impl<B: Backend> Model<B> {
         counters: &mut B::Counters,
     ) -> Result<()> {
         let ws = self.last_forward("count_loss_of_forward")?;
-        let pred = if loss.from_logits() {
-            ws.logits()
-        } else {
-            &ws.probs
-        };
         backend.loss_counted(
             loss,
             batch,
             self.plan.classes,
             y,
-            pred,
+            ws.loss_input(loss),
             &ws.probs,
             None,
             step,
