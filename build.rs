@@ -28,10 +28,11 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const DEFAULT_PTX_ARCH: &str = "compute_80";
-const DEFAULT_SASS_ARCH: &str = "sm_90";
-/// The newest PTX ISA that the GPU machine's driver (CUDA 13.0) loads.
-const MAX_PTX_ISA: (u32, u32) = (9, 0);
+#[path = "build/nvcc.rs"]
+mod nvcc;
+
+use nvcc::{Nvcc, find_nvcc};
+
 /// Dependencies whose versions `focalflow info` reports.
 const REPORTED_DEPS: &[&str] = &[
     "cudarc",
@@ -71,17 +72,11 @@ struct PtxEntry {
 }
 
 struct PtxOutput {
-    ptx_path: PathBuf,
+    /// The fat binary: machine code for each embedded architecture and the PTX.
+    fatbin_path: PathBuf,
     isa: String,
     /// Keyed by kernel name (the demangled entry name).
     entries: HashMap<String, PtxEntry>,
-}
-
-struct Nvcc {
-    path: PathBuf,
-    version: String,
-    ptx_arch: String,
-    sass_arch: String,
 }
 
 fn main() {
@@ -94,8 +89,12 @@ fn main() {
     for var in [
         "NVCC",
         "CUDA_HOME",
+        "CUDA_PATH",
+        "CUDA_ROOT",
+        "CUDA_TOOLKIT_ROOT_DIR",
+        "PATH",
         "FOCALFLOW_PTX_ARCH",
-        "FOCALFLOW_SASS_ARCH",
+        "FOCALFLOW_CUDA_ARCHS",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -139,6 +138,19 @@ fn main() {
             (None, Some(reason))
         }
     };
+    if let Some(n) = &nvcc {
+        println!(
+            "cargo:warning=CUDA kernels: nvcc {} from {} ({}): machine code for {}, PTX {}{}",
+            n.version,
+            n.found_by,
+            n.path.display(),
+            n.sass_archs.join(" "),
+            n.ptx_arch,
+            n.newest_ptx_arch
+                .as_ref()
+                .map_or(String::new(), |a| format!(" and {a}"))
+        );
+    }
     let mut ptx: Vec<Option<PtxOutput>> = files.iter().map(|_| None).collect();
     if let Some(nvcc) = &nvcc {
         fs::create_dir_all(out.join("ptx")).expect("create OUT_DIR/ptx");
@@ -519,59 +531,23 @@ fn rewrite_extern_shared(src: &str, stripped: &str) -> Result<String, String> {
 
 // ---- nvcc ---------------------------------------------------------------------------------------------
 
-fn find_nvcc() -> Result<Nvcc, String> {
-    let candidate = match env::var_os("NVCC") {
-        Some(v) if v.is_empty() || v == "none" => return Err("NVCC=none".into()),
-        Some(v) => {
-            let p = PathBuf::from(v);
-            if !p.is_file() {
-                return Err(format!("NVCC={} does not exist", p.display()));
-            }
-            p
-        }
-        None => {
-            let home = env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("bin").join("nvcc"));
-            match home.filter(|p| p.is_file()) {
-                Some(p) => p,
-                None => env::var_os("PATH")
-                    .and_then(|paths| {
-                        env::split_paths(&paths)
-                            .map(|d| d.join("nvcc"))
-                            .find(|p| p.is_file())
-                    })
-                    .ok_or("no nvcc: NVCC unset, no $CUDA_HOME/bin/nvcc, none on PATH")?,
-            }
-        }
-    };
-    // nvcc finds cicc, headers and ptxas relative to its real location.
-    let path = fs::canonicalize(&candidate).unwrap_or(candidate);
-    let output = Command::new(&path)
-        .arg("--version")
+/// Runs `cmd`, failing with its stderr; returns its stderr (warnings, ptxas reports).
+fn run_tool(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let o = cmd
         .output()
-        .map_err(|e| format!("{} --version failed: {e}", path.display()))?;
-    if !output.status.success() {
-        return Err(format!("{} --version failed", path.display()));
+        .map_err(|e| format!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    if !o.status.success() {
+        return Err(format!("{what} failed:\n{stderr}"));
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let version = text
-        .split_whitespace()
-        .find_map(|w| {
-            w.strip_prefix('V')
-                .filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .unwrap_or("unknown")
-        .trim_end_matches(',')
-        .to_string();
-    let ptx_arch = env::var("FOCALFLOW_PTX_ARCH").unwrap_or_else(|_| DEFAULT_PTX_ARCH.into());
-    let sass_arch = env::var("FOCALFLOW_SASS_ARCH").unwrap_or_else(|_| DEFAULT_SASS_ARCH.into());
-    Ok(Nvcc {
-        path,
-        version,
-        ptx_arch,
-        sass_arch,
-    })
+    Ok(stderr)
 }
 
+/// Compiles one kernel file into a fat binary: PTX for `nvcc.ptx_arch` (whose entries give
+/// the launch facts), machine code from it by ptxas for every architecture in
+/// `nvcc.sass_archs` (each one's register and spill report checked), and the PTX of the
+/// newest architecture for GPUs newer than all of them. Cached in OUT_DIR by a hash of
+/// the source, headers, toolkit and choices.
 fn compile_ptx(
     nvcc: &Nvcc,
     f: &KernelFile,
@@ -579,65 +555,109 @@ fn compile_ptx(
     out: &Path,
     headers_hash: u64,
 ) -> Result<PtxOutput, String> {
-    let args: Vec<String> = vec![
-        "-ptx".into(),
-        format!("-arch={}", nvcc.ptx_arch),
-        "-std=c++17".into(),
-        "-O3".into(),
-        "-lineinfo".into(),
-        "-I".into(),
-        kernels_dir.display().to_string(),
-    ];
+    let nvcc_args = |arch: &str| -> Vec<String> {
+        vec![
+            "-ptx".into(),
+            format!("-arch={arch}"),
+            "-std=c++17".into(),
+            "-O3".into(),
+            "-lineinfo".into(),
+            "-I".into(),
+            kernels_dir.display().to_string(),
+        ]
+    };
     let mut h = DefaultHasher::new();
     (
         &f.source,
         headers_hash,
         &nvcc.path,
         &nvcc.version,
-        &args,
-        &nvcc.sass_arch,
+        nvcc_args(&nvcc.ptx_arch),
+        &nvcc.sass_archs,
+        &nvcc.newest_ptx_arch,
     )
         .hash(&mut h);
     let key = format!("{}-{:016x}", f.id, h.finish());
-    let ptx_path = out.join("ptx").join(format!("{key}.ptx"));
-    let report_path = out.join("ptx").join(format!("{key}.ptxas.txt"));
+    let dir = out.join("ptx");
+    let ptx_path = dir.join(format!("{key}.ptx"));
+    let report_path = dir.join(format!("{key}.ptxas.txt"));
+    let fatbin_path = dir.join(format!("{key}.fatbin"));
 
-    if !(ptx_path.is_file() && report_path.is_file()) {
-        let tmp = ptx_path.with_extension("ptx.tmp");
-        let o = Command::new(&nvcc.path)
-            .args(&args)
-            .arg("-o")
-            .arg(&tmp)
-            .arg(&f.path)
-            .output()
-            .map_err(|e| format!("{}: cannot run nvcc: {e}", f.rel))?;
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        if !o.status.success() {
-            return Err(format!("nvcc failed on {}:\n{stderr}", f.rel));
-        }
-        for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
-            println!("cargo:warning=nvcc {}: {line}", f.rel);
-        }
+    if !(ptx_path.is_file() && report_path.is_file() && fatbin_path.is_file()) {
+        let compile = |arch: &str, dst: &Path| -> Result<(), String> {
+            let tmp = dst.with_extension("ptx.tmp");
+            let stderr = run_tool(
+                Command::new(&nvcc.path)
+                    .args(nvcc_args(arch))
+                    .arg("-o")
+                    .arg(&tmp)
+                    .arg(&f.path),
+                &format!("nvcc -arch={arch} on {}", f.rel),
+            )?;
+            for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+                println!("cargo:warning=nvcc {}: {line}", f.rel);
+            }
+            fs::rename(&tmp, dst).map_err(|e| e.to_string())
+        };
+        let ptx_tmp = dir.join(format!("{key}.base.ptx"));
+        compile(&nvcc.ptx_arch, &ptx_tmp)?;
         let ptxas = nvcc.path.with_file_name("ptxas");
-        let cubin = ptx_path.with_extension("cubin");
-        let o = Command::new(&ptxas)
-            .arg(format!("-arch={}", nvcc.sass_arch))
-            .arg("-v")
-            .arg("-o")
-            .arg(&cubin)
-            .arg(&tmp)
-            .output()
-            .map_err(|e| format!("{}: cannot run {}: {e}", f.rel, ptxas.display()))?;
-        let report = String::from_utf8_lossy(&o.stderr).to_string();
-        if !o.status.success() {
-            return Err(format!(
-                "ptxas ({}) failed on the PTX of {}:\n{report}",
-                nvcc.sass_arch, f.rel
+        let fatbinary = nvcc.path.with_file_name("fatbinary");
+        let number = |a: &str| {
+            a.trim_start_matches(|c: char| !c.is_ascii_digit())
+                .to_string()
+        };
+        let mut images = Vec::new();
+        let mut report_of_record = String::new();
+        for arch in &nvcc.sass_archs {
+            let cubin = dir.join(format!("{key}.{arch}.cubin"));
+            let report = run_tool(
+                Command::new(&ptxas)
+                    .arg(format!("-arch={arch}"))
+                    .arg("-v")
+                    .arg("-o")
+                    .arg(&cubin)
+                    .arg(&ptx_tmp),
+                &format!("ptxas ({arch}) on the PTX of {}", f.rel),
+            )?;
+            // Every architecture's warnings and spills are reported (the table's own below).
+            if *arch == nvcc.report_arch {
+                report_of_record = report;
+            } else {
+                let text = fs::read_to_string(&ptx_tmp).map_err(|e| e.to_string())?;
+                apply_ptxas_report(&report, &mut parse_ptx_entries(&text), &f.rel, arch);
+            }
+            images.push(format!(
+                "--image3=kind=elf,sm={},file={}",
+                number(arch),
+                cubin.display()
             ));
         }
-        let _ = fs::remove_file(&cubin);
-        fs::write(&report_path, &report).map_err(|e| e.to_string())?;
-        fs::rename(&tmp, &ptx_path).map_err(|e| e.to_string())?;
+        images.push(format!(
+            "--image3=kind=ptx,sm={},file={}",
+            number(&nvcc.ptx_arch),
+            ptx_tmp.display()
+        ));
+        if let Some(newest) = &nvcc.newest_ptx_arch {
+            let newest_ptx = dir.join(format!("{key}.{newest}.ptx"));
+            compile(newest, &newest_ptx)?;
+            images.push(format!(
+                "--image3=kind=ptx,sm={},file={}",
+                number(newest),
+                newest_ptx.display()
+            ));
+        }
+        let fatbin_tmp = fatbin_path.with_extension("fatbin.tmp");
+        run_tool(
+            Command::new(&fatbinary)
+                .arg(format!("--create={}", fatbin_tmp.display()))
+                .arg("-64")
+                .args(&images),
+            &format!("fatbinary for {}", f.rel),
+        )?;
+        fs::write(&report_path, &report_of_record).map_err(|e| e.to_string())?;
+        fs::rename(&fatbin_tmp, &fatbin_path).map_err(|e| e.to_string())?;
+        fs::rename(&ptx_tmp, &ptx_path).map_err(|e| e.to_string())?;
     }
 
     let text = fs::read_to_string(&ptx_path).map_err(|e| e.to_string())?;
@@ -648,23 +668,8 @@ fn compile_ptx(
         .ok_or(format!("{}: no .version in the PTX", f.rel))?
         .trim()
         .to_string();
-    let parsed = isa
-        .split_once('.')
-        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
-        .ok_or(format!("{}: cannot read PTX ISA `{isa}`", f.rel))?;
-    if parsed > MAX_PTX_ISA {
-        return Err(format!(
-            "{}: nvcc {} ({}) emitted PTX ISA {isa}, newer than {}.{} which the GPU machine's driver \
-             (CUDA 13.0) can load; use the pinned toolchain from scripts/install-cuda-toolchain.sh",
-            f.rel,
-            nvcc.version,
-            nvcc.path.display(),
-            MAX_PTX_ISA.0,
-            MAX_PTX_ISA.1
-        ));
-    }
     let mut entries = parse_ptx_entries(&text);
-    apply_ptxas_report(&report, &mut entries, &f.rel, &nvcc.sass_arch);
+    apply_ptxas_report(&report, &mut entries, &f.rel, &nvcc.report_arch);
 
     let mut by_name = HashMap::new();
     for e in entries {
@@ -687,7 +692,7 @@ fn compile_ptx(
         }
     }
     Ok(PtxOutput {
-        ptx_path,
+        fatbin_path,
         isa,
         entries: by_name,
     })
@@ -938,14 +943,18 @@ fn generate_rust(
     let _ = writeln!(
         s,
         "pub static BUILD: BuildInfo = BuildInfo {{\n    nvcc_path: {},\n    nvcc_version: {},\n    \
-         no_nvcc_reason: {},\n    ptx_arch: {},\n    sass_arch: {},\n    ptx_isa: {},\n    \
+         nvcc_found_by: {},\n    no_nvcc_reason: {},\n    ptx_arch: {},\n    sass_arch: {},\n    \
+         sass_archs: &{:?},\n    newest_ptx_arch: {},\n    ptx_isa: {},\n    \
          emulator: {emulator},\n    emulator_switch: {switch:?},\n    target: {:?},\n    profile: {:?},\n    \
          rustc: {rustc:?},\n    dependencies: &[{}],\n}};\n",
         opt(nvcc.map(|n| n.path.display().to_string())),
         opt(nvcc.map(|n| n.version.clone())),
+        opt(nvcc.map(|n| n.found_by.clone())),
         opt(no_nvcc_reason.map(str::to_string)),
         opt(nvcc.map(|n| n.ptx_arch.clone())),
-        opt(nvcc.map(|n| n.sass_arch.clone())),
+        opt(nvcc.map(|n| n.report_arch.clone())),
+        nvcc.map_or(Vec::new(), |n| n.sass_archs.clone()),
+        opt(nvcc.and_then(|n| n.newest_ptx_arch.clone())),
         opt(isa),
         env::var("TARGET").unwrap_or_default(),
         env::var("PROFILE").unwrap_or_default(),
@@ -962,10 +971,10 @@ fn generate_rust(
             module_index.insert(i, module_index.len());
             let _ = writeln!(
                 s,
-                "    PtxModule {{ file: {:?}, isa: {:?}, ptx: include_str!({:?}) }},",
+                "    PtxModule {{ file: {:?}, isa: {:?}, fatbin: include_bytes!({:?}) }},",
                 f.rel,
                 p.isa,
-                p.ptx_path.display().to_string()
+                p.fatbin_path.display().to_string()
             );
         }
     }

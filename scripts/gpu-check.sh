@@ -50,6 +50,9 @@ bundle() {
     local target="${GPU_BUNDLE_TARGET_DIR:-$root/target/gpu-bundle}"
     export CARGO_TARGET_DIR="$target"
     echo "gpu-check bundle: building with $NVCC into $target" >&2
+    # Machine code for the H200 only (plus PTX): five binaries with every architecture's
+    # would not fit the bundle.
+    export FOCALFLOW_CUDA_ARCHS="${FOCALFLOW_CUDA_ARCHS:-90}"
     cargo build --release --bin focalflow
     local test_args=()
     for t in "${gpu_tests[@]}"; do test_args+=(--test "$t"); done
@@ -79,6 +82,13 @@ EOF
     while read -r name exe; do
         strip -o "$bundle_dir/tests/$name" "$exe"
     done <"$target/gpu-bundle-tests.txt"
+    # The same binary built by the newest 13.x nvcc, found through CUDA_PATH as a stock
+    # install is: its machine code must load on the GPU machine's older driver.
+    local latest
+    latest="$(scripts/install-cuda-toolchain.sh --latest | tail -1)"
+    latest="${latest#NVCC=}"
+    (unset NVCC && CUDA_PATH="$(dirname "$(dirname "$latest")")" cargo build --release --bin focalflow)
+    strip -o "$bundle_dir/bin/focalflow-nvcc-latest" "$target/release/focalflow"
     # Shared libraries the GPU machine may lack (libjpeg.so.62 is Debian's name; Ubuntu
     # 24.04 ships libjpeg.so.8): carried beside the binaries, found through LD_LIBRARY_PATH.
     mkdir -p "$bundle_dir/lib"
@@ -195,6 +205,12 @@ print(libs[0] if libs else "")' 2>/dev/null)"
     step env 0 20 bash -c 'uname -a; cat /etc/os-release 2>/dev/null | head -2; ldd --version | head -1;
         nvidia-smi 2>&1 | head -20; for f in "$0"/bin/* "$0"/tests/*; do ldd "$f" | grep -i "not found" && echo "MISSING LIBRARIES: $f"; done;
         cat "$0/MANIFEST.txt"' "$bundle_dir"
+    # First starts with an empty driver cache: machine code (no JIT), the newest toolkit's
+    # build, and the PTX forced through the JIT (what every start cost before SASS was embedded).
+    step info_first_start 1 60 env CUDA_CACHE_PATH="$OUT/.jit-empty-1" "$ff" info
+    step info_nvcc_latest 1 60 env CUDA_CACHE_PATH="$OUT/.jit-empty-2" "$bundle_dir/bin/focalflow-nvcc-latest" info
+    step info_forced_jit 0 90 env CUDA_CACHE_PATH="$OUT/.jit-empty-3" CUDA_FORCE_PTX_JIT=1 "$ff" info
+    rm -rf "$OUT"/.jit-empty-*
     step info 1 30 "$ff" info
     # The first module load JIT-compiles the PTX for this GPU (its time shows here); later
     # processes find it in CUDA_CACHE_PATH.
@@ -299,6 +315,12 @@ print("\n| step | required | result | seconds |\n|---|---|---|---:|")
 for line in open(os.path.join(out, "steps.tsv")):
     name, req, status, secs = line.rstrip("\n").split("\t")
     print(f"| {name} | {'yes' if req == '1' else 'no'} | {status} | {secs} |")
+for name in ("info_first_start", "info_nvcc_latest", "info_forced_jit"):
+    try:
+        line = next(l for l in open(os.path.join(out, name + ".log")) if "module(s):" in l)
+        print(f"\n{name}: " + line.split("module(s):", 1)[1].strip())
+    except (OSError, StopIteration):
+        pass
 prof = os.path.join(out, f"bench_{dev}_profile.log")
 if os.path.exists(prof):
     print("\n```\n" + open(prof).read().strip() + "\n```")

@@ -5,24 +5,38 @@
 # so that CI can do:   export "$(scripts/install-cuda-toolchain.sh | tail -1)"
 # All other output goes to stderr. Idempotent: a second run only checks and prints.
 #
-# Why these pins (see DESIGN.md §2): only the 13.x wheels carry a full nvcc, and all five
-# must be pinned or a newer cicc slips in and emits a PTX ISA newer than 9.0, which the
-# GPU machine's driver (CUDA 13.0) cannot load.
+# Why these pins: only the 13.x wheels carry a full nvcc, and all five must be pinned or a
+# newer cicc slips in beside an older nvcc. 13.0 is the toolkit of the GPU machine's driver
+# (580): its PTX (ISA 9.0) JIT-compiles there for GPUs without machine code in the build.
+#
+# With --latest: the newest 13.x of the same five wheels instead, into .toolchain-latest/
+# (CI builds with it too: a newer toolkit must build, its PTX newer than the pinned one's).
 #
 # Environment: FOCALFLOW_TOOLCHAIN_DIR overrides the install directory; PYTHON the
 # interpreter (default python3).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-prefix="${FOCALFLOW_TOOLCHAIN_DIR:-$root/.toolchain}"
 python="${PYTHON:-python3}"
-pins=(
-    nvidia-cuda-nvcc==13.0.88
-    nvidia-nvvm==13.0.88
-    nvidia-cuda-crt==13.0.88
-    nvidia-cuda-runtime==13.0.96
-    nvidia-cuda-cccl==13.0.85
-)
+if [ "${1:-}" = "--latest" ]; then
+    prefix="${FOCALFLOW_TOOLCHAIN_DIR:-$root/.toolchain-latest}"
+    pins=(
+        "nvidia-cuda-nvcc>=13,<14"
+        "nvidia-nvvm>=13,<14"
+        "nvidia-cuda-crt>=13,<14"
+        "nvidia-cuda-runtime>=13,<14"
+        "nvidia-cuda-cccl>=13,<14"
+    )
+else
+    prefix="${FOCALFLOW_TOOLCHAIN_DIR:-$root/.toolchain}"
+    pins=(
+        nvidia-cuda-nvcc==13.0.88
+        nvidia-nvvm==13.0.88
+        nvidia-cuda-crt==13.0.88
+        nvidia-cuda-runtime==13.0.96
+        nvidia-cuda-cccl==13.0.85
+    )
+fi
 want="$(printf '%s\n' "${pins[@]}")"
 stamp="$prefix/installed-pins.txt"
 

@@ -33,14 +33,18 @@ pub fn info_report() -> String {
         (Some(v), Some(isa)) => {
             let _ = writeln!(
                 s,
-                "  CUDA kernels   compiled: {counts} -> PTX ISA {isa} for {}, assembled by ptxas for {}",
+                "  CUDA kernels   compiled: {counts}; fat binaries with machine code for {} and PTX {} (ISA {isa}){}",
+                BUILD.sass_archs.join(" "),
                 BUILD.ptx_arch.unwrap_or("?"),
-                BUILD.sass_arch.unwrap_or("?")
+                BUILD
+                    .newest_ptx_arch
+                    .map_or(String::new(), |a| format!(" and {a}"))
             );
             let _ = writeln!(
                 s,
-                "  nvcc           {v} ({})",
-                BUILD.nvcc_path.unwrap_or("?")
+                "  nvcc           {v} ({}, found by {})",
+                BUILD.nvcc_path.unwrap_or("?"),
+                BUILD.nvcc_found_by.unwrap_or("?")
             );
         }
         _ => {
@@ -117,9 +121,10 @@ pub fn info_report() -> String {
             Ok(g) if g.is_empty() => "unavailable: the CUDA driver reports no GPU".to_string(),
             Ok(_) => match CudaExecutor::new(0) {
                 Ok(c) => format!(
-                    "available: {} with {} PTX module(s) loaded",
+                    "available: {}; {} module(s): {}",
                     c.describe(),
-                    PTX_MODULES.len()
+                    PTX_MODULES.len(),
+                    c.module_load().describe()
                 ),
                 Err(e) => format!("unavailable: {e}"),
             },

@@ -28,3 +28,9 @@ pub mod train;
 
 pub use element::Element;
 pub use error::{Error, Result};
+
+/// build.rs's toolkit discovery, compiled here too so that `cargo test` checks it.
+#[cfg(test)]
+#[path = "../build/nvcc.rs"]
+#[allow(dead_code)]
+mod build_nvcc;

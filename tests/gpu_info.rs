@@ -20,14 +20,32 @@ fn info_report_names_build_executors_gpus_and_versions() {
     assert!(r.contains("cudarc 0.19"), "{r}");
     match BUILD.ptx_isa {
         Some(isa) => {
-            assert!(r.contains(&format!("PTX ISA {isa}")), "{r}");
-            let (major, minor) = isa.split_once('.').unwrap();
-            let v: (u32, u32) = (major.parse().unwrap(), minor.parse().unwrap());
-            assert!(
-                v <= (9, 0),
-                "PTX ISA {isa} is newer than the GPU machine's driver loads"
-            );
+            assert!(r.contains(&format!("(ISA {isa})")), "{r}");
+            // The embedded architectures and where the nvcc came from.
+            assert!(!BUILD.sass_archs.is_empty());
+            assert!(r.contains(&BUILD.sass_archs.join(" ")), "{r}");
+            assert!(r.contains("found by "), "{r}");
         }
         None => assert!(r.contains("not compiled"), "{r}"),
     }
+}
+
+#[test]
+fn the_gpu_runs_the_machine_code_of_its_generation() {
+    use focalflow::gpu::ModuleLoad;
+    if BUILD.sass_archs.is_empty() {
+        return; // no kernels compiled: nothing is embedded (the test above says so)
+    }
+    // The driver takes the highest minor of the same major, never a newer one.
+    let has = |a: &str| BUILD.sass_archs.contains(&a);
+    if has("sm_90") {
+        assert_eq!(ModuleLoad::expected((9, 0)), Some("sm_90"));
+    }
+    if has("sm_80") && has("sm_86") {
+        assert_eq!(ModuleLoad::expected((8, 7)), Some("sm_86"));
+        assert_eq!(ModuleLoad::expected((8, 0)), Some("sm_80"));
+    }
+    // A generation without machine code in the build compiles the PTX.
+    assert_eq!(ModuleLoad::expected((7, 5)), None);
+    assert_eq!(ModuleLoad::expected((15, 0)), None);
 }

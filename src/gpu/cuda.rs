@@ -175,6 +175,73 @@ pub struct CudaExecutor {
     info: GpuInfo,
     /// Device-to-host copies, see `Executor::blocking_reads`.
     pub(super) blocking_reads: AtomicU64,
+    load: ModuleLoad,
+}
+
+/// How the embedded modules were loaded for a GPU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModuleLoad {
+    /// The machine code the driver took (`sm_90`), or `None`: it compiled the PTX (JIT).
+    pub machine_code: Option<&'static str>,
+    /// Seconds to load every module (including a JIT compilation, unless the driver's
+    /// cache had it).
+    pub seconds: f64,
+}
+
+impl ModuleLoad {
+    /// The embedded machine code a GPU of compute capability `cc` runs: the same major
+    /// version and the highest minor not above its own (what the driver picks).
+    pub fn expected((major, minor): (i32, i32)) -> Option<&'static str> {
+        BUILD
+            .sass_archs
+            .iter()
+            .filter_map(|a| {
+                let n: i32 = a.trim_start_matches("sm_").parse().ok()?;
+                (n / 10 == major && n % 10 <= minor).then_some((n, *a))
+            })
+            .max()
+            .map(|(_, a)| a)
+    }
+
+    /// One line for `focalflow info`.
+    pub fn describe(&self) -> String {
+        match self.machine_code {
+            Some(arch) => format!(
+                "machine code {arch} (no JIT), loaded in {:.2} s",
+                self.seconds
+            ),
+            None => format!(
+                "JIT-compiled from PTX {} in {:.2} s (no machine code for this GPU in the build)",
+                BUILD.newest_ptx_arch.or(BUILD.ptx_arch).unwrap_or("?"),
+                self.seconds
+            ),
+        }
+    }
+}
+
+/// The error of a module the driver cannot load: names the driver's CUDA version, the
+/// toolkit's, and what to do.
+fn load_error(e: &Error, file: &str, gpu: &GpuInfo) -> Error {
+    let driver = driver_version()
+        .map(|(a, b)| format!("{a}.{b}"))
+        .unwrap_or_else(|_| "?".into());
+    Error::Device(format!(
+        "{e} for {file}: the driver supports CUDA {driver}, the kernels were built by nvcc {} (machine code for {}, PTX {}), none of which it can load for {} (compute capability {}.{}); update the NVIDIA driver to one for CUDA {} or newer, or build with an older toolkit such as the one scripts/install-cuda-toolchain.sh pins (CUDA 13.0)",
+        BUILD.nvcc_version.unwrap_or("?"),
+        if BUILD.sass_archs.is_empty() {
+            "no architecture".to_string()
+        } else {
+            BUILD.sass_archs.join(" ")
+        },
+        BUILD.ptx_arch.unwrap_or("?"),
+        gpu.name,
+        gpu.compute_capability.0,
+        gpu.compute_capability.1,
+        BUILD
+            .nvcc_version
+            .and_then(|v| v.rsplit_once('.').map(|(mm, _)| mm.to_string()))
+            .unwrap_or_else(|| "?".into()),
+    ))
 }
 
 impl CudaExecutor {
@@ -197,19 +264,19 @@ impl CudaExecutor {
         unsafe { ctx.disable_event_tracking() };
         let stream = guarded("stream creation", || ctx.new_stream())?;
 
+        let machine_code = ModuleLoad::expected(info.compute_capability);
+        let started = std::time::Instant::now();
         let mut modules = Vec::with_capacity(PTX_MODULES.len());
         for m in PTX_MODULES {
-            let module = guarded("PTX loading", || ctx.load_module(Ptx::from_src(m.ptx))).map_err(|e| {
-                Error::Device(format!(
-                    "{e} for {} (PTX ISA {}, built by nvcc {}); the driver must support CUDA {} or newer",
-                    m.file,
-                    m.isa,
-                    BUILD.nvcc_version.unwrap_or("?"),
-                    if m.isa == "9.0" { "13.0" } else { "the nvcc's version" }
-                ))
-            })?;
+            let image = Ptx::from_binary(m.fatbin.to_vec());
+            let module = guarded("module loading", || ctx.load_module(image))
+                .map_err(|e| load_error(&e, m.file, &info))?;
             modules.push(module);
         }
+        let load = ModuleLoad {
+            machine_code,
+            seconds: started.elapsed().as_secs_f64(),
+        };
         let mut functions = HashMap::new();
         for k in KERNELS {
             if let Some(p) = &k.ptx {
@@ -228,11 +295,17 @@ impl CudaExecutor {
             max_dynamic_shared: Mutex::new(HashMap::new()),
             info,
             blocking_reads: AtomicU64::new(0),
+            load,
         })
     }
 
     pub fn info(&self) -> &GpuInfo {
         &self.info
+    }
+
+    /// How the kernels were loaded for this GPU, and how long it took.
+    pub fn module_load(&self) -> &ModuleLoad {
+        &self.load
     }
 
     /// The underlying cudarc stream, for work beyond this interface.

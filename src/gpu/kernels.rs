@@ -14,12 +14,20 @@ pub struct BuildInfo {
     pub nvcc_path: Option<&'static str>,
     /// e.g. "13.0.88".
     pub nvcc_version: Option<&'static str>,
+    /// Where build.rs found it: "NVCC", "$CUDA_PATH", "PATH", "/usr/local/cuda", ...
+    pub nvcc_found_by: Option<&'static str>,
     /// Why there is no PTX (no nvcc found, `NVCC=none`, ...).
     pub no_nvcc_reason: Option<&'static str>,
     /// Virtual architecture of the PTX, e.g. "compute_80".
     pub ptx_arch: Option<&'static str>,
-    /// Architecture ptxas checked the PTX for (register/spill report), e.g. "sm_90".
+    /// The architecture whose ptxas report (registers, spills) the kernel table carries,
+    /// e.g. "sm_90".
     pub sass_arch: Option<&'static str>,
+    /// The architectures with machine code in the fat binaries, e.g. ["sm_80", "sm_90"].
+    pub sass_archs: &'static [&'static str],
+    /// The newest architecture's PTX, embedded beside `ptx_arch`'s for GPUs newer than all
+    /// of `sass_archs`, e.g. "compute_120".
+    pub newest_ptx_arch: Option<&'static str>,
     /// PTX ISA version (`.version`), e.g. "9.0".
     pub ptx_isa: Option<&'static str>,
     /// Whether the CPU emulator (cuda-emu) is built in.
@@ -33,12 +41,15 @@ pub struct BuildInfo {
     pub dependencies: &'static [(&'static str, &'static str)],
 }
 
-/// One embedded PTX module (one kernel file).
+/// One embedded module (one kernel file): a fat binary with machine code for each of
+/// [`BuildInfo::sass_archs`] and PTX, loaded with `cuModuleLoadData` (the driver picks the
+/// machine code of the GPU, else compiles the PTX).
 #[derive(Debug)]
 pub struct PtxModule {
     pub file: &'static str,
+    /// PTX ISA of `ptx_arch`'s PTX.
     pub isa: &'static str,
-    pub ptx: &'static str,
+    pub fatbin: &'static [u8],
 }
 
 /// What nvcc/ptxas reported for one kernel.

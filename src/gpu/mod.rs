@@ -31,7 +31,9 @@ use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::Ordering;
 
-pub use cuda::{CudaExecutor, GpuInfo, cuda_unavailable_reason, driver_version, probe_gpus};
+pub use cuda::{
+    CudaExecutor, GpuInfo, ModuleLoad, cuda_unavailable_reason, driver_version, probe_gpus,
+};
 pub use emu::{EmuExecutor, EmuOptions, Schedule};
 pub use kernels::{BUILD, KERNELS, KernelInfo, PTX_MODULES};
 
