@@ -20,10 +20,9 @@
 #       PyTorch fp32 cuDNN reference and its uint8-on-the-GPU training loop
 #       (scripts/torch_bench.py), per-op
 #       kernel timings (tiled vs naive), a compute-sanitizer memcheck of the kernel tests and
-#       a short ncu pass when those tools exist. Writes summary.md and every log to $OUT
-#       (default ./gpu-check-out), and packs them into $OUT/gpu-check-logs.tar.gz (a remote
-#       machine returns only a few files; run folders with their checkpoints stay out of
-#       $OUT). Each step has a time limit; the whole run stays under
+#       a short ncu pass when those tools exist. Leaves two files in $OUT (default
+#       ./gpu-check-out): summary.md and gpu-check-logs.tar.gz with every log (a remote
+#       machine returns only a few files; run folders with their checkpoints stay out). Each step has a time limit; the whole run stays under
 #       $GPU_CHECK_BUDGET_S seconds (default 330); a step that fails is recorded and the
 #       run goes on. Exit status: 0 when every required step passed.
 #       --dry-run: the same plumbing on a machine without a GPU: cuda-emu instead of cuda,
@@ -330,9 +329,12 @@ EOF
     # One archive of every log, summary and JSON (only a handful of files come back from a
     # remote machine); nothing else lives in $OUT.
     (cd "$OUT" && tar czf gpu-check-logs.tar.gz --exclude=gpu-check-logs.tar.gz -- *.log *.json *.md *.tsv 2>/dev/null)
+    # What stays: the archive and the summary (a remote machine returns at most 8 files).
+    find "$OUT" -maxdepth 1 -type f ! -name gpu-check-logs.tar.gz ! -name summary.md -delete
     rm -rf "$runs"
-    # Failed required steps fail the run.
-    ! awk -F'\t' '$2 == 1 && $3 !~ /^ok/ && $3 !~ /^skipped/' "$steps_file" | grep -q .
+    # Failed required steps fail the run (steps.tsv is in the archive; read it there).
+    ! tar xzf "$OUT/gpu-check-logs.tar.gz" -O steps.tsv |
+        awk -F'\t' '$2 == 1 && $3 !~ /^ok/ && $3 !~ /^skipped/' | grep -q .
 }
 
 case "${1:-}" in
