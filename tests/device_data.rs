@@ -389,3 +389,32 @@ fn the_set_is_streamed_when_it_exceeds_the_budget_and_a_model_too_large_fails_at
         "{stderr}"
     );
 }
+
+#[test]
+fn a_set_uploaded_in_many_chunks_gives_the_same_batches() {
+    use focalflow::backend::cuda::feed::ResidentFeeder;
+    use focalflow::feed::BatchFeeder;
+    let set = odd_set();
+    let order: Vec<usize> = (0..23).rev().collect();
+    let cpu = CpuBackend::<f32>::new();
+    let host = batches_of(&cpu, &set, &order, 9, Some(3), DeviceCache::Auto).unwrap();
+    for backend in devices("a_set_uploaded_in_many_chunks_gives_the_same_batches") {
+        // 1,000-byte chunks of the 2,415-byte set: three, alternating between the two
+        // staging buffers, each ending inside an image.
+        let mut feeder = ResidentFeeder::with_upload_chunk(backend, &set, 9, 1000).unwrap();
+        let (len, classes) = (set.shape.len(), set.classes());
+        let mut device = Vec::new();
+        feeder
+            .for_each_batch(&order, Some(3), 0, &mut |step, n, x, y| {
+                device.push((
+                    step,
+                    n,
+                    backend.read(x, n * len)?,
+                    backend.read(y, n * classes)?,
+                ));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(device, host, "{}", backend.name());
+    }
+}

@@ -124,17 +124,28 @@ impl<'a> ResidentFeeder<'a> {
         data: &ImageSet<P>,
         batch_size: usize,
     ) -> Result<Self> {
+        Self::with_upload_chunk(backend, data, batch_size, UPLOAD_CHUNK)
+    }
+
+    /// [`Self::new`] with uploads of `chunk` bytes (tests use small ones).
+    pub fn with_upload_chunk<P: PixelStore>(
+        backend: &'a CudaBackend,
+        data: &ImageSet<P>,
+        batch_size: usize,
+        chunk: usize,
+    ) -> Result<Self> {
         let exec = backend.executor();
         let pixels: &[u8] = &data.pixels;
+        let chunk = chunk.max(1);
         let mut set = exec.alloc::<u8>(pixels.len())?;
         let mut staging = [
-            exec.staging(UPLOAD_CHUNK.min(pixels.len()))?,
-            exec.staging(UPLOAD_CHUNK.min(pixels.len()))?,
+            exec.staging(chunk.min(pixels.len()))?,
+            exec.staging(chunk.min(pixels.len()))?,
         ];
-        for (n, chunk) in pixels.chunks(UPLOAD_CHUNK).enumerate() {
+        for (n, part) in pixels.chunks(chunk).enumerate() {
             let stage = &mut staging[n % 2];
-            stage.bytes_mut()?[..chunk.len()].copy_from_slice(chunk);
-            stage.upload(exec, chunk.len(), &mut set, n * UPLOAD_CHUNK)?;
+            stage.bytes_mut()?[..part.len()].copy_from_slice(part);
+            stage.upload(exec, part.len(), &mut set, n * chunk)?;
         }
         Ok(ResidentFeeder {
             batch: Batch::new(exec, data, batch_size)?,
