@@ -229,11 +229,14 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
     resume: bool,
     mut log: impl FnMut(&str),
 ) -> Result<(Model<B>, Vec<EpochMetrics>)> {
-    if opts.batch_size == 0 || opts.epochs == 0 || opts.steps_per_epoch == Some(0) {
-        return Err(Error::invalid(format!(
-            "--batch-size {}, --epochs {}, --steps-per-epoch {:?}: each must be at least 1",
-            opts.batch_size, opts.epochs, opts.steps_per_epoch
-        )));
+    for (flag, value) in [
+        ("--batch-size", Some(opts.batch_size)),
+        ("--epochs", Some(opts.epochs)),
+        ("--steps-per-epoch", opts.steps_per_epoch),
+    ] {
+        if value == Some(0) {
+            return Err(Error::invalid(format!("{flag} 0: must be at least 1")));
+        }
     }
     if !(opts.learning_rate.is_finite() && opts.learning_rate > 0.0) {
         return Err(Error::invalid(format!(

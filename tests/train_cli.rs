@@ -329,6 +329,28 @@ fn flags_that_cannot_train_are_rejected() {
     // Found in review: `--steps-per-epoch 0` trains on nothing and writes NaN (JSON null)
     // train losses, and a negative or zero learning rate trains (ascends) silently.
     expect_bad_input(&["--steps-per-epoch", "0"], &["--steps-per-epoch"]);
+    // Only the flag that is wrong is named (no other flag, no Rust `Option`).
+    let out = run(&[
+        "train",
+        "--quiet",
+        "--synthetic-images",
+        "8",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "0",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(line.contains("--batch-size 0"), "{stderr}");
+    assert!(
+        !line.contains("--epochs") && !line.contains("None"),
+        "{line}"
+    );
     expect_bad_input(&["--lr=-1"], &["--lr"]);
     expect_bad_input(&["--lr", "0"], &["--lr"]);
 }

@@ -2,7 +2,7 @@
 // the CPU ("cuda-emu" executor). build.rs includes this header first in every generated
 // emulator translation unit; nvcc never sees it.
 //
-// Model (see DESIGN.md §2):
+// Model (README, "Devices"):
 //  * one fiber per CUDA thread; the threads of a block take turns on one OS thread and
 //    switch only at barriers, warp shuffles and votes (kernels/emu/runtime.cpp);
 //  * `__shared__` is `thread_local`: shared by the fibers of a block, private to the block;
