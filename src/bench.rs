@@ -3,9 +3,8 @@
 
 use std::time::Instant;
 
-use crate::backend::Backend;
 use crate::data::{Augment, synthetic};
-use crate::feed::DeviceCache;
+use crate::feed::{DeviceCache, Feeds};
 use crate::loss::LossConfig;
 use crate::model::{Arch, ImageShape, Model, Plan};
 use crate::rng::Rng;
@@ -71,12 +70,12 @@ pub enum Stage {
     TrainDone,
 }
 
-pub fn run<B: Backend<E = f32>>(backend: &B, opts: &BenchOptions) -> Result<BenchReport> {
+pub fn run<B: Feeds>(backend: &B, opts: &BenchOptions) -> Result<BenchReport> {
     run_with(backend, opts, |_| Ok(()))
 }
 
 /// [`run`], telling `observe` when the timed training steps start and end.
-pub fn run_with<B: Backend<E = f32>>(
+pub fn run_with<B: Feeds>(
     backend: &B,
     opts: &BenchOptions,
     mut observe: impl FnMut(Stage) -> Result<()>,
@@ -148,11 +147,7 @@ pub fn run_with<B: Backend<E = f32>>(
 /// validation split, so an epoch is the training loop alone), and the data path's line.
 /// The run folder (checkpoints written after each epoch, outside the timing) is a
 /// temporary one.
-fn end_to_end<B: Backend<E = f32>>(
-    backend: &B,
-    opts: &BenchOptions,
-    images: usize,
-) -> Result<(f64, String)> {
+fn end_to_end<B: Feeds>(backend: &B, opts: &BenchOptions, images: usize) -> Result<(f64, String)> {
     if images < opts.batch_size {
         return Err(Error::invalid(format!(
             "--end-to-end {images}: at least one batch of {} images is needed",

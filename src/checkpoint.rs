@@ -23,9 +23,7 @@
 //! moment leaves the previous checkpoint or the new one, never a mix.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use safetensors::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
@@ -35,8 +33,8 @@ use crate::data::{ImageSet, PixelStore};
 use crate::loss::LossConfig;
 use crate::model::{Arch, ImageShape, Model, Plan};
 use crate::optim::Adam;
+use crate::run::{best_path, last_path, write_atomically};
 use crate::schedule::RunProgress;
-use crate::train::EpochMetrics;
 use crate::{Error, Result};
 
 pub const FORMAT: &str = "focalflow.checkpoint";
@@ -46,9 +44,6 @@ pub const PREPROCESSING: &str =
     "RGB, resized (bilinear) to input_shape, values x/255 in [0, 1], NHWC float32";
 /// Prefix of the optimizer tensors (not model weights).
 pub const OPTIMIZER_PREFIX: &str = "optimizer/";
-/// Test-only fail point: when set to N, [`write_atomically`] aborts the process after
-/// writing N bytes of the temporary file (a "killed write").
-pub const ABORT_AFTER_BYTES_ENV: &str = "FOCALFLOW_TEST_ABORT_CHECKPOINT_WRITE_AFTER_BYTES";
 
 /// Adam's state: hyperparameters, step counter and both moments of every parameter.
 #[derive(Clone, Debug, PartialEq)]
@@ -482,86 +477,6 @@ impl View for F32View<'_> {
     }
 }
 
-/// The checkpoint folder of a run.
-pub fn dir_of_run(run: &Path) -> PathBuf {
-    run.join("checkpoints")
-}
-
-/// `RUN/checkpoints/last.safetensors`.
-pub fn last_path(run: &Path) -> PathBuf {
-    dir_of_run(run).join("last.safetensors")
-}
-
-/// `RUN/checkpoints/best.safetensors`.
-pub fn best_path(run: &Path) -> PathBuf {
-    dir_of_run(run).join("best.safetensors")
-}
-
-/// Writes `bytes` to `path` so that a crash or kill at any point leaves either the old
-/// file or the new one: a temporary file in the same folder, written and `fsync`ed, renamed
-/// over `path`, then the folder `fsync`ed (so the rename itself is durable). A failed write
-/// removes its temporary file; one left by a killed process is removed by the next write.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::file(&dir, format!("cannot create the folder: {e}")))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::file(path, "not a file path"))?
-        .to_string_lossy()
-        .into_owned();
-    let prefix = format!(".{name}.tmp-");
-    // Leftovers of killed writes (never the file itself).
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    let tmp = dir.join(format!(
-        "{prefix}{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    // A second Ctrl-C exits at once: it removes this file first.
-    let _writing = crate::interrupt::writing(&tmp);
-    let abort_after: Option<usize> = std::env::var(ABORT_AFTER_BYTES_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        match abort_after {
-            Some(n) if n < bytes.len() => {
-                f.write_all(&bytes[..n])?;
-                f.sync_all()?;
-                eprintln!(
-                    "{ABORT_AFTER_BYTES_ENV}: aborting after {n} bytes of {}",
-                    tmp.display()
-                );
-                std::process::abort();
-            }
-            _ => f.write_all(bytes)?,
-        }
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        // Make the rename durable; not every platform can open a folder, so best effort.
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(path, format!("cannot write: {e}"))
-    })
-}
-
 /// A short hash of what a run trains on: the image shape, class names, labels and the
 /// train/validation split. `--resume` refuses data that gives another one.
 pub fn data_fingerprint<P: PixelStore>(
@@ -682,46 +597,6 @@ pub fn resume_point(
         )));
     }
     Ok(ResumePoint { checkpoint, state })
-}
-
-/// Keeps the lines of `metrics.jsonl` up to `epoch` (a run killed after writing a line but
-/// before its checkpoint has one more) and returns them with the file opened for appending.
-pub fn reopen_metrics(path: &Path, epoch: usize) -> Result<(Vec<EpochMetrics>, std::fs::File)> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::file(
-            path,
-            format!("cannot read the run's metrics to resume: {e}"),
-        )
-    })?;
-    let mut kept = Vec::new();
-    let mut lines = String::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let m: EpochMetrics = serde_json::from_str(line)
-            .map_err(|e| Error::file(path, format!("line {}: not a metrics line: {e}", n + 1)))?;
-        if m.epoch <= epoch {
-            lines.push_str(line);
-            lines.push('\n');
-            kept.push(m);
-        }
-    }
-    let epochs: Vec<usize> = kept.iter().map(|m| m.epoch).collect();
-    if epochs != (1..=epoch).collect::<Vec<_>>() {
-        return Err(Error::file(
-            path,
-            format!(
-                "has epochs {epochs:?}, the checkpoint is at epoch {epoch}: the run folder is inconsistent"
-            ),
-        ));
-    }
-    write_atomically(path, lines.as_bytes())?;
-    let file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::file(path, e))?;
-    Ok((kept, file))
 }
 
 /// Writes `last` (weights, optimizer, training state) after every epoch (and at an

@@ -22,6 +22,7 @@ pub mod optim;
 pub mod plots;
 pub mod profile;
 pub mod rng;
+pub mod run;
 pub mod schedule;
 pub mod tensorboard;
 pub mod train;

@@ -19,7 +19,7 @@ use plotters_backend::{
 };
 
 use crate::metrics::Metrics;
-use crate::train::EpochMetrics;
+use crate::run::EpochMetrics;
 use crate::{Error, Result};
 
 const TRAIN: RGBColor = RGBColor(31, 119, 180);
@@ -66,8 +66,8 @@ fn render(fig: &impl Figure, dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
         image::ExtendedColorType::Rgb8,
     )
     .map_err(|e| Error::file(&png_path, format!("cannot encode the PNG: {e}")))?;
-    crate::checkpoint::write_atomically(&svg_path, svg.as_bytes())?;
-    crate::checkpoint::write_atomically(&png_path, &png)?;
+    crate::run::write_atomically(&svg_path, svg.as_bytes())?;
+    crate::run::write_atomically(&png_path, &png)?;
     Ok(vec![svg_path, png_path])
 }
 

@@ -22,7 +22,7 @@ use crate::Result;
 use crate::backend::cuda::CudaBackend;
 use crate::backend::{AdamStep, Backend, ConvShape, CpuBackend, DenseShape, PoolShape, StepTotals};
 use crate::data::{ImageSet, PixelStore};
-use crate::feed::{BatchFeeder, BatchFn, DeviceCache};
+use crate::feed::{BatchFeeder, BatchFn, DeviceCache, Feeds};
 use crate::gpu::Event;
 use crate::loss::LossConfig;
 use crate::{Element, Error};
@@ -460,13 +460,16 @@ impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
     fn free_memory(&self) -> Result<Option<u64>> {
         self.inner.free_memory()
     }
+}
+
+impl<B: Feeds + Timeline> Feeds for Profiled<'_, B> {
     /// The inner backend's feeder, its batch assembly counted as data loading.
     fn feeder<'f, P: PixelStore + 'f>(
         &'f self,
         data: &'f ImageSet<P>,
         batch_size: usize,
         cache: DeviceCache,
-    ) -> Result<Box<dyn BatchFeeder<Self::Buf> + 'f>> {
+    ) -> Result<Box<dyn BatchFeeder<B::Buf> + 'f>> {
         Ok(Box::new(ProfiledFeeder {
             inner: self.inner.feeder(data, batch_size, cache)?,
             profiled: self,

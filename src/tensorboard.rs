@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use crate::data::tfrecord::masked_crc;
-use crate::train::EpochMetrics;
+use crate::run::EpochMetrics;
 use crate::{Error, Result};
 
 /// `tensorflow.Event` (the fields written).

@@ -1,7 +1,6 @@
 //! The training loop: epochs of shuffled batches, validation, progress, and the run folder
 //! (`config.json`, `metrics.jsonl`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,11 +9,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::backend::{Backend, StepTotals};
 use crate::checkpoint::PartialEpoch;
 use crate::data::{Augment, ClassFraction, ImageSet, PixelStore};
-use crate::feed::{BatchFeeder, DeviceCache};
+use crate::feed::{BatchFeeder, DeviceCache, Feeds};
 use crate::loss::LossConfig;
 use crate::model::{Arch, Model, Plan};
 use crate::optim::Adam;
 use crate::rng::Rng;
+use crate::run::{EpochMetrics, append_metrics};
 use crate::schedule::{LrSchedule, Monitor, RunProgress, Schedule};
 use crate::{Error, Result};
 
@@ -95,29 +95,6 @@ fn serialize_display<S: serde::Serializer, T: std::fmt::Display>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.collect_str(v)
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct EpochMetrics {
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub val_loss: Option<f64>,
-    pub val_accuracy: Option<f64>,
-    pub images_per_second: f64,
-    pub seconds: f64,
-    /// Validation metrics beyond loss and accuracy (`val_balanced_accuracy`, `val_ece`, ...;
-    /// absent without a validation split).
-    #[serde(flatten, default)]
-    pub validation: Option<crate::metrics::EpochValidation>,
-    /// The learning rate of each step of the epoch.
-    #[serde(default)]
-    pub learning_rates: Vec<f64>,
-    /// The epoch was interrupted (Ctrl-C): the line covers its steps so far, without
-    /// validation; `--resume` replaces it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub partial: bool,
 }
 
 /// How often the progress bar reads the counters of a backend whose reads wait for the
@@ -207,7 +184,7 @@ fn checked(totals: StepTotals, epoch: usize) -> Result<StepTotals> {
 /// Trains a new model on `data` with `opts` (or continues the run in `out` with
 /// `opts.resume`), writing `config.json` and `metrics.jsonl` into `out` and a line per epoch
 /// through `log`. Returns the model and the metrics.
-pub fn train<B: Backend<E = f32>, P: PixelStore>(
+pub fn train<B: Feeds, P: PixelStore>(
     backend: &B,
     data: &ImageSet<P>,
     opts: &TrainOptions,
@@ -221,7 +198,7 @@ pub fn train<B: Backend<E = f32>, P: PixelStore>(
 /// from its `checkpoints/last.safetensors`: weights, Adam state, data order and random
 /// streams as they were, so the result equals an uninterrupted run with the same seed.
 /// Also writes `checkpoints/last` and `best` each epoch, and plots at the end.
-pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
+pub fn train_with<B: Feeds, P: PixelStore>(
     backend: &B,
     data: &ImageSet<P>,
     opts: &TrainOptions,
@@ -290,8 +267,8 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
     if let Some(r) = &resumed {
         config["resumed_after_epoch"] = r.state.epoch.into();
     }
-    crate::checkpoint::write_atomically(
-        &out.join("config.json"),
+    crate::run::write_atomically(
+        &crate::run::config_path(out),
         serde_json::to_string_pretty(&config)
             .expect("JSON")
             .as_bytes(),
@@ -333,9 +310,9 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
     let mut feeder = backend.feeder(data, opts.batch_size, opts.device_cache)?;
     log(&feeder.describe());
     let mut counters = backend.counters()?;
-    let metrics_path = out.join("metrics.jsonl");
+    let metrics_path = crate::run::metrics_path(out);
     let (mut history, mut metrics_file) = match &resumed {
-        Some(r) => crate::checkpoint::reopen_metrics(&metrics_path, r.state.epoch)?,
+        Some(r) => crate::run::reopen_metrics(&metrics_path, r.state.epoch)?,
         None => (
             Vec::new(),
             std::fs::File::create(&metrics_path).map_err(|e| Error::file(&metrics_path, e))?,
@@ -418,7 +395,7 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
             return Err(Error::Interrupted(format!(
                 "interrupted at epoch {epoch}, step {} of {steps}: saved {} (the partial epoch is in metrics.jsonl, marked \"partial\")",
                 run.steps_done,
-                crate::checkpoint::last_path(out).display()
+                crate::run::last_path(out).display()
             )));
         }
         if !val_idx.is_empty() {
@@ -477,13 +454,13 @@ pub fn train_with<B: Backend<E = f32>, P: PixelStore>(
     match progress.best_epoch {
         Some(e) => log(&format!(
             "checkpoints: {} (epoch {last_epoch}), {} (epoch {e}, best {})",
-            crate::checkpoint::last_path(out).display(),
-            crate::checkpoint::best_path(out).display(),
+            crate::run::last_path(out).display(),
+            crate::run::best_path(out).display(),
             opts.monitor.name()
         )),
         None => log(&format!(
             "checkpoints: {} (no validation split: no best)",
-            crate::checkpoint::last_path(out).display()
+            crate::run::last_path(out).display()
         )),
     }
     let mut written = Vec::new();
@@ -629,13 +606,6 @@ impl EpochSteps<'_> {
     }
 }
 
-/// Appends one line to metrics.jsonl (flushed: a run's progress is on disk as it goes).
-fn append_metrics(file: &mut std::fs::File, path: &Path, m: &EpochMetrics) -> Result<()> {
-    writeln!(file, "{}", serde_json::to_string(m).expect("JSON"))
-        .and_then(|_| file.flush())
-        .map_err(|e| Error::file(path, e))
-}
-
 /// The line logged after an epoch.
 fn epoch_line(m: &EpochMetrics, epochs: usize, best: bool) -> String {
     let val = match (m.val_loss, m.val_accuracy, &m.validation) {
@@ -713,30 +683,4 @@ fn progress_bar(show: bool, steps: u64, epoch: usize, epochs: usize) -> Progress
     );
     bar.set_prefix(format!("{epoch}/{epochs}"));
     bar
-}
-
-/// `runs/<date>-<time>-<loss>`: a new folder name for a run (UTC).
-pub fn default_run_dir(loss: &LossConfig) -> PathBuf {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    PathBuf::from("runs").join(format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}-{}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        loss.cli_name()
-    ))
 }

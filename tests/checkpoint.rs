@@ -8,11 +8,12 @@ use std::path::Path;
 use std::process::Command;
 
 use focalflow::backend::{Backend, CpuBackend};
-use focalflow::checkpoint::{self, ABORT_AFTER_BYTES_ENV, Checkpoint};
+use focalflow::checkpoint::{self, Checkpoint};
 use focalflow::data::{Augment, ImageSet, synthetic};
 use focalflow::loss::LossConfig;
 use focalflow::model::Model;
-use focalflow::train::{self, EpochMetrics, TrainOptions};
+use focalflow::run::{self, ABORT_AFTER_BYTES_ENV, EpochMetrics};
+use focalflow::train::{self, TrainOptions};
 
 mod common;
 use common::{BIN, TempDir};
@@ -74,7 +75,7 @@ fn round_trip_gives_identical_predictions_and_keras_layouts() {
     let (mut model, _) = train::train(&backend, &set, &options(2), &dir.0, |_| {}).unwrap();
     let expected = predict(&backend, &mut model, &set);
 
-    for path in [checkpoint::last_path(&dir.0), checkpoint::best_path(&dir.0)] {
+    for path in [run::last_path(&dir.0), run::best_path(&dir.0)] {
         let ck = Checkpoint::load(&path).unwrap();
         assert_eq!(ck.class_names, vec!["horizontal", "vertical"]);
         assert_eq!(ck.arch.to_string(), "c4,p,d8");
@@ -108,7 +109,7 @@ fn round_trip_gives_identical_predictions_and_keras_layouts() {
     }
 
     // Keras names and layouts, read straight from the file.
-    let bytes = std::fs::read(checkpoint::best_path(&dir.0)).unwrap();
+    let bytes = std::fs::read(run::best_path(&dir.0)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names = st.names();
     names.sort();
@@ -127,7 +128,7 @@ fn round_trip_gives_identical_predictions_and_keras_layouts() {
     assert_eq!(st.tensor("conv2d/kernel").unwrap().shape(), &[3, 3, 3, 4]); // HWIO
     assert_eq!(st.tensor("dense/kernel").unwrap().shape(), &[196, 8]); // [in, out]
     assert_eq!(st.tensor("dense_1/kernel").unwrap().shape(), &[8, 2]);
-    let meta = checkpoint::read_metadata(&checkpoint::best_path(&dir.0)).unwrap();
+    let meta = checkpoint::read_metadata(&run::best_path(&dir.0)).unwrap();
     for key in [
         "format",
         "format_version",
@@ -150,7 +151,7 @@ fn bad_files_give_one_line_errors() {
     let backend = CpuBackend::<f32>::new();
     let set = data();
     train::train(&backend, &set, &options(1), &dir.0, |_| {}).unwrap();
-    let good = std::fs::read(checkpoint::last_path(&dir.0)).unwrap();
+    let good = std::fs::read(run::last_path(&dir.0)).unwrap();
 
     let truncated = dir.join("truncated.safetensors");
     std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
@@ -186,7 +187,7 @@ fn bad_files_give_one_line_errors() {
     assert!(err.contains("metadata key `format` missing"), "{err}");
 
     // A tensor of the wrong shape.
-    let mut ck = Checkpoint::load(&checkpoint::last_path(&dir.0)).unwrap();
+    let mut ck = Checkpoint::load(&run::last_path(&dir.0)).unwrap();
     ck.optimizer = None;
     let mut bytes = ck.to_bytes().unwrap();
     // Corrupt the header: claim another class count so the head's shape no longer fits.
@@ -234,9 +235,7 @@ fn interrupted_run_resumed_equals_uninterrupted_run() {
     }));
     assert!(killed.is_err(), "the run was interrupted");
     assert_eq!(
-        Checkpoint::load(&checkpoint::last_path(&split.0))
-            .unwrap()
-            .epoch,
+        Checkpoint::load(&run::last_path(&split.0)).unwrap().epoch,
         Some(2)
     );
     let mut opts = options(4);
@@ -275,7 +274,7 @@ fn interrupted_run_resumed_equals_uninterrupted_run() {
             .collect()
     };
     assert_eq!(untimed(&parse(&file_a)), untimed(&parse(&file_b)));
-    let best = |d: &Path| Checkpoint::load(&checkpoint::best_path(d)).unwrap();
+    let best = |d: &Path| Checkpoint::load(&run::best_path(d)).unwrap();
     assert_eq!(best(&whole.0).weights, best(&split.0).weights);
     assert_eq!(best(&whole.0).epoch, best(&split.0).epoch);
 
@@ -300,11 +299,11 @@ fn interrupted_run_resumed_equals_uninterrupted_run() {
 fn failed_write_leaves_the_previous_file() {
     let dir = TempDir::new("atomic");
     let target = dir.join("x.safetensors");
-    checkpoint::write_atomically(&target, b"old").unwrap();
+    run::write_atomically(&target, b"old").unwrap();
     // Renaming over a non-empty folder fails after the temporary file was written.
     let blocked = dir.join("blocked");
     std::fs::create_dir_all(blocked.join("inside")).unwrap();
-    let err = checkpoint::write_atomically(&blocked, b"new")
+    let err = run::write_atomically(&blocked, b"new")
         .unwrap_err()
         .to_string();
     assert!(
@@ -354,9 +353,9 @@ fn killed_write_leaves_the_previous_checkpoint_intact() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let last = checkpoint::last_path(&run);
+    let last = run::last_path(&run);
     let before = std::fs::read(&last).unwrap();
-    let best_before = std::fs::read(checkpoint::best_path(&run)).unwrap();
+    let best_before = std::fs::read(run::best_path(&run)).unwrap();
 
     // Resume to epoch 2 with the process aborting after 3000 bytes of its next checkpoint
     // (metrics.jsonl, rewritten on resume, is shorter and goes through).
@@ -370,7 +369,7 @@ fn killed_write_leaves_the_previous_checkpoint_intact() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the write was killed: {stderr}");
     assert!(stderr.contains("aborting after 3000 bytes"), "{stderr}");
-    let leftovers: Vec<String> = std::fs::read_dir(checkpoint::dir_of_run(&run))
+    let leftovers: Vec<String> = std::fs::read_dir(run::dir_of_run(&run))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -384,10 +383,7 @@ fn killed_write_leaves_the_previous_checkpoint_intact() {
 
     // The previous checkpoints are untouched and load.
     assert_eq!(std::fs::read(&last).unwrap(), before);
-    assert_eq!(
-        std::fs::read(checkpoint::best_path(&run)).unwrap(),
-        best_before
-    );
+    assert_eq!(std::fs::read(run::best_path(&run)).unwrap(), best_before);
     assert_eq!(Checkpoint::load(&last).unwrap().epoch, Some(1));
 
     // And the run resumes from them; the leftover is cleaned up.
@@ -398,7 +394,7 @@ fn killed_write_leaves_the_previous_checkpoint_intact() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(Checkpoint::load(&last).unwrap().epoch, Some(2));
-    let leftovers = std::fs::read_dir(checkpoint::dir_of_run(&run))
+    let leftovers = std::fs::read_dir(run::dir_of_run(&run))
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))

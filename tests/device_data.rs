@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use focalflow::backend::cuda::CudaBackend;
 use focalflow::backend::{AdamStep, Backend, CpuBackend};
 use focalflow::data::{Augment, ImageSet, synthetic};
-use focalflow::feed::{DeviceCache, flip_decisions};
+use focalflow::feed::{DeviceCache, Feeds, flip_decisions};
 use focalflow::gpu::{EmuOptions, Executor};
 use focalflow::loss::LossConfig;
 use focalflow::model::ImageShape;
@@ -62,7 +62,7 @@ fn odd_set() -> ImageSet {
 /// Every batch of a pass as (index, images, x, y) on the host.
 type Batches = Vec<(usize, usize, Vec<f32>, Vec<f32>)>;
 
-fn batches_of<B: Backend<E = f32>>(
+fn batches_of<B: Feeds>(
     backend: &B,
     set: &ImageSet,
     order: &[usize],
@@ -392,8 +392,8 @@ fn the_set_is_streamed_when_it_exceeds_the_budget_and_a_model_too_large_fails_at
 
 #[test]
 fn a_set_uploaded_in_many_chunks_gives_the_same_batches() {
-    use focalflow::backend::cuda::feed::ResidentFeeder;
     use focalflow::feed::BatchFeeder;
+    use focalflow::feed::cuda::ResidentFeeder;
     let set = odd_set();
     let order: Vec<usize> = (0..23).rev().collect();
     let cpu = CpuBackend::<f32>::new();

@@ -13,8 +13,6 @@ mod gemm;
 
 use crate::Element;
 use crate::Result;
-use crate::data::{ImageSet, PixelStore};
-use crate::feed::{BatchFeeder, DeviceCache, HostFeeder};
 use crate::loss::LossConfig;
 
 pub use cpu::CpuBackend;
@@ -457,20 +455,5 @@ pub trait Backend {
     /// Free device memory in bytes, where the backend knows it (a GPU).
     fn free_memory(&self) -> Result<Option<u64>> {
         Ok(None)
-    }
-    /// The feeder of batches of up to `batch_size` images of `data` (see [`crate::feed`]);
-    /// by default f32 batches built on the host. `cache` bounds the device memory a
-    /// backend may give the set.
-    fn feeder<'a, P: PixelStore + 'a>(
-        &'a self,
-        data: &'a ImageSet<P>,
-        batch_size: usize,
-        cache: DeviceCache,
-    ) -> Result<Box<dyn BatchFeeder<Self::Buf> + 'a>>
-    where
-        Self: Sized + Backend<E = f32>,
-    {
-        let _ = cache;
-        Ok(Box::new(HostFeeder::new(self, data, batch_size)?))
     }
 }

@@ -100,7 +100,7 @@ pub fn write_item_list(out: &Path, name: &str, items: &[Skipped]) -> Result<Path
     for s in items {
         text.push_str(&format!("{}\t{}\t{}\n", s.item, s.category, s.detail));
     }
-    crate::checkpoint::write_atomically(&path, text.as_bytes())?;
+    crate::run::write_atomically(&path, text.as_bytes())?;
     Ok(path)
 }
 

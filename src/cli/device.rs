@@ -8,10 +8,12 @@ use crate::backend::Backend;
 use crate::backend::cuda::CudaBackend;
 use crate::bench::{self, BenchOptions, BenchReport, Stage};
 use crate::data::{ImageSet, PixelStore};
+use crate::feed::Feeds;
 use crate::gpu::{Executor, cuda_unavailable_reason};
 use crate::loss::LossConfig;
 use crate::profile::{Profiled, Profiler, Timeline, nvtx};
-use crate::train::{self, EpochMetrics, TrainOptions};
+use crate::run::EpochMetrics;
+use crate::train::{self, TrainOptions};
 use crate::{Error, Result};
 
 /// Resolves `--device` to a backend this machine and build can run (`auto`: cuda when a GPU
@@ -113,7 +115,7 @@ pub fn train<P: PixelStore>(
     })
 }
 
-fn train_with<B: Backend<E = f32> + Timeline, P: PixelStore>(
+fn train_with<B: Feeds + Timeline, P: PixelStore>(
     backend: &B,
     profile: bool,
     clock: &str,
@@ -148,7 +150,7 @@ pub fn bench(
     })
 }
 
-fn bench_with<B: Backend<E = f32> + Timeline>(
+fn bench_with<B: Feeds + Timeline>(
     backend: &B,
     profile: bool,
     json: bool,

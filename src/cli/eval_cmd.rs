@@ -10,15 +10,15 @@ use serde_json::{Value, json};
 use super::DeviceChoice;
 use super::data_args::PreprocessFlags;
 use super::device::{self, on_device};
-use crate::backend::Backend;
 use crate::calibrate::fit_temperature;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::load::{decode_resized, load};
 use crate::data::{ImageSet, Pixels};
-use crate::feed::DeviceCache;
+use crate::feed::{DeviceCache, Feeds};
 use crate::metrics::{Metrics, softmax_rows};
 use crate::model::ImageShape;
-use crate::train::{self, EpochMetrics};
+use crate::run::EpochMetrics;
+use crate::train;
 use crate::{Error, Result};
 
 /// A checkpoint: a `.safetensors` file, or a run folder.
@@ -278,7 +278,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
         })),
     });
     let metrics_path = out.join("metrics.json");
-    checkpoint::write_atomically(
+    crate::run::write_atomically(
         &metrics_path,
         serde_json::to_string_pretty(&report)
             .expect("JSON")
@@ -402,7 +402,7 @@ const PREDICT_CHUNK: usize = 1024;
 /// Predictions for `files` (decoded and resized in parallel, a chunk at a time, then run
 /// `batch_size` at a time through the same data path as training and `eval`) on `backend`,
 /// and the files that could not be read.
-fn predict_files<B: Backend<E = f32>>(
+fn predict_files<B: Feeds>(
     backend: &B,
     ck: &Checkpoint,
     files: &[(PathBuf, Option<String>)],

@@ -42,7 +42,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             temperature,
         },
     )?;
-    checkpoint::write_atomically(&args.onnx, &bytes)?;
+    crate::run::write_atomically(&args.onnx, &bytes)?;
     eprintln!(
         "wrote {} ({} KiB): {} from {}, {} input, output {}{}; classes {:?}",
         args.onnx.display(),

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use crate::bench::BenchOptions;
 use crate::data::synthetic;
 use crate::model::{Arch, REFERENCE_ARCH};
-use crate::train::{self, TrainOptions};
+use crate::train::TrainOptions;
 use crate::{Error, Result};
 use data_args::DataFlags;
 use loss_args::LossFlags;
@@ -241,7 +241,7 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
             )));
         }
         (Some(run), _) => run,
-        (None, out) => out.unwrap_or_else(|| train::default_run_dir(&loss)),
+        (None, out) => out.unwrap_or_else(|| crate::run::default_run_dir(&loss)),
     };
     if let Some(meta) = &report {
         let list = data_args::write_item_list(&out, "skipped.tsv", &meta.skipped)?;

@@ -20,19 +20,17 @@
 //! (kernels/naive.cu), for validation and timing beside the tiled ones.
 
 pub mod counters;
-pub mod feed;
 mod gemm;
 pub mod loss;
 
 use std::sync::Mutex;
 
-use gemm::{Gemm, Op, Planner, int};
+pub(crate) use gemm::int;
+use gemm::{Gemm, Op, Planner};
 pub use gemm::{GemmArgs, KernelChoice, TILES, Variant};
 
 use super::{AdamStep, Backend, ConvShape, DenseShape, PoolShape, StepTotals};
 use crate::Result;
-use crate::data::{ImageSet, PixelStore};
-use crate::feed::{BatchFeeder, DeviceCache};
 use crate::gpu::{DeviceBuffer, Executor, Launch, LaunchConfig};
 use crate::loss::LossConfig;
 
@@ -171,7 +169,8 @@ fn pool_dims<'l, 'a>(launch: &'l mut Launch<'a>, s: &PoolShape) -> &'l mut Launc
         .arg(s.size as i32)
 }
 
-fn elementwise_config(n: usize) -> LaunchConfig {
+/// One thread per element in blocks of ELEMENTWISE_THREADS, grid-stride beyond the cap.
+pub(crate) fn elementwise_config(n: usize) -> LaunchConfig {
     let blocks = n
         .div_ceil(ELEMENTWISE_THREADS as usize)
         .clamp(1, MAX_ELEMENTWISE_BLOCKS);
@@ -589,22 +588,5 @@ impl Backend for CudaBackend {
 
     fn free_memory(&self) -> Result<Option<u64>> {
         self.exec.free_memory()
-    }
-
-    /// The set resident on the device when it fits `cache`'s budget, else streamed.
-    fn feeder<'a, P: PixelStore + 'a>(
-        &'a self,
-        data: &'a ImageSet<P>,
-        batch_size: usize,
-        cache: DeviceCache,
-    ) -> Result<Box<dyn BatchFeeder<DeviceBuffer<f32>> + 'a>> {
-        let budget = cache.budget(self.free_memory()?);
-        if data.pixels.len() as u64 <= budget {
-            Ok(Box::new(feed::ResidentFeeder::new(self, data, batch_size)?))
-        } else {
-            Ok(Box::new(feed::StreamingFeeder::new(
-                self, data, batch_size, budget,
-            )?))
-        }
     }
 }

@@ -3,16 +3,19 @@
 //!
 //! - [`HostFeeder`] (the CPU backend, and any backend by default): a loader thread builds
 //!   each f32 batch two ahead of the step, which writes it to the backend.
-//! - The CUDA backend's feeders (src/backend/cuda/feed.rs) move u8 pixels only: the whole
+//! - The CUDA backend's feeders ([`cuda`]) move u8 pixels only: the whole
 //!   set once into device memory when it fits `--device-cache`, else each batch through
 //!   pinned staging; a kernel then gathers, flips, scales and one-hot encodes the batch.
 //!
 //! Every feeder makes the same batches: the flip decisions come from [`flip_decisions`]
 //! here and from `ImageSet::fill_batch_augmented` on the host, with the same seeded streams.
 
+pub mod cuda;
+
 use std::sync::mpsc;
 
-use crate::backend::Backend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, CpuBackend};
 use crate::data::{ImageSet, PixelStore};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -35,6 +38,49 @@ pub trait BatchFeeder<Buf> {
         first: usize,
         step: &mut BatchFn<'_, Buf>,
     ) -> Result<()>;
+}
+
+/// A backend that training can feed: it makes the [`BatchFeeder`] of an image set.
+pub trait Feeds: Backend<E = f32> + Sized {
+    /// The feeder of batches of up to `batch_size` images of `data`; `cache` bounds the
+    /// device memory the set may take.
+    fn feeder<'a, P: PixelStore + 'a>(
+        &'a self,
+        data: &'a ImageSet<P>,
+        batch_size: usize,
+        cache: DeviceCache,
+    ) -> Result<Box<dyn BatchFeeder<Self::Buf> + 'a>>;
+}
+
+/// The CPU: f32 batches built on the host (the cache does not apply).
+impl Feeds for CpuBackend<f32> {
+    fn feeder<'a, P: PixelStore + 'a>(
+        &'a self,
+        data: &'a ImageSet<P>,
+        batch_size: usize,
+        _cache: DeviceCache,
+    ) -> Result<Box<dyn BatchFeeder<Vec<f32>> + 'a>> {
+        Ok(Box::new(HostFeeder::new(self, data, batch_size)?))
+    }
+}
+
+/// CUDA: the set resident on the device when it fits `cache`'s budget, else streamed.
+impl Feeds for CudaBackend {
+    fn feeder<'a, P: PixelStore + 'a>(
+        &'a self,
+        data: &'a ImageSet<P>,
+        batch_size: usize,
+        cache: DeviceCache,
+    ) -> Result<Box<dyn BatchFeeder<crate::gpu::DeviceBuffer<f32>> + 'a>> {
+        let budget = cache.budget(self.free_memory()?);
+        if data.pixels.len() as u64 <= budget {
+            Ok(Box::new(cuda::ResidentFeeder::new(self, data, batch_size)?))
+        } else {
+            Ok(Box::new(cuda::StreamingFeeder::new(
+                self, data, batch_size, budget,
+            )?))
+        }
+    }
 }
 
 /// `--device-cache`: how much device memory the u8 image set may take.

@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::{CudaBackend, elementwise_config, int};
+use crate::backend::cuda::{CudaBackend, elementwise_config, int};
 use crate::data::{ImageSet, PixelStore};
 use crate::feed::{BatchFeeder, BatchFn, pass_entries, pass_labels};
 use crate::gpu::{DeviceBuffer, Executor, Staging};

@@ -1,0 +1,210 @@
+//! The run folder: where a training run's files live and how they are written.
+//!
+//! ```text
+//! RUN/config.json                 every option, the classes and their counts (train)
+//! RUN/metrics.jsonl               one EpochMetrics line per epoch (a "partial" one after Ctrl-C)
+//! RUN/checkpoints/last.safetensors, best.safetensors   (crate::checkpoint)
+//! RUN/events.out.tfevents.*       TensorBoard (crate::tensorboard)
+//! RUN/*.svg, *.png                plots (crate::plots)
+//! ```
+//!
+//! Every file is written through [`write_atomically`] (temporary file, fsync, rename, fsync
+//! of the folder), except metrics.jsonl, which is appended to line by line and rewritten
+//! atomically when a run resumes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::loss::LossConfig;
+use crate::{Error, Result};
+
+/// `RUN/config.json`.
+pub fn config_path(run: &Path) -> PathBuf {
+    run.join("config.json")
+}
+
+/// `RUN/metrics.jsonl`.
+pub fn metrics_path(run: &Path) -> PathBuf {
+    run.join("metrics.jsonl")
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub images_per_second: f64,
+    pub seconds: f64,
+    /// Validation metrics beyond loss and accuracy (`val_balanced_accuracy`, `val_ece`, ...;
+    /// absent without a validation split).
+    #[serde(flatten, default)]
+    pub validation: Option<crate::metrics::EpochValidation>,
+    /// The learning rate of each step of the epoch.
+    #[serde(default)]
+    pub learning_rates: Vec<f64>,
+    /// The epoch was interrupted (Ctrl-C): the line covers its steps so far, without
+    /// validation; `--resume` replaces it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+}
+
+/// Test-only fail point: when set to N, [`write_atomically`] aborts the process after
+/// writing N bytes of the temporary file (a "killed write").
+pub const ABORT_AFTER_BYTES_ENV: &str = "FOCALFLOW_TEST_ABORT_CHECKPOINT_WRITE_AFTER_BYTES";
+
+/// The checkpoint folder of a run.
+pub fn dir_of_run(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+/// `RUN/checkpoints/last.safetensors`.
+pub fn last_path(run: &Path) -> PathBuf {
+    dir_of_run(run).join("last.safetensors")
+}
+
+/// `RUN/checkpoints/best.safetensors`.
+pub fn best_path(run: &Path) -> PathBuf {
+    dir_of_run(run).join("best.safetensors")
+}
+
+/// Writes `bytes` to `path` so that a crash or kill at any point leaves either the old
+/// file or the new one: a temporary file in the same folder, written and `fsync`ed, renamed
+/// over `path`, then the folder `fsync`ed (so the rename itself is durable). A failed write
+/// removes its temporary file; one left by a killed process is removed by the next write.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::file(&dir, format!("cannot create the folder: {e}")))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::file(path, "not a file path"))?
+        .to_string_lossy()
+        .into_owned();
+    let prefix = format!(".{name}.tmp-");
+    // Leftovers of killed writes (never the file itself).
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let tmp = dir.join(format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    // A second Ctrl-C exits at once: it removes this file first.
+    let _writing = crate::interrupt::writing(&tmp);
+    let abort_after: Option<usize> = std::env::var(ABORT_AFTER_BYTES_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        match abort_after {
+            Some(n) if n < bytes.len() => {
+                f.write_all(&bytes[..n])?;
+                f.sync_all()?;
+                eprintln!(
+                    "{ABORT_AFTER_BYTES_ENV}: aborting after {n} bytes of {}",
+                    tmp.display()
+                );
+                std::process::abort();
+            }
+            _ => f.write_all(bytes)?,
+        }
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        // Make the rename durable; not every platform can open a folder, so best effort.
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::file(path, format!("cannot write: {e}"))
+    })
+}
+
+/// Keeps the lines of `metrics.jsonl` up to `epoch` (a run killed after writing a line but
+/// before its checkpoint has one more) and returns them with the file opened for appending.
+pub fn reopen_metrics(path: &Path, epoch: usize) -> Result<(Vec<EpochMetrics>, std::fs::File)> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::file(
+            path,
+            format!("cannot read the run's metrics to resume: {e}"),
+        )
+    })?;
+    let mut kept = Vec::new();
+    let mut lines = String::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let m: EpochMetrics = serde_json::from_str(line)
+            .map_err(|e| Error::file(path, format!("line {}: not a metrics line: {e}", n + 1)))?;
+        if m.epoch <= epoch {
+            lines.push_str(line);
+            lines.push('\n');
+            kept.push(m);
+        }
+    }
+    let epochs: Vec<usize> = kept.iter().map(|m| m.epoch).collect();
+    if epochs != (1..=epoch).collect::<Vec<_>>() {
+        return Err(Error::file(
+            path,
+            format!(
+                "has epochs {epochs:?}, the checkpoint is at epoch {epoch}: the run folder is inconsistent"
+            ),
+        ));
+    }
+    write_atomically(path, lines.as_bytes())?;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::file(path, e))?;
+    Ok((kept, file))
+}
+
+/// Appends one line to metrics.jsonl (flushed: a run's progress is on disk as it goes).
+pub fn append_metrics(file: &mut std::fs::File, path: &Path, m: &EpochMetrics) -> Result<()> {
+    writeln!(file, "{}", serde_json::to_string(m).expect("JSON"))
+        .and_then(|_| file.flush())
+        .map_err(|e| Error::file(path, e))
+}
+
+/// `runs/<date>-<time>-<loss>`: a new folder name for a run (UTC).
+pub fn default_run_dir(loss: &LossConfig) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    PathBuf::from("runs").join(format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}-{}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        loss.cli_name()
+    ))
+}
