@@ -1,6 +1,6 @@
 // The device data path: training batches gathered from the u8 image set on the device, and
 // the per-epoch counters that replace a per-step read of the loss and the probabilities.
-// Host side: src/backend/cuda/feed.rs and src/backend/cuda/counters.rs. Reference: the CPU
+// Host side: src/feed/cuda.rs and src/backend/cuda/counters.rs. Reference: the CPU
 // path (ImageSet::fill_batch_augmented, CpuBackend's counters in src/backend/cpu.rs).
 
 #define BATCH_THREADS 256

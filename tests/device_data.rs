@@ -1,4 +1,4 @@
-//! The device data path (src/feed.rs, src/backend/cuda/feed.rs, kernels/batch.cu): batches
+//! The device data path (src/feed/, kernels/batch.cu): batches
 //! gathered on the device equal the host's bit for bit (flips included), whether the set is
 //! resident or streamed; training reads nothing back per step; a non-finite loss stops
 //! training without touching the weights. On the emulator always, on a GPU where there is one.
