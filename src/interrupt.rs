@@ -55,10 +55,13 @@ pub fn requested() -> bool {
 
 /// Called after every training step: raises the test interrupt when its step has come.
 pub fn after_step() {
+    static AT: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let at = *AT.get_or_init(|| {
+        std::env::var("FOCALFLOW_INTERRUPT_AFTER_STEPS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    });
     let n = STEPS.fetch_add(1, Ordering::SeqCst) + 1;
-    let at = std::env::var("FOCALFLOW_INTERRUPT_AFTER_STEPS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok());
     if at == Some(n) && INSTALLED.load(Ordering::SeqCst) {
         let _ = signal_hook::low_level::raise(SIGINT);
         // The handler runs on its own thread: wait for it to record the request.
