@@ -23,7 +23,7 @@
 #       a short ncu pass when those tools exist. Leaves two files in $OUT (default
 #       ./gpu-check-out): summary.md and gpu-check-logs.tar.gz with every log (a remote
 #       machine returns only a few files; run folders with their checkpoints stay out). Each step has a time limit; the whole run stays under
-#       $GPU_CHECK_BUDGET_S seconds (default 330); a step that fails is recorded and the
+#       $GPU_CHECK_BUDGET_S seconds (default 450); a step that fails is recorded and the
 #       run goes on. Exit status: 0 when every required step passed.
 #       --dry-run: the same plumbing on a machine without a GPU: cuda-emu instead of cuda,
 #       tiny sizes, emulator test filters, no GPU required (to catch script errors here).
@@ -133,7 +133,7 @@ run() {
     mkdir -p "$OUT"
     local start deadline
     start=$(date +%s)
-    deadline=$((start + ${GPU_CHECK_BUDGET_S:-330}))
+    deadline=$((start + ${GPU_CHECK_BUDGET_S:-450}))
     local ff="$bundle_dir/bin/focalflow" tests="$bundle_dir/tests"
     export LD_LIBRARY_PATH="$bundle_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     # Run folders (checkpoints of the reference CNN are ~133 MB) stay out of $OUT.
