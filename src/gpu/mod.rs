@@ -314,6 +314,16 @@ impl<T: DeviceElem> KernelArg for DeviceBuffer<T> {
         args.push_device_ptr(self.device_ptr(), self.kind());
     }
 }
+/// An optional buffer: its address, or a null pointer (`T* = nullptr` in the kernel). The
+/// launch checks the buffer's executor as for any buffer.
+impl<T: DeviceElem> KernelArg for Option<&DeviceBuffer<T>> {
+    fn push_to(&self, args: &mut ArgList) {
+        match self {
+            Some(b) => b.push_to(args),
+            None => args.push_bytes(&0u64.to_ne_bytes()),
+        }
+    }
+}
 impl<T: DeviceElem> KernelArg for DeviceSlice<'_, T> {
     fn push_to(&self, args: &mut ArgList) {
         args.push_device_ptr(self.ptr, self.kind);

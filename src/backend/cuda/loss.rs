@@ -338,19 +338,8 @@ fn launch_loss(
     let (b, c) = (batch as i32, classes as i32);
     let inv_batch = 1.0f32 / batch as f64 as f32;
     let cfg_rows = row_grid(batch);
-    // The gradient as a kernel argument: its address, or a null pointer (loss only). A raw
-    // address bypasses the launch's executor check, so check it here.
-    let grad_ptr = match grad.as_deref() {
-        None => 0u64,
-        Some(g) if g.kind() == exec.kind() => g.device_ptr(),
-        Some(g) => {
-            return Err(Error::Device(format!(
-                "loss: the gradient buffer belongs to the {} executor, not {}",
-                g.kind(),
-                exec.kind()
-            )));
-        }
-    };
+    // The gradient, or a null pointer (the loss only).
+    let grad_ptr = grad.as_deref();
 
     // SAFETY (all launches below): the arguments match the kernels' parameters in order
     // and type (pointers to [batch, classes] f32 arrays checked above, the alpha array of
@@ -573,20 +562,9 @@ pub fn adam_update(
     v: &mut DeviceBuffer<f32>,
     counters: Option<&DeviceBuffer<f64>>,
 ) -> Result<()> {
-    let counters_ptr = match counters {
-        None => 0u64,
-        Some(c) => {
-            super::counters::check(c)?;
-            if c.kind() != exec.kind() {
-                return Err(Error::Device(format!(
-                    "adam: the counters belong to the {} executor, not {}",
-                    c.kind(),
-                    exec.kind()
-                )));
-            }
-            c.device_ptr()
-        }
-    };
+    if let Some(c) = counters {
+        super::counters::check(c)?;
+    }
     check_len("parameter", param, len)?;
     check_len("gradient", grad, len)?;
     check_len("first moment", m, len)?;
@@ -613,7 +591,7 @@ pub fn adam_update(
         .arg(step.one_minus_beta1)
         .arg(step.one_minus_beta2)
         .arg(step.epsilon)
-        .arg(counters_ptr)
+        .arg(counters)
         .launch()
     }
 }
