@@ -348,8 +348,6 @@ impl CudaExecutor {
         if dst.is_empty() {
             return Ok(());
         }
-        self.blocking_reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let view = src.slice(0..dst.len());
         self.stream
             .memcpy_dtoh(&view, dst)

@@ -548,10 +548,12 @@ impl Executor {
     /// Copies the start of `src` into `dst` (waits for the copy).
     pub fn copy_dtoh<T: DeviceElem>(&self, src: &DeviceBuffer<T>, dst: &mut [T]) -> Result<()> {
         check_len("copy_dtoh", dst.len(), src.len())?;
+        if !dst.is_empty() {
+            self.read_counter().fetch_add(1, Ordering::Relaxed);
+        }
         match (self, &src.inner) {
             (Executor::Cuda(c), BufferInner::Cuda(s)) => c.copy_dtoh(s, dst),
-            (Executor::Emu(e), BufferInner::Host(s)) => {
-                e.blocking_reads.fetch_add(1, Ordering::Relaxed);
+            (Executor::Emu(_), BufferInner::Host(s)) => {
                 dst.copy_from_slice(&s.as_slice()[..dst.len()]);
                 Ok(())
             }
@@ -561,9 +563,12 @@ impl Executor {
     /// Device-to-host copies so far: each one makes the host wait for the device (the
     /// emulator counts them too, so a test there can show a loop does not synchronise).
     pub fn blocking_reads(&self) -> u64 {
+        self.read_counter().load(Ordering::Relaxed)
+    }
+    fn read_counter(&self) -> &std::sync::atomic::AtomicU64 {
         match self {
-            Executor::Cuda(c) => c.blocking_reads.load(Ordering::Relaxed),
-            Executor::Emu(e) => e.blocking_reads.load(Ordering::Relaxed),
+            Executor::Cuda(c) => &c.blocking_reads,
+            Executor::Emu(e) => &e.blocking_reads,
         }
     }
     /// Free device memory in bytes (on the emulator, whose device memory is the host's,
