@@ -260,13 +260,13 @@ impl<P: PixelStore> ImageSet<P> {
         y: &mut Vec<f32>,
     ) {
         let (len, classes) = (self.shape.len(), self.classes());
-        let mut flips = flip_seed.map(|s| Rng::derive(s, 5));
+        let mut flips = flip_seed.map(flip_stream);
         x.resize(indices.len() * len, 0.0);
         y.clear();
         y.resize(indices.len() * classes, 0.0);
         for (slot, &i) in indices.iter().enumerate() {
             let dst = &mut x[slot * len..][..len];
-            let flip = flips.as_mut().is_some_and(|r| r.next_u64() >> 63 == 1);
+            let flip = flips.as_mut().is_some_and(|f| f.next() == Some(true));
             if flip {
                 let row = self.shape.width * self.shape.channels;
                 let ch = self.shape.channels;
@@ -289,6 +289,13 @@ impl<P: PixelStore> ImageSet<P> {
             y[slot * classes + self.labels[i] as usize] = 1.0;
         }
     }
+}
+
+/// Whether each image of a batch is mirrored (`--augment flip`), in order, given the
+/// batch's flip seed: the one rule every data path follows.
+pub fn flip_stream(seed: u64) -> impl Iterator<Item = bool> {
+    let mut rng = Rng::derive(seed, 5);
+    std::iter::repeat_with(move || rng.next_u64() >> 63 == 1)
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@
 //!   set once into device memory when it fits `--device-cache`, else each batch through
 //!   pinned staging; a kernel then gathers, flips, scales and one-hot encodes the batch.
 //!
-//! Every feeder makes the same batches: the flip decisions come from [`flip_decisions`]
-//! here and from `ImageSet::fill_batch_augmented` on the host, with the same seeded streams.
+//! Every feeder makes the same batches: each batch's flips are [`flip_stream`] of its seed,
+//! drawn by `ImageSet::fill_batch_augmented` on the host and by [`flip_decisions`] for the
+//! device.
 
 pub mod cuda;
 
@@ -16,7 +17,7 @@ use std::sync::mpsc;
 
 use crate::backend::cuda::CudaBackend;
 use crate::backend::{Backend, CpuBackend};
-use crate::data::{ImageSet, PixelStore};
+use crate::data::{ImageSet, PixelStore, flip_stream};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -128,18 +129,21 @@ impl DeviceCache {
 /// Bit 31 of an entry of a pass (`FLIP_BIT` in kernels/batch.cu): mirror the image.
 pub const FLIP_BIT: u32 = 1 << 31;
 
-/// Whether each image of `order` is mirrored: batch `n`'s decisions come from the stream
-/// `Rng::derive(Rng::derive(flip_seed, n).next_u64(), 5)`, one draw per image, as
-/// `ImageSet::fill_batch_augmented` draws them.
+/// The flip seed of batch `n` of a pass whose flip seed is `pass_seed`.
+fn batch_flip_seed(pass_seed: u64, n: usize) -> u64 {
+    Rng::derive(pass_seed, n as u64).next_u64()
+}
+
+/// Whether each image of `order` is mirrored: batch `n`'s decisions are
+/// [`flip_stream`] of its [`batch_flip_seed`], as the host batches draw them.
 pub fn flip_decisions(order_len: usize, batch_size: usize, flip_seed: Option<u64>) -> Vec<bool> {
     let Some(seed) = flip_seed else {
         return vec![false; order_len];
     };
     let mut flips = Vec::with_capacity(order_len);
     for n in 0..order_len.div_ceil(batch_size.max(1)) {
-        let mut rng = Rng::derive(Rng::derive(seed, n as u64).next_u64(), 5);
         let in_batch = batch_size.min(order_len - n * batch_size);
-        flips.extend((0..in_batch).map(|_| rng.next_u64() >> 63 == 1));
+        flips.extend(flip_stream(batch_flip_seed(seed, n)).take(in_batch));
     }
     flips
 }
@@ -252,7 +256,7 @@ pub fn host_batches<P: PixelStore>(
                     y: Vec::new(),
                 });
                 b.len = chunk.len();
-                let flip = flip_seed.map(|s| Rng::derive(s, n as u64).next_u64());
+                let flip = flip_seed.map(|s| batch_flip_seed(s, n));
                 data.fill_batch_augmented(chunk, flip, &mut b.x, &mut b.y);
                 if tx.send(b).is_err() {
                     return; // the consumer stopped early (an error)
