@@ -151,7 +151,7 @@ fn check_device_memory<B: Backend<E = f32>>(
     let Some(free) = backend.free_memory()? else {
         return Ok(());
     };
-    let need = Model::<B>::training_bytes(plan, batch_size);
+    let need = plan.training_bytes(batch_size, size_of::<B::E>());
     if need > free {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         return Err(Error::Device(format!(

@@ -250,6 +250,20 @@ impl Plan {
         self.params.iter().map(ParamSpec::len).sum()
     }
 
+    /// Memory a training step with batches of `batch` needs, at least, with parameters of
+    /// `element_bytes`: the parameters with their gradients and Adam moments, and the
+    /// per-batch workspace.
+    pub fn training_bytes(&self, batch: usize, element_bytes: usize) -> u64 {
+        // Value, gradient and the two moments of each parameter.
+        let params = self.parameter_count() as u64 * 4;
+        // Every op's output, two gradient buffers of the largest, probabilities and their
+        // gradient, and the batch itself (x and y).
+        let acts: usize = self.ops.iter().map(Op::output_len).sum();
+        let biggest = self.ops.iter().map(Op::output_len).max().unwrap_or(0);
+        let per_image = acts + 2 * biggest + 2 * self.classes + self.input.len() + self.classes;
+        element_bytes as u64 * (params + (per_image * batch) as u64)
+    }
+
     /// One line per layer, Keras `summary()`-like.
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -635,16 +649,19 @@ impl<B: Backend> Model<B> {
 
     /// One Adam update of every parameter from its current gradient.
     pub fn apply_gradients(&mut self, backend: &B) -> Result<()> {
+        self.update_params(backend, None)
+    }
+
+    /// One Adam step of every parameter; with `counters`, the update each parameter skips
+    /// once they record a failed step ([`Backend::adam_update_counted`]).
+    fn update_params(&mut self, backend: &B, counters: Option<&B::Counters>) -> Result<()> {
         let step = self.optimizer.next_step::<B::E>();
         for p in &mut self.params {
-            backend.adam_update(
-                p.spec.len(),
-                &step,
-                &mut p.value,
-                &p.grad,
-                &mut p.m,
-                &mut p.v,
-            )?;
+            let (len, value, m, v) = (p.spec.len(), &mut p.value, &mut p.m, &mut p.v);
+            match counters {
+                None => backend.adam_update(len, &step, value, &p.grad, m, v)?,
+                Some(c) => backend.adam_update_counted(len, &step, value, &p.grad, m, v, c)?,
+            }
         }
         Ok(())
     }
@@ -701,19 +718,7 @@ impl<B: Backend> Model<B> {
                 counters,
             )
         })?;
-        let adam = self.optimizer.next_step::<B::E>();
-        for p in &mut self.params {
-            backend.adam_update_counted(
-                p.spec.len(),
-                &adam,
-                &mut p.value,
-                &p.grad,
-                &mut p.m,
-                &mut p.v,
-                counters,
-            )?;
-        }
-        Ok(())
+        self.update_params(backend, Some(counters))
     }
 
     /// The loss of the last forward pass against one-hot `y`, added to `counters` as step
@@ -753,20 +758,6 @@ impl<B: Backend> Model<B> {
         let ws = self.last_forward("copy_logits_into")?;
         let classes = self.plan.classes;
         backend.copy_into(ws.logits(), batch * classes, dst, row * classes)
-    }
-
-    /// Device memory a training step with batches of `batch` needs, at least: the
-    /// parameters with their gradients and Adam moments, and the per-batch workspace.
-    pub fn training_bytes(plan: &Plan, batch: usize) -> u64 {
-        // Value, gradient and the two moments of each parameter.
-        let params = plan.parameter_count() as u64 * 4;
-        // Every op's output, two gradient buffers of the largest, probabilities and their
-        // gradient, and the batch itself (x and y).
-        let acts: usize = plan.ops.iter().map(Op::output_len).sum();
-        let biggest = plan.ops.iter().map(Op::output_len).max().unwrap_or(0);
-        let per_image = acts + 2 * biggest + 2 * plan.classes + plan.input.len() + plan.classes;
-        let elem = size_of::<B::E>() as u64;
-        elem * (params + (per_image * batch) as u64)
     }
 
     /// Every parameter's value, on the host, in `plan.params` order.
