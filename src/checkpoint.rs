@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, StepTotals};
 use crate::data::{ImageSet, PixelStore};
 use crate::loss::LossConfig;
 use crate::model::{Arch, ImageShape, Model, Plan};
@@ -89,6 +89,18 @@ pub struct PartialEpoch {
     pub seconds: f64,
     /// The learning rate of each.
     pub learning_rates: Vec<f64>,
+}
+
+impl PartialEpoch {
+    /// What the steps added up to, as the backend's counters hold it.
+    pub fn totals(&self) -> StepTotals {
+        StepTotals {
+            loss_sum: self.loss_sum,
+            correct: self.correct,
+            seen: self.seen,
+            failure: None,
+        }
+    }
 }
 
 /// A model with its metadata, in memory.

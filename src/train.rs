@@ -361,17 +361,18 @@ pub fn train_with<B: Feeds, P: PixelStore>(
             &schedule,
             &progress,
         )?;
-        let seen = run.totals.seen as f64;
+        let done = &run.done;
+        let seen = done.seen as f64;
         let mut m = EpochMetrics {
             epoch,
-            train_loss: run.totals.loss_sum / seen,
-            train_accuracy: run.totals.correct as f64 / seen,
+            train_loss: done.loss_sum / seen,
+            train_accuracy: done.correct as f64 / seen,
             val_loss: None,
             val_accuracy: None,
-            images_per_second: seen / run.seconds,
-            seconds: run.seconds,
+            images_per_second: seen / done.seconds,
+            seconds: done.seconds,
             validation: None,
-            learning_rates: run.learning_rates.clone(),
+            learning_rates: done.learning_rates.clone(),
             partial: run.interrupted,
         };
         if run.interrupted {
@@ -383,18 +384,11 @@ pub fn train_with<B: Feeds, P: PixelStore>(
                 history.last().and_then(|h| h.val_loss),
                 false,
                 &progress,
-                Some(PartialEpoch {
-                    steps: run.steps_done,
-                    loss_sum: run.totals.loss_sum,
-                    correct: run.totals.correct,
-                    seen: run.totals.seen,
-                    seconds: run.seconds,
-                    learning_rates: run.learning_rates,
-                }),
+                Some(run.done.clone()),
             )?;
             return Err(Error::Interrupted(format!(
                 "interrupted at epoch {epoch}, step {} of {steps}: saved {} (the partial epoch is in metrics.jsonl, marked \"partial\")",
-                run.steps_done,
+                run.done.steps,
                 crate::run::last_path(out).display()
             )));
         }
@@ -508,14 +502,9 @@ struct EpochSteps<'a> {
     done: PartialEpoch,
 }
 
-/// What the steps of an epoch came to.
+/// What the steps of an epoch came to: all of them, or (`interrupted`) those before Ctrl-C.
 struct EpochRun {
-    totals: StepTotals,
-    seconds: f64,
-    learning_rates: Vec<f64>,
-    /// Steps done, including those before an interrupt.
-    steps_done: usize,
-    /// Ctrl-C stopped the epoch after `steps_done` steps.
+    done: PartialEpoch,
     interrupted: bool,
 }
 
@@ -547,12 +536,7 @@ impl EpochSteps<'_> {
         let flip_seed = (opts.augment == Augment::Flip)
             .then(|| Rng::derive(opts.seed, 0xf11b_0000 + epoch as u64).next_u64());
         // The sums continue from the interrupted steps', in the same order.
-        let before = StepTotals {
-            loss_sum: done.loss_sum,
-            correct: done.correct,
-            seen: done.seen,
-            failure: None,
-        };
+        let before = done.totals();
         backend.set_counters(counters, &before)?;
         let mut learning_rates = done.learning_rates;
         let mut steps_done = done.steps;
@@ -597,10 +581,14 @@ impl EpochSteps<'_> {
         let totals = checked(backend.read_counters(counters)?, epoch)?;
         bar.finish_and_clear();
         Ok(EpochRun {
-            totals,
-            seconds: done.seconds + start.elapsed().as_secs_f64(),
-            learning_rates,
-            steps_done,
+            done: PartialEpoch {
+                steps: steps_done,
+                loss_sum: totals.loss_sum,
+                correct: totals.correct,
+                seen: totals.seen,
+                seconds: done.seconds + start.elapsed().as_secs_f64(),
+                learning_rates,
+            },
             interrupted,
         })
     }
