@@ -13,10 +13,10 @@ use super::device::{self, on_device};
 use crate::calibrate::fit_temperature;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::load::{decode_resized, load};
-use crate::data::{ImageSet, Pixels};
+use crate::data::{ImageSet, PixelStore, Pixels};
 use crate::feed::{DeviceCache, Feeds};
 use crate::metrics::{Metrics, softmax_rows};
-use crate::model::ImageShape;
+use crate::model::{ImageShape, Model};
 use crate::run::EpochMetrics;
 use crate::train;
 use crate::{Error, Result};
@@ -218,11 +218,22 @@ fn logits_of_set(
     eprintln!("device: {}", device::name(device));
     on_device!(device, |backend| {
         let mut model = ck.model(backend)?;
-        let all: Vec<usize> = (0..set.len()).collect();
-        let batch = batch_size.min(set.len()).max(1);
-        let mut feeder = backend.feeder(set, batch, DeviceCache::Auto)?;
-        Ok(train::logits_of(backend, &mut model, None, feeder.as_mut(), &all)?.1)
+        logits_of_images(backend, &mut model, set, batch_size)
     })
+}
+
+/// Logits of every image of `set`, `batch_size` at a time through the backend's data path
+/// (the set on the device for CUDA).
+fn logits_of_images<B: Feeds>(
+    backend: &B,
+    model: &mut Model<B>,
+    set: &ImageSet<impl PixelStore>,
+    batch_size: usize,
+) -> Result<Vec<f32>> {
+    let all: Vec<usize> = (0..set.len()).collect();
+    let batch = batch_size.min(set.len()).max(1);
+    let mut feeder = backend.feeder(set, batch, DeviceCache::Auto)?;
+    Ok(train::logits_of(backend, model, None, feeder.as_mut(), &all)?.1)
 }
 
 fn labels_of(set: &ImageSet<Pixels>) -> Vec<usize> {
@@ -450,10 +461,7 @@ fn predict_files<B: Feeds>(
             pixels,
             labels: vec![0; names.len()],
         };
-        let all: Vec<usize> = (0..set.len()).collect();
-        let batch = batch_size.min(set.len()).max(1);
-        let mut feeder = backend.feeder(&set, batch, DeviceCache::Auto)?;
-        let logits = train::logits_of(backend, &mut model, None, feeder.as_mut(), &all)?.1;
+        let logits = logits_of_images(backend, &mut model, &set, batch_size)?;
         let probs = softmax_rows(&logits, classes, temperature);
         for (file, row) in names.into_iter().zip(probs.chunks_exact(classes)) {
             let best = crate::metrics::argmax(row);
