@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::data::{Augment, synthetic};
-use crate::feed::{DeviceCache, Feeds};
+use crate::feed::{DATA_PATH_LINE, DeviceCache, Feeds};
 use crate::loss::LossConfig;
 use crate::model::{Arch, ImageShape, Model, Plan};
 use crate::rng::Rng;
@@ -172,14 +172,14 @@ fn end_to_end<B: Feeds>(backend: &B, opts: &BenchOptions, images: usize) -> Resu
     let dir = std::env::temp_dir().join(format!("focalflow-bench-{}", std::process::id()));
     let mut data_path = String::new();
     let result = crate::train::train(backend, &set, &train_opts, &dir, |line| {
-        if line.starts_with("data: ") {
-            data_path = line.to_string();
+        if let Some(path) = line.strip_prefix(DATA_PATH_LINE) {
+            data_path = path.to_string();
         }
     });
     let _ = std::fs::remove_dir_all(&dir);
     let (_, history) = result?;
+    // Every epoch trains on every image (no validation split, no step limit).
     let timed = &history[1..];
     let seconds: f64 = timed.iter().map(|m| m.seconds).sum();
-    let seen: f64 = timed.iter().map(|m| m.images_per_second * m.seconds).sum();
-    Ok((seen / seconds, data_path))
+    Ok(((timed.len() * images) as f64 / seconds, data_path))
 }

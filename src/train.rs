@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::backend::{Backend, StepTotals};
 use crate::checkpoint::PartialEpoch;
 use crate::data::{Augment, ClassFraction, ImageSet, PixelStore};
-use crate::feed::{BatchFeeder, DeviceCache, Feeds};
+use crate::feed::{BatchFeeder, DATA_PATH_LINE, DeviceCache, Feeds};
 use crate::loss::LossConfig;
 use crate::model::{Arch, Model, Plan};
 use crate::optim::Adam;
@@ -308,7 +308,7 @@ pub fn train_with<B: Feeds, P: PixelStore>(
         }
     };
     let mut feeder = backend.feeder(data, opts.batch_size, opts.device_cache)?;
-    log(&feeder.describe());
+    log(&format!("{DATA_PATH_LINE}{}", feeder.describe()));
     let mut counters = backend.counters()?;
     let metrics_path = crate::run::metrics_path(out);
     let (mut history, mut metrics_file) = match &resumed {

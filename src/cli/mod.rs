@@ -355,9 +355,10 @@ fn run_bench(args: BenchArgs) -> Result<()> {
             &report.end_to_end_data_path,
         ) {
             println!(
-                "end to end (train, {} generated images): {e2e:.1} img/s, {:.0}% of the kernels-only figure; {path}",
+                "end to end (train, {} generated images): {e2e:.1} img/s, {:.0}% of the kernels-only figure; {}{path}",
                 args.end_to_end.unwrap_or(0),
-                100.0 * e2e / report.train_images_per_second
+                100.0 * e2e / report.train_images_per_second,
+                crate::feed::DATA_PATH_LINE
             );
         }
     }

@@ -158,7 +158,7 @@ impl<'a> ResidentFeeder<'a> {
 impl BatchFeeder<DeviceBuffer<f32>> for ResidentFeeder<'_> {
     fn describe(&self) -> String {
         format!(
-            "data: the u8 set ({} images, {:.1} MiB) resident on the device; batches gathered, flipped and scaled there",
+            "the u8 set ({} images, {:.1} MiB) resident on the device; batches gathered, flipped and scaled there",
             self.labels.len(),
             self.set.len() as f64 / (1u64 << 20) as f64
         )
@@ -228,7 +228,7 @@ impl<'a, P: PixelStore> StreamingFeeder<'a, P> {
 impl<P: PixelStore> BatchFeeder<DeviceBuffer<f32>> for StreamingFeeder<'_, P> {
     fn describe(&self) -> String {
         format!(
-            "data: u8 batches streamed through pinned staging (the set, {:.1} MiB, exceeds the --device-cache budget of {:.1} MiB)",
+            "u8 batches streamed through pinned staging (the set, {:.1} MiB, exceeds the --device-cache budget of {:.1} MiB)",
             self.data.pixels.len() as f64 / (1u64 << 20) as f64,
             self.budget as f64 / (1u64 << 20) as f64
         )

@@ -25,9 +25,13 @@ use crate::{Error, Result};
 /// and one-hot `y` on the backend (buffers may be longer than the batch).
 pub type BatchFn<'s, Buf> = dyn FnMut(usize, usize, &Buf, &Buf) -> Result<()> + 's;
 
+/// What the run's line on its data path starts with (the rest is
+/// [`BatchFeeder::describe`]); `bench --end-to-end` picks the line out of the run's log.
+pub const DATA_PATH_LINE: &str = "data: ";
+
 /// Assembles the batches of passes over one image set on a backend.
 pub trait BatchFeeder<Buf> {
-    /// How batches reach the model, for the run's first lines.
+    /// How batches reach the model, for the run's first lines (after [`DATA_PATH_LINE`]).
     fn describe(&self) -> String;
     /// Calls `step` for each batch of `order` in turn (`batch_size` images, the last one
     /// possibly fewer), from batch `first` on (a resumed epoch); with `flip_seed`
@@ -200,7 +204,7 @@ impl<'a, B: Backend<E = f32>, P: PixelStore> HostFeeder<'a, B, P> {
 
 impl<B: Backend<E = f32>, P: PixelStore> BatchFeeder<B::Buf> for HostFeeder<'_, B, P> {
     fn describe(&self) -> String {
-        "data: f32 batches built on the host, two ahead of the step".into()
+        "f32 batches built on the host, two ahead of the step".into()
     }
 
     fn for_each_batch(
