@@ -4,7 +4,8 @@
 //! so no half-written file is left (the files themselves are only ever replaced by rename).
 //!
 //! Tests raise the interrupt deterministically with `FOCALFLOW_INTERRUPT_AFTER_STEPS=N`:
-//! the training loop sends itself SIGINT after its N-th step of the process.
+//! the training loop sends itself SIGINT after its N-th step of the process (and, with
+//! `FOCALFLOW_INTERRUPT_TWICE=1`, a second one at once).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -67,6 +68,12 @@ pub fn after_step() {
         // The handler runs on its own thread: wait for it to record the request.
         while !requested() {
             std::thread::yield_now();
+        }
+        if std::env::var_os("FOCALFLOW_INTERRUPT_TWICE").is_some_and(|v| v == "1") {
+            let _ = signal_hook::low_level::raise(SIGINT);
+            // The handler exits the process; should it not, training goes on to the
+            // first interrupt's save after a while (and the test sees that).
+            std::thread::sleep(std::time::Duration::from_secs(10));
         }
     }
 }

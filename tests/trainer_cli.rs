@@ -165,7 +165,7 @@ fn an_interrupt_mid_epoch_saves_and_the_resume_command_finishes_the_run_exactly(
 }
 
 #[test]
-fn a_real_sigint_saves_and_a_second_one_quits_at_once() {
+fn real_signals_stop_training_with_status_130() {
     let dir = TempDir::new("sigint");
     // Long enough to be interrupted while training: 2,000 images, 200 epochs.
     // Interrupted once its first epoch is done.
@@ -186,7 +186,7 @@ fn a_real_sigint_saves_and_a_second_one_quits_at_once() {
     );
     assert!(dir.join("run/checkpoints/last.safetensors").is_file());
 
-    // Two interrupts at once: out at once, status 130, no temporary file left behind.
+    // Two signals at once (TERM right after INT): out with 130, no temporary file left.
     let dir = TempDir::new("sigint-twice");
     let child = training_past_epoch_1(&dir.join("run"));
     let pid = child.id().to_string();
@@ -194,7 +194,40 @@ fn a_real_sigint_saves_and_a_second_one_quits_at_once() {
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
-    let leftovers: Vec<String> = walk(&dir.join("run"))
+    assert_no_temporary_files(&dir.join("run"));
+}
+
+#[test]
+fn a_second_interrupt_quits_at_once_without_saving() {
+    // Deterministic: the second SIGINT comes while the first is being handled, so the run
+    // must not get to its checkpoint of the partial epoch.
+    let dir = TempDir::new("twice");
+    let run = dir.join("run");
+    let out = run_with(
+        &base_args(&run, "3"),
+        &[
+            ("FOCALFLOW_INTERRUPT_AFTER_STEPS", "7"),
+            ("FOCALFLOW_INTERRUPT_TWICE", "1"),
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted again: stopped at once"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("continue with:"), "{stderr}");
+    // Epoch 1 finished and was saved; the interrupted epoch 2 was not.
+    let lines = metrics(&run);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let ck =
+        focalflow::checkpoint::Checkpoint::load(&run.join("checkpoints/last.safetensors")).unwrap();
+    assert_eq!(ck.training.unwrap().partial, None);
+    assert_no_temporary_files(&run);
+}
+
+fn assert_no_temporary_files(run: &Path) {
+    let leftovers: Vec<String> = walk(run)
         .into_iter()
         .filter(|p| p.contains(".tmp"))
         .collect();
