@@ -77,6 +77,17 @@ pub struct TrainingState {
     pub best_epoch: Option<usize>,
 }
 
+impl TrainingState {
+    /// Moves an older checkpoint's best (the lowest validation loss, as `--monitor
+    /// val_loss` chooses) into `progress`.
+    pub fn adopt_legacy_best(&mut self) {
+        if self.best_epoch.is_some() && self.progress.best_epoch.is_none() {
+            self.progress.best = self.best_val_loss.take();
+            self.progress.best_epoch = self.best_epoch.take();
+        }
+    }
+}
+
 /// The steps of an epoch done before an interrupt, and what they added up to.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartialEpoch {
@@ -575,11 +586,7 @@ pub fn resume_point(
     let mut state = checkpoint.training.clone().ok_or_else(|| {
         Error::file(&path, "no training state (metadata `training`): written by something other than focalflow train, it cannot be resumed")
     })?;
-    if state.best_epoch.is_some() && state.progress.best_epoch.is_none() {
-        // An older checkpoint: its best was the lowest validation loss (--monitor val_loss).
-        state.progress.best = state.best_val_loss.take();
-        state.progress.best_epoch = state.best_epoch.take();
-    }
+    state.adopt_legacy_best();
     if checkpoint.optimizer.is_none() {
         return Err(Error::file(
             &path,
@@ -700,4 +707,28 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         ));
     }
     Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_training_state_keeps_its_best() {
+        // The `training` metadata as checkpoints wrote it before schedules and --monitor.
+        let old = r#"{"epoch": 3, "best_val_loss": 0.25, "best_epoch": 2,
+                      "options": {}, "data_fingerprint": "x"}"#;
+        let mut state: TrainingState = serde_json::from_str(old).unwrap();
+        state.adopt_legacy_best();
+        assert_eq!(state.progress.best, Some(0.25));
+        assert_eq!(state.progress.best_epoch, Some(2));
+        assert_eq!(state.progress.lr_factor, 1.0);
+        assert_eq!(state.partial, None);
+        // And what is written now has no legacy fields.
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(!text.contains("best_val_loss"), "{text}");
+        let mut again: TrainingState = serde_json::from_str(&text).unwrap();
+        again.adopt_legacy_best();
+        assert_eq!(again, state);
+    }
 }
