@@ -31,6 +31,8 @@ struct Batch<'a> {
     channels: usize,
     classes: usize,
     batch_size: usize,
+    /// Images in the current pass (the entry buffers may be longer, from a larger pass).
+    pass_len: usize,
     entries: DeviceBuffer<u32>,
     labels: DeviceBuffer<i32>,
     x: DeviceBuffer<f32>,
@@ -50,6 +52,7 @@ impl<'a> Batch<'a> {
             channels: data.shape.channels,
             classes: data.classes(),
             batch_size,
+            pass_len: 0,
             entries: exec.alloc_zeros(0)?,
             labels: exec.alloc_zeros(0)?,
             x: exec.alloc_zeros(batch_size * data.shape.len())?,
@@ -64,7 +67,9 @@ impl<'a> Batch<'a> {
             self.labels = self.exec.alloc(labels.len())?;
         }
         self.exec.copy_htod(entries, &mut self.entries)?;
-        self.exec.copy_htod(labels, &mut self.labels)
+        self.exec.copy_htod(labels, &mut self.labels)?;
+        self.pass_len = entries.len();
+        Ok(())
     }
 
     /// Gathers `count` images from `images` by the pass's entries `first..first + count`
@@ -77,11 +82,11 @@ impl<'a> Batch<'a> {
             "values in a batch",
             self.batch_size * image_len.max(self.classes),
         )?;
-        if first + count > self.entries.len() || count > self.batch_size {
+        if first + count > self.pass_len || count > self.batch_size {
             return Err(Error::Shape(format!(
                 "batch {first}..{} of a pass of {} images (batches of {})",
                 first + count,
-                self.entries.len(),
+                self.pass_len,
                 self.batch_size
             )));
         }
