@@ -1,15 +1,16 @@
 //! Build script: the CUDA kernels, twice.
 //!
-//! Every `kernels/*.cu` (the ops) and `kernels/fixtures/*.cu` (test fixtures) is
+//! Every `src/ops/<op>/*.cu` (the ops' kernels, beside their host code) and
+//! `tests/emulator/*.cu` (the emulator's test fixtures) is
 //!  1. compiled for the GPU when an nvcc is found (build/nvcc.rs: `NVCC`, the CUDA_*
 //!     variables, `PATH`, /usr/local/cuda, /opt/cuda): to PTX, then to a fat binary with
 //!     machine code for each supported architecture and the PTX (build/ptx.rs), embedded;
-//!  2. always compiled as C++ with `kernels/emu/cuda_emu.h` into a static library (the
+//!  2. always compiled as C++ with `src/executor/emulator/cuda_emu.h` into a static library (the
 //!     "cuda-emu" executor), with one generated `extern "C"` launcher per `__global__`
 //!     function taking `cuLaunchKernel`-style arguments (build/emulator.rs).
 //!
 //! The result is `$OUT_DIR/focalflow_kernels.rs` (build/generate.rs), included by
-//! `src/gpu/kernels.rs`: a table of kernels (name, file, emulator launcher, PTX symbol,
+//! `src/executor/kernels.rs`: a table of kernels (name, file, emulator launcher, PTX symbol,
 //! parameter sizes, ptxas figures), the modules, and what the build found (nvcc and where,
 //! architectures, PTX ISA, dependency versions). Kernel files are found and scanned by
 //! build/source.rs; adding one needs no edit here. Outputs are cached in `OUT_DIR` by
@@ -50,13 +51,22 @@ use ptx::{PtxOutput, compile_ptx};
 use source::{check_unique_names, collect_headers, collect_kernel_files};
 use util::{hash_files, run_parallel, write_if_changed};
 
+/// Where the ops live, each in its own folder with its kernels (crate-relative).
+const OPS_DIR: &str = "src/ops";
+/// The emulator's C++ runtime (`cuda_emu.h`, `runtime.cpp`).
+const EMULATOR_DIR: &str = "src/executor/emulator";
+/// Kernels that exist only to test the emulator.
+const FIXTURES_DIR: &str = "tests/emulator";
+
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=Cargo.lock");
-    // A directory: cargo rescans it, so new kernel files trigger a rebuild too.
-    println!("cargo:rerun-if-changed=kernels");
+    // Directories: cargo rescans them, so new kernel files trigger a rebuild too.
+    for dir in [OPS_DIR, EMULATOR_DIR, FIXTURES_DIR] {
+        println!("cargo:rerun-if-changed={dir}");
+    }
     for var in [
         "NVCC",
         "CUDA_HOME",
@@ -70,11 +80,15 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
 
-    let kernels_dir = root.join("kernels");
+    // Kernels include each other's headers by op folder: `#include "gemm/gemm_tile.cuh"`.
+    let kernels_dir = root.join(OPS_DIR);
+    let emu_dir = root.join(EMULATOR_DIR);
     let mut files = Vec::new();
     collect_kernel_files(&root, &kernels_dir, false, &mut files);
-    collect_kernel_files(&root, &kernels_dir.join("fixtures"), true, &mut files);
-    let headers = collect_headers(&kernels_dir);
+    collect_kernel_files(&root, &root.join(FIXTURES_DIR), true, &mut files);
+    let kernel_headers = collect_headers(&kernels_dir);
+    let mut headers = kernel_headers.clone();
+    headers.extend(collect_headers(&emu_dir));
     for h in &headers {
         println!("cargo:rerun-if-changed={}", h.display());
     }
@@ -82,13 +96,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", f.path.display());
     }
     check_unique_names(&files);
-    // nvcc sees the project's headers; the emulator build also kernels/emu/*.
-    let emu_dir = kernels_dir.join("emu");
-    let kernel_headers: Vec<PathBuf> = headers
-        .iter()
-        .filter(|h| !h.starts_with(&emu_dir))
-        .cloned()
-        .collect();
+    // nvcc sees the ops' headers; the emulator build also the emulator's.
     let headers_hash = hash_files(&kernel_headers);
     let emu_hash = hash_files(&headers);
     let jobs = env::var("NUM_JOBS")
@@ -144,7 +152,7 @@ fn main() {
     let unix = env::var("CARGO_CFG_TARGET_FAMILY").is_ok_and(|f| f.split(',').any(|x| x == "unix"));
     let emulator = unix;
     if emulator {
-        build_emulator(&root, &out, &files, emu_hash, jobs);
+        build_emulator(&emu_dir, &kernels_dir, &out, &files, emu_hash, jobs);
     } else {
         println!("cargo:warning=the CUDA emulator (cuda-emu) is built on unix targets only");
     }

@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use focalflow::backend::{Backend, ConvShape, CpuBackend, DenseShape, Padding, PoolShape};
+use focalflow::ops::prelude::*;
+use focalflow::ops::{ConvShape, CpuBackend, DenseShape, Padding, PoolShape};
 
 fn time(name: &str, flops: f64, reps: usize, mut f: impl FnMut()) {
     f(); // warm-up

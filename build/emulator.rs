@@ -1,4 +1,4 @@
-//! The emulator half: every kernel file compiled as C++ against `kernels/emu/` into a
+//! The emulator half: every kernel file compiled as C++ against `src/executor/emulator/` into a
 //! static library, with one `extern "C"` launcher per kernel.
 
 use crate::source::KernelFile;
@@ -11,13 +11,13 @@ use std::path::Path;
 use std::path::PathBuf;
 
 pub(crate) fn build_emulator(
-    root: &Path,
+    emu_dir: &Path,
+    kernels_dir: &Path,
     out: &Path,
     files: &[KernelFile],
     emu_hash: u64,
     jobs: usize,
 ) {
-    let emu_dir = root.join("kernels").join("emu");
     let header = emu_dir.join("cuda_emu.h");
     let gen_dir = out.join("emu");
     fs::create_dir_all(&gen_dir).expect("create OUT_DIR/emu");
@@ -36,16 +36,15 @@ pub(crate) fn build_emulator(
         // Large local arrays probe page by page, so an overflow hits the fiber's guard page
         // (and is reported) instead of skipping it into a neighbour's stack.
         .flag_if_supported("-fstack-clash-protection")
-        .include(root.join("kernels"))
-        .include(root.join("kernels").join("fixtures"))
-        .include(&emu_dir);
+        .include(kernels_dir)
+        .include(emu_dir);
     let compiler = build.get_compiler();
     let cmd_key = format!("{:?} {:?}", compiler.path(), compiler.args());
 
     // One translation unit per kernel file plus the runtime.
     let mut units: Vec<(String, String, PathBuf)> = Vec::new(); // (label, text or "", source)
     units.push((
-        "kernels/emu/runtime.cpp".into(),
+        "src/executor/emulator/runtime.cpp".into(),
         String::new(),
         emu_dir.join("runtime.cpp"),
     ));

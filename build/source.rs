@@ -8,7 +8,7 @@ use std::path::Path;
 use std::path::PathBuf;
 
 pub(crate) struct KernelFile {
-    /// Path relative to the crate root, e.g. `kernels/relu.cu`.
+    /// Path relative to the crate root, e.g. `src/ops/relu/relu.cu`.
     pub(crate) rel: String,
     pub(crate) path: PathBuf,
     /// Unique identifier for generated file names, e.g. `relu` or `fixtures_emu_basic`.
@@ -26,11 +26,7 @@ pub(crate) fn collect_kernel_files(
     fixture: bool,
     files: &mut Vec<KernelFile>,
 ) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    let mut paths: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "cu") && p.is_file())
-        .collect();
+    let mut paths = files_under(dir, &["cu"]);
     paths.sort();
     for path in paths {
         let rel = path
@@ -64,7 +60,15 @@ pub(crate) fn collect_kernel_files(
     }
 }
 
+/// The C/C++ headers (and the emulator's runtime source) under `dir`, sorted.
 pub(crate) fn collect_headers(dir: &Path) -> Vec<PathBuf> {
+    let mut out = files_under(dir, &["cuh", "h", "hpp", "cpp"]);
+    out.sort();
+    out
+}
+
+/// Every file under `dir` (recursively) whose extension is one of `extensions`.
+fn files_under(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -75,17 +79,27 @@ pub(crate) fn collect_headers(dir: &Path) -> Vec<PathBuf> {
                 stack.push(p);
             } else if p
                 .extension()
-                .is_some_and(|e| e == "cuh" || e == "h" || e == "hpp" || e == "cpp")
+                .is_some_and(|e| extensions.iter().any(|x| e == *x))
             {
                 out.push(p);
             }
         }
     }
-    out.sort();
     out
 }
 
 pub(crate) fn check_unique_names(files: &[KernelFile]) {
+    // A file's id names its generated files and its module: two files may not share a stem.
+    let mut ids: HashMap<&str, &str> = HashMap::new();
+    for f in files {
+        if let Some(other) = ids.insert(&f.id, &f.rel) {
+            panic!(
+                "kernel files {other} and {} have the same name: each kernel file needs a \
+                 unique file name (it names the module)",
+                f.rel
+            );
+        }
+    }
     let mut seen: HashMap<&str, &str> = HashMap::new();
     for f in files {
         for k in &f.kernels {

@@ -28,10 +28,10 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, StepTotals};
 use crate::data::{ImageSet, PixelStore};
 use crate::loss::LossConfig;
 use crate::model::{Arch, ImageShape, Model, Plan};
+use crate::ops::{Backend, StepTotals};
 use crate::optim::Adam;
 use crate::run::{best_path, last_path, write_atomically};
 use crate::schedule::RunProgress;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::gpu::{self, BUILD, CudaExecutor, EmuOptions, KERNELS, PTX_MODULES};
+use crate::executor::{self, BUILD, CudaExecutor, EmuOptions, KERNELS, PTX_MODULES};
 
 /// The report printed by `focalflow info`.
 pub fn info_report() -> String {
@@ -102,7 +102,7 @@ pub fn info_report() -> String {
     let _ = writeln!(s, "\nExecutors");
     let _ = writeln!(s, "  cpu            available");
     let emu = if BUILD.emulator {
-        match EmuOptions::from_env().and_then(gpu::EmuExecutor::new) {
+        match EmuOptions::from_env().and_then(executor::EmuExecutor::new) {
             Ok(e) => format!("available: {}", e.describe()),
             Err(e) => format!("unavailable: {e}"),
         }
@@ -110,11 +110,11 @@ pub fn info_report() -> String {
         "unavailable: the emulator is built on unix targets only".to_string()
     };
     let _ = writeln!(s, "  cuda-emu       {emu}");
-    let gpus = gpu::probe_gpus();
+    let gpus = executor::probe_gpus();
     let cuda = if PTX_MODULES.is_empty() {
         format!(
             "unavailable: {}",
-            gpu::cuda_unavailable_reason().unwrap_or_default()
+            executor::cuda_unavailable_reason().unwrap_or_default()
         )
     } else {
         match &gpus {
@@ -140,7 +140,7 @@ pub fn info_report() -> String {
             let _ = writeln!(s, "  none (the driver is present but reports no GPU)");
         }
         Ok(g) => {
-            let driver = gpu::driver_version()
+            let driver = executor::driver_version()
                 .map(|(a, b)| format!("{a}.{b}"))
                 .unwrap_or_else(|e| e.to_string());
             let _ = writeln!(s, "  driver supports CUDA {driver}");

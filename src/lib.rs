@@ -1,7 +1,6 @@
 //! focalflow: train image classifiers with losses made for imbalanced data and
 //! overconfident models, on a fast CPU backend and hand-written CUDA kernels.
 
-pub mod backend;
 pub mod bench;
 pub mod calibrate;
 pub mod checkpoint;
@@ -9,8 +8,8 @@ pub mod cli;
 pub mod data;
 pub mod element;
 pub mod error;
+pub mod executor;
 pub mod feed;
-pub mod gpu;
 pub mod info;
 pub mod interrupt;
 pub mod loss;
@@ -18,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod onnx;
+pub mod ops;
 pub mod optim;
 pub mod plots;
 pub mod profile;

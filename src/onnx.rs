@@ -13,9 +13,9 @@
 
 use prost::Message;
 
-use crate::backend::Padding;
 use crate::checkpoint::Checkpoint;
 use crate::model::Op;
+use crate::ops::Padding;
 use crate::{Error, Result};
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -1,7 +1,7 @@
 //! Adam, as Keras 3 computes it.
 
 use crate::Element;
-use crate::backend::AdamStep;
+use crate::ops::AdamStep;
 
 /// Adam's hyperparameters and step counter. Defaults are Keras': lr 1e-3, beta1 0.9,
 /// beta2 0.999, epsilon 1e-7.

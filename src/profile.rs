@@ -19,12 +19,14 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use crate::Result;
-use crate::backend::cuda::CudaBackend;
-use crate::backend::{AdamStep, Backend, ConvShape, CpuBackend, DenseShape, PoolShape, StepTotals};
 use crate::data::{ImageSet, PixelStore};
+use crate::executor::Event;
 use crate::feed::{BatchFeeder, BatchFn, DeviceCache, Feeds};
-use crate::gpu::Event;
 use crate::loss::LossConfig;
+use crate::ops::{
+    AdamOps, AdamStep, Backend, Conv2dOps, ConvShape, CounterOps, CpuBackend, CudaBackend,
+    DenseOps, DenseShape, LossOps, PoolOps, PoolShape, ReluOps, SoftmaxOps, StepTotals, Storage,
+};
 use crate::{Element, Error};
 
 /// A part of a training step.
@@ -233,7 +235,7 @@ pub struct Profiled<'a, B> {
     pub profiler: &'a Profiler,
 }
 
-impl<'a, B: Backend + Timeline> Profiled<'a, B> {
+impl<'a, B: Timeline> Profiled<'a, B> {
     pub fn new(inner: &'a B, profiler: &'a Profiler) -> Self {
         Profiled { inner, profiler }
     }
@@ -242,7 +244,10 @@ impl<'a, B: Backend + Timeline> Profiled<'a, B> {
     }
 }
 
-impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
+// Each op trait, passed through to the inner backend after entering the op's phase. (The
+// compiler asks for one impl per op trait: a new op adds its own here.)
+
+impl<B: Storage + Timeline> Storage for Profiled<'_, B> {
     type E = B::E;
     type Buf = B::Buf;
 
@@ -265,6 +270,21 @@ impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
         self.enter(Phase::Data)?;
         Ok(v)
     }
+    fn copy_into(
+        &self,
+        src: &Self::Buf,
+        len: usize,
+        dst: &mut Self::Buf,
+        offset: usize,
+    ) -> Result<()> {
+        self.inner.copy_into(src, len, dst, offset)
+    }
+    fn free_memory(&self) -> Result<Option<u64>> {
+        self.inner.free_memory()
+    }
+}
+
+impl<B: Conv2dOps + Timeline> Conv2dOps for Profiled<'_, B> {
     fn conv2d_forward(
         &self,
         s: &ConvShape,
@@ -298,6 +318,9 @@ impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
         self.enter(Phase::Backward)?;
         self.inner.conv2d_backward_filter(s, x, dy, dw, db)
     }
+}
+
+impl<B: PoolOps + Timeline> PoolOps for Profiled<'_, B> {
     fn maxpool2d_forward(&self, s: &PoolShape, x: &Self::Buf, y: &mut Self::Buf) -> Result<()> {
         self.enter(Phase::Forward)?;
         self.inner.maxpool2d_forward(s, x, y)
@@ -322,6 +345,9 @@ impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
         self.enter(Phase::Backward)?;
         self.inner.maxpool2d_relu_backward(s, x, dy, dx)
     }
+}
+
+impl<B: DenseOps + Timeline> DenseOps for Profiled<'_, B> {
     fn dense_forward(
         &self,
         s: &DenseShape,
@@ -347,10 +373,16 @@ impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
         self.enter(Phase::Backward)?;
         self.inner.dense_backward(s, x, w, dy, dx, dw, db)
     }
+}
+
+impl<B: ReluOps + Timeline> ReluOps for Profiled<'_, B> {
     fn relu_backward(&self, len: usize, y: &Self::Buf, dy: &mut Self::Buf) -> Result<()> {
         self.enter(Phase::Backward)?;
         self.inner.relu_backward(len, y, dy)
     }
+}
+
+impl<B: SoftmaxOps + Timeline> SoftmaxOps for Profiled<'_, B> {
     fn softmax_forward(
         &self,
         rows: usize,
@@ -373,6 +405,9 @@ impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
         self.inner
             .softmax_backward(rows, cols, probs, dprobs, dlogits)
     }
+}
+
+impl<B: LossOps + Timeline> LossOps for Profiled<'_, B> {
     fn loss(
         &self,
         cfg: &LossConfig,
@@ -384,38 +419,6 @@ impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
     ) -> Result<Self::E> {
         self.enter(Phase::Loss)?;
         self.inner.loss(cfg, batch, classes, y_true, pred, grad)
-    }
-    fn adam_update(
-        &self,
-        len: usize,
-        step: &AdamStep<Self::E>,
-        param: &mut Self::Buf,
-        grad: &Self::Buf,
-        m: &mut Self::Buf,
-        v: &mut Self::Buf,
-    ) -> Result<()> {
-        self.enter(Phase::Optimizer)?;
-        self.inner.adam_update(len, step, param, grad, m, v)
-    }
-
-    type Counters = B::Counters;
-
-    fn counters(&self) -> Result<Self::Counters> {
-        self.inner.counters()
-    }
-    fn set_counters(&self, counters: &mut Self::Counters, totals: &StepTotals) -> Result<()> {
-        self.inner.set_counters(counters, totals)
-    }
-    fn read_counters(&self, counters: &Self::Counters) -> Result<StepTotals> {
-        self.enter(Phase::Readback)?;
-        let totals = self.inner.read_counters(counters)?;
-        // As after `read`: the host has synchronised.
-        self.profiler.resolve()?;
-        self.enter(Phase::Data)?;
-        Ok(totals)
-    }
-    fn reads_are_cheap(&self) -> bool {
-        self.inner.reads_are_cheap()
     }
     fn loss_counted(
         &self,
@@ -434,6 +437,21 @@ impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
             cfg, batch, classes, y_true, pred, probs, grad, step, counters,
         )
     }
+}
+
+impl<B: AdamOps + Timeline> AdamOps for Profiled<'_, B> {
+    fn adam_update(
+        &self,
+        len: usize,
+        step: &AdamStep<Self::E>,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Optimizer)?;
+        self.inner.adam_update(len, step, param, grad, m, v)
+    }
     fn adam_update_counted(
         &self,
         len: usize,
@@ -448,17 +466,27 @@ impl<B: Backend<E = f32> + Timeline> Backend for Profiled<'_, B> {
         self.inner
             .adam_update_counted(len, step, param, grad, m, v, counters)
     }
-    fn copy_into(
-        &self,
-        src: &Self::Buf,
-        len: usize,
-        dst: &mut Self::Buf,
-        offset: usize,
-    ) -> Result<()> {
-        self.inner.copy_into(src, len, dst, offset)
+}
+
+impl<B: CounterOps + Timeline> CounterOps for Profiled<'_, B> {
+    type Counters = B::Counters;
+
+    fn counters(&self) -> Result<Self::Counters> {
+        self.inner.counters()
     }
-    fn free_memory(&self) -> Result<Option<u64>> {
-        self.inner.free_memory()
+    fn set_counters(&self, counters: &mut Self::Counters, totals: &StepTotals) -> Result<()> {
+        self.inner.set_counters(counters, totals)
+    }
+    fn read_counters(&self, counters: &Self::Counters) -> Result<StepTotals> {
+        self.enter(Phase::Readback)?;
+        let totals = self.inner.read_counters(counters)?;
+        // As after `read`: the host has synchronised.
+        self.profiler.resolve()?;
+        self.enter(Phase::Data)?;
+        Ok(totals)
+    }
+    fn reads_are_cheap(&self) -> bool {
+        self.inner.reads_are_cheap()
     }
 }
 

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::{Backend, StepTotals};
 use crate::checkpoint::PartialEpoch;
 use crate::data::{Augment, ClassFraction, ImageSet, PixelStore};
 use crate::feed::{BatchFeeder, DATA_PATH_LINE, DeviceCache, Feeds};
 use crate::loss::LossConfig;
 use crate::model::{Arch, Model, Plan};
+use crate::ops::{Backend, StepTotals};
 use crate::optim::Adam;
 use crate::rng::Rng;
 use crate::run::{EpochMetrics, append_metrics};

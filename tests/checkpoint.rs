@@ -7,11 +7,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::process::Command;
 
-use focalflow::backend::{Backend, CpuBackend};
 use focalflow::checkpoint::{self, Checkpoint};
 use focalflow::data::{Augment, ImageSet, synthetic};
 use focalflow::loss::LossConfig;
 use focalflow::model::Model;
+use focalflow::ops::CpuBackend;
+use focalflow::ops::prelude::*;
 use focalflow::run::{self, ABORT_AFTER_BYTES_ENV, EpochMetrics};
 use focalflow::train::{self, TrainOptions};
 

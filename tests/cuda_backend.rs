@@ -29,11 +29,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use focalflow::backend::cuda::{CudaBackend, KernelChoice, TILES, Variant};
-use focalflow::backend::{Backend, ConvShape, CpuBackend, DenseShape, Padding, PoolShape};
-use focalflow::gpu::{DeviceBuffer, EmuOptions, Executor, Schedule};
+use focalflow::executor::{DeviceBuffer, EmuOptions, Executor, Schedule};
 use focalflow::loss::LossConfig;
 use focalflow::model::{Arch, ImageShape, Model, Plan};
+use focalflow::ops::CudaBackend;
+use focalflow::ops::gemm::{KernelChoice, TILES, Variant};
+use focalflow::ops::prelude::*;
+use focalflow::ops::{ConvShape, CpuBackend, DenseShape, Padding, PoolShape};
 use focalflow::rng::Rng;
 
 /// Extra elements after every output's prefix, which must stay untouched (NaN).

@@ -33,10 +33,13 @@ mod common;
 use std::sync::OnceLock;
 
 use focalflow::Error;
-use focalflow::backend::cuda::loss::{self as kernels, LossKernels};
-use focalflow::backend::{AdamStep, Backend, CpuBackend};
-use focalflow::gpu::{DeviceBuffer, EmuOptions, Executor, LaunchConfig, Schedule};
+use focalflow::executor::{DeviceBuffer, EmuOptions, Executor, LaunchConfig, Schedule};
 use focalflow::loss::{Alpha, LossConfig, loss_forward_backward};
+use focalflow::ops::adam::cuda::adam_update;
+use focalflow::ops::loss::cuda::{self as loss_kernels, LossKernels};
+use focalflow::ops::prelude::*;
+use focalflow::ops::softmax::cuda::{softmax_backward, softmax_forward};
+use focalflow::ops::{AdamStep, CpuBackend};
 use focalflow::rng::Rng;
 
 // ---------------------------------------------------------------- executors
@@ -227,7 +230,7 @@ fn check_loss(
     let yd = exec.upload(y).unwrap();
     let pd = exec.upload(pred).unwrap();
     let mut gd = exec.upload(&vec![f32::NAN; b * k]).unwrap();
-    let got = kernels::loss(exec, k_state, cfg, b, k, &yd, &pd, Some(&mut gd))
+    let got = loss_kernels::loss(exec, k_state, cfg, b, k, &yd, &pd, Some(&mut gd))
         .unwrap_or_else(|e| panic!("{} [b={b}, k={k}]: {e}", cfg.describe()));
     let grad = exec.download(&gd).unwrap();
     let what = format!(
@@ -576,7 +579,7 @@ fn longer_buffers_and_loss_only(exec: &Executor) {
     let yd = exec.upload(&pad(&y, 7.0)).unwrap();
     let zd = exec.upload(&pad(&z, f32::NAN)).unwrap();
     let mut gd = exec.upload(&vec![f32::NAN; b * k + 11]).unwrap();
-    let got = kernels::loss(exec, &mut st, &cfg, b, k, &yd, &zd, Some(&mut gd)).unwrap();
+    let got = loss_kernels::loss(exec, &mut st, &cfg, b, k, &yd, &zd, Some(&mut gd)).unwrap();
     let g = exec.download(&gd).unwrap();
     assert!((got - want).abs() <= 2e-5 * want.abs(), "{got} vs {want}");
     for i in 0..b * k {
@@ -589,7 +592,7 @@ fn longer_buffers_and_loss_only(exec: &Executor) {
         g[b * k..].iter().all(|v| v.is_nan()),
         "the tail was written"
     );
-    let loss_only = kernels::loss(exec, &mut st, &cfg, b, k, &yd, &zd, None).unwrap();
+    let loss_only = loss_kernels::loss(exec, &mut st, &cfg, b, k, &yd, &zd, None).unwrap();
     assert_eq!(loss_only.to_bits(), got.to_bits(), "loss without gradient");
 }
 
@@ -624,7 +627,7 @@ fn loss_is_bit_reproducible(exec: &Executor) {
         let yd = exec.upload(&y).unwrap();
         let zd = exec.upload(&z).unwrap();
         let mut gd = exec.upload(&vec![f32::NAN; b * k]).unwrap();
-        let l = kernels::loss(exec, &mut st, cfg, b, k, &yd, &zd, Some(&mut gd)).unwrap();
+        let l = loss_kernels::loss(exec, &mut st, cfg, b, k, &yd, &zd, Some(&mut gd)).unwrap();
         let g = exec.download(&gd).unwrap();
         (l.to_bits(), g.iter().map(|v| v.to_bits()).collect())
     };
@@ -713,7 +716,8 @@ fn input_errors_match_the_reference(exec: &Executor) {
         let yd = exec.upload(yv).unwrap();
         let pd = exec.upload(pv).unwrap();
         let mut gd = exec.alloc::<f32>(b * k).unwrap();
-        let got = kernels::loss(exec, &mut st, cfg, b, k, &yd, &pd, Some(&mut gd)).unwrap_err();
+        let got =
+            loss_kernels::loss(exec, &mut st, cfg, b, k, &yd, &pd, Some(&mut gd)).unwrap_err();
         assert_eq!(
             std::mem::discriminant(&got),
             std::mem::discriminant(&want),
@@ -725,10 +729,10 @@ fn input_errors_match_the_reference(exec: &Executor) {
     // Shapes: no rows, and buffers too short.
     let yd = exec.upload(&y).unwrap();
     let pd = exec.upload(&p).unwrap();
-    let zero = kernels::loss(exec, &mut st, &focal, 0, k, &yd, &pd, None).unwrap_err();
+    let zero = loss_kernels::loss(exec, &mut st, &focal, 0, k, &yd, &pd, None).unwrap_err();
     let want = loss_forward_backward::<f32>(&focal, &[], &[], 0, k, None).unwrap_err();
     assert_eq!(zero.to_string(), want.to_string());
-    let short = kernels::loss(exec, &mut st, &focal, b + 1, k, &yd, &pd, None).unwrap_err();
+    let short = loss_kernels::loss(exec, &mut st, &focal, b + 1, k, &yd, &pd, None).unwrap_err();
     assert!(matches!(short, Error::Shape(_)), "{short:?}");
     assert!(short.to_string().contains("y_true has 12"), "{short}");
     // The state is still usable after the errors.
@@ -757,7 +761,7 @@ fn softmax_forward_backward(exec: &Executor) {
 
             let zd = exec.upload(&z).unwrap();
             let mut pd = exec.upload(&vec![f32::NAN; rows * cols]).unwrap();
-            kernels::softmax_forward(exec, rows, cols, &zd, &mut pd).unwrap();
+            softmax_forward(exec, rows, cols, &zd, &mut pd).unwrap();
             let got_p = exec.download(&pd).unwrap();
             for i in 0..rows * cols {
                 let (a, w) = (got_p[i] as f64, want_p[i] as f64);
@@ -771,7 +775,7 @@ fn softmax_forward_backward(exec: &Executor) {
             let ppd = exec.upload(&want_p).unwrap();
             let dpd = exec.upload(&dp).unwrap();
             let mut dzd = exec.upload(&vec![f32::NAN; rows * cols]).unwrap();
-            kernels::softmax_backward(exec, rows, cols, &ppd, &dpd, &mut dzd).unwrap();
+            softmax_backward(exec, rows, cols, &ppd, &dpd, &mut dzd).unwrap();
             let got_dz = exec.download(&dzd).unwrap();
             for r in 0..rows {
                 let row = r * cols..(r + 1) * cols;
@@ -795,8 +799,8 @@ fn softmax_forward_backward(exec: &Executor) {
     // Empty shapes launch nothing; short buffers are shape errors.
     let one = exec.upload(&[1.0f32]).unwrap();
     let mut out = exec.upload(&[f32::NAN]).unwrap();
-    kernels::softmax_forward(exec, 0, 7, &one, &mut out).unwrap();
-    let err = kernels::softmax_forward(exec, 1, 2, &one, &mut out).unwrap_err();
+    softmax_forward(exec, 0, 7, &one, &mut out).unwrap();
+    let err = softmax_forward(exec, 1, 2, &one, &mut out).unwrap_err();
     assert!(matches!(err, Error::Shape(_)), "{err:?}");
 }
 
@@ -855,8 +859,7 @@ fn adam_two_steps(exec: &Executor) {
                 let gd = exec.upload(&pad(g)).unwrap();
                 let step = adam_step(t as i32 + 1);
                 if offset == 0 {
-                    kernels::adam_update(exec, len, &step, &mut pd, &gd, &mut md, &mut vd, None)
-                        .unwrap();
+                    adam_update(exec, len, &step, &mut pd, &gd, &mut md, &mut vd, None).unwrap();
                 } else {
                     launch_adam_view(exec, len, offset, &step, &mut pd, &gd, &mut md, &mut vd);
                 }
@@ -963,7 +966,7 @@ fn gpu_timings() {
             },
         ] {
             let us = time(20, &mut || {
-                kernels::loss(exec, &mut st, &cfg, b, k, &yd, &zd, Some(&mut gd)).unwrap();
+                loss_kernels::loss(exec, &mut st, &cfg, b, k, &yd, &zd, Some(&mut gd)).unwrap();
             });
             eprintln!(
                 "TIMING loss {} [{b}x{k}]: {us:.1} us per call (incl. the result download)",
@@ -972,7 +975,7 @@ fn gpu_timings() {
         }
         let mut pd = exec.alloc::<f32>(b * k).unwrap();
         let us = time(50, &mut || {
-            kernels::softmax_forward(exec, b, k, &zd, &mut pd).unwrap();
+            softmax_forward(exec, b, k, &zd, &mut pd).unwrap();
         });
         eprintln!("TIMING softmax_forward [{b}x{k}]: {us:.1} us");
     }
@@ -984,7 +987,7 @@ fn gpu_timings() {
     let mut v = exec.alloc_zeros::<f32>(n).unwrap();
     let step = adam_step(1);
     let us = time(50, &mut || {
-        kernels::adam_update(exec, n, &step, &mut p, &g, &mut m, &mut v, None).unwrap();
+        adam_update(exec, n, &step, &mut p, &g, &mut m, &mut v, None).unwrap();
     });
     let bytes = 7.0 * 4.0 * n as f64; // read p, g, m, v; write p, m, v
     eprintln!(

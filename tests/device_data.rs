@@ -7,13 +7,14 @@ mod common;
 
 use std::sync::OnceLock;
 
-use focalflow::backend::cuda::CudaBackend;
-use focalflow::backend::{AdamStep, Backend, CpuBackend};
 use focalflow::data::{Augment, ImageSet, synthetic};
+use focalflow::executor::{EmuOptions, Executor};
 use focalflow::feed::{DeviceCache, Feeds, flip_decisions};
-use focalflow::gpu::{EmuOptions, Executor};
 use focalflow::loss::LossConfig;
 use focalflow::model::ImageShape;
+use focalflow::ops::CudaBackend;
+use focalflow::ops::prelude::*;
+use focalflow::ops::{AdamStep, CpuBackend};
 use focalflow::train::{self, TrainOptions};
 use focalflow::{Error, Result};
 
@@ -239,7 +240,7 @@ fn adam_leaves_the_weights_alone_once_a_step_failed() {
         };
         let mut counters = backend.counters().unwrap();
         let (p0, g) = (vec![1.0f32, -2.0, 3.0], vec![0.5f32, 0.5, -0.5]);
-        let update = |counters: &<CudaBackend as Backend>::Counters| {
+        let update = |counters: &<CudaBackend as CounterOps>::Counters| {
             let mut p = backend.upload(&p0).unwrap();
             let (mut m, mut v) = (backend.zeros(3).unwrap(), backend.zeros(3).unwrap());
             let g = backend.upload(&g).unwrap();

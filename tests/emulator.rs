@@ -7,7 +7,7 @@
 mod fixtures;
 
 use focalflow::Error;
-use focalflow::gpu::{EmuOptions, Executor, Schedule};
+use focalflow::executor::{EmuOptions, Executor, Schedule};
 
 fn emu(schedule: Schedule) -> Executor {
     Executor::emu_with(EmuOptions {
@@ -64,7 +64,7 @@ fn missing_barrier_is_caught_by_reverse_and_random_schedules() {
 
 fn launch_error(exec: &Executor, kernel: &str, threads: u32) -> String {
     let mut y = exec.alloc_zeros::<f32>(threads as usize).unwrap();
-    let cfg = focalflow::gpu::LaunchConfig::new(2u32, threads);
+    let cfg = focalflow::executor::LaunchConfig::new(2u32, threads);
     // SAFETY: the fixture takes one float* of blockDim.x elements (both blocks write the same ones).
     match unsafe { exec.launch_builder(kernel, cfg).arg(&mut y).launch() } {
         Ok(()) => panic!("{kernel} must fail on the emulator"),
@@ -153,7 +153,7 @@ fn fiber_stack_overflow_fails_the_launch_and_a_larger_stack_fixes_it() {
         })
         .unwrap();
         let mut y = exec.alloc_zeros::<f32>(32).unwrap();
-        let cfg = focalflow::gpu::LaunchConfig::new(3u32, 32u32);
+        let cfg = focalflow::executor::LaunchConfig::new(3u32, 32u32);
         // SAFETY: fx_stack_hog(float* y, int n) writes y[threadIdx.x], 32 elements.
         let r = unsafe {
             exec.launch_builder("fx_stack_hog", cfg)

@@ -13,7 +13,7 @@ use std::io::Write as _;
 use std::sync::OnceLock;
 
 use focalflow::Error;
-use focalflow::gpu::Executor;
+use focalflow::executor::Executor;
 
 /// One line straight to the stderr handle, in one write: the test harness captures
 /// `eprintln!`, and a skip must stay visible.

@@ -1,6 +1,6 @@
 //! `focalflow info`'s report: complete on any machine, never a panic.
 
-use focalflow::gpu::BUILD;
+use focalflow::executor::BUILD;
 use focalflow::info::info_report;
 
 #[test]
@@ -32,7 +32,7 @@ fn info_report_names_build_executors_gpus_and_versions() {
 
 #[test]
 fn the_gpu_runs_the_machine_code_of_its_generation() {
-    use focalflow::gpu::ModuleLoad;
+    use focalflow::executor::ModuleLoad;
     if BUILD.sass_archs.is_empty() {
         return; // no kernels compiled: nothing is embedded (the test above says so)
     }

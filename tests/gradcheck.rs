@@ -16,9 +16,10 @@
 //! Output buffers are filled with NaN before every backward call, so an element the
 //! backend forgets to write fails the check instead of passing as a stale zero.
 
-use focalflow::backend::{Backend, ConvShape, CpuBackend, DenseShape, Padding, PoolShape};
 use focalflow::loss::{Alpha, LossConfig, loss_forward_backward};
 use focalflow::model::{Arch, ImageShape, Model, Op, Plan};
+use focalflow::ops::prelude::*;
+use focalflow::ops::{ConvShape, CpuBackend, DenseShape, Padding, PoolShape};
 use focalflow::optim::Adam;
 use focalflow::rng::Rng;
 

@@ -4,9 +4,10 @@
 //! in f64 and f32. This is llm.c's "match the PyTorch dump" check.
 
 use focalflow::Element;
-use focalflow::backend::{Backend, CpuBackend};
 use focalflow::loss::{Alpha, LossConfig, loss_forward_backward};
 use focalflow::model::{Arch, ImageShape, Model, Plan};
+use focalflow::ops::CpuBackend;
+use focalflow::ops::prelude::*;
 use serde_json::Value;
 
 const WEIGHTS: [&str; 6] = [

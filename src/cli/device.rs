@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use super::DeviceChoice;
-use crate::backend::Backend;
-use crate::backend::cuda::CudaBackend;
 use crate::bench::{self, BenchOptions, BenchReport, Stage};
 use crate::data::{ImageSet, PixelStore};
+use crate::executor::{Executor, cuda_unavailable_reason};
 use crate::feed::Feeds;
-use crate::gpu::{Executor, cuda_unavailable_reason};
 use crate::loss::LossConfig;
+use crate::ops::Backend;
+use crate::ops::CudaBackend;
 use crate::profile::{Profiled, Profiler, Timeline, nvtx};
 use crate::run::EpochMetrics;
 use crate::train::{self, TrainOptions};
@@ -84,7 +84,7 @@ macro_rules! on_device {
                 $body
             }
             _ => {
-                let backend = $crate::backend::CpuBackend::<f32>::new();
+                let backend = $crate::ops::CpuBackend::<f32>::new();
                 let $b = &backend;
                 $body
             }

@@ -1,5 +1,5 @@
 //! The device data path (see [`crate::feed`]): only u8 pixels cross the bus, and one kernel
-//! (`gather_batch_u8`, kernels/batch.cu) turns them into a batch: it gathers the images by
+//! (`gather_batch_u8`, src/ops/gather_batch/) turns them into a batch: it gathers the images by
 //! the pass's entries, mirrors those marked for `--augment flip`, scales by 1/255 and writes
 //! the one-hot labels.
 //!
@@ -14,10 +14,11 @@
 
 use rayon::prelude::*;
 
-use crate::backend::cuda::{CudaBackend, elementwise_config, int};
 use crate::data::{ImageSet, PixelStore};
+use crate::executor::{DeviceBuffer, Executor, Staging};
 use crate::feed::{BatchFeeder, BatchFn, pass_entries, pass_labels};
-use crate::gpu::{DeviceBuffer, Executor, Staging};
+use crate::ops::CudaBackend;
+use crate::ops::gather_batch::cuda::{BatchLayout, gather_batch_u8};
 use crate::{Error, Result};
 
 /// Bytes per chunk of the one-time upload of a resident set.
@@ -26,11 +27,7 @@ const UPLOAD_CHUNK: usize = 64 << 20;
 /// Buffers shared by both feeders: the pass's entries and labels, and the batch.
 struct Batch<'a> {
     exec: &'a Executor,
-    height: usize,
-    width: usize,
-    channels: usize,
-    classes: usize,
-    batch_size: usize,
+    layout: BatchLayout,
     /// Images in the current pass (the entry buffers may be longer, from a larger pass).
     pass_len: usize,
     entries: DeviceBuffer<u32>,
@@ -47,11 +44,13 @@ impl<'a> Batch<'a> {
     ) -> Result<Self> {
         Ok(Batch {
             exec,
-            height: data.shape.height,
-            width: data.shape.width,
-            channels: data.shape.channels,
-            classes: data.classes(),
-            batch_size,
+            layout: BatchLayout {
+                height: data.shape.height,
+                width: data.shape.width,
+                channels: data.shape.channels,
+                classes: data.classes(),
+                batch_size,
+            },
             pass_len: 0,
             entries: exec.alloc_zeros(0)?,
             labels: exec.alloc_zeros(0)?,
@@ -75,41 +74,29 @@ impl<'a> Batch<'a> {
     /// Gathers `count` images from `images` by the pass's entries `first..first + count`
     /// into `x` and `y`.
     fn gather(&mut self, images: &DeviceBuffer<u8>, first: usize, count: usize) -> Result<()> {
-        let image_len = self.height * self.width * self.channels;
-        let values = count * image_len.max(self.classes);
-        // The kernel indexes a batch's values with 32-bit arithmetic.
-        int(
-            "values in a batch",
-            self.batch_size * image_len.max(self.classes),
-        )?;
-        if first + count > self.pass_len || count > self.batch_size {
+        if first + count > self.pass_len || count > self.layout.batch_size {
             return Err(Error::Shape(format!(
                 "batch {first}..{} of a pass of {} images (batches of {})",
                 first + count,
                 self.pass_len,
-                self.batch_size
+                self.layout.batch_size
             )));
         }
-        // SAFETY: gather_batch_u8(const u8*, const u32*, const int*, int x6, float*, float*)
-        // reads the entries and labels first..first + count (checked above), the images
-        // they name (each entry is below the image count of `images`: pass_entries builds
-        // them from indices into it), and writes count images of x and count rows of y
-        // (both sized for batch_size >= count).
+        // SAFETY: the entries and labels first..first + count exist (checked above), each
+        // entry is below the image count of `images` (pass_entries builds them from indices
+        // into it), and x and y are sized for batch_size >= count.
         unsafe {
-            self.exec
-                .launch_builder("gather_batch_u8", elementwise_config(values))
-                .arg(images)
-                .arg(&self.entries)
-                .arg(&self.labels)
-                .arg(int("first image of the batch", first)?)
-                .arg(count as i32)
-                .arg(self.height as i32)
-                .arg(self.width as i32)
-                .arg(self.channels as i32)
-                .arg(self.classes as i32)
-                .arg(&mut self.x)
-                .arg(&mut self.y)
-                .launch()
+            gather_batch_u8(
+                self.exec,
+                &self.layout,
+                images,
+                &self.entries,
+                &self.labels,
+                first,
+                count,
+                &mut self.x,
+                &mut self.y,
+            )
         }
     }
 }
@@ -185,15 +172,15 @@ impl BatchFeeder<DeviceBuffer<f32>> for ResidentFeeder<'_> {
         }
         // The labels come with the pass (not the set), so both feeders share the kernel.
         b.start_pass(
-            &pass_entries(order, b.batch_size, flip_seed, |k| order[k])?,
+            &pass_entries(order, b.layout.batch_size, flip_seed, |k| order[k])?,
             &pass_labels(&self.labels, order),
         )?;
         for (n, start) in (0..order.len())
-            .step_by(b.batch_size)
+            .step_by(b.layout.batch_size)
             .enumerate()
             .skip(first)
         {
-            let count = b.batch_size.min(order.len() - start);
+            let count = b.layout.batch_size.min(order.len() - start);
             b.gather(&self.set, start, count)?;
             step(n, count, &b.x, &b.y)?;
         }
@@ -253,7 +240,7 @@ impl<P: PixelStore> BatchFeeder<DeviceBuffer<f32>> for StreamingFeeder<'_, P> {
             staged,
             ..
         } = self;
-        let batch_size = b.batch_size;
+        let batch_size = b.layout.batch_size;
         // Entry k names its place in the staged batch; the labels follow the pass.
         let entries = pass_entries(order, batch_size, flip_seed, |k| k % batch_size)?;
         b.start_pass(&entries, &pass_labels(&data.labels, order))?;

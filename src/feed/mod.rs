@@ -15,9 +15,9 @@ pub mod cuda;
 
 use std::sync::mpsc;
 
-use crate::backend::cuda::CudaBackend;
-use crate::backend::{Backend, CpuBackend};
 use crate::data::{ImageSet, PixelStore, flip_stream};
+use crate::ops::CudaBackend;
+use crate::ops::{Backend, CpuBackend, Storage};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -76,7 +76,7 @@ impl Feeds for CudaBackend {
         data: &'a ImageSet<P>,
         batch_size: usize,
         cache: DeviceCache,
-    ) -> Result<Box<dyn BatchFeeder<crate::gpu::DeviceBuffer<f32>> + 'a>> {
+    ) -> Result<Box<dyn BatchFeeder<crate::executor::DeviceBuffer<f32>> + 'a>> {
         let budget = cache.budget(self.free_memory()?);
         if data.pixels.len() as u64 <= budget {
             Ok(Box::new(cuda::ResidentFeeder::new(self, data, batch_size)?))

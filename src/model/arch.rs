@@ -13,7 +13,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::backend::Padding;
+use crate::ops::Padding;
 use crate::{Error, Result};
 
 /// The reference CNN of the original experiment.

@@ -3,8 +3,8 @@
 
 pub mod arch;
 
-use crate::backend::{Backend, ConvShape, DenseShape, PoolShape};
 use crate::loss::LossConfig;
+use crate::ops::{Backend, ConvShape, DenseShape, PoolShape};
 use crate::optim::Adam;
 use crate::rng::Rng;
 use crate::{Element, Error, Result};

@@ -1,10 +1,10 @@
-//! Shared test bodies: each runs fixture kernels (kernels/fixtures/emu_fixtures.cu) on the
+//! Shared test bodies: each runs fixture kernels (tests/emulator/emu_fixtures.cu) on the
 //! executor it is given and compares with a plain Rust reference on random, odd-sized data,
 //! with outputs poisoned (NaN / sentinel) beforehand so that unwritten elements fail.
 //! Used by tests/emulator.rs (every emulator schedule) and tests/gpu_executor.rs (a GPU).
 #![allow(dead_code)] // each test crate uses a subset
 
-use focalflow::gpu::{DeviceBuffer, DeviceElem, Executor, LaunchConfig};
+use focalflow::executor::{DeviceBuffer, DeviceElem, Executor, LaunchConfig};
 
 /// Calls `$m!` with every fixture that works as written (not the broken-on-purpose ones: a
 /// divergent barrier or a deadlock may hang a GPU): one list for the emulator's tests and
@@ -29,16 +29,16 @@ macro_rules! with_working_fixtures {
 }
 
 /// The fixture source, to find the lines the emulator must name in its errors.
-pub const FIXTURE_SOURCE: &str = include_str!("../../kernels/fixtures/emu_fixtures.cu");
+pub const FIXTURE_SOURCE: &str = include_str!("emu_fixtures.cu");
 
-/// `kernels/fixtures/emu_fixtures.cu:<line>` of the line containing `marker`.
+/// `tests/emulator/emu_fixtures.cu:<line>` of the line containing `marker`.
 pub fn fixture_line(marker: &str) -> String {
     let line = FIXTURE_SOURCE
         .lines()
         .position(|l| l.contains(marker))
         .unwrap_or_else(|| panic!("marker `{marker}` not in the fixture source"))
         + 1;
-    format!("kernels/fixtures/emu_fixtures.cu:{line}")
+    format!("tests/emulator/emu_fixtures.cu:{line}")
 }
 
 /// xorshift64*: enough randomness for test data, no dependency.

@@ -1,0 +1,52 @@
+//! The Adam update (Keras 3 semantics: epsilon added to `sqrt(v)`, the bias correction
+//! folded into the step size), in place, fused into one pass over the four buffers.
+//!
+//! - CPU (`cpu.rs`): one rayon pass.
+//! - CUDA (`cuda.rs`, `adam.cu`): float4 loads, grid-stride; skips its update once the
+//!   step counters record a failed step, without a read by the host.
+
+mod cpu;
+pub mod cuda;
+
+use crate::Result;
+use crate::ops::CounterOps;
+
+/// One Adam step's scalars, computed on the host once per step (Keras 3 semantics).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep<T> {
+    /// `lr * sqrt(1 - beta2^t) / (1 - beta1^t)`: the bias correction folded into the step.
+    pub step_size: T,
+    /// `1 - beta1` and `1 - beta2`, the moving-average rates.
+    pub one_minus_beta1: T,
+    pub one_minus_beta2: T,
+    /// Added to `sqrt(v)` (not to the bias-corrected v), as Keras does.
+    pub epsilon: T,
+}
+
+/// The optimizer ops of a backend.
+pub trait AdamOps: CounterOps {
+    /// One Adam update of `len` parameters in place.
+    #[allow(clippy::too_many_arguments)]
+    fn adam_update(
+        &self,
+        len: usize,
+        step: &AdamStep<Self::E>,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<()>;
+    /// [`Self::adam_update`], skipped once `counters` record a failed step (so no NaN
+    /// reaches the weights).
+    #[allow(clippy::too_many_arguments)]
+    fn adam_update_counted(
+        &self,
+        len: usize,
+        step: &AdamStep<Self::E>,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        counters: &Self::Counters,
+    ) -> Result<()>;
+}

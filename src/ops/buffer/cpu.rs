@@ -1,0 +1,37 @@
+//! Buffers on the CPU: vectors in host memory.
+
+use super::Storage;
+use crate::ops::check_len;
+use crate::ops::cpu::CpuBackend;
+use crate::{Element, Result};
+
+impl<T: Element> Storage for CpuBackend<T> {
+    type E = T;
+    type Buf = Vec<T>;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zero(); len])
+    }
+
+    fn write(&self, buf: &mut Vec<T>, host: &[T]) -> Result<()> {
+        check_len("destination buffer", buf.len(), host.len())?;
+        buf[..host.len()].copy_from_slice(host);
+        Ok(())
+    }
+
+    fn read(&self, buf: &Vec<T>, len: usize) -> Result<Vec<T>> {
+        check_len("source buffer", buf.len(), len)?;
+        Ok(buf[..len].to_vec())
+    }
+
+    fn copy_into(&self, src: &Vec<T>, len: usize, dst: &mut Vec<T>, offset: usize) -> Result<()> {
+        check_len("source buffer", src.len(), len)?;
+        check_len("destination buffer", dst.len(), offset + len)?;
+        dst[offset..offset + len].copy_from_slice(&src[..len]);
+        Ok(())
+    }
+}

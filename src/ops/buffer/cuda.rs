@@ -1,0 +1,61 @@
+//! Buffers on CUDA: device memory of the executor (a GPU's, or host memory standing in for
+//! it on the emulator).
+
+use super::Storage;
+use crate::Result;
+use crate::executor::DeviceBuffer;
+use crate::ops::check_len;
+use crate::ops::cuda::{CudaBackend, elementwise_config};
+
+impl Storage for CudaBackend {
+    type E = f32;
+    type Buf = DeviceBuffer<f32>;
+
+    fn name(&self) -> &'static str {
+        self.exec.kind().name()
+    }
+
+    fn zeros(&self, len: usize) -> Result<DeviceBuffer<f32>> {
+        self.exec.alloc_zeros(len)
+    }
+
+    fn write(&self, buf: &mut DeviceBuffer<f32>, host: &[f32]) -> Result<()> {
+        check_len("destination buffer", buf.len(), host.len())?;
+        self.exec.copy_htod(host, buf)
+    }
+
+    fn read(&self, buf: &DeviceBuffer<f32>, len: usize) -> Result<Vec<f32>> {
+        check_len("source buffer", buf.len(), len)?;
+        let mut v = vec![0f32; len];
+        self.exec.copy_dtoh(buf, &mut v)?;
+        Ok(v)
+    }
+
+    fn copy_into(
+        &self,
+        src: &DeviceBuffer<f32>,
+        len: usize,
+        dst: &mut DeviceBuffer<f32>,
+        offset: usize,
+    ) -> Result<()> {
+        check_len("source buffer", src.len(), len)?;
+        check_len("destination buffer", dst.len(), offset + len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: copy_f32(const float*, float*, long long) copies `len` elements, which
+        // both ranges hold (checked above).
+        unsafe {
+            self.exec
+                .launch_builder("copy_f32", elementwise_config(len))
+                .arg(src)
+                .arg(dst.slice(offset..offset + len))
+                .arg(len as i64)
+                .launch()
+        }
+    }
+
+    fn free_memory(&self) -> Result<Option<u64>> {
+        self.exec.free_memory()
+    }
+}

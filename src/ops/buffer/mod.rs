@@ -1,0 +1,46 @@
+//! Device buffers: allocation, upload, read-back and device-side copies; the trait every
+//! op trait builds on ([`Storage::Buf`] is the buffer type of the backend's ops).
+//!
+//! - CPU (`cpu.rs`): `Vec<T>`.
+//! - CUDA (`cuda.rs`, `buffer.cu`): `DeviceBuffer<f32>`, copies by the executor, and the
+//!   `fill_f32`/`copy_f32` kernels.
+
+mod cpu;
+mod cuda;
+
+use crate::{Element, Result};
+
+/// A backend's buffers.
+pub trait Storage {
+    type E: Element;
+    type Buf;
+
+    /// Short name for logs: "cpu", "cuda", "cuda-emu".
+    fn name(&self) -> &'static str;
+
+    /// A zero-filled buffer of `len` elements.
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// Copy `host` into the start of `buf`.
+    fn write(&self, buf: &mut Self::Buf, host: &[Self::E]) -> Result<()>;
+    /// Copy the first `len` elements of `buf` to the host.
+    fn read(&self, buf: &Self::Buf, len: usize) -> Result<Vec<Self::E>>;
+    /// A new buffer holding `host`.
+    fn upload(&self, host: &[Self::E]) -> Result<Self::Buf> {
+        let mut buf = self.zeros(host.len())?;
+        self.write(&mut buf, host)?;
+        Ok(buf)
+    }
+
+    /// Copies the first `len` elements of `src` to `dst[offset..offset + len]`.
+    fn copy_into(
+        &self,
+        src: &Self::Buf,
+        len: usize,
+        dst: &mut Self::Buf,
+        offset: usize,
+    ) -> Result<()>;
+    /// Free device memory in bytes, where the backend knows it (a GPU).
+    fn free_memory(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,252 @@
+//! The convolutions on the CPU: im2col + GEMM over chunks of output pixels small enough to
+//! stay in L2, one image per rayon task, and the direct first-layer path.
+
+use rayon::prelude::*;
+
+use super::{Conv2dOps, ConvShape, direct};
+use crate::ops::cpu::{CpuBackend, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32};
+use crate::ops::gemm::cpu::{MatRef, matmul};
+use crate::{Element, Result};
+
+/// Bytes of im2col matrix processed at a time: small enough to stay in L2 between its
+/// writing (im2col) and its reading (GEMM), large enough to keep the GEMM efficient.
+const IM2COL_CHUNK_BYTES: usize = 512 * 1024;
+
+/// Output pixels per im2col chunk for a convolution.
+fn chunk_pixels<T>(s: &ConvShape) -> usize {
+    let fits_l2 = IM2COL_CHUNK_BYTES / (s.patch_len() * std::mem::size_of::<T>());
+    // At least 16 rows keep the GEMM efficient; never more than the image has (or 1).
+    fits_l2.max(16).min(s.out_h() * s.out_w()).max(1)
+}
+
+/// Writes rows of one image's im2col matrix: row `r` of `col` holds the receptive field of
+/// output pixel `first_pixel + r` (pixels numbered `oh * out_w + ow`), in (kh, kw, c) order —
+/// the order of an HWIO kernel's rows.
+fn im2col<T: Element>(s: &ConvShape, image: &[T], first_pixel: usize, col: &mut [T]) {
+    let (pad_top, pad_left) = s.pad_before();
+    let (out_w, c) = (s.out_w(), s.in_c);
+    let patch = s.patch_len();
+    for (r, row) in col.chunks_exact_mut(patch).enumerate() {
+        let (oh, ow) = ((first_pixel + r) / out_w, (first_pixel + r) % out_w);
+        for kh in 0..s.kernel_h {
+            let ih = (oh + kh) as isize - pad_top as isize;
+            let dst = &mut row[kh * s.kernel_w * c..][..s.kernel_w * c];
+            if ih < 0 || ih >= s.in_h as isize {
+                dst.fill(T::zero());
+                continue;
+            }
+            let iw0 = ow as isize - pad_left as isize;
+            if iw0 >= 0 && iw0 as usize + s.kernel_w <= s.in_w {
+                // The whole kernel row is inside the image: one contiguous copy.
+                let start = (ih as usize * s.in_w + iw0 as usize) * c;
+                dst.copy_from_slice(&image[start..start + s.kernel_w * c]);
+            } else {
+                for kw in 0..s.kernel_w {
+                    let iw = iw0 + kw as isize;
+                    let d = &mut dst[kw * c..][..c];
+                    if iw < 0 || iw >= s.in_w as isize {
+                        d.fill(T::zero());
+                    } else {
+                        let start = (ih as usize * s.in_w + iw as usize) * c;
+                        d.copy_from_slice(&image[start..start + c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of `im2col`: adds every row of `col` back onto the pixels it was read from.
+fn col2im_add<T: Element>(s: &ConvShape, col: &[T], first_pixel: usize, image: &mut [T]) {
+    let (pad_top, pad_left) = s.pad_before();
+    let (out_w, c) = (s.out_w(), s.in_c);
+    let patch = s.patch_len();
+    for (r, row) in col.chunks_exact(patch).enumerate() {
+        let (oh, ow) = ((first_pixel + r) / out_w, (first_pixel + r) % out_w);
+        for kh in 0..s.kernel_h {
+            let ih = (oh + kh) as isize - pad_top as isize;
+            if ih < 0 || ih >= s.in_h as isize {
+                continue;
+            }
+            for kw in 0..s.kernel_w {
+                let iw = ow as isize + kw as isize - pad_left as isize;
+                if iw < 0 || iw >= s.in_w as isize {
+                    continue;
+                }
+                let src = &row[(kh * s.kernel_w + kw) * c..][..c];
+                let start = (ih as usize * s.in_w + iw as usize) * c;
+                for (d, &v) in image[start..start + c].iter_mut().zip(src) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f(first_pixel, pixel_count)` for consecutive chunks of an image's output pixels.
+fn for_each_pixel_chunk<T>(s: &ConvShape, mut f: impl FnMut(usize, usize)) {
+    let (pixels, step) = (s.out_h() * s.out_w(), chunk_pixels::<T>(s));
+    let mut first = 0;
+    while first < pixels {
+        let count = step.min(pixels - first);
+        f(first, count);
+        first += count;
+    }
+}
+
+impl<T: Element> Conv2dOps for CpuBackend<T> {
+    fn conv2d_forward(
+        &self,
+        s: &ConvShape,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        b: &Vec<T>,
+        y: &mut Vec<T>,
+        relu: bool,
+    ) -> Result<()> {
+        s.check_forward(x.len(), w.len(), b.len(), y.len())?;
+        let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
+        let per_task = Self::images_per_task(s.batch);
+        let gemm_parallel = s.batch < rayon::current_num_threads();
+        let direct = is_f32::<T>() && direct::supported(s);
+        y[..s.output_len()]
+            .par_chunks_mut(out_img * per_task)
+            .zip(x[..s.input_len()].par_chunks(in_img * per_task))
+            .for_each(|(ys, xs)| {
+                let mut col = self.take_scratch(chunk_pixels::<T>(s) * s.patch_len());
+                for (yi, xi) in ys.chunks_exact_mut(out_img).zip(xs.chunks_exact(in_img)) {
+                    if direct {
+                        direct::forward_image(
+                            s,
+                            f32_view(xi),
+                            f32_view(&w[..s.kernel_len()]),
+                            f32_view(&b[..s.out_c]),
+                            f32_view_mut(yi),
+                            relu,
+                        );
+                        continue;
+                    }
+                    for_each_pixel_chunk::<T>(s, |first, count| {
+                        let col = &mut col[..count * s.patch_len()];
+                        im2col(s, xi, first, col);
+                        let out = &mut yi[first * s.out_c..(first + count) * s.out_c];
+                        matmul(
+                            out,
+                            MatRef::row_major(col, count, s.patch_len()),
+                            MatRef::row_major(&w[..s.kernel_len()], s.patch_len(), s.out_c),
+                            false,
+                            gemm_parallel,
+                        );
+                        add_bias_relu(out, &b[..s.out_c], relu);
+                    });
+                }
+                self.give_scratch(col);
+            });
+        Ok(())
+    }
+
+    fn conv2d_backward_data(
+        &self,
+        s: &ConvShape,
+        dy: &Vec<T>,
+        w: &Vec<T>,
+        dx: &mut Vec<T>,
+    ) -> Result<()> {
+        s.check_backward_data(dy.len(), w.len(), dx.len())?;
+        let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
+        let per_task = Self::images_per_task(s.batch);
+        let gemm_parallel = s.batch < rayon::current_num_threads();
+        dx[..s.input_len()]
+            .par_chunks_mut(in_img * per_task)
+            .zip(dy[..s.output_len()].par_chunks(out_img * per_task))
+            .for_each(|(dxs, dys)| {
+                let mut dcol = self.take_scratch(chunk_pixels::<T>(s) * s.patch_len());
+                for (dxi, dyi) in dxs.chunks_exact_mut(in_img).zip(dys.chunks_exact(out_img)) {
+                    dxi.fill(T::zero());
+                    for_each_pixel_chunk::<T>(s, |first, count| {
+                        let dcol = &mut dcol[..count * s.patch_len()];
+                        // dcol[pixels, patch] = dy[pixels, out_c] @ w^T[out_c, patch]
+                        matmul(
+                            dcol,
+                            MatRef::row_major(
+                                &dyi[first * s.out_c..(first + count) * s.out_c],
+                                count,
+                                s.out_c,
+                            ),
+                            MatRef::transposed(&w[..s.kernel_len()], s.out_c, s.patch_len()),
+                            false,
+                            gemm_parallel,
+                        );
+                        col2im_add(s, dcol, first, dxi);
+                    });
+                }
+                self.give_scratch(dcol);
+            });
+        Ok(())
+    }
+
+    fn conv2d_backward_filter(
+        &self,
+        s: &ConvShape,
+        x: &Vec<T>,
+        dy: &Vec<T>,
+        dw: &mut Vec<T>,
+        db: &mut Vec<T>,
+    ) -> Result<()> {
+        s.check_backward_filter(x.len(), dy.len(), dw.len(), db.len())?;
+        let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
+        let per_task = Self::images_per_task(s.batch);
+        let gemm_parallel = s.batch < rayon::current_num_threads();
+        let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
+        let direct = is_f32::<T>() && direct::supported(s);
+        // Each task sums its images' gradients into a private [dw | db] buffer; the partial
+        // sums are added up at the end (a fixed order, so results are reproducible).
+        let partials: Vec<Vec<T>> = x[..s.input_len()]
+            .par_chunks(in_img * per_task)
+            .zip(dy[..s.output_len()].par_chunks(out_img * per_task))
+            .map(|(xs, dys)| {
+                let mut col = self.take_scratch(chunk_pixels::<T>(s) * s.patch_len());
+                let mut acc = self.take_scratch(kernel_len + out_c);
+                acc.fill(T::zero());
+                for (xi, dyi) in xs.chunks_exact(in_img).zip(dys.chunks_exact(out_img)) {
+                    add_column_sums(dyi, &mut acc[kernel_len..]);
+                    if direct {
+                        let dw = f32_view_mut(&mut acc[..kernel_len]);
+                        direct::backward_filter_image(s, f32_view(xi), f32_view(dyi), dw);
+                        continue;
+                    }
+                    for_each_pixel_chunk::<T>(s, |first, count| {
+                        let col = &mut col[..count * s.patch_len()];
+                        im2col(s, xi, first, col);
+                        // dw[patch, out_c] += col^T[patch, pixels] @ dy[pixels, out_c]
+                        matmul(
+                            &mut acc[..kernel_len],
+                            MatRef::transposed(col, s.patch_len(), count),
+                            MatRef::row_major(
+                                &dyi[first * out_c..(first + count) * out_c],
+                                count,
+                                out_c,
+                            ),
+                            true,
+                            gemm_parallel,
+                        );
+                    });
+                }
+                self.give_scratch(col);
+                acc
+            })
+            .collect();
+        dw[..kernel_len].fill(T::zero());
+        db[..out_c].fill(T::zero());
+        for acc in partials {
+            for (d, &v) in dw[..kernel_len].iter_mut().zip(&acc[..kernel_len]) {
+                *d += v;
+            }
+            for (d, &v) in db[..out_c].iter_mut().zip(&acc[kernel_len..]) {
+                *d += v;
+            }
+            self.give_scratch(acc);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! 2-D convolution (stride 1, any kernel size, valid or same padding) over NHWC batches
+//! with HWIO kernels: forward (bias and ReLU fused), backward-data and backward-filter.
+//!
+//! - CPU (`cpu.rs`): im2col + GEMM (`gemm::cpu`) in L2-sized chunks, one image per rayon
+//!   task; the first layer (1 or 3 input channels) by direct AVX-512 code (`direct.rs`).
+//! - CUDA (`cuda.rs`, `conv2d.cu`): implicit GEMMs on the tiled core of
+//!   `gemm/gemm_tile.cuh`; the filter gradient split over K with the deterministic
+//!   reduction of `gemm/gemm_splitk.cu`; `conv2d_naive.cu` the one-thread-per-output
+//!   reference kernels ([`Variant::Naive`](crate::ops::gemm::Variant)).
+
+mod cpu;
+mod cuda;
+pub mod direct;
+
+use crate::Result;
+use crate::ops::{Storage, check_len};
+
+/// Spatial padding of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// No padding: the output shrinks by `kernel - 1` (Keras `padding="valid"`).
+    Valid,
+    /// Zero padding so that the output keeps the input's size (Keras `padding="same"`,
+    /// stride 1: `(kernel-1)/2` before, the rest after).
+    Same,
+}
+
+/// Shape of a 2-D convolution with stride 1 over an NHWC batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub in_c: usize,
+    pub out_c: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub padding: Padding,
+}
+
+impl ConvShape {
+    /// Zero rows/columns added before the input (top, left).
+    pub fn pad_before(&self) -> (usize, usize) {
+        match self.padding {
+            Padding::Valid => (0, 0),
+            Padding::Same => ((self.kernel_h - 1) / 2, (self.kernel_w - 1) / 2),
+        }
+    }
+    pub fn out_h(&self) -> usize {
+        match self.padding {
+            Padding::Valid => self.in_h + 1 - self.kernel_h,
+            Padding::Same => self.in_h,
+        }
+    }
+    pub fn out_w(&self) -> usize {
+        match self.padding {
+            Padding::Valid => self.in_w + 1 - self.kernel_w,
+            Padding::Same => self.in_w,
+        }
+    }
+    /// Length of one im2col row: the receptive field of one output pixel.
+    pub fn patch_len(&self) -> usize {
+        self.kernel_h * self.kernel_w * self.in_c
+    }
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_h * self.in_w * self.in_c
+    }
+    pub fn output_len(&self) -> usize {
+        self.batch * self.out_h() * self.out_w() * self.out_c
+    }
+    pub fn kernel_len(&self) -> usize {
+        self.patch_len() * self.out_c
+    }
+    /// Multiply-adds of the forward pass, times two (FLOPs).
+    pub fn forward_flops(&self) -> f64 {
+        2.0 * (self.batch * self.out_h() * self.out_w()) as f64
+            * (self.patch_len() * self.out_c) as f64
+    }
+}
+
+// The buffer checks of each operation, given the buffers' lengths: written once here and
+// called by every backend before it touches memory.
+impl ConvShape {
+    pub fn check_forward(&self, x: usize, w: usize, b: usize, y: usize) -> Result<()> {
+        check_len("conv input", x, self.input_len())?;
+        check_len("conv kernel", w, self.kernel_len())?;
+        check_len("conv bias", b, self.out_c)?;
+        check_len("conv output", y, self.output_len())
+    }
+    pub fn check_backward_data(&self, dy: usize, w: usize, dx: usize) -> Result<()> {
+        check_len("conv output gradient", dy, self.output_len())?;
+        check_len("conv kernel", w, self.kernel_len())?;
+        check_len("conv input gradient", dx, self.input_len())
+    }
+    pub fn check_backward_filter(&self, x: usize, dy: usize, dw: usize, db: usize) -> Result<()> {
+        check_len("conv input", x, self.input_len())?;
+        check_len("conv output gradient", dy, self.output_len())?;
+        check_len("conv kernel gradient", dw, self.kernel_len())?;
+        check_len("conv bias gradient", db, self.out_c)
+    }
+}
+
+/// The convolution ops of a backend.
+pub trait Conv2dOps: Storage {
+    /// `y = conv(x, w) + b`, then ReLU if `relu`.
+    fn conv2d_forward(
+        &self,
+        s: &ConvShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+        relu: bool,
+    ) -> Result<()>;
+    /// `dx = dL/dx` given `dy = dL/dy` (of the convolution's pre-activation output).
+    fn conv2d_backward_data(
+        &self,
+        s: &ConvShape,
+        dy: &Self::Buf,
+        w: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()>;
+    /// `dw = dL/dw`, `db = dL/db`, summed over the batch.
+    fn conv2d_backward_filter(
+        &self,
+        s: &ConvShape,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+    ) -> Result<()>;
+}

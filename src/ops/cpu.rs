@@ -1,0 +1,103 @@
+//! The CPU device: rayon over the images of a batch, scratch buffers reused across steps.
+//! Generic over the element type so that the very same code is the f64 reference of the
+//! gradient checks. Each op's CPU code is in its folder (`conv2d/cpu.rs`, ...); this file
+//! holds the device and the helpers several ops share.
+
+use std::any::TypeId;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+
+use crate::Element;
+
+/// Below this many elements an elementwise loop is not worth splitting across threads.
+pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
+pub struct CpuBackend<T> {
+    /// Scratch buffers (im2col matrices, per-thread partial gradients), taken and returned
+    /// by workers so that a training step allocates nothing after the first.
+    scratch: Mutex<Vec<Vec<T>>>,
+    _t: PhantomData<T>,
+}
+
+impl<T: Element> Default for CpuBackend<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Element> CpuBackend<T> {
+    pub fn new() -> Self {
+        CpuBackend {
+            scratch: Mutex::new(Vec::new()),
+            _t: PhantomData,
+        }
+    }
+
+    /// A scratch buffer of exactly `len` elements (contents unspecified).
+    pub(crate) fn take_scratch(&self, len: usize) -> Vec<T> {
+        let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        // Prefer the smallest buffer that is large enough, so big ones stay for big jobs.
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        let mut buf = match best {
+            Some(i) => pool.swap_remove(i),
+            None => pool.pop().unwrap_or_default(),
+        };
+        buf.resize(len, T::zero());
+        buf
+    }
+
+    pub(crate) fn give_scratch(&self, buf: Vec<T>) {
+        self.scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(buf);
+    }
+
+    /// Images processed per rayon task: enough tasks to keep every thread busy.
+    pub(crate) fn images_per_task(batch: usize) -> usize {
+        batch.div_ceil(rayon::current_num_threads()).max(1)
+    }
+}
+
+/// True when `T` is f32: the element type of the hand-vectorised paths.
+pub(crate) fn is_f32<T: Element>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>()
+}
+
+/// `values` as f32, for a path taken only when [`is_f32`] holds.
+pub(crate) fn f32_view<T: Element>(values: &[T]) -> &[f32] {
+    assert!(is_f32::<T>(), "f32 path with another element type");
+    // SAFETY: T is f32 (checked above), so the slice is one of f32 already.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<f32>(), values.len()) }
+}
+
+/// [`f32_view`], mutable.
+pub(crate) fn f32_view_mut<T: Element>(values: &mut [T]) -> &mut [f32] {
+    assert!(is_f32::<T>(), "f32 path with another element type");
+    // SAFETY: as in f32_view; the exclusive borrow carries over.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<f32>(), values.len()) }
+}
+
+/// `rows[r] = rows[r] + bias`, then ReLU if asked, for a row-major `[_, bias.len()]` block.
+pub(crate) fn add_bias_relu<T: Element>(rows: &mut [T], bias: &[T], relu: bool) {
+    for row in rows.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            let s = *v + b;
+            *v = if relu && s <= T::zero() { T::zero() } else { s };
+        }
+    }
+}
+
+/// Column sums of a row-major `[_, out.len()]` block, added to `out`.
+pub(crate) fn add_column_sums<T: Element>(rows: &[T], out: &mut [T]) {
+    for row in rows.chunks_exact(out.len()) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}

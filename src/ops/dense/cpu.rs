@@ -1,0 +1,66 @@
+//! Dense layers on the CPU: three GEMMs of `gemm::cpu`.
+
+use super::{DenseOps, DenseShape};
+use crate::ops::cpu::{CpuBackend, add_bias_relu, add_column_sums};
+use crate::ops::gemm::cpu::{MatRef, matmul};
+use crate::{Element, Result};
+
+impl<T: Element> DenseOps for CpuBackend<T> {
+    fn dense_forward(
+        &self,
+        s: &DenseShape,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        b: &Vec<T>,
+        y: &mut Vec<T>,
+        relu: bool,
+    ) -> Result<()> {
+        s.check_forward(x.len(), w.len(), b.len(), y.len())?;
+        let out = &mut y[..s.batch * s.outputs];
+        matmul(
+            out,
+            MatRef::row_major(&x[..s.batch * s.inputs], s.batch, s.inputs),
+            MatRef::row_major(&w[..s.inputs * s.outputs], s.inputs, s.outputs),
+            false,
+            true,
+        );
+        add_bias_relu(out, &b[..s.outputs], relu);
+        Ok(())
+    }
+
+    fn dense_backward(
+        &self,
+        s: &DenseShape,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        dy: &Vec<T>,
+        dx: Option<&mut Vec<T>>,
+        dw: &mut Vec<T>,
+        db: &mut Vec<T>,
+    ) -> Result<()> {
+        let dx_len = dx.as_ref().map(|d| d.len());
+        s.check_backward(x.len(), w.len(), dy.len(), dx_len, dw.len(), db.len())?;
+        let dy = &dy[..s.batch * s.outputs];
+        // dw[in, out] = x^T[in, batch] @ dy[batch, out]
+        matmul(
+            &mut dw[..s.inputs * s.outputs],
+            MatRef::transposed(&x[..s.batch * s.inputs], s.inputs, s.batch),
+            MatRef::row_major(dy, s.batch, s.outputs),
+            false,
+            true,
+        );
+        db[..s.outputs].fill(T::zero());
+        add_column_sums(dy, &mut db[..s.outputs]);
+        if let Some(dx) = dx {
+            // dx[batch, in] = dy[batch, out] @ w^T[out, in]
+            matmul(
+                &mut dx[..s.batch * s.inputs],
+                MatRef::row_major(dy, s.batch, s.outputs),
+                MatRef::transposed(&w[..s.inputs * s.outputs], s.outputs, s.inputs),
+                false,
+                true,
+            );
+        }
+        Ok(())
+    }
+}

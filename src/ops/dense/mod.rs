@@ -1,0 +1,81 @@
+//! Dense (fully connected) layers: `y = x @ w + b` (ReLU fused), and the weight, bias and
+//! input gradients.
+//!
+//! - CPU (`cpu.rs`): GEMMs of `gemm::cpu`.
+//! - CUDA (`cuda.rs`, `dense.cu`): the tiled GEMM core of `gemm/gemm_tile.cuh`, split-K for
+//!   the long reductions; `dense_naive.cu` the reference kernels.
+
+mod cpu;
+mod cuda;
+
+use crate::Result;
+use crate::ops::{Storage, check_len};
+
+/// Shape of a dense layer `y[batch, out] = x[batch, in] @ w[in, out] + b[out]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenseShape {
+    pub batch: usize,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+impl DenseShape {
+    pub fn forward_flops(&self) -> f64 {
+        2.0 * self.batch as f64 * self.inputs as f64 * self.outputs as f64
+    }
+}
+
+impl DenseShape {
+    pub fn check_forward(&self, x: usize, w: usize, b: usize, y: usize) -> Result<()> {
+        check_len("dense input", x, self.batch * self.inputs)?;
+        check_len("dense kernel", w, self.inputs * self.outputs)?;
+        check_len("dense bias", b, self.outputs)?;
+        check_len("dense output", y, self.batch * self.outputs)
+    }
+    /// `dx` is the input gradient's length when it is asked for.
+    pub fn check_backward(
+        &self,
+        x: usize,
+        w: usize,
+        dy: usize,
+        dx: Option<usize>,
+        dw: usize,
+        db: usize,
+    ) -> Result<()> {
+        check_len("dense input", x, self.batch * self.inputs)?;
+        check_len("dense kernel", w, self.inputs * self.outputs)?;
+        check_len("dense output gradient", dy, self.batch * self.outputs)?;
+        check_len("dense kernel gradient", dw, self.inputs * self.outputs)?;
+        check_len("dense bias gradient", db, self.outputs)?;
+        match dx {
+            Some(dx) => check_len("dense input gradient", dx, self.batch * self.inputs),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The dense-layer ops of a backend.
+pub trait DenseOps: Storage {
+    /// `y = x @ w + b`, then ReLU if `relu`.
+    fn dense_forward(
+        &self,
+        s: &DenseShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+        relu: bool,
+    ) -> Result<()>;
+    /// `dw = x^T @ dy`, `db = sum_rows(dy)`, and `dx = dy @ w^T` when `dx` is given.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_backward(
+        &self,
+        s: &DenseShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        dy: &Self::Buf,
+        dx: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+    ) -> Result<()>;
+}

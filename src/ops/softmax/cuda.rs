@@ -1,0 +1,107 @@
+//! Softmax on CUDA (`softmax.cu`): one warp per row, [`ROWS_PER_BLOCK`] rows per block of
+//! 128 threads, grid `ceil(rows / 4)` (capped, then grid-stride). The free functions take an
+//! executor, so the kernels can be tested on their own.
+
+use super::SoftmaxOps;
+use crate::executor::{DeviceBuffer, Executor, LaunchConfig};
+use crate::ops::check_len;
+use crate::ops::cuda::{CudaBackend, int};
+use crate::{Error, Result};
+
+/// Rows per block (one warp each): `SOFTMAX_ROWS_PER_BLOCK` in softmax.cu.
+pub const ROWS_PER_BLOCK: usize = 4;
+const ROW_THREADS: u32 = 32 * ROWS_PER_BLOCK as u32;
+/// Grid cap (the kernels loop over the remaining rows).
+const MAX_ROW_BLOCKS: usize = 65_535;
+
+fn row_grid(rows: usize) -> LaunchConfig {
+    let blocks = rows.div_ceil(ROWS_PER_BLOCK).clamp(1, MAX_ROW_BLOCKS);
+    LaunchConfig::new(blocks as u32, ROW_THREADS)
+}
+
+fn rows_cols(rows: usize, cols: usize) -> Result<(i32, i32, usize)> {
+    let n = rows.checked_mul(cols).ok_or_else(|| {
+        Error::Shape(format!(
+            "[rows={rows}, cols={cols}] overflows the address space"
+        ))
+    })?;
+    Ok((int("rows", rows)?, int("cols", cols)?, n))
+}
+
+/// Row-wise softmax of `[rows, cols]` logits into `probs` (`exp(z - max) / sum`).
+pub fn softmax_forward(
+    exec: &Executor,
+    rows: usize,
+    cols: usize,
+    logits: &DeviceBuffer<f32>,
+    probs: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    let (r, c, n) = rows_cols(rows, cols)?;
+    check_len("logits", logits.len(), n)?;
+    check_len("probabilities", probs.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    // SAFETY: softmax_forward_rows(const float*, float*, int, int) reads and writes the
+    // [rows, cols] prefixes checked above.
+    unsafe {
+        exec.launch_builder("softmax_forward_rows", row_grid(rows))
+            .arg(logits)
+            .arg(probs)
+            .arg(r)
+            .arg(c)
+            .launch()
+    }
+}
+
+/// `dlogits = p * (dprobs - sum(dprobs * p))` per row of `[rows, cols]`.
+pub fn softmax_backward(
+    exec: &Executor,
+    rows: usize,
+    cols: usize,
+    probs: &DeviceBuffer<f32>,
+    dprobs: &DeviceBuffer<f32>,
+    dlogits: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    let (r, c, n) = rows_cols(rows, cols)?;
+    check_len("probabilities", probs.len(), n)?;
+    check_len("probability gradient", dprobs.len(), n)?;
+    check_len("logit gradient", dlogits.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    // SAFETY: softmax_backward_rows(const float*, const float*, float*, int, int) on the
+    // [rows, cols] prefixes checked above.
+    unsafe {
+        exec.launch_builder("softmax_backward_rows", row_grid(rows))
+            .arg(probs)
+            .arg(dprobs)
+            .arg(dlogits)
+            .arg(r)
+            .arg(c)
+            .launch()
+    }
+}
+
+impl SoftmaxOps for CudaBackend {
+    fn softmax_forward(
+        &self,
+        rows: usize,
+        cols: usize,
+        logits: &DeviceBuffer<f32>,
+        probs: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        softmax_forward(&self.exec, rows, cols, logits, probs)
+    }
+
+    fn softmax_backward(
+        &self,
+        rows: usize,
+        cols: usize,
+        probs: &DeviceBuffer<f32>,
+        dprobs: &DeviceBuffer<f32>,
+        dlogits: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        softmax_backward(&self.exec, rows, cols, probs, dprobs, dlogits)
+    }
+}
