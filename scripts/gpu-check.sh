@@ -33,7 +33,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bundle_dir="$root/.gpu-bundle"
 # The test executables the GPU check runs (tests/<name>.rs).
-gpu_tests=(cuda_backend cuda_loss gpu_executor device_data)
+gpu_tests=(ops cuda_loss gpu_executor device_data device_cli)
 
 die() {
     echo "gpu-check: $*" >&2
@@ -178,11 +178,11 @@ run() {
     }
 
     local dev=cuda img=224 b1=32 b2=256 steps=30 cpu_steps=3 torch_dev=cuda e2e1=2048 e2e2=8192
-    local backend_filter=(on_gpu gpu_every_tile names_say cli_) loss_filter=(gpu::)
+    local ops_filter=(on_gpu gpu_every_tile names_say) loss_filter=(gpu::)
     if [ $dry -eq 1 ]; then
         log "DRY RUN: cuda-emu instead of cuda, tiny sizes, no GPU required"
         dev=cuda-emu img=24 b1=4 b2=8 steps=1 cpu_steps=1 torch_dev=cpu e2e1=16 e2e2=32
-        backend_filter=(emu_forward::relu_backward emu_forward::maxpool_forward names_say cli_device)
+        ops_filter=(emu_forward::relu_backward emu_forward::maxpool_forward names_say)
         loss_filter=(forward::softmax)
     else
         export FOCALFLOW_REQUIRE_GPU=1
@@ -216,7 +216,8 @@ print(libs[0] if libs else "")' 2>/dev/null)"
     step jit_warmup 1 120 "$ff" bench --device $dev --image-size 16 --arch c2,p,d3 --batch-size 1 --steps 1
 
     # 2. Correctness on the device.
-    step test_cuda_backend 1 150 "$tests/cuda_backend" "${backend_filter[@]}" --test-threads=4
+    step test_ops 1 150 "$tests/ops" "${ops_filter[@]}" --test-threads=4
+    step test_device_cli 1 90 "$tests/device_cli"
     step test_cuda_loss 1 90 "$tests/cuda_loss" "${loss_filter[@]}"
     if [ $dry -eq 0 ]; then
         step test_gpu_executor 1 60 "$tests/gpu_executor"
@@ -248,7 +249,7 @@ print(libs[0] if libs else "")' 2>/dev/null)"
 
     # 4. Per-op kernel timings (tiled vs naive), then the sanitizers and ncu if present.
     if [ $dry -eq 0 ]; then
-        step op_timings 0 90 "$tests/cuda_backend" gpu_op_timings --ignored --exact --nocapture
+        step op_timings 0 90 "$tests/ops" perf --ignored --exact --nocapture
         step loss_timings 0 40 "$tests/cuda_loss" gpu_timings --ignored --exact --nocapture
     fi
     local tooldir sanitizer ncu why=""
@@ -257,8 +258,8 @@ print(libs[0] if libs else "")' 2>/dev/null)"
     sanitizer="$(command -v compute-sanitizer || ls "$tooldir/compute-sanitizer" /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)"
     ncu="$(command -v ncu || ls "$tooldir/ncu" /usr/local/cuda/bin/ncu 2>/dev/null | head -1)"
     if [ $dry -eq 0 ] && [ -n "$sanitizer" ]; then
-        step memcheck 0 120 "$sanitizer" --tool memcheck --error-exitcode 9 "$tests/cuda_backend" on_gpu:: --test-threads=1
-        step racecheck 0 60 "$sanitizer" --tool racecheck --error-exitcode 9 "$tests/cuda_backend" on_gpu::conv_forward on_gpu::dense_backward --test-threads=1
+        step memcheck 0 120 "$sanitizer" --tool memcheck --error-exitcode 9 "$tests/ops" on_gpu:: --test-threads=1
+        step racecheck 0 60 "$sanitizer" --tool racecheck --error-exitcode 9 "$tests/ops" on_gpu::conv_forward on_gpu::dense_backward --test-threads=1
     else
         log "SKIP compute-sanitizer (${sanitizer:-not found}$why)"
     fi

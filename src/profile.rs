@@ -86,7 +86,8 @@ pub enum Mark {
 }
 
 impl Mark {
-    fn ms_until(&self, end: &Mark) -> Result<f64> {
+    /// Milliseconds from this mark to `end` (on the same clock).
+    pub fn ms_until(&self, end: &Mark) -> Result<f64> {
         match (self, end) {
             (Mark::Wall(a), Mark::Wall(b)) => {
                 Ok(b.saturating_duration_since(*a).as_secs_f64() * 1e3)

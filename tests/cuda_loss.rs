@@ -1,5 +1,5 @@
-//! The loss, softmax and Adam kernels (kernels/loss.cu, kernels/optim.cu through
-//! src/backend/cuda/loss.rs) against the CPU truth: `loss_forward_backward::<f32>` for every
+//! The loss, softmax and Adam kernels (src/ops/{loss,softmax,adam}/: the .cu kernels through
+//! their cuda.rs host code) against the CPU truth: `loss_forward_backward::<f32>` for every
 //! loss and option, `CpuBackend` for softmax and Adam. Each test body runs on the emulator
 //! under the forward, reverse and random schedules, and on the GPU when `Executor::cuda(0)`
 //! works; without one the GPU variants print `SKIPPED (no GPU): ...` to stderr and pass
@@ -30,10 +30,8 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use focalflow::Error;
-use focalflow::executor::{DeviceBuffer, EmuOptions, Executor, LaunchConfig, Schedule};
+use focalflow::executor::{DeviceBuffer, Executor, LaunchConfig, Schedule};
 use focalflow::loss::{Alpha, LossConfig, loss_forward_backward};
 use focalflow::ops::adam::cuda::adam_update;
 use focalflow::ops::loss::cuda::{self as loss_kernels, LossKernels};
@@ -45,19 +43,12 @@ use focalflow::rng::Rng;
 // ---------------------------------------------------------------- executors
 
 fn emu(schedule: Schedule) -> Executor {
-    Executor::emu_with(EmuOptions {
-        schedule,
-        ..EmuOptions::default()
-    })
-    .expect("the emulator is built on this target")
+    common::targets::emu_executor(schedule)
 }
-
-static GPU: OnceLock<Result<Executor, String>> = OnceLock::new();
 
 /// The shared GPU executor, or `None` after printing the skip line.
 fn gpu(test: &str) -> Option<&'static Executor> {
-    let init = || Executor::cuda(0).map_err(|e| e.to_string());
-    common::gpu_or_skip(&GPU, init, &format!("cuda_loss::{test}"))
+    common::targets::gpu_executor(&format!("cuda_loss::{test}"))
 }
 
 /// Each body on the emulator under three schedules and on the GPU.
@@ -70,7 +61,7 @@ macro_rules! device_tests {
             $( #[test] fn $name() { super::$name(&super::emu(super::Schedule::Reverse)); } )*
         }
         mod random {
-            $( #[test] fn $name() { super::$name(&super::emu(super::Schedule::Random(0xF0CA1))); } )*
+            $( #[test] fn $name() { super::$name(&super::emu(super::common::targets::RANDOM)); } )*
         }
         mod gpu {
             $( #[test] fn $name() {

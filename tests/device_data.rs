@@ -1,4 +1,4 @@
-//! The device data path (src/feed/, kernels/batch.cu): batches
+//! The device data path (src/feed/, src/ops/gather_batch/): batches
 //! gathered on the device equal the host's bit for bit (flips included), whether the set is
 //! resident or streamed; training reads nothing back per step; a non-finite loss stops
 //! training without touching the weights. On the emulator always, on a GPU where there is one.
@@ -7,37 +7,28 @@ mod common;
 
 use std::sync::OnceLock;
 
+use common::targets::{emu_backend, gpu_backend};
 use focalflow::data::{Augment, ImageSet, synthetic};
-use focalflow::executor::{EmuOptions, Executor};
+use focalflow::executor::{Executor, Schedule};
 use focalflow::feed::{DeviceCache, Feeds, flip_decisions};
 use focalflow::loss::LossConfig;
 use focalflow::model::ImageShape;
 use focalflow::ops::CudaBackend;
+use focalflow::ops::gemm::Variant;
 use focalflow::ops::prelude::*;
 use focalflow::ops::{AdamStep, CpuBackend};
 use focalflow::train::{self, TrainOptions};
 use focalflow::{Error, Result};
 
 fn emu() -> CudaBackend {
-    CudaBackend::new(Executor::emu_with(EmuOptions::default()).expect("the emulator is built"))
+    emu_backend(Schedule::Forward, Variant::Tiled)
 }
-
-static GPU: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
 
 /// The emulator, and the GPU where there is one (else a visible skip line).
 fn devices(test: &str) -> Vec<&'static CudaBackend> {
     static EMU: OnceLock<CudaBackend> = OnceLock::new();
     let mut out = vec![EMU.get_or_init(emu)];
-    let init = || {
-        Executor::cuda(0)
-            .map(CudaBackend::new)
-            .map_err(|e| e.to_string())
-    };
-    out.extend(common::gpu_or_skip(
-        &GPU,
-        init,
-        &format!("device_data::{test}"),
-    ));
+    out.extend(gpu_backend(Variant::Tiled, &format!("device_data::{test}")));
     out
 }
 

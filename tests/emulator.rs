@@ -2,6 +2,7 @@
 //! reverse and random schedules, plus the failures the emulator must catch (a missing
 //! barrier, a divergent barrier, a warp deadlock, a trap).
 
+mod common;
 #[path = "emulator/fixtures.rs"]
 #[macro_use]
 mod fixtures;
@@ -10,11 +11,7 @@ use focalflow::Error;
 use focalflow::executor::{EmuOptions, Executor, Schedule};
 
 fn emu(schedule: Schedule) -> Executor {
-    Executor::emu_with(EmuOptions {
-        schedule,
-        ..EmuOptions::default()
-    })
-    .expect("the emulator is built on this target")
+    common::targets::emu_executor(schedule)
 }
 
 macro_rules! fixture_tests {

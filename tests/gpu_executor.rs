@@ -10,7 +10,6 @@ mod common;
 mod fixtures;
 
 use std::io::Write as _;
-use std::sync::OnceLock;
 
 use focalflow::Error;
 use focalflow::executor::Executor;
@@ -21,12 +20,9 @@ fn note(line: &str) {
     let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
-static GPU: OnceLock<Result<Executor, String>> = OnceLock::new();
-
 /// The shared GPU executor, or `None` after printing the skip line.
 fn gpu(test: &str) -> Option<&'static Executor> {
-    let init = || Executor::cuda(0).map_err(|e| e.to_string());
-    common::gpu_or_skip(&GPU, init, &format!("gpu_executor::{test}"))
+    common::targets::gpu_executor(&format!("gpu_executor::{test}"))
 }
 
 macro_rules! gpu_fixture_tests {
@@ -47,7 +43,9 @@ with_working_fixtures!(gpu_fixture_tests);
 #[test]
 fn cuda_executor_returns_a_clean_error_or_works() {
     // Must not panic, whatever the machine.
-    match Executor::cuda(0) {
+    let first = Executor::cuda(0);
+    let first_ok = first.is_ok();
+    match first {
         Ok(exec) => {
             let d = exec.describe();
             assert!(d.starts_with("cuda: GPU 0"), "{d}");
@@ -69,11 +67,7 @@ fn cuda_executor_returns_a_clean_error_or_works() {
         Err(e) => panic!("expected Error::Device, got {e:?}"),
     }
     // A second attempt behaves the same (no state left half-initialised).
-    assert_eq!(
-        Executor::cuda(0).is_ok(),
-        GPU.get_or_init(|| Executor::cuda(0).map_err(|e| e.to_string()))
-            .is_ok()
-    );
+    assert_eq!(Executor::cuda(0).is_ok(), first_ok);
 }
 
 #[test]

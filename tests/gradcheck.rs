@@ -227,7 +227,7 @@ fn conv_3x3_valid_batch_1_relu() {
 /// Convolutions whose output has fewer than 16 pixels per image (7x5 valid 3x3 -> 5x3,
 /// 7x5 valid 5x5 -> 3x1): the reference CNN meets them at small `--image-size` (28: the
 /// last conv gives 3x3) and the whole-model check below does (its second conv gives 3x4).
-/// Fails while `chunk_pixels` in src/backend/cpu.rs clamps with `clamp(16, pixels)`,
+/// Fails while `chunk_pixels` in src/ops/conv2d/cpu.rs clamps with `clamp(16, pixels)`,
 /// which panics (`min > max`) when `pixels < 16`.
 #[test]
 fn conv_outputs_under_16_pixels() {

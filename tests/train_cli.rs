@@ -359,7 +359,7 @@ fn flags_that_cannot_train_are_rejected() {
 fn small_images_train_without_a_panic() {
     // 28 px with the reference CNN: 26 -> 13 -> 11 -> 5 -> 3x3 output of the last conv
     // (9 pixels). Convolutions with outputs under 16 pixels used to panic in the CPU
-    // backend (src/backend/cpu.rs, chunk_pixels: `clamp(16, pixels)` with pixels < 16).
+    // backend (src/ops/conv2d/cpu.rs, chunk_pixels: `clamp(16, pixels)` with pixels < 16).
     let dir = TempDir::new("small");
     let out = dir.join("run");
     let out_str = out.to_str().unwrap();

@@ -1,5 +1,5 @@
 //! The CPU emulator executor ("cuda-emu"): runs the same kernel sources, compiled as C++ by
-//! build.rs with kernels/emu/cuda_emu.h, on the CPU. Host memory stands in for device
+//! build.rs with src/executor/emulator/cuda_emu.h, on the CPU. Host memory stands in for device
 //! memory (kernel pointer arguments are host addresses); launches are synchronous.
 
 use std::collections::HashMap;

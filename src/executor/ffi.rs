@@ -1,8 +1,8 @@
-//! The C ABI between Rust and the emulator (kernels/emu/cuda_emu.h, generated launchers).
+//! The C ABI between Rust and the emulator (src/executor/emulator/cuda_emu.h, generated launchers).
 
 use std::ffi::{c_char, c_int, c_void};
 
-/// Mirrors `emu::LaunchParams` in kernels/emu/cuda_emu.h.
+/// Mirrors `emu::LaunchParams` in src/executor/emulator/cuda_emu.h.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct EmuLaunchParams {

@@ -1,4 +1,4 @@
-//! Kernel executors: the project's CUDA kernels (`kernels/*.cu`) run either on a GPU
+//! Kernel executors: the project's CUDA kernels (`src/ops/*/*.cu`) run either on a GPU
 //! ([`CudaExecutor`], cudarc) or on the CPU emulator ([`EmuExecutor`], the same sources
 //! compiled as C++ by build.rs), behind one interface, [`Executor`], so host code is
 //! written once:
@@ -496,7 +496,7 @@ impl Executor {
     pub fn kernel(&self, name: &str) -> Result<&'static KernelInfo> {
         let k = kernels::find(name).ok_or_else(|| {
             Error::Device(format!(
-                "no kernel `{name}` in this build (kernels/*.cu define the kernels)"
+                "no kernel `{name}` in this build (src/ops/*/*.cu define the kernels)"
             ))
         })?;
         match self {

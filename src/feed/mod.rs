@@ -130,7 +130,7 @@ impl DeviceCache {
     }
 }
 
-/// Bit 31 of an entry of a pass (`FLIP_BIT` in kernels/batch.cu): mirror the image.
+/// Bit 31 of an entry of a pass (`FLIP_BIT` in src/ops/gather_batch/gather_batch.cu): mirror the image.
 pub const FLIP_BIT: u32 = 1 << 31;
 
 /// The flip seed of batch `n` of a pass whose flip seed is `pass_seed`.

@@ -42,12 +42,14 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs the binary with `args`.
+/// Runs the binary with `args`: the one cargo built, or `FOCALFLOW_BIN` (the bundled binary
+/// on the GPU machine, scripts/gpu-check.sh, where the build-time path does not exist).
 pub fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
+    let bin = std::env::var("FOCALFLOW_BIN").unwrap_or_else(|_| BIN.to_string());
+    Command::new(&bin)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"))
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -90,3 +92,4 @@ pub fn python_or_skip(test: &str) -> Option<PathBuf> {
         }
     }
 }
+pub mod targets;

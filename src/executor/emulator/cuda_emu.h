@@ -1,10 +1,10 @@
-// cuda_emu.h: lets the project's CUDA kernels (kernels/*.cu) compile as plain C++ and run on
+// cuda_emu.h: lets the project's CUDA kernels (src/ops/*/*.cu) compile as plain C++ and run on
 // the CPU ("cuda-emu" executor). build.rs includes this header first in every generated
 // emulator translation unit; nvcc never sees it.
 //
 // Model (README, "Devices"):
 //  * one fiber per CUDA thread; the threads of a block take turns on one OS thread and
-//    switch only at barriers, warp shuffles and votes (kernels/emu/runtime.cpp);
+//    switch only at barriers, warp shuffles and votes (runtime.cpp, beside this file);
 //  * `__shared__` is `thread_local`: shared by the fibers of a block, private to the block;
 //  * `extern __shared__ T name[];` is rewritten by build.rs into a pointer to the block's
 //    dynamic shared buffer (it must be declared inside the kernel or a device function);
@@ -88,7 +88,7 @@ static inline uint3 make_uint3(unsigned int x, unsigned int y, unsigned int z) {
     return uint3{x, y, z};
 }
 
-// ---- the runtime (kernels/emu/runtime.cpp) ---------------------------------------------------
+// ---- the runtime (runtime.cpp, beside this file) ---------------------------------------------------
 namespace emu {
 
 // Per OS thread: the coordinates of the fiber that is running now.
@@ -100,7 +100,7 @@ struct Coords {
 };
 extern thread_local Coords coords;
 
-// Launch parameters; mirrored by `EmuLaunchParams` in src/gpu/ffi.rs.
+// Launch parameters; mirrored by `EmuLaunchParams` in src/executor/ffi.rs.
 struct LaunchParams {
     uint32_t grid[3];
     uint32_t block[3];
