@@ -5,6 +5,7 @@ pub mod backend;
 pub mod bench;
 pub mod calibrate;
 pub mod checkpoint;
+pub mod class_balance;
 pub mod cli;
 pub mod data;
 pub mod element;

@@ -177,10 +177,10 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn run_train(mut args: TrainArgs) -> Result<()> {
-    let auto_alpha = data_args::take_auto_alpha(&mut args.loss)?;
+fn run_train(args: TrainArgs) -> Result<()> {
+    let auto_alpha = args.loss.auto_alpha()?;
     let device = resolve_device(args.device)?;
-    let loss = args.loss.to_config_with_default(true)?;
+    let loss = args.loss.to_config_with_auto_alpha(true)?;
     let arch: Arch = args.arch.parse()?;
     let class_fraction = args.data.class_fractions()?;
     let (data, report) = match args.data.load(args.image_size, !args.quiet)? {
@@ -209,7 +209,7 @@ fn run_train(mut args: TrainArgs) -> Result<()> {
         Some(rule) => {
             let alpha = rule.alpha(&data.class_counts(&train_idx), &data.class_names)?;
             eprintln!("{}", rule.line(&alpha, &data.class_names));
-            data_args::with_alpha(loss, alpha)
+            crate::class_balance::with_alpha(loss, alpha)
         }
         None => loss,
     };
