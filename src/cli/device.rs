@@ -16,6 +16,14 @@ use crate::run::EpochMetrics;
 use crate::train::{self, TrainOptions};
 use crate::{Error, Result};
 
+/// Where the model runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceFlag {
+    /// auto: cuda when a GPU and compiled kernels are present, else cpu (said on stderr).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
 /// Resolves `--device` to a backend this machine and build can run (`auto`: cuda when a GPU
 /// and compiled kernels are there, else cpu, said in one line on stderr), or a one-line
 /// error saying why not and what to do.

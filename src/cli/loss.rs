@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::cli::loss_args::LossFlags;
+use crate::cli::flags::loss::LossFlags;
 use crate::{Error, Result, npy};
 
 /// Evaluate a loss on given labels and predictions; prints `{"loss": <number>}`.
@@ -29,7 +29,7 @@ pub struct LossArgs {
 /// Runs `focalflow loss`: computes in f32 like training (inputs rounded to f32), prints one
 /// JSON object on stdout and writes the gradient when asked.
 pub fn run(args: &LossArgs) -> Result<()> {
-    let device = super::device::resolve_str(&args.device)?;
+    let device = crate::cli::device::resolve_str(&args.device)?;
     let cfg = args.loss.to_config()?;
     let (y_true, y_shape) = npy::read_2d_f32(&args.y_true)?;
     let (y_pred, p_shape) = npy::read_2d_f32(&args.y_pred)?;
@@ -41,7 +41,7 @@ pub fn run(args: &LossArgs) -> Result<()> {
         )));
     }
     // Through the backend's `loss` (on the cpu: loss_forward_backward::<f32>).
-    let (loss, grad) = super::device::loss(
+    let (loss, grad) = crate::cli::device::loss(
         device,
         &cfg,
         &y_true,
