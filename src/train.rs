@@ -13,6 +13,7 @@ use crate::feed::{BatchFeeder, DATA_PATH_LINE, DeviceCache, Feeds};
 use crate::loss::LossConfig;
 use crate::model::{Arch, Model, Plan};
 use crate::optim::Adam;
+use crate::profile::{Profiled, Profiler, Timeline, nvtx};
 use crate::rng::Rng;
 use crate::run::{EpochMetrics, append_metrics};
 use crate::schedule::{LrSchedule, Monitor, RunProgress, Schedule};
@@ -192,6 +193,31 @@ pub fn train<B: Feeds, P: PixelStore>(
     log: impl FnMut(&str),
 ) -> Result<(Model<B>, Vec<EpochMetrics>)> {
     train_with(backend, data, opts, out, opts.resume, log)
+}
+
+/// [`train`] with the per-phase profiler around `backend` when `profile` (or where NVTX
+/// ranges are wanted); with `profile`, the per-phase table, timed with `clock` (what the
+/// backend's phases are measured with), is logged at the end. Returns the metrics.
+pub fn train_profiled<B: Feeds + Timeline, P: PixelStore>(
+    backend: &B,
+    data: &ImageSet<P>,
+    opts: &TrainOptions,
+    out: &Path,
+    profile: bool,
+    clock: &str,
+    mut log: impl FnMut(&str),
+) -> Result<Vec<EpochMetrics>> {
+    // The phase wrapper costs a compare per backend call; skip it when nobody looks.
+    if !profile && !nvtx::available() {
+        return Ok(train(backend, data, opts, out, log)?.1);
+    }
+    let prof = Profiler::new(profile);
+    let (_model, history) = train(&Profiled::new(backend, &prof), data, opts, out, &mut log)?;
+    prof.finish(backend)?;
+    if profile {
+        log(&prof.table(clock));
+    }
+    Ok(history)
 }
 
 /// [`train`], or with `resume` (`train --resume RUN`) the continuation of the run in `out`

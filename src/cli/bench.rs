@@ -3,7 +3,7 @@
 use crate::Result;
 use crate::bench::BenchOptions;
 use crate::cli::DeviceChoice;
-use crate::cli::device;
+use crate::cli::device::{self, on_device};
 use crate::cli::flags::loss::LossFlags;
 use crate::model::REFERENCE_ARCH;
 
@@ -51,7 +51,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         end_to_end: args.end_to_end,
         device_cache: args.device_cache,
     };
-    let report = device::bench(device, args.profile, args.json, &opts)?;
+    let clock = device::clock_name(device);
+    let (report, table) = on_device!(device, |backend| {
+        crate::bench::run_profiled(backend, &opts, args.profile, clock)
+    })?;
+    if let Some(table) = table {
+        // On stderr with --json, so that stdout stays one JSON object.
+        if args.json {
+            eprintln!("{table}")
+        } else {
+            println!("{table}")
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("JSON"));
     } else {

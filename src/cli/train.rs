@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::cli::DeviceChoice;
-use crate::cli::device;
+use crate::cli::device::{self, on_device};
 use crate::cli::flags::data::{self, DataFlags};
 use crate::cli::flags::loss::LossFlags;
 use crate::data::synthetic;
@@ -158,10 +158,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         out.display()
     );
     crate::interrupt::install()?;
-    let history = device::train(device, args.profile, &data, &opts, &out, |line| {
-        println!("{line}")
-    })
-    .map_err(|e| match e {
+    let clock = device::clock_name(device);
+    let trained = on_device!(device, |backend| {
+        crate::train::train_profiled(backend, &data, &opts, &out, args.profile, clock, |line| {
+            println!("{line}")
+        })
+    });
+    let history = trained.map_err(|e| match e {
         Error::Interrupted(what) => Error::Interrupted(format!(
             "{what}\ncontinue with: {}",
             resume_command(std::env::args(), &out)
