@@ -6,13 +6,10 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use crate::Result;
-use crate::calibrate::fit_temperature;
+use crate::calibrate::Calibration;
 use crate::cli::device::DeviceFlag;
-use crate::cli::flags::checkpoint::{
-    CheckpointFlag, LabelledData, describe, labels_of, load_labelled, logits_of_set,
-    open_checkpoint,
-};
-use crate::metrics::Metrics;
+use crate::cli::flags::checkpoint::{CheckpointFlag, LabelledData, describe, logits_on_device};
+use crate::inference::labels_of;
 
 #[derive(clap::Args, Debug)]
 pub struct CalibrateArgs {
@@ -38,33 +35,15 @@ pub struct CalibrateArgs {
 
 /// `focalflow calibrate`.
 pub fn run(args: &CalibrateArgs) -> Result<()> {
-    let (path, mut ck) = open_checkpoint(&args.checkpoint)?;
+    let (path, mut ck) = args.checkpoint.open()?;
     eprintln!("{}", describe(&path, &ck, ck.temperature_or_one()));
-    let set = load_labelled(&args.data, &ck, !args.quiet && !args.json)?;
-    let logits = logits_of_set(&ck, &set, args.batch_size, args.device.device)?;
+    let set = args.data.load(&ck, !args.quiet && !args.json)?;
+    let logits = logits_on_device(&ck, &set, args.batch_size, args.device.device)?;
     let labels = labels_of(&set);
-    let fit = fit_temperature(&logits, &labels, ck.class_names.len())?;
-    let before = Metrics::from_logits(&logits, &labels, &ck.class_names, 1.0)?;
-    let after = Metrics::from_logits(&logits, &labels, &ck.class_names, fit.temperature)?;
+    let cal = Calibration::fit(&logits, &labels, &ck.class_names)?;
     let previous = ck.temperature;
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let summary = |m: &Metrics| {
-        json!({"nll": m.nll, "brier": m.brier, "ece": m.ece, "mce": m.mce,
-               "mean_confidence": m.mean_confidence, "accuracy": m.accuracy})
-    };
-    let calibration = json!({
-        "method": "temperature scaling (NLL, Guo et al. 2017)",
-        "temperature": fit.temperature,
-        "at_bound": fit.at_bound,
-        "data": args.data.dir,
-        "images": labels.len(),
-        "before": summary(&before),
-        "after": summary(&after),
-        "fitted_unix": unix,
-    });
-    ck.temperature = Some(fit.temperature);
+    let calibration = cal.record(&args.data.dir);
+    ck.temperature = Some(cal.fit.temperature);
     ck.calibration = Some(calibration.clone());
     let target = args.out.clone().unwrap_or_else(|| path.clone());
     ck.save(&target)?;
@@ -77,10 +56,10 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     }
     println!(
         "temperature {:.4} fitted on {} images{}{}",
-        fit.temperature,
-        labels.len(),
+        cal.fit.temperature,
+        cal.images,
         previous.map_or(String::new(), |p| format!(" (replaces {p:.4})")),
-        if fit.at_bound {
+        if cal.fit.at_bound {
             " - at the edge of the search range: the data may be separable or too small"
         } else {
             ""
@@ -90,7 +69,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         "{:<16} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8}",
         "", "NLL", "Brier", "ECE", "MCE", "mean conf", "acc"
     );
-    for (name, m) in [("before (T = 1)", &before), ("after", &after)] {
+    for (name, m) in [("before (T = 1)", &cal.before), ("after", &cal.after)] {
         println!(
             "{:<16} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>10.4} {:>8.4}",
             name, m.nll, m.brier, m.ece, m.mce, m.mean_confidence, m.accuracy

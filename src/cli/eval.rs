@@ -1,16 +1,14 @@
 //! `focalflow eval`: the metrics of a checkpoint on a folder of labelled images (per-class
 //! table, ECE, reliability plots). The model runs on the backend `--device` picks.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::json;
 
 use crate::Result;
 use crate::cli::device::DeviceFlag;
-use crate::cli::flags::checkpoint::{
-    CheckpointFlag, LabelledData, describe, labels_of, load_labelled, logits_of_set,
-    open_checkpoint,
-};
+use crate::cli::flags::checkpoint::{CheckpointFlag, LabelledData, describe, logits_on_device};
+use crate::inference::labels_of;
 use crate::metrics::Metrics;
 
 #[derive(clap::Args, Debug)]
@@ -40,15 +38,15 @@ pub struct EvalArgs {
 
 /// `focalflow eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let (path, ck) = open_checkpoint(&args.checkpoint)?;
+    let (path, ck) = args.checkpoint.open()?;
     let temperature = if args.no_temperature {
         1.0
     } else {
         ck.temperature_or_one()
     };
     eprintln!("{}", describe(&path, &ck, temperature));
-    let set = load_labelled(&args.data, &ck, !args.quiet && !args.json)?;
-    let logits = logits_of_set(&ck, &set, args.batch_size, args.device.device)?;
+    let set = args.data.load(&ck, !args.quiet && !args.json)?;
+    let logits = logits_on_device(&ck, &set, args.batch_size, args.device.device)?;
     let labels = labels_of(&set);
     let m = Metrics::from_logits(&logits, &labels, &ck.class_names, temperature)?;
     let raw = (temperature != 1.0)
@@ -56,7 +54,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .transpose()?;
     let out = match &args.out {
         Some(o) => o.clone(),
-        None => default_eval_dir(&path, &args.data.dir),
+        None => crate::run::default_eval_dir(&path, &args.data.dir),
     };
     let data_name = args
         .data
@@ -110,45 +108,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     println!();
     print!("{}", m.per_class_table());
     println!();
-    println!("{}", reliability_table(&m));
+    println!("{}", m.reliability_table());
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     println!("wrote {}", names.join(", "));
     Ok(())
-}
-
-/// `RUN/eval-<data>` for `RUN/checkpoints/x.safetensors`, else `eval-<data>` beside the file.
-fn default_eval_dir(checkpoint: &Path, data: &Path) -> PathBuf {
-    let parent = checkpoint.parent().unwrap_or(Path::new("."));
-    let base = if parent.file_name().is_some_and(|n| n == "checkpoints") {
-        parent.parent().unwrap_or(Path::new("."))
-    } else {
-        parent
-    };
-    let name = std::fs::canonicalize(data)
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "data".into());
-    base.join(format!("eval-{name}"))
-}
-
-/// The non-empty confidence bins as a small table.
-pub fn reliability_table(m: &Metrics) -> String {
-    let mut out = format!(
-        "confidence bins (ECE {:.4}, MCE {:.4}; empty bins left out)\n{:>13}  {:>7}  {:>10}  {:>8}  {:>7}\n",
-        m.ece, m.mce, "bin", "images", "confidence", "accuracy", "gap"
-    );
-    for b in &m.reliability {
-        if let (Some(c), Some(a)) = (b.confidence, b.accuracy) {
-            out.push_str(&format!(
-                "{:>13}  {:>7}  {:>10.4}  {:>8.4}  {:>+7.4}\n",
-                format!("({:.3}, {:.3}]", b.lower, b.upper),
-                b.count,
-                c,
-                a,
-                a - c
-            ));
-        }
-    }
-    out.pop();
-    out
 }

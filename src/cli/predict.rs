@@ -1,20 +1,14 @@
 //! `focalflow predict`: the class and probabilities of image files or folders. The model
 //! runs on the backend `--device` picks.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use rayon::prelude::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::checkpoint::Checkpoint;
 use crate::cli::device::{self, DeviceFlag, on_device};
-use crate::cli::flags::checkpoint::{CheckpointFlag, describe, logits_of_images, open_checkpoint};
+use crate::cli::flags::checkpoint::{CheckpointFlag, describe};
 use crate::cli::text::short;
-use crate::data::ImageSet;
-use crate::data::load::decode_resized;
-use crate::feed::Feeds;
-use crate::metrics::softmax_rows;
-use crate::model::ImageShape;
+use crate::inference;
 use crate::{Error, Result};
 
 #[derive(clap::Args, Debug)]
@@ -39,135 +33,9 @@ pub struct PredictArgs {
     pub csv: bool,
 }
 
-/// Every file behind `inputs` (folders recursively, sorted; hidden entries left out).
-fn image_files(inputs: &[PathBuf]) -> Vec<(PathBuf, Option<String>)> {
-    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Option<String>)>) {
-        let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
-            Err(e) => {
-                out.push((
-                    dir.to_path_buf(),
-                    Some(format!("cannot list the folder: {e}")),
-                ));
-                return;
-            }
-        };
-        entries.sort();
-        for p in entries {
-            if p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            {
-                continue;
-            }
-            if p.is_dir() {
-                walk(&p, out);
-            } else {
-                out.push((p, None));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for p in inputs {
-        if p.is_dir() {
-            walk(p, &mut out);
-        } else if p.exists() {
-            out.push((p.clone(), None));
-        } else {
-            out.push((p.clone(), Some("no such file".into())));
-        }
-    }
-    out
-}
-
-/// One prediction.
-#[derive(serde::Serialize)]
-struct Prediction {
-    file: String,
-    class: String,
-    confidence: f64,
-    probabilities: serde_json::Map<String, Value>,
-}
-
-/// Files that could not be used, with why.
-type Skips = Vec<(String, String)>;
-
-/// Files decoded per round of `predict` (then sent to the device as one u8 set).
-const PREDICT_CHUNK: usize = 1024;
-
-/// Predictions for `files` (decoded and resized in parallel, a chunk at a time, then run
-/// `batch_size` at a time through the same data path as training and `eval`) on `backend`,
-/// and the files that could not be read.
-fn predict_files<B: Feeds>(
-    backend: &B,
-    ck: &Checkpoint,
-    files: &[(PathBuf, Option<String>)],
-    batch_size: usize,
-    temperature: f64,
-) -> Result<(Vec<Prediction>, Skips)> {
-    let shape: ImageShape = ck.input;
-    let mut model = ck.model(backend)?;
-    let classes = ck.class_names.len();
-    let mut predictions = Vec::new();
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    for chunk in files.chunks(PREDICT_CHUNK.max(batch_size)) {
-        let decoded: Vec<std::result::Result<Vec<u8>, String>> = chunk
-            .par_iter()
-            .map(|(file, problem)| {
-                if let Some(p) = problem {
-                    return Err(p.clone());
-                }
-                let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
-                let mut slot = vec![0u8; shape.len()];
-                decode_resized(&bytes, shape, &mut slot).map_err(|s| s.describe())?;
-                Ok(slot)
-            })
-            .collect();
-        let mut pixels = Vec::new();
-        let mut names = Vec::new();
-        for ((file, _), d) in chunk.iter().zip(decoded) {
-            match d {
-                Ok(image) => {
-                    pixels.extend_from_slice(&image);
-                    names.push(file.display().to_string());
-                }
-                Err(why) => {
-                    eprintln!("skipped {}: {why}", file.display());
-                    skipped.push((file.display().to_string(), why));
-                }
-            }
-        }
-        if names.is_empty() {
-            continue;
-        }
-        let set = ImageSet {
-            shape,
-            class_names: ck.class_names.clone(),
-            pixels,
-            labels: vec![0; names.len()],
-        };
-        let logits = logits_of_images(backend, &mut model, &set, batch_size)?;
-        let probs = softmax_rows(&logits, classes, temperature);
-        for (file, row) in names.into_iter().zip(probs.chunks_exact(classes)) {
-            let best = crate::metrics::argmax(row);
-            predictions.push(Prediction {
-                file,
-                class: ck.class_names[best].clone(),
-                confidence: row[best],
-                probabilities: ck
-                    .class_names
-                    .iter()
-                    .zip(row)
-                    .map(|(c, &p)| (c.clone(), json!(p)))
-                    .collect(),
-            });
-        }
-    }
-    Ok((predictions, skipped))
-}
-
 /// `focalflow predict`.
 pub fn run(args: &PredictArgs) -> Result<()> {
-    let (path, ck) = open_checkpoint(&args.checkpoint)?;
+    let (path, ck) = args.checkpoint.open()?;
     if args.batch_size == 0 {
         return Err(Error::invalid("--batch-size must be at least 1"));
     }
@@ -178,11 +46,22 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     };
     eprintln!("{}", describe(&path, &ck, temperature));
     let classes = ck.class_names.len();
-    let files = image_files(&args.images);
+    let files = inference::image_files(&args.images);
     let device = device::resolve(args.device.device)?;
     eprintln!("device: {}", device::name(device));
-    let (predictions, skipped) = on_device!(device, |backend| {
-        predict_files(backend, &ck, &files, args.batch_size, temperature)
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    let predictions = on_device!(device, |backend| {
+        inference::predict_files(
+            backend,
+            &ck,
+            &files,
+            args.batch_size,
+            temperature,
+            |file, why| {
+                eprintln!("skipped {}: {why}", file.display());
+                skipped.push((file.display().to_string(), why.to_string()));
+            },
+        )
     })?;
     if args.json {
         let report = json!({

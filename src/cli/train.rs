@@ -143,12 +143,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (None, out) => out.unwrap_or_else(|| crate::run::default_run_dir(&loss)),
     };
     if let Some(meta) = &report {
-        let list = data::write_item_list(&out, "skipped.tsv", &meta.skipped)?;
+        let list = crate::run::write_item_list(&out, "skipped.tsv", &meta.skipped)?;
         if !meta.skipped.is_empty() {
             eprintln!("skipped files and reasons: {}", list.display());
         }
         if !meta.warnings.is_empty() {
-            let list = data::write_item_list(&out, "decode_warnings.tsv", &meta.warnings)?;
+            let list = crate::run::write_item_list(&out, "decode_warnings.tsv", &meta.warnings)?;
             eprintln!("files kept despite decoder warnings: {}", list.display());
         }
     }

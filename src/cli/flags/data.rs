@@ -1,8 +1,8 @@
 //! The data flags of `focalflow train` (`#[command(flatten)]` into `TrainArgs`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::data::cache::{self, Meta, Skipped};
+use crate::data::cache::{self, Meta};
 use crate::data::load::{LoadOptions, load};
 use crate::data::{Augment, ClassFraction, ImageSet, PixelStore, Pixels};
 use crate::{Error, Result};
@@ -84,20 +84,6 @@ impl DataFlags {
         eprintln!("{}", loaded.summary());
         Ok(Some((loaded.set, loaded.meta)))
     }
-}
-
-/// Writes `name` (`skipped.tsv`, `decode_warnings.tsv`: item, category, detail) into the
-/// run folder `out`.
-pub fn write_item_list(out: &Path, name: &str, items: &[Skipped]) -> Result<PathBuf> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| Error::file(out, format!("cannot create the run folder: {e}")))?;
-    let path = out.join(name);
-    let mut text = String::from("item\tcategory\tdetail\n");
-    for s in items {
-        text.push_str(&format!("{}\t{}\t{}\n", s.item, s.category, s.detail));
-    }
-    crate::run::write_atomically(&path, text.as_bytes())?;
-    Ok(path)
 }
 
 /// The class counts of both splits, by name: `classes: Cat 9993/2498, Dog 9411/2353 (train/val)`.
