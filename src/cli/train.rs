@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 
+use crate::class_balance::with_alpha;
 use crate::cli::DeviceChoice;
 use crate::cli::device::{self, on_device};
-use crate::cli::flags::data::{self, DataFlags};
+use crate::cli::flags::data::DataFlags;
 use crate::cli::flags::loss::LossFlags;
-use crate::data::synthetic;
+use crate::data::{ImageSet, PixelStore, synthetic};
 use crate::model::{Arch, REFERENCE_ARCH};
-use crate::train::TrainOptions;
+use crate::train::{Split, TrainOptions};
 use crate::{Error, Result};
 
 #[derive(clap::Args, Debug)]
@@ -101,22 +102,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (set.into_pixels(), None)
         }
     };
-    let (train_idx, val_idx) =
-        data.training_split(args.val_fraction, args.seed, &class_fraction)?;
-    eprintln!("{}", data::split_counts_line(&data, &train_idx, &val_idx));
-    let loss = match auto_alpha {
-        Some(rule) => {
-            let alpha = rule.alpha(&data.class_counts(&train_idx), &data.class_names)?;
-            eprintln!("{}", rule.line(&alpha, &data.class_names));
-            crate::class_balance::with_alpha(loss, alpha)
-        }
-        None => loss,
-    };
-    let opts = TrainOptions {
+    let mut opts = TrainOptions {
         epochs: args.epochs,
         batch_size: args.batch_size,
         learning_rate: args.learning_rate,
-        loss: loss.clone(),
+        loss,
         arch,
         seed: args.seed,
         val_fraction: args.val_fraction,
@@ -131,6 +121,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         progress: !args.quiet,
         resume: args.resume.is_some(),
     };
+    // Split once, here: its counts are printed and give `--alpha auto`, and training
+    // takes it as it is.
+    let split = Split::of(&data, &opts)?;
+    eprintln!("{}", split_counts_line(&data, &split));
+    if let Some(rule) = auto_alpha {
+        let alpha = rule.alpha(&data.class_counts(&split.train), &data.class_names)?;
+        eprintln!("{}", rule.line(&alpha, &data.class_names));
+        opts.loss = with_alpha(opts.loss, alpha);
+    }
     let out = match (args.resume, args.out) {
         (Some(run), Some(out)) if run != out => {
             return Err(Error::invalid(format!(
@@ -140,7 +139,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             )));
         }
         (Some(run), _) => run,
-        (None, out) => out.unwrap_or_else(|| crate::run::default_run_dir(&loss)),
+        (None, out) => out.unwrap_or_else(|| crate::run::default_run_dir(&opts.loss)),
     };
     if let Some(meta) = &report {
         let list = crate::run::write_item_list(&out, "skipped.tsv", &meta.skipped)?;
@@ -160,9 +159,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     crate::interrupt::install()?;
     let clock = device::clock_name(device);
     let trained = on_device!(device, |backend| {
-        crate::train::train_profiled(backend, &data, &opts, &out, args.profile, clock, |line| {
-            println!("{line}")
-        })
+        crate::train::train_profiled(
+            backend,
+            &data,
+            &split,
+            &opts,
+            &out,
+            args.profile,
+            clock,
+            |line| println!("{line}"),
+        )
     });
     let history = trained.map_err(|e| match e {
         Error::Interrupted(what) => Error::Interrupted(format!(
@@ -175,6 +181,26 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!("done: metrics in {}", out.join("metrics.jsonl").display());
     }
     Ok(())
+}
+
+/// The class counts of both splits, by name: `classes: Cat 9993/2498, Dog 9411/2353 (train/val)`.
+fn split_counts_line<P: PixelStore>(data: &ImageSet<P>, split: &Split) -> String {
+    let (t, v) = (
+        data.class_counts(&split.train),
+        data.class_counts(&split.val),
+    );
+    let parts: Vec<String> = data
+        .class_names
+        .iter()
+        .enumerate()
+        .map(|(c, n)| format!("{n} {}/{}", t[c], v[c]))
+        .collect();
+    format!(
+        "classes (train/val): {}; {} / {} images",
+        parts.join(", "),
+        split.train.len(),
+        split.val.len()
+    )
 }
 
 /// The command line that continues an interrupted run: this one with `--out DIR` replaced

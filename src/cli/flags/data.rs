@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::data::cache::{self, Meta};
 use crate::data::load::{LoadOptions, load};
-use crate::data::{Augment, ClassFraction, ImageSet, PixelStore, Pixels};
+use crate::data::{Augment, ClassFraction, ImageSet, Pixels};
 use crate::{Error, Result};
 
 /// Where the images come from and how batches are drawn.
@@ -69,7 +69,9 @@ impl DataFlags {
     }
 
     /// Loads `--data` (None without it), printing the summary line to stderr. Returns the
-    /// set and what the loader reports (skipped files, decoder warnings).
+    /// set and what the loader reports (skipped files, decoder warnings). `--class-fraction`
+    /// is not read here: `train` parses it first, so that a mistake there stops it before
+    /// any image is decoded.
     pub fn load(
         &self,
         image_size: usize,
@@ -78,31 +80,9 @@ impl DataFlags {
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
-        self.class_fractions()?;
         let opts = self.preprocessing.load_options(image_size, progress)?;
         let loaded = load(dir, &opts)?;
         eprintln!("{}", loaded.summary());
         Ok(Some((loaded.set, loaded.meta)))
     }
-}
-
-/// The class counts of both splits, by name: `classes: Cat 9993/2498, Dog 9411/2353 (train/val)`.
-pub fn split_counts_line<P: PixelStore>(
-    data: &ImageSet<P>,
-    train: &[usize],
-    val: &[usize],
-) -> String {
-    let (t, v) = (data.class_counts(train), data.class_counts(val));
-    let parts: Vec<String> = data
-        .class_names
-        .iter()
-        .enumerate()
-        .map(|(c, n)| format!("{n} {}/{}", t[c], v[c]))
-        .collect();
-    format!(
-        "classes (train/val): {}; {} / {} images",
-        parts.join(", "),
-        train.len(),
-        val.len()
-    )
 }
