@@ -7,6 +7,7 @@ use crate::data::{Augment, synthetic};
 use crate::feed::{DATA_PATH_LINE, DeviceCache, Feeds};
 use crate::loss::LossConfig;
 use crate::model::{Arch, ImageShape, Model, Plan};
+use crate::profile::{Profiled, Profiler, Timeline, nvtx};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -72,6 +73,35 @@ pub enum Stage {
 
 pub fn run<B: Feeds>(backend: &B, opts: &BenchOptions) -> Result<BenchReport> {
     run_with(backend, opts, |_| Ok(()))
+}
+
+/// [`run`] with the per-phase profiler around `backend` over the timed training steps when
+/// `profile` (and around every call, untimed, where NVTX ranges are wanted): the report and,
+/// with `profile`, the per-phase table, timed with `clock` (what the backend's phases are
+/// measured with).
+pub fn run_profiled<B: Feeds + Timeline>(
+    backend: &B,
+    opts: &BenchOptions,
+    profile: bool,
+    clock: &str,
+) -> Result<(BenchReport, Option<String>)> {
+    if !profile && !nvtx::available() {
+        return Ok((run(backend, opts)?, None));
+    }
+    let prof = Profiler::new(false);
+    let report = run_with(&Profiled::new(backend, &prof), opts, |stage| match stage {
+        Stage::TrainTimed => {
+            prof.set_timing(profile);
+            Ok(())
+        }
+        Stage::TrainDone => {
+            prof.finish(backend)?;
+            prof.set_timing(false);
+            Ok(())
+        }
+    })?;
+    prof.finish(backend)?;
+    Ok((report, profile.then(|| prof.table(clock))))
 }
 
 /// [`run`], telling `observe` when the timed training steps start and end.

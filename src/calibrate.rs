@@ -10,9 +10,12 @@
 //! answer every time. When the zero lies outside (e.g. data the model separates perfectly
 //! wants `T -> 0`), the bound is returned and flagged.
 
-use serde::{Deserialize, Serialize};
+use std::path::Path;
 
-use crate::metrics::log_softmax_into;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::metrics::{Metrics, log_softmax_into};
 use crate::{Error, Result};
 
 /// Smallest temperature searched.
@@ -112,4 +115,53 @@ pub fn fit_temperature(logits: &[f32], labels: &[usize], classes: usize) -> Resu
         nll_after: nll_at(logits, labels, classes, temperature),
         at_bound,
     })
+}
+
+/// A temperature fitted on held-out images and the metrics before and after it: what
+/// `calibrate` stores in a checkpoint.
+pub struct Calibration {
+    pub fit: TemperatureFit,
+    /// The images it was fitted on.
+    pub images: usize,
+    /// The metrics at `T = 1` and at the fitted temperature.
+    pub before: Metrics,
+    pub after: Metrics,
+}
+
+impl Calibration {
+    /// [`fit_temperature`] on the logits of labelled held-out images, and the metrics at
+    /// `T = 1` and at the fitted `T`.
+    pub fn fit(logits: &[f32], labels: &[usize], class_names: &[String]) -> Result<Calibration> {
+        let fit = fit_temperature(logits, labels, class_names.len())?;
+        let before = Metrics::from_logits(logits, labels, class_names, 1.0)?;
+        let after = Metrics::from_logits(logits, labels, class_names, fit.temperature)?;
+        Ok(Calibration {
+            fit,
+            images: labels.len(),
+            before,
+            after,
+        })
+    }
+
+    /// The checkpoint's `calibration` metadata: the method, the temperature, the images
+    /// (`data`) it was fitted on, the metrics before and after, and when (Unix seconds).
+    pub fn record(&self, data: &Path) -> Value {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let summary = |m: &Metrics| {
+            json!({"nll": m.nll, "brier": m.brier, "ece": m.ece, "mce": m.mce,
+                   "mean_confidence": m.mean_confidence, "accuracy": m.accuracy})
+        };
+        json!({
+            "method": "temperature scaling (NLL, Guo et al. 2017)",
+            "temperature": self.fit.temperature,
+            "at_bound": self.fit.at_bound,
+            "data": data,
+            "images": self.images,
+            "before": summary(&self.before),
+            "after": summary(&self.after),
+            "fitted_unix": unix,
+        })
+    }
 }

@@ -4,12 +4,15 @@
 pub mod bench;
 pub mod calibrate;
 pub mod checkpoint;
+pub mod class_balance;
 pub mod cli;
+pub mod compare;
 pub mod data;
 pub mod element;
 pub mod error;
 pub mod executor;
 pub mod feed;
+pub mod inference;
 pub mod info;
 pub mod interrupt;
 pub mod loss;

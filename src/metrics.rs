@@ -402,6 +402,28 @@ impl Metrics {
             self.images
         )
     }
+
+    /// The non-empty confidence bins as a small table (printed by `eval`).
+    pub fn reliability_table(&self) -> String {
+        let mut out = format!(
+            "confidence bins (ECE {:.4}, MCE {:.4}; empty bins left out)\n{:>13}  {:>7}  {:>10}  {:>8}  {:>7}\n",
+            self.ece, self.mce, "bin", "images", "confidence", "accuracy", "gap"
+        );
+        for b in &self.reliability {
+            if let (Some(c), Some(a)) = (b.confidence, b.accuracy) {
+                out.push_str(&format!(
+                    "{:>13}  {:>7}  {:>10.4}  {:>8.4}  {:>+7.4}\n",
+                    format!("({:.3}, {:.3}]", b.lower, b.upper),
+                    b.count,
+                    c,
+                    a,
+                    a - c
+                ));
+            }
+        }
+        out.pop();
+        out
+    }
 }
 
 fn opt(v: Option<f64>) -> String {

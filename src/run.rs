@@ -6,6 +6,8 @@
 //! RUN/checkpoints/last.safetensors, best.safetensors   (crate::checkpoint)
 //! RUN/events.out.tfevents.*       TensorBoard (crate::tensorboard)
 //! RUN/*.svg, *.png                plots (crate::plots)
+//! RUN/skipped.tsv, decode_warnings.tsv   files of --data left out / kept despite warnings
+//! RUN/eval-<data>/                `focalflow eval`'s metrics.json and plots (default)
 //! ```
 //!
 //! Every file is written through [`write_atomically`] (temporary file, fsync, rename, fsync
@@ -16,6 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::data::cache::Skipped;
 use crate::loss::LossConfig;
 use crate::{Error, Result};
 
@@ -207,4 +210,34 @@ pub fn default_run_dir(loss: &LossConfig) -> PathBuf {
         rem % 60,
         loss.cli_name()
     ))
+}
+
+/// Writes `name` (`skipped.tsv`, `decode_warnings.tsv`: item, category, detail) into the
+/// run folder `out` and returns its path.
+pub fn write_item_list(out: &Path, name: &str, items: &[Skipped]) -> Result<PathBuf> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::file(out, format!("cannot create the run folder: {e}")))?;
+    let path = out.join(name);
+    let mut text = String::from("item\tcategory\tdetail\n");
+    for s in items {
+        text.push_str(&format!("{}\t{}\t{}\n", s.item, s.category, s.detail));
+    }
+    write_atomically(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+/// Where `eval` writes by default: `RUN/eval-<data>` for `RUN/checkpoints/x.safetensors`,
+/// else `eval-<data>` beside the file.
+pub fn default_eval_dir(checkpoint: &Path, data: &Path) -> PathBuf {
+    let parent = checkpoint.parent().unwrap_or(Path::new("."));
+    let base = if parent.file_name().is_some_and(|n| n == "checkpoints") {
+        parent.parent().unwrap_or(Path::new("."))
+    } else {
+        parent
+    };
+    let name = std::fs::canonicalize(data)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "data".into());
+    base.join(format!("eval-{name}"))
 }

@@ -13,6 +13,7 @@ use crate::loss::LossConfig;
 use crate::model::{Arch, Model, Plan};
 use crate::ops::{Backend, StepTotals};
 use crate::optim::Adam;
+use crate::profile::{Profiled, Profiler, Timeline, nvtx};
 use crate::rng::Rng;
 use crate::run::{EpochMetrics, append_metrics};
 use crate::schedule::{LrSchedule, Monitor, RunProgress, Schedule};
@@ -56,7 +57,7 @@ pub struct TrainOptions {
     /// Show progress bars (on a terminal).
     #[serde(skip)]
     pub progress: bool,
-    /// `--resume`: continue the run in the output folder (see [`train_with`]).
+    /// `--resume`: continue the run in the output folder (see [`train`]).
     #[serde(skip)]
     pub resume: bool,
 }
@@ -181,9 +182,29 @@ fn checked(totals: StepTotals, epoch: usize) -> Result<StepTotals> {
     }
 }
 
-/// Trains a new model on `data` with `opts` (or continues the run in `out` with
-/// `opts.resume`), writing `config.json` and `metrics.jsonl` into `out` and a line per epoch
-/// through `log`. Returns the model and the metrics.
+/// The images a run trains and validates on (indices into its set, each list sorted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Split {
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+}
+
+impl Split {
+    /// The split `opts` asks for: `--class-fraction` subsampling, then `--val-fraction` of
+    /// each class held out, both chosen with `--seed`.
+    pub fn of<P: PixelStore>(data: &ImageSet<P>, opts: &TrainOptions) -> Result<Split> {
+        let (train, val) =
+            data.training_split(opts.val_fraction, opts.seed, &opts.class_fraction)?;
+        Ok(Split { train, val })
+    }
+}
+
+/// Trains a new model on `data` with `opts` (or, with `opts.resume` (`train --resume RUN`),
+/// continues the run in `out` from its `checkpoints/last.safetensors`: weights, Adam state,
+/// data order and random streams as they were, so the result equals an uninterrupted run
+/// with the same seed). Writes `config.json`, `metrics.jsonl`, `checkpoints/last` and
+/// `best` each epoch, TensorBoard events and, at the end, plots into `out`, and a line per
+/// epoch through `log`. Returns the model and the metrics.
 pub fn train<B: Feeds, P: PixelStore>(
     backend: &B,
     data: &ImageSet<P>,
@@ -191,21 +212,63 @@ pub fn train<B: Feeds, P: PixelStore>(
     out: &Path,
     log: impl FnMut(&str),
 ) -> Result<(Model<B>, Vec<EpochMetrics>)> {
-    train_with(backend, data, opts, out, opts.resume, log)
+    let plan = check_options(data, opts)?;
+    let split = Split::of(data, opts)?;
+    train_planned(backend, data, plan, &split, opts, out, log)
 }
 
-/// [`train`], or with `resume` (`train --resume RUN`) the continuation of the run in `out`
-/// from its `checkpoints/last.safetensors`: weights, Adam state, data order and random
-/// streams as they were, so the result equals an uninterrupted run with the same seed.
-/// Also writes `checkpoints/last` and `best` each epoch, and plots at the end.
-pub fn train_with<B: Feeds, P: PixelStore>(
+/// [`train`] on `split`, made beforehand with [`Split::of`] from the same `data` and `opts`
+/// (the command line makes it first: it prints the split's class counts and derives
+/// `--alpha auto` from them).
+pub fn train_split<B: Feeds, P: PixelStore>(
     backend: &B,
     data: &ImageSet<P>,
+    split: &Split,
     opts: &TrainOptions,
     out: &Path,
-    resume: bool,
-    mut log: impl FnMut(&str),
+    log: impl FnMut(&str),
 ) -> Result<(Model<B>, Vec<EpochMetrics>)> {
+    let plan = check_options(data, opts)?;
+    train_planned(backend, data, plan, split, opts, out, log)
+}
+
+/// [`train_split`] with the per-phase profiler around `backend` when `profile` (or where
+/// NVTX ranges are wanted); with `profile`, the per-phase table, timed with `clock` (what
+/// the backend's phases are measured with), is logged at the end. Returns the metrics.
+#[allow(clippy::too_many_arguments)]
+pub fn train_profiled<B: Feeds + Timeline, P: PixelStore>(
+    backend: &B,
+    data: &ImageSet<P>,
+    split: &Split,
+    opts: &TrainOptions,
+    out: &Path,
+    profile: bool,
+    clock: &str,
+    mut log: impl FnMut(&str),
+) -> Result<Vec<EpochMetrics>> {
+    // The phase wrapper costs a compare per backend call; skip it when nobody looks.
+    if !profile && !nvtx::available() {
+        return Ok(train_split(backend, data, split, opts, out, log)?.1);
+    }
+    let prof = Profiler::new(profile);
+    let (_model, history) = train_split(
+        &Profiled::new(backend, &prof),
+        data,
+        split,
+        opts,
+        out,
+        &mut log,
+    )?;
+    prof.finish(backend)?;
+    if profile {
+        log(&prof.table(clock));
+    }
+    Ok(history)
+}
+
+/// The options' own checks (the counts, the learning rate, the loss for `data`'s classes)
+/// and the network `opts.arch` makes for `data`.
+fn check_options<P: PixelStore>(data: &ImageSet<P>, opts: &TrainOptions) -> Result<Plan> {
     for (flag, value) in [
         ("--batch-size", Some(opts.batch_size)),
         ("--epochs", Some(opts.epochs)),
@@ -222,10 +285,22 @@ pub fn train_with<B: Feeds, P: PixelStore>(
         )));
     }
     opts.loss.validate(data.classes())?;
-    let plan = Plan::new(&opts.arch, data.shape, data.classes())?;
-    let (train_idx, val_idx) =
-        data.training_split(opts.val_fraction, opts.seed, &opts.class_fraction)?;
-    if train_idx.is_empty() {
+    Plan::new(&opts.arch, data.shape, data.classes())
+}
+
+/// The run, from its checked options on: the split and the schedule checked, the run folder
+/// started (or the resumed one checked), the model built (or restored), the epochs, and the
+/// closing report.
+fn train_planned<B: Feeds, P: PixelStore>(
+    backend: &B,
+    data: &ImageSet<P>,
+    plan: Plan,
+    split: &Split,
+    opts: &TrainOptions,
+    out: &Path,
+    mut log: impl FnMut(&str),
+) -> Result<(Model<B>, Vec<EpochMetrics>)> {
+    if split.train.is_empty() {
         return Err(Error::invalid(format!(
             "no training images left after --val-fraction {}",
             opts.val_fraction
@@ -239,56 +314,117 @@ pub fn train_with<B: Feeds, P: PixelStore>(
         monitor: opts.monitor,
         early_stop: opts.early_stop,
     };
-    schedule.validate(!val_idx.is_empty())?;
-    let options_json = serde_json::to_value(opts).expect("JSON");
-    let fingerprint = crate::checkpoint::data_fingerprint(data, &train_idx, &val_idx);
-    let resumed = if resume {
-        Some(crate::checkpoint::resume_point(
-            out,
-            &options_json,
-            &fingerprint,
-            opts.epochs,
-        )?)
-    } else {
-        None
-    };
-    std::fs::create_dir_all(out)
-        .map_err(|e| Error::file(out, format!("cannot create the run folder: {e}")))?;
-    let mut config = serde_json::json!({
-        "focalflow_version": env!("CARGO_PKG_VERSION"),
-        "device": backend.name(),
-        "options": opts,
-        "image_shape": data.shape,
-        "class_names": data.class_names,
-        "train_class_counts": data.class_counts(&train_idx),
-        "val_class_counts": data.class_counts(&val_idx),
-        "parameters": plan.parameter_count(),
-    });
-    if let Some(r) = &resumed {
-        config["resumed_after_epoch"] = r.state.epoch.into();
-    }
-    crate::run::write_atomically(
-        &crate::run::config_path(out),
-        serde_json::to_string_pretty(&config)
-            .expect("JSON")
-            .as_bytes(),
+    schedule.validate(!split.val.is_empty())?;
+    let folder = RunFolder::start(backend, data, &plan, split, opts, out)?;
+    log(&model_line(data, &plan, split, opts));
+    check_device_memory(backend, &plan, opts.batch_size)?;
+    let model = start_model(backend, plan, opts, out, folder.resumed.as_ref(), &mut log)?;
+    let feeder = backend.feeder(data, opts.batch_size, opts.device_cache)?;
+    log(&format!("{DATA_PATH_LINE}{}", feeder.describe()));
+    let mut run = Run::open(
+        backend, data, split, opts, out, schedule, folder, model, feeder,
     )?;
-    log(&format!(
+    for epoch in run.first_epoch()..=opts.epochs {
+        if run.epoch(epoch, &mut log)? == AfterEpoch::Stop {
+            break;
+        }
+    }
+    run.report(&mut log)?;
+    Ok((run.model, run.history))
+}
+
+/// The run folder as training starts: `config.json` written, and with `--resume` the point
+/// the run continues from (its options and data checked against this run's).
+struct RunFolder {
+    /// `opts` as JSON, stored in each checkpoint (a resume compares them).
+    options: serde_json::Value,
+    /// The split's images, fingerprinted (a resume compares it).
+    fingerprint: String,
+    resumed: Option<crate::checkpoint::ResumePoint>,
+}
+
+impl RunFolder {
+    fn start<B: Feeds, P: PixelStore>(
+        backend: &B,
+        data: &ImageSet<P>,
+        plan: &Plan,
+        split: &Split,
+        opts: &TrainOptions,
+        out: &Path,
+    ) -> Result<RunFolder> {
+        let options = serde_json::to_value(opts).expect("JSON");
+        let fingerprint = crate::checkpoint::data_fingerprint(data, &split.train, &split.val);
+        let resumed = if opts.resume {
+            Some(crate::checkpoint::resume_point(
+                out,
+                &options,
+                &fingerprint,
+                opts.epochs,
+            )?)
+        } else {
+            None
+        };
+        std::fs::create_dir_all(out)
+            .map_err(|e| Error::file(out, format!("cannot create the run folder: {e}")))?;
+        let mut config = serde_json::json!({
+            "focalflow_version": env!("CARGO_PKG_VERSION"),
+            "device": backend.name(),
+            "options": opts,
+            "image_shape": data.shape,
+            "class_names": data.class_names,
+            "train_class_counts": data.class_counts(&split.train),
+            "val_class_counts": data.class_counts(&split.val),
+            "parameters": plan.parameter_count(),
+        });
+        if let Some(r) = &resumed {
+            config["resumed_after_epoch"] = r.state.epoch.into();
+        }
+        crate::run::write_atomically(
+            &crate::run::config_path(out),
+            serde_json::to_string_pretty(&config)
+                .expect("JSON")
+                .as_bytes(),
+        )?;
+        Ok(RunFolder {
+            options,
+            fingerprint,
+            resumed,
+        })
+    }
+}
+
+/// The first line logged: the model, the split and the loss.
+fn model_line<P: PixelStore>(
+    data: &ImageSet<P>,
+    plan: &Plan,
+    split: &Split,
+    opts: &TrainOptions,
+) -> String {
+    format!(
         "model {} on {}x{}x{}: {} parameters; {} train / {} val images (per class: {:?} / {:?}); loss {}",
         opts.arch,
         data.shape.height,
         data.shape.width,
         data.shape.channels,
         plan.parameter_count(),
-        train_idx.len(),
-        val_idx.len(),
-        data.class_counts(&train_idx),
-        data.class_counts(&val_idx),
+        split.train.len(),
+        split.val.len(),
+        data.class_counts(&split.train),
+        data.class_counts(&split.val),
         opts.loss.describe(),
-    ));
+    )
+}
 
-    check_device_memory(backend, &plan, opts.batch_size)?;
-    let mut model = match &resumed {
+/// A new model (seeded with `opts.seed`), or the resumed run's, as it was saved.
+fn start_model<B: Feeds>(
+    backend: &B,
+    plan: Plan,
+    opts: &TrainOptions,
+    out: &Path,
+    resumed: Option<&crate::checkpoint::ResumePoint>,
+    log: &mut impl FnMut(&str),
+) -> Result<Model<B>> {
+    match resumed {
         Some(r) => {
             log(&format!(
                 "resuming {} after epoch {} (Adam step {})",
@@ -299,48 +435,131 @@ pub fn train_with<B: Feeds, P: PixelStore>(
                     .as_ref()
                     .map_or(0, |o| o.adam.iterations)
             ));
-            r.checkpoint.model(backend)?
+            r.checkpoint.model(backend)
         }
         None => {
             let mut model = Model::new(backend, plan, opts.seed)?;
             model.optimizer = Adam::with_learning_rate(opts.learning_rate);
-            model
+            Ok(model)
         }
-    };
-    let mut feeder = backend.feeder(data, opts.batch_size, opts.device_cache)?;
-    log(&format!("{DATA_PATH_LINE}{}", feeder.describe()));
-    let mut counters = backend.counters()?;
-    let metrics_path = crate::run::metrics_path(out);
-    let (mut history, mut metrics_file) = match &resumed {
-        Some(r) => crate::run::reopen_metrics(&metrics_path, r.state.epoch)?,
-        None => (
-            Vec::new(),
-            std::fs::File::create(&metrics_path).map_err(|e| Error::file(&metrics_path, e))?,
-        ),
-    };
-    let mut events = crate::tensorboard::EventWriter::create(out)?;
-    let checkpoints = crate::checkpoint::EpochCheckpoints {
-        run: out.to_path_buf(),
-        class_names: data.class_names.clone(),
-        loss: opts.loss.clone(),
-        options: options_json,
-        fingerprint,
-    };
-    let first_epoch = resumed.as_ref().map_or(1, |r| r.state.epoch + 1);
-    let mut progress = resumed
-        .as_ref()
-        .map_or_else(RunProgress::default, |r| r.state.progress.clone());
-    // The steps of `first_epoch` done before an interrupt, if that is where the run stopped.
-    let mut partial = resumed.and_then(|r| r.state.partial);
-    let mut shuffle_rng = Rng::derive(opts.seed, 3);
-    for _ in 1..first_epoch {
-        // The shuffles of the epochs done: the stream is where the run left it.
-        shuffle_rng.shuffle(&mut train_idx.clone());
     }
-    let mut final_metrics = None;
-    for epoch in first_epoch..=opts.epochs {
-        let mut order = train_idx.clone();
-        shuffle_rng.shuffle(&mut order);
+}
+
+/// Whether the run goes on after an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterEpoch {
+    Continue,
+    /// Early stopping: the monitored metric has not improved for long enough.
+    Stop,
+}
+
+/// A run under way: the model, its batches, what the epochs write, and where they stand.
+struct Run<'a, B: Feeds, P: PixelStore> {
+    backend: &'a B,
+    data: &'a ImageSet<P>,
+    split: &'a Split,
+    opts: &'a TrainOptions,
+    out: &'a Path,
+    schedule: Schedule,
+    model: Model<B>,
+    feeder: Box<dyn BatchFeeder<B::Buf> + 'a>,
+    counters: B::Counters,
+    metrics_path: PathBuf,
+    metrics_file: std::fs::File,
+    /// The metrics of the epochs done (those of the resumed run's first).
+    history: Vec<EpochMetrics>,
+    events: crate::tensorboard::EventWriter,
+    checkpoints: crate::checkpoint::EpochCheckpoints,
+    progress: RunProgress,
+    /// The epochs done before this run started (those of the resumed run).
+    epochs_done: usize,
+    /// The steps of the first epoch done before an interrupt, if that is where a resumed
+    /// run stopped.
+    partial: Option<PartialEpoch>,
+    shuffle_rng: Rng,
+    /// The validation metrics of the last epoch.
+    final_metrics: Option<crate::metrics::Metrics>,
+}
+
+impl<'a, B: Feeds, P: PixelStore> Run<'a, B, P> {
+    /// The counters, `metrics.jsonl` (new, or the resumed run's up to its last epoch), the
+    /// TensorBoard events, and the run's state: where a resumed run left it, with the
+    /// shuffle stream advanced past the epochs done.
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        backend: &'a B,
+        data: &'a ImageSet<P>,
+        split: &'a Split,
+        opts: &'a TrainOptions,
+        out: &'a Path,
+        schedule: Schedule,
+        folder: RunFolder,
+        model: Model<B>,
+        feeder: Box<dyn BatchFeeder<B::Buf> + 'a>,
+    ) -> Result<Self> {
+        let counters = backend.counters()?;
+        let metrics_path = crate::run::metrics_path(out);
+        let resumed = folder.resumed;
+        let (history, metrics_file) = match &resumed {
+            Some(r) => crate::run::reopen_metrics(&metrics_path, r.state.epoch)?,
+            None => (
+                Vec::new(),
+                std::fs::File::create(&metrics_path).map_err(|e| Error::file(&metrics_path, e))?,
+            ),
+        };
+        let events = crate::tensorboard::EventWriter::create(out)?;
+        let checkpoints = crate::checkpoint::EpochCheckpoints {
+            run: out.to_path_buf(),
+            class_names: data.class_names.clone(),
+            loss: opts.loss.clone(),
+            options: folder.options,
+            fingerprint: folder.fingerprint,
+        };
+        let epochs_done = resumed.as_ref().map_or(0, |r| r.state.epoch);
+        let progress = resumed
+            .as_ref()
+            .map_or_else(RunProgress::default, |r| r.state.progress.clone());
+        let partial = resumed.and_then(|r| r.state.partial);
+        let mut shuffle_rng = Rng::derive(opts.seed, 3);
+        for _ in 0..epochs_done {
+            // The shuffles of the epochs done: the stream is where the run left it.
+            shuffle_rng.shuffle(&mut split.train.clone());
+        }
+        Ok(Run {
+            backend,
+            data,
+            split,
+            opts,
+            out,
+            schedule,
+            model,
+            feeder,
+            counters,
+            metrics_path,
+            metrics_file,
+            history,
+            events,
+            checkpoints,
+            progress,
+            epochs_done,
+            partial,
+            shuffle_rng,
+            final_metrics: None,
+        })
+    }
+
+    /// The first epoch to train: 1, or the one after the resumed run's last.
+    fn first_epoch(&self) -> usize {
+        self.epochs_done + 1
+    }
+
+    /// Trains epoch `epoch` on a new shuffle of the training images, validates, writes its
+    /// metrics line, checkpoints and events, and logs its line. An interrupt saves the
+    /// steps done and ends the run with [`Error::Interrupted`].
+    fn epoch(&mut self, epoch: usize, log: &mut impl FnMut(&str)) -> Result<AfterEpoch> {
+        let opts = self.opts;
+        let mut order = self.split.train.clone();
+        self.shuffle_rng.shuffle(&mut order);
         let steps = order
             .len()
             .div_ceil(opts.batch_size)
@@ -350,16 +569,16 @@ pub fn train_with<B: Feeds, P: PixelStore>(
             epoch,
             order: &order,
             steps,
-            done: partial.take().unwrap_or_default(),
+            done: self.partial.take().unwrap_or_default(),
         }
         .run(
-            backend,
-            &mut model,
-            feeder.as_mut(),
-            &mut counters,
+            self.backend,
+            &mut self.model,
+            self.feeder.as_mut(),
+            &mut self.counters,
             opts,
-            &schedule,
-            &progress,
+            &self.schedule,
+            &self.progress,
         )?;
         let done = &run.done;
         let seen = done.seen as f64;
@@ -376,122 +595,139 @@ pub fn train_with<B: Feeds, P: PixelStore>(
             partial: run.interrupted,
         };
         if run.interrupted {
-            append_metrics(&mut metrics_file, &metrics_path, &m)?;
-            checkpoints.save(
-                backend,
-                &model,
+            append_metrics(&mut self.metrics_file, &self.metrics_path, &m)?;
+            self.checkpoints.save(
+                self.backend,
+                &self.model,
                 epoch - 1,
-                history.last().and_then(|h| h.val_loss),
+                self.history.last().and_then(|h| h.val_loss),
                 false,
-                &progress,
+                &self.progress,
                 Some(run.done.clone()),
             )?;
             return Err(Error::Interrupted(format!(
                 "interrupted at epoch {epoch}, step {} of {steps}: saved {} (the partial epoch is in metrics.jsonl, marked \"partial\")",
                 run.done.steps,
-                crate::run::last_path(out).display()
+                crate::run::last_path(self.out).display()
             )));
         }
-        if !val_idx.is_empty() {
-            let (l, logits) = logits_of(
-                backend,
-                &mut model,
-                Some(&opts.loss),
-                feeder.as_mut(),
-                &val_idx,
-            )?;
-            let labels: Vec<usize> = val_idx.iter().map(|&i| data.labels[i] as usize).collect();
-            let vm =
-                crate::metrics::Metrics::from_logits(&logits, &labels, &data.class_names, 1.0)?;
-            m.val_loss = l;
-            m.val_accuracy = Some(vm.accuracy);
-            m.validation = Some(crate::metrics::EpochValidation::from(&vm));
-            final_metrics = Some(vm);
+        if !self.split.val.is_empty() {
+            self.validate(&mut m)?;
         }
         let monitored = opts
             .monitor
             .value(m.val_loss, m.val_accuracy, m.validation.as_ref());
-        let decision = schedule.end_epoch(epoch, monitored, &mut progress);
-        append_metrics(&mut metrics_file, &metrics_path, &m)?;
-        checkpoints.save(
-            backend,
-            &model,
+        let decision = self
+            .schedule
+            .end_epoch(epoch, monitored, &mut self.progress);
+        append_metrics(&mut self.metrics_file, &self.metrics_path, &m)?;
+        self.checkpoints.save(
+            self.backend,
+            &self.model,
             epoch,
             m.val_loss,
             decision.best,
-            &progress,
+            &self.progress,
             None,
         )?;
-        events.epoch(&m, steps)?;
+        self.events.epoch(&m, steps)?;
         log(&epoch_line(&m, opts.epochs, decision.best));
-        history.push(m);
+        self.history.push(m);
         if decision.stop {
             log(&format!(
                 "early stop after epoch {epoch}: {} has not improved for {} epochs (best {:.4} at epoch {})",
                 opts.monitor.name(),
-                progress.stale_epochs,
-                progress.best.unwrap_or(f64::NAN),
-                progress.best_epoch.unwrap_or(0)
+                self.progress.stale_epochs,
+                self.progress.best.unwrap_or(f64::NAN),
+                self.progress.best_epoch.unwrap_or(0)
             ));
-            break;
+            return Ok(AfterEpoch::Stop);
         }
+        Ok(AfterEpoch::Continue)
     }
-    log(&format!("\n{}", epoch_table(&history)));
-    let last_epoch = history.last().map_or(0, |m| m.epoch);
-    if let Some(vm) = &final_metrics {
-        log(&format!(
-            "validation, epoch {last_epoch}: {}\n{}",
-            vm.summary_line(),
-            vm.per_class_table()
+
+    /// The validation loss and metrics of the model as it is, into `m`.
+    fn validate(&mut self, m: &mut EpochMetrics) -> Result<()> {
+        let val = &self.split.val;
+        let (l, logits) = logits_of(
+            self.backend,
+            &mut self.model,
+            Some(&self.opts.loss),
+            self.feeder.as_mut(),
+            val,
+        )?;
+        let labels: Vec<usize> = val.iter().map(|&i| self.data.labels[i] as usize).collect();
+        let vm =
+            crate::metrics::Metrics::from_logits(&logits, &labels, &self.data.class_names, 1.0)?;
+        m.val_loss = l;
+        m.val_accuracy = Some(vm.accuracy);
+        m.validation = Some(crate::metrics::EpochValidation::from(&vm));
+        self.final_metrics = Some(vm);
+        Ok(())
+    }
+
+    /// The closing report: the epoch table, the last validation in detail, the checkpoints,
+    /// and the plots (a plot that fails is a warning, not an error).
+    fn report(&mut self, log: &mut impl FnMut(&str)) -> Result<()> {
+        let (opts, out) = (self.opts, self.out);
+        log(&format!("\n{}", epoch_table(&self.history)));
+        let last_epoch = self.history.last().map_or(0, |m| m.epoch);
+        if let Some(vm) = &self.final_metrics {
+            log(&format!(
+                "validation, epoch {last_epoch}: {}\n{}",
+                vm.summary_line(),
+                vm.per_class_table()
+            ));
+        }
+        match self.progress.best_epoch {
+            Some(e) => log(&format!(
+                "checkpoints: {} (epoch {last_epoch}), {} (epoch {e}, best {})",
+                crate::run::last_path(out).display(),
+                crate::run::best_path(out).display(),
+                opts.monitor.name()
+            )),
+            None => log(&format!(
+                "checkpoints: {} (no validation split: no best)",
+                crate::run::last_path(out).display()
+            )),
+        }
+        let mut written = Vec::new();
+        let mut plot = |r: Result<Vec<PathBuf>>| match r {
+            Ok(paths) => written.extend(paths),
+            Err(e) => log(&format!("warning: a plot was not written: {e}")),
+        };
+        plot(crate::plots::training_curves(
+            &self.history,
+            out,
+            "training_curves",
         ));
-    }
-    match progress.best_epoch {
-        Some(e) => log(&format!(
-            "checkpoints: {} (epoch {last_epoch}), {} (epoch {e}, best {})",
-            crate::run::last_path(out).display(),
-            crate::run::best_path(out).display(),
-            opts.monitor.name()
-        )),
-        None => log(&format!(
-            "checkpoints: {} (no validation split: no best)",
-            crate::run::last_path(out).display()
-        )),
-    }
-    let mut written = Vec::new();
-    let mut plot = |r: Result<Vec<PathBuf>>| match r {
-        Ok(paths) => written.extend(paths),
-        Err(e) => log(&format!("warning: a plot was not written: {e}")),
-    };
-    plot(crate::plots::training_curves(
-        &history,
-        out,
-        "training_curves",
-    ));
-    if let Some(vm) = &final_metrics {
-        let title = format!("validation, epoch {last_epoch}");
-        let diagram = crate::plots::reliability_diagram(vm, &title, out, "reliability");
-        if let Ok(paths) = &diagram
-            && let Some(png) = paths
-                .iter()
-                .find(|p| p.extension().is_some_and(|e| e == "png"))
-        {
-            events.png("reliability_diagram", last_epoch as i64, png)?;
+        if let Some(vm) = &self.final_metrics {
+            let title = format!("validation, epoch {last_epoch}");
+            let diagram = crate::plots::reliability_diagram(vm, &title, out, "reliability");
+            if let Ok(paths) = &diagram
+                && let Some(png) = paths
+                    .iter()
+                    .find(|p| p.extension().is_some_and(|e| e == "png"))
+            {
+                self.events
+                    .png("reliability_diagram", last_epoch as i64, png)?;
+            }
+            plot(diagram);
         }
-        plot(diagram);
+        if !written.is_empty() {
+            let names: Vec<String> = written
+                .iter()
+                .map(|p| {
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            log(&format!("plots in {}: {}", out.display(), names.join(", ")));
+        }
+        Ok(())
     }
-    if !written.is_empty() {
-        let names: Vec<String> = written
-            .iter()
-            .map(|p| {
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        log(&format!("plots in {}: {}", out.display(), names.join(", ")));
-    }
-    Ok((model, history))
 }
 
 /// The steps of one epoch to run: its order, and those done before an interrupt.

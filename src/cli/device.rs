@@ -1,20 +1,19 @@
-//! `--device auto|cpu|cuda|cuda-emu` and `--profile`: which backend runs a command, and
-//! running `train`, `bench` and `loss` on it (one generic call per backend).
-
-use std::path::Path;
+//! `--device auto|cpu|cuda|cuda-emu`: which backend runs a command, the backend itself
+//! ([`on_device!`]: one body compiled for each backend type), and what its phases are timed
+//! with (`--profile`).
 
 use super::DeviceChoice;
-use crate::bench::{self, BenchOptions, BenchReport, Stage};
-use crate::data::{ImageSet, PixelStore};
 use crate::executor::{Executor, cuda_unavailable_reason};
-use crate::feed::Feeds;
-use crate::loss::LossConfig;
-use crate::ops::Backend;
 use crate::ops::CudaBackend;
-use crate::profile::{Profiled, Profiler, Timeline, nvtx};
-use crate::run::EpochMetrics;
-use crate::train::{self, TrainOptions};
 use crate::{Error, Result};
+
+/// Where the model runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceFlag {
+    /// auto: cuda when a GPU and compiled kernels are present, else cpu (said on stderr).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+}
 
 /// Resolves `--device` to a backend this machine and build can run (`auto`: cuda when a GPU
 /// and compiled kernels are there, else cpu, said in one line on stderr), or a one-line
@@ -93,131 +92,10 @@ macro_rules! on_device {
 }
 pub(crate) use on_device;
 
-/// What the per-phase times are measured with.
-fn clock_name(device: DeviceChoice) -> &'static str {
+/// What the per-phase times of `--profile` are measured with on `device`.
+pub fn clock_name(device: DeviceChoice) -> &'static str {
     match device {
         DeviceChoice::Cuda => "CUDA events",
         _ => "wall clock",
     }
-}
-
-/// Trains on `device` (see [`train::train`]); with `profile`, prints the per-phase table.
-pub fn train<P: PixelStore>(
-    device: DeviceChoice,
-    profile: bool,
-    data: &ImageSet<P>,
-    opts: &TrainOptions,
-    out: &Path,
-    log: impl FnMut(&str),
-) -> Result<Vec<EpochMetrics>> {
-    on_device!(device, |backend| {
-        train_with(backend, profile, clock_name(device), data, opts, out, log)
-    })
-}
-
-fn train_with<B: Feeds + Timeline, P: PixelStore>(
-    backend: &B,
-    profile: bool,
-    clock: &str,
-    data: &ImageSet<P>,
-    opts: &TrainOptions,
-    out: &Path,
-    log: impl FnMut(&str),
-) -> Result<Vec<EpochMetrics>> {
-    // The phase wrapper costs a compare per backend call; skip it when nobody looks.
-    if !profile && !nvtx::available() {
-        return Ok(train::train(backend, data, opts, out, log)?.1);
-    }
-    let prof = Profiler::new(profile);
-    let (_model, history) = train::train(&Profiled::new(backend, &prof), data, opts, out, log)?;
-    prof.finish(backend)?;
-    if profile {
-        println!("{}", prof.table(clock));
-    }
-    Ok(history)
-}
-
-/// Benchmarks on `device` (see [`bench::run`]); with `profile`, prints the per-phase table
-/// of the timed training steps (to stderr when `json`, so stdout stays one JSON object).
-pub fn bench(
-    device: DeviceChoice,
-    profile: bool,
-    json: bool,
-    opts: &BenchOptions,
-) -> Result<BenchReport> {
-    on_device!(device, |backend| {
-        bench_with(backend, profile, json, clock_name(device), opts)
-    })
-}
-
-fn bench_with<B: Feeds + Timeline>(
-    backend: &B,
-    profile: bool,
-    json: bool,
-    clock: &str,
-    opts: &BenchOptions,
-) -> Result<BenchReport> {
-    if !profile && !nvtx::available() {
-        return bench::run(backend, opts);
-    }
-    let prof = Profiler::new(false);
-    let report = bench::run_with(&Profiled::new(backend, &prof), opts, |stage| match stage {
-        Stage::TrainTimed => {
-            prof.set_timing(profile);
-            Ok(())
-        }
-        Stage::TrainDone => {
-            prof.finish(backend)?;
-            prof.set_timing(false);
-            Ok(())
-        }
-    })?;
-    prof.finish(backend)?;
-    if profile {
-        let table = prof.table(clock);
-        if json {
-            eprintln!("{table}")
-        } else {
-            println!("{table}")
-        }
-    }
-    Ok(report)
-}
-
-/// The loss (and its gradient when `want_grad`) of `[batch, classes]` host arrays, computed
-/// by `device`'s backend (`Backend::loss`).
-pub fn loss(
-    device: DeviceChoice,
-    cfg: &LossConfig,
-    y_true: &[f32],
-    y_pred: &[f32],
-    [batch, classes]: [usize; 2],
-    want_grad: bool,
-) -> Result<(f32, Option<Vec<f32>>)> {
-    on_device!(device, |backend| {
-        loss_with(backend, cfg, y_true, y_pred, batch, classes, want_grad)
-    })
-}
-
-fn loss_with<B: Backend<E = f32>>(
-    b: &B,
-    cfg: &LossConfig,
-    y_true: &[f32],
-    y_pred: &[f32],
-    batch: usize,
-    classes: usize,
-    want_grad: bool,
-) -> Result<(f32, Option<Vec<f32>>)> {
-    let (t, p) = (b.upload(y_true)?, b.upload(y_pred)?);
-    let mut g = if want_grad {
-        Some(b.zeros(batch * classes)?)
-    } else {
-        None
-    };
-    let value = b.loss(cfg, batch, classes, &t, &p, g.as_mut())?;
-    let grad = match &g {
-        Some(g) => Some(b.read(g, batch * classes)?),
-        None => None,
-    };
-    Ok((value, grad))
 }

@@ -1,23 +1,22 @@
-//! The command line: `focalflow train | loss | bench | info`.
+//! The command line: it parses and dispatches, one file per command (`train`, `loss`,
+//! `bench`, `eval`, `predict`, `calibrate`, `compare`, `export`; `info` is one call),
+//! flag groups shared by several commands in [`flags`], `--device` in [`device`].
 
-pub mod data_args;
+pub mod bench;
+pub mod calibrate;
+pub mod compare;
 pub mod device;
-pub mod eval_cmd;
-pub mod export_cmd;
-pub mod loss_args;
-pub mod loss_cmd;
-
-use std::path::PathBuf;
+pub mod eval;
+pub mod export;
+pub mod flags;
+pub mod loss;
+pub mod predict;
+mod text;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
-use crate::bench::BenchOptions;
-use crate::data::synthetic;
-use crate::model::{Arch, REFERENCE_ARCH};
-use crate::train::TrainOptions;
-use crate::{Error, Result};
-use data_args::DataFlags;
-use loss_args::LossFlags;
+use crate::Result;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,23 +32,23 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model (the reference CNN by default) and write a run folder.
-    Train(Box<TrainArgs>),
+    Train(Box<train::TrainArgs>),
     /// Evaluate a loss (and its gradient) on arrays from .npy files.
-    Loss(loss_cmd::LossArgs),
+    Loss(loss::LossArgs),
     /// Time training and inference steps of a model on random data.
-    Bench(BenchArgs),
+    Bench(bench::BenchArgs),
     /// What this build and machine can run: kernels, executors, GPUs, versions.
     Info,
     /// Metrics of a checkpoint on a folder of labelled images (per-class table, ECE, plots).
-    Eval(eval_cmd::EvalArgs),
+    Eval(eval::EvalArgs),
     /// Class and probabilities of image files or folders.
-    Predict(eval_cmd::PredictArgs),
+    Predict(predict::PredictArgs),
     /// Fit a temperature on held-out images and store it in the checkpoint.
-    Calibrate(eval_cmd::CalibrateArgs),
+    Calibrate(calibrate::CalibrateArgs),
     /// The final metrics of several runs side by side.
-    Compare(eval_cmd::CompareArgs),
+    Compare(compare::CompareArgs),
     /// Write a checkpoint's network as an ONNX model (onnxruntime, TensorRT, OpenVINO).
-    Export(export_cmd::ExportArgs),
+    Export(export::ExportArgs),
 }
 
 /// Where to run: `auto` picks the best available and says which.
@@ -61,335 +60,17 @@ pub enum DeviceChoice {
     CudaEmu,
 }
 
-/// Resolves `--device` to a backend this build can run, or a one-line reason why not.
-pub fn resolve_device(choice: DeviceChoice) -> Result<DeviceChoice> {
-    device::resolve(choice)
-}
-
-#[derive(clap::Args, Debug)]
-pub struct TrainArgs {
-    #[command(flatten)]
-    pub data: DataFlags,
-    /// Images in the built-in set (used when --data is not given).
-    #[arg(long, value_name = "N", default_value_t = 640)]
-    pub synthetic_images: usize,
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Adam's learning rate.
-    #[arg(long = "lr", default_value_t = 1e-3)]
-    pub learning_rate: f64,
-    /// Images are square, this many pixels a side.
-    #[arg(long, default_value_t = 224)]
-    pub image_size: usize,
-    #[command(flatten)]
-    pub loss: LossFlags,
-    /// Layers before the classifier head, e.g. c16,p,c32,p,c64,p,d256 (see README).
-    #[arg(long, default_value = REFERENCE_ARCH)]
-    pub arch: String,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Fraction of each class held out for validation.
-    #[arg(long, default_value_t = 0.2)]
-    pub val_fraction: f64,
-    /// At most this many batches per epoch (like Keras' fit(steps_per_epoch=)).
-    #[arg(long, value_name = "N")]
-    pub steps_per_epoch: Option<usize>,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// Learning rate over the run: constant, cosine (to 0 at the last epoch, per step),
-    /// step:EPOCHS:FACTOR (times FACTOR every EPOCHS epochs) or plateau:PATIENCE:FACTOR
-    /// (times FACTOR when --monitor has not improved for PATIENCE epochs).
-    #[arg(long, value_name = "SCHEDULE", default_value = "constant")]
-    pub lr_schedule: crate::schedule::LrSchedule,
-    /// Linear warm-up of the learning rate over the first W epochs (fractions allowed).
-    #[arg(long, value_name = "W", default_value_t = 0.0)]
-    pub warmup_epochs: f64,
-    /// Stop when --monitor has not improved for PATIENCE epochs.
-    #[arg(long, value_name = "PATIENCE")]
-    pub early_stop: Option<usize>,
-    /// The validation metric that picks checkpoints/best, early stopping and the plateau
-    /// schedule.
-    #[arg(long, value_enum, default_value = "val-loss")]
-    pub monitor: crate::schedule::Monitor,
-    /// On a GPU: device memory the u8 image set may take, in GiB (auto: half of the free
-    /// memory); a larger set is streamed batch by batch through pinned host memory (off:
-    /// always streamed).
-    #[arg(long, value_name = "auto|off|GiB", default_value = "auto")]
-    pub device_cache: crate::feed::DeviceCache,
-    /// Run folder for config.json and metrics.jsonl (default: a new folder under runs/).
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// No progress bars (they are also hidden when stderr is not a terminal).
-    #[arg(long)]
-    pub quiet: bool,
-    /// Continue the run in RUN_DIR from its last checkpoint (give the run's flags again;
-    /// only --epochs may change, e.g. raised to train longer).
-    #[arg(long, value_name = "RUN_DIR")]
-    pub resume: Option<PathBuf>,
-    /// Print a per-phase time table (data, forward, loss, backward, optimizer) at the end.
-    #[arg(long)]
-    pub profile: bool,
-}
-
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceChoice,
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 224)]
-    pub image_size: usize,
-    /// Timed steps, after two warm-up steps.
-    #[arg(long, default_value_t = 5)]
-    pub steps: usize,
-    #[arg(long, default_value = REFERENCE_ARCH)]
-    pub arch: String,
-    #[command(flatten)]
-    pub loss: LossFlags,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Print a per-phase time table of the timed training steps.
-    #[arg(long)]
-    pub profile: bool,
-    /// Also time whole epochs of `train` on N generated images (data path included),
-    /// beside the kernels-only figure: 3 epochs, the first one untimed.
-    #[arg(long, value_name = "N")]
-    pub end_to_end: Option<usize>,
-    /// `--device-cache` of the --end-to-end run (see `train --help`).
-    #[arg(long, value_name = "auto|off|GiB", default_value = "auto")]
-    pub device_cache: crate::feed::DeviceCache,
-}
-
+/// Runs the command `cli` names.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train(args) => run_train(*args),
-        Command::Loss(args) => loss_cmd::run(&args),
-        Command::Bench(args) => run_bench(args),
+        Command::Train(args) => train::run(*args),
+        Command::Loss(args) => loss::run(&args),
+        Command::Bench(args) => bench::run(args),
         Command::Info => crate::info::print_info(),
-        Command::Eval(args) => eval_cmd::run_eval(&args),
-        Command::Predict(args) => eval_cmd::run_predict(&args),
-        Command::Calibrate(args) => eval_cmd::run_calibrate(&args),
-        Command::Compare(args) => eval_cmd::run_compare(&args),
-        Command::Export(args) => export_cmd::run(&args),
-    }
-}
-
-fn run_train(mut args: TrainArgs) -> Result<()> {
-    let auto_alpha = data_args::take_auto_alpha(&mut args.loss)?;
-    let device = resolve_device(args.device)?;
-    let loss = args.loss.to_config_with_default(true)?;
-    let arch: Arch = args.arch.parse()?;
-    let class_fraction = args.data.class_fractions()?;
-    let (data, report) = match args.data.load(args.image_size, !args.quiet)? {
-        Some((set, meta)) => (set, Some(meta)),
-        None => {
-            if args.image_size == 0 || args.synthetic_images < 4 {
-                return Err(Error::invalid(
-                    "--image-size must be positive and --synthetic-images at least 4",
-                ));
-            }
-            eprintln!(
-                "no --data given: training on the built-in set ({} generated {}x{} images of horizontal vs vertical stripes, seed {})",
-                args.synthetic_images, args.image_size, args.image_size, args.seed
-            );
-            let set = synthetic::generate(args.synthetic_images, args.image_size, args.seed);
-            (set.into_pixels(), None)
-        }
-    };
-    let (train_idx, val_idx) =
-        data.training_split(args.val_fraction, args.seed, &class_fraction)?;
-    eprintln!(
-        "{}",
-        data_args::split_counts_line(&data, &train_idx, &val_idx)
-    );
-    let loss = match auto_alpha {
-        Some(rule) => {
-            let alpha = rule.alpha(&data.class_counts(&train_idx), &data.class_names)?;
-            eprintln!("{}", rule.line(&alpha, &data.class_names));
-            data_args::with_alpha(loss, alpha)
-        }
-        None => loss,
-    };
-    let opts = TrainOptions {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        learning_rate: args.learning_rate,
-        loss: loss.clone(),
-        arch,
-        seed: args.seed,
-        val_fraction: args.val_fraction,
-        steps_per_epoch: args.steps_per_epoch,
-        class_fraction,
-        augment: args.data.augment,
-        device_cache: args.device_cache,
-        lr_schedule: args.lr_schedule,
-        warmup_epochs: args.warmup_epochs,
-        monitor: args.monitor,
-        early_stop: args.early_stop,
-        progress: !args.quiet,
-        resume: args.resume.is_some(),
-    };
-    let out = match (args.resume, args.out) {
-        (Some(run), Some(out)) if run != out => {
-            return Err(Error::invalid(format!(
-                "--resume {} writes into that run folder; drop --out {}",
-                run.display(),
-                out.display()
-            )));
-        }
-        (Some(run), _) => run,
-        (None, out) => out.unwrap_or_else(|| crate::run::default_run_dir(&loss)),
-    };
-    if let Some(meta) = &report {
-        let list = data_args::write_item_list(&out, "skipped.tsv", &meta.skipped)?;
-        if !meta.skipped.is_empty() {
-            eprintln!("skipped files and reasons: {}", list.display());
-        }
-        if !meta.warnings.is_empty() {
-            let list = data_args::write_item_list(&out, "decode_warnings.tsv", &meta.warnings)?;
-            eprintln!("files kept despite decoder warnings: {}", list.display());
-        }
-    }
-    eprintln!(
-        "device: {}; run folder: {}",
-        device::name(device),
-        out.display()
-    );
-    crate::interrupt::install()?;
-    let history = device::train(device, args.profile, &data, &opts, &out, |line| {
-        println!("{line}")
-    })
-    .map_err(|e| match e {
-        Error::Interrupted(what) => Error::Interrupted(format!(
-            "{what}\ncontinue with: {}",
-            resume_command(std::env::args(), &out)
-        )),
-        other => other,
-    })?;
-    if !history.is_empty() {
-        eprintln!("done: metrics in {}", out.join("metrics.jsonl").display());
-    }
-    Ok(())
-}
-
-/// The command line that continues an interrupted run: this one with `--out DIR` replaced
-/// by `--resume DIR` (or `--resume DIR` added), arguments quoted for a POSIX shell.
-fn resume_command(args: impl IntoIterator<Item = String>, out: &std::path::Path) -> String {
-    let mut words: Vec<String> = Vec::new();
-    let mut args = args.into_iter();
-    let mut resuming = false;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--out" => {
-                args.next();
-            }
-            _ if a.starts_with("--out=") => {}
-            "--resume" => {
-                resuming = true;
-                words.push(a);
-            }
-            _ => {
-                resuming |= a.starts_with("--resume=");
-                words.push(a);
-            }
-        }
-    }
-    if !resuming {
-        words.push("--resume".into());
-        words.push(out.display().to_string());
-    }
-    words
-        .iter()
-        .map(|w| {
-            if !w.is_empty()
-                && w.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+%@".contains(c))
-            {
-                w.clone()
-            } else {
-                format!("'{}'", w.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn run_bench(args: BenchArgs) -> Result<()> {
-    let device = resolve_device(args.device)?;
-    let opts = BenchOptions {
-        arch: args.arch.parse()?,
-        image_size: args.image_size,
-        batch_size: args.batch_size,
-        classes: 2,
-        steps: args.steps,
-        warmup: 2,
-        loss: args.loss.to_config_with_default(true)?,
-        end_to_end: args.end_to_end,
-        device_cache: args.device_cache,
-    };
-    let report = device::bench(device, args.profile, args.json, &opts)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report).expect("JSON"));
-    } else {
-        println!(
-            "{} {}x{} batch {}, {} threads: train {:.1} img/s ({:.0} ms/step, {:.1} GFLOP/s), inference {:.1} img/s, peak RSS {}",
-            report.device,
-            report.image_size,
-            report.image_size,
-            report.batch_size,
-            rayon::current_num_threads(),
-            report.train_images_per_second,
-            report.train_step_ms,
-            report.train_gflops,
-            report.inference_images_per_second,
-            report.peak_rss_bytes.map_or("unknown".into(), |b| format!(
-                "{:.0} MiB",
-                b as f64 / 1048576.0
-            ))
-        );
-        if let (Some(e2e), Some(path)) = (
-            report.end_to_end_images_per_second,
-            &report.end_to_end_data_path,
-        ) {
-            println!(
-                "end to end (train, {} generated images): {e2e:.1} img/s, {:.0}% of the kernels-only figure; {}{path}",
-                args.end_to_end.unwrap_or(0),
-                100.0 * e2e / report.train_images_per_second,
-                crate::feed::DATA_PATH_LINE
-            );
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::resume_command;
-
-    fn words(s: &str) -> Vec<String> {
-        s.split(' ').map(String::from).collect()
-    }
-
-    #[test]
-    fn the_resume_command_replaces_out_and_quotes() {
-        let out = std::path::Path::new("runs/a b");
-        assert_eq!(
-            resume_command(
-                words("focalflow train --epochs 3 --out runs/x --lr 1e-3"),
-                out
-            ),
-            "focalflow train --epochs 3 --lr 1e-3 --resume 'runs/a b'"
-        );
-        assert_eq!(
-            resume_command(words("focalflow train --resume runs/x"), out),
-            "focalflow train --resume runs/x"
-        );
-        assert_eq!(
-            resume_command(words("focalflow train --out=runs/x --data it's"), out),
-            "focalflow train --data 'it'\\''s' --resume 'runs/a b'"
-        );
+        Command::Eval(args) => eval::run(&args),
+        Command::Predict(args) => predict::run(&args),
+        Command::Calibrate(args) => calibrate::run(&args),
+        Command::Compare(args) => compare::run(&args),
+        Command::Export(args) => export::run(&args),
     }
 }

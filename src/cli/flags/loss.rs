@@ -1,6 +1,7 @@
 //! The loss flags shared by `focalflow loss` and `focalflow train`
 //! (`#[command(flatten)]` them; keep the flag names exactly).
 
+use crate::class_balance::AutoAlpha;
 use crate::loss::{Alpha, LossConfig};
 use crate::{Error, Result};
 
@@ -92,6 +93,26 @@ impl LossFlags {
     /// As [`Self::to_config`], with `from_logits` taking `default_from_logits` when the flag
     /// is absent.
     pub fn to_config_with_default(&self, default_from_logits: bool) -> Result<LossConfig> {
+        self.build(default_from_logits, false)
+    }
+
+    /// `--alpha auto..` (`train` only): the rule that derives the alpha from the class
+    /// counts of the training split; None when `--alpha` is absent or gives values.
+    pub fn auto_alpha(&self) -> Result<Option<AutoAlpha>> {
+        self.alpha.as_deref().and_then(AutoAlpha::parse).transpose()
+    }
+
+    /// As [`Self::to_config_with_default`], for `train`, where `--alpha` may also be `auto..`
+    /// ([`Self::auto_alpha`]): the configuration then keeps the loss's default alpha until
+    /// [`crate::class_balance::with_alpha`] puts in the one the class counts give. `auto` is
+    /// checked as any `--alpha` is: with a loss that has no alpha it is an error.
+    pub fn to_config_with_auto_alpha(&self, default_from_logits: bool) -> Result<LossConfig> {
+        self.build(default_from_logits, true)
+    }
+
+    /// The configuration; `--alpha auto..` is read as a rule when `auto_alpha` (train), else
+    /// it is [`parse_alpha`]'s error.
+    fn build(&self, default_from_logits: bool, auto_alpha: bool) -> Result<LossConfig> {
         let flag_from_logits = self.from_logits.unwrap_or(default_from_logits);
         let mut cfg = LossConfig::default_for(self.loss.trim())?;
         let name = cfg.cli_name();
@@ -100,7 +121,12 @@ impl LossFlags {
                 "{flag} applies only to --loss {owners}, not to --loss {name}"
             ))
         };
-        let alpha = self.alpha.as_deref().map(parse_alpha).transpose()?;
+        let alpha = match self.alpha.as_deref() {
+            None => None,
+            // The default stays until the class counts give the alpha.
+            Some(text) if auto_alpha && AutoAlpha::parse(text).transpose()?.is_some() => None,
+            Some(text) => Some(parse_alpha(text)?),
+        };
         // A flag of another loss is an error, not silently ignored.
         let takes: &[&str] = match cfg {
             LossConfig::Focal { .. } => &["--alpha", "--gamma", "--l1", "--l2"],
@@ -253,6 +279,41 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("not a number")
+        );
+    }
+
+    #[test]
+    fn auto_alpha_is_a_rule_and_the_config_keeps_the_default_until_the_counts_give_it() {
+        let f = LossFlags {
+            alpha: Some("auto:inverse".into()),
+            ..flags("focal")
+        };
+        assert_eq!(f.auto_alpha().unwrap(), Some(AutoAlpha::Inverse));
+        assert_eq!(
+            f.to_config_with_auto_alpha(true).unwrap(),
+            flags("focal").to_config_with_default(true).unwrap()
+        );
+        // Outside train there are no class counts: `auto` is an error.
+        assert!(f.to_config_with_default(true).is_err());
+        // Still an --alpha: a loss without one refuses it.
+        let ce = LossFlags {
+            alpha: Some("auto".into()),
+            ..flags("ce")
+        };
+        assert!(
+            ce.to_config_with_auto_alpha(true)
+                .unwrap_err()
+                .to_string()
+                .contains("--alpha applies only to --loss focal and keras-focal, not to --loss ce")
+        );
+        let values = LossFlags {
+            alpha: Some("0.3".into()),
+            ..flags("focal")
+        };
+        assert_eq!(values.auto_alpha().unwrap(), None);
+        assert_eq!(
+            values.to_config_with_auto_alpha(true).unwrap(),
+            values.to_config_with_default(true).unwrap()
         );
     }
 

@@ -1,129 +1,9 @@
-//! The data flags of `focalflow train` (`#[command(flatten)]` into `TrainArgs`) and
-//! `--alpha auto`, the per-class focal weights derived from the class counts.
+//! Class-balanced focal weights: `--alpha auto`, the per-class alpha of focal and
+//! keras-focal derived from the class counts of the training split (inverse frequency, or
+//! Cui et al.'s effective number of samples), and the loss with that alpha put in.
 
-use std::path::{Path, PathBuf};
-
-use crate::data::cache::{self, Meta, Skipped};
-use crate::data::load::{LoadOptions, load};
-use crate::data::{Augment, ClassFraction, ImageSet, PixelStore, Pixels};
 use crate::loss::{Alpha, LossConfig};
 use crate::{Error, Result};
-
-use super::loss_args::LossFlags;
-
-/// Where the images come from and how batches are drawn.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct DataFlags {
-    /// Images: a folder with one sub-folder per class (e.g. PetImages with Cat/ and Dog/;
-    /// JPEG, PNG, BMP, GIF, WebP, recognised by content; unreadable files are skipped and
-    /// listed in the run folder's skipped.tsv), or a TFDS folder prepared by tfds.load
-    /// (~/tensorflow_datasets/cats_vs_dogs[/4.0.1]). Without it, the built-in generated set.
-    #[arg(long = "data", value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    #[command(flatten)]
-    pub preprocessing: PreprocessFlags,
-    /// Augmentation of training batches: none, or flip (random horizontal flips, seeded).
-    #[arg(long, value_enum, default_value = "none")]
-    pub augment: Augment,
-    /// Keep only fraction F of class CLASS (name or index), chosen with --seed before the
-    /// train/validation split, to study imbalance on a balanced set; repeatable.
-    #[arg(long, value_name = "CLASS=F")]
-    pub class_fraction: Vec<String>,
-}
-
-/// How a folder is preprocessed: the cache and the decoding threads (shared by `train`,
-/// `eval` and `calibrate`).
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct PreprocessFlags {
-    /// Folder for the preprocessed-set cache (default: $XDG_CACHE_HOME/focalflow or
-    /// ~/.cache/focalflow).
-    #[arg(long, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Decode the images again instead of reading or writing the cache.
-    #[arg(long)]
-    pub no_cache: bool,
-    /// Threads decoding images (default: all cores).
-    #[arg(long, value_name = "N")]
-    pub preprocess_threads: Option<usize>,
-}
-
-impl PreprocessFlags {
-    /// The loader's options for images of `image_size` pixels a side.
-    pub fn load_options(&self, image_size: usize, progress: bool) -> Result<LoadOptions> {
-        if self.preprocess_threads == Some(0) {
-            return Err(Error::invalid("--preprocess-threads must be at least 1"));
-        }
-        Ok(LoadOptions {
-            image_size,
-            cache_dir: if self.no_cache {
-                None
-            } else {
-                Some(self.cache_dir.clone().unwrap_or_else(cache::default_dir))
-            },
-            progress,
-            threads: self.preprocess_threads,
-        })
-    }
-}
-
-impl DataFlags {
-    /// The parsed `--class-fraction` values.
-    pub fn class_fractions(&self) -> Result<Vec<ClassFraction>> {
-        self.class_fraction.iter().map(|s| s.parse()).collect()
-    }
-
-    /// Loads `--data` (None without it), printing the summary line to stderr. Returns the
-    /// set and what the loader reports (skipped files, decoder warnings).
-    pub fn load(
-        &self,
-        image_size: usize,
-        progress: bool,
-    ) -> Result<Option<(ImageSet<Pixels>, Meta)>> {
-        let Some(dir) = &self.dir else {
-            return Ok(None);
-        };
-        self.class_fractions()?;
-        let opts = self.preprocessing.load_options(image_size, progress)?;
-        let loaded = load(dir, &opts)?;
-        eprintln!("{}", loaded.summary());
-        Ok(Some((loaded.set, loaded.meta)))
-    }
-}
-
-/// Writes `name` (`skipped.tsv`, `decode_warnings.tsv`: item, category, detail) into the
-/// run folder `out`.
-pub fn write_item_list(out: &Path, name: &str, items: &[Skipped]) -> Result<PathBuf> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| Error::file(out, format!("cannot create the run folder: {e}")))?;
-    let path = out.join(name);
-    let mut text = String::from("item\tcategory\tdetail\n");
-    for s in items {
-        text.push_str(&format!("{}\t{}\t{}\n", s.item, s.category, s.detail));
-    }
-    crate::run::write_atomically(&path, text.as_bytes())?;
-    Ok(path)
-}
-
-/// The class counts of both splits, by name: `classes: Cat 9993/2498, Dog 9411/2353 (train/val)`.
-pub fn split_counts_line<P: PixelStore>(
-    data: &ImageSet<P>,
-    train: &[usize],
-    val: &[usize],
-) -> String {
-    let (t, v) = (data.class_counts(train), data.class_counts(val));
-    let parts: Vec<String> = data
-        .class_names
-        .iter()
-        .enumerate()
-        .map(|(c, n)| format!("{n} {}/{}", t[c], v[c]))
-        .collect();
-    format!(
-        "classes (train/val): {}; {} / {} images",
-        parts.join(", "),
-        train.len(),
-        val.len()
-    )
-}
 
 /// `--alpha auto`: how the per-class weights follow from the training-split counts `n_c`.
 /// Both give `alpha_c = w_c / sum_k w_k` (so the weights sum to 1, each in [0, 1]):
@@ -200,17 +80,6 @@ impl AutoAlpha {
             AutoAlpha::Effective { beta } => format!("effective number of samples, beta {beta}"),
         }
     }
-}
-
-/// Takes `--alpha auto..` out of `flags` (leaving a placeholder value, so the loss flags are
-/// still checked: `--alpha` with a loss that has none stays an error) and returns the rule.
-pub fn take_auto_alpha(flags: &mut LossFlags) -> Result<Option<AutoAlpha>> {
-    let Some(rule) = flags.alpha.as_deref().and_then(AutoAlpha::parse) else {
-        return Ok(None);
-    };
-    let rule = rule?;
-    flags.alpha = Some("0.5".into());
-    Ok(Some(rule))
 }
 
 /// `loss` with its alpha replaced by `alpha` (focal and keras-focal).
@@ -324,20 +193,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("class \"dog\" has no training image"), "{err}");
-    }
-
-    #[test]
-    fn auto_is_taken_out_of_the_loss_flags() {
-        let mut f = LossFlags {
-            alpha: Some("auto:inverse".into()),
-            ..LossFlags::default()
-        };
-        assert_eq!(take_auto_alpha(&mut f).unwrap(), Some(AutoAlpha::Inverse));
-        assert_eq!(f.alpha.as_deref(), Some("0.5"));
-        let mut f = LossFlags {
-            alpha: Some("0.3".into()),
-            ..LossFlags::default()
-        };
-        assert_eq!(take_auto_alpha(&mut f).unwrap(), None);
     }
 }

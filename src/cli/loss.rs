@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use crate::cli::loss_args::LossFlags;
+use crate::cli::device::{self, on_device};
+use crate::cli::flags::loss::LossFlags;
+use crate::loss::LossConfig;
+use crate::ops::Backend;
 use crate::{Error, Result, npy};
 
 /// Evaluate a loss on given labels and predictions; prints `{"loss": <number>}`.
@@ -29,7 +32,7 @@ pub struct LossArgs {
 /// Runs `focalflow loss`: computes in f32 like training (inputs rounded to f32), prints one
 /// JSON object on stdout and writes the gradient when asked.
 pub fn run(args: &LossArgs) -> Result<()> {
-    let device = super::device::resolve_str(&args.device)?;
+    let device = device::resolve_str(&args.device)?;
     let cfg = args.loss.to_config()?;
     let (y_true, y_shape) = npy::read_2d_f32(&args.y_true)?;
     let (y_pred, p_shape) = npy::read_2d_f32(&args.y_pred)?;
@@ -41,14 +44,10 @@ pub fn run(args: &LossArgs) -> Result<()> {
         )));
     }
     // Through the backend's `loss` (on the cpu: loss_forward_backward::<f32>).
-    let (loss, grad) = super::device::loss(
-        device,
-        &cfg,
-        &y_true,
-        &y_pred,
-        y_shape,
-        args.grad_out.is_some(),
-    )?;
+    let want_grad = args.grad_out.is_some();
+    let (loss, grad) = on_device!(device, |backend| {
+        loss_of(backend, &cfg, &y_true, &y_pred, y_shape, want_grad)
+    })?;
     if !loss.is_finite() {
         return Err(Error::NonFinite(format!(
             "{} evaluated to {loss} on these inputs",
@@ -61,4 +60,28 @@ pub fn run(args: &LossArgs) -> Result<()> {
     // An f32 widened to f64 prints with enough digits to round-trip the f32 exactly.
     println!("{}", serde_json::json!({ "loss": loss as f64 }));
     Ok(())
+}
+
+/// The loss (and its gradient when `want_grad`) of `[batch, classes]` host arrays, computed
+/// by `b` (`Backend::loss`).
+fn loss_of<B: Backend<E = f32>>(
+    b: &B,
+    cfg: &LossConfig,
+    y_true: &[f32],
+    y_pred: &[f32],
+    [batch, classes]: [usize; 2],
+    want_grad: bool,
+) -> Result<(f32, Option<Vec<f32>>)> {
+    let (t, p) = (b.upload(y_true)?, b.upload(y_pred)?);
+    let mut g = if want_grad {
+        Some(b.zeros(batch * classes)?)
+    } else {
+        None
+    };
+    let value = b.loss(cfg, batch, classes, &t, &p, g.as_mut())?;
+    let grad = match &g {
+        Some(g) => Some(b.read(g, batch * classes)?),
+        None => None,
+    };
+    Ok((value, grad))
 }

@@ -1,0 +1,115 @@
+//! `focalflow eval`: the metrics of a checkpoint on a folder of labelled images (per-class
+//! table, ECE, reliability plots). The model runs on the backend `--device` picks.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::Result;
+use crate::cli::device::DeviceFlag;
+use crate::cli::flags::checkpoint::{CheckpointFlag, LabelledData, describe, logits_on_device};
+use crate::inference::labels_of;
+use crate::metrics::Metrics;
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub checkpoint: CheckpointFlag,
+    #[command(flatten)]
+    pub device: DeviceFlag,
+    #[command(flatten)]
+    pub data: LabelledData,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Folder for metrics.json and reliability.{svg,png} (default: eval-<data folder name>
+    /// in the run folder of the checkpoint).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Ignore the temperature stored by `calibrate` (evaluate the raw model).
+    #[arg(long)]
+    pub no_temperature: bool,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `focalflow eval`.
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let (path, ck) = args.checkpoint.open()?;
+    let temperature = if args.no_temperature {
+        1.0
+    } else {
+        ck.temperature_or_one()
+    };
+    eprintln!("{}", describe(&path, &ck, temperature));
+    let set = args.data.load(&ck, !args.quiet && !args.json)?;
+    let logits = logits_on_device(&ck, &set, args.batch_size, args.device.device)?;
+    let labels = labels_of(&set);
+    let m = Metrics::from_logits(&logits, &labels, &ck.class_names, temperature)?;
+    let raw = (temperature != 1.0)
+        .then(|| Metrics::from_logits(&logits, &labels, &ck.class_names, 1.0))
+        .transpose()?;
+    let out = match &args.out {
+        Some(o) => o.clone(),
+        None => crate::run::default_eval_dir(&path, &args.data.dir),
+    };
+    let data_name = args
+        .data
+        .dir
+        .file_name()
+        .map_or("data".into(), |n| n.to_string_lossy().into_owned());
+    let mut files = crate::plots::reliability_diagram(
+        &m,
+        &format!(
+            "{data_name}{}",
+            if temperature != 1.0 {
+                ", T applied"
+            } else {
+                ""
+            }
+        ),
+        &out,
+        "reliability",
+    )?;
+    let report = json!({
+        "checkpoint": path,
+        "data": args.data.dir,
+        "temperature": temperature,
+        "metrics": m,
+        "uncalibrated": raw.as_ref().map(|r| json!({
+            "nll": r.nll, "brier": r.brier, "ece": r.ece, "mce": r.mce,
+            "mean_confidence": r.mean_confidence
+        })),
+    });
+    let metrics_path = out.join("metrics.json");
+    crate::run::write_atomically(
+        &metrics_path,
+        serde_json::to_string_pretty(&report)
+            .expect("JSON")
+            .as_bytes(),
+    )?;
+    files.insert(0, metrics_path);
+    if args.json {
+        let mut report = report;
+        report["files"] = json!(files);
+        println!("{}", serde_json::to_string(&report).expect("JSON"));
+        return Ok(());
+    }
+    println!("{}", m.summary_line());
+    if let Some(r) = &raw {
+        println!(
+            "without the temperature: NLL {:.4}  Brier {:.4}  ECE {:.4}  MCE {:.4}",
+            r.nll, r.brier, r.ece, r.mce
+        );
+    }
+    println!();
+    print!("{}", m.per_class_table());
+    println!();
+    println!("{}", m.reliability_table());
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    println!("wrote {}", names.join(", "));
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The flags of the commands that run a trained model (`eval`, `predict`, `calibrate`):
+//! `--checkpoint` and a labelled `--data` folder, and what the commands share: opening the
+//! checkpoint, the line that describes it, loading the folder, the logits on `--device`.
+
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::cli::DeviceChoice;
+use crate::cli::device::{self, on_device};
+use crate::data::load::load;
+use crate::data::{ImageSet, Pixels};
+use crate::inference;
+use crate::{Error, Result};
+
+use super::data::PreprocessFlags;
+
+/// A checkpoint: a `.safetensors` file, or a run folder.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckpointFlag {
+    /// A checkpoint written by train (RUN/checkpoints/best.safetensors or last.safetensors),
+    /// or a run folder (its best checkpoint, else its last).
+    #[arg(long, value_name = "FILE|RUN")]
+    pub checkpoint: PathBuf,
+}
+
+/// A labelled folder of images, loaded as `train --data` loads it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LabelledData {
+    /// Images: a folder with one sub-folder per class, named as the checkpoint's classes
+    /// (a class may be missing; an unknown one is an error).
+    #[arg(long = "data", value_name = "DIR")]
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub preprocessing: PreprocessFlags,
+}
+
+impl CheckpointFlag {
+    /// The checkpoint behind `--checkpoint` and its path; its model must read image files.
+    pub fn open(&self) -> Result<(PathBuf, Checkpoint)> {
+        let path = checkpoint::resolve(&self.checkpoint)?;
+        let ck = Checkpoint::load(&path)?;
+        inference::check_reads_images(&path, &ck)?;
+        Ok((path, ck))
+    }
+}
+
+impl LabelledData {
+    /// Loads `--data` at the checkpoint's size (the loader's line on stderr) with its labels
+    /// in the checkpoint's class order.
+    pub fn load(&self, ck: &Checkpoint, progress: bool) -> Result<ImageSet<Pixels>> {
+        let opts = self.preprocessing.load_options(ck.input.height, progress)?;
+        let loaded = load(&self.dir, &opts)?;
+        eprintln!("{}", loaded.summary());
+        inference::in_class_order(loaded.set, ck, &self.dir)
+    }
+}
+
+/// The line that says which checkpoint runs (stderr of eval, predict and calibrate).
+pub fn describe(path: &Path, ck: &Checkpoint, temperature: f64) -> String {
+    format!(
+        "checkpoint {} ({}{}arch {}, {}x{}, classes {}; {})",
+        path.display(),
+        if ck.kind.is_empty() {
+            String::new()
+        } else {
+            format!("{}, ", ck.kind)
+        },
+        ck.epoch.map_or(String::new(), |e| format!("epoch {e}, ")),
+        ck.arch,
+        ck.input.height,
+        ck.input.width,
+        ck.class_names.join(", "),
+        if temperature == 1.0 {
+            "no temperature".to_string()
+        } else {
+            format!("temperature {temperature:.4}")
+        }
+    )
+}
+
+/// Logits of every image of `set` on the backend `device` picks (said on stderr).
+pub fn logits_on_device(
+    ck: &Checkpoint,
+    set: &ImageSet<Pixels>,
+    batch_size: usize,
+    device: DeviceChoice,
+) -> Result<Vec<f32>> {
+    if batch_size == 0 {
+        return Err(Error::invalid("--batch-size must be at least 1"));
+    }
+    let device = device::resolve(device)?;
+    eprintln!("device: {}", device::name(device));
+    on_device!(device, |backend| {
+        inference::logits_of_set(backend, ck, set, batch_size)
+    })
+}

@@ -1,0 +1,88 @@
+//! The data flags of `focalflow train` (`#[command(flatten)]` into `TrainArgs`).
+
+use std::path::PathBuf;
+
+use crate::data::cache::{self, Meta};
+use crate::data::load::{LoadOptions, load};
+use crate::data::{Augment, ClassFraction, ImageSet, Pixels};
+use crate::{Error, Result};
+
+/// Where the images come from and how batches are drawn.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DataFlags {
+    /// Images: a folder with one sub-folder per class (e.g. PetImages with Cat/ and Dog/;
+    /// JPEG, PNG, BMP, GIF, WebP, recognised by content; unreadable files are skipped and
+    /// listed in the run folder's skipped.tsv), or a TFDS folder prepared by tfds.load
+    /// (~/tensorflow_datasets/cats_vs_dogs[/4.0.1]). Without it, the built-in generated set.
+    #[arg(long = "data", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub preprocessing: PreprocessFlags,
+    /// Augmentation of training batches: none, or flip (random horizontal flips, seeded).
+    #[arg(long, value_enum, default_value = "none")]
+    pub augment: Augment,
+    /// Keep only fraction F of class CLASS (name or index), chosen with --seed before the
+    /// train/validation split, to study imbalance on a balanced set; repeatable.
+    #[arg(long, value_name = "CLASS=F")]
+    pub class_fraction: Vec<String>,
+}
+
+/// How a folder is preprocessed: the cache and the decoding threads (shared by `train`,
+/// `eval` and `calibrate`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PreprocessFlags {
+    /// Folder for the preprocessed-set cache (default: $XDG_CACHE_HOME/focalflow or
+    /// ~/.cache/focalflow).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Decode the images again instead of reading or writing the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Threads decoding images (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub preprocess_threads: Option<usize>,
+}
+
+impl PreprocessFlags {
+    /// The loader's options for images of `image_size` pixels a side.
+    pub fn load_options(&self, image_size: usize, progress: bool) -> Result<LoadOptions> {
+        if self.preprocess_threads == Some(0) {
+            return Err(Error::invalid("--preprocess-threads must be at least 1"));
+        }
+        Ok(LoadOptions {
+            image_size,
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                Some(self.cache_dir.clone().unwrap_or_else(cache::default_dir))
+            },
+            progress,
+            threads: self.preprocess_threads,
+        })
+    }
+}
+
+impl DataFlags {
+    /// The parsed `--class-fraction` values.
+    pub fn class_fractions(&self) -> Result<Vec<ClassFraction>> {
+        self.class_fraction.iter().map(|s| s.parse()).collect()
+    }
+
+    /// Loads `--data` (None without it), printing the summary line to stderr. Returns the
+    /// set and what the loader reports (skipped files, decoder warnings). `--class-fraction`
+    /// is not read here: `train` parses it first, so that a mistake there stops it before
+    /// any image is decoded.
+    pub fn load(
+        &self,
+        image_size: usize,
+        progress: bool,
+    ) -> Result<Option<(ImageSet<Pixels>, Meta)>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let opts = self.preprocessing.load_options(image_size, progress)?;
+        let loaded = load(dir, &opts)?;
+        eprintln!("{}", loaded.summary());
+        Ok(Some((loaded.set, loaded.meta)))
+    }
+}

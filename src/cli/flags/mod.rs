@@ -1,0 +1,5 @@
+//! Flag groups shared by several commands (`#[command(flatten)]` them).
+
+pub mod checkpoint;
+pub mod data;
+pub mod loss;

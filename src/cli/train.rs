@@ -1,0 +1,275 @@
+//! `focalflow train`: trains a model (the reference CNN by default) and writes a run folder.
+
+use std::path::PathBuf;
+
+use crate::class_balance::with_alpha;
+use crate::cli::DeviceChoice;
+use crate::cli::device::{self, on_device};
+use crate::cli::flags::data::DataFlags;
+use crate::cli::flags::loss::LossFlags;
+use crate::data::{ImageSet, PixelStore, synthetic};
+use crate::model::{Arch, REFERENCE_ARCH};
+use crate::train::{Split, TrainOptions};
+use crate::{Error, Result};
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataFlags,
+    /// Images in the built-in set (used when --data is not given).
+    #[arg(long, value_name = "N", default_value_t = 640)]
+    pub synthetic_images: usize,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long = "lr", default_value_t = 1e-3)]
+    pub learning_rate: f64,
+    /// Images are square, this many pixels a side.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    #[command(flatten)]
+    pub loss: LossFlags,
+    /// Layers before the classifier head, e.g. c16,p,c32,p,c64,p,d256 (see README).
+    #[arg(long, default_value = REFERENCE_ARCH)]
+    pub arch: String,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Fraction of each class held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// At most this many batches per epoch (like Keras' fit(steps_per_epoch=)).
+    #[arg(long, value_name = "N")]
+    pub steps_per_epoch: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Learning rate over the run: constant, cosine (to 0 at the last epoch, per step),
+    /// step:EPOCHS:FACTOR (times FACTOR every EPOCHS epochs) or plateau:PATIENCE:FACTOR
+    /// (times FACTOR when --monitor has not improved for PATIENCE epochs).
+    #[arg(long, value_name = "SCHEDULE", default_value = "constant")]
+    pub lr_schedule: crate::schedule::LrSchedule,
+    /// Linear warm-up of the learning rate over the first W epochs (fractions allowed).
+    #[arg(long, value_name = "W", default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// Stop when --monitor has not improved for PATIENCE epochs.
+    #[arg(long, value_name = "PATIENCE")]
+    pub early_stop: Option<usize>,
+    /// The validation metric that picks checkpoints/best, early stopping and the plateau
+    /// schedule.
+    #[arg(long, value_enum, default_value = "val-loss")]
+    pub monitor: crate::schedule::Monitor,
+    /// On a GPU: device memory the u8 image set may take, in GiB (auto: half of the free
+    /// memory); a larger set is streamed batch by batch through pinned host memory (off:
+    /// always streamed).
+    #[arg(long, value_name = "auto|off|GiB", default_value = "auto")]
+    pub device_cache: crate::feed::DeviceCache,
+    /// Run folder for config.json and metrics.jsonl (default: a new folder under runs/).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// No progress bars (they are also hidden when stderr is not a terminal).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Continue the run in RUN_DIR from its last checkpoint (give the run's flags again;
+    /// only --epochs may change, e.g. raised to train longer).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// Print a per-phase time table (data, forward, loss, backward, optimizer) at the end.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// Runs `focalflow train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let auto_alpha = args.loss.auto_alpha()?;
+    let device = device::resolve(args.device)?;
+    let loss = args.loss.to_config_with_auto_alpha(true)?;
+    let arch: Arch = args.arch.parse()?;
+    let class_fraction = args.data.class_fractions()?;
+    let (data, report) = match args.data.load(args.image_size, !args.quiet)? {
+        Some((set, meta)) => (set, Some(meta)),
+        None => {
+            if args.image_size == 0 || args.synthetic_images < 4 {
+                return Err(Error::invalid(
+                    "--image-size must be positive and --synthetic-images at least 4",
+                ));
+            }
+            eprintln!(
+                "no --data given: training on the built-in set ({} generated {}x{} images of horizontal vs vertical stripes, seed {})",
+                args.synthetic_images, args.image_size, args.image_size, args.seed
+            );
+            let set = synthetic::generate(args.synthetic_images, args.image_size, args.seed);
+            (set.into_pixels(), None)
+        }
+    };
+    let mut opts = TrainOptions {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.learning_rate,
+        loss,
+        arch,
+        seed: args.seed,
+        val_fraction: args.val_fraction,
+        steps_per_epoch: args.steps_per_epoch,
+        class_fraction,
+        augment: args.data.augment,
+        device_cache: args.device_cache,
+        lr_schedule: args.lr_schedule,
+        warmup_epochs: args.warmup_epochs,
+        monitor: args.monitor,
+        early_stop: args.early_stop,
+        progress: !args.quiet,
+        resume: args.resume.is_some(),
+    };
+    // Split once, here: its counts are printed and give `--alpha auto`, and training
+    // takes it as it is.
+    let split = Split::of(&data, &opts)?;
+    eprintln!("{}", split_counts_line(&data, &split));
+    if let Some(rule) = auto_alpha {
+        let alpha = rule.alpha(&data.class_counts(&split.train), &data.class_names)?;
+        eprintln!("{}", rule.line(&alpha, &data.class_names));
+        opts.loss = with_alpha(opts.loss, alpha);
+    }
+    let out = match (args.resume, args.out) {
+        (Some(run), Some(out)) if run != out => {
+            return Err(Error::invalid(format!(
+                "--resume {} writes into that run folder; drop --out {}",
+                run.display(),
+                out.display()
+            )));
+        }
+        (Some(run), _) => run,
+        (None, out) => out.unwrap_or_else(|| crate::run::default_run_dir(&opts.loss)),
+    };
+    if let Some(meta) = &report {
+        let list = crate::run::write_item_list(&out, "skipped.tsv", &meta.skipped)?;
+        if !meta.skipped.is_empty() {
+            eprintln!("skipped files and reasons: {}", list.display());
+        }
+        if !meta.warnings.is_empty() {
+            let list = crate::run::write_item_list(&out, "decode_warnings.tsv", &meta.warnings)?;
+            eprintln!("files kept despite decoder warnings: {}", list.display());
+        }
+    }
+    eprintln!(
+        "device: {}; run folder: {}",
+        device::name(device),
+        out.display()
+    );
+    crate::interrupt::install()?;
+    let clock = device::clock_name(device);
+    let trained = on_device!(device, |backend| {
+        crate::train::train_profiled(
+            backend,
+            &data,
+            &split,
+            &opts,
+            &out,
+            args.profile,
+            clock,
+            |line| println!("{line}"),
+        )
+    });
+    let history = trained.map_err(|e| match e {
+        Error::Interrupted(what) => Error::Interrupted(format!(
+            "{what}\ncontinue with: {}",
+            resume_command(std::env::args(), &out)
+        )),
+        other => other,
+    })?;
+    if !history.is_empty() {
+        eprintln!("done: metrics in {}", out.join("metrics.jsonl").display());
+    }
+    Ok(())
+}
+
+/// The class counts of both splits, by name: `classes: Cat 9993/2498, Dog 9411/2353 (train/val)`.
+fn split_counts_line<P: PixelStore>(data: &ImageSet<P>, split: &Split) -> String {
+    let (t, v) = (
+        data.class_counts(&split.train),
+        data.class_counts(&split.val),
+    );
+    let parts: Vec<String> = data
+        .class_names
+        .iter()
+        .enumerate()
+        .map(|(c, n)| format!("{n} {}/{}", t[c], v[c]))
+        .collect();
+    format!(
+        "classes (train/val): {}; {} / {} images",
+        parts.join(", "),
+        split.train.len(),
+        split.val.len()
+    )
+}
+
+/// The command line that continues an interrupted run: this one with `--out DIR` replaced
+/// by `--resume DIR` (or `--resume DIR` added), arguments quoted for a POSIX shell.
+fn resume_command(args: impl IntoIterator<Item = String>, out: &std::path::Path) -> String {
+    let mut words: Vec<String> = Vec::new();
+    let mut args = args.into_iter();
+    let mut resuming = false;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--out" => {
+                args.next();
+            }
+            _ if a.starts_with("--out=") => {}
+            "--resume" => {
+                resuming = true;
+                words.push(a);
+            }
+            _ => {
+                resuming |= a.starts_with("--resume=");
+                words.push(a);
+            }
+        }
+    }
+    if !resuming {
+        words.push("--resume".into());
+        words.push(out.display().to_string());
+    }
+    words
+        .iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+%@".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resume_command;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn the_resume_command_replaces_out_and_quotes() {
+        let out = std::path::Path::new("runs/a b");
+        assert_eq!(
+            resume_command(
+                words("focalflow train --epochs 3 --out runs/x --lr 1e-3"),
+                out
+            ),
+            "focalflow train --epochs 3 --lr 1e-3 --resume 'runs/a b'"
+        );
+        assert_eq!(
+            resume_command(words("focalflow train --resume runs/x"), out),
+            "focalflow train --resume runs/x"
+        );
+        assert_eq!(
+            resume_command(words("focalflow train --out=runs/x --data it's"), out),
+            "focalflow train --data 'it'\\''s' --resume 'runs/a b'"
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! Run folders side by side (`focalflow compare`): each run's final numbers, read from what
+//! `train` (and `calibrate`) left in it.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::checkpoint;
+use crate::run::EpochMetrics;
+use crate::{Error, Result};
+
+/// One run's final numbers for `compare`: the last complete epoch's, the best epoch by
+/// validation loss, and the temperature `calibrate` stored, if any.
+#[derive(serde::Serialize)]
+pub struct RunSummary {
+    pub run: String,
+    pub loss: String,
+    pub epochs: usize,
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
+    pub val_balanced_accuracy: Option<f64>,
+    pub val_macro_f1: Option<f64>,
+    pub val_worst_recall: Option<f64>,
+    pub val_nll: Option<f64>,
+    pub val_brier: Option<f64>,
+    pub val_ece: Option<f64>,
+    pub val_mce: Option<f64>,
+    pub best_epoch: Option<usize>,
+    pub temperature: Option<f64>,
+}
+
+/// The summary of the run folder `run` (its metrics.jsonl, config.json and checkpoint).
+pub fn summarise_run(run: &Path) -> Result<RunSummary> {
+    let metrics_path = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics_path).map_err(|e| {
+        Error::file(
+            &metrics_path,
+            format!("cannot read: {e}; compare takes run folders written by focalflow train"),
+        )
+    })?;
+    let mut history: Vec<EpochMetrics> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::file(&metrics_path, format!("line {}: {e}", i + 1)))
+        })
+        .collect::<Result<_>>()?;
+    // An interrupted epoch (no validation yet) is not a result.
+    history.retain(|m| !m.partial);
+    let last = history
+        .last()
+        .ok_or_else(|| Error::file(&metrics_path, "no epochs yet"))?;
+    let config: Value = std::fs::read_to_string(run.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let loss = serde_json::from_value::<crate::loss::LossConfig>(config["options"]["loss"].clone())
+        .map(|l| l.describe())
+        .unwrap_or_else(|_| "?".into());
+    let best = history
+        .iter()
+        .filter_map(|m| m.val_loss.map(|l| (m.epoch, l)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(e, _)| e);
+    let temperature = checkpoint::resolve(run)
+        .ok()
+        .and_then(|p| checkpoint::read_metadata(&p).ok())
+        .and_then(|m| m.get("temperature").and_then(|t| t.parse().ok()));
+    let v = last.validation.as_ref();
+    Ok(RunSummary {
+        run: run.display().to_string(),
+        loss,
+        epochs: last.epoch,
+        train_loss: last.train_loss,
+        val_loss: last.val_loss,
+        val_accuracy: last.val_accuracy,
+        val_balanced_accuracy: v.map(|v| v.val_balanced_accuracy),
+        val_macro_f1: v.map(|v| v.val_macro_f1),
+        val_worst_recall: v.and_then(|v| {
+            v.val_per_class
+                .iter()
+                .filter_map(|c| c.recall)
+                .reduce(f64::min)
+        }),
+        val_nll: v.map(|v| v.val_nll),
+        val_brier: v.map(|v| v.val_brier),
+        val_ece: v.map(|v| v.val_ece),
+        val_mce: v.map(|v| v.val_mce),
+        best_epoch: best,
+        temperature,
+    })
+}
