@@ -16,9 +16,8 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
-/// Images above this many pixels are skipped as "too large" (PIL's decompression-bomb limit
-/// is 179 MP; 100 MP is a 10000x10000 photo, far beyond any training image).
-pub const MAX_PIXELS: u64 = 100_000_000;
+use super::outcome::check_size;
+pub use super::outcome::{Decoded, MAX_PIXELS, Skip};
 
 /// The formats decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,76 +97,12 @@ fn looks_like_text(bytes: &[u8]) -> bool {
             .all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t' | '\x0c'))
 }
 
-/// Why a file was left out. `category` groups them in the summary line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Skip {
-    Empty,
-    NotImage(String),
-    Unsupported(String),
-    Truncated(String),
-    Corrupt(String),
-    TooLarge { width: u64, height: u64 },
-    Unreadable(String),
-}
-
-impl Skip {
-    /// A short fixed name for grouping ("corrupt data", "not an image", ...).
-    pub fn category(&self) -> &'static str {
-        match self {
-            Skip::Empty => "empty file",
-            Skip::NotImage(_) => "not an image",
-            Skip::Unsupported(_) => "unsupported format",
-            Skip::Truncated(_) => "truncated",
-            Skip::Corrupt(_) => "corrupt data",
-            Skip::TooLarge { .. } => "too large",
-            Skip::Unreadable(_) => "unreadable",
-        }
-    }
-
-    /// The category with its detail, one line.
-    pub fn describe(&self) -> String {
-        format!("{}: {}", self.category(), self.detail())
-    }
-
-    /// What exactly went wrong, one line.
-    pub fn detail(&self) -> String {
-        let detail = match self {
-            Skip::Empty => "0 bytes".to_string(),
-            Skip::NotImage(d) | Skip::Unsupported(d) | Skip::Truncated(d) => d.clone(),
-            Skip::Corrupt(d) | Skip::Unreadable(d) => d.clone(),
-            Skip::TooLarge { width, height } => {
-                format!("{width}x{height} is above the {MAX_PIXELS}-pixel limit")
-            }
-        };
-        detail.replace(['\n', '\t'], " ")
-    }
-}
-
 /// An RGB8 image, row-major, 3 bytes a pixel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rgb8 {
     pub width: usize,
     pub height: usize,
     pub data: Vec<u8>,
-}
-
-/// What decoding into a buffer gives: the size, and the decoder's warning when the data
-/// had recoverable damage (the image is kept, as TensorFlow and PIL keep it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Decoded {
-    pub width: usize,
-    pub height: usize,
-    pub warning: Option<String>,
-}
-
-impl Decoded {
-    fn size(width: usize, height: usize) -> Decoded {
-        Decoded {
-            width,
-            height,
-            warning: None,
-        }
-    }
 }
 
 /// Decodes `bytes` (any supported format, recognised by content) to RGB8.
@@ -220,16 +155,6 @@ fn hex_prefix(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-pub(crate) fn check_size(width: u64, height: u64) -> Result<(), Skip> {
-    if width == 0 || height == 0 {
-        return Err(Skip::Corrupt(format!("image size {width}x{height}")));
-    }
-    if width * height > MAX_PIXELS {
-        return Err(Skip::TooLarge { width, height });
-    }
-    Ok(())
 }
 
 /// A JPEG: through libjpeg-turbo where this build has it (TensorFlow's pixels), else, and

@@ -8,7 +8,7 @@
 //! build.rs); otherwise [`decode`] hands every file to zune-jpeg. CMYK and YCCK files are
 //! always left to zune-jpeg, which converts them the way TensorFlow does.
 
-use super::decode::{Decoded, Skip};
+use super::outcome::{Decoded, Skip, check_size};
 
 /// Which decoder handles ordinary (YCbCr and grey) JPEGs in this build, for `info`,
 /// the cache key and the README's claims.
@@ -126,7 +126,7 @@ fn decode_with_libjpeg(bytes: &[u8], buf: &mut Vec<u8>) -> Result<Option<Decoded
             }
             ffi::NOT_HANDLED => return Ok(None),
             ffi::NEED_SPACE => {
-                super::decode::check_size(u64::from(width), u64::from(height))?;
+                check_size(u64::from(width), u64::from(height))?;
                 // Every byte is written by the decoder, so no clearing is needed beyond
                 // what resize does for new capacity.
                 buf.resize(width as usize * height as usize * 3, 0);

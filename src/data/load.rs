@@ -17,8 +17,9 @@ use rayon::prelude::*;
 
 use super::cache::{self, Key, Meta, Skipped};
 use super::decode::{Skip, decode_rgb8_into};
+use super::discover::discover;
 use super::resize::resize_bilinear;
-use super::source::{Source, discover};
+use super::source::Source;
 use super::tfrecord::{self, RecordSpan};
 use super::{ImageSet, Pixels};
 use crate::model::ImageShape;

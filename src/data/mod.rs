@@ -7,8 +7,10 @@
 
 pub mod cache;
 pub mod decode;
+pub mod discover;
 pub mod libjpeg;
 pub mod load;
+pub mod outcome;
 pub mod resize;
 pub mod source;
 pub mod synthetic;

@@ -1,16 +1,5 @@
-//! What `--data DIR` points at, found without decoding anything:
-//!
-//! - a **class-per-folder tree**: each sub-folder of `DIR` is a class (sorted by name, as
-//!   Keras and torchvision do), holding its images at any depth. Hidden entries (`.name`)
-//!   are ignored; every other file is a candidate, recognised as an image by its content
-//!   later (so `Thumbs.db` in `PetImages` shows up in the skip report as "not an image").
-//!   Files directly in `DIR` are not part of any class and are ignored.
-//! - a **TFDS folder** (what `tfds.load` prepares under
-//!   `~/tensorflow_datasets/<name>/<version>/`): TFRecord shards and `dataset_info.json`.
-//!   `DIR` may also be `~/tensorflow_datasets/<name>`: the newest version folder is used.
-//!
-//! Each input file is listed with its size and modification time: that list is the
-//! cache key.
+//! What a data set is made of: its input files (with the size and modification time that
+//! key the cache) and how they form classes ([`Source`]). Found by `discover.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -77,7 +66,7 @@ pub(crate) fn input_file(path: PathBuf) -> Result<InputFile> {
     Ok(input_file_from(path, &meta))
 }
 
-fn input_file_from(path: PathBuf, meta: &std::fs::Metadata) -> InputFile {
+pub(crate) fn input_file_from(path: PathBuf, meta: &std::fs::Metadata) -> InputFile {
     let modified_ns = meta
         .modified()
         .ok()
@@ -88,111 +77,4 @@ fn input_file_from(path: PathBuf, meta: &std::fs::Metadata) -> InputFile {
         size: meta.len(),
         modified_ns,
     }
-}
-
-fn is_hidden(name: &std::ffi::OsStr) -> bool {
-    name.to_string_lossy().starts_with('.')
-}
-
-fn sorted_entries(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
-    let read = std::fs::read_dir(dir).map_err(|e| Error::file(dir, format!("cannot list: {e}")))?;
-    let mut entries = read
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| Error::file(dir, format!("cannot list: {e}")))?;
-    entries.retain(|e| !is_hidden(&e.file_name()));
-    entries.sort_by_key(|e| e.file_name());
-    Ok(entries)
-}
-
-/// Is `path` a directory (following symbolic links)?
-fn is_dir(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_dir())
-}
-
-/// Finds what `dir` holds; see the module documentation.
-pub fn discover(dir: &Path) -> Result<Source> {
-    let meta = std::fs::metadata(dir).map_err(|e| {
-        Error::file(
-            dir,
-            format!("--data: {e}; expected a folder with one sub-folder of images per class"),
-        )
-    })?;
-    if !meta.is_dir() {
-        return Err(Error::file(
-            dir,
-            "--data must be a folder with one sub-folder of images per class (or a TFDS data set folder), not a file",
-        ));
-    }
-    if let Some(tfds) = crate::data::tfrecord::find_tfds(dir)? {
-        return Ok(tfds);
-    }
-    let entries = sorted_entries(dir)?;
-    let class_dirs: Vec<PathBuf> = entries
-        .iter()
-        .map(|e| e.path())
-        .filter(|p| is_dir(p))
-        .collect();
-    if class_dirs.len() < 2 {
-        return Err(Error::file(
-            dir,
-            format!(
-                "--data needs at least 2 class folders (one sub-folder of images per class, e.g. PetImages/Cat and PetImages/Dog); found {}",
-                match class_dirs.first() {
-                    Some(d) => format!("only {:?}", d.file_name().unwrap_or_default()),
-                    None => "none".to_string(),
-                }
-            ),
-        ));
-    }
-    let mut class_names = Vec::new();
-    let mut files = Vec::new();
-    for (label, class_dir) in class_dirs.iter().enumerate() {
-        let name = class_dir
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let before = files.len();
-        collect_files(class_dir, label as u32, &mut files, 0)?;
-        if files.len() == before {
-            return Err(Error::file(
-                class_dir,
-                format!("class {name:?} is empty: every class folder needs at least one image"),
-            ));
-        }
-        class_names.push(name);
-    }
-    Ok(Source::Folders {
-        root: dir.to_path_buf(),
-        class_names,
-        files,
-    })
-}
-
-fn collect_files(
-    dir: &Path,
-    label: u32,
-    out: &mut Vec<(InputFile, u32)>,
-    depth: usize,
-) -> Result<()> {
-    if depth > 32 {
-        return Err(Error::file(
-            dir,
-            "folders nested more than 32 deep (a symbolic-link loop?)",
-        ));
-    }
-    for entry in sorted_entries(dir)? {
-        let path = entry.path();
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            // A dangling link: not an image, and nothing to key on.
-            Err(_) => continue,
-        };
-        if meta.is_dir() {
-            collect_files(&path, label, out, depth + 1)?;
-        } else if meta.is_file() {
-            out.push((input_file_from(path, &meta), label));
-        }
-    }
-    Ok(())
 }
