@@ -14,7 +14,7 @@
 use prost::Message;
 
 use crate::checkpoint::Checkpoint;
-use crate::model::Op;
+use crate::model::Layer;
 use crate::ops::Padding;
 use crate::{Error, Result};
 
@@ -279,7 +279,7 @@ pub fn export(ck: &Checkpoint, opts: &ExportOptions) -> Result<Vec<u8>> {
     let mut nchw = true;
     for (op, i) in plan.ops.iter().zip(0..) {
         match op {
-            Op::Conv { shape, relu, param } => {
+            Layer::Conv { shape, relu, param } => {
                 let (kh, kw) = (shape.kernel_h, shape.kernel_w);
                 let (top, left) = shape.pad_before();
                 let (bottom, right) = match shape.padding {
@@ -311,7 +311,7 @@ pub fn export(ck: &Checkpoint, opts: &ExportOptions) -> Result<Vec<u8>> {
                     x = g.node("Relu", &[&x], vec![]);
                 }
             }
-            Op::Pool { shape } => {
+            Layer::Pool { shape } => {
                 let s = shape.size as i64;
                 x = g.node(
                     "MaxPool",
@@ -319,7 +319,7 @@ pub fn export(ck: &Checkpoint, opts: &ExportOptions) -> Result<Vec<u8>> {
                     vec![ints("kernel_shape", &[s, s]), ints("strides", &[s, s])],
                 );
             }
-            Op::Dense { shape, relu, param } => {
+            Layer::Dense { shape, relu, param } => {
                 if nchw {
                     // Back to NHWC, so the flatten keeps Keras' (h, w, c) order.
                     x = g.node("Transpose", &[&x], vec![ints("perm", &[0, 2, 3, 1])]);

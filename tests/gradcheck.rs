@@ -17,7 +17,7 @@
 //! backend forgets to write fails the check instead of passing as a stale zero.
 
 use focalflow::loss::{Alpha, LossConfig, loss_forward_backward};
-use focalflow::model::{Arch, ImageShape, Model, Op, Plan};
+use focalflow::model::{Arch, ImageShape, Layer, Model, Plan};
 use focalflow::ops::prelude::*;
 use focalflow::ops::{ConvShape, CpuBackend, DenseShape, Padding, PoolShape};
 use focalflow::optim::Adam;
@@ -913,7 +913,7 @@ fn kink_margin(b: &Cpu, model: &mut Model<Cpu>, x: &[f64], batch: usize) -> f64 
             model.activation(b, i - 1, batch).unwrap()
         };
         match *op {
-            Op::Conv { shape, relu, param } => {
+            Layer::Conv { shape, relu, param } => {
                 if relu {
                     let s = ConvShape { batch, ..shape };
                     let w = &model.params[param].value;
@@ -922,7 +922,7 @@ fn kink_margin(b: &Cpu, model: &mut Model<Cpu>, x: &[f64], batch: usize) -> f64 
                     margin = z.iter().fold(margin, |m, v| m.min(v.abs()));
                 }
             }
-            Op::Dense { shape, relu, param } => {
+            Layer::Dense { shape, relu, param } => {
                 if relu {
                     let s = DenseShape { batch, ..shape };
                     let w = &model.params[param].value;
@@ -931,7 +931,7 @@ fn kink_margin(b: &Cpu, model: &mut Model<Cpu>, x: &[f64], batch: usize) -> f64 
                     margin = z.iter().fold(margin, |m, v| m.min(v.abs()));
                 }
             }
-            Op::Pool { shape } => {
+            Layer::Pool { shape } => {
                 let c = shape.channels;
                 for n in 0..batch {
                     for oh in 0..shape.out_h() {

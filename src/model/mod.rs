@@ -30,7 +30,7 @@ impl ImageShape {
 /// One executable layer with its shapes for a single image (`batch == 1`); `with_batch`
 /// gives the shapes of a batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Op {
+pub enum Layer {
     /// Convolution (+ ReLU); its kernel and bias are parameters `param` and `param + 1`.
     Conv {
         shape: ConvShape,
@@ -48,13 +48,13 @@ pub enum Op {
     },
 }
 
-impl Op {
+impl Layer {
     /// Output elements per image.
     pub fn output_len(&self) -> usize {
         match self {
-            Op::Conv { shape, .. } => shape.output_len(),
-            Op::Pool { shape } => shape.output_len(),
-            Op::Dense { shape, .. } => shape.outputs,
+            Layer::Conv { shape, .. } => shape.output_len(),
+            Layer::Pool { shape } => shape.output_len(),
+            Layer::Dense { shape, .. } => shape.outputs,
         }
     }
     fn conv(shape: &ConvShape, batch: usize) -> ConvShape {
@@ -69,9 +69,9 @@ impl Op {
     /// Forward FLOPs per image (convolutions and dense layers; pooling is not counted).
     pub fn forward_flops(&self) -> f64 {
         match self {
-            Op::Conv { shape, .. } => shape.forward_flops(),
-            Op::Pool { .. } => 0.0,
-            Op::Dense { shape, .. } => shape.forward_flops(),
+            Layer::Conv { shape, .. } => shape.forward_flops(),
+            Layer::Pool { .. } => 0.0,
+            Layer::Dense { shape, .. } => shape.forward_flops(),
         }
     }
 }
@@ -98,7 +98,7 @@ pub struct Plan {
     pub arch: Arch,
     pub input: ImageShape,
     pub classes: usize,
-    pub ops: Vec<Op>,
+    pub ops: Vec<Layer>,
     pub params: Vec<ParamSpec>,
 }
 
@@ -135,11 +135,11 @@ impl Plan {
         let mut add_dense = |units: usize,
                              features: usize,
                              relu: bool,
-                             ops: &mut Vec<Op>,
+                             ops: &mut Vec<Layer>,
                              params: &mut Vec<ParamSpec>| {
             let name = keras_name("dense", denses);
             denses += 1;
-            ops.push(Op::Dense {
+            ops.push(Layer::Dense {
                 shape: DenseShape {
                     batch: 1,
                     inputs: features,
@@ -185,7 +185,7 @@ impl Plan {
                     }
                     let name = keras_name("conv2d", convs);
                     convs += 1;
-                    ops.push(Op::Conv {
+                    ops.push(Layer::Conv {
                         shape,
                         relu: true,
                         param: params.len(),
@@ -217,7 +217,7 @@ impl Plan {
                         channels: c,
                         size,
                     };
-                    ops.push(Op::Pool { shape });
+                    ops.push(Layer::Pool { shape });
                     (h, w) = (shape.out_h(), shape.out_w());
                 }
                 LayerSpec::Flatten => {
@@ -243,7 +243,7 @@ impl Plan {
 
     /// Forward FLOPs per image.
     pub fn forward_flops(&self) -> f64 {
-        self.ops.iter().map(Op::forward_flops).sum()
+        self.ops.iter().map(Layer::forward_flops).sum()
     }
 
     pub fn parameter_count(&self) -> usize {
@@ -258,8 +258,8 @@ impl Plan {
         let params = self.parameter_count() as u64 * 4;
         // Every op's output, two gradient buffers of the largest, probabilities and their
         // gradient, and the batch itself (x and y).
-        let acts: usize = self.ops.iter().map(Op::output_len).sum();
-        let biggest = self.ops.iter().map(Op::output_len).max().unwrap_or(0);
+        let acts: usize = self.ops.iter().map(Layer::output_len).sum();
+        let biggest = self.ops.iter().map(Layer::output_len).max().unwrap_or(0);
         let per_image = acts + 2 * biggest + 2 * self.classes + self.input.len() + self.classes;
         element_bytes as u64 * (params + (per_image * batch) as u64)
     }
@@ -269,7 +269,7 @@ impl Plan {
         let mut out = String::new();
         for (op, i) in self.ops.iter().zip(0..) {
             let line = match op {
-                Op::Conv { shape, .. } => format!(
+                Layer::Conv { shape, .. } => format!(
                     "conv {}x{} {:>4} -> {}x{}x{}",
                     shape.kernel_h,
                     shape.kernel_w,
@@ -278,7 +278,7 @@ impl Plan {
                     shape.out_w(),
                     shape.out_c
                 ),
-                Op::Pool { shape } => {
+                Layer::Pool { shape } => {
                     format!(
                         "maxpool {}x{}   -> {}x{}x{}",
                         shape.size,
@@ -288,7 +288,7 @@ impl Plan {
                         shape.channels
                     )
                 }
-                Op::Dense { shape, relu, .. } => format!(
+                Layer::Dense { shape, relu, .. } => format!(
                     "dense {} -> {}{}",
                     shape.inputs,
                     shape.outputs,
@@ -433,7 +433,14 @@ impl<B: Backend> Model<B> {
                 .iter()
                 .map(|op| backend.zeros(op.output_len() * batch))
                 .collect::<Result<Vec<_>>>()?;
-            let biggest = self.plan.ops.iter().map(Op::output_len).max().unwrap_or(0) * batch;
+            let biggest = self
+                .plan
+                .ops
+                .iter()
+                .map(Layer::output_len)
+                .max()
+                .unwrap_or(0)
+                * batch;
             let logits = self.plan.classes * batch;
             self.workspace = Some(Workspace {
                 capacity: batch,
@@ -465,8 +472,8 @@ impl<B: Backend> Model<B> {
             let input = if i == 0 { x } else { &done[i - 1] };
             let out = &mut rest[0];
             match op {
-                Op::Conv { shape, relu, param } => {
-                    let s = Op::conv(shape, batch);
+                Layer::Conv { shape, relu, param } => {
+                    let s = Layer::conv(shape, batch);
                     backend.conv2d_forward(
                         &s,
                         input,
@@ -476,11 +483,11 @@ impl<B: Backend> Model<B> {
                         *relu,
                     )?
                 }
-                Op::Pool { shape } => {
-                    backend.maxpool2d_forward(&Op::pool(shape, batch), input, out)?
+                Layer::Pool { shape } => {
+                    backend.maxpool2d_forward(&Layer::pool(shape, batch), input, out)?
                 }
-                Op::Dense { shape, relu, param } => {
-                    let s = Op::dense(shape, batch);
+                Layer::Dense { shape, relu, param } => {
+                    let s = Layer::dense(shape, batch);
                     backend.dense_forward(
                         &s,
                         input,
@@ -584,8 +591,8 @@ impl<B: Backend> Model<B> {
             let input = if i == 0 { x } else { &ws.acts[i - 1] };
             let output = &ws.acts[i];
             match op {
-                Op::Conv { shape, relu, param } => {
-                    let s = Op::conv(shape, batch);
+                Layer::Conv { shape, relu, param } => {
+                    let s = Layer::conv(shape, batch);
                     if *relu && !std::mem::take(&mut relu_done) {
                         backend.relu_backward(s.output_len(), output, grad)?;
                     }
@@ -601,19 +608,19 @@ impl<B: Backend> Model<B> {
                         backend.conv2d_backward_data(&s, grad, &kernel.value, next)?;
                     }
                 }
-                Op::Pool { shape } => {
-                    let s = Op::pool(shape, batch);
+                Layer::Pool { shape } => {
+                    let s = Layer::pool(shape, batch);
                     // A pool right after a ReLU conv (the usual block) does both backward
                     // steps in one pass over the large pre-pool activations.
-                    if i > 0 && matches!(ops[i - 1], Op::Conv { relu: true, .. }) {
+                    if i > 0 && matches!(ops[i - 1], Layer::Conv { relu: true, .. }) {
                         backend.maxpool2d_relu_backward(&s, input, grad, next)?;
                         relu_done = true;
                     } else {
                         backend.maxpool2d_backward(&s, input, grad, next)?;
                     }
                 }
-                Op::Dense { shape, relu, param } => {
-                    let s = Op::dense(shape, batch);
+                Layer::Dense { shape, relu, param } => {
+                    let s = Layer::dense(shape, batch);
                     if *relu {
                         backend.relu_backward(s.batch * s.outputs, output, grad)?;
                     }
@@ -801,7 +808,7 @@ mod tests {
         .unwrap();
         // 222 -> 111 -> 109 -> 54 -> 52 -> 26: flatten 26*26*64 = 43264, as in the brief.
         match plan.ops[6] {
-            Op::Dense { shape, .. } => assert_eq!((shape.inputs, shape.outputs), (43264, 256)),
+            Layer::Dense { shape, .. } => assert_eq!((shape.inputs, shape.outputs), (43264, 256)),
             ref op => panic!("unexpected op {op:?}"),
         }
         // 448+16 + 4608+32 + 18432+64 + 43264*256+256 + 256*2+2 (counted by hand).
