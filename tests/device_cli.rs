@@ -6,23 +6,9 @@ mod common;
 
 use std::path::Path;
 
+use common::assert_close;
 use common::targets::gpu_executor;
 use common::{TempDir, run};
-
-/// `|got - want| <= rtol * max|want|` element by element.
-fn close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let scale = want
-        .iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(f32::MIN_POSITIVE);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= rtol * scale,
-            "{what}: element {i} is {g}, the cpu says {w} (scale {scale})"
-        );
-    }
-}
 
 /// `train_loss` and `val_loss` of each epoch of a run folder.
 fn losses(folder: &Path) -> Vec<(f64, f64)> {
@@ -195,5 +181,5 @@ fn cli_loss_on_the_emulator_matches_the_cpu() {
         (le - lc).abs() <= 1e-5 * lc.abs(),
         "loss {le} on cuda-emu, {lc} on cpu"
     );
-    close("loss gradient", &ge, &gc, 1e-5);
+    assert_close("loss gradient", &ge, &gc, 1e-5);
 }

@@ -39,6 +39,7 @@ mod perf;
 
 use std::io::Write as _;
 
+use common::assert_close;
 use common::targets::{RANDOM, emu_backend, emu_choice, gpu_backend};
 use focalflow::Error;
 use focalflow::executor::{Executor, Schedule};
@@ -558,14 +559,14 @@ fn adam_update<B: Backend<E = f32>>(b: &B) {
         p = b.read(&pg, len).unwrap();
         m = b.read(&mg, len).unwrap();
         v = b.read(&vg, len).unwrap();
-        close(&format!("adam parameters, {len}"), &p, &narrow(&pc), 1e-5);
-        close(
+        assert_close(&format!("adam parameters, {len}"), &p, &narrow(&pc), 1e-5);
+        assert_close(
             &format!("adam first moments, {len}"),
             &m,
             &narrow(&mc),
             1e-5,
         );
-        close(
+        assert_close(
             &format!("adam second moments, {len}"),
             &v,
             &narrow(&vc),
@@ -919,7 +920,7 @@ fn training_step<B: Backend<E = f32>>(b: &B) {
             mg.forward(b, &gx, batch).unwrap();
             let pc = narrow(&mc.probabilities(&cpu, batch).unwrap());
             let pg = mg.probabilities(b, batch).unwrap();
-            close(&format!("{arch} step {step} probabilities"), &pg, &pc, 1e-4);
+            assert_close(&format!("{arch} step {step} probabilities"), &pg, &pc, 1e-4);
             let lc = mc.backward(&cpu, &loss, &cx, &cy, batch).unwrap() as f32;
             let lg = mg.backward(b, &loss, &gx, &gy, batch).unwrap();
             assert!(
@@ -933,7 +934,7 @@ fn training_step<B: Backend<E = f32>>(b: &B) {
                 .zip(mc.gradients(&cpu).unwrap())
                 .zip(mg.gradients(b).unwrap())
             {
-                close(
+                assert_close(
                     &format!("{arch} step {step} gradient of {}", spec.name),
                     &gg,
                     &narrow(&gc),
@@ -1020,21 +1021,6 @@ fn gradient_check<B: Backend<E = f32>>(b: &B) {
         "directional derivative on {}: backward pass {analytic:e}, central difference {numeric:e}",
         b.name()
     );
-}
-
-/// `|got - want| <= rtol * max|want|` element by element.
-fn close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let scale = want
-        .iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(f32::MIN_POSITIVE);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= rtol * scale,
-            "{what}: element {i} is {g}, the f64 reference says {w} (scale {scale})"
-        );
-    }
 }
 
 /// A test body the targets can run: one unit type per body (see [`op_matrix!`]), so that a

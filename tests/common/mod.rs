@@ -93,3 +93,18 @@ pub fn python_or_skip(test: &str) -> Option<PathBuf> {
     }
 }
 pub mod targets;
+
+/// Asserts `|got - want| <= rtol * max|want|` element by element (`want` is the reference).
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rtol * scale,
+            "{what}: element {i} is {g}, the reference says {w} (scale {scale})"
+        );
+    }
+}
