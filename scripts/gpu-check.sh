@@ -250,7 +250,6 @@ print(libs[0] if libs else "")' 2>/dev/null)"
     # 4. Per-op kernel timings (tiled vs naive), then the sanitizers and ncu if present.
     if [ $dry -eq 0 ]; then
         step op_timings 0 90 "$tests/ops" perf --ignored --exact --nocapture
-        step loss_timings 0 40 "$tests/cuda_loss" gpu_timings --ignored --exact --nocapture
     fi
     local tooldir sanitizer ncu why=""
     [ $dry -eq 1 ] && why=", dry run"

@@ -145,24 +145,49 @@ pub fn time_ops<B: Backend<E = f32> + Timeline>(
             },
         );
     }
-    let classes = 2;
-    let logits = buf(batch * classes, 0.5);
-    let one_hot: Vec<f32> = (0..batch * classes)
-        .map(|i| f32::from(i % classes == 0))
-        .collect();
-    let y = b.upload(&one_hot).unwrap();
-    let (mut probs, mut grad) = (buf(batch * classes, 0.0), buf(batch * classes, 0.0));
-    time("softmax forward".into(), 0.0, &mut || {
-        b.softmax_forward(batch, classes, &logits, &mut probs)
-            .unwrap()
-    });
-    let cfg = focalflow::loss::LossConfig::default_focal();
-    b.softmax_forward(batch, classes, &logits, &mut probs)
-        .unwrap();
-    time("loss (focal, with gradient)".into(), 0.0, &mut || {
-        b.loss(&cfg, batch, classes, &y, &probs, Some(&mut grad))
-            .unwrap();
-    });
+    // The head's softmax and loss at the reference CNN's 2 classes, and at the shapes of a
+    // larger classifier (1000 classes, batch 32 and 4096).
+    for (rows, classes) in [(batch, 2), (32, 1000), (4096, 1000)] {
+        let logits = buf(rows * classes, 0.5);
+        let one_hot: Vec<f32> = (0..rows * classes)
+            .map(|i| f32::from(i % classes == (i / classes) % classes))
+            .collect();
+        let y = b.upload(&one_hot).unwrap();
+        let (mut probs, mut grad) = (buf(rows * classes, 0.0), buf(rows * classes, 0.0));
+        time(
+            format!("softmax forward [{rows}x{classes}]"),
+            0.0,
+            &mut || {
+                b.softmax_forward(rows, classes, &logits, &mut probs)
+                    .unwrap()
+            },
+        );
+        for cfg in [
+            focalflow::loss::LossConfig::Focal {
+                alpha: focalflow::loss::Alpha::Scalar(0.25),
+                gamma: 2.0,
+                l1: 1e-3,
+                l2: 1e-3,
+                from_logits: true,
+            },
+            focalflow::loss::LossConfig::KerasFocal {
+                alpha: focalflow::loss::Alpha::Scalar(0.25),
+                gamma: 2.0,
+                label_smoothing: 0.1,
+                from_logits: true,
+            },
+        ] {
+            // With the gradient, and the value read back (what `loss` returns).
+            time(
+                format!("loss {} [{rows}x{classes}]", cfg.describe()),
+                0.0,
+                &mut || {
+                    b.loss(&cfg, rows, classes, &y, &logits, Some(&mut grad))
+                        .unwrap();
+                },
+            );
+        }
+    }
     let params = 43264 * 256;
     let (mut p, g, mut m, mut v) = (
         buf(params, 0.01),
