@@ -18,6 +18,7 @@ use std::sync::mpsc;
 use crate::data::{ImageSet, PixelStore, flip_stream};
 use crate::ops::CudaBackend;
 use crate::ops::{Backend, CpuBackend, Storage};
+use crate::profile::{Phase, Profiled, Timeline};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -273,4 +274,46 @@ pub fn host_batches<P: PixelStore>(
         }
         Ok(())
     })
+}
+
+impl<B: Feeds + Timeline> Feeds for Profiled<'_, B> {
+    /// The inner backend's feeder, its batch assembly counted as data loading.
+    fn feeder<'f, P: PixelStore + 'f>(
+        &'f self,
+        data: &'f ImageSet<P>,
+        batch_size: usize,
+        cache: DeviceCache,
+    ) -> Result<Box<dyn BatchFeeder<B::Buf> + 'f>> {
+        Ok(Box::new(ProfiledFeeder {
+            inner: self.inner.feeder(data, batch_size, cache)?,
+            profiled: self,
+        }))
+    }
+}
+
+/// A feeder whose work between steps (gathering the next batch) is the data phase.
+struct ProfiledFeeder<'f, 'a, B: Backend> {
+    inner: Box<dyn BatchFeeder<B::Buf> + 'f>,
+    profiled: &'f Profiled<'a, B>,
+}
+
+impl<B: Backend<E = f32> + Timeline> BatchFeeder<B::Buf> for ProfiledFeeder<'_, '_, B> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn for_each_batch(
+        &mut self,
+        order: &[usize],
+        flip_seed: Option<u64>,
+        first: usize,
+        step: &mut BatchFn<'_, B::Buf>,
+    ) -> Result<()> {
+        let profiled = self.profiled;
+        profiled.enter(Phase::Data)?;
+        self.inner
+            .for_each_batch(order, flip_seed, first, &mut |n, count, x, y| {
+                step(n, count, x, y)?;
+                profiled.enter(Phase::Data)
+            })
+    }
 }

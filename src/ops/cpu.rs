@@ -7,7 +7,10 @@ use std::any::TypeId;
 use std::marker::PhantomData;
 use std::sync::Mutex;
 
-use crate::Element;
+use std::time::Instant;
+
+use crate::profile::{Mark, Timeline};
+use crate::{Element, Result};
 
 /// Below this many elements an elementwise loop is not worth splitting across threads.
 pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
@@ -99,5 +102,12 @@ pub(crate) fn add_column_sums<T: Element>(rows: &[T], out: &mut [T]) {
         for (o, &v) in out.iter_mut().zip(row) {
             *o += v;
         }
+    }
+}
+
+/// Wall time: the CPU's ops run synchronously.
+impl<T: Element> Timeline for CpuBackend<T> {
+    fn mark(&self) -> Result<Mark> {
+        Ok(Mark::Wall(Instant::now()))
     }
 }

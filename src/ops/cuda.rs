@@ -17,6 +17,7 @@ use crate::executor::{DeviceBuffer, Executor, LaunchConfig};
 use crate::ops::check_len;
 use crate::ops::gemm::cuda::{Gemm, GemmArgs, KernelChoice, Op, Planner, Variant};
 use crate::ops::loss::cuda::LossKernels;
+use crate::profile::{Mark, Timeline};
 use crate::{Error, Result};
 
 /// Threads per block of the elementwise and pooling kernels.
@@ -146,4 +147,11 @@ pub fn int(what: &str, v: usize) -> Result<i32> {
              use a smaller batch"
         ))
     })
+}
+
+/// CUDA events on the backend's stream.
+impl Timeline for CudaBackend {
+    fn mark(&self) -> Result<Mark> {
+        self.executor().record_event().map(Mark::Device)
+    }
 }

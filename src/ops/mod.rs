@@ -1,6 +1,6 @@
 //! Every tensor operation a training step needs, one folder per op, as dfdx does: the op's
-//! shape type and buffer checks and its trait in `mod.rs`, the CPU code in `cpu.rs`, the
-//! CUDA host code in `cuda.rs`, and its kernels (`*.cu`) side by side. build.rs finds the
+//! shape type, buffer checks, trait and `--profile` pass-through in `mod.rs`, the CPU code
+//! in `cpu.rs`, the CUDA host code in `cuda.rs`, and its kernels (`*.cu`) side by side. build.rs finds the
 //! kernels here (`#include "gemm/gemm_tile.cuh"` names another op's header by folder);
 //! `tests/ops.rs` checks every op on every target.
 //!
@@ -95,4 +95,49 @@ pub fn check_len(what: &str, have: usize, needed: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{Profiled, Profiler, nvtx};
+
+    #[test]
+    fn a_profiled_cpu_step_is_timed_by_phase_and_tabled() {
+        let cpu = CpuBackend::<f32>::new();
+        let prof = Profiler::new(true);
+        let b = Profiled::new(&cpu, &prof);
+        let x = b.upload(&[1.0, -2.0, 3.0]).unwrap();
+        let mut g = b.upload(&[1.0, 1.0, 1.0]).unwrap();
+        b.relu_backward(3, &x, &mut g).unwrap();
+        assert_eq!(b.read(&g, 3).unwrap(), [1.0, 0.0, 1.0]);
+        let mut p = b.zeros(3).unwrap();
+        let (mut m, mut v) = (b.zeros(3).unwrap(), b.zeros(3).unwrap());
+        let step = AdamStep {
+            step_size: 0.1,
+            one_minus_beta1: 0.1,
+            one_minus_beta2: 0.001,
+            epsilon: 1e-7,
+        };
+        b.adam_update(3, &step, &mut p, &g, &mut m, &mut v).unwrap();
+        prof.finish(&cpu).unwrap();
+        let totals = prof.totals_ms();
+        assert!(totals.iter().all(|(_, ms)| *ms >= 0.0));
+        let table = prof.table("wall clock");
+        for name in [
+            "data",
+            "forward",
+            "loss",
+            "backward",
+            "optimizer",
+            "readback",
+            "total",
+            "1 step(s)",
+        ] {
+            assert!(table.contains(name), "{table}");
+        }
+        // Without libnvToolsExt (CI), NVTX is a no-op and must not crash.
+        nvtx::push(c"test");
+        nvtx::pop();
+    }
 }

@@ -10,6 +10,7 @@ pub mod cuda;
 
 use crate::Result;
 use crate::ops::CounterOps;
+use crate::profile::{Phase, Profiled, Timeline};
 
 /// One Adam step's scalars, computed on the host once per step (Keras 3 semantics).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -49,4 +50,34 @@ pub trait AdamOps: CounterOps {
         v: &mut Self::Buf,
         counters: &Self::Counters,
     ) -> Result<()>;
+}
+
+/// Under `--profile`: the op, timed as part of its phase of the step.
+impl<B: AdamOps + Timeline> AdamOps for Profiled<'_, B> {
+    fn adam_update(
+        &self,
+        len: usize,
+        step: &AdamStep<Self::E>,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Optimizer)?;
+        self.inner.adam_update(len, step, param, grad, m, v)
+    }
+    fn adam_update_counted(
+        &self,
+        len: usize,
+        step: &AdamStep<Self::E>,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        counters: &Self::Counters,
+    ) -> Result<()> {
+        self.enter(Phase::Optimizer)?;
+        self.inner
+            .adam_update_counted(len, step, param, grad, m, v, counters)
+    }
 }

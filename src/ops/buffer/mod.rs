@@ -8,6 +8,7 @@
 mod cpu;
 mod cuda;
 
+use crate::profile::{Phase, Profiled, Timeline};
 use crate::{Element, Result};
 
 /// A backend's buffers.
@@ -42,5 +43,43 @@ pub trait Storage {
     /// Free device memory in bytes, where the backend knows it (a GPU).
     fn free_memory(&self) -> Result<Option<u64>> {
         Ok(None)
+    }
+}
+
+/// Under `--profile`: the op, timed as part of its phase of the step.
+impl<B: Storage + Timeline> Storage for Profiled<'_, B> {
+    type E = B::E;
+    type Buf = B::Buf;
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn zeros(&self, len: usize) -> Result<Self::Buf> {
+        self.inner.zeros(len)
+    }
+    fn write(&self, buf: &mut Self::Buf, host: &[Self::E]) -> Result<()> {
+        self.enter(Phase::Data)?;
+        self.inner.write(buf, host)
+    }
+    fn read(&self, buf: &Self::Buf, len: usize) -> Result<Vec<Self::E>> {
+        self.enter(Phase::Readback)?;
+        let v = self.inner.read(buf, len)?;
+        // The host has synchronised: resolve the marks, and count what follows (waiting for
+        // the next batch) as data loading.
+        self.profiler.resolve()?;
+        self.enter(Phase::Data)?;
+        Ok(v)
+    }
+    fn copy_into(
+        &self,
+        src: &Self::Buf,
+        len: usize,
+        dst: &mut Self::Buf,
+        offset: usize,
+    ) -> Result<()> {
+        self.inner.copy_into(src, len, dst, offset)
+    }
+    fn free_memory(&self) -> Result<Option<u64>> {
+        self.inner.free_memory()
     }
 }

@@ -14,6 +14,7 @@ pub mod direct;
 
 use crate::Result;
 use crate::ops::{Storage, check_len};
+use crate::profile::{Phase, Profiled, Timeline};
 
 /// Spatial padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -130,4 +131,41 @@ pub trait Conv2dOps: Storage {
         dw: &mut Self::Buf,
         db: &mut Self::Buf,
     ) -> Result<()>;
+}
+
+/// Under `--profile`: the op, timed as part of its phase of the step.
+impl<B: Conv2dOps + Timeline> Conv2dOps for Profiled<'_, B> {
+    fn conv2d_forward(
+        &self,
+        s: &ConvShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+        relu: bool,
+    ) -> Result<()> {
+        self.enter(Phase::Forward)?;
+        self.inner.conv2d_forward(s, x, w, b, y, relu)
+    }
+    fn conv2d_backward_data(
+        &self,
+        s: &ConvShape,
+        dy: &Self::Buf,
+        w: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Backward)?;
+        self.inner.conv2d_backward_data(s, dy, w, dx)
+    }
+    fn conv2d_backward_filter(
+        &self,
+        s: &ConvShape,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Backward)?;
+        self.inner.conv2d_backward_filter(s, x, dy, dw, db)
+    }
 }

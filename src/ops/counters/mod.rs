@@ -13,6 +13,7 @@ pub mod cuda;
 
 use crate::Result;
 use crate::ops::Storage;
+use crate::profile::{Phase, Profiled, Timeline};
 
 /// What the steps of a pass add up to, kept by the backend's counters
 /// ([`Backend::loss_counted`]) and read once per pass ([`Backend::read_counters`]).
@@ -64,5 +65,28 @@ pub trait CounterOps: Storage {
     /// training loop reads after every step and stops at a failed one at once).
     fn reads_are_cheap(&self) -> bool {
         false
+    }
+}
+
+/// Under `--profile`: the op, timed as part of its phase of the step.
+impl<B: CounterOps + Timeline> CounterOps for Profiled<'_, B> {
+    type Counters = B::Counters;
+
+    fn counters(&self) -> Result<Self::Counters> {
+        self.inner.counters()
+    }
+    fn set_counters(&self, counters: &mut Self::Counters, totals: &StepTotals) -> Result<()> {
+        self.inner.set_counters(counters, totals)
+    }
+    fn read_counters(&self, counters: &Self::Counters) -> Result<StepTotals> {
+        self.enter(Phase::Readback)?;
+        let totals = self.inner.read_counters(counters)?;
+        // As after `read`: the host has synchronised.
+        self.profiler.resolve()?;
+        self.enter(Phase::Data)?;
+        Ok(totals)
+    }
+    fn reads_are_cheap(&self) -> bool {
+        self.inner.reads_are_cheap()
     }
 }

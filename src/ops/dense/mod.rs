@@ -10,6 +10,7 @@ mod cuda;
 
 use crate::Result;
 use crate::ops::{Storage, check_len};
+use crate::profile::{Phase, Profiled, Timeline};
 
 /// Shape of a dense layer `y[batch, out] = x[batch, in] @ w[in, out] + b[out]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,4 +79,33 @@ pub trait DenseOps: Storage {
         dw: &mut Self::Buf,
         db: &mut Self::Buf,
     ) -> Result<()>;
+}
+
+/// Under `--profile`: the op, timed as part of its phase of the step.
+impl<B: DenseOps + Timeline> DenseOps for Profiled<'_, B> {
+    fn dense_forward(
+        &self,
+        s: &DenseShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+        relu: bool,
+    ) -> Result<()> {
+        self.enter(Phase::Forward)?;
+        self.inner.dense_forward(s, x, w, b, y, relu)
+    }
+    fn dense_backward(
+        &self,
+        s: &DenseShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        dy: &Self::Buf,
+        dx: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Backward)?;
+        self.inner.dense_backward(s, x, w, dy, dx, dw, db)
+    }
 }

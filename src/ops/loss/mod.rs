@@ -11,6 +11,7 @@ pub mod cuda;
 use crate::Result;
 use crate::loss::LossConfig;
 use crate::ops::CounterOps;
+use crate::profile::{Phase, Profiled, Timeline};
 
 /// The loss ops of a backend.
 pub trait LossOps: CounterOps {
@@ -42,4 +43,37 @@ pub trait LossOps: CounterOps {
         step: usize,
         counters: &mut Self::Counters,
     ) -> Result<()>;
+}
+
+/// Under `--profile`: the op, timed as part of its phase of the step.
+impl<B: LossOps + Timeline> LossOps for Profiled<'_, B> {
+    fn loss(
+        &self,
+        cfg: &LossConfig,
+        batch: usize,
+        classes: usize,
+        y_true: &Self::Buf,
+        pred: &Self::Buf,
+        grad: Option<&mut Self::Buf>,
+    ) -> Result<Self::E> {
+        self.enter(Phase::Loss)?;
+        self.inner.loss(cfg, batch, classes, y_true, pred, grad)
+    }
+    fn loss_counted(
+        &self,
+        cfg: &LossConfig,
+        batch: usize,
+        classes: usize,
+        y_true: &Self::Buf,
+        pred: &Self::Buf,
+        probs: &Self::Buf,
+        grad: Option<&mut Self::Buf>,
+        step: usize,
+        counters: &mut Self::Counters,
+    ) -> Result<()> {
+        self.enter(Phase::Loss)?;
+        self.inner.loss_counted(
+            cfg, batch, classes, y_true, pred, probs, grad, step, counters,
+        )
+    }
 }

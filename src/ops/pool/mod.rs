@@ -10,6 +10,7 @@ mod cuda;
 use crate::Result;
 use crate::ops::relu::ReluOps;
 use crate::ops::{Storage, check_len};
+use crate::profile::{Phase, Profiled, Timeline};
 
 /// Shape of a max-pooling with a square window and equal stride over an NHWC batch; odd
 /// sizes are floored, as in Keras (109 -> 54).
@@ -85,5 +86,33 @@ pub trait PoolOps: Storage + ReluOps {
     ) -> Result<()> {
         self.maxpool2d_backward(s, x, dy, dx)?;
         self.relu_backward(s.input_len(), x, dx)
+    }
+}
+
+/// Under `--profile`: the op, timed as part of its phase of the step.
+impl<B: PoolOps + Timeline> PoolOps for Profiled<'_, B> {
+    fn maxpool2d_forward(&self, s: &PoolShape, x: &Self::Buf, y: &mut Self::Buf) -> Result<()> {
+        self.enter(Phase::Forward)?;
+        self.inner.maxpool2d_forward(s, x, y)
+    }
+    fn maxpool2d_backward(
+        &self,
+        s: &PoolShape,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Backward)?;
+        self.inner.maxpool2d_backward(s, x, dy, dx)
+    }
+    fn maxpool2d_relu_backward(
+        &self,
+        s: &PoolShape,
+        x: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Backward)?;
+        self.inner.maxpool2d_relu_backward(s, x, dy, dx)
     }
 }

@@ -8,6 +8,7 @@ pub mod cuda;
 
 use crate::Result;
 use crate::ops::Storage;
+use crate::profile::{Phase, Profiled, Timeline};
 
 /// The softmax ops of a backend.
 pub trait SoftmaxOps: Storage {
@@ -28,4 +29,30 @@ pub trait SoftmaxOps: Storage {
         dprobs: &Self::Buf,
         dlogits: &mut Self::Buf,
     ) -> Result<()>;
+}
+
+/// Under `--profile`: the op, timed as part of its phase of the step.
+impl<B: SoftmaxOps + Timeline> SoftmaxOps for Profiled<'_, B> {
+    fn softmax_forward(
+        &self,
+        rows: usize,
+        cols: usize,
+        logits: &Self::Buf,
+        probs: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Forward)?;
+        self.inner.softmax_forward(rows, cols, logits, probs)
+    }
+    fn softmax_backward(
+        &self,
+        rows: usize,
+        cols: usize,
+        probs: &Self::Buf,
+        dprobs: &Self::Buf,
+        dlogits: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Loss)?;
+        self.inner
+            .softmax_backward(rows, cols, probs, dprobs, dlogits)
+    }
 }
