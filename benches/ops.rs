@@ -9,12 +9,20 @@ mod perf;
 
 use focalflow::executor::Executor;
 use focalflow::ops::gemm::Variant;
-use focalflow::ops::{CpuBackend, CudaBackend};
+use focalflow::ops::{ConvPath, CpuBackend, CudaBackend};
 
 fn main() {
     let batch = 32;
     println!("cpu (f32), batch {batch}:");
     for t in perf::time_ops(&CpuBackend::<f32>::new(), batch, 3, &|_| true) {
+        println!("  {}", t.line());
+    }
+    // The convolutions that the default takes by the direct or Winograd kernels, by im2col.
+    println!("cpu (f32), im2col + GEMM for every convolution, batch {batch}:");
+    let im2col = CpuBackend::<f32>::with_conv_path(ConvPath::Im2col);
+    for t in perf::time_ops(&im2col, batch, 3, &|op| {
+        op.starts_with("conv") && !op.contains("relu")
+    }) {
         println!("  {}", t.line());
     }
     match Executor::cuda(0) {

@@ -48,8 +48,8 @@ use focalflow::model::{Arch, ImageShape, Model, Plan};
 use focalflow::ops::gemm::{KernelChoice, TILES, Variant};
 use focalflow::ops::prelude::*;
 use focalflow::ops::{
-    AdamStep, ConvShape, CpuBackend, CudaBackend, DenseShape, Padding, PoolShape, StepFailure,
-    StepTotals,
+    AdamStep, ConvPath, ConvShape, CpuBackend, CudaBackend, DenseShape, Padding, PoolShape,
+    StepFailure, StepTotals,
 };
 use focalflow::rng::Rng;
 
@@ -132,6 +132,11 @@ fn conv_shapes() -> Vec<ConvShape> {
         c(2, 15, 13, 4, 12, 3, 3, Padding::Valid), // several row tiles; split-K filter grads
         c(1, 5, 4, 3, 70, 5, 3, Padding::Same),   // kernel taller than half the image; 2 N tiles
         c(2, 7, 6, 36, 40, 3, 3, Padding::Same), // > 32 input channels: 64-wide data-gradient tile, float4
+        // 16k channels in and out: the CPU's Winograd path, both ways
+        c(2, 11, 9, 16, 32, 3, 3, Padding::Valid), // odd output: edge tiles dropped
+        c(1, 9, 12, 32, 16, 3, 3, Padding::Same),  // same padding; 16 outputs, 32 inputs
+        c(3, 3, 4, 16, 48, 3, 3, Padding::Valid),  // a 1x2 output; 48 = 3 registers
+        c(1, 14, 13, 64, 80, 3, 3, Padding::Valid), // several chunks' worth of channels
     ]
 }
 
@@ -1033,6 +1038,11 @@ trait OpTest {
 fn cpu_f32(t: impl OpTest, _test: &str) {
     t.run(&CpuBackend::<f32>::new());
 }
+/// The CPU with im2col + GEMM for every convolution (the default takes the direct and
+/// Winograd kernels where they apply).
+fn cpu_f32_im2col(t: impl OpTest, _test: &str) {
+    t.run(&CpuBackend::<f32>::with_conv_path(ConvPath::Im2col));
+}
 fn emu_forward(t: impl OpTest, _test: &str) {
     t.run(&emu_backend(Schedule::Forward, Variant::Tiled));
 }
@@ -1114,6 +1124,7 @@ op_matrix!(
     ],
     [
         cpu_f32,
+        cpu_f32_im2col,
         emu_forward,
         emu_reverse,
         emu_random,
@@ -1122,6 +1133,89 @@ op_matrix!(
         on_gpu_naive,
     ]
 );
+
+/// The CPU's Winograd path against the f64 reference at the reference CNN's conv2 and conv3
+/// shapes (one image), beside im2col: the largest and the mean error in units of
+/// EPSILON * sum|a b| (the per-element scale of the GEMM bound above), printed with
+/// `--nocapture` for the README; each path must stay within that bound's K + 2.
+#[test]
+fn winograd_error_against_f64() {
+    let mut rng = Rng::new(29);
+    let cpu = CpuBackend::<f64>::new();
+    for (hw, in_c, out_c) in [(111, 16, 32), (54, 32, 64)] {
+        let s = ConvShape {
+            batch: 1,
+            in_h: hw,
+            in_w: hw,
+            in_c,
+            out_c,
+            kernel_h: 3,
+            kernel_w: 3,
+            padding: Padding::Valid,
+        };
+        if !focalflow::ops::conv2d::winograd::supported(&s) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED winograd_error_against_f64: no AVX-512"
+            );
+            return;
+        }
+        let (x, w, dy) = (
+            random(&mut rng, s.input_len()),
+            random(&mut rng, s.kernel_len()),
+            random(&mut rng, s.output_len()),
+        );
+        let bias = vec![0f32; out_c];
+        let (mut want_y, mut scale_y) = (vec![0f64; s.output_len()], vec![0f64; s.output_len()]);
+        cpu.conv2d_forward(&s, &wide(&x), &wide(&w), &wide(&bias), &mut want_y, false)
+            .unwrap();
+        cpu.conv2d_forward(&s, &abs(&x), &abs(&w), &wide(&bias), &mut scale_y, false)
+            .unwrap();
+        let (mut want_dx, mut scale_dx) = (vec![0f64; s.input_len()], vec![0f64; s.input_len()]);
+        cpu.conv2d_backward_data(&s, &wide(&dy), &wide(&w), &mut want_dx)
+            .unwrap();
+        cpu.conv2d_backward_data(&s, &abs(&dy), &abs(&w), &mut scale_dx)
+            .unwrap();
+        // (largest, mean) of |got - want| / (EPSILON * scale).
+        let errors = |got: &[f32], want: &[f64], scale: &[f64]| {
+            let e: Vec<f64> = got
+                .iter()
+                .zip(want)
+                .zip(scale)
+                .map(|((g, w), s)| (*g as f64 - w).abs() / (f32::EPSILON as f64 * s.max(1e-30)))
+                .collect();
+            (
+                e.iter().fold(0f64, |m, v| m.max(*v)),
+                e.iter().sum::<f64>() / e.len() as f64,
+            )
+        };
+        for (name, path) in [("winograd", ConvPath::Auto), ("im2col", ConvPath::Im2col)] {
+            let b = CpuBackend::<f32>::with_conv_path(path);
+            let mut y = vec![0f32; s.output_len()];
+            b.conv2d_forward(&s, &x, &w, &bias, &mut y, false).unwrap();
+            let mut dx = vec![0f32; s.input_len()];
+            b.conv2d_backward_data(&s, &dy, &w, &mut dx).unwrap();
+            let (fwd, bwd) = (
+                errors(&y, &want_y, &scale_y),
+                errors(&dx, &want_dx, &scale_dx),
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "ERROR {hw}x{hw}x{in_c}->{out_c} {name:<8} forward max {:.3} mean {:.4}, \
+                 backward data max {:.3} mean {:.4} (EPSILON * sum|a b|)",
+                fwd.0,
+                fwd.1,
+                bwd.0,
+                bwd.1
+            );
+            assert!(fwd.0 <= (9 * in_c + 2) as f64, "{name} forward {fwd:?}");
+            assert!(
+                bwd.0 <= (9 * out_c + 2) as f64,
+                "{name} backward data {bwd:?}"
+            );
+        }
+    }
+}
 
 /// Every tile shape and load width of the tiled kernels, not only those the automatic choice
 /// picks for the shapes above: forced one by one, under the forward and reverse schedules.
@@ -1207,6 +1301,12 @@ fn perf() {
     let batch = 32;
     for t in perf::time_ops(&CpuBackend::<f32>::new(), batch, 1, &|_| true) {
         say(format!("cpu        {}", t.line()));
+    }
+    let im2col = CpuBackend::<f32>::with_conv_path(ConvPath::Im2col);
+    for t in perf::time_ops(&im2col, batch, 1, &|op| {
+        op.starts_with("conv") && !op.contains("relu")
+    }) {
+        say(format!("cpu im2col {}", t.line()));
     }
     let (Some(tiled), Some(naive)) = (
         gpu_backend(Variant::Tiled, "ops::perf"),

@@ -15,7 +15,21 @@ use crate::{Element, Result};
 /// Below this many elements an elementwise loop is not worth splitting across threads.
 pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
+/// Which algorithm the CPU backend uses for the convolutions that more than one suits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvPath {
+    /// The fastest measured for the shape: the direct kernel for a 3x3 first layer over 1 or
+    /// 3 channels, Winograd F(2x2, 3x3) for 3x3 layers with 16k channels in and out (f32 on
+    /// AVX-512 both), im2col + GEMM for the rest.
+    #[default]
+    Auto,
+    /// im2col + GEMM for every convolution (the reference path; timed beside the others).
+    Im2col,
+}
+
 pub struct CpuBackend<T> {
+    /// The convolution algorithm (see [`ConvPath`]).
+    pub(crate) conv_path: ConvPath,
     /// Scratch buffers (im2col matrices, per-thread partial gradients), taken and returned
     /// by workers so that a training step allocates nothing after the first.
     scratch: Mutex<Vec<Vec<T>>>,
@@ -30,7 +44,13 @@ impl<T: Element> Default for CpuBackend<T> {
 
 impl<T: Element> CpuBackend<T> {
     pub fn new() -> Self {
+        Self::with_conv_path(ConvPath::Auto)
+    }
+
+    /// The backend with the given convolution algorithm.
+    pub fn with_conv_path(conv_path: ConvPath) -> Self {
         CpuBackend {
+            conv_path,
             scratch: Mutex::new(Vec::new()),
             _t: PhantomData,
         }

@@ -3,8 +3,11 @@
 
 use rayon::prelude::*;
 
+use super::winograd::{self, Direction, Geometry};
 use super::{Conv2dOps, ConvShape, direct};
-use crate::ops::cpu::{CpuBackend, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32};
+use crate::ops::cpu::{
+    ConvPath, CpuBackend, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
+};
 use crate::ops::gemm::cpu::{MatRef, matmul};
 use crate::{Element, Result};
 
@@ -94,6 +97,37 @@ fn for_each_pixel_chunk<T>(s: &ConvShape, mut f: impl FnMut(usize, usize)) {
     }
 }
 
+/// How one convolution pass runs on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// The direct AVX-512 kernel of a 3x3 first layer (`direct.rs`).
+    Direct,
+    /// Winograd F(2x2, 3x3) (`winograd.rs`).
+    Winograd,
+    /// im2col + GEMM, in L2-sized chunks of output pixels.
+    Im2col,
+}
+
+/// The algorithm `path` picks for `direction` of `s` with elements `T` (the fast paths are
+/// f32 only; the filter gradient takes the direct kernel or im2col).
+pub fn algorithm<T: Element>(path: ConvPath, s: &ConvShape, direction: Direction) -> Algorithm {
+    if path == ConvPath::Im2col || !is_f32::<T>() {
+        Algorithm::Im2col
+    } else if direction == Direction::Forward && direct::supported(s) {
+        Algorithm::Direct
+    } else if winograd::supported(s) {
+        Algorithm::Winograd
+    } else {
+        Algorithm::Im2col
+    }
+}
+
+/// The transformed kernel and the per-image geometry of a Winograd pass.
+fn winograd_plan<T: Element>(s: &ConvShape, direction: Direction, w: &[T]) -> (Geometry, Vec<f32>) {
+    let u = winograd::transform_kernel(s, direction, f32_view(&w[..s.kernel_len()]));
+    (Geometry::of(s, direction), u)
+}
+
 impl<T: Element> Conv2dOps for CpuBackend<T> {
     fn conv2d_forward(
         &self,
@@ -108,14 +142,19 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
-        let direct = is_f32::<T>() && direct::supported(s);
+        let algo = algorithm::<T>(self.conv_path, s, Direction::Forward);
+        let wino = (algo == Algorithm::Winograd).then(|| winograd_plan(s, Direction::Forward, w));
+        let scratch_len = match &wino {
+            Some((g, _)) => g.scratch_len(),
+            None => chunk_pixels::<T>(s) * s.patch_len(),
+        };
         y[..s.output_len()]
             .par_chunks_mut(out_img * per_task)
             .zip(x[..s.input_len()].par_chunks(in_img * per_task))
             .for_each(|(ys, xs)| {
-                let mut col = self.take_scratch(chunk_pixels::<T>(s) * s.patch_len());
+                let mut col = self.take_scratch(scratch_len);
                 for (yi, xi) in ys.chunks_exact_mut(out_img).zip(xs.chunks_exact(in_img)) {
-                    if direct {
+                    if algo == Algorithm::Direct {
                         direct::forward_image(
                             s,
                             f32_view(xi),
@@ -123,6 +162,20 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                             f32_view(&b[..s.out_c]),
                             f32_view_mut(yi),
                             relu,
+                        );
+                        continue;
+                    }
+                    if let Some((g, u)) = &wino {
+                        let bias = Some(f32_view(&b[..s.out_c]));
+                        let scratch = f32_view_mut(&mut col);
+                        winograd::conv_image(
+                            g,
+                            f32_view(xi),
+                            u,
+                            bias,
+                            relu,
+                            f32_view_mut(yi),
+                            scratch,
                         );
                         continue;
                     }
@@ -156,12 +209,32 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
+        let algo = algorithm::<T>(self.conv_path, s, Direction::BackwardData);
+        let wino =
+            (algo == Algorithm::Winograd).then(|| winograd_plan(s, Direction::BackwardData, w));
+        let scratch_len = match &wino {
+            Some((g, _)) => g.scratch_len(),
+            None => chunk_pixels::<T>(s) * s.patch_len(),
+        };
         dx[..s.input_len()]
             .par_chunks_mut(in_img * per_task)
             .zip(dy[..s.output_len()].par_chunks(out_img * per_task))
             .for_each(|(dxs, dys)| {
-                let mut dcol = self.take_scratch(chunk_pixels::<T>(s) * s.patch_len());
+                let mut dcol = self.take_scratch(scratch_len);
                 for (dxi, dyi) in dxs.chunks_exact_mut(in_img).zip(dys.chunks_exact(out_img)) {
+                    if let Some((g, u)) = &wino {
+                        let scratch = f32_view_mut(&mut dcol);
+                        winograd::conv_image(
+                            g,
+                            f32_view(dyi),
+                            u,
+                            None,
+                            false,
+                            f32_view_mut(dxi),
+                            scratch,
+                        );
+                        continue;
+                    }
                     dxi.fill(T::zero());
                     for_each_pixel_chunk::<T>(s, |first, count| {
                         let dcol = &mut dcol[..count * s.patch_len()];
@@ -198,7 +271,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
-        let direct = is_f32::<T>() && direct::supported(s);
+        let direct = algorithm::<T>(self.conv_path, s, Direction::Forward) == Algorithm::Direct;
         // Each task sums its images' gradients into a private [dw | db] buffer; the partial
         // sums are added up at the end (a fixed order, so results are reproducible).
         let partials: Vec<Vec<T>> = x[..s.input_len()]

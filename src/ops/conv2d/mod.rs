@@ -11,6 +11,9 @@
 mod cpu;
 mod cuda;
 pub mod direct;
+pub mod winograd;
+
+pub use cpu::{Algorithm, algorithm};
 
 use crate::Result;
 use crate::ops::{Storage, check_len};

@@ -1,0 +1,452 @@
+//! Winograd F(2x2, 3x3) convolution on the CPU, f32 on AVX-512: the forward pass and the
+//! input gradient of a 3x3 convolution with 16k input and output channels (conv2 and conv3
+//! of the reference CNN, both ways).
+//!
+//! Why: a 2x2 block of outputs of a 3x3 convolution takes 36 multiplies per channel pair
+//! directly, 16 in the Winograd domain (Lavin & Gray, "Fast Algorithms for Convolutional
+//! Neural Networks", 2016): 2.25x fewer. Per image, in chunks of output tiles small enough
+//! to stay in L2:
+//!
+//! 1. the kernel is transformed once per call, `U = G g G^T` (16 values per channel pair);
+//! 2. each tile's 4x4 input patch is transformed, `V = B^T d B` (adds only, 16 channels a
+//!    register);
+//! 3. 16 independent products `M[p] = V[p] U[p]` (tiles x C times C x K), register-blocked;
+//! 4. each tile's 2x2 outputs are `A^T M A` (adds only), plus bias and ReLU.
+//!
+//! The input gradient of `y = x * w` (a correlation) is a correlation of the padded output
+//! gradient with the kernel turned by 180 degrees and its channels swapped, so it runs
+//! through the same code.
+//!
+//! Numerics: the transforms have coefficients 0, +-1 and +-1/2 (the 1/2 are exact), so the
+//! rounding differs from im2col's by a small factor; `tests/ops.rs` holds the Winograd path
+//! to the same bound as every GEMM (K + 2) * EPSILON * sum|a b| against the f64 reference,
+//! and the README states the errors measured.
+
+use super::ConvShape;
+
+/// Channels per AVX-512 register.
+const LANES: usize = 16;
+/// Winograd-domain values per tile (4x4).
+const POSITIONS: usize = 16;
+/// Bytes of a chunk's transformed inputs and products: they stay in L2 between the steps.
+const CHUNK_BYTES: usize = 384 * 1024;
+
+/// Which way a convolution runs through the Winograd code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// `y = conv(x, w)`.
+    Forward,
+    /// `dx = conv^T(dy, w)`: the input gradient.
+    BackwardData,
+}
+
+/// Whether this machine and shape take the Winograd path (either direction: both need 16k
+/// channels in and out).
+pub fn supported(s: &ConvShape) -> bool {
+    shape_fits(s) && avx512()
+}
+
+fn shape_fits(s: &ConvShape) -> bool {
+    (s.kernel_h, s.kernel_w) == (3, 3)
+        && s.in_c.is_multiple_of(LANES)
+        && s.out_c.is_multiple_of(LANES)
+        && s.in_c > 0
+        && s.out_c > 0
+        && s.out_h() > 0
+        && s.out_w() > 0
+}
+
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One image's problem in the terms of the code: a correlation of an `[in_h, in_w, c]`
+/// input, zero-padded by `pad` before (top and left), with a transformed 3x3 kernel, into
+/// an `[out_h, out_w, k]` output.
+#[derive(Clone, Copy, Debug)]
+pub struct Geometry {
+    in_h: usize,
+    in_w: usize,
+    c: usize,
+    out_h: usize,
+    out_w: usize,
+    k: usize,
+    pad: usize,
+}
+
+impl Geometry {
+    /// The problem `direction` of `s` poses, per image.
+    pub fn of(s: &ConvShape, direction: Direction) -> Geometry {
+        let (pad_top, pad_left) = s.pad_before();
+        debug_assert_eq!(pad_top, pad_left, "3x3 kernels pad alike");
+        match direction {
+            Direction::Forward => Geometry {
+                in_h: s.in_h,
+                in_w: s.in_w,
+                c: s.in_c,
+                out_h: s.out_h(),
+                out_w: s.out_w(),
+                k: s.out_c,
+                pad: pad_top,
+            },
+            // dx[i] = sum_a dy[i + a - (2 - pad)] * w[2 - a]: a correlation of dy padded
+            // by 2 - pad, whose output is the input's size.
+            Direction::BackwardData => Geometry {
+                in_h: s.out_h(),
+                in_w: s.out_w(),
+                c: s.out_c,
+                out_h: s.in_h,
+                out_w: s.in_w,
+                k: s.in_c,
+                pad: 2 - pad_top,
+            },
+        }
+    }
+
+    fn tiles_h(&self) -> usize {
+        self.out_h.div_ceil(2)
+    }
+    fn tiles_w(&self) -> usize {
+        self.out_w.div_ceil(2)
+    }
+    fn tiles(&self) -> usize {
+        self.tiles_h() * self.tiles_w()
+    }
+    /// Tiles per chunk: a multiple of 4 (the product's tile block) whose transformed
+    /// inputs and products fit [`CHUNK_BYTES`].
+    fn chunk_tiles(&self) -> usize {
+        let per_tile = POSITIONS * (self.c + self.k) * size_of::<f32>();
+        (CHUNK_BYTES / per_tile).clamp(4, 512) / 4 * 4
+    }
+    /// Scratch floats one image needs ([`conv_image`]'s `scratch`).
+    pub fn scratch_len(&self) -> usize {
+        POSITIONS * self.chunk_tiles() * (self.c + self.k)
+    }
+    /// Floats of the transformed kernel ([`transform_kernel`]).
+    pub fn kernel_len(&self) -> usize {
+        POSITIONS * self.c * self.k
+    }
+}
+
+/// `U[p][c][k] = (G g G^T)[p]` for every channel pair, `g` the 3x3 kernel from input channel
+/// `c` to output channel `k` of the problem `g` describes (for the input gradient: `w`
+/// turned by 180 degrees, its channels swapped). `w` is HWIO `[3, 3, in_c, out_c]`.
+pub fn transform_kernel(s: &ConvShape, direction: Direction, w: &[f32]) -> Vec<f32> {
+    let g = Geometry::of(s, direction);
+    assert_eq!(w.len(), s.kernel_len(), "kernel");
+    let mut u = vec![0f32; g.kernel_len()];
+    let (in_c, out_c) = (s.in_c, s.out_c);
+    for c in 0..g.c {
+        for k in 0..g.k {
+            // The 3x3 kernel of this channel pair, in the problem's orientation.
+            let mut t = [[0f32; 3]; 3];
+            for (a, row) in t.iter_mut().enumerate() {
+                for (b, v) in row.iter_mut().enumerate() {
+                    *v = match direction {
+                        Direction::Forward => w[(a * 3 + b) * in_c * out_c + c * out_c + k],
+                        Direction::BackwardData => {
+                            w[((2 - a) * 3 + (2 - b)) * in_c * out_c + k * out_c + c]
+                        }
+                    };
+                }
+            }
+            // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]: rows, then columns.
+            let rows = |col: [f32; 3]| -> [f32; 4] {
+                [
+                    col[0],
+                    0.5 * (col[0] + col[1] + col[2]),
+                    0.5 * (col[0] - col[1] + col[2]),
+                    col[2],
+                ]
+            };
+            let mut gg = [[0f32; 3]; 4];
+            for b in 0..3 {
+                let r = rows([t[0][b], t[1][b], t[2][b]]);
+                for i in 0..4 {
+                    gg[i][b] = r[i];
+                }
+            }
+            for (i, row) in gg.iter().enumerate() {
+                let r = rows(*row);
+                for (j, v) in r.iter().enumerate() {
+                    u[((i * 4 + j) * g.c + c) * g.k + k] = *v;
+                }
+            }
+        }
+    }
+    u
+}
+
+/// One image: `out = correlation(pad(input), kernel)` (+ `bias`, then ReLU if `relu`), the
+/// kernel given transformed by [`transform_kernel`]. `scratch` holds at least
+/// [`Geometry::scratch_len`] floats.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_image(
+    g: &Geometry,
+    input: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    assert!(avx512(), "Winograd convolution used without AVX-512");
+    assert!(
+        g.c.is_multiple_of(LANES) && g.k.is_multiple_of(LANES),
+        "channels"
+    );
+    assert_eq!(input.len(), g.in_h * g.in_w * g.c, "input image");
+    assert_eq!(u.len(), g.kernel_len(), "transformed kernel");
+    assert_eq!(out.len(), g.out_h * g.out_w * g.k, "output image");
+    assert!(bias.is_none_or(|b| b.len() == g.k), "bias");
+    assert!(scratch.len() >= g.scratch_len(), "scratch");
+    let chunk = g.chunk_tiles();
+    let (v, m) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * chunk * g.c);
+    let mut first = 0;
+    while first < g.tiles() {
+        let count = chunk.min(g.tiles() - first);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F is present (asserted); every buffer's length was checked above
+        // against the geometry, and the kernels index inside those lengths (see theirs).
+        unsafe {
+            avx512::input_transform(g, input, first, count, v);
+            avx512::products(g, count, v, u, m);
+            avx512::output_transform(g, m, first, count, bias, relu, out);
+        }
+        first += count;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Geometry, LANES, POSITIONS};
+
+    /// `V[p][t][c]` for the chunk's tiles `first..first + count`: the 4x4 input patch of
+    /// tile t (zero outside the image), transformed by `B^T d B`, B^T = [[1, 0, -1, 0],
+    /// [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]. Reads input pixels only after checking
+    /// they are inside `[0, in_h) x [0, in_w)`; writes `V[p][t][c]` for t < count <= chunk.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn input_transform(
+        g: &Geometry,
+        input: &[f32],
+        first: usize,
+        count: usize,
+        v: &mut [f32],
+    ) {
+        let tiles_w = g.tiles_w();
+        let stride_p = count * g.c; // between positions, for this chunk's layout
+        for t in 0..count {
+            let tile = first + t;
+            let (th, tw) = (tile / tiles_w, tile % tiles_w);
+            let top = (2 * th) as isize - g.pad as isize;
+            let left = (2 * tw) as isize - g.pad as isize;
+            for cb in (0..g.c).step_by(LANES) {
+                let mut d = [[_mm512_setzero_ps(); 4]; 4];
+                for (i, row) in d.iter_mut().enumerate() {
+                    let ih = top + i as isize;
+                    if ih < 0 || ih >= g.in_h as isize {
+                        continue;
+                    }
+                    for (j, val) in row.iter_mut().enumerate() {
+                        let iw = left + j as isize;
+                        if iw < 0 || iw >= g.in_w as isize {
+                            continue;
+                        }
+                        let at = (ih as usize * g.in_w + iw as usize) * g.c + cb;
+                        debug_assert!(at + LANES <= input.len());
+                        // SAFETY: (ih, iw) is inside the image and cb + 16 <= c.
+                        *val = unsafe { _mm512_loadu_ps(input.as_ptr().add(at)) };
+                    }
+                }
+                // B^T d (rows), then (B^T d) B (columns).
+                let mut r = [[_mm512_setzero_ps(); 4]; 4];
+                for j in 0..4 {
+                    r[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+                    r[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+                    r[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+                    r[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+                }
+                for (i, row) in r.iter().enumerate() {
+                    let out = [
+                        _mm512_sub_ps(row[0], row[2]),
+                        _mm512_add_ps(row[1], row[2]),
+                        _mm512_sub_ps(row[2], row[1]),
+                        _mm512_sub_ps(row[1], row[3]),
+                    ];
+                    for (j, o) in out.iter().enumerate() {
+                        let at = (i * 4 + j) * stride_p + t * g.c + cb;
+                        debug_assert!(at + LANES <= v.len());
+                        // SAFETY: p < 16, t < count, cb + 16 <= c: inside 16 * count * c.
+                        unsafe { _mm512_storeu_ps(v.as_mut_ptr().add(at), *o) };
+                    }
+                }
+            }
+        }
+    }
+
+    /// `M[p][t][k] = sum_c V[p][t][c] U[p][c][k]` for the chunk's `count` tiles: blocks of
+    /// 4 tiles by up to 4 registers of output channels, accumulated over c.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn products(g: &Geometry, count: usize, v: &[f32], u: &[f32], m: &mut [f32]) {
+        for p in 0..POSITIONS {
+            let vp = &v[p * count * g.c..(p + 1) * count * g.c];
+            let up = &u[p * g.c * g.k..(p + 1) * g.c * g.k];
+            let mp = &mut m[p * count * g.k..(p + 1) * count * g.k];
+            let mut kb = 0;
+            while kb < g.k {
+                let regs = ((g.k - kb) / LANES).min(4);
+                let mut t = 0;
+                while t < count {
+                    let tb = (count - t).min(4);
+                    // SAFETY: tiles t..t + tb < count, channels kb..kb + 16 * regs <= k.
+                    unsafe {
+                        match (tb, regs) {
+                            (4, 4) => block::<4, 4>(g, vp, up, mp, t, kb),
+                            (4, 2) => block::<4, 2>(g, vp, up, mp, t, kb),
+                            (4, 1) => block::<4, 1>(g, vp, up, mp, t, kb),
+                            (4, 3) => block::<4, 3>(g, vp, up, mp, t, kb),
+                            (_, 4) => rest::<4>(g, vp, up, mp, t, tb, kb),
+                            (_, 3) => rest::<3>(g, vp, up, mp, t, tb, kb),
+                            (_, 2) => rest::<2>(g, vp, up, mp, t, tb, kb),
+                            _ => rest::<1>(g, vp, up, mp, t, tb, kb),
+                        }
+                    }
+                    t += tb;
+                }
+                kb += regs * LANES;
+            }
+        }
+    }
+
+    /// `TB` tiles from `t` by `R` registers of output channels from `kb`, over every c.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn block<const TB: usize, const R: usize>(
+        g: &Geometry,
+        vp: &[f32],
+        up: &[f32],
+        mp: &mut [f32],
+        t: usize,
+        kb: usize,
+    ) {
+        debug_assert!((t + TB) * g.c <= vp.len() && (t + TB) * g.k <= mp.len());
+        debug_assert!(kb + R * LANES <= g.k && g.c * g.k <= up.len());
+        let mut acc = [[_mm512_setzero_ps(); R]; TB];
+        for c in 0..g.c {
+            let mut w = [_mm512_setzero_ps(); R];
+            for (r, wr) in w.iter_mut().enumerate() {
+                // SAFETY: c < c, kb + 16 * (r + 1) <= k: inside U[p] (c * k floats).
+                *wr = unsafe { _mm512_loadu_ps(up.as_ptr().add(c * g.k + kb + r * LANES)) };
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: tile t + i < count, c < c: inside V[p] (count * c floats).
+                let x = _mm512_set1_ps(unsafe { *vp.get_unchecked((t + i) * g.c + c) });
+                for (a, wr) in row.iter_mut().zip(&w) {
+                    *a = _mm512_fmadd_ps(x, *wr, *a);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (r, a) in row.iter().enumerate() {
+                let at = (t + i) * g.k + kb + r * LANES;
+                // SAFETY: tile t + i < count, channel block inside k: inside M[p].
+                unsafe { _mm512_storeu_ps(mp.as_mut_ptr().add(at), *a) };
+            }
+        }
+    }
+
+    /// The last `tb` < 4 tiles of a chunk, one at a time.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rest<const R: usize>(
+        g: &Geometry,
+        vp: &[f32],
+        up: &[f32],
+        mp: &mut [f32],
+        t: usize,
+        tb: usize,
+        kb: usize,
+    ) {
+        for i in 0..tb {
+            // SAFETY: forwarded: tile t + i < count.
+            unsafe { block::<1, R>(g, vp, up, mp, t + i, kb) };
+        }
+    }
+
+    /// The chunk's outputs: `A^T M A` per tile and channel block, A^T = [[1, 1, 1, 0],
+    /// [0, 1, -1, -1]], plus bias and ReLU; the 2x2 outputs that fall outside an odd-sized
+    /// output are dropped.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn output_transform(
+        g: &Geometry,
+        m: &[f32],
+        first: usize,
+        count: usize,
+        bias: Option<&[f32]>,
+        relu: bool,
+        out: &mut [f32],
+    ) {
+        let tiles_w = g.tiles_w();
+        let stride_p = count * g.k;
+        let zero = _mm512_setzero_ps();
+        for t in 0..count {
+            let tile = first + t;
+            let (th, tw) = (tile / tiles_w, tile % tiles_w);
+            for kb in (0..g.k).step_by(LANES) {
+                let mut mm = [[zero; 4]; 4];
+                for (i, row) in mm.iter_mut().enumerate() {
+                    for (j, val) in row.iter_mut().enumerate() {
+                        let at = (i * 4 + j) * stride_p + t * g.k + kb;
+                        // SAFETY: p < 16, t < count, kb + 16 <= k: inside 16 * count * k.
+                        *val = unsafe { _mm512_loadu_ps(m.as_ptr().add(at)) };
+                    }
+                }
+                let mut s = [[zero; 4]; 2];
+                for j in 0..4 {
+                    s[0][j] = _mm512_add_ps(_mm512_add_ps(mm[0][j], mm[1][j]), mm[2][j]);
+                    s[1][j] = _mm512_sub_ps(_mm512_sub_ps(mm[1][j], mm[2][j]), mm[3][j]);
+                }
+                let b = match bias {
+                    // SAFETY: kb + 16 <= k = bias.len() (checked by conv_image).
+                    Some(b) => unsafe { _mm512_loadu_ps(b.as_ptr().add(kb)) },
+                    None => zero,
+                };
+                for (i, row) in s.iter().enumerate() {
+                    let oh = 2 * th + i;
+                    if oh >= g.out_h {
+                        continue;
+                    }
+                    let ys = [
+                        _mm512_add_ps(_mm512_add_ps(row[0], row[1]), row[2]),
+                        _mm512_sub_ps(_mm512_sub_ps(row[1], row[2]), row[3]),
+                    ];
+                    for (j, y) in ys.iter().enumerate() {
+                        let ow = 2 * tw + j;
+                        if ow >= g.out_w {
+                            continue;
+                        }
+                        let mut y = _mm512_add_ps(*y, b);
+                        if relu {
+                            // max(0, y): a NaN y stays NaN (the second operand wins), as
+                            // in the scalar path.
+                            y = _mm512_max_ps(zero, y);
+                        }
+                        let at = (oh * g.out_w + ow) * g.k + kb;
+                        debug_assert!(at + LANES <= out.len());
+                        // SAFETY: (oh, ow) inside the output, kb + 16 <= k.
+                        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at), y) };
+                    }
+                }
+            }
+        }
+    }
+}
