@@ -1134,8 +1134,9 @@ op_matrix!(
     ]
 );
 
-/// The CPU's Winograd path against the f64 reference at the reference CNN's conv2 and conv3
-/// shapes (one image), beside im2col: the largest and the mean error in units of
+/// The CPU's Winograd path (forward, input and filter gradients) against the f64 reference
+/// at the reference CNN's conv2 and conv3 shapes (one image), beside im2col: the largest
+/// and the mean error in units of
 /// EPSILON * sum|a b| (the per-element scale of the GEMM bound above), printed with
 /// `--nocapture` for the README; each path must stay within that bound's K + 2.
 #[test]
@@ -1176,6 +1177,12 @@ fn winograd_error_against_f64() {
             .unwrap();
         cpu.conv2d_backward_data(&s, &abs(&dy), &abs(&w), &mut scale_dx)
             .unwrap();
+        let (mut want_dw, mut scale_dw) = (vec![0f64; s.kernel_len()], vec![0f64; s.kernel_len()]);
+        let mut db64 = vec![0f64; out_c];
+        cpu.conv2d_backward_filter(&s, &wide(&x), &wide(&dy), &mut want_dw, &mut db64)
+            .unwrap();
+        cpu.conv2d_backward_filter(&s, &abs(&x), &abs(&dy), &mut scale_dw, &mut db64)
+            .unwrap();
         // (largest, mean) of |got - want| / (EPSILON * scale).
         let errors = |got: &[f32], want: &[f64], scale: &[f64]| {
             let e: Vec<f64> = got
@@ -1195,23 +1202,33 @@ fn winograd_error_against_f64() {
             b.conv2d_forward(&s, &x, &w, &bias, &mut y, false).unwrap();
             let mut dx = vec![0f32; s.input_len()];
             b.conv2d_backward_data(&s, &dy, &w, &mut dx).unwrap();
-            let (fwd, bwd) = (
-                errors(&y, &want_y, &scale_y),
-                errors(&dx, &want_dx, &scale_dx),
-            );
+            let (mut dw, mut db) = (vec![0f32; s.kernel_len()], vec![0f32; out_c]);
+            b.conv2d_backward_filter(&s, &x, &dy, &mut dw, &mut db)
+                .unwrap();
+            let fwd = errors(&y, &want_y, &scale_y);
+            let bwd = errors(&dx, &want_dx, &scale_dx);
+            let filt = errors(&dw, &want_dw, &scale_dw);
             let _ = writeln!(
                 std::io::stderr(),
                 "ERROR {hw}x{hw}x{in_c}->{out_c} {name:<8} forward max {:.3} mean {:.4}, \
-                 backward data max {:.3} mean {:.4} (EPSILON * sum|a b|)",
+                 backward data max {:.3} mean {:.4}, backward filter max {:.3} mean {:.4} \
+                 (EPSILON * sum|a b|)",
                 fwd.0,
                 fwd.1,
                 bwd.0,
-                bwd.1
+                bwd.1,
+                filt.0,
+                filt.1
             );
             assert!(fwd.0 <= (9 * in_c + 2) as f64, "{name} forward {fwd:?}");
             assert!(
                 bwd.0 <= (9 * out_c + 2) as f64,
                 "{name} backward data {bwd:?}"
+            );
+            let pixels = s.out_h() * s.out_w();
+            assert!(
+                filt.0 <= (pixels + 2) as f64,
+                "{name} backward filter {filt:?}"
             );
         }
     }

@@ -109,11 +109,11 @@ pub enum Algorithm {
 }
 
 /// The algorithm `path` picks for `direction` of `s` with elements `T` (the fast paths are
-/// f32 only; the filter gradient takes the direct kernel or im2col).
+/// f32 only; the direct kernel has no input gradient: the first layer needs none).
 pub fn algorithm<T: Element>(path: ConvPath, s: &ConvShape, direction: Direction) -> Algorithm {
     if path == ConvPath::Im2col || !is_f32::<T>() {
         Algorithm::Im2col
-    } else if direction == Direction::Forward && direct::supported(s) {
+    } else if direction != Direction::BackwardData && direct::supported(s) {
         Algorithm::Direct
     } else if winograd::supported(s) {
         Algorithm::Winograd
@@ -271,19 +271,37 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
-        let direct = algorithm::<T>(self.conv_path, s, Direction::Forward) == Algorithm::Direct;
+        let algo = algorithm::<T>(self.conv_path, s, Direction::BackwardFilter);
+        let wino =
+            (algo == Algorithm::Winograd).then(|| Geometry::of(s, Direction::BackwardFilter));
+        let scratch_len = match &wino {
+            Some(g) => g.scratch_len() + winograd::filter_sums_len(g),
+            None => chunk_pixels::<T>(s) * s.patch_len(),
+        };
         // Each task sums its images' gradients into a private [dw | db] buffer; the partial
         // sums are added up at the end (a fixed order, so results are reproducible).
         let partials: Vec<Vec<T>> = x[..s.input_len()]
             .par_chunks(in_img * per_task)
             .zip(dy[..s.output_len()].par_chunks(out_img * per_task))
             .map(|(xs, dys)| {
-                let mut col = self.take_scratch(chunk_pixels::<T>(s) * s.patch_len());
+                let mut col = self.take_scratch(scratch_len);
                 let mut acc = self.take_scratch(kernel_len + out_c);
                 acc.fill(T::zero());
+                if let Some(g) = &wino {
+                    // The task's images summed in the Winograd domain, then folded once.
+                    let (work, sums) = f32_view_mut(&mut col).split_at_mut(g.scratch_len());
+                    sums.fill(0.0);
+                    for (xi, dyi) in xs.chunks_exact(in_img).zip(dys.chunks_exact(out_img)) {
+                        add_column_sums(dyi, &mut acc[kernel_len..]);
+                        winograd::filter_gradient_image(g, f32_view(xi), f32_view(dyi), sums, work);
+                    }
+                    winograd::fold_filter_sums(g, sums, f32_view_mut(&mut acc[..kernel_len]));
+                    self.give_scratch(col);
+                    return acc;
+                }
                 for (xi, dyi) in xs.chunks_exact(in_img).zip(dys.chunks_exact(out_img)) {
                     add_column_sums(dyi, &mut acc[kernel_len..]);
-                    if direct {
+                    if algo == Algorithm::Direct {
                         let dw = f32_view_mut(&mut acc[..kernel_len]);
                         direct::backward_filter_image(s, f32_view(xi), f32_view(dyi), dw);
                         continue;

@@ -1,6 +1,6 @@
-//! Winograd F(2x2, 3x3) convolution on the CPU, f32 on AVX-512: the forward pass and the
-//! input gradient of a 3x3 convolution with 16k input and output channels (conv2 and conv3
-//! of the reference CNN, both ways).
+//! Winograd F(2x2, 3x3) convolution on the CPU, f32 on AVX-512: the forward pass, the input
+//! gradient and the filter gradient of a 3x3 convolution with 16k input and output channels
+//! (conv2 and conv3 of the reference CNN).
 //!
 //! Why: a 2x2 block of outputs of a 3x3 convolution takes 36 multiplies per channel pair
 //! directly, 16 in the Winograd domain (Lavin & Gray, "Fast Algorithms for Convolutional
@@ -15,7 +15,9 @@
 //!
 //! The input gradient of `y = x * w` (a correlation) is a correlation of the padded output
 //! gradient with the kernel turned by 180 degrees and its channels swapped, so it runs
-//! through the same code.
+//! through the same code. The filter gradient is the transpose of the forward algebra:
+//! `dg = G^T [sum over tiles (A dy A^T) . (B^T d B)] G`, one product per position with the
+//! long sum over tiles inside it ([`filter_gradient_image`]).
 //!
 //! Numerics: the transforms have coefficients 0, +-1 and +-1/2 (the 1/2 are exact), so the
 //! rounding differs from im2col's by a small factor; `tests/ops.rs` holds the Winograd path
@@ -38,6 +40,8 @@ pub enum Direction {
     Forward,
     /// `dx = conv^T(dy, w)`: the input gradient.
     BackwardData,
+    /// `dw = sum over pixels of patch(x)^T dy`: the filter gradient (forward's geometry).
+    BackwardFilter,
 }
 
 /// Whether this machine and shape take the Winograd path (either direction: both need 16k
@@ -87,7 +91,7 @@ impl Geometry {
         let (pad_top, pad_left) = s.pad_before();
         debug_assert_eq!(pad_top, pad_left, "3x3 kernels pad alike");
         match direction {
-            Direction::Forward => Geometry {
+            Direction::Forward | Direction::BackwardFilter => Geometry {
                 in_h: s.in_h,
                 in_w: s.in_w,
                 c: s.in_c,
@@ -150,7 +154,9 @@ pub fn transform_kernel(s: &ConvShape, direction: Direction, w: &[f32]) -> Vec<f
             for (a, row) in t.iter_mut().enumerate() {
                 for (b, v) in row.iter_mut().enumerate() {
                     *v = match direction {
-                        Direction::Forward => w[(a * 3 + b) * in_c * out_c + c * out_c + k],
+                        Direction::Forward | Direction::BackwardFilter => {
+                            w[(a * 3 + b) * in_c * out_c + c * out_c + k]
+                        }
                         Direction::BackwardData => {
                             w[((2 - a) * 3 + (2 - b)) * in_c * out_c + k * out_c + c]
                         }
@@ -221,6 +227,81 @@ pub fn conv_image(
             avx512::output_transform(g, m, first, count, bias, relu, out);
         }
         first += count;
+    }
+}
+
+/// Floats of the Winograd-domain filter gradient ([`filter_gradient_image`]'s `sums`).
+pub fn filter_sums_len(g: &Geometry) -> usize {
+    POSITIONS * g.c * g.k
+}
+
+/// One image's filter gradient, in the Winograd domain: `sums[p][c][k] += sum over tiles of
+/// V[p][t][c] * (A dy A^T)[p][t][k]`, `input` an image `[in_h, in_w, c]` and `dy` its output
+/// gradient `[out_h, out_w, k]` (the forward geometry). [`fold_filter_sums`] turns the sums
+/// of any number of images into `dw`.
+pub fn filter_gradient_image(
+    g: &Geometry,
+    input: &[f32],
+    dy: &[f32],
+    sums: &mut [f32],
+    scratch: &mut [f32],
+) {
+    assert!(avx512(), "Winograd convolution used without AVX-512");
+    assert!(
+        g.c.is_multiple_of(LANES) && g.k.is_multiple_of(LANES),
+        "channels"
+    );
+    assert_eq!(input.len(), g.in_h * g.in_w * g.c, "input image");
+    assert_eq!(dy.len(), g.out_h * g.out_w * g.k, "output gradient");
+    assert_eq!(sums.len(), filter_sums_len(g), "filter sums");
+    assert!(scratch.len() >= g.scratch_len(), "scratch");
+    let chunk = g.chunk_tiles();
+    let (v, z) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * chunk * g.c);
+    let mut first = 0;
+    while first < g.tiles() {
+        let count = chunk.min(g.tiles() - first);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in conv_image: AVX-512F present, every length checked above.
+        unsafe {
+            avx512::input_transform(g, input, first, count, v);
+            avx512::gradient_transform(g, dy, first, count, z);
+            avx512::filter_products(g, count, v, z, sums);
+        }
+        first += count;
+    }
+}
+
+/// `dw[a][b][c][k] += (G^T sums[.][c][k] G)[a][b]` (HWIO, `[3, 3, c, k]`): the Winograd-domain
+/// sums of [`filter_gradient_image`] back to the 3x3 kernel's gradient.
+pub fn fold_filter_sums(g: &Geometry, sums: &[f32], dw: &mut [f32]) {
+    assert_eq!(sums.len(), filter_sums_len(g), "filter sums");
+    assert_eq!(dw.len(), 9 * g.c * g.k, "kernel gradient");
+    // G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]]: applied to 4 values.
+    let gt = |v: [f32; 4]| -> [f32; 3] {
+        [
+            v[0] + 0.5 * (v[1] + v[2]),
+            0.5 * (v[1] - v[2]),
+            0.5 * (v[1] + v[2]) + v[3],
+        ]
+    };
+    for c in 0..g.c {
+        for k in 0..g.k {
+            let at = |p: usize| sums[(p * g.c + c) * g.k + k];
+            // Columns first (G^T M), then rows ((G^T M) G).
+            let mut cols = [[0f32; 4]; 3];
+            for j in 0..4 {
+                let r = gt([at(j), at(4 + j), at(8 + j), at(12 + j)]);
+                for (col, v) in cols.iter_mut().zip(r) {
+                    col[j] = v;
+                }
+            }
+            for (a, row) in cols.iter().enumerate() {
+                let r = gt(*row);
+                for (b, v) in r.iter().enumerate() {
+                    dw[(a * 3 + b) * g.c * g.k + c * g.k + k] += *v;
+                }
+            }
+        }
     }
 }
 
@@ -378,6 +459,138 @@ mod avx512 {
         for i in 0..tb {
             // SAFETY: forwarded: tile t + i < count.
             unsafe { block::<1, R>(g, vp, up, mp, t + i, kb) };
+        }
+    }
+
+    /// `Z[p][t][k] = (A dy A^T)[p]` for the chunk's tiles, A = [[1, 0], [1, 1], [1, -1],
+    /// [0, -1]]: the tile's 2x2 output gradient (zero where the tile passes an odd-sized
+    /// output's edge) taken back to the Winograd domain. Reads dy only inside the output.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gradient_transform(
+        g: &Geometry,
+        dy: &[f32],
+        first: usize,
+        count: usize,
+        z: &mut [f32],
+    ) {
+        let tiles_w = g.tiles_w();
+        let stride_p = count * g.k;
+        let zero = _mm512_setzero_ps();
+        for t in 0..count {
+            let tile = first + t;
+            let (th, tw) = (tile / tiles_w, tile % tiles_w);
+            for kb in (0..g.k).step_by(LANES) {
+                let mut d = [[zero; 2]; 2];
+                for (i, row) in d.iter_mut().enumerate() {
+                    let oh = 2 * th + i;
+                    if oh >= g.out_h {
+                        continue;
+                    }
+                    for (j, val) in row.iter_mut().enumerate() {
+                        let ow = 2 * tw + j;
+                        if ow >= g.out_w {
+                            continue;
+                        }
+                        let at = (oh * g.out_w + ow) * g.k + kb;
+                        // SAFETY: (oh, ow) inside the output, kb + 16 <= k.
+                        *val = unsafe { _mm512_loadu_ps(dy.as_ptr().add(at)) };
+                    }
+                }
+                // A d (rows), then (A d) A^T (columns): 2x2 -> 4x4.
+                let a = |u: __m512, v: __m512| -> [__m512; 4] {
+                    [
+                        u,
+                        _mm512_add_ps(u, v),
+                        _mm512_sub_ps(u, v),
+                        _mm512_sub_ps(zero, v),
+                    ]
+                };
+                let c0 = a(d[0][0], d[1][0]);
+                let c1 = a(d[0][1], d[1][1]);
+                for i in 0..4 {
+                    let r = a(c0[i], c1[i]);
+                    for (j, v) in r.iter().enumerate() {
+                        let at = (i * 4 + j) * stride_p + t * g.k + kb;
+                        // SAFETY: p < 16, t < count, kb + 16 <= k: inside 16 * count * k.
+                        unsafe { _mm512_storeu_ps(z.as_mut_ptr().add(at), *v) };
+                    }
+                }
+            }
+        }
+    }
+
+    /// `sums[p][c][k] += sum_t V[p][t][c] Z[p][t][k]` over the chunk's `count` tiles: blocks
+    /// of 4 input channels by up to 4 registers of output channels, accumulated over t.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn filter_products(
+        g: &Geometry,
+        count: usize,
+        v: &[f32],
+        z: &[f32],
+        sums: &mut [f32],
+    ) {
+        for p in 0..POSITIONS {
+            let vp = &v[p * count * g.c..(p + 1) * count * g.c];
+            let zp = &z[p * count * g.k..(p + 1) * count * g.k];
+            let sp = &mut sums[p * g.c * g.k..(p + 1) * g.c * g.k];
+            let mut kb = 0;
+            while kb < g.k {
+                let regs = ((g.k - kb) / LANES).min(4);
+                for c in (0..g.c).step_by(4) {
+                    // SAFETY: c + 4 <= c (c is a multiple of 16), kb + 16 * regs <= k.
+                    unsafe {
+                        match regs {
+                            4 => filter_block::<4>(g, count, vp, zp, sp, c, kb),
+                            3 => filter_block::<3>(g, count, vp, zp, sp, c, kb),
+                            2 => filter_block::<2>(g, count, vp, zp, sp, c, kb),
+                            _ => filter_block::<1>(g, count, vp, zp, sp, c, kb),
+                        }
+                    }
+                }
+                kb += regs * LANES;
+            }
+        }
+    }
+
+    /// Input channels `c..c + 4` by `R` registers of output channels from `kb`, over every
+    /// tile of the chunk, added to the sums.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn filter_block<const R: usize>(
+        g: &Geometry,
+        count: usize,
+        vp: &[f32],
+        zp: &[f32],
+        sp: &mut [f32],
+        c: usize,
+        kb: usize,
+    ) {
+        debug_assert!(c + 4 <= g.c && kb + R * LANES <= g.k);
+        debug_assert!(count * g.c <= vp.len() && count * g.k <= zp.len());
+        let mut acc = [[_mm512_setzero_ps(); R]; 4];
+        for t in 0..count {
+            let mut d = [_mm512_setzero_ps(); R];
+            for (r, dr) in d.iter_mut().enumerate() {
+                // SAFETY: t < count, kb + 16 * (r + 1) <= k: inside Z[p].
+                *dr = unsafe { _mm512_loadu_ps(zp.as_ptr().add(t * g.k + kb + r * LANES)) };
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: t < count, c + i < c: inside V[p].
+                let x = _mm512_set1_ps(unsafe { *vp.get_unchecked(t * g.c + c + i) });
+                for (a, dr) in row.iter_mut().zip(&d) {
+                    *a = _mm512_fmadd_ps(x, *dr, *a);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (r, a) in row.iter().enumerate() {
+                let at = (c + i) * g.k + kb + r * LANES;
+                // SAFETY: c + i < c, the channel block inside k: inside sums[p] (c * k).
+                unsafe {
+                    let old = _mm512_loadu_ps(sp.as_ptr().add(at));
+                    _mm512_storeu_ps(sp.as_mut_ptr().add(at), _mm512_add_ps(old, *a));
+                }
+            }
         }
     }
 
