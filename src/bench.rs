@@ -6,7 +6,8 @@ use std::time::Instant;
 use crate::data::{Augment, synthetic};
 use crate::feed::{DATA_PATH_LINE, DeviceCache, Feeds};
 use crate::loss::LossConfig;
-use crate::model::{Arch, ImageShape, Model, Plan};
+use crate::model::{Arch, ImageShape, Layer, Model, Plan};
+use crate::ops::conv2d::ConvPaths;
 use crate::profile::{Profiled, Profiler, Timeline, nvtx};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -51,6 +52,62 @@ pub struct BenchReport {
     pub end_to_end_data_path: Option<String>,
     /// Peak resident memory of the process (Linux VmHWM), if known.
     pub peak_rss_bytes: Option<u64>,
+    /// The algorithm of each convolution pass, layer by layer.
+    pub conv_layers: Vec<ConvLayerPaths>,
+}
+
+/// One convolution layer of the benchmarked model and how the backend runs it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConvLayerPaths {
+    /// e.g. "conv 2: 111x111x16 -> 32, 3x3 valid".
+    pub layer: String,
+    pub paths: ConvPaths,
+}
+
+impl ConvLayerPaths {
+    /// The layers of `plan` and their paths on `backend`.
+    fn of<B: Feeds>(backend: &B, plan: &Plan) -> Vec<ConvLayerPaths> {
+        plan.ops
+            .iter()
+            .enumerate()
+            .filter_map(|(at, op)| match op {
+                Layer::Conv { shape, .. } => Some((at, shape)),
+                _ => None,
+            })
+            .enumerate()
+            .map(|(i, (at, s))| ConvLayerPaths {
+                layer: format!(
+                    "conv {}: {}x{}x{} -> {}, {}x{} {:?}",
+                    i + 1,
+                    s.in_h,
+                    s.in_w,
+                    s.in_c,
+                    s.out_c,
+                    s.kernel_h,
+                    s.kernel_w,
+                    s.padding
+                )
+                .to_lowercase(),
+                paths: ConvPaths {
+                    // The model computes no gradient of its input (the images).
+                    backward_data: if at == 0 {
+                        "not run (the model's input needs no gradient)"
+                    } else {
+                        backend.conv2d_paths(s).backward_data
+                    },
+                    ..backend.conv2d_paths(s)
+                },
+            })
+            .collect()
+    }
+
+    /// `conv 2: 111x111x16 -> 32, 3x3 valid: forward ..., backward data ..., filter ...`.
+    pub fn line(&self) -> String {
+        format!(
+            "{}: forward {}; backward data {}; backward filter {}",
+            self.layer, self.paths.forward, self.paths.backward_data, self.paths.backward_filter
+        )
+    }
 }
 
 /// Peak resident set size of this process, from /proc/self/status (Linux).
@@ -122,6 +179,7 @@ pub fn run_with<B: Feeds>(
     };
     let plan = Plan::new(&opts.arch, shape, opts.classes)?;
     let flops_per_image = plan.forward_flops();
+    let conv_layers = ConvLayerPaths::of(backend, &plan);
     let mut model = Model::new(backend, plan, 0)?;
     let n = opts.batch_size;
     let mut rng = Rng::new(1);
@@ -170,6 +228,7 @@ pub fn run_with<B: Feeds>(
         end_to_end_images_per_second: end_to_end.as_ref().map(|e| e.0),
         end_to_end_data_path: end_to_end.map(|e| e.1),
         peak_rss_bytes: peak_rss_bytes(),
+        conv_layers,
     })
 }
 

@@ -183,3 +183,52 @@ fn cli_loss_on_the_emulator_matches_the_cpu() {
     );
     assert_close("loss gradient", &ge, &gc, 1e-5);
 }
+
+/// `bench` names the algorithm of every convolution pass, layer by layer (text and JSON).
+#[test]
+fn bench_reports_the_path_of_each_convolution() {
+    let args = [
+        "bench",
+        "--device",
+        "cpu",
+        "--image-size",
+        "20",
+        "--arch",
+        "c16,p,c16,d4",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+    ];
+    let o = run(&[&args[..], &["--json"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layers = v["conv_layers"].as_array().expect("conv_layers");
+    assert_eq!(layers.len(), 2, "{v}");
+    assert!(
+        layers[0]["layer"]
+            .as_str()
+            .unwrap()
+            .starts_with("conv 1: 20x20x3 -> 16")
+    );
+    assert!(
+        layers[0]["paths"]["backward_data"]
+            .as_str()
+            .unwrap()
+            .starts_with("not run")
+    );
+    let known = [
+        "direct 3x3 (AVX-512)",
+        "Winograd F(2x2,3x3) (AVX-512)",
+        "im2col + GEMM",
+    ];
+    for pass in ["forward", "backward_data", "backward_filter"] {
+        let path = layers[1]["paths"][pass].as_str().unwrap();
+        assert!(known.contains(&path), "{pass}: {path}");
+    }
+    let text = String::from_utf8_lossy(&run(&args).stdout).into_owned();
+    assert!(
+        text.contains("conv 2: 9x9x16 -> 16, 3x3 valid: forward "),
+        "{text}"
+    );
+}

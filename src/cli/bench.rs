@@ -82,6 +82,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 b as f64 / 1048576.0
             ))
         );
+        for layer in &report.conv_layers {
+            println!("  {}", layer.line());
+        }
         if let (Some(e2e), Some(path)) = (
             report.end_to_end_images_per_second,
             &report.end_to_end_data_path,

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::winograd::{self, Direction, Geometry};
-use super::{Conv2dOps, ConvShape, direct};
+use super::{Conv2dOps, ConvPaths, ConvShape, direct};
 use crate::ops::cpu::{
     ConvPath, CpuBackend, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
 };
@@ -108,6 +108,17 @@ pub enum Algorithm {
     Im2col,
 }
 
+impl Algorithm {
+    /// The algorithm's name, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Direct => "direct 3x3 (AVX-512)",
+            Algorithm::Winograd => "Winograd F(2x2,3x3) (AVX-512)",
+            Algorithm::Im2col => "im2col + GEMM",
+        }
+    }
+}
+
 /// The algorithm `path` picks for `direction` of `s` with elements `T` (the fast paths are
 /// f32 only; the direct kernel has no input gradient: the first layer needs none).
 pub fn algorithm<T: Element>(path: ConvPath, s: &ConvShape, direction: Direction) -> Algorithm {
@@ -129,6 +140,15 @@ fn winograd_plan<T: Element>(s: &ConvShape, direction: Direction, w: &[T]) -> (G
 }
 
 impl<T: Element> Conv2dOps for CpuBackend<T> {
+    fn conv2d_paths(&self, s: &ConvShape) -> ConvPaths {
+        let name = |d| algorithm::<T>(self.conv_path, s, d).name();
+        ConvPaths {
+            forward: name(Direction::Forward),
+            backward_data: name(Direction::BackwardData),
+            backward_filter: name(Direction::BackwardFilter),
+        }
+    }
+
     fn conv2d_forward(
         &self,
         s: &ConvShape,

@@ -1,11 +1,11 @@
 //! The convolutions on CUDA: launches of the implicit-GEMM kernels of `conv2d.cu` (or the
 //! naive ones of `conv2d_naive.cu`) through the GEMM planner (`gemm::cuda`).
 
-use super::{Conv2dOps, ConvShape};
+use super::{Conv2dOps, ConvPaths, ConvShape};
 use crate::Result;
 use crate::executor::DeviceBuffer;
 use crate::ops::cuda::{CudaBackend, int};
-use crate::ops::gemm::cuda::{GemmArgs, Op};
+use crate::ops::gemm::cuda::{GemmArgs, Op, Variant};
 
 /// A GemmArgs with the geometry of a convolution filled in.
 fn conv_args(s: &ConvShape) -> Result<GemmArgs> {
@@ -31,6 +31,21 @@ fn conv_args(s: &ConvShape) -> Result<GemmArgs> {
 }
 
 impl Conv2dOps for CudaBackend {
+    fn conv2d_paths(&self, _s: &ConvShape) -> ConvPaths {
+        match self.variant() {
+            Variant::Tiled => ConvPaths {
+                forward: "implicit GEMM, bias + ReLU fused",
+                backward_data: "implicit GEMM",
+                backward_filter: "implicit GEMM, split-K",
+            },
+            Variant::Naive => ConvPaths {
+                forward: "naive (one thread per output)",
+                backward_data: "naive (one thread per output)",
+                backward_filter: "naive (one thread per output)",
+            },
+        }
+    }
+
     fn conv2d_forward(
         &self,
         s: &ConvShape,

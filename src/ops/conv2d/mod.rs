@@ -105,8 +105,18 @@ impl ConvShape {
     }
 }
 
+/// How a backend runs the three passes of a convolution (`bench` reports it per layer).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConvPaths {
+    pub forward: &'static str,
+    pub backward_data: &'static str,
+    pub backward_filter: &'static str,
+}
+
 /// The convolution ops of a backend.
 pub trait Conv2dOps: Storage {
+    /// The algorithm each pass of a convolution of shape `s` takes on this backend.
+    fn conv2d_paths(&self, s: &ConvShape) -> ConvPaths;
     /// `y = conv(x, w) + b`, then ReLU if `relu`.
     fn conv2d_forward(
         &self,
@@ -138,6 +148,9 @@ pub trait Conv2dOps: Storage {
 
 /// Under `--profile`: the op, timed as part of its phase of the step.
 impl<B: Conv2dOps + Timeline> Conv2dOps for Profiled<'_, B> {
+    fn conv2d_paths(&self, s: &ConvShape) -> ConvPaths {
+        self.inner.conv2d_paths(s)
+    }
     fn conv2d_forward(
         &self,
         s: &ConvShape,
