@@ -375,7 +375,7 @@ mod avx512 {
     }
 
     /// `M[p][t][k] = sum_c V[p][t][c] U[p][c][k]` for the chunk's `count` tiles: blocks of
-    /// 4 tiles by up to 4 registers of output channels, accumulated over c.
+    /// 4 to 12 tiles by up to 4 registers of output channels, accumulated over c.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn products(g: &Geometry, count: usize, v: &[f32], u: &[f32], m: &mut [f32]) {
         for p in 0..POSITIONS {
@@ -385,20 +385,22 @@ mod avx512 {
             let mut kb = 0;
             while kb < g.k {
                 let regs = ((g.k - kb) / LANES).min(4);
+                // Tiles per block: as many as keep 12-16 accumulators in registers.
+                let full = [0, 12, 8, 4, 4][regs];
                 let mut t = 0;
                 while t < count {
-                    let tb = (count - t).min(4);
+                    let tb = (count - t).min(full);
                     // SAFETY: tiles t..t + tb < count, channels kb..kb + 16 * regs <= k.
                     unsafe {
-                        match (tb, regs) {
-                            (4, 4) => block::<4, 4>(g, vp, up, mp, t, kb),
-                            (4, 2) => block::<4, 2>(g, vp, up, mp, t, kb),
-                            (4, 1) => block::<4, 1>(g, vp, up, mp, t, kb),
-                            (4, 3) => block::<4, 3>(g, vp, up, mp, t, kb),
-                            (_, 4) => rest::<4>(g, vp, up, mp, t, tb, kb),
-                            (_, 3) => rest::<3>(g, vp, up, mp, t, tb, kb),
-                            (_, 2) => rest::<2>(g, vp, up, mp, t, tb, kb),
-                            _ => rest::<1>(g, vp, up, mp, t, tb, kb),
+                        match (tb == full, regs) {
+                            (true, 4) => block::<4, 4>(g, vp, up, mp, t, kb),
+                            (true, 3) => block::<4, 3>(g, vp, up, mp, t, kb),
+                            (true, 2) => block::<8, 2>(g, vp, up, mp, t, kb),
+                            (true, _) => block::<12, 1>(g, vp, up, mp, t, kb),
+                            (false, 4) => rest::<4>(g, vp, up, mp, t, tb, kb),
+                            (false, 3) => rest::<3>(g, vp, up, mp, t, tb, kb),
+                            (false, 2) => rest::<2>(g, vp, up, mp, t, tb, kb),
+                            (false, _) => rest::<1>(g, vp, up, mp, t, tb, kb),
                         }
                     }
                     t += tb;
@@ -445,7 +447,7 @@ mod avx512 {
         }
     }
 
-    /// The last `tb` < 4 tiles of a chunk, one at a time.
+    /// The last tiles of a chunk (fewer than a block), one at a time.
     #[target_feature(enable = "avx512f")]
     unsafe fn rest<const R: usize>(
         g: &Geometry,
