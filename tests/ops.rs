@@ -899,6 +899,8 @@ fn training_step<B: Backend<E = f32>>(b: &B) {
             },
             2,
         ),
+        // 16k channels: the CPU's Winograd path in every pass of the middle layers.
+        ("c16,c16s,c32,d6", LossConfig::default_focal(), 4),
     ];
     let wide_all = |v: Vec<Vec<f32>>| v.iter().map(|t| wide(t)).collect::<Vec<_>>();
     for (arch, loss, batch) in cases {
