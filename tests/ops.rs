@@ -721,6 +721,11 @@ fn dense_shapes() -> Vec<DenseShape> {
         d(5, 64, 36),  // float4 path
         d(2, 203, 9),  // long K: split-K forward
         d(67, 33, 65), // 64x64 tiles with partial edges
+        // 64k outputs: the CPU's streaming passes (a partial image block, several column
+        // blocks, a weight band longer than one chunk)
+        d(5, 70, 64),
+        d(3, 9, 192),
+        d(6, 300, 128),
     ]
 }
 

@@ -15,15 +15,18 @@ use crate::{Element, Result};
 /// Below this many elements an elementwise loop is not worth splitting across threads.
 pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
-/// Which algorithm the CPU backend uses for the convolutions that more than one suits.
+/// Which algorithms the CPU backend uses where more than one suits (convolutions, and dense
+/// layers whose weights dwarf the batch).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvPath {
     /// The fastest measured for the shape: the direct kernel for a 3x3 first layer over 1 or
-    /// 3 channels, Winograd F(2x2, 3x3) for 3x3 layers with 16k channels in and out (f32 on
-    /// AVX-512 both), im2col + GEMM for the rest.
+    /// 3 channels, Winograd F(2x2, 3x3) for 3x3 layers with 16k channels in and out, the
+    /// streaming passes for dense layers with 64k outputs (f32 on AVX-512 all), im2col +
+    /// GEMM and GEMM for the rest.
     #[default]
     Auto,
-    /// im2col + GEMM for every convolution (the reference path; timed beside the others).
+    /// im2col + GEMM for every convolution and GEMM for every dense layer (the reference
+    /// path; timed beside the others).
     Im2col,
 }
 

@@ -1,9 +1,17 @@
-//! Dense layers on the CPU: three GEMMs of `gemm::cpu`.
+//! Dense layers on the CPU: three GEMMs of `gemm::cpu`, or for layers whose weights dwarf
+//! the batch the streaming AVX-512 passes of `streaming.rs` (forward and weight gradient).
 
-use super::{DenseOps, DenseShape};
-use crate::ops::cpu::{CpuBackend, add_bias_relu, add_column_sums};
+use super::{DenseOps, DenseShape, streaming};
+use crate::ops::cpu::{
+    ConvPath, CpuBackend, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
+};
 use crate::ops::gemm::cpu::{MatRef, matmul};
 use crate::{Element, Result};
+
+/// Whether `s` takes the streaming passes on this backend.
+fn streams<T: Element>(backend: &CpuBackend<T>, s: &DenseShape) -> bool {
+    backend.conv_path == ConvPath::Auto && is_f32::<T>() && streaming::supported(s)
+}
 
 impl<T: Element> DenseOps for CpuBackend<T> {
     fn dense_forward(
@@ -17,13 +25,18 @@ impl<T: Element> DenseOps for CpuBackend<T> {
     ) -> Result<()> {
         s.check_forward(x.len(), w.len(), b.len(), y.len())?;
         let out = &mut y[..s.batch * s.outputs];
-        matmul(
-            out,
-            MatRef::row_major(&x[..s.batch * s.inputs], s.batch, s.inputs),
-            MatRef::row_major(&w[..s.inputs * s.outputs], s.inputs, s.outputs),
-            false,
-            true,
-        );
+        let (x, w) = (&x[..s.batch * s.inputs], &w[..s.inputs * s.outputs]);
+        if streams(self, s) {
+            streaming::forward(s, f32_view(x), f32_view(w), f32_view_mut(out));
+        } else {
+            matmul(
+                out,
+                MatRef::row_major(x, s.batch, s.inputs),
+                MatRef::row_major(w, s.inputs, s.outputs),
+                false,
+                true,
+            );
+        }
         add_bias_relu(out, &b[..s.outputs], relu);
         Ok(())
     }
@@ -42,13 +55,18 @@ impl<T: Element> DenseOps for CpuBackend<T> {
         s.check_backward(x.len(), w.len(), dy.len(), dx_len, dw.len(), db.len())?;
         let dy = &dy[..s.batch * s.outputs];
         // dw[in, out] = x^T[in, batch] @ dy[batch, out]
-        matmul(
-            &mut dw[..s.inputs * s.outputs],
-            MatRef::transposed(&x[..s.batch * s.inputs], s.inputs, s.batch),
-            MatRef::row_major(dy, s.batch, s.outputs),
-            false,
-            true,
-        );
+        let (x, dw) = (&x[..s.batch * s.inputs], &mut dw[..s.inputs * s.outputs]);
+        if streams(self, s) {
+            streaming::weight_gradient(s, f32_view(x), f32_view(dy), f32_view_mut(dw));
+        } else {
+            matmul(
+                dw,
+                MatRef::transposed(x, s.inputs, s.batch),
+                MatRef::row_major(dy, s.batch, s.outputs),
+                false,
+                true,
+            );
+        }
         db[..s.outputs].fill(T::zero());
         add_column_sums(dy, &mut db[..s.outputs]);
         if let Some(dx) = dx {

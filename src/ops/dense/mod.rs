@@ -1,12 +1,15 @@
 //! Dense (fully connected) layers: `y = x @ w + b` (ReLU fused), and the weight, bias and
 //! input gradients.
 //!
-//! - CPU (`cpu.rs`): GEMMs of `gemm::cpu`.
+//! - CPU (`cpu.rs`): GEMMs of `gemm::cpu`; for weights that dwarf the batch (outputs a
+//!   multiple of 64, f32 on AVX-512) the forward pass and the weight gradient stream the
+//!   weights once (`streaming.rs`).
 //! - CUDA (`cuda.rs`, `dense.cu`): the tiled GEMM core of `gemm/gemm_tile.cuh`, split-K for
 //!   the long reductions; `dense_naive.cu` the reference kernels.
 
 mod cpu;
 mod cuda;
+pub mod streaming;
 
 use crate::Result;
 use crate::ops::{Storage, check_len};

@@ -1,0 +1,249 @@
+//! Dense layers whose weights dwarf their batch (the reference CNN's first dense layer:
+//! 43264 x 256 weights, 44 MB, against a 32-image batch), f32 on AVX-512: the forward pass
+//! and the weight gradient stream the weights once, in register-blocked passes.
+//!
+//! Why: a general GEMM packs its operands into panels first; with 32 rows on one side the
+//! packing of the 44 MB weight matrix costs as much as the arithmetic (the `gemm` crate ran
+//! the forward pass at ~75 GFLOP/s). Here the forward pass reads each weight once from
+//! memory (a chunk of rows at a time, kept in L2 while every block of 4 images uses it),
+//! and the weight gradient writes each weight once, its 4 rows x 64 columns accumulated in
+//! 16 registers over the batch.
+//!
+//! Used where [`supported`] says so (f32, AVX-512F at run time, outputs a multiple of 64);
+//! the input gradient stays with the GEMM.
+
+use rayon::prelude::*;
+
+use super::DenseShape;
+
+/// Output columns per block: four AVX-512 registers.
+const COLUMNS: usize = 64;
+/// Weight rows per chunk of the forward pass: 256 rows x 64 columns (64 KiB) stay in L2
+/// while every block of images passes over them.
+const CHUNK_ROWS: usize = 256;
+/// Images (forward) or weight rows (gradient) per register block.
+const BLOCK: usize = 4;
+
+/// Whether this machine and shape take the streaming path.
+pub fn supported(s: &DenseShape) -> bool {
+    s.outputs.is_multiple_of(COLUMNS) && s.inputs > 0 && s.batch > 0 && avx512()
+}
+
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `y = x @ w` (`x` `[batch, inputs]`, `w` `[inputs, outputs]`, `y` `[batch, outputs]`,
+/// all row-major), without the bias: rayon over blocks of 64 output columns.
+pub fn forward(s: &DenseShape, x: &[f32], w: &[f32], y: &mut [f32]) {
+    assert!(
+        supported(s),
+        "streaming dense layer used where it does not apply"
+    );
+    assert_eq!(x.len(), s.batch * s.inputs, "input");
+    assert_eq!(w.len(), s.inputs * s.outputs, "kernel");
+    assert_eq!(y.len(), s.batch * s.outputs, "output");
+    // Each task owns a set of whole column blocks of y, gathered afterwards (y is small).
+    let blocks: Vec<(usize, Vec<f32>)> = (0..s.outputs / COLUMNS)
+        .into_par_iter()
+        .map(|block| {
+            let mut out = vec![0f32; s.batch * COLUMNS];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F is present (supported() checked it); the lengths were checked
+            // above and the kernel indexes inside them (see its comment).
+            unsafe {
+                avx512::forward_columns(s, x, w, block * COLUMNS, &mut out)
+            };
+            (block, out)
+        })
+        .collect();
+    for (block, out) in blocks {
+        for (row, part) in out.chunks_exact(COLUMNS).enumerate() {
+            let at = row * s.outputs + block * COLUMNS;
+            y[at..at + COLUMNS].copy_from_slice(part);
+        }
+    }
+}
+
+/// `dw = x^T @ dy` (`dw` `[inputs, outputs]`): rayon over bands of weight rows.
+pub fn weight_gradient(s: &DenseShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    assert!(
+        supported(s),
+        "streaming dense layer used where it does not apply"
+    );
+    assert_eq!(x.len(), s.batch * s.inputs, "input");
+    assert_eq!(dy.len(), s.batch * s.outputs, "output gradient");
+    assert_eq!(dw.len(), s.inputs * s.outputs, "kernel gradient");
+    let band = CHUNK_ROWS;
+    dw.par_chunks_mut(band * s.outputs)
+        .enumerate()
+        .for_each(|(i, rows)| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in forward; `rows` is dw's rows i * band.. (a whole number of rows).
+            unsafe {
+                avx512::gradient_rows(s, x, dy, i * band, rows)
+            };
+        });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, CHUNK_ROWS, COLUMNS, DenseShape};
+
+    const LANES: usize = 16;
+    const REGS: usize = COLUMNS / LANES;
+
+    /// `out[b][j] = sum_k x[b][k] w[k][first + j]` for j < 64: over chunks of weight rows,
+    /// blocks of 4 images (and the last images one by one) accumulate in 16 registers.
+    /// Indexing: x[b * inputs + k] with b < batch, k < inputs; w[k * outputs + first + j]
+    /// with first + 64 <= outputs; out[b * 64 + j].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn forward_columns(
+        s: &DenseShape,
+        x: &[f32],
+        w: &[f32],
+        first: usize,
+        out: &mut [f32],
+    ) {
+        debug_assert!(first + COLUMNS <= s.outputs && out.len() == s.batch * COLUMNS);
+        let mut k0 = 0;
+        while k0 < s.inputs {
+            let k1 = (k0 + CHUNK_ROWS).min(s.inputs);
+            let mut b = 0;
+            while b < s.batch {
+                let rows = (s.batch - b).min(BLOCK);
+                // SAFETY: forwarded: images b..b + rows < batch, rows k0..k1 <= inputs.
+                unsafe {
+                    if rows == BLOCK {
+                        forward_block::<BLOCK>(s, x, w, first, out, b, k0, k1);
+                    } else {
+                        for i in 0..rows {
+                            forward_block::<1>(s, x, w, first, out, b + i, k0, k1);
+                        }
+                    }
+                }
+                b += rows;
+            }
+            k0 = k1;
+        }
+    }
+
+    /// Images `b..b + R`, weight rows `k0..k1`, the 64 columns from `first`: added to out.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn forward_block<const R: usize>(
+        s: &DenseShape,
+        x: &[f32],
+        w: &[f32],
+        first: usize,
+        out: &mut [f32],
+        b: usize,
+        k0: usize,
+        k1: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); REGS]; R];
+        for k in k0..k1 {
+            let mut wk = [_mm512_setzero_ps(); REGS];
+            for (r, v) in wk.iter_mut().enumerate() {
+                // SAFETY: k < inputs, first + 16 * (r + 1) <= outputs: inside w.
+                *v = unsafe { _mm512_loadu_ps(w.as_ptr().add(k * s.outputs + first + r * LANES)) };
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: image b + i < batch, k < inputs: inside x.
+                let xv = _mm512_set1_ps(unsafe { *x.get_unchecked((b + i) * s.inputs + k) });
+                for (a, v) in row.iter_mut().zip(&wk) {
+                    *a = _mm512_fmadd_ps(xv, *v, *a);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (r, a) in row.iter().enumerate() {
+                let at = (b + i) * COLUMNS + r * LANES;
+                // SAFETY: image b + i < batch, r * 16 + 16 <= 64: inside out.
+                unsafe {
+                    let old = _mm512_loadu_ps(out.as_ptr().add(at));
+                    _mm512_storeu_ps(out.as_mut_ptr().add(at), _mm512_add_ps(old, *a));
+                }
+            }
+        }
+    }
+
+    /// `rows` = dw's weight rows `k0..` (a whole number of rows): `dw[k][j] = sum_b x[b][k]
+    /// dy[b][j]`, 4 rows by 64 columns in 16 registers over the batch (the last rows of the
+    /// band one by one). Indexing: x[b * inputs + k], dy[b * outputs + j], rows[(k - k0) *
+    /// outputs + j], all inside their slices for k < inputs, j < outputs, b < batch.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gradient_rows(
+        s: &DenseShape,
+        x: &[f32],
+        dy: &[f32],
+        k0: usize,
+        rows: &mut [f32],
+    ) {
+        let n = rows.len() / s.outputs;
+        debug_assert!(k0 + n <= s.inputs && n * s.outputs == rows.len());
+        for col in (0..s.outputs).step_by(COLUMNS) {
+            let mut k = 0;
+            while k < n {
+                let count = (n - k).min(BLOCK);
+                // SAFETY: forwarded: rows k..k + count < n, columns col..col + 64 <= outputs.
+                unsafe {
+                    if count == BLOCK {
+                        gradient_block::<BLOCK>(s, x, dy, k0, rows, k, col);
+                    } else {
+                        for i in 0..count {
+                            gradient_block::<1>(s, x, dy, k0, rows, k + i, col);
+                        }
+                    }
+                }
+                k += count;
+            }
+        }
+    }
+
+    /// Rows `k..k + R` of the band (weight rows `k0 + k..`), columns `col..col + 64`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn gradient_block<const R: usize>(
+        s: &DenseShape,
+        x: &[f32],
+        dy: &[f32],
+        k0: usize,
+        rows: &mut [f32],
+        k: usize,
+        col: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); REGS]; R];
+        for b in 0..s.batch {
+            let mut d = [_mm512_setzero_ps(); REGS];
+            for (r, v) in d.iter_mut().enumerate() {
+                // SAFETY: b < batch, col + 16 * (r + 1) <= outputs: inside dy.
+                *v = unsafe { _mm512_loadu_ps(dy.as_ptr().add(b * s.outputs + col + r * LANES)) };
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: b < batch, weight row k0 + k + i < inputs: inside x.
+                let xv = _mm512_set1_ps(unsafe { *x.get_unchecked(b * s.inputs + k0 + k + i) });
+                for (a, v) in row.iter_mut().zip(&d) {
+                    *a = _mm512_fmadd_ps(xv, *v, *a);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (r, a) in row.iter().enumerate() {
+                let at = (k + i) * s.outputs + col + r * LANES;
+                // SAFETY: band row k + i < n, col + 16 * (r + 1) <= outputs: inside rows.
+                unsafe { _mm512_storeu_ps(rows.as_mut_ptr().add(at), *a) };
+            }
+        }
+    }
+}
