@@ -1,5 +1,5 @@
 //! Dense layers on the CPU: three GEMMs of `gemm::cpu`, or for layers whose weights dwarf
-//! the batch the streaming AVX-512 passes of `streaming.rs` (forward and weight gradient).
+//! the batch the streaming AVX-512 passes of `streaming.rs`.
 
 use super::{DenseOps, DenseShape, streaming};
 use crate::ops::cpu::{
@@ -71,13 +71,18 @@ impl<T: Element> DenseOps for CpuBackend<T> {
         add_column_sums(dy, &mut db[..s.outputs]);
         if let Some(dx) = dx {
             // dx[batch, in] = dy[batch, out] @ w^T[out, in]
-            matmul(
-                &mut dx[..s.batch * s.inputs],
-                MatRef::row_major(dy, s.batch, s.outputs),
-                MatRef::transposed(&w[..s.inputs * s.outputs], s.outputs, s.inputs),
-                false,
-                true,
-            );
+            let (dx, w) = (&mut dx[..s.batch * s.inputs], &w[..s.inputs * s.outputs]);
+            if streams(self, s) {
+                streaming::input_gradient(s, f32_view(dy), f32_view(w), f32_view_mut(dx));
+            } else {
+                matmul(
+                    dx,
+                    MatRef::row_major(dy, s.batch, s.outputs),
+                    MatRef::transposed(w, s.outputs, s.inputs),
+                    false,
+                    true,
+                );
+            }
         }
         Ok(())
     }

@@ -2,8 +2,7 @@
 //! input gradients.
 //!
 //! - CPU (`cpu.rs`): GEMMs of `gemm::cpu`; for weights that dwarf the batch (outputs a
-//!   multiple of 64, f32 on AVX-512) the forward pass and the weight gradient stream the
-//!   weights once (`streaming.rs`).
+//!   multiple of 64, f32 on AVX-512) every pass streams the weights once (`streaming.rs`).
 //! - CUDA (`cuda.rs`, `dense.cu`): the tiled GEMM core of `gemm/gemm_tile.cuh`, split-K for
 //!   the long reductions; `dense_naive.cu` the reference kernels.
 

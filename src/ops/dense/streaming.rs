@@ -9,8 +9,10 @@
 //! and the weight gradient writes each weight once, its 4 rows x 64 columns accumulated in
 //! 16 registers over the batch.
 //!
-//! Used where [`supported`] says so (f32, AVX-512F at run time, outputs a multiple of 64);
-//! the input gradient stays with the GEMM.
+//! The input gradient reads each weight once too: 4 images by 4 weight rows accumulate 16
+//! registers over the outputs, then reduce each to its sum.
+//!
+//! Used where [`supported`] says so (f32, AVX-512F at run time, outputs a multiple of 64).
 
 use rayon::prelude::*;
 
@@ -93,11 +95,123 @@ pub fn weight_gradient(s: &DenseShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
         });
 }
 
+/// Weight rows per task of the input gradient: 64 rows (64 KiB at 256 outputs) stay in L2
+/// while every block of images passes over them.
+const GRADIENT_BAND: usize = 64;
+
+/// `dx = dy @ w^T` (`dx` `[batch, inputs]`): rayon over bands of weight rows, each writing
+/// its columns of dx through a small buffer.
+pub fn input_gradient(s: &DenseShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    assert!(
+        supported(s),
+        "streaming dense layer used where it does not apply"
+    );
+    assert_eq!(dy.len(), s.batch * s.outputs, "output gradient");
+    assert_eq!(w.len(), s.inputs * s.outputs, "kernel");
+    assert_eq!(dx.len(), s.batch * s.inputs, "input gradient");
+    let bands: Vec<(usize, Vec<f32>)> = (0..s.inputs.div_ceil(GRADIENT_BAND))
+        .into_par_iter()
+        .map(|band| {
+            let k0 = band * GRADIENT_BAND;
+            let rows = GRADIENT_BAND.min(s.inputs - k0);
+            let mut out = vec![0f32; s.batch * rows];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in forward; out holds [batch, rows] for weight rows k0..k0 + rows.
+            unsafe {
+                avx512::input_gradient_band(s, dy, w, k0, rows, &mut out)
+            };
+            (k0, out)
+        })
+        .collect();
+    for (k0, out) in bands {
+        let rows = out.len() / s.batch;
+        for (b, part) in out.chunks_exact(rows).enumerate() {
+            dx[b * s.inputs + k0..b * s.inputs + k0 + rows].copy_from_slice(part);
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{BLOCK, CHUNK_ROWS, COLUMNS, DenseShape};
+
+    /// `out[b][r] = sum_j dy[b][j] w[k0 + r][j]` for r < rows: blocks of 4 images by 4 weight
+    /// rows (the rest one by one). Indexing: dy[b * outputs + j], w[(k0 + r) * outputs + j]
+    /// with k0 + rows <= inputs, j < outputs (a multiple of 16), out[b * rows + r].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn input_gradient_band(
+        s: &DenseShape,
+        dy: &[f32],
+        w: &[f32],
+        k0: usize,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        debug_assert!(k0 + rows <= s.inputs && out.len() == s.batch * rows);
+        let mut b = 0;
+        while b < s.batch {
+            let nb = (s.batch - b).min(BLOCK);
+            let mut r = 0;
+            while r < rows {
+                let nr = (rows - r).min(BLOCK);
+                // SAFETY: forwarded: images b..b + nb, band rows r..r + nr, all in range.
+                unsafe {
+                    if nb == BLOCK && nr == BLOCK {
+                        dot_block::<BLOCK, BLOCK>(s, dy, w, k0, rows, out, b, r);
+                    } else {
+                        for i in 0..nb {
+                            for j in 0..nr {
+                                dot_block::<1, 1>(s, dy, w, k0, rows, out, b + i, r + j);
+                            }
+                        }
+                    }
+                }
+                r += nr;
+            }
+            b += nb;
+        }
+    }
+
+    /// Images `b..b + NB` by band rows `r..r + NR`: each a dot product over the outputs.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn dot_block<const NB: usize, const NR: usize>(
+        s: &DenseShape,
+        dy: &[f32],
+        w: &[f32],
+        k0: usize,
+        rows: usize,
+        out: &mut [f32],
+        b: usize,
+        r: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); NR]; NB];
+        for j in (0..s.outputs).step_by(LANES) {
+            let mut wr = [_mm512_setzero_ps(); NR];
+            for (q, v) in wr.iter_mut().enumerate() {
+                // SAFETY: weight row k0 + r + q < inputs, j + 16 <= outputs: inside w.
+                *v = unsafe { _mm512_loadu_ps(w.as_ptr().add((k0 + r + q) * s.outputs + j)) };
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: image b + i < batch, j + 16 <= outputs: inside dy.
+                let d = unsafe { _mm512_loadu_ps(dy.as_ptr().add((b + i) * s.outputs + j)) };
+                for (a, v) in row.iter_mut().zip(&wr) {
+                    *a = _mm512_fmadd_ps(d, *v, *a);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (q, a) in row.iter().enumerate() {
+                // SAFETY: image b + i < batch, band row r + q < rows: inside out.
+                unsafe {
+                    *out.get_unchecked_mut((b + i) * rows + r + q) = _mm512_reduce_add_ps(*a)
+                };
+            }
+        }
+    }
 
     const LANES: usize = 16;
     const REGS: usize = COLUMNS / LANES;
