@@ -17,11 +17,14 @@ fn main() {
     for t in perf::time_ops(&CpuBackend::<f32>::new(), batch, 3, &|_| true) {
         println!("  {}", t.line());
     }
-    // The convolutions that the default takes by the direct or Winograd kernels, by im2col.
-    println!("cpu (f32), im2col + GEMM for every convolution, batch {batch}:");
+    // The GEMM-shaped ops by the reference path (the default takes the direct, Winograd and
+    // streaming kernels where they apply).
+    println!(
+        "cpu (f32), im2col + GEMM and GEMM for every convolution and dense layer, batch {batch}:"
+    );
     let im2col = CpuBackend::<f32>::with_conv_path(ConvPath::Im2col);
     for t in perf::time_ops(&im2col, batch, 3, &|op| {
-        op.starts_with("conv") && !op.contains("relu")
+        op.starts_with("conv") && !op.contains("relu") || op.starts_with("dense")
     }) {
         println!("  {}", t.line());
     }

@@ -1045,8 +1045,9 @@ trait OpTest {
 fn cpu_f32(t: impl OpTest, _test: &str) {
     t.run(&CpuBackend::<f32>::new());
 }
-/// The CPU with im2col + GEMM for every convolution (the default takes the direct and
-/// Winograd kernels where they apply).
+/// The CPU with the reference path: im2col + GEMM for every convolution and GEMM for every
+/// dense layer (the default takes the direct, Winograd and streaming kernels where they
+/// apply).
 fn cpu_f32_im2col(t: impl OpTest, _test: &str) {
     t.run(&CpuBackend::<f32>::with_conv_path(ConvPath::Im2col));
 }
@@ -1328,7 +1329,7 @@ fn perf() {
     }
     let im2col = CpuBackend::<f32>::with_conv_path(ConvPath::Im2col);
     for t in perf::time_ops(&im2col, batch, 1, &|op| {
-        op.starts_with("conv") && !op.contains("relu")
+        op.starts_with("conv") && !op.contains("relu") || op.starts_with("dense")
     }) {
         say(format!("cpu im2col {}", t.line()));
     }
