@@ -1,7 +1,9 @@
 //! The op test matrix, in the spirit of ggml's `test-backend-ops`: every op on every target,
 //! each against the CPU backend in f64 (the reference).
 //!
-//! - **Targets** ([`op_matrix!`]'s list): the CPU in f32; the CUDA backend on the emulator
+//! - **Targets** ([`op_matrix!`]'s list): the CPU in f32, with its fast paths (direct,
+//!   Winograd, streaming dense; they apply to the shapes with 16k channels and 64k outputs
+//!   below) and on its reference path (im2col + GEMM); the CUDA backend on the emulator
 //!   (cuda-emu: the same kernel sources and host code, run on the CPU) under the forward,
 //!   reverse and random thread schedules; its naive reference kernels; and the GPU (tiled
 //!   and naive) when one is present. Without a GPU the GPU tests print `SKIPPED (no GPU):
@@ -12,7 +14,8 @@
 //!   within a bound derived from the op's arithmetic); gradient (`gradient_check`: the
 //!   target's backward pass against a central difference of its own forward pass, through
 //!   a whole model; each op's own finite-difference check in f64 is tests/gradcheck.rs);
-//!   perf (`cargo bench --bench ops`: every op timed on every target present).
+//!   perf (`perf` below, ignored, and `cargo bench --bench ops`: every op timed on every
+//!   target present, tests/ops/perf.rs).
 //! - One test body per op, generic over the backend: a new op is one body and one line in
 //!   the op list, a new target one runner and one line in the target list.
 //!
