@@ -232,3 +232,44 @@ fn bench_reports_the_path_of_each_convolution() {
         "{text}"
     );
 }
+
+/// `FOCALFLOW_CPU_PATH=reference` puts the CPU on im2col + GEMM everywhere (the numbers of
+/// builds before the fast paths); a wrong value is one clear line.
+#[test]
+fn the_cpu_reference_path_is_one_variable_away() {
+    let bench = |value: &str| {
+        std::process::Command::new(
+            std::env::var("FOCALFLOW_BIN").unwrap_or_else(|_| common::BIN.to_string()),
+        )
+        .args([
+            "bench",
+            "--device",
+            "cpu",
+            "--image-size",
+            "20",
+            "--arch",
+            "c16,p,c16,d4",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--json",
+        ])
+        .env("FOCALFLOW_CPU_PATH", value)
+        .output()
+        .unwrap()
+    };
+    let o = bench("reference");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for pass in ["forward", "backward_data", "backward_filter"] {
+        assert_eq!(v["conv_layers"][1]["paths"][pass], "im2col + GEMM", "{v}");
+    }
+    let o = bench("fastest");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.trim(),
+        "error: FOCALFLOW_CPU_PATH=fastest: expected auto or reference"
+    );
+}

@@ -1368,3 +1368,80 @@ fn perf() {
         }
     }
 }
+
+/// One training step of the reference CNN (224x224, batch 32) from the same weights on the
+/// CPU's fast paths, on its reference path and in f64: per gradient tensor, each f32 path's
+/// largest error relative to the tensor's largest value and its cosine with the f64
+/// gradient (printed with `--nocapture`; the README quotes them). The fast paths must be
+/// about as accurate as the reference path (within 2x of its error, plus 1e-5).
+#[test]
+fn fast_paths_are_as_accurate_as_the_reference_path_on_the_reference_cnn() {
+    let input = ImageShape {
+        height: 224,
+        width: 224,
+        channels: 3,
+    };
+    let plan = Plan::new(&"c16,p,c32,p,c64,p,d256".parse::<Arch>().unwrap(), input, 2).unwrap();
+    let batch = 32;
+    let mut rng = Rng::new(3);
+    let x: Vec<f32> = (0..batch * input.len())
+        .map(|_| rng.uniform() as f32)
+        .collect();
+    let y: Vec<f32> = (0..batch * 2)
+        .map(|i| f32::from(i % 2 == (i / 2) % 2))
+        .collect();
+    let loss = LossConfig::CrossEntropy {
+        label_smoothing: 0.0,
+        from_logits: true,
+    };
+    let gradients = |b: &CpuBackend<f32>| {
+        let mut m = Model::new(b, plan.clone(), 42).unwrap();
+        m.forward(b, &x, batch).unwrap();
+        m.backward(b, &loss, &x, &y, batch).unwrap();
+        (m.weights(b).unwrap(), m.gradients(b).unwrap())
+    };
+    let (weights, fast) = gradients(&CpuBackend::<f32>::new());
+    let (_, reference) = gradients(&CpuBackend::<f32>::with_conv_path(ConvPath::Im2col));
+    let cpu = CpuBackend::<f64>::new();
+    let wide_weights: Vec<Vec<f64>> = weights.iter().map(|w| wide(w)).collect();
+    let mut exact = Model::with_weights(&cpu, plan.clone(), &wide_weights).unwrap();
+    let (x64, y64) = (wide(&x), wide(&y));
+    exact.forward(&cpu, &x64, batch).unwrap();
+    exact.backward(&cpu, &loss, &x64, &y64, batch).unwrap();
+    // (largest |g - exact| / max|exact|, cosine with exact)
+    let error = |g: &[f32], e: &[f64]| {
+        let scale = e
+            .iter()
+            .fold(0f64, |m, v| m.max(v.abs()))
+            .max(f64::MIN_POSITIVE);
+        let worst = g
+            .iter()
+            .zip(e)
+            .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+        let dot: f64 = g.iter().zip(e).map(|(a, b)| *a as f64 * b).sum();
+        let norm_g = g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let norm_e = e.iter().map(|v| v.powi(2)).sum::<f64>().sqrt();
+        (
+            worst / scale,
+            dot / (norm_g * norm_e).max(f64::MIN_POSITIVE),
+        )
+    };
+    let names = exact.params.iter().map(|p| p.spec.name.clone());
+    for (((name, e), f), r) in names
+        .zip(exact.gradients(&cpu).unwrap())
+        .zip(&fast)
+        .zip(&reference)
+    {
+        let (ef, cf) = error(f, &e);
+        let (er, cr) = error(r, &e);
+        let _ = writeln!(
+            std::io::stderr(),
+            "GRADIENT {name:<16} fast paths: error {ef:.2e} cosine {cf:.9}; reference path: \
+             error {er:.2e} cosine {cr:.9}"
+        );
+        assert!(
+            ef <= 2.0 * er + 1e-5,
+            "{name}: fast paths {ef:e}, reference path {er:e}"
+        );
+    }
+}

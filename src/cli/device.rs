@@ -83,7 +83,8 @@ macro_rules! on_device {
                 $body
             }
             _ => {
-                let backend = $crate::ops::CpuBackend::<f32>::new();
+                let path = $crate::ops::ConvPath::from_env()?;
+                let backend = $crate::ops::CpuBackend::<f32>::with_conv_path(path);
                 let $b = &backend;
                 $body
             }

@@ -30,6 +30,20 @@ pub enum ConvPath {
     Im2col,
 }
 
+impl ConvPath {
+    /// `FOCALFLOW_CPU_PATH`: `auto` (the default) or `reference` (im2col + GEMM and GEMM for
+    /// every convolution and dense layer: the numbers of builds before the fast paths).
+    pub fn from_env() -> crate::Result<ConvPath> {
+        match std::env::var("FOCALFLOW_CPU_PATH").ok().as_deref() {
+            None | Some("") | Some("auto") => Ok(ConvPath::Auto),
+            Some("reference") => Ok(ConvPath::Im2col),
+            Some(other) => Err(crate::Error::invalid(format!(
+                "FOCALFLOW_CPU_PATH={other}: expected auto or reference"
+            ))),
+        }
+    }
+}
+
 pub struct CpuBackend<T> {
     /// The convolution algorithm (see [`ConvPath`]).
     pub(crate) conv_path: ConvPath,
