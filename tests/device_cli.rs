@@ -233,8 +233,8 @@ fn bench_reports_the_path_of_each_convolution() {
     );
 }
 
-/// `FOCALFLOW_CPU_PATH=reference` puts the CPU on im2col + GEMM everywhere (the numbers of
-/// builds before the fast paths); a wrong value is one clear line.
+/// `FOCALFLOW_CPU_PATH=reference` puts the CPU on im2col + GEMM everywhere (the plain
+/// reference path); a wrong value is one clear line.
 #[test]
 fn the_cpu_reference_path_is_one_variable_away() {
     let bench = |value: &str| {

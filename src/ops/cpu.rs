@@ -32,7 +32,7 @@ pub enum ConvPath {
 
 impl ConvPath {
     /// `FOCALFLOW_CPU_PATH`: `auto` (the default) or `reference` (im2col + GEMM and GEMM for
-    /// every convolution and dense layer: the numbers of builds before the fast paths).
+    /// every convolution and dense layer: the plain reference path, for comparisons).
     pub fn from_env() -> crate::Result<ConvPath> {
         match std::env::var("FOCALFLOW_CPU_PATH").ok().as_deref() {
             None | Some("") | Some("auto") => Ok(ConvPath::Auto),
