@@ -9,7 +9,7 @@ mod perf;
 
 use focalflow::executor::Executor;
 use focalflow::ops::gemm::Variant;
-use focalflow::ops::{ConvPath, CpuBackend, CudaBackend};
+use focalflow::ops::{CpuBackend, CpuPath, CudaBackend};
 
 fn main() {
     let batch = 32;
@@ -22,7 +22,7 @@ fn main() {
     println!(
         "cpu (f32), im2col + GEMM and GEMM for every convolution and dense layer, batch {batch}:"
     );
-    let im2col = CpuBackend::<f32>::with_conv_path(ConvPath::Im2col);
+    let im2col = CpuBackend::<f32>::with_path(CpuPath::Reference);
     for t in perf::time_ops(&im2col, batch, 3, &|op| {
         op.starts_with("conv") && !op.contains("relu") || op.starts_with("dense")
     }) {

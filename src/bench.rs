@@ -75,28 +75,31 @@ impl ConvLayerPaths {
                 _ => None,
             })
             .enumerate()
-            .map(|(i, (at, s))| ConvLayerPaths {
-                layer: format!(
-                    "conv {}: {}x{}x{} -> {}, {}x{} {:?}",
-                    i + 1,
-                    s.in_h,
-                    s.in_w,
-                    s.in_c,
-                    s.out_c,
-                    s.kernel_h,
-                    s.kernel_w,
-                    s.padding
-                )
-                .to_lowercase(),
-                paths: ConvPaths {
-                    // The model computes no gradient of its input (the images).
-                    backward_data: if at == 0 {
-                        "not run (the model's input needs no gradient)"
-                    } else {
-                        backend.conv2d_paths(s).backward_data
+            .map(|(i, (at, s))| {
+                let paths = backend.conv2d_paths(s);
+                ConvLayerPaths {
+                    layer: format!(
+                        "conv {}: {}x{}x{} -> {}, {}x{} {:?}",
+                        i + 1,
+                        s.in_h,
+                        s.in_w,
+                        s.in_c,
+                        s.out_c,
+                        s.kernel_h,
+                        s.kernel_w,
+                        s.padding
+                    )
+                    .to_lowercase(),
+                    paths: ConvPaths {
+                        // The model computes no gradient of its input (the images).
+                        backward_data: if at == 0 {
+                            "not run (the model's input needs no gradient)"
+                        } else {
+                            paths.backward_data
+                        },
+                        ..paths
                     },
-                    ..backend.conv2d_paths(s)
-                },
+                }
             })
             .collect()
     }

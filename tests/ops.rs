@@ -51,7 +51,7 @@ use focalflow::model::{Arch, ImageShape, Model, Plan};
 use focalflow::ops::gemm::{KernelChoice, TILES, Variant};
 use focalflow::ops::prelude::*;
 use focalflow::ops::{
-    AdamStep, ConvPath, ConvShape, CpuBackend, CudaBackend, DenseShape, Padding, PoolShape,
+    AdamStep, ConvShape, CpuBackend, CpuPath, CudaBackend, DenseShape, Padding, PoolShape,
     StepFailure, StepTotals,
 };
 use focalflow::rng::Rng;
@@ -1052,7 +1052,7 @@ fn cpu_f32(t: impl OpTest, _test: &str) {
 /// dense layer (the default takes the direct, Winograd and streaming kernels where they
 /// apply).
 fn cpu_f32_im2col(t: impl OpTest, _test: &str) {
-    t.run(&CpuBackend::<f32>::with_conv_path(ConvPath::Im2col));
+    t.run(&CpuBackend::<f32>::with_path(CpuPath::Reference));
 }
 fn emu_forward(t: impl OpTest, _test: &str) {
     t.run(&emu_backend(Schedule::Forward, Variant::Tiled));
@@ -1207,8 +1207,8 @@ fn winograd_error_against_f64() {
                 e.iter().sum::<f64>() / e.len() as f64,
             )
         };
-        for (name, path) in [("winograd", ConvPath::Auto), ("im2col", ConvPath::Im2col)] {
-            let b = CpuBackend::<f32>::with_conv_path(path);
+        for (name, path) in [("winograd", CpuPath::Auto), ("im2col", CpuPath::Reference)] {
+            let b = CpuBackend::<f32>::with_path(path);
             let mut y = vec![0f32; s.output_len()];
             b.conv2d_forward(&s, &x, &w, &bias, &mut y, false).unwrap();
             let mut dx = vec![0f32; s.input_len()];
@@ -1330,7 +1330,7 @@ fn perf() {
     for t in perf::time_ops(&CpuBackend::<f32>::new(), batch, 1, &|_| true) {
         say(format!("cpu        {}", t.line()));
     }
-    let im2col = CpuBackend::<f32>::with_conv_path(ConvPath::Im2col);
+    let im2col = CpuBackend::<f32>::with_path(CpuPath::Reference);
     for t in perf::time_ops(&im2col, batch, 1, &|op| {
         op.starts_with("conv") && !op.contains("relu") || op.starts_with("dense")
     }) {
@@ -1401,7 +1401,7 @@ fn fast_paths_are_as_accurate_as_the_reference_path_on_the_reference_cnn() {
         (m.weights(b).unwrap(), m.gradients(b).unwrap())
     };
     let (weights, fast) = gradients(&CpuBackend::<f32>::new());
-    let (_, reference) = gradients(&CpuBackend::<f32>::with_conv_path(ConvPath::Im2col));
+    let (_, reference) = gradients(&CpuBackend::<f32>::with_path(CpuPath::Reference));
     let cpu = CpuBackend::<f64>::new();
     let wide_weights: Vec<Vec<f64>> = weights.iter().map(|w| wide(w)).collect();
     let mut exact = Model::with_weights(&cpu, plan.clone(), &wide_weights).unwrap();

@@ -83,8 +83,8 @@ macro_rules! on_device {
                 $body
             }
             _ => {
-                let path = $crate::ops::ConvPath::from_env()?;
-                let backend = $crate::ops::CpuBackend::<f32>::with_conv_path(path);
+                let path = $crate::ops::CpuPath::from_env()?;
+                let backend = $crate::ops::CpuBackend::<f32>::with_path(path);
                 let $b = &backend;
                 $body
             }

@@ -16,27 +16,27 @@ use crate::{Element, Result};
 pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
 /// Which algorithms the CPU backend uses where more than one suits (convolutions, and dense
-/// layers whose weights dwarf the batch).
+/// layers whose weights dwarf the batch): its fast paths, or the plain reference path.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ConvPath {
+pub enum CpuPath {
     /// The fastest measured for the shape: the direct kernel for a 3x3 first layer over 1 or
     /// 3 channels, Winograd F(2x2, 3x3) for 3x3 layers with 16k channels in and out, the
     /// streaming passes for dense layers with 64k outputs (f32 on AVX-512 all), im2col +
     /// GEMM and GEMM for the rest.
     #[default]
     Auto,
-    /// im2col + GEMM for every convolution and GEMM for every dense layer (the reference
-    /// path; timed beside the others).
-    Im2col,
+    /// im2col + GEMM for every convolution and GEMM for every dense layer (timed and tested
+    /// beside the fast paths).
+    Reference,
 }
 
-impl ConvPath {
+impl CpuPath {
     /// `FOCALFLOW_CPU_PATH`: `auto` (the default) or `reference` (im2col + GEMM and GEMM for
     /// every convolution and dense layer: the plain reference path, for comparisons).
-    pub fn from_env() -> crate::Result<ConvPath> {
+    pub fn from_env() -> crate::Result<CpuPath> {
         match std::env::var("FOCALFLOW_CPU_PATH").ok().as_deref() {
-            None | Some("") | Some("auto") => Ok(ConvPath::Auto),
-            Some("reference") => Ok(ConvPath::Im2col),
+            None | Some("") | Some("auto") => Ok(CpuPath::Auto),
+            Some("reference") => Ok(CpuPath::Reference),
             Some(other) => Err(crate::Error::invalid(format!(
                 "FOCALFLOW_CPU_PATH={other}: expected auto or reference"
             ))),
@@ -45,8 +45,8 @@ impl ConvPath {
 }
 
 pub struct CpuBackend<T> {
-    /// The convolution algorithm (see [`ConvPath`]).
-    pub(crate) conv_path: ConvPath,
+    /// Fast paths or the reference path (see [`CpuPath`]).
+    pub(crate) path: CpuPath,
     /// Scratch buffers (im2col matrices, per-thread partial gradients), taken and returned
     /// by workers so that a training step allocates nothing after the first.
     scratch: Mutex<Vec<Vec<T>>>,
@@ -61,13 +61,13 @@ impl<T: Element> Default for CpuBackend<T> {
 
 impl<T: Element> CpuBackend<T> {
     pub fn new() -> Self {
-        Self::with_conv_path(ConvPath::Auto)
+        Self::with_path(CpuPath::Auto)
     }
 
-    /// The backend with the given convolution algorithm.
-    pub fn with_conv_path(conv_path: ConvPath) -> Self {
+    /// The backend on the given path.
+    pub fn with_path(path: CpuPath) -> Self {
         CpuBackend {
-            conv_path,
+            path,
             scratch: Mutex::new(Vec::new()),
             _t: PhantomData,
         }
@@ -101,6 +101,19 @@ impl<T: Element> CpuBackend<T> {
     /// Images processed per rayon task: enough tasks to keep every thread busy.
     pub(crate) fn images_per_task(batch: usize) -> usize {
         batch.div_ceil(rayon::current_num_threads()).max(1)
+    }
+}
+
+/// Whether this machine has AVX-512F, which the hand-vectorised paths (direct, Winograd,
+/// streaming dense) need; detected at run time.
+pub(crate) fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

@@ -1,12 +1,13 @@
-//! The convolutions on the CPU: im2col + GEMM over chunks of output pixels small enough to
-//! stay in L2, one image per rayon task, and the direct first-layer path.
+//! The convolutions on the CPU, one image per rayon task: im2col + GEMM over chunks of output
+//! pixels small enough to stay in L2, the direct first-layer kernel (`direct.rs`) and
+//! Winograd (`winograd.rs`), picked per shape and pass by [`algorithm`].
 
 use rayon::prelude::*;
 
 use super::winograd::{self, Direction, Geometry};
 use super::{Conv2dOps, ConvPaths, ConvShape, direct};
 use crate::ops::cpu::{
-    ConvPath, CpuBackend, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
+    CpuBackend, CpuPath, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
 };
 use crate::ops::gemm::cpu::{MatRef, matmul};
 use crate::{Element, Result};
@@ -121,8 +122,8 @@ impl Algorithm {
 
 /// The algorithm `path` picks for `direction` of `s` with elements `T` (the fast paths are
 /// f32 only; the direct kernel has no input gradient: the first layer needs none).
-pub fn algorithm<T: Element>(path: ConvPath, s: &ConvShape, direction: Direction) -> Algorithm {
-    if path == ConvPath::Im2col || !is_f32::<T>() {
+pub fn algorithm<T: Element>(path: CpuPath, s: &ConvShape, direction: Direction) -> Algorithm {
+    if path == CpuPath::Reference || !is_f32::<T>() {
         Algorithm::Im2col
     } else if direction != Direction::BackwardData && direct::supported(s) {
         Algorithm::Direct
@@ -141,7 +142,7 @@ fn winograd_plan<T: Element>(s: &ConvShape, direction: Direction, w: &[T]) -> (G
 
 impl<T: Element> Conv2dOps for CpuBackend<T> {
     fn conv2d_paths(&self, s: &ConvShape) -> ConvPaths {
-        let name = |d| algorithm::<T>(self.conv_path, s, d).name();
+        let name = |d| algorithm::<T>(self.path, s, d).name();
         ConvPaths {
             forward: name(Direction::Forward),
             backward_data: name(Direction::BackwardData),
@@ -162,7 +163,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
-        let algo = algorithm::<T>(self.conv_path, s, Direction::Forward);
+        let algo = algorithm::<T>(self.path, s, Direction::Forward);
         let wino = (algo == Algorithm::Winograd).then(|| winograd_plan(s, Direction::Forward, w));
         let scratch_len = match &wino {
             Some((g, _)) => g.scratch_len(),
@@ -229,7 +230,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
-        let algo = algorithm::<T>(self.conv_path, s, Direction::BackwardData);
+        let algo = algorithm::<T>(self.path, s, Direction::BackwardData);
         let wino =
             (algo == Algorithm::Winograd).then(|| winograd_plan(s, Direction::BackwardData, w));
         let scratch_len = match &wino {
@@ -291,7 +292,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
-        let algo = algorithm::<T>(self.conv_path, s, Direction::BackwardFilter);
+        let algo = algorithm::<T>(self.path, s, Direction::BackwardFilter);
         let wino =
             (algo == Algorithm::Winograd).then(|| Geometry::of(s, Direction::BackwardFilter));
         let scratch_len = match &wino {

@@ -13,6 +13,7 @@
 //! path up to the order of the sums (the tests below compare them).
 
 use super::{ConvShape, Padding};
+use crate::ops::cpu::avx512;
 
 /// Output pixels computed together by the forward pass.
 const PIXELS: usize = 8;
@@ -31,17 +32,6 @@ fn shape_fits(s: &ConvShape) -> bool {
         && s.out_c.is_multiple_of(LANES)
         && s.in_h >= 3
         && s.in_w >= 3
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// `y = conv(x, w) + b` (then ReLU if `relu`) for one image: `x` is `[in_h, in_w, in_c]`,

@@ -25,6 +25,7 @@
 //! and the README states the errors measured.
 
 use super::ConvShape;
+use crate::ops::cpu::avx512;
 
 /// Channels per AVX-512 register.
 const LANES: usize = 16;
@@ -58,17 +59,6 @@ fn shape_fits(s: &ConvShape) -> bool {
         && s.out_c > 0
         && s.out_h() > 0
         && s.out_w() > 0
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// One image's problem in the terms of the code: a correlation of an `[in_h, in_w, c]`
@@ -137,6 +127,26 @@ impl Geometry {
     pub fn kernel_len(&self) -> usize {
         POSITIONS * self.c * self.k
     }
+
+    /// The chunks of output tiles an image is processed in, as `(first, count)`.
+    fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let (tiles, chunk) = (self.tiles(), self.chunk_tiles());
+        (0..tiles)
+            .step_by(chunk)
+            .map(move |first| (first, chunk.min(tiles - first)))
+    }
+
+    /// The checks every per-image pass makes first: this machine, the channel blocks, the
+    /// input image and the scratch.
+    fn check_pass(&self, input: &[f32], scratch: &[f32]) {
+        assert!(avx512(), "Winograd convolution used without AVX-512");
+        assert!(
+            self.c.is_multiple_of(LANES) && self.k.is_multiple_of(LANES),
+            "channels"
+        );
+        assert_eq!(input.len(), self.in_h * self.in_w * self.c, "input image");
+        assert!(scratch.len() >= self.scratch_len(), "scratch");
+    }
 }
 
 /// `U[p][c][k] = (G g G^T)[p]` for every channel pair, `g` the 3x3 kernel from input channel
@@ -203,21 +213,12 @@ pub fn conv_image(
     out: &mut [f32],
     scratch: &mut [f32],
 ) {
-    assert!(avx512(), "Winograd convolution used without AVX-512");
-    assert!(
-        g.c.is_multiple_of(LANES) && g.k.is_multiple_of(LANES),
-        "channels"
-    );
-    assert_eq!(input.len(), g.in_h * g.in_w * g.c, "input image");
+    g.check_pass(input, scratch);
     assert_eq!(u.len(), g.kernel_len(), "transformed kernel");
     assert_eq!(out.len(), g.out_h * g.out_w * g.k, "output image");
     assert!(bias.is_none_or(|b| b.len() == g.k), "bias");
-    assert!(scratch.len() >= g.scratch_len(), "scratch");
-    let chunk = g.chunk_tiles();
-    let (v, m) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * chunk * g.c);
-    let mut first = 0;
-    while first < g.tiles() {
-        let count = chunk.min(g.tiles() - first);
+    let (v, m) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * g.chunk_tiles() * g.c);
+    for (first, count) in g.chunks() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F is present (asserted); every buffer's length was checked above
         // against the geometry, and the kernels index inside those lengths (see theirs).
@@ -226,7 +227,6 @@ pub fn conv_image(
             avx512::products(g, count, v, u, m);
             avx512::output_transform(g, m, first, count, bias, relu, out);
         }
-        first += count;
     }
 }
 
@@ -246,20 +246,11 @@ pub fn filter_gradient_image(
     sums: &mut [f32],
     scratch: &mut [f32],
 ) {
-    assert!(avx512(), "Winograd convolution used without AVX-512");
-    assert!(
-        g.c.is_multiple_of(LANES) && g.k.is_multiple_of(LANES),
-        "channels"
-    );
-    assert_eq!(input.len(), g.in_h * g.in_w * g.c, "input image");
+    g.check_pass(input, scratch);
     assert_eq!(dy.len(), g.out_h * g.out_w * g.k, "output gradient");
     assert_eq!(sums.len(), filter_sums_len(g), "filter sums");
-    assert!(scratch.len() >= g.scratch_len(), "scratch");
-    let chunk = g.chunk_tiles();
-    let (v, z) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * chunk * g.c);
-    let mut first = 0;
-    while first < g.tiles() {
-        let count = chunk.min(g.tiles() - first);
+    let (v, z) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * g.chunk_tiles() * g.c);
+    for (first, count) in g.chunks() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in conv_image: AVX-512F present, every length checked above.
         unsafe {
@@ -267,7 +258,6 @@ pub fn filter_gradient_image(
             avx512::gradient_transform(g, dy, first, count, z);
             avx512::filter_products(g, count, v, z, sums);
         }
-        first += count;
     }
 }
 

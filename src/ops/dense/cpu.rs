@@ -3,14 +3,14 @@
 
 use super::{DenseOps, DenseShape, streaming};
 use crate::ops::cpu::{
-    ConvPath, CpuBackend, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
+    CpuBackend, CpuPath, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
 };
 use crate::ops::gemm::cpu::{MatRef, matmul};
 use crate::{Element, Result};
 
 /// Whether `s` takes the streaming passes on this backend.
 fn streams<T: Element>(backend: &CpuBackend<T>, s: &DenseShape) -> bool {
-    backend.conv_path == ConvPath::Auto && is_f32::<T>() && streaming::supported(s)
+    backend.path == CpuPath::Auto && is_f32::<T>() && streaming::supported(s)
 }
 
 impl<T: Element> DenseOps for CpuBackend<T> {

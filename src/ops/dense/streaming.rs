@@ -17,6 +17,7 @@
 use rayon::prelude::*;
 
 use super::DenseShape;
+use crate::ops::cpu::avx512;
 
 /// Output columns per block: four AVX-512 registers.
 const COLUMNS: usize = 64;
@@ -29,17 +30,6 @@ const BLOCK: usize = 4;
 /// Whether this machine and shape take the streaming path.
 pub fn supported(s: &DenseShape) -> bool {
     s.outputs.is_multiple_of(COLUMNS) && s.inputs > 0 && s.batch > 0 && avx512()
-}
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// `y = x @ w` (`x` `[batch, inputs]`, `w` `[inputs, outputs]`, `y` `[batch, outputs]`,
