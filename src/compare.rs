@@ -32,28 +32,23 @@ pub struct RunSummary {
 
 /// The summary of the run folder `run` (its metrics.jsonl, config.json and checkpoint).
 pub fn summarise_run(run: &Path) -> Result<RunSummary> {
-    let metrics_path = run.join("metrics.jsonl");
+    let metrics_path = crate::run::metrics_path(run);
     let text = std::fs::read_to_string(&metrics_path).map_err(|e| {
         Error::file(
             &metrics_path,
             format!("cannot read: {e}; compare takes run folders written by focalflow train"),
         )
     })?;
-    let mut history: Vec<EpochMetrics> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| Error::file(&metrics_path, format!("line {}: {e}", i + 1)))
-        })
-        .collect::<Result<_>>()?;
+    let mut history: Vec<EpochMetrics> = crate::run::parse_metrics(&metrics_path, &text)?
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
     // An interrupted epoch (no validation yet) is not a result.
     history.retain(|m| !m.partial);
     let last = history
         .last()
         .ok_or_else(|| Error::file(&metrics_path, "no epochs yet"))?;
-    let config: Value = std::fs::read_to_string(run.join("config.json"))
+    let config: Value = std::fs::read_to_string(crate::run::config_path(run))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);

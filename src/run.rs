@@ -139,6 +139,20 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// The epochs of a `metrics.jsonl` read from `path`, each with its line (blank lines
+/// skipped; a line that is not an epoch's metrics is an error naming it).
+pub fn parse_metrics<'t>(path: &Path, text: &'t str) -> Result<Vec<(&'t str, EpochMetrics)>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| {
+            serde_json::from_str(line)
+                .map(|m| (line, m))
+                .map_err(|e| Error::file(path, format!("line {}: not a metrics line: {e}", n + 1)))
+        })
+        .collect()
+}
+
 /// Keeps the lines of `metrics.jsonl` up to `epoch` (a run killed after writing a line but
 /// before its checkpoint has one more) and returns them with the file opened for appending.
 pub fn reopen_metrics(path: &Path, epoch: usize) -> Result<(Vec<EpochMetrics>, std::fs::File)> {
@@ -150,12 +164,7 @@ pub fn reopen_metrics(path: &Path, epoch: usize) -> Result<(Vec<EpochMetrics>, s
     })?;
     let mut kept = Vec::new();
     let mut lines = String::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let m: EpochMetrics = serde_json::from_str(line)
-            .map_err(|e| Error::file(path, format!("line {}: not a metrics line: {e}", n + 1)))?;
+    for (line, m) in parse_metrics(path, &text)? {
         if m.epoch <= epoch {
             lines.push_str(line);
             lines.push('\n');

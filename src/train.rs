@@ -793,12 +793,15 @@ impl EpochSteps<'_> {
                 || (opts.progress && last_read.elapsed() >= PROGRESS_READ_EVERY)
             {
                 let t = checked(backend.read_counters(counters)?, epoch)?;
-                bar.set_message(format!(
-                    "loss {:.4}  lr {lr:.3e}  {:.1} img/s",
-                    t.loss_sum / t.seen.max(1) as f64,
-                    (t.seen - before.seen) as f64 / start.elapsed().as_secs_f64()
-                ));
-                last_read = Instant::now();
+                // The message only where a bar shows it (the CPU reads every step anyway).
+                if opts.progress {
+                    bar.set_message(format!(
+                        "loss {:.4}  lr {lr:.3e}  {:.1} img/s",
+                        t.loss_sum / t.seen.max(1) as f64,
+                        (t.seen - before.seen) as f64 / start.elapsed().as_secs_f64()
+                    ));
+                    last_read = Instant::now();
+                }
             }
             crate::interrupt::after_step();
             if crate::interrupt::requested() {

@@ -178,7 +178,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         other => other,
     })?;
     if !history.is_empty() {
-        eprintln!("done: metrics in {}", out.join("metrics.jsonl").display());
+        eprintln!(
+            "done: metrics in {}",
+            crate::run::metrics_path(&out).display()
+        );
     }
     Ok(())
 }
