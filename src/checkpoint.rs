@@ -196,6 +196,15 @@ impl Checkpoint {
         self.temperature.unwrap_or(1.0)
     }
 
+    /// The temperature a command applies: the calibrated one, or 1 with `--no-temperature`.
+    pub fn temperature_unless(&self, no_temperature: bool) -> f64 {
+        if no_temperature {
+            1.0
+        } else {
+            self.temperature_or_one()
+        }
+    }
+
     /// A model on `backend` with these weights (and the optimizer state, when present).
     pub fn model<B: Backend<E = f32>>(&self, backend: &B) -> Result<Model<B>> {
         let mut model = Model::with_weights(backend, self.plan()?, &self.weights)?;

@@ -39,11 +39,7 @@ pub struct EvalArgs {
 /// `focalflow eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let (path, ck) = args.checkpoint.open()?;
-    let temperature = if args.no_temperature {
-        1.0
-    } else {
-        ck.temperature_or_one()
-    };
+    let temperature = ck.temperature_unless(args.no_temperature);
     eprintln!("{}", describe(&path, &ck, temperature));
     let set = args.data.load(&ck, !args.quiet && !args.json)?;
     let logits = logits_on_device(&ck, &set, args.batch_size, args.device.device)?;

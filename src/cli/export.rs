@@ -29,11 +29,7 @@ pub struct ExportArgs {
 pub fn run(args: &ExportArgs) -> Result<()> {
     let path = checkpoint::resolve(&args.checkpoint)?;
     let ck = Checkpoint::load(&path)?;
-    let temperature = if args.no_temperature {
-        1.0
-    } else {
-        ck.temperature_or_one()
-    };
+    let temperature = ck.temperature_unless(args.no_temperature);
     let bytes = crate::onnx::export(
         &ck,
         &ExportOptions {

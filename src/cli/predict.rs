@@ -39,11 +39,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     if args.batch_size == 0 {
         return Err(Error::invalid("--batch-size must be at least 1"));
     }
-    let temperature = if args.no_temperature {
-        1.0
-    } else {
-        ck.temperature_or_one()
-    };
+    let temperature = ck.temperature_unless(args.no_temperature);
     eprintln!("{}", describe(&path, &ck, temperature));
     let classes = ck.class_names.len();
     let files = inference::image_files(&args.images);
