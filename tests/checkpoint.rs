@@ -5,7 +5,6 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::process::Command;
 
 use focalflow::checkpoint::{self, Checkpoint};
 use focalflow::data::{Augment, ImageSet, synthetic};
@@ -17,7 +16,7 @@ use focalflow::run::{self, ABORT_AFTER_BYTES_ENV, EpochMetrics};
 use focalflow::train::{self, TrainOptions};
 
 mod common;
-use common::{BIN, TempDir};
+use common::TempDir;
 
 fn data() -> ImageSet {
     synthetic::generate(40, 16, 3)
@@ -348,7 +347,7 @@ fn killed_write_leaves_the_previous_checkpoint_intact() {
     };
     let mut first = args("1");
     first.extend(["--out", run_s]);
-    let out = Command::new(BIN).args(&first).output().unwrap();
+    let out = common::command().args(&first).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -362,7 +361,7 @@ fn killed_write_leaves_the_previous_checkpoint_intact() {
     // (metrics.jsonl, rewritten on resume, is shorter and goes through).
     let mut second = args("2");
     second.extend(["--resume", run_s]);
-    let out = Command::new(BIN)
+    let out = common::command()
         .args(&second)
         .env(ABORT_AFTER_BYTES_ENV, "3000")
         .output()
@@ -388,7 +387,7 @@ fn killed_write_leaves_the_previous_checkpoint_intact() {
     assert_eq!(Checkpoint::load(&last).unwrap().epoch, Some(1));
 
     // And the run resumes from them; the leftover is cleaned up.
-    let out = Command::new(BIN).args(&second).output().unwrap();
+    let out = common::command().args(&second).output().unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -238,26 +238,24 @@ fn bench_reports_the_path_of_each_convolution() {
 #[test]
 fn the_cpu_reference_path_is_one_variable_away() {
     let bench = |value: &str| {
-        std::process::Command::new(
-            std::env::var("FOCALFLOW_BIN").unwrap_or_else(|_| common::BIN.to_string()),
-        )
-        .args([
-            "bench",
-            "--device",
-            "cpu",
-            "--image-size",
-            "20",
-            "--arch",
-            "c16,p,c16,d4",
-            "--batch-size",
-            "2",
-            "--steps",
-            "1",
-            "--json",
-        ])
-        .env("FOCALFLOW_CPU_PATH", value)
-        .output()
-        .unwrap()
+        common::command()
+            .args([
+                "bench",
+                "--device",
+                "cpu",
+                "--image-size",
+                "20",
+                "--arch",
+                "c16,p,c16,d4",
+                "--batch-size",
+                "2",
+                "--steps",
+                "1",
+                "--json",
+            ])
+            .env("FOCALFLOW_CPU_PATH", value)
+            .output()
+            .unwrap()
     };
     let o = bench("reference");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

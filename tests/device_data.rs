@@ -347,7 +347,7 @@ fn train_with_free_memory(free_mib: &str, extra: &[&str]) -> std::process::Outpu
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    std::process::Command::new(common::BIN)
+    common::command()
         .args(&args)
         .env("FOCALFLOW_EMU_FREE_MIB", free_mib)
         .output()

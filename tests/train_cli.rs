@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 mod common;
-use common::{TempDir, run, text};
+use common::{TempDir, metrics, run, text};
 
 /// The fields every line of `metrics.jsonl` must have.
 const METRIC_FIELDS: [&str; 6] = [
@@ -53,19 +53,6 @@ fn assert_success(what: &str, out: &Output) {
         text(&out.stdout),
         text(&out.stderr)
     );
-}
-
-/// The lines of `metrics.jsonl` in `dir`, each parsed.
-fn metrics(dir: &Path) -> Vec<Value> {
-    let path = dir.join("metrics.jsonl");
-    let body = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    body.lines()
-        .map(|line| {
-            serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("metrics.jsonl line {line:?} is not JSON: {e}"))
-        })
-        .collect()
 }
 
 fn number(line: &Value, field: &str) -> f64 {

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{BIN, TempDir, text};
+use common::{TempDir, metrics, text};
 use serde_json::Value;
 
 /// A small run: 96 generated 32x32 images (76 train / 20 val), batches of 16: 5 steps per
@@ -37,20 +37,12 @@ fn base_args(out: &Path, epochs: &str) -> Vec<String> {
 }
 
 fn run_with(args: &[String], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = common::command();
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
-}
-
-fn metrics(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// The tensors of a safetensors file (name -> bytes), metadata aside.
@@ -239,7 +231,7 @@ fn training_past_epoch_1(out: &Path) -> std::process::Child {
     let mut args = base_args(out, "200");
     let at = args.iter().position(|a| a == "--synthetic-images").unwrap();
     args[at + 1] = "2000".into();
-    let mut child = Command::new(BIN)
+    let mut child = common::command()
         .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

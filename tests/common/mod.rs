@@ -42,14 +42,19 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs the binary with `args`: the one cargo built, or `FOCALFLOW_BIN` (the bundled binary
-/// on the GPU machine, scripts/gpu-check.sh, where the build-time path does not exist).
+/// A command running the binary: the one cargo built, or `FOCALFLOW_BIN` (the bundled
+/// binary on the GPU machine, scripts/gpu-check.sh, where the build-time path does not
+/// exist).
+pub fn command() -> Command {
+    Command::new(std::env::var("FOCALFLOW_BIN").unwrap_or_else(|_| BIN.to_string()))
+}
+
+/// Runs the binary (see [`command`]) with `args`.
 pub fn run(args: &[&str]) -> Output {
-    let bin = std::env::var("FOCALFLOW_BIN").unwrap_or_else(|_| BIN.to_string());
-    Command::new(&bin)
+    command()
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
+        .unwrap_or_else(|e| panic!("cannot run the focalflow binary: {e}"))
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -107,4 +112,17 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
             "{what}: element {i} is {g}, the reference says {w} (scale {scale})"
         );
     }
+}
+
+/// The lines of `metrics.jsonl` in `dir`, each parsed.
+pub fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let path = dir.join("metrics.jsonl");
+    let body = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    body.lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("metrics.jsonl line {line:?} is not JSON: {e}"))
+        })
+        .collect()
 }
