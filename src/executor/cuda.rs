@@ -357,14 +357,17 @@ impl CudaExecutor {
     pub(super) fn copy_dtod<T: DeviceElem>(
         &self,
         src: &CudaSlice<T>,
+        len: usize,
         dst: &mut CudaSlice<T>,
+        offset: usize,
     ) -> Result<()> {
-        if src.is_empty() {
+        if len == 0 {
             return Ok(());
         }
-        let mut view = dst.slice_mut(0..src.len());
+        let from = src.slice(0..len);
+        let mut to = dst.slice_mut(offset..offset + len);
         self.stream
-            .memcpy_dtod(src, &mut view)
+            .memcpy_dtod(&from, &mut to)
             .map_err(driver_error("device copy"))
     }
     pub(super) fn memset_zeros<T: DeviceElem>(&self, dst: &mut CudaSlice<T>) -> Result<()> {

@@ -593,17 +593,23 @@ impl Executor {
         self.copy_dtoh(src, &mut v)?;
         Ok(v)
     }
-    /// Copies `src` into the start of `dst`.
+    /// Copies the first `len` elements of `src` to `dst[offset..offset + len]`, on the
+    /// device (in stream order).
     pub fn copy_dtod<T: DeviceElem>(
         &self,
         src: &DeviceBuffer<T>,
+        len: usize,
         dst: &mut DeviceBuffer<T>,
+        offset: usize,
     ) -> Result<()> {
-        check_len("copy_dtod", src.len(), dst.len())?;
+        check_len("copy_dtod source", len, src.len())?;
+        check_len("copy_dtod destination", offset + len, dst.len())?;
         match (self, &src.inner, &mut dst.inner) {
-            (Executor::Cuda(c), BufferInner::Cuda(s), BufferInner::Cuda(d)) => c.copy_dtod(s, d),
+            (Executor::Cuda(c), BufferInner::Cuda(s), BufferInner::Cuda(d)) => {
+                c.copy_dtod(s, len, d, offset)
+            }
             (Executor::Emu(_), BufferInner::Host(s), BufferInner::Host(d)) => {
-                d.as_mut_slice()[..s.len()].copy_from_slice(s.as_slice());
+                d.as_mut_slice()[offset..offset + len].copy_from_slice(&s.as_slice()[..len]);
                 Ok(())
             }
             _ => Err(foreign_buffer("copy_dtod")),

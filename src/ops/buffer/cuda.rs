@@ -5,7 +5,7 @@ use super::Storage;
 use crate::Result;
 use crate::executor::DeviceBuffer;
 use crate::ops::check_len;
-use crate::ops::cuda::{CudaBackend, elementwise_config};
+use crate::ops::cuda::CudaBackend;
 
 impl Storage for CudaBackend {
     type E = f32;
@@ -40,19 +40,7 @@ impl Storage for CudaBackend {
     ) -> Result<()> {
         check_len("source buffer", src.len(), len)?;
         check_len("destination buffer", dst.len(), offset + len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        // SAFETY: copy_f32(const float*, float*, long long) copies `len` elements, which
-        // both ranges hold (checked above).
-        unsafe {
-            self.exec
-                .launch_builder("copy_f32", elementwise_config(len))
-                .arg(src)
-                .arg(dst.slice(offset..offset + len))
-                .arg(len as i64)
-                .launch()
-        }
+        self.exec.copy_dtod(src, len, dst, offset)
     }
 
     fn free_memory(&self) -> Result<Option<u64>> {
