@@ -131,6 +131,19 @@ impl CudaBackend {
     }
 }
 
+/// Rows per block of the row kernels (one warp per row): `LOSS_ROWS_PER_BLOCK` in
+/// loss/loss.cu and `SOFTMAX_ROWS_PER_BLOCK` in softmax/softmax.cu.
+pub const ROWS_PER_BLOCK: usize = 4;
+/// Grid cap of the row kernels (they loop over the remaining rows).
+const MAX_ROW_BLOCKS: usize = 65_535;
+
+/// The launch shape of the row kernels: [`ROWS_PER_BLOCK`] warps per block, one per row,
+/// grid-stride beyond the cap.
+pub(crate) fn row_grid(rows: usize) -> LaunchConfig {
+    let blocks = rows.div_ceil(ROWS_PER_BLOCK).clamp(1, MAX_ROW_BLOCKS);
+    LaunchConfig::new(blocks as u32, 32 * ROWS_PER_BLOCK as u32)
+}
+
 /// One thread per element in blocks of ELEMENTWISE_THREADS, grid-stride beyond the cap.
 pub(crate) fn elementwise_config(n: usize) -> LaunchConfig {
     let blocks = n

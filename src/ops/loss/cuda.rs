@@ -9,6 +9,7 @@
 //!     pub fn new() -> Self          // first use and reused across steps
 //! }
 //! pub fn loss(exec, k: &mut LossKernels, cfg, batch, classes, y_true, pred, grad: Option<..>) -> Result<f32>
+//! pub fn loss_counted(exec, k, cfg, batch, classes, y_true, pred, probs, grad, step, counters) -> Result<()>
 //! ```
 //!
 //! - [`loss`] computes exactly what [`loss_forward_backward::<f32>`](crate::loss::loss_forward_backward)
@@ -16,7 +17,9 @@
 //!   from `[batch, classes]` device buffers, writes dLoss/dpred (or d/dlogits) into `grad`
 //!   when given (overwritten), and returns the loss. Two launches (per-row kernel, then a
 //!   one-block deterministic reduction: no atomics, bit-reproducible) and one download of
-//!   two floats (the loss and an input-error flag): the one host round trip of a step.
+//!   two floats (the loss and an input-error flag). [`loss_counted`], what training uses,
+//!   downloads nothing: `count_step` adds the two floats to the pass's counters on the
+//!   device.
 //! - Errors are those of `loss_forward_backward`: parameters via [`LossConfig::validate`],
 //!   shapes as `Error::Shape`, a non-finite input as `Error::NonFinite` naming the row and
 //!   column, a non-positive row sum (keras-focal/ce on probabilities) as
@@ -28,7 +31,7 @@
 //!   [`LossKernels`]), not once per step.
 //!
 //! Launch shapes: the row kernels (`loss_*_rows`) run one warp per row,
-//! [`ROWS_PER_BLOCK`] rows per block of 128 threads, grid `ceil(rows / 4)` (capped, then
+//! [`ROWS_PER_BLOCK`](crate::ops::cuda::ROWS_PER_BLOCK) rows per block of 128 threads, grid `ceil(rows / 4)` (capped, then
 //! grid-stride); `loss_reduce` one block of 256 threads.
 
 use super::LossOps;
@@ -36,14 +39,9 @@ use crate::executor::{DeviceBuffer, Executor, LaunchConfig};
 use crate::loss::{Alpha, LengthRule, LossConfig, check_loss_shapes, loss_forward_backward};
 use crate::ops::check_len;
 use crate::ops::counters::cuda::count_step;
-use crate::ops::cuda::{CudaBackend, int};
+use crate::ops::cuda::{CudaBackend, int, row_grid};
 use crate::{Error, Result};
 
-/// Rows per block of the row kernels (one warp each): `LOSS_ROWS_PER_BLOCK` in loss.cu.
-pub const ROWS_PER_BLOCK: usize = 4;
-const ROW_THREADS: u32 = 32 * ROWS_PER_BLOCK as u32;
-/// Grid cap of the row kernels (they loop over the remaining rows).
-const MAX_ROW_BLOCKS: usize = 65_535;
 /// `LOSS_REDUCE_THREADS` in loss.cu.
 const REDUCE_THREADS: u32 = 256;
 /// Per-row partial sums the loss kernels write (three sums and a flag).
@@ -87,11 +85,6 @@ fn ensure(exec: &Executor, buf: &mut Option<DeviceBuffer<f32>>, len: usize) -> R
         *buf = Some(exec.alloc::<f32>(len)?);
     }
     Ok(())
-}
-
-fn row_grid(rows: usize) -> LaunchConfig {
-    let blocks = rows.div_ceil(ROWS_PER_BLOCK).clamp(1, MAX_ROW_BLOCKS);
-    LaunchConfig::new(blocks as u32, ROW_THREADS)
 }
 
 /// The row kernel of a loss configuration and its scalar arguments.

@@ -1,23 +1,12 @@
-//! Softmax on CUDA (`softmax.cu`): one warp per row, [`ROWS_PER_BLOCK`] rows per block of
+//! Softmax on CUDA (`softmax.cu`): one warp per row, [`ROWS_PER_BLOCK`](crate::ops::cuda::ROWS_PER_BLOCK) rows per block of
 //! 128 threads, grid `ceil(rows / 4)` (capped, then grid-stride). The free functions take an
 //! executor, so the kernels can be tested on their own.
 
 use super::SoftmaxOps;
-use crate::executor::{DeviceBuffer, Executor, LaunchConfig};
+use crate::executor::{DeviceBuffer, Executor};
 use crate::ops::check_len;
-use crate::ops::cuda::{CudaBackend, int};
+use crate::ops::cuda::{CudaBackend, int, row_grid};
 use crate::{Error, Result};
-
-/// Rows per block (one warp each): `SOFTMAX_ROWS_PER_BLOCK` in softmax.cu.
-pub const ROWS_PER_BLOCK: usize = 4;
-const ROW_THREADS: u32 = 32 * ROWS_PER_BLOCK as u32;
-/// Grid cap (the kernels loop over the remaining rows).
-const MAX_ROW_BLOCKS: usize = 65_535;
-
-fn row_grid(rows: usize) -> LaunchConfig {
-    let blocks = rows.div_ceil(ROWS_PER_BLOCK).clamp(1, MAX_ROW_BLOCKS);
-    LaunchConfig::new(blocks as u32, ROW_THREADS)
-}
 
 fn rows_cols(rows: usize, cols: usize) -> Result<(i32, i32, usize)> {
     let n = rows.checked_mul(cols).ok_or_else(|| {
