@@ -79,9 +79,8 @@ pub(crate) fn generate_rust(
             module_index.insert(i, module_index.len());
             let _ = writeln!(
                 s,
-                "    PtxModule {{ file: {:?}, isa: {:?}, fatbin: include_bytes!({:?}) }},",
+                "    PtxModule {{ file: {:?}, fatbin: include_bytes!({:?}) }},",
                 f.rel,
-                p.isa,
                 p.fatbin_path.display().to_string()
             );
         }

@@ -112,10 +112,6 @@ impl EventWriter {
         Ok(w)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn write(&mut self, event: &Event) -> Result<()> {
         let data = event.encode_to_vec();
         let len = (data.len() as u64).to_le_bytes();

@@ -47,8 +47,6 @@ pub struct BuildInfo {
 #[derive(Debug)]
 pub struct PtxModule {
     pub file: &'static str,
-    /// PTX ISA of `ptx_arch`'s PTX.
-    pub isa: &'static str,
     pub fatbin: &'static [u8],
 }
 
