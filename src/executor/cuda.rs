@@ -183,6 +183,8 @@ pub struct CudaExecutor {
 pub struct ModuleLoad {
     /// The machine code the driver took (`sm_90`), or `None`: it compiled the PTX (JIT).
     pub machine_code: Option<&'static str>,
+    /// `CUDA_FORCE_PTX_JIT=1` made the driver compile the PTX despite the machine code.
+    pub forced_jit: bool,
     /// Seconds to load every module (including a JIT compilation, unless the driver's
     /// cache had it).
     pub seconds: f64,
@@ -211,9 +213,14 @@ impl ModuleLoad {
                 self.seconds
             ),
             None => format!(
-                "JIT-compiled from PTX {} in {:.2} s (no machine code for this GPU in the build)",
+                "JIT-compiled from PTX {} in {:.2} s ({})",
                 BUILD.newest_ptx_arch.or(BUILD.ptx_arch).unwrap_or("?"),
-                self.seconds
+                self.seconds,
+                if self.forced_jit {
+                    "CUDA_FORCE_PTX_JIT=1"
+                } else {
+                    "no machine code for this GPU in the build"
+                }
             ),
         }
     }
@@ -264,7 +271,13 @@ impl CudaExecutor {
         unsafe { ctx.disable_event_tracking() };
         let stream = guarded("stream creation", || ctx.new_stream())?;
 
-        let machine_code = ModuleLoad::expected(info.compute_capability);
+        // The driver takes the embedded machine code unless told to compile the PTX.
+        let forced_jit = std::env::var("CUDA_FORCE_PTX_JIT").is_ok_and(|v| v.trim() == "1");
+        let machine_code = if forced_jit {
+            None
+        } else {
+            ModuleLoad::expected(info.compute_capability)
+        };
         let started = std::time::Instant::now();
         let mut modules = Vec::with_capacity(PTX_MODULES.len());
         for m in PTX_MODULES {
@@ -275,6 +288,7 @@ impl CudaExecutor {
         }
         let load = ModuleLoad {
             machine_code,
+            forced_jit,
             seconds: started.elapsed().as_secs_f64(),
         };
         let mut functions = HashMap::new();
