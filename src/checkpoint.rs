@@ -72,15 +72,15 @@ pub struct TrainingState {
     /// Checkpoints written before `progress` existed kept the lowest validation loss and
     /// its epoch here (read, then moved into `progress`, never written).
     #[serde(default, skip_serializing)]
-    pub best_val_loss: Option<f64>,
+    best_val_loss: Option<f64>,
     #[serde(default, skip_serializing)]
-    pub best_epoch: Option<usize>,
+    best_epoch: Option<usize>,
 }
 
 impl TrainingState {
     /// Moves an older checkpoint's best (the lowest validation loss, as `--monitor
-    /// val_loss` chooses) into `progress`.
-    pub fn adopt_legacy_best(&mut self) {
+    /// val_loss` chooses) into `progress` ([`Checkpoint::load`] does it).
+    fn adopt_legacy_best(&mut self) {
         if self.best_epoch.is_some() && self.progress.best_epoch.is_none() {
             self.progress.best = self.best_val_loss.take();
             self.progress.best_epoch = self.best_epoch.take();
@@ -376,10 +376,16 @@ impl Checkpoint {
                 .map(|v| parse(v, "calibration", path))
                 .transpose()?,
             optimizer: None,
+            // An older checkpoint's best moves into `progress` as it is read, so no reader
+            // sees the old layout.
             training: meta
                 .get("training")
-                .map(|v| parse(v, "training", path))
-                .transpose()?,
+                .map(|v| parse::<TrainingState>(v, "training", path))
+                .transpose()?
+                .map(|mut t| {
+                    t.adopt_legacy_best();
+                    t
+                }),
         };
         if let Some(t) = ck.temperature
             && !(t.is_finite() && t > 0.0)
@@ -592,10 +598,9 @@ pub fn resume_point(
         ));
     }
     let checkpoint = Checkpoint::load(&path)?;
-    let mut state = checkpoint.training.clone().ok_or_else(|| {
+    let state = checkpoint.training.clone().ok_or_else(|| {
         Error::file(&path, "no training state (metadata `training`): written by something other than focalflow train, it cannot be resumed")
     })?;
-    state.adopt_legacy_best();
     if checkpoint.optimizer.is_none() {
         return Err(Error::file(
             &path,
