@@ -109,6 +109,9 @@ pub(crate) fn compile_ptx(
         };
         let mut images = Vec::new();
         let mut report_of_record = String::new();
+        // The kernels' entries, to check each architecture's ptxas report against.
+        let base_entries =
+            parse_ptx_entries(&fs::read_to_string(&ptx_tmp).map_err(|e| e.to_string())?);
         for arch in &nvcc.sass_archs {
             let cubin = dir.join(format!("{key}.{arch}.cubin"));
             let report = run_tool(
@@ -124,8 +127,7 @@ pub(crate) fn compile_ptx(
             if *arch == nvcc.report_arch {
                 report_of_record = report;
             } else {
-                let text = fs::read_to_string(&ptx_tmp).map_err(|e| e.to_string())?;
-                apply_ptxas_report(&report, &mut parse_ptx_entries(&text), &f.rel, arch);
+                apply_ptxas_report(&report, &mut base_entries.clone(), &f.rel, arch);
             }
             images.push(format!(
                 "--image3=kind=elf,sm={},file={}",
