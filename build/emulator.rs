@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 pub(crate) fn build_emulator(
     emu_dir: &Path,
-    kernels_dir: &Path,
+    include_dirs: &[PathBuf],
     out: &Path,
     files: &[KernelFile],
     emu_hash: u64,
@@ -36,7 +36,7 @@ pub(crate) fn build_emulator(
         // Large local arrays probe page by page, so an overflow hits the fiber's guard page
         // (and is reported) instead of skipping it into a neighbour's stack.
         .flag_if_supported("-fstack-clash-protection")
-        .include(kernels_dir)
+        .includes(include_dirs)
         .include(emu_dir);
     let compiler = build.get_compiler();
     let cmd_key = format!("{:?} {:?}", compiler.path(), compiler.args());

@@ -51,20 +51,23 @@ pub(crate) fn run_tool(cmd: &mut Command, what: &str) -> Result<String, String> 
 pub(crate) fn compile_ptx(
     nvcc: &Nvcc,
     f: &KernelFile,
-    kernels_dir: &Path,
+    include_dirs: &[PathBuf],
     out: &Path,
     headers_hash: u64,
 ) -> Result<PtxOutput, String> {
     let nvcc_args = |arch: &str| -> Vec<String> {
-        vec![
+        let mut args = vec![
             "-ptx".into(),
             format!("-arch={arch}"),
             "-std=c++17".into(),
             "-O3".into(),
             "-lineinfo".into(),
-            "-I".into(),
-            kernels_dir.display().to_string(),
-        ]
+        ];
+        for dir in include_dirs {
+            args.push("-I".into());
+            args.push(dir.display().to_string());
+        }
+        args
     };
     let mut h = DefaultHasher::new();
     (
@@ -91,7 +94,7 @@ pub(crate) fn compile_ptx(
                     .args(nvcc_args(arch))
                     .arg("-o")
                     .arg(&tmp)
-                    .arg(&f.path),
+                    .arg(&f.compile_path),
                 &format!("nvcc -arch={arch} on {}", f.rel),
             )?;
             for line in stderr.lines().filter(|l| !l.trim().is_empty()) {

@@ -1,8 +1,8 @@
-//! The loss, softmax and Adam kernels (src/ops/{loss,softmax,adam}/: the .cu kernels through
-//! their cuda.rs host code) against the CPU truth: `loss_forward_backward::<f32>` for every
-//! loss and option, `CpuBackend` for softmax and Adam. Each test body runs on the emulator
-//! under the forward, reverse and random schedules, and on the GPU when `Executor::cuda(0)`
-//! works; without one the GPU variants print `SKIPPED (no GPU): ...` to stderr and pass
+//! The loss, softmax and Adam kernels (kernels/{loss,softmax,adam}.cu, through the op traits
+//! of the CUDA backend) against the CPU truth: `loss_forward_backward::<f32>` for every loss
+//! and option, `CpuBackend` for softmax and Adam. Each test body runs on the CUDA targets of
+//! tests/common/targets.rs: the emulator under the forward, reverse and random schedules, and
+//! the GPU when `Executor::cuda(0)` works; without one the GPU variants print `SKIPPED (no GPU): ...` to stderr and pass
 //! (`FOCALFLOW_REQUIRE_GPU=1` makes them fail instead).
 //!
 //! Inputs are random and odd-sized (batch 1, 3, 37; classes 2, 5, 33), with rows at the
@@ -33,22 +33,21 @@ mod common;
 use focalflow::Error;
 use focalflow::executor::{DeviceBuffer, Executor, LaunchConfig, Schedule};
 use focalflow::loss::{Alpha, LossConfig, loss_forward_backward};
-use focalflow::ops::adam::cuda::adam_update;
-use focalflow::ops::loss::cuda::{self as loss_kernels, LossKernels};
+use focalflow::ops::gemm::Variant;
+use focalflow::ops::loss::uncounted;
 use focalflow::ops::prelude::*;
-use focalflow::ops::softmax::cuda::{softmax_backward, softmax_forward};
-use focalflow::ops::{AdamStep, CpuBackend};
+use focalflow::ops::{AdamStep, CpuBackend, CudaBackend};
 use focalflow::rng::Rng;
 
 // ---------------------------------------------------------------- executors
 
-fn emu(schedule: Schedule) -> Executor {
-    common::targets::emu_executor(schedule)
+fn emu(schedule: Schedule) -> CudaBackend {
+    common::targets::emu_backend(schedule, Variant::Tiled)
 }
 
-/// The shared GPU executor, or `None` after printing the skip line.
-fn gpu(test: &str) -> Option<&'static Executor> {
-    common::targets::gpu_executor(&format!("cuda_loss::{test}"))
+/// The shared GPU backend, or `None` after printing the skip line.
+fn gpu(test: &str) -> Option<&'static CudaBackend> {
+    common::targets::gpu_backend(Variant::Tiled, &format!("cuda_loss::{test}"))
 }
 
 /// Each body on the emulator under three schedules and on the GPU.
@@ -65,7 +64,7 @@ macro_rules! device_tests {
         }
         mod gpu {
             $( #[test] fn $name() {
-                if let Some(exec) = super::gpu(stringify!($name)) { super::$name(exec); }
+                if let Some(dev) = super::gpu(stringify!($name)) { super::$name(dev); }
             } )*
         }
     };
@@ -206,22 +205,17 @@ fn class_alpha(k: usize) -> Alpha {
 const RTOL: f64 = 2e-5;
 
 /// Runs the loss on the device with a NaN-poisoned gradient and compares with the reference.
-fn check_loss(
-    exec: &Executor,
-    k_state: &mut LossKernels,
-    cfg: &LossConfig,
-    y: &[f32],
-    pred: &[f32],
-    b: usize,
-    k: usize,
-) {
+fn check_loss(dev: &CudaBackend, cfg: &LossConfig, y: &[f32], pred: &[f32], b: usize, k: usize) {
     let mut want_grad = vec![f32::NAN; b * k];
     let want = loss_forward_backward::<f32>(cfg, y, pred, b, k, Some(&mut want_grad))
         .unwrap_or_else(|e| panic!("reference {}: {e}", cfg.describe()));
+    let exec = dev.executor();
     let yd = exec.upload(y).unwrap();
     let pd = exec.upload(pred).unwrap();
     let mut gd = exec.upload(&vec![f32::NAN; b * k]).unwrap();
-    let got = loss_kernels::loss(exec, k_state, cfg, b, k, &yd, &pd, Some(&mut gd))
+    let got = dev
+        .loss(cfg, b, k, &yd, &pd, Some(&mut gd), None)
+        .map(uncounted)
         .unwrap_or_else(|e| panic!("{} [b={b}, k={k}]: {e}", cfg.describe()));
     let grad = exec.download(&gd).unwrap();
     let what = format!(
@@ -364,8 +358,7 @@ fn grad_scale(cfg: &LossConfig, y: &[f32], pred: &[f32], b: usize, k: usize) -> 
 
 // ---------------------------------------------------------------- the losses
 
-fn focal_probabilities(exec: &Executor) {
-    let mut st = LossKernels::new();
+fn focal_probabilities(dev: &CudaBackend) {
     let mut rng = Rng::new(11);
     let mut salt = 0;
     for &b in &BATCHES {
@@ -386,15 +379,14 @@ fn focal_probabilities(exec: &Executor) {
                         l2,
                         from_logits: false,
                     };
-                    check_loss(exec, &mut st, &cfg, &y, &p, b, k);
+                    check_loss(dev, &cfg, &y, &p, b, k);
                 }
             }
         }
     }
 }
 
-fn focal_logits(exec: &Executor) {
-    let mut st = LossKernels::new();
+fn focal_logits(dev: &CudaBackend) {
     let mut rng = Rng::new(12);
     let mut salt = 0;
     for &b in &BATCHES {
@@ -413,15 +405,14 @@ fn focal_logits(exec: &Executor) {
                         l2,
                         from_logits: true,
                     };
-                    check_loss(exec, &mut st, &cfg, &y, &z, b, k);
+                    check_loss(dev, &cfg, &y, &z, b, k);
                 }
             }
         }
     }
 }
 
-fn calibrated_mse(exec: &Executor) {
-    let mut st = LossKernels::new();
+fn calibrated_mse(dev: &CudaBackend) {
     let mut rng = Rng::new(13);
     let mut salt = 0;
     for &b in &BATCHES {
@@ -443,14 +434,13 @@ fn calibrated_mse(exec: &Executor) {
                     facture,
                     from_logits,
                 };
-                check_loss(exec, &mut st, &cfg, &y, &x, b, k);
+                check_loss(dev, &cfg, &y, &x, b, k);
             }
         }
     }
 }
 
-fn keras_focal(exec: &Executor) {
-    let mut st = LossKernels::new();
+fn keras_focal(dev: &CudaBackend) {
     let mut rng = Rng::new(14);
     let mut salt = 0;
     for &b in &BATCHES {
@@ -475,15 +465,14 @@ fn keras_focal(exec: &Executor) {
                         label_smoothing: smoothing,
                         from_logits,
                     };
-                    check_loss(exec, &mut st, &cfg, &y, &x, b, k);
+                    check_loss(dev, &cfg, &y, &x, b, k);
                 }
             }
         }
     }
 }
 
-fn cross_entropy(exec: &Executor) {
-    let mut st = LossKernels::new();
+fn cross_entropy(dev: &CudaBackend) {
     let mut rng = Rng::new(15);
     let mut salt = 0;
     for &b in &BATCHES {
@@ -506,7 +495,7 @@ fn cross_entropy(exec: &Executor) {
                     label_smoothing: smoothing,
                     from_logits,
                 };
-                check_loss(exec, &mut st, &cfg, &y, &x, b, k);
+                check_loss(dev, &cfg, &y, &x, b, k);
             }
         }
     }
@@ -514,8 +503,7 @@ fn cross_entropy(exec: &Executor) {
 
 /// One LossKernels across configurations whose per-class alpha changes (and back), and
 /// between them a scalar alpha: the cached device copy must follow.
-fn per_class_alpha_cache_follows_the_configuration(exec: &Executor) {
-    let mut st = LossKernels::new();
+fn per_class_alpha_cache_follows_the_configuration(dev: &CudaBackend) {
     let mut rng = Rng::new(16);
     let (b, k) = (7, 5);
     let y = labels(&mut rng, b, k, false);
@@ -532,23 +520,15 @@ fn per_class_alpha_cache_follows_the_configuration(exec: &Executor) {
                 l2: 0.0,
                 from_logits,
             };
-            check_loss(
-                exec,
-                &mut st,
-                &cfg,
-                &y,
-                if from_logits { &z } else { &p },
-                b,
-                k,
-            );
+            check_loss(dev, &cfg, &y, if from_logits { &z } else { &p }, b, k);
         }
     }
 }
 
 /// Buffers longer than [batch, classes] (as the Backend trait allows): the prefix is used,
 /// the gradient's tail is left alone; and without a gradient the loss is the same.
-fn longer_buffers_and_loss_only(exec: &Executor) {
-    let mut st = LossKernels::new();
+fn longer_buffers_and_loss_only(dev: &CudaBackend) {
+    let exec = dev.executor();
     let mut rng = Rng::new(17);
     let (b, k) = (3, 5);
     let y = labels(&mut rng, b, k, false);
@@ -570,7 +550,10 @@ fn longer_buffers_and_loss_only(exec: &Executor) {
     let yd = exec.upload(&pad(&y, 7.0)).unwrap();
     let zd = exec.upload(&pad(&z, f32::NAN)).unwrap();
     let mut gd = exec.upload(&vec![f32::NAN; b * k + 11]).unwrap();
-    let got = loss_kernels::loss(exec, &mut st, &cfg, b, k, &yd, &zd, Some(&mut gd)).unwrap();
+    let got = dev
+        .loss(&cfg, b, k, &yd, &zd, Some(&mut gd), None)
+        .map(uncounted)
+        .unwrap();
     let g = exec.download(&gd).unwrap();
     assert!((got - want).abs() <= 2e-5 * want.abs(), "{got} vs {want}");
     for i in 0..b * k {
@@ -583,13 +566,17 @@ fn longer_buffers_and_loss_only(exec: &Executor) {
         g[b * k..].iter().all(|v| v.is_nan()),
         "the tail was written"
     );
-    let loss_only = loss_kernels::loss(exec, &mut st, &cfg, b, k, &yd, &zd, None).unwrap();
+    let loss_only = dev
+        .loss(&cfg, b, k, &yd, &zd, None, None)
+        .map(uncounted)
+        .unwrap();
     assert_eq!(loss_only.to_bits(), got.to_bits(), "loss without gradient");
 }
 
 /// The same launch twice gives bit-identical loss and gradient; on the emulator so do all
 /// three schedules (the kernels' results do not depend on thread timing).
-fn loss_is_bit_reproducible(exec: &Executor) {
+fn loss_is_bit_reproducible(dev: &CudaBackend) {
+    let exec = dev.executor();
     let mut rng = Rng::new(18);
     let (b, k) = (37, 33);
     let y = labels(&mut rng, b, k, true);
@@ -613,20 +600,23 @@ fn loss_is_bit_reproducible(exec: &Executor) {
             from_logits: true,
         },
     ];
-    let run = |exec: &Executor, cfg: &LossConfig| -> (u32, Vec<u32>) {
-        let mut st = LossKernels::new();
+    let run = |dev: &CudaBackend, cfg: &LossConfig| -> (u32, Vec<u32>) {
+        let exec = dev.executor();
         let yd = exec.upload(&y).unwrap();
         let zd = exec.upload(&z).unwrap();
         let mut gd = exec.upload(&vec![f32::NAN; b * k]).unwrap();
-        let l = loss_kernels::loss(exec, &mut st, cfg, b, k, &yd, &zd, Some(&mut gd)).unwrap();
+        let l = dev
+            .loss(cfg, b, k, &yd, &zd, Some(&mut gd), None)
+            .map(uncounted)
+            .unwrap();
         let g = exec.download(&gd).unwrap();
         (l.to_bits(), g.iter().map(|v| v.to_bits()).collect())
     };
     for cfg in &cfgs {
-        let first = run(exec, cfg);
+        let first = run(dev, cfg);
         assert_eq!(
             first,
-            run(exec, cfg),
+            run(dev, cfg),
             "{}: second run differs",
             cfg.describe()
         );
@@ -645,8 +635,8 @@ fn loss_is_bit_reproducible(exec: &Executor) {
 
 /// Invalid parameters, shapes and inputs give the reference's errors (same variant, same
 /// message).
-fn input_errors_match_the_reference(exec: &Executor) {
-    let mut st = LossKernels::new();
+fn input_errors_match_the_reference(dev: &CudaBackend) {
+    let exec = dev.executor();
     let (b, k) = (4, 3);
     let mut rng = Rng::new(19);
     let y = labels(&mut rng, b, k, false);
@@ -707,8 +697,10 @@ fn input_errors_match_the_reference(exec: &Executor) {
         let yd = exec.upload(yv).unwrap();
         let pd = exec.upload(pv).unwrap();
         let mut gd = exec.alloc::<f32>(b * k).unwrap();
-        let got =
-            loss_kernels::loss(exec, &mut st, cfg, b, k, &yd, &pd, Some(&mut gd)).unwrap_err();
+        let got = dev
+            .loss(cfg, b, k, &yd, &pd, Some(&mut gd), None)
+            .map(uncounted)
+            .unwrap_err();
         assert_eq!(
             std::mem::discriminant(&got),
             std::mem::discriminant(&want),
@@ -720,14 +712,20 @@ fn input_errors_match_the_reference(exec: &Executor) {
     // Shapes: no rows, and buffers too short.
     let yd = exec.upload(&y).unwrap();
     let pd = exec.upload(&p).unwrap();
-    let zero = loss_kernels::loss(exec, &mut st, &focal, 0, k, &yd, &pd, None).unwrap_err();
+    let zero = dev
+        .loss(&focal, 0, k, &yd, &pd, None, None)
+        .map(uncounted)
+        .unwrap_err();
     let want = loss_forward_backward::<f32>(&focal, &[], &[], 0, k, None).unwrap_err();
     assert_eq!(zero.to_string(), want.to_string());
-    let short = loss_kernels::loss(exec, &mut st, &focal, b + 1, k, &yd, &pd, None).unwrap_err();
+    let short = dev
+        .loss(&focal, b + 1, k, &yd, &pd, None, None)
+        .map(uncounted)
+        .unwrap_err();
     assert!(matches!(short, Error::Shape(_)), "{short:?}");
     assert!(short.to_string().contains("y_true has 12"), "{short}");
     // The state is still usable after the errors.
-    check_loss(exec, &mut st, &focal, &y, &p, b, k);
+    check_loss(dev, &focal, &y, &p, b, k);
 }
 
 // ---------------------------------------------------------------- softmax and Adam
@@ -736,7 +734,8 @@ fn input_errors_match_the_reference(exec: &Executor) {
 /// included. Forward: RTOL (same formula; the sum in another order). Backward:
 /// `p (dp - dot)` cancels, so as for the losses SUM_TOL applies to
 /// `p_j (|dp_j| + sum_c |p_c dp_c|)`, the size of the terms it is made of.
-fn softmax_forward_backward(exec: &Executor) {
+fn softmax_forward_backward(dev: &CudaBackend) {
+    let exec = dev.executor();
     let cpu = CpuBackend::<f32>::new();
     let mut rng = Rng::new(20);
     for &rows in &BATCHES {
@@ -752,7 +751,7 @@ fn softmax_forward_backward(exec: &Executor) {
 
             let zd = exec.upload(&z).unwrap();
             let mut pd = exec.upload(&vec![f32::NAN; rows * cols]).unwrap();
-            softmax_forward(exec, rows, cols, &zd, &mut pd).unwrap();
+            dev.softmax_forward(rows, cols, &zd, &mut pd).unwrap();
             let got_p = exec.download(&pd).unwrap();
             for i in 0..rows * cols {
                 let (a, w) = (got_p[i] as f64, want_p[i] as f64);
@@ -766,7 +765,8 @@ fn softmax_forward_backward(exec: &Executor) {
             let ppd = exec.upload(&want_p).unwrap();
             let dpd = exec.upload(&dp).unwrap();
             let mut dzd = exec.upload(&vec![f32::NAN; rows * cols]).unwrap();
-            softmax_backward(exec, rows, cols, &ppd, &dpd, &mut dzd).unwrap();
+            dev.softmax_backward(rows, cols, &ppd, &dpd, &mut dzd)
+                .unwrap();
             let got_dz = exec.download(&dzd).unwrap();
             for r in 0..rows {
                 let row = r * cols..(r + 1) * cols;
@@ -790,8 +790,8 @@ fn softmax_forward_backward(exec: &Executor) {
     // Empty shapes launch nothing; short buffers are shape errors.
     let one = exec.upload(&[1.0f32]).unwrap();
     let mut out = exec.upload(&[f32::NAN]).unwrap();
-    softmax_forward(exec, 0, 7, &one, &mut out).unwrap();
-    let err = softmax_forward(exec, 1, 2, &one, &mut out).unwrap_err();
+    dev.softmax_forward(0, 7, &one, &mut out).unwrap();
+    let err = dev.softmax_forward(1, 2, &one, &mut out).unwrap_err();
     assert!(matches!(err, Error::Shape(_)), "{err:?}");
 }
 
@@ -813,7 +813,8 @@ fn adam_step(t: i32) -> AdamStep<f32> {
 /// which in the second step can cancel (`m` nearly undone by a gradient of opposite sign;
 /// seen on the H200: 5e-11 on m = 1.1e-5). Tolerance: 1e-6 (~16 ulp) times
 /// `|ref| + scale`, where scale is the largest `|x| + |increment|` over the two steps.
-fn adam_two_steps(exec: &Executor) {
+fn adam_two_steps(dev: &CudaBackend) {
+    let exec = dev.executor();
     let cpu = CpuBackend::<f32>::new();
     let mut rng = Rng::new(21);
     for &len in &[1usize, 3, 4, 5, 37, 1027, 4099] {
@@ -826,8 +827,16 @@ fn adam_two_steps(exec: &Executor) {
         let mut scale = [vec![0.0f64; len], vec![0.0f64; len], vec![0.0f64; len]];
         for (t, g) in grads.iter().enumerate() {
             let before = [p.clone(), m.clone(), v.clone()];
-            cpu.adam_update(len, &adam_step(t as i32 + 1), &mut p, g, &mut m, &mut v)
-                .unwrap();
+            cpu.adam_update(
+                len,
+                &adam_step(t as i32 + 1),
+                &mut p,
+                g,
+                &mut m,
+                &mut v,
+                None,
+            )
+            .unwrap();
             for (j, after) in [&p, &m, &v].into_iter().enumerate() {
                 for i in 0..len {
                     let (old, new) = (before[j][i] as f64, after[i] as f64);
@@ -850,7 +859,8 @@ fn adam_two_steps(exec: &Executor) {
                 let gd = exec.upload(&pad(g)).unwrap();
                 let step = adam_step(t as i32 + 1);
                 if offset == 0 {
-                    adam_update(exec, len, &step, &mut pd, &gd, &mut md, &mut vd, None).unwrap();
+                    dev.adam_update(len, &step, &mut pd, &gd, &mut md, &mut vd, None)
+                        .unwrap();
                 } else {
                     launch_adam_view(exec, len, offset, &step, &mut pd, &gd, &mut md, &mut vd);
                 }

@@ -15,6 +15,7 @@ use focalflow::loss::LossConfig;
 use focalflow::model::ImageShape;
 use focalflow::ops::CudaBackend;
 use focalflow::ops::gemm::Variant;
+use focalflow::ops::loss::CountStep;
 use focalflow::ops::prelude::*;
 use focalflow::ops::{AdamStep, CpuBackend};
 use focalflow::train::{self, TrainOptions};
@@ -236,7 +237,7 @@ fn adam_leaves_the_weights_alone_once_a_step_failed() {
             let (mut m, mut v) = (backend.zeros(3).unwrap(), backend.zeros(3).unwrap());
             let g = backend.upload(&g).unwrap();
             backend
-                .adam_update_counted(3, &step, &mut p, &g, &mut m, &mut v, counters)
+                .adam_update(3, &step, &mut p, &g, &mut m, &mut v, Some(counters))
                 .unwrap();
             backend.read(&p, 3).unwrap()
         };
@@ -245,7 +246,7 @@ fn adam_leaves_the_weights_alone_once_a_step_failed() {
         let y = backend.upload(&[1.0f32, 0.0]).unwrap();
         let pred = backend.upload(&[f32::NAN, 0.5]).unwrap();
         backend
-            .loss_counted(
+            .loss(
                 &LossConfig::CrossEntropy {
                     label_smoothing: 0.0,
                     from_logits: false,
@@ -254,10 +255,12 @@ fn adam_leaves_the_weights_alone_once_a_step_failed() {
                 2,
                 &y,
                 &pred,
-                &pred,
                 None,
-                6,
-                &mut counters,
+                Some(CountStep {
+                    probs: &pred,
+                    step: 6,
+                    counters: &mut counters,
+                }),
             )
             .unwrap();
         let totals = backend.read_counters(&counters).unwrap();

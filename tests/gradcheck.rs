@@ -18,6 +18,7 @@
 
 use focalflow::loss::{Alpha, LossConfig, loss_forward_backward};
 use focalflow::model::{Arch, ImageShape, Layer, Model, Plan};
+use focalflow::ops::loss::uncounted;
 use focalflow::ops::prelude::*;
 use focalflow::ops::{ConvShape, CpuBackend, DenseShape, Padding, PoolShape};
 use focalflow::optim::Adam;
@@ -667,7 +668,8 @@ fn one_hot(rng: &mut Rng, batch: usize, classes: usize) -> Vec<f64> {
 
 fn loss_value(cfg: &LossConfig, y: &[f64], pred: &[f64], batch: usize, classes: usize) -> f64 {
     let value = Cpu::new()
-        .loss(cfg, batch, classes, &y.to_vec(), &pred.to_vec(), None)
+        .loss(cfg, batch, classes, &y.to_vec(), &pred.to_vec(), None, None)
+        .map(uncounted)
         .unwrap();
     let direct = loss_forward_backward(cfg, y, pred, batch, classes, None).unwrap();
     assert_eq!(value, direct, "the backend's loss is loss_forward_backward");
@@ -684,7 +686,9 @@ fn loss_grad(cfg: &LossConfig, y: &[f64], pred: &[f64], batch: usize, classes: u
             &y.to_vec(),
             &pred.to_vec(),
             Some(&mut g),
+            None,
         )
+        .map(uncounted)
         .unwrap();
     g
 }
@@ -1161,7 +1165,7 @@ fn adam_two_steps_by_hand() {
     assert_eq!(s1.one_minus_beta1, 0.5);
     assert_eq!(s1.one_minus_beta2, 0.0625);
     assert_eq!(s1.epsilon, 0.25);
-    b.adam_update(3, &s1, &mut p, &vec![4.0, -8.0, 0.0], &mut m, &mut v)
+    b.adam_update(3, &s1, &mut p, &vec![4.0, -8.0, 0.0], &mut m, &mut v, None)
         .unwrap();
     assert_eq!(m, vec![2.0, -4.0, 0.0]);
     assert_eq!(v, vec![1.0, 4.0, 0.0]);
@@ -1186,7 +1190,7 @@ fn adam_two_steps_by_hand() {
     let s2 = adam.next_step::<f64>();
     assert!((s2.step_size - 31f64.sqrt() / 24.0).abs() < 1e-16);
     assert!((s2.step_size - 0.2319901817845842).abs() < 1e-15);
-    b.adam_update(3, &s2, &mut p, &vec![-2.0, 0.0, 6.0], &mut m, &mut v)
+    b.adam_update(3, &s2, &mut p, &vec![-2.0, 0.0, 6.0], &mut m, &mut v, None)
         .unwrap();
     assert_eq!(m, vec![0.0, -2.0, 3.0]);
     assert_eq!(v, vec![1.1875, 3.75, 2.25]);
@@ -1213,7 +1217,8 @@ fn adam_keras_defaults_first_step() {
     let g = vec![2.0, -0.5, 1e-9];
     let mut p = vec![0.0; 3];
     let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
-    b.adam_update(3, &step, &mut p, &g, &mut m, &mut v).unwrap();
+    b.adam_update(3, &step, &mut p, &g, &mut m, &mut v, None)
+        .unwrap();
     let lr = 1e-3f32 as f64;
     // (Within 1e-4: epsilon takes 3.16e-6/|g| off, and Keras' f32 betas in the bias
     // correction another ~6e-6.)

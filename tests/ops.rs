@@ -48,7 +48,9 @@ use focalflow::Error;
 use focalflow::executor::{Executor, Schedule};
 use focalflow::loss::{Alpha, LossConfig};
 use focalflow::model::{Arch, ImageShape, Model, Plan};
-use focalflow::ops::gemm::{KernelChoice, TILES, Variant};
+use focalflow::ops::gemm::{KernelChoice, Variant};
+use focalflow::ops::kernel_abi::GEMM_TILES;
+use focalflow::ops::loss::{CountStep, uncounted};
 use focalflow::ops::prelude::*;
 use focalflow::ops::{
     AdamStep, ConvShape, CpuBackend, CpuPath, CudaBackend, DenseShape, Padding, PoolShape,
@@ -494,7 +496,9 @@ fn loss<B: Backend<E = f32>>(b: &B) {
                     &wide(&y),
                     &wide(&pred),
                     Some(&mut want),
+                    None,
                 )
+                .map(uncounted)
                 .unwrap();
             let mut grad = poisoned(b, n);
             let got_loss = b
@@ -505,7 +509,9 @@ fn loss<B: Backend<E = f32>>(b: &B) {
                     &b.upload(&y).unwrap(),
                     &b.upload(&pred).unwrap(),
                     Some(&mut grad),
+                    None,
                 )
+                .map(uncounted)
                 .unwrap();
             let what = format!("{} batch {batch} classes {classes}", cfg.describe());
             assert!(
@@ -552,7 +558,7 @@ fn adam_update<B: Backend<E = f32>>(b: &B) {
                 one_minus_beta2: 0.001,
                 epsilon: 1e-7,
             };
-            cpu.adam_update(len, &step, &mut pc, &wide(&g), &mut mc, &mut vc)
+            cpu.adam_update(len, &step, &mut pc, &wide(&g), &mut mc, &mut vc, None)
                 .unwrap();
             b.adam_update(
                 len,
@@ -561,6 +567,7 @@ fn adam_update<B: Backend<E = f32>>(b: &B) {
                 &b.upload(&g).unwrap(),
                 &mut mg,
                 &mut vg,
+                None,
             )
             .unwrap();
         }
@@ -626,7 +633,8 @@ fn counters<B: Backend<E = f32>>(b: &B) {
     for step in 0..3 {
         let (y, pred) = loss_inputs(&mut rng, batch, classes, false);
         let l = cpu
-            .loss(&cfg, batch, classes, &wide(&y), &wide(&pred), None)
+            .loss(&cfg, batch, classes, &wide(&y), &wide(&pred), None, None)
+            .map(uncounted)
             .unwrap();
         want_sum += l * batch as f64;
         want_correct += pred
@@ -635,8 +643,20 @@ fn counters<B: Backend<E = f32>>(b: &B) {
             .filter(|(p, y)| focalflow::metrics::argmax(p) == focalflow::metrics::argmax(y))
             .count() as u64;
         let (yb, pb) = (b.upload(&y).unwrap(), b.upload(&pred).unwrap());
-        b.loss_counted(&cfg, batch, classes, &yb, &pb, &pb, None, step, &mut c)
-            .unwrap();
+        b.loss(
+            &cfg,
+            batch,
+            classes,
+            &yb,
+            &pb,
+            None,
+            Some(CountStep {
+                probs: &pb,
+                step,
+                counters: &mut c,
+            }),
+        )
+        .unwrap();
     }
     let t = b.read_counters(&c).unwrap();
     assert_eq!(
@@ -656,8 +676,20 @@ fn counters<B: Backend<E = f32>>(b: &B) {
     let (y, mut pred) = loss_inputs(&mut rng, batch, classes, false);
     pred[4] = f32::NAN;
     let (yb, pb) = (b.upload(&y).unwrap(), b.upload(&pred).unwrap());
-    match b.loss_counted(&cfg, batch, classes, &yb, &pb, &pb, None, 3, &mut c) {
-        Ok(()) => {
+    match b.loss(
+        &cfg,
+        batch,
+        classes,
+        &yb,
+        &pb,
+        None,
+        Some(CountStep {
+            probs: &pb,
+            step: 3,
+            counters: &mut c,
+        }),
+    ) {
+        Ok(_) => {
             let after = b.read_counters(&c).unwrap();
             let failure = after.failure.expect("the NaN step is recorded");
             assert_eq!(
@@ -694,14 +726,14 @@ fn counters<B: Backend<E = f32>>(b: &B) {
         one_minus_beta2: 0.001,
         epsilon: 1e-7,
     };
-    b.adam_update_counted(
+    b.adam_update(
         9,
         &step,
         &mut wb,
         &b.upload(&w).unwrap(),
         &mut m,
         &mut v,
-        &c,
+        Some(&c),
     )
     .unwrap();
     assert_eq!(
@@ -1285,7 +1317,7 @@ fn gpu_every_tile() {
     }
     // One more executor (one module load), switched from variant to variant.
     let b = CudaBackend::new(Executor::cuda(0).unwrap());
-    for tile in TILES {
+    for tile in GEMM_TILES {
         for scalar in [false, true] {
             let choice = KernelChoice {
                 tile: Some(tile.name),
@@ -1352,7 +1384,7 @@ fn perf() {
     }
     // Every tile and load width, forced, on one more executor (one module load).
     let var = CudaBackend::new(Executor::cuda(0).unwrap());
-    for tile in TILES {
+    for tile in GEMM_TILES {
         for scalar in [false, true] {
             var.set_choice(
                 Variant::Tiled,

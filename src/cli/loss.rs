@@ -7,6 +7,7 @@ use crate::cli::device::{self, on_device};
 use crate::cli::flags::loss::LossFlags;
 use crate::loss::LossConfig;
 use crate::ops::Backend;
+use crate::ops::loss::uncounted;
 use crate::{Error, Result, npy};
 
 /// Evaluate a loss on given labels and predictions; prints `{"loss": <number>}`.
@@ -78,7 +79,7 @@ fn loss_of<B: Backend<E = f32>>(
     } else {
         None
     };
-    let value = b.loss(cfg, batch, classes, &t, &p, g.as_mut())?;
+    let value = uncounted(b.loss(cfg, batch, classes, &t, &p, g.as_mut(), None)?);
     let grad = match &g {
         Some(g) => Some(b.read(g, batch * classes)?),
         None => None,

@@ -131,8 +131,7 @@ impl DeviceCache {
     }
 }
 
-/// Bit 31 of an entry of a pass (`FLIP_BIT` in src/ops/gather_batch/gather_batch.cu): mirror the image.
-pub const FLIP_BIT: u32 = 1 << 31;
+pub use crate::ops::kernel_abi::FLIP_BIT;
 
 /// The flip seed of batch `n` of a pass whose flip seed is `pass_seed`.
 fn batch_flip_seed(pass_seed: u64, n: usize) -> u64 {

@@ -4,6 +4,7 @@
 pub mod arch;
 
 use crate::loss::LossConfig;
+use crate::ops::loss::{CountStep, uncounted};
 use crate::ops::{Backend, ConvShape, DenseShape, PoolShape};
 use crate::optim::Adam;
 use crate::rng::Rng;
@@ -546,7 +547,9 @@ impl<B: Backend> Model<B> {
     ) -> Result<B::E> {
         let classes = self.plan.classes;
         self.backward_with(backend, loss, x, batch, |pred, _probs, grad| {
-            backend.loss(loss, batch, classes, y, pred, Some(grad))
+            backend
+                .loss(loss, batch, classes, y, pred, Some(grad), None)
+                .map(uncounted)
         })
     }
 
@@ -651,7 +654,17 @@ impl<B: Backend> Model<B> {
         batch: usize,
     ) -> Result<B::E> {
         let ws = self.last_forward("loss_of_forward")?;
-        backend.loss(loss, batch, self.plan.classes, y, ws.loss_input(loss), None)
+        backend
+            .loss(
+                loss,
+                batch,
+                self.plan.classes,
+                y,
+                ws.loss_input(loss),
+                None,
+                None,
+            )
+            .map(uncounted)
     }
 
     /// One Adam update of every parameter from its current gradient.
@@ -660,15 +673,12 @@ impl<B: Backend> Model<B> {
     }
 
     /// One Adam step of every parameter; with `counters`, the update each parameter skips
-    /// once they record a failed step ([`Backend::adam_update_counted`]).
+    /// once they record a failed step ([`Backend::adam_update`]).
     fn update_params(&mut self, backend: &B, counters: Option<&B::Counters>) -> Result<()> {
         let step = self.optimizer.next_step::<B::E>();
         for p in &mut self.params {
             let (len, value, m, v) = (p.spec.len(), &mut p.value, &mut p.m, &mut p.v);
-            match counters {
-                None => backend.adam_update(len, &step, value, &p.grad, m, v)?,
-                Some(c) => backend.adam_update_counted(len, &step, value, &p.grad, m, v, c)?,
-            }
+            backend.adam_update(len, &step, value, &p.grad, m, v, counters)?;
         }
         Ok(())
     }
@@ -697,7 +707,7 @@ impl<B: Backend> Model<B> {
 
     /// [`Self::train_step`] as step `step` of a pass, with nothing read back: the loss and
     /// the correctly classified images go to `counters`, and a non-finite loss is recorded
-    /// there (see [`Backend::loss_counted`]) and leaves the weights untouched, this step's
+    /// there (see [`Backend::loss`]) and leaves the weights untouched, this step's
     /// and every later one's in the pass.
     #[allow(clippy::too_many_arguments)]
     pub fn train_step_counted(
@@ -713,17 +723,12 @@ impl<B: Backend> Model<B> {
         self.forward(backend, x, batch)?;
         let classes = self.plan.classes;
         self.backward_with(backend, loss, x, batch, |pred, probs, grad| {
-            backend.loss_counted(
-                loss,
-                batch,
-                classes,
-                y,
-                pred,
+            let count = CountStep {
                 probs,
-                Some(grad),
                 step,
-                counters,
-            )
+                counters: &mut *counters,
+            };
+            backend.loss(loss, batch, classes, y, pred, Some(grad), Some(count))
         })?;
         self.update_params(backend, Some(counters))
     }
@@ -740,17 +745,22 @@ impl<B: Backend> Model<B> {
         counters: &mut B::Counters,
     ) -> Result<()> {
         let ws = self.last_forward("count_loss_of_forward")?;
-        backend.loss_counted(
-            loss,
-            batch,
-            self.plan.classes,
-            y,
-            ws.loss_input(loss),
-            &ws.probs,
-            None,
+        let count = CountStep {
+            probs: &ws.probs,
             step,
             counters,
-        )
+        };
+        let classes = self.plan.classes;
+        backend.loss(
+            loss,
+            batch,
+            classes,
+            y,
+            ws.loss_input(loss),
+            None,
+            Some(count),
+        )?;
+        Ok(())
     }
 
     /// Copies the logits of the last forward pass (`batch` rows) into `dst` from row

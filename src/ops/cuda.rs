@@ -1,71 +1,37 @@
-//! The CUDA device: the ops over the kernel executor ([`Executor`]), so the same host code
-//! drives a GPU (`cuda`) or the CPU emulator running the very same kernel sources
-//! (`cuda-emu`). Each op's host code is in its folder (`conv2d/cuda.rs`, ...); this file
-//! holds the device, its reusable state and the launch helpers several ops share.
+//! The CUDA device: the kernel executor ([`Executor`]), so the same host code drives a GPU
+//! (`cuda`) or the CPU emulator running the very same kernel sources (`cuda-emu`), and the
+//! state the ops keep between launches. Each op's host code is in its folder
+//! (`conv2d/cuda.rs`, ...) and its kernels in `kernels/`; the launch helpers they share are
+//! in `launch.rs`. Like dfdx's device, this module imports no op: an op keeps its state
+//! here by its own type ([`CudaBackend::op_state`]).
 //!
 //! Parameters, activations, gradients and optimizer state live in device buffers; nothing
 //! comes back to the host inside a step except what [`Storage::read`](crate::ops::Storage::read)
-//! and [`CounterOps::read_counters`](crate::ops::CounterOps::read_counters) ask for. The only scratch memory, the split-K workspace of
-//! the filter/dense gradients, is allocated once at its largest size and reused.
-//!
-//! [`Variant::Naive`] swaps the GEMM-shaped ops for one-thread-per-output reference kernels
-//! (`conv2d_naive.cu`, `dense_naive.cu`), for validation and timing beside the tiled ones.
+//! and [`CounterOps::read_counters`](crate::ops::CounterOps::read_counters) ask for.
 
-use std::sync::Mutex;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use crate::executor::{DeviceBuffer, Executor, LaunchConfig};
-use crate::ops::check_len;
-use crate::ops::gemm::cuda::{Gemm, GemmArgs, KernelChoice, Op, Planner, Variant};
-use crate::ops::loss::cuda::LossKernels;
+use crate::Result;
+use crate::executor::Executor;
 use crate::profile::{Mark, Timeline};
-use crate::{Error, Result};
-
-/// Threads per block of the elementwise and pooling kernels.
-const ELEMENTWISE_THREADS: u32 = 256;
-/// Most blocks of a grid-stride elementwise launch (enough to fill an H200 several times).
-const MAX_ELEMENTWISE_BLOCKS: usize = 8192;
 
 /// The CUDA backend over a GPU or the emulator.
 pub struct CudaBackend {
     pub(crate) exec: Executor,
-    /// Launch shapes; the kernel choice can be changed between ops (`set_choice`).
-    planner: Mutex<Planner>,
-    /// Split-K partial sums; grown to the largest need, then reused by every step.
-    workspace: Mutex<Option<DeviceBuffer<f32>>>,
-    /// The loss kernels' reusable device state (per-row sums, result, class weights).
-    pub(crate) loss_state: Mutex<LossKernels>,
+    /// Each op's reusable device state (the GEMM's kernel choice and split-K workspace, the
+    /// loss's scratch, ...), by the state's type; made on first use.
+    op_state: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl CudaBackend {
-    /// The backend on `exec` with the tiled kernels.
+    /// The backend on `exec`, every op with its default state (the tiled GEMM kernels,
+    /// chosen automatically).
     pub fn new(exec: Executor) -> Self {
-        Self::with_variant(exec, Variant::Tiled)
-    }
-
-    /// The backend on `exec` with the given implementation of the GEMM-shaped ops.
-    pub fn with_variant(exec: Executor, variant: Variant) -> Self {
-        Self::with_choice(exec, variant, KernelChoice::default())
-    }
-
-    /// The backend on `exec` with the given implementation of the GEMM-shaped ops and
-    /// overrides of the tiled kernels' automatic choice (to validate and time them all).
-    pub fn with_choice(exec: Executor, variant: Variant, choice: KernelChoice) -> Self {
-        let target_blocks = match &exec {
-            // A few resident blocks per SM (the tiled kernels fit two of 256 threads).
-            Executor::Cuda(c) => (c.info().multiprocessors.max(1) as usize) * 4,
-            // The emulator has a handful of OS threads; a small target still makes the
-            // tests exercise split-K on small shapes.
-            Executor::Emu(_) => 16,
-        };
         CudaBackend {
             exec,
-            planner: Mutex::new(Planner {
-                variant,
-                target_blocks,
-                choice,
-            }),
-            workspace: Mutex::new(None),
-            loss_state: Mutex::new(LossKernels::new()),
+            op_state: Mutex::new(HashMap::new()),
         }
     }
 
@@ -74,92 +40,35 @@ impl CudaBackend {
         &self.exec
     }
 
-    fn planner(&self) -> Planner {
-        *self.planner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn variant(&self) -> Variant {
-        self.planner().variant
-    }
-
-    pub fn choice(&self) -> KernelChoice {
-        self.planner().choice
-    }
-
-    /// Changes the implementation and kernel choice of later GEMM-shaped ops (one executor,
-    /// so one module load, can then validate or time every variant).
-    pub fn set_choice(&self, variant: Variant, choice: KernelChoice) {
-        let mut p = self.planner.lock().unwrap_or_else(|e| e.into_inner());
-        p.variant = variant;
-        p.choice = choice;
-    }
-
-    /// Launches one GEMM-shaped kernel (and its split-K reduction), growing the workspace
-    /// first if it needs more.
-    ///
-    /// # Safety
-    /// The pointers in `args` must be valid for the extents its sizes describe.
-    pub(crate) unsafe fn gemm(&self, op: Op, args: GemmArgs, vector: bool) -> Result<()> {
-        let g = Gemm { op, args, vector };
-        let planner = self.planner();
-        let need = planner.workspace_len(&g);
-        let mut ws = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
-        if need > 0 && ws.as_ref().is_none_or(|w| w.len() < need) {
-            *ws = None; // free the old one first
-            *ws = Some(self.exec.alloc::<f32>(need)?);
-        }
-        // SAFETY: forwarded to the caller; the workspace holds `need` floats.
-        unsafe { planner.launch(&self.exec, &g, ws.as_mut()) }
-    }
-
-    /// `p[..n] = value`.
-    pub(crate) fn fill(&self, p: &mut DeviceBuffer<f32>, n: usize, value: f32) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        check_len("buffer", p.len(), n)?;
-        let cfg = elementwise_config(n);
-        // SAFETY: fill_f32(float*, int, float) writes the first n elements of p.
-        unsafe {
-            self.exec
-                .launch_builder("fill_f32", cfg)
-                .arg(p)
-                .arg(int("fill length", n)?)
-                .arg(value)
-                .launch()
+    /// Blocks that fill the device: below this, the GEMMs split a long K.
+    pub(crate) fn target_blocks(&self) -> usize {
+        match &self.exec {
+            // A few resident blocks per SM (the tiled kernels fit two of 256 threads).
+            Executor::Cuda(c) => (c.info().multiprocessors.max(1) as usize) * 4,
+            // The emulator has a handful of OS threads; a small target still makes the
+            // tests exercise split-K on small shapes.
+            Executor::Emu(_) => 16,
         }
     }
-}
 
-/// Rows per block of the row kernels (one warp per row): `LOSS_ROWS_PER_BLOCK` in
-/// loss/loss.cu and `SOFTMAX_ROWS_PER_BLOCK` in softmax/softmax.cu.
-pub const ROWS_PER_BLOCK: usize = 4;
-/// Grid cap of the row kernels (they loop over the remaining rows).
-const MAX_ROW_BLOCKS: usize = 65_535;
-
-/// The launch shape of the row kernels: [`ROWS_PER_BLOCK`] warps per block, one per row,
-/// grid-stride beyond the cap.
-pub(crate) fn row_grid(rows: usize) -> LaunchConfig {
-    let blocks = rows.div_ceil(ROWS_PER_BLOCK).clamp(1, MAX_ROW_BLOCKS);
-    LaunchConfig::new(blocks as u32, 32 * ROWS_PER_BLOCK as u32)
-}
-
-/// One thread per element in blocks of ELEMENTWISE_THREADS, grid-stride beyond the cap.
-pub(crate) fn elementwise_config(n: usize) -> LaunchConfig {
-    let blocks = n
-        .div_ceil(ELEMENTWISE_THREADS as usize)
-        .clamp(1, MAX_ELEMENTWISE_BLOCKS);
-    LaunchConfig::new(blocks as u32, ELEMENTWISE_THREADS)
-}
-
-/// A size as the kernels' `int`; every tensor must have fewer than 2^31 elements.
-pub fn int(what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| {
-        Error::Shape(format!(
-            "{what} is {v}: the CUDA kernels index with 32-bit ints (at most 2^31-1 elements per tensor); \
-             use a smaller batch"
-        ))
-    })
+    /// Runs `f` on the op state of type `T` (its `Default` on first use), under that
+    /// state's own lock: an op may use another op's state inside `f`.
+    pub(crate) fn op_state<T: Default + Send + 'static, R>(
+        &self,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> R {
+        let state = {
+            let mut states = self.op_state.lock().unwrap_or_else(|e| e.into_inner());
+            let any = states
+                .entry(TypeId::of::<T>())
+                .or_insert_with(|| Arc::new(Mutex::new(T::default())))
+                .clone();
+            any.downcast::<Mutex<T>>()
+                .expect("op states are stored under their own TypeId")
+        };
+        let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
 }
 
 /// CUDA events on the backend's stream.

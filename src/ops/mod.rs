@@ -37,6 +37,8 @@ pub mod cuda;
 pub mod dense;
 pub mod gather_batch;
 pub mod gemm;
+pub mod kernel_abi;
+pub(crate) mod launch;
 pub mod loss;
 pub mod pool;
 pub mod relu;
@@ -119,7 +121,8 @@ mod tests {
             one_minus_beta2: 0.001,
             epsilon: 1e-7,
         };
-        b.adam_update(3, &step, &mut p, &g, &mut m, &mut v).unwrap();
+        b.adam_update(3, &step, &mut p, &g, &mut m, &mut v, None)
+            .unwrap();
         prof.finish(&cpu).unwrap();
         let totals = prof.totals_ms();
         assert!(totals.iter().all(|(_, ms)| *ms >= 0.0));

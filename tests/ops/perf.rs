@@ -4,6 +4,7 @@
 //! `ops perf --ignored` (scripts/gpu-check.sh). Compare ratios within one run: machines are
 //! shared and noisy.
 
+use focalflow::ops::loss::uncounted;
 use focalflow::ops::prelude::*;
 use focalflow::ops::{ConvShape, DenseShape, Padding, PoolShape};
 use focalflow::profile::Timeline;
@@ -182,7 +183,8 @@ pub fn time_ops<B: Backend<E = f32> + Timeline>(
                 format!("loss {} [{rows}x{classes}]", cfg.describe()),
                 0.0,
                 &mut || {
-                    b.loss(&cfg, rows, classes, &y, &logits, Some(&mut grad))
+                    b.loss(&cfg, rows, classes, &y, &logits, Some(&mut grad), None)
+                        .map(uncounted)
                         .unwrap();
                 },
             );
@@ -198,7 +200,7 @@ pub fn time_ops<B: Backend<E = f32> + Timeline>(
     let mut adam = focalflow::optim::Adam::default();
     time("adam (11.1M parameters)".into(), 0.0, &mut || {
         let step = adam.next_step::<f32>();
-        b.adam_update(params, &step, &mut p, &g, &mut m, &mut v)
+        b.adam_update(params, &step, &mut p, &g, &mut m, &mut v, None)
             .unwrap()
     });
     out

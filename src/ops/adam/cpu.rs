@@ -17,6 +17,7 @@ impl<T: Element> AdamOps for CpuBackend<T> {
         grad: &Vec<T>,
         m: &mut Vec<T>,
         v: &mut Vec<T>,
+        counters: Option<&StepTotals>,
     ) -> Result<()> {
         for (what, b) in [
             ("parameter", &*param),
@@ -25,6 +26,9 @@ impl<T: Element> AdamOps for CpuBackend<T> {
             ("second moment", &*v),
         ] {
             check_len(what, b.len(), len)?;
+        }
+        if counters.is_some_and(|c| c.failure.is_some()) {
+            return Ok(());
         }
         let s = *step;
         param[..len]
@@ -39,21 +43,5 @@ impl<T: Element> AdamOps for CpuBackend<T> {
                 *p -= *m * s.step_size / (v.sqrt() + s.epsilon);
             });
         Ok(())
-    }
-
-    fn adam_update_counted(
-        &self,
-        len: usize,
-        step: &AdamStep<T>,
-        param: &mut Vec<T>,
-        grad: &Vec<T>,
-        m: &mut Vec<T>,
-        v: &mut Vec<T>,
-        counters: &StepTotals,
-    ) -> Result<()> {
-        if counters.failure.is_some() {
-            return Ok(());
-        }
-        self.adam_update(len, step, param, grad, m, v)
     }
 }

@@ -6,7 +6,7 @@
 //!   step counters record a failed step, without a read by the host.
 
 mod cpu;
-pub mod cuda;
+mod cuda;
 
 use crate::Result;
 use crate::ops::CounterOps;
@@ -26,7 +26,9 @@ pub struct AdamStep<T> {
 
 /// The optimizer ops of a backend.
 pub trait AdamOps: CounterOps {
-    /// One Adam update of `len` parameters in place.
+    /// One Adam update of `len` parameters in place; with `counters`, none once they record
+    /// a failed step (so no NaN reaches the weights; on a GPU the kernel reads them, without
+    /// a read by the host).
     #[allow(clippy::too_many_arguments)]
     fn adam_update(
         &self,
@@ -36,19 +38,7 @@ pub trait AdamOps: CounterOps {
         grad: &Self::Buf,
         m: &mut Self::Buf,
         v: &mut Self::Buf,
-    ) -> Result<()>;
-    /// [`Self::adam_update`], skipped once `counters` record a failed step (so no NaN
-    /// reaches the weights).
-    #[allow(clippy::too_many_arguments)]
-    fn adam_update_counted(
-        &self,
-        len: usize,
-        step: &AdamStep<Self::E>,
-        param: &mut Self::Buf,
-        grad: &Self::Buf,
-        m: &mut Self::Buf,
-        v: &mut Self::Buf,
-        counters: &Self::Counters,
+        counters: Option<&Self::Counters>,
     ) -> Result<()>;
 }
 
@@ -62,22 +52,10 @@ impl<B: AdamOps + Timeline> AdamOps for Profiled<'_, B> {
         grad: &Self::Buf,
         m: &mut Self::Buf,
         v: &mut Self::Buf,
-    ) -> Result<()> {
-        self.enter(Phase::Optimizer)?;
-        self.inner.adam_update(len, step, param, grad, m, v)
-    }
-    fn adam_update_counted(
-        &self,
-        len: usize,
-        step: &AdamStep<Self::E>,
-        param: &mut Self::Buf,
-        grad: &Self::Buf,
-        m: &mut Self::Buf,
-        v: &mut Self::Buf,
-        counters: &Self::Counters,
+        counters: Option<&Self::Counters>,
     ) -> Result<()> {
         self.enter(Phase::Optimizer)?;
         self.inner
-            .adam_update_counted(len, step, param, grad, m, v, counters)
+            .adam_update(len, step, param, grad, m, v, counters)
     }
 }

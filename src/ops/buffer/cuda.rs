@@ -1,11 +1,31 @@
 //! Buffers on CUDA: device memory of the executor (a GPU's, or host memory standing in for
-//! it on the emulator).
+//! it on the emulator); `fill` runs kernels/buffer.cu.
 
 use super::Storage;
 use crate::Result;
 use crate::executor::DeviceBuffer;
 use crate::ops::check_len;
 use crate::ops::cuda::CudaBackend;
+use crate::ops::launch::{elementwise_config, int};
+
+impl CudaBackend {
+    /// `p[..n] = value`.
+    pub(crate) fn fill(&self, p: &mut DeviceBuffer<f32>, n: usize, value: f32) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        check_len("buffer", p.len(), n)?;
+        // SAFETY: fill_f32(float*, int, float) writes the first n elements of p.
+        unsafe {
+            self.exec
+                .launch_builder("fill_f32", elementwise_config(n))
+                .arg(p)
+                .arg(int("fill length", n)?)
+                .arg(value)
+                .launch()
+        }
+    }
+}
 
 impl Storage for CudaBackend {
     type E = f32;

@@ -1,14 +1,16 @@
-//! The convolutions on CUDA: launches of the implicit-GEMM kernels of `conv2d.cu` (or the
-//! naive ones of `conv2d_naive.cu`) through the GEMM planner (`gemm::cuda`).
+//! The convolutions on CUDA: launches of the implicit-GEMM kernels of kernels/conv2d.cu (or
+//! the naive ones of kernels/conv2d_naive.cu) through the GEMM planner (`gemm::cuda`).
 
 use super::{Conv2dOps, ConvPaths, ConvShape};
 use crate::Result;
 use crate::executor::DeviceBuffer;
-use crate::ops::cuda::{CudaBackend, int};
-use crate::ops::gemm::cuda::{GemmArgs, Op, Variant};
+use crate::ops::cuda::CudaBackend;
+use crate::ops::gemm::cuda::{Op, Variant};
+use crate::ops::kernel_abi::GemmArgs;
+use crate::ops::launch::int;
 
-/// A GemmArgs with the geometry of a convolution filled in.
-fn conv_args(s: &ConvShape) -> Result<GemmArgs> {
+/// `args` with the geometry of the convolution `s` filled in.
+fn with_geometry(args: GemmArgs, s: &ConvShape) -> Result<GemmArgs> {
     int("conv input", s.input_len())?;
     int("conv output", s.output_len())?;
     int("conv kernel", s.kernel_len() + s.out_c)?;
@@ -25,8 +27,7 @@ fn conv_args(s: &ConvShape) -> Result<GemmArgs> {
         kernel_w: s.kernel_w as i32,
         pad_top: pad_top as i32,
         pad_left: pad_left as i32,
-        ones_row: -1,
-        ..GemmArgs::default()
+        ..args
     })
 }
 
@@ -57,20 +58,15 @@ impl Conv2dOps for CudaBackend {
     ) -> Result<()> {
         s.check_forward(x.len(), w.len(), b.len(), y.len())?;
         let m = s.batch * s.out_h() * s.out_w();
-        let args = GemmArgs {
-            a: x.device_ptr(),
-            b: w.device_ptr(),
-            bias: b.device_ptr(),
-            out: y.device_ptr(),
-            m: int("conv output pixels", m)?,
-            n: s.out_c as i32,
-            k: s.patch_len() as i32,
-            ldb: s.out_c as i32,
-            ldo: s.out_c as i32,
-            m_split: m as i32,
-            relu: relu as i32,
-            ..conv_args(s)?
-        };
+        int("conv output pixels", m)?;
+        let product = GemmArgs::product(
+            x.device_ptr(),
+            w.device_ptr(),
+            y.device_ptr(),
+            [m, s.out_c, s.patch_len()],
+            [0, s.out_c, s.out_c],
+        );
+        let args = with_geometry(product.with_bias(b.device_ptr(), relu), s)?;
         let vector = s.in_c.is_multiple_of(4) && s.out_c.is_multiple_of(4);
         // SAFETY: the lengths were checked against the shape the arguments describe.
         unsafe { self.gemm(Op::ConvForward, args, vector) }
@@ -85,17 +81,15 @@ impl Conv2dOps for CudaBackend {
     ) -> Result<()> {
         s.check_backward_data(dy.len(), w.len(), dx.len())?;
         let m = s.batch * s.in_h * s.in_w;
-        let args = GemmArgs {
-            a: dy.device_ptr(),
-            b: w.device_ptr(),
-            out: dx.device_ptr(),
-            m: int("conv input pixels", m)?,
-            n: s.in_c as i32,
-            k: (s.kernel_h * s.kernel_w * s.out_c) as i32,
-            ldo: s.in_c as i32,
-            m_split: m as i32,
-            ..conv_args(s)?
-        };
+        int("conv input pixels", m)?;
+        let product = GemmArgs::product(
+            dy.device_ptr(),
+            w.device_ptr(),
+            dx.device_ptr(),
+            [m, s.in_c, s.kernel_h * s.kernel_w * s.out_c],
+            [0, 0, s.in_c],
+        );
+        let args = with_geometry(product, s)?;
         let vector = s.out_c.is_multiple_of(4);
         // SAFETY: the lengths were checked against the shape the arguments describe.
         unsafe { self.gemm(Op::ConvBackwardData, args, vector) }
@@ -116,21 +110,15 @@ impl Conv2dOps for CudaBackend {
             self.fill(dw, s.kernel_len(), 0.0)?;
             return self.fill(db, s.out_c, 0.0);
         }
-        let patch = s.patch_len();
-        let args = GemmArgs {
-            a: x.device_ptr(),
-            b: dy.device_ptr(),
-            out: dw.device_ptr(),
-            out2: db.device_ptr(),
-            m: (patch + 1) as i32,
-            n: s.out_c as i32,
-            k: int("conv output pixels", pixels)?,
-            ldb: s.out_c as i32,
-            ldo: s.out_c as i32,
-            m_split: patch as i32,
-            ones_row: patch as i32,
-            ..conv_args(s)?
-        };
+        int("conv output pixels", pixels)?;
+        let product = GemmArgs::product(
+            x.device_ptr(),
+            dy.device_ptr(),
+            dw.device_ptr(),
+            [s.patch_len() + 1, s.out_c, pixels],
+            [0, s.out_c, s.out_c],
+        );
+        let args = with_geometry(product.with_bias_gradient_row(db.device_ptr()), s)?;
         let vector = s.in_c.is_multiple_of(4) && s.out_c.is_multiple_of(4);
         // SAFETY: the lengths were checked against the shape the arguments describe.
         unsafe { self.gemm(Op::ConvBackwardFilter, args, vector) }

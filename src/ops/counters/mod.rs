@@ -1,22 +1,24 @@
 //! The step counters of a pass: the loss summed over its steps, the images seen and those
 //! classified correctly, and the first step whose loss failed. The training loop reads
 //! them once per pass instead of reading each step's loss (a device round trip per step).
-//! [`LossOps::loss_counted`](crate::ops::LossOps::loss_counted) adds to them and
-//! [`AdamOps::adam_update_counted`](crate::ops::AdamOps::adam_update_counted) reads them.
+//! [`LossOps::loss`](crate::ops::LossOps::loss) with a [`CountStep`](crate::ops::loss::CountStep)
+//! adds to them and [`AdamOps::adam_update`](crate::ops::AdamOps::adam_update) with them
+//! reads them.
 //!
 //! - CPU (`cpu.rs`): the totals themselves, in host memory.
-//! - CUDA (`cuda.rs`, `counters.cu`, `counters.cuh`): doubles in device memory, added to by
+//! - CUDA (`cuda.rs`, kernels/counters.cu; the slots in
+//!   [`kernel_abi`](crate::ops::kernel_abi)): doubles in device memory, added to by
 //!   `count_step` after each step's loss.
 
 mod cpu;
-pub mod cuda;
+pub(crate) mod cuda;
 
 use crate::Result;
 use crate::ops::Storage;
 use crate::profile::{Phase, Profiled, Timeline};
 
 /// What the steps of a pass add up to, kept by the backend's counters
-/// ([`Backend::loss_counted`]) and read once per pass ([`Backend::read_counters`]).
+/// ([`Backend::loss`] with a [`CountStep`](crate::ops::loss::CountStep)) and read once per pass ([`Backend::read_counters`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StepTotals {
     /// The loss summed as `loss * batch` per step (divide by `seen` for the mean).

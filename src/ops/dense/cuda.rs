@@ -1,11 +1,13 @@
-//! Dense layers on CUDA: launches of `dense.cu`'s kernels (or `dense_naive.cu`'s) through
-//! the GEMM planner (`gemm::cuda`).
+//! Dense layers on CUDA: launches of kernels/dense.cu's kernels (or kernels/dense_naive.cu's)
+//! through the GEMM planner (`gemm::cuda`).
 
 use super::{DenseOps, DenseShape};
 use crate::Result;
 use crate::executor::DeviceBuffer;
-use crate::ops::cuda::{CudaBackend, int};
-use crate::ops::gemm::cuda::{GemmArgs, Op};
+use crate::ops::cuda::CudaBackend;
+use crate::ops::gemm::cuda::Op;
+use crate::ops::kernel_abi::GemmArgs;
+use crate::ops::launch::int;
 
 fn dense_check(s: &DenseShape) -> Result<()> {
     int("dense input", s.batch * s.inputs)?;
@@ -26,22 +28,14 @@ impl DenseOps for CudaBackend {
     ) -> Result<()> {
         s.check_forward(x.len(), w.len(), b.len(), y.len())?;
         dense_check(s)?;
-        let args = GemmArgs {
-            a: x.device_ptr(),
-            b: w.device_ptr(),
-            bias: b.device_ptr(),
-            out: y.device_ptr(),
-            m: s.batch as i32,
-            n: s.outputs as i32,
-            k: s.inputs as i32,
-            lda: s.inputs as i32,
-            ldb: s.outputs as i32,
-            ldo: s.outputs as i32,
-            m_split: s.batch as i32,
-            ones_row: -1,
-            relu: relu as i32,
-            ..GemmArgs::default()
-        };
+        let args = GemmArgs::product(
+            x.device_ptr(),
+            w.device_ptr(),
+            y.device_ptr(),
+            [s.batch, s.outputs, s.inputs],
+            [s.inputs, s.outputs, s.outputs],
+        )
+        .with_bias(b.device_ptr(), relu);
         let vector = s.inputs.is_multiple_of(4) && s.outputs.is_multiple_of(4);
         // SAFETY: the lengths were checked against the shape the arguments describe.
         unsafe { self.gemm(Op::DenseForward, args, vector) }
@@ -61,40 +55,26 @@ impl DenseOps for CudaBackend {
         s.check_backward(x.len(), w.len(), dy.len(), dx_len, dw.len(), db.len())?;
         dense_check(s)?;
         // [dw; db][in + 1, out] = [x | 1]^T [in + 1, batch] * dy[batch, out]
-        let args = GemmArgs {
-            a: x.device_ptr(),
-            b: dy.device_ptr(),
-            out: dw.device_ptr(),
-            out2: db.device_ptr(),
-            m: (s.inputs + 1) as i32,
-            n: s.outputs as i32,
-            k: s.batch as i32,
-            lda: s.inputs as i32,
-            ldb: s.outputs as i32,
-            ldo: s.outputs as i32,
-            m_split: s.inputs as i32,
-            ones_row: s.inputs as i32,
-            ..GemmArgs::default()
-        };
+        let args = GemmArgs::product(
+            x.device_ptr(),
+            dy.device_ptr(),
+            dw.device_ptr(),
+            [s.inputs + 1, s.outputs, s.batch],
+            [s.inputs, s.outputs, s.outputs],
+        )
+        .with_bias_gradient_row(db.device_ptr());
         let vector = s.inputs.is_multiple_of(4) && s.outputs.is_multiple_of(4);
         // SAFETY: the lengths were checked against the shape the arguments describe.
         unsafe { self.gemm(Op::DenseBackwardWeights, args, vector)? };
         if let Some(dx) = dx {
             // dx[batch, in] = dy[batch, out] * w^T[out, in]
-            let args = GemmArgs {
-                a: dy.device_ptr(),
-                b: w.device_ptr(),
-                out: dx.device_ptr(),
-                m: s.batch as i32,
-                n: s.inputs as i32,
-                k: s.outputs as i32,
-                lda: s.outputs as i32,
-                ldb: s.outputs as i32,
-                ldo: s.inputs as i32,
-                m_split: s.batch as i32,
-                ones_row: -1,
-                ..GemmArgs::default()
-            };
+            let args = GemmArgs::product(
+                dy.device_ptr(),
+                w.device_ptr(),
+                dx.device_ptr(),
+                [s.batch, s.inputs, s.outputs],
+                [s.outputs, s.outputs, s.inputs],
+            );
             let vector = s.outputs.is_multiple_of(4);
             // SAFETY: the lengths were checked against the shape the arguments describe.
             unsafe { self.gemm(Op::DenseBackwardInput, args, vector)? };

@@ -1,8 +1,9 @@
-//! The batch gather on CUDA (`gather_batch.cu`).
+//! The batch gather on CUDA (kernels/gather_batch.cu), driven by src/feed/cuda.rs.
 
 use crate::Result;
 use crate::executor::{DeviceBuffer, Executor};
-use crate::ops::cuda::{elementwise_config, int};
+use crate::ops::kernel_abi::BATCH_THREADS;
+use crate::ops::launch::{grid_stride, int};
 
 /// The shape of the images and labels a gather reads and writes.
 #[derive(Clone, Copy, Debug)]
@@ -44,7 +45,7 @@ pub unsafe fn gather_batch_u8(
     // SAFETY: gather_batch_u8(const u8*, const u32*, const int*, int x6, float*, float*)
     // reads what the caller vouches for and writes count images of x and count rows of y.
     unsafe {
-        exec.launch_builder("gather_batch_u8", elementwise_config(values))
+        exec.launch_builder("gather_batch_u8", grid_stride(values, BATCH_THREADS))
             .arg(images)
             .arg(entries)
             .arg(labels)

@@ -6,4 +6,4 @@
 //!   the reference the GPU's batches are tested against (tests/device_data.rs).
 //! - CUDA (`cuda.rs`, `gather_batch.cu`): one thread per value.
 
-pub mod cuda;
+pub(crate) mod cuda;

@@ -1,45 +1,18 @@
-//! Host side of the GEMM-shaped kernels (gemm_tile.cuh and the kernels built on it:
-//! conv2d/conv2d.cu, dense/dense.cu, their naive versions, gemm_splitk.cu): their argument
-//! block, the choice of tile shape, load width and split-K, and the launches.
+//! Host side of the GEMM-shaped kernels (kernels/gemm_tile.cuh and the kernels built on
+//! it: kernels/conv2d.cu, kernels/dense.cu, their naive versions, kernels/gemm_splitk.cu):
+//! the choice of tile shape, load width and split-K, the split-K workspace, and the
+//! launches. The argument block, the tile shapes and the kernel families are in
+//! [`kernel_abi`](crate::ops::kernel_abi), shared with the kernels.
 
 use crate::executor::{DeviceBuffer, Executor, LaunchConfig};
-use crate::ops::cuda::int;
+use crate::ops::cuda::CudaBackend;
+use crate::ops::kernel_abi::{
+    CONV_BACKWARD_DATA, CONV_BACKWARD_FILTER, CONV_FORWARD, DENSE_BACKWARD_INPUT,
+    DENSE_BACKWARD_WEIGHTS, DENSE_FORWARD, GEMM_BK, GEMM_THREADS, GemmArgs, GemmFamily, GemmTile,
+    M32N64, M64N32, N16, N32, N64, S32, S64,
+};
+use crate::ops::launch::int;
 use crate::{Error, Result};
-
-/// `struct GemmArgs` of gemm_tile.cuh, field for field: six device pointers, then
-/// an even number of `int`s, so that neither C nor Rust inserts padding.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GemmArgs {
-    pub a: u64,
-    pub b: u64,
-    pub bias: u64,
-    pub out: u64,
-    pub out2: u64,
-    pub partial: u64,
-    pub m: i32,
-    pub n: i32,
-    pub k: i32,
-    pub lda: i32,
-    pub ldb: i32,
-    pub ldo: i32,
-    pub m_split: i32,
-    pub ones_row: i32,
-    pub relu: i32,
-    pub k_chunk: i32,
-    pub batch: i32,
-    pub in_h: i32,
-    pub in_w: i32,
-    pub in_c: i32,
-    pub out_h: i32,
-    pub out_w: i32,
-    pub out_c: i32,
-    pub kernel_h: i32,
-    pub kernel_w: i32,
-    pub pad_top: i32,
-    pub pad_left: i32,
-    pub unused: i32,
-}
 
 // SAFETY: `repr(C)`, only integer fields, and no padding (6 * 8 + 22 * 4 = 136 bytes, a
 // multiple of the 8-byte alignment), so every bit pattern is valid and all bytes are
@@ -48,6 +21,55 @@ unsafe impl bytemuck::Zeroable for GemmArgs {}
 // SAFETY: as above.
 unsafe impl bytemuck::Pod for GemmArgs {}
 const _: () = assert!(size_of::<GemmArgs>() == 136);
+
+/// The argument blocks of the conv and dense ops, filled in one place.
+impl GemmArgs {
+    /// `out[m, n] = A[m, k] * B[k, n]` with leading dimensions `[lda, ldb, ldo]` (the
+    /// loaders that gather A or B ignore theirs), no bias, no ReLU, no bias-gradient row.
+    /// The caller has checked that every size fits an `int`.
+    pub(crate) fn product(
+        a: u64,
+        b: u64,
+        out: u64,
+        [m, n, k]: [usize; 3],
+        [lda, ldb, ldo]: [usize; 3],
+    ) -> Self {
+        GemmArgs {
+            a,
+            b,
+            out,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            lda: lda as i32,
+            ldb: ldb as i32,
+            ldo: ldo as i32,
+            m_split: m as i32,
+            ones_row: -1,
+            ..GemmArgs::default()
+        }
+    }
+
+    /// Adds `bias[n]` and then ReLU (when `relu`) in the epilogue.
+    pub(crate) fn with_bias(self, bias: u64, relu: bool) -> Self {
+        GemmArgs {
+            bias,
+            relu: relu as i32,
+            ..self
+        }
+    }
+
+    /// A's last row is all ones, and C's last row (the bias gradient: the column sums of
+    /// B) goes to `out2`.
+    pub(crate) fn with_bias_gradient_row(self, out2: u64) -> Self {
+        GemmArgs {
+            out2,
+            m_split: self.m - 1,
+            ones_row: self.m - 1,
+            ..self
+        }
+    }
+}
 
 /// Which family of kernels a GEMM launch uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,22 +83,15 @@ pub enum Op {
 }
 
 impl Op {
-    /// The tile shapes this family has kernels for.
-    pub fn tiles(self) -> &'static [Tile] {
+    /// The family's kernels, as the kernel ABI lists them.
+    pub fn family(self) -> &'static GemmFamily {
         match self {
-            Op::ConvForward | Op::ConvBackwardData => &[N16, N32, N64],
-            _ => &[S32, S64, M64N32, M32N64],
-        }
-    }
-
-    fn prefix(self) -> &'static str {
-        match self {
-            Op::ConvForward => "conv_fwd",
-            Op::ConvBackwardData => "conv_bwd_data",
-            Op::ConvBackwardFilter => "conv_bwd_filter",
-            Op::DenseForward => "dense_fwd",
-            Op::DenseBackwardWeights => "dense_bwd_w",
-            Op::DenseBackwardInput => "dense_bwd_x",
+            Op::ConvForward => &CONV_FORWARD,
+            Op::ConvBackwardData => &CONV_BACKWARD_DATA,
+            Op::ConvBackwardFilter => &CONV_BACKWARD_FILTER,
+            Op::DenseForward => &DENSE_FORWARD,
+            Op::DenseBackwardWeights => &DENSE_BACKWARD_WEIGHTS,
+            Op::DenseBackwardInput => &DENSE_BACKWARD_INPUT,
         }
     }
 }
@@ -87,59 +102,13 @@ pub enum Variant {
     /// Shared-memory tiles, register blocking, float4 loads, split-K (the one used).
     #[default]
     Tiled,
-    /// One thread per output (conv2d_naive.cu, dense_naive.cu): the simple reference variant.
+    /// One thread per output (kernels/conv2d_naive.cu, kernels/dense_naive.cu): the simple
+    /// reference variant.
     Naive,
 }
 
-/// A tile shape of gemm_tile.cuh (256 threads each).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tile {
-    pub name: &'static str,
-    pub bm: usize,
-    pub bn: usize,
-}
-
-/// K depth of every tile's shared-memory slice (`BK`); split-K chunks are multiples of it.
-pub const BK: usize = 16;
-pub const THREADS: u32 = 256;
-pub const N16: Tile = Tile {
-    name: "n16",
-    bm: 128,
-    bn: 16,
-};
-pub const N32: Tile = Tile {
-    name: "n32",
-    bm: 128,
-    bn: 32,
-};
-pub const N64: Tile = Tile {
-    name: "n64",
-    bm: 128,
-    bn: 64,
-};
-pub const S32: Tile = Tile {
-    name: "s32",
-    bm: 32,
-    bn: 32,
-};
-pub const S64: Tile = Tile {
-    name: "s64",
-    bm: 64,
-    bn: 64,
-};
-pub const M64N32: Tile = Tile {
-    name: "m64n32",
-    bm: 64,
-    bn: 32,
-};
-pub const M32N64: Tile = Tile {
-    name: "m32n64",
-    bm: 32,
-    bn: 64,
-};
-
 /// The tile for a GEMM of `m x n` in the family `op` (the kernels exist for these pairs).
-pub fn choose_tile(op: Op, m: usize, n: usize) -> Tile {
+pub fn choose_tile(op: Op, m: usize, n: usize) -> GemmTile {
     match op {
         // Many output pixels, few channels: 128 rows by as few columns as the channels need.
         Op::ConvForward | Op::ConvBackwardData => match n {
@@ -170,14 +139,12 @@ pub struct Gemm {
     pub vector: bool,
 }
 
-/// Every tile shape, by name.
-pub const TILES: [Tile; 7] = [N16, N32, N64, S32, S64, M64N32, M32N64];
-
 /// Overrides of the automatic kernel choice, to validate and time every variant (tests,
 /// op timings); the default is the automatic choice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelChoice {
-    /// Use this tile (a name of [`TILES`]) for the op families that have it.
+    /// Use this tile (a name of [`GEMM_TILES`](crate::ops::kernel_abi::GEMM_TILES)) for the
+    /// op families that have it.
     pub tile: Option<&'static str>,
     /// Scalar loads even where float4 loads are possible.
     pub scalar: bool,
@@ -193,14 +160,14 @@ pub struct Planner {
 }
 
 /// Smallest K range of one split-K slice.
-const MIN_SPLIT_K: usize = 2 * BK;
+const MIN_SPLIT_K: usize = 2 * GEMM_BK;
 
 impl Planner {
     /// The tile `g` runs with: the override if its family has it, else [`choose_tile`].
-    pub fn tile_for(&self, op: Op, m: usize, n: usize) -> Tile {
+    pub fn tile_for(&self, op: Op, m: usize, n: usize) -> GemmTile {
         self.choice
             .tile
-            .and_then(|name| op.tiles().iter().find(|t| t.name == name).copied())
+            .and_then(|name| op.family().tiles.iter().find(|t| t.name == name).copied())
             .unwrap_or_else(|| choose_tile(op, m, n))
     }
 
@@ -211,7 +178,7 @@ impl Planner {
         }
         let want = self.target_blocks.div_ceil(tiles);
         let slices = want.min(k / MIN_SPLIT_K).clamp(1, 65535);
-        let chunk = k.div_ceil(slices).div_ceil(BK) * BK;
+        let chunk = k.div_ceil(slices).div_ceil(GEMM_BK) * GEMM_BK;
         (k.div_ceil(chunk), chunk)
     }
 
@@ -248,9 +215,9 @@ impl Planner {
             return Ok(());
         }
         if self.variant == Variant::Naive {
-            let name = format!("{}_naive", g.op.prefix());
-            let blocks = (m * n).div_ceil(THREADS as usize).min(65535) as u32;
-            let cfg = LaunchConfig::new(blocks, THREADS);
+            let name = format!("{}_naive", g.op.family().prefix);
+            let blocks = (m * n).div_ceil(GEMM_THREADS as usize).min(65535) as u32;
+            let cfg = LaunchConfig::new(blocks, GEMM_THREADS);
             // SAFETY: forwarded to the caller; the kernel takes one GemmArgs.
             return unsafe { exec.launch_builder(&name, cfg).arg_pod(&args).launch() };
         }
@@ -258,18 +225,11 @@ impl Planner {
         let (mt, nt) = (m.div_ceil(tile.bm), n.div_ceil(tile.bn));
         let (slices, chunk) = self.split_k(mt * nt, k);
         args.k_chunk = int("split-K chunk", chunk)?;
-        let name = format!(
-            "{}_{}_{}",
-            g.op.prefix(),
-            tile.name,
-            if g.vector && !self.choice.scalar {
-                "v"
-            } else {
-                "s"
-            }
-        );
+        let name =
+            g.op.family()
+                .kernel_name(&tile, g.vector && !self.choice.scalar);
         let grid = (int("row tiles", mt)? as u32, nt as u32, slices as u32);
-        let cfg = LaunchConfig::new(grid, THREADS);
+        let cfg = LaunchConfig::new(grid, GEMM_THREADS);
         if slices == 1 {
             args.partial = 0;
             // SAFETY: forwarded to the caller.
@@ -288,8 +248,8 @@ impl Planner {
         args.partial = ws.device_ptr();
         // SAFETY: forwarded to the caller; the workspace holds slices * m * n floats.
         unsafe { exec.launch_builder(&name, cfg).arg_pod(&args).launch()? };
-        let blocks = (m * n).div_ceil(THREADS as usize).min(4096) as u32;
-        let reduce = LaunchConfig::new(blocks, THREADS);
+        let blocks = (m * n).div_ceil(GEMM_THREADS as usize).min(4096) as u32;
+        let reduce = LaunchConfig::new(blocks, GEMM_THREADS);
         // SAFETY: as above; the reduction reads the partials the launch above wrote.
         unsafe {
             exec.launch_builder("gemm_splitk_reduce", reduce)
@@ -297,6 +257,71 @@ impl Planner {
                 .arg(slices as i32)
                 .launch()
         }
+    }
+}
+
+/// The GEMM's state on a CUDA backend: which kernels run, and the split-K workspace
+/// (grown to the largest need, then reused by every step).
+#[derive(Default)]
+struct GemmState {
+    variant: Variant,
+    choice: KernelChoice,
+    workspace: Option<DeviceBuffer<f32>>,
+}
+
+impl CudaBackend {
+    /// The backend on `exec` with the given implementation of the GEMM-shaped ops.
+    pub fn with_variant(exec: Executor, variant: Variant) -> Self {
+        Self::with_choice(exec, variant, KernelChoice::default())
+    }
+
+    /// The backend on `exec` with the given implementation of the GEMM-shaped ops and
+    /// overrides of the tiled kernels' automatic choice (to validate and time them all).
+    pub fn with_choice(exec: Executor, variant: Variant, choice: KernelChoice) -> Self {
+        let backend = CudaBackend::new(exec);
+        backend.set_choice(variant, choice);
+        backend
+    }
+
+    /// Changes the implementation and kernel choice of later GEMM-shaped ops (one executor,
+    /// so one module load, can then validate or time every variant).
+    pub fn set_choice(&self, variant: Variant, choice: KernelChoice) {
+        self.op_state(|s: &mut GemmState| {
+            s.variant = variant;
+            s.choice = choice;
+        });
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.op_state(|s: &mut GemmState| s.variant)
+    }
+
+    pub fn choice(&self) -> KernelChoice {
+        self.op_state(|s: &mut GemmState| s.choice)
+    }
+
+    /// Launches one GEMM-shaped kernel (and its split-K reduction), growing the workspace
+    /// first if it needs more.
+    ///
+    /// # Safety
+    /// The pointers in `args` must be valid for the extents its sizes describe.
+    pub(crate) unsafe fn gemm(&self, op: Op, args: GemmArgs, vector: bool) -> Result<()> {
+        let g = Gemm { op, args, vector };
+        let target_blocks = self.target_blocks();
+        self.op_state(|s: &mut GemmState| {
+            let planner = Planner {
+                variant: s.variant,
+                target_blocks,
+                choice: s.choice,
+            };
+            let need = planner.workspace_len(&g);
+            if need > 0 && s.workspace.as_ref().is_none_or(|w| w.len() < need) {
+                s.workspace = None; // free the old one first
+                s.workspace = Some(self.exec.alloc::<f32>(need)?);
+            }
+            // SAFETY: forwarded to the caller; the workspace holds `need` floats.
+            unsafe { planner.launch(&self.exec, &g, s.workspace.as_mut()) }
+        })
     }
 }
 
@@ -327,7 +352,7 @@ mod tests {
                 "{tiles} {k}: {slices} x {chunk}"
             );
             if slices > 1 {
-                assert_eq!(chunk % BK, 0);
+                assert_eq!(chunk % GEMM_BK, 0);
                 assert!(tiles * slices <= 2 * p.target_blocks);
             }
         }

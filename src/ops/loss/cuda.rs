@@ -1,67 +1,50 @@
-//! The losses on CUDA: host side of `loss.cu`'s kernels; the same code drives a GPU and the
+//! The losses on CUDA: host side of kernels/loss.cu; the same code drives a GPU and the
 //! emulator (cuda-emu).
 //!
-//! # API
-//!
-//! ```text
-//! pub struct LossKernels            // per-backend state: the cached per-class alpha, the
-//! impl LossKernels {                // per-row scratch and the device result, allocated on
-//!     pub fn new() -> Self          // first use and reused across steps
-//! }
-//! pub fn loss(exec, k: &mut LossKernels, cfg, batch, classes, y_true, pred, grad: Option<..>) -> Result<f32>
-//! pub fn loss_counted(exec, k, cfg, batch, classes, y_true, pred, probs, grad, step, counters) -> Result<()>
-//! ```
-//!
-//! - [`loss`] computes exactly what [`loss_forward_backward::<f32>`](crate::loss::loss_forward_backward)
-//!   computes (every loss and option; same formulas and numerically careful forms, in f32)
-//!   from `[batch, classes]` device buffers, writes dLoss/dpred (or d/dlogits) into `grad`
-//!   when given (overwritten), and returns the loss. Two launches (per-row kernel, then a
-//!   one-block deterministic reduction: no atomics, bit-reproducible) and one download of
-//!   two floats (the loss and an input-error flag). [`loss_counted`], what training uses,
-//!   downloads nothing: `count_step` adds the two floats to the pass's counters on the
-//!   device.
+//! - [`LossOps::loss`] computes exactly what
+//!   [`loss_forward_backward::<f32>`](crate::loss::loss_forward_backward) computes (every
+//!   loss and option; same formulas and numerically careful forms, in f32) from
+//!   `[batch, classes]` device buffers, and writes dLoss/dpred (or d/dlogits) into `grad`
+//!   when given (overwritten). Two launches: the configuration's row kernel (one function
+//!   each below), then `loss_reduce`, a one-block deterministic reduction (no atomics,
+//!   bit-reproducible). Without a [`CountStep`] it reads back two floats (the loss and an
+//!   input-error flag); with one, what training uses, it reads nothing: `count_step`
+//!   (kernels/counters.cu) adds the two floats to the pass's counters on the device.
 //! - Errors are those of `loss_forward_backward`: parameters via [`LossConfig::validate`],
 //!   shapes as `Error::Shape`, a non-finite input as `Error::NonFinite` naming the row and
 //!   column, a non-positive row sum (keras-focal/ce on probabilities) as
 //!   `Error::InvalidArgument`. The kernels detect bad inputs cheaply (a flag); only then are
 //!   the inputs downloaded and the host reference run to produce the identical message.
 //! - As everywhere in the `Backend` trait, buffers may be longer than the operation needs:
-//!   only the `[batch, classes]` (`[rows, cols]`, `len`) prefix is read and written.
+//!   only the `[batch, classes]` prefix is read and written.
 //! - A per-class alpha is uploaded once per configuration (cached by value in
 //!   [`LossKernels`]), not once per step.
 //!
 //! Launch shapes: the row kernels (`loss_*_rows`) run one warp per row,
-//! [`ROWS_PER_BLOCK`](crate::ops::cuda::ROWS_PER_BLOCK) rows per block of 128 threads, grid `ceil(rows / 4)` (capped, then
-//! grid-stride); `loss_reduce` one block of 256 threads.
+//! [`ROWS_PER_BLOCK`](crate::ops::kernel_abi::ROWS_PER_BLOCK) rows per block
+//! ([`row_grid`]); `loss_reduce` one block of [`LOSS_REDUCE_THREADS`] threads.
 
-use super::LossOps;
+use super::{CountStep, LossOps};
 use crate::executor::{DeviceBuffer, Executor, LaunchConfig};
 use crate::loss::{Alpha, LengthRule, LossConfig, check_loss_shapes, loss_forward_backward};
 use crate::ops::check_len;
 use crate::ops::counters::cuda::count_step;
-use crate::ops::cuda::{CudaBackend, int, row_grid};
+use crate::ops::cuda::CudaBackend;
+use crate::ops::kernel_abi::{LOSS_REDUCE_THREADS, LOSS_TERMS_PER_ROW};
+use crate::ops::launch::{int, row_grid};
 use crate::{Error, Result};
-
-/// `LOSS_REDUCE_THREADS` in loss.cu.
-const REDUCE_THREADS: u32 = 256;
-/// Per-row partial sums the loss kernels write (three sums and a flag).
-const TERMS_PER_ROW: usize = 4;
 
 /// Reusable device state of the loss: the per-class alpha of the current configuration,
 /// the per-row partial sums and the two-float result. Allocated on first use, grown when a
 /// larger batch comes, reallocated if used with another executor.
 #[derive(Default)]
-pub struct LossKernels {
+struct LossKernels {
     alpha: Option<(Vec<f32>, DeviceBuffer<f32>)>,
     terms: Option<DeviceBuffer<f32>>,
     result: Option<DeviceBuffer<f32>>,
 }
 
 impl LossKernels {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// The per-class alpha on the device, uploaded only when the values change.
     fn alpha_buffer(&mut self, exec: &Executor, values: Vec<f32>) -> Result<&DeviceBuffer<f32>> {
         let stale = match &self.alpha {
@@ -127,56 +110,6 @@ fn smoothing(label_smoothing: f64, classes: usize) -> (f32, f32) {
             label_smoothing as f32 / classes as f64 as f32,
         )
     }
-}
-
-/// The loss of `pred` against `y_true` (`[batch, classes]` on the device) and its gradient
-/// into `grad` (if Some). Returns the loss value (a host round trip; the training loop
-/// uses [`loss_counted`] instead). See the module documentation for the semantics and
-/// errors.
-#[allow(clippy::too_many_arguments)]
-pub fn loss(
-    exec: &Executor,
-    k: &mut LossKernels,
-    cfg: &LossConfig,
-    batch: usize,
-    classes: usize,
-    y_true: &DeviceBuffer<f32>,
-    pred: &DeviceBuffer<f32>,
-    grad: Option<&mut DeviceBuffer<f32>>,
-) -> Result<f32> {
-    let n = launch_loss(exec, k, cfg, batch, classes, y_true, pred, grad)?;
-    let mut out = [0.0f32; 2];
-    exec.copy_dtoh(
-        k.result.as_ref().expect("launch_loss allocates it"),
-        &mut out,
-    )?;
-    if out[1] != 0.0 {
-        return Err(input_error(exec, cfg, batch, classes, n, y_true, pred));
-    }
-    Ok(out[0])
-}
-
-/// [`loss`] without reading it back: the loss and the input-error flag stay in the device
-/// result, and `count_step` (counters/counters.cu) adds them and the batch's correctly
-/// classified images (`probs` against `y_true`) to `counters` as step `step`.
-#[allow(clippy::too_many_arguments)]
-pub fn loss_counted(
-    exec: &Executor,
-    k: &mut LossKernels,
-    cfg: &LossConfig,
-    batch: usize,
-    classes: usize,
-    y_true: &DeviceBuffer<f32>,
-    pred: &DeviceBuffer<f32>,
-    probs: &DeviceBuffer<f32>,
-    grad: Option<&mut DeviceBuffer<f32>>,
-    step: usize,
-    counters: &mut DeviceBuffer<f64>,
-) -> Result<()> {
-    let n = launch_loss(exec, k, cfg, batch, classes, y_true, pred, grad)?;
-    check_len("probabilities", probs.len(), n)?;
-    let result = k.result.as_ref().expect("launch_loss allocates it");
-    count_step(exec, result, probs, y_true, batch, classes, step, counters)
 }
 
 /// Launches the loss kernels: the loss and the input-error flag into `k.result`, the
@@ -290,127 +223,207 @@ fn launch_loss(
         }
     };
 
-    ensure(exec, &mut k.terms, TERMS_PER_ROW * batch)?;
+    ensure(exec, &mut k.terms, LOSS_TERMS_PER_ROW * batch)?;
     ensure(exec, &mut k.result, 2)?;
-    let terms = k.terms.as_mut().expect("allocated above");
-    let result = k.result.as_mut().expect("allocated above");
-    let (b, c) = (batch as i32, classes as i32);
-    let inv_batch = 1.0f32 / batch as f64 as f32;
-    let cfg_rows = row_grid(batch);
-    // The gradient, or a null pointer (the loss only).
-    let grad_ptr = grad.as_deref();
-
-    // SAFETY (all launches below): the arguments match the kernels' parameters in order
-    // and type (pointers to [batch, classes] f32 arrays checked above, the alpha array of
-    // `classes` values or null, the gradient of at least batch*classes values or null,
-    // `terms` of 4*batch values, `result` of 2); the kernels stay within those extents.
-    let (mode, c0, c1, c2) = match kernel {
-        RowKernel::FocalProbs { gamma, l1, l2 } => {
-            unsafe {
-                exec.launch_builder("loss_focal_probs_rows", cfg_rows)
-                    .arg(y_true)
-                    .arg(pred)
-                    .arg(alpha_ptr)
-                    .arg(alpha_scalar)
-                    .arg(gamma)
-                    .arg(l1)
-                    .arg(l2)
-                    .arg(inv_batch)
-                    .arg(b)
-                    .arg(c)
-                    .arg(grad_ptr)
-                    .arg(&mut *terms)
-                    .launch()?
-            };
-            (0i32, inv_batch, l1, l2)
-        }
+    let rows = Rows {
+        exec,
+        y_true,
+        pred,
+        alpha: alpha_ptr,
+        alpha_scalar,
+        inv_batch: 1.0f32 / batch as f64 as f32,
+        batch: batch as i32,
+        classes: classes as i32,
+        grad: grad.as_deref(),
+        terms: k.terms.as_mut().expect("allocated above"),
+    };
+    let reduce = match kernel {
+        RowKernel::FocalProbs { gamma, l1, l2 } => focal_probs_rows(rows, gamma, l1, l2)?,
         RowKernel::SoftmaxFocal {
             gamma,
             l1,
             l2,
             keep,
             add,
-        } => {
-            unsafe {
-                exec.launch_builder("loss_softmax_focal_rows", cfg_rows)
-                    .arg(y_true)
-                    .arg(pred)
-                    .arg(alpha_ptr)
-                    .arg(alpha_scalar)
-                    .arg(gamma)
-                    .arg(l1)
-                    .arg(l2)
-                    .arg(keep)
-                    .arg(add)
-                    .arg(inv_batch)
-                    .arg(b)
-                    .arg(c)
-                    .arg(grad_ptr)
-                    .arg(&mut *terms)
-                    .launch()?
-            };
-            (0, inv_batch, l1, l2)
-        }
+        } => softmax_focal_rows(rows, gamma, l1, l2, keep, add)?,
         RowKernel::CalibratedMse {
             facture,
             from_logits,
-        } => {
-            let n_f = n as f64 as f32;
-            unsafe {
-                exec.launch_builder("loss_calibrated_mse_rows", cfg_rows)
-                    .arg(y_true)
-                    .arg(pred)
-                    .arg(facture)
-                    .arg(n_f)
-                    .arg(from_logits as i32)
-                    .arg(b)
-                    .arg(c)
-                    .arg(grad_ptr)
-                    .arg(&mut *terms)
-                    .launch()?
-            };
-            (1, n_f, facture, 0.0)
-        }
+        } => calibrated_mse_rows(rows, n, facture, from_logits)?,
         RowKernel::Keras {
             gamma,
             keep,
             add,
             focal,
             from_logits,
-        } => {
-            unsafe {
-                exec.launch_builder("loss_keras_rows", cfg_rows)
-                    .arg(y_true)
-                    .arg(pred)
-                    .arg(alpha_ptr)
-                    .arg(alpha_scalar)
-                    .arg(gamma)
-                    .arg(keep)
-                    .arg(add)
-                    .arg(focal as i32)
-                    .arg(from_logits as i32)
-                    .arg(inv_batch)
-                    .arg(b)
-                    .arg(c)
-                    .arg(grad_ptr)
-                    .arg(&mut *terms)
-                    .launch()?
-            };
-            (0, inv_batch, 0.0, 0.0)
-        }
+        } => keras_rows(rows, gamma, keep, add, focal, from_logits)?,
     };
+    let terms = k.terms.as_ref().expect("allocated above");
+    let result = k.result.as_mut().expect("allocated above");
+    // SAFETY: loss_reduce(const float*, int, int, float x3, float*) reads the 4*batch terms
+    // the row kernel wrote and writes the 2-float result (both allocated above).
     unsafe {
-        exec.launch_builder("loss_reduce", LaunchConfig::new(1u32, REDUCE_THREADS))
-            .arg(&*terms)
-            .arg(b)
-            .arg(mode)
-            .arg(c0)
-            .arg(c1)
-            .arg(c2)
-            .arg(&mut *result)
+        exec.launch_builder("loss_reduce", LaunchConfig::new(1u32, LOSS_REDUCE_THREADS))
+            .arg(terms)
+            .arg(batch as i32)
+            .arg(reduce.mode)
+            .arg(reduce.c0)
+            .arg(reduce.c1)
+            .arg(reduce.c2)
+            .arg(result)
             .launch()?
     };
     Ok(n)
+}
+
+/// What every row kernel takes: the `[batch, classes]` inputs, the alpha (a per-class
+/// device array, or null and a scalar), the gradient (or null: the loss only) and the
+/// per-row terms it writes (`LOSS_TERMS_PER_ROW * batch`), all checked by [`launch_loss`].
+struct Rows<'a> {
+    exec: &'a Executor,
+    y_true: &'a DeviceBuffer<f32>,
+    pred: &'a DeviceBuffer<f32>,
+    alpha: u64,
+    alpha_scalar: f32,
+    inv_batch: f32,
+    batch: i32,
+    classes: i32,
+    grad: Option<&'a DeviceBuffer<f32>>,
+    terms: &'a mut DeviceBuffer<f32>,
+}
+
+/// How `loss_reduce` combines the row terms `S0..S2`: `mode` 0 is `S0*c0 + c1*S1 + c2*S2`
+/// (the mean focal term plus the L1/L2 terms), 1 the calibrated MSE's
+/// `S0/c0 + c1*(S1/c0)`.
+struct Reduce {
+    mode: i32,
+    c0: f32,
+    c1: f32,
+    c2: f32,
+}
+
+// SAFETY (every row kernel below): the arguments match the kernel's parameters in order and
+// type (see kernels/loss.cu), on the extents `launch_loss` checked; the kernels stay within
+// them.
+
+fn focal_probs_rows(r: Rows<'_>, gamma: f32, l1: f32, l2: f32) -> Result<Reduce> {
+    unsafe {
+        r.exec
+            .launch_builder("loss_focal_probs_rows", row_grid(r.batch as usize))
+            .arg(r.y_true)
+            .arg(r.pred)
+            .arg(r.alpha)
+            .arg(r.alpha_scalar)
+            .arg(gamma)
+            .arg(l1)
+            .arg(l2)
+            .arg(r.inv_batch)
+            .arg(r.batch)
+            .arg(r.classes)
+            .arg(r.grad)
+            .arg(r.terms)
+            .launch()?
+    };
+    Ok(Reduce {
+        mode: 0,
+        c0: r.inv_batch,
+        c1: l1,
+        c2: l2,
+    })
+}
+
+fn softmax_focal_rows(
+    r: Rows<'_>,
+    gamma: f32,
+    l1: f32,
+    l2: f32,
+    keep: f32,
+    add: f32,
+) -> Result<Reduce> {
+    unsafe {
+        r.exec
+            .launch_builder("loss_softmax_focal_rows", row_grid(r.batch as usize))
+            .arg(r.y_true)
+            .arg(r.pred)
+            .arg(r.alpha)
+            .arg(r.alpha_scalar)
+            .arg(gamma)
+            .arg(l1)
+            .arg(l2)
+            .arg(keep)
+            .arg(add)
+            .arg(r.inv_batch)
+            .arg(r.batch)
+            .arg(r.classes)
+            .arg(r.grad)
+            .arg(r.terms)
+            .launch()?
+    };
+    Ok(Reduce {
+        mode: 0,
+        c0: r.inv_batch,
+        c1: l1,
+        c2: l2,
+    })
+}
+
+fn calibrated_mse_rows(r: Rows<'_>, n: usize, facture: f32, from_logits: bool) -> Result<Reduce> {
+    let n_f = n as f64 as f32;
+    unsafe {
+        r.exec
+            .launch_builder("loss_calibrated_mse_rows", row_grid(r.batch as usize))
+            .arg(r.y_true)
+            .arg(r.pred)
+            .arg(facture)
+            .arg(n_f)
+            .arg(from_logits as i32)
+            .arg(r.batch)
+            .arg(r.classes)
+            .arg(r.grad)
+            .arg(r.terms)
+            .launch()?
+    };
+    Ok(Reduce {
+        mode: 1,
+        c0: n_f,
+        c1: facture,
+        c2: 0.0,
+    })
+}
+
+fn keras_rows(
+    r: Rows<'_>,
+    gamma: f32,
+    keep: f32,
+    add: f32,
+    focal: bool,
+    from_logits: bool,
+) -> Result<Reduce> {
+    unsafe {
+        r.exec
+            .launch_builder("loss_keras_rows", row_grid(r.batch as usize))
+            .arg(r.y_true)
+            .arg(r.pred)
+            .arg(r.alpha)
+            .arg(r.alpha_scalar)
+            .arg(gamma)
+            .arg(keep)
+            .arg(add)
+            .arg(focal as i32)
+            .arg(from_logits as i32)
+            .arg(r.inv_batch)
+            .arg(r.batch)
+            .arg(r.classes)
+            .arg(r.grad)
+            .arg(r.terms)
+            .launch()?
+    };
+    Ok(Reduce {
+        mode: 0,
+        c0: r.inv_batch,
+        c1: 0.0,
+        c2: 0.0,
+    })
 }
 
 /// The error of bad inputs flagged by a kernel: the host reference on the downloaded inputs
@@ -453,28 +466,25 @@ impl LossOps for CudaBackend {
         y_true: &DeviceBuffer<f32>,
         pred: &DeviceBuffer<f32>,
         grad: Option<&mut DeviceBuffer<f32>>,
-    ) -> Result<f32> {
-        let mut state = self.loss_state.lock().unwrap_or_else(|e| e.into_inner());
-        loss(
-            &self.exec, &mut state, cfg, batch, classes, y_true, pred, grad,
-        )
-    }
-
-    fn loss_counted(
-        &self,
-        cfg: &LossConfig,
-        batch: usize,
-        classes: usize,
-        y_true: &DeviceBuffer<f32>,
-        pred: &DeviceBuffer<f32>,
-        probs: &DeviceBuffer<f32>,
-        grad: Option<&mut DeviceBuffer<f32>>,
-        step: usize,
-        counters: &mut DeviceBuffer<f64>,
-    ) -> Result<()> {
-        let mut state = self.loss_state.lock().unwrap_or_else(|e| e.into_inner());
-        loss_counted(
-            &self.exec, &mut state, cfg, batch, classes, y_true, pred, probs, grad, step, counters,
-        )
+        count: Option<CountStep<'_, DeviceBuffer<f32>, DeviceBuffer<f64>>>,
+    ) -> Result<Option<f32>> {
+        let exec = &self.exec;
+        self.op_state(|k: &mut LossKernels| {
+            let n = launch_loss(exec, k, cfg, batch, classes, y_true, pred, grad)?;
+            let result = k.result.as_ref().expect("launch_loss allocates it");
+            if let Some(c) = count {
+                check_len("probabilities", c.probs.len(), n)?;
+                count_step(
+                    exec, result, c.probs, y_true, batch, classes, c.step, c.counters,
+                )?;
+                return Ok(None);
+            }
+            let mut out = [0.0f32; 2];
+            exec.copy_dtoh(result, &mut out)?;
+            if out[1] != 0.0 {
+                return Err(input_error(exec, cfg, batch, classes, n, y_true, pred));
+            }
+            Ok(Some(out[0]))
+        })
     }
 }

@@ -6,17 +6,31 @@
 //! - CUDA (`cuda.rs`, `loss.cu`): one warp per row, then a one-block deterministic reduction.
 
 mod cpu;
-pub mod cuda;
+mod cuda;
 
 use crate::Result;
 use crate::loss::LossConfig;
 use crate::ops::CounterOps;
 use crate::profile::{Phase, Profiled, Timeline};
 
+/// Where a step of a pass puts its loss instead of returning it (training's way: no read
+/// by the host per step): the step's index, its probabilities (for the count of correctly
+/// classified images) and the pass's counters.
+pub struct CountStep<'a, Buf, Counters> {
+    pub probs: &'a Buf,
+    pub step: usize,
+    pub counters: &'a mut Counters,
+}
+
 /// The loss ops of a backend.
 pub trait LossOps: CounterOps {
     /// The loss of `pred` (probabilities, or logits when `cfg.from_logits()`) against
     /// one-hot `y_true`, both `[batch, classes]`, and its gradient w.r.t. `pred` into `grad`.
+    ///
+    /// Without `count`, returns the loss (`Some`; on a GPU, a read by the host). With it,
+    /// returns `None`: the loss and the correctly classified images (`count.probs` against
+    /// `y_true`) are added to `count.counters` as step `count.step`, and a non-finite loss
+    /// is recorded there as the pass's [`StepFailure`](crate::ops::StepFailure).
     #[allow(clippy::too_many_arguments)]
     fn loss(
         &self,
@@ -26,23 +40,14 @@ pub trait LossOps: CounterOps {
         y_true: &Self::Buf,
         pred: &Self::Buf,
         grad: Option<&mut Self::Buf>,
-    ) -> Result<Self::E>;
-    /// [`Self::loss`] of step `step` of a pass, adding its loss and its correctly
-    /// classified images (`probs` against `y_true`) to `counters` instead of returning them;
-    /// a non-finite loss is recorded there as the pass's [`StepFailure`].
-    #[allow(clippy::too_many_arguments)]
-    fn loss_counted(
-        &self,
-        cfg: &LossConfig,
-        batch: usize,
-        classes: usize,
-        y_true: &Self::Buf,
-        pred: &Self::Buf,
-        probs: &Self::Buf,
-        grad: Option<&mut Self::Buf>,
-        step: usize,
-        counters: &mut Self::Counters,
-    ) -> Result<()>;
+        count: Option<CountStep<'_, Self::Buf, Self::Counters>>,
+    ) -> Result<Option<Self::E>>;
+}
+
+/// The value of a loss that was not counted: [`LossOps::loss`] without a [`CountStep`]
+/// always returns it.
+pub fn uncounted<E>(value: Option<E>) -> E {
+    value.expect("LossOps::loss returns the value of a loss that is not counted")
 }
 
 /// Under `--profile`: the op, timed as part of its phase of the step.
@@ -55,25 +60,10 @@ impl<B: LossOps + Timeline> LossOps for Profiled<'_, B> {
         y_true: &Self::Buf,
         pred: &Self::Buf,
         grad: Option<&mut Self::Buf>,
-    ) -> Result<Self::E> {
+        count: Option<CountStep<'_, Self::Buf, Self::Counters>>,
+    ) -> Result<Option<Self::E>> {
         self.enter(Phase::Loss)?;
-        self.inner.loss(cfg, batch, classes, y_true, pred, grad)
-    }
-    fn loss_counted(
-        &self,
-        cfg: &LossConfig,
-        batch: usize,
-        classes: usize,
-        y_true: &Self::Buf,
-        pred: &Self::Buf,
-        probs: &Self::Buf,
-        grad: Option<&mut Self::Buf>,
-        step: usize,
-        counters: &mut Self::Counters,
-    ) -> Result<()> {
-        self.enter(Phase::Loss)?;
-        self.inner.loss_counted(
-            cfg, batch, classes, y_true, pred, probs, grad, step, counters,
-        )
+        self.inner
+            .loss(cfg, batch, classes, y_true, pred, grad, count)
     }
 }

@@ -3,7 +3,8 @@
 use super::{PoolOps, PoolShape};
 use crate::Result;
 use crate::executor::{DeviceBuffer, Launch};
-use crate::ops::cuda::{CudaBackend, elementwise_config, int};
+use crate::ops::cuda::CudaBackend;
+use crate::ops::launch::{elementwise_config, int};
 
 /// The pooling kernel for `s` (the float4 one when the channels allow it) and its thread
 /// count (one per output element, or per 4 with float4).

@@ -4,7 +4,8 @@ use super::ReluOps;
 use crate::Result;
 use crate::executor::DeviceBuffer;
 use crate::ops::check_len;
-use crate::ops::cuda::{CudaBackend, elementwise_config, int};
+use crate::ops::cuda::CudaBackend;
+use crate::ops::launch::{elementwise_config, int};
 
 impl ReluOps for CudaBackend {
     fn relu_backward(

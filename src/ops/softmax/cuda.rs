@@ -1,11 +1,12 @@
-//! Softmax on CUDA (`softmax.cu`): one warp per row, [`ROWS_PER_BLOCK`](crate::ops::cuda::ROWS_PER_BLOCK) rows per block of
-//! 128 threads, grid `ceil(rows / 4)` (capped, then grid-stride). The free functions take an
-//! executor, so the kernels can be tested on their own.
+//! Softmax on CUDA (kernels/softmax.cu): one warp per row,
+//! [`ROWS_PER_BLOCK`](crate::ops::kernel_abi::ROWS_PER_BLOCK) rows per block, grid
+//! `ceil(rows / ROWS_PER_BLOCK)` (capped, then grid-stride).
 
 use super::SoftmaxOps;
 use crate::executor::{DeviceBuffer, Executor};
 use crate::ops::check_len;
-use crate::ops::cuda::{CudaBackend, int, row_grid};
+use crate::ops::cuda::CudaBackend;
+use crate::ops::launch::{int, row_grid};
 use crate::{Error, Result};
 
 fn rows_cols(rows: usize, cols: usize) -> Result<(i32, i32, usize)> {
@@ -18,7 +19,7 @@ fn rows_cols(rows: usize, cols: usize) -> Result<(i32, i32, usize)> {
 }
 
 /// Row-wise softmax of `[rows, cols]` logits into `probs` (`exp(z - max) / sum`).
-pub fn softmax_forward(
+fn softmax_forward(
     exec: &Executor,
     rows: usize,
     cols: usize,
@@ -44,7 +45,7 @@ pub fn softmax_forward(
 }
 
 /// `dlogits = p * (dprobs - sum(dprobs * p))` per row of `[rows, cols]`.
-pub fn softmax_backward(
+fn softmax_backward(
     exec: &Executor,
     rows: usize,
     cols: usize,

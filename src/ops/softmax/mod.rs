@@ -4,7 +4,7 @@
 //! - CUDA (`cuda.rs`, `softmax.cu`): one warp per row.
 
 mod cpu;
-pub mod cuda;
+mod cuda;
 
 use crate::Result;
 use crate::ops::Storage;

@@ -1,9 +1,7 @@
 // The per-epoch step counters that replace a per-step read of the loss and the
 // probabilities. Host side: src/ops/counters/cuda.rs. Reference: src/ops/counters/cpu.rs.
 
-#include "counters/counters.cuh"
-
-#define COUNT_THREADS 256
+#include "kernel_abi.cuh"
 
 // Index of the first largest value of a row (as `argmax_rows` on the host: a NaN never wins).
 __device__ __forceinline__ int count_argmax(const float* row, int classes) {
@@ -38,7 +36,7 @@ __global__ void __launch_bounds__(COUNT_THREADS)
         const bool bad_inputs = loss[1] != 0.0f;
         if (bad_inputs || !isfinite(value)) {
             counters[COUNTER_FAILED_STEP] = (double)step + 1.0;
-            counters[COUNTER_FAILURE] = bad_inputs ? 2.0 : 1.0;
+            counters[COUNTER_FAILURE] = bad_inputs ? (double)FAILURE_BAD_INPUTS : (double)FAILURE_LOSS_NOT_FINITE;
         } else {
             // The product is exact in double (24 + 31 bits), so FMA contraction cannot
             // change the sum: the CPU adds loss * batch in the same order.

@@ -1,15 +1,15 @@
 // Loss kernels: every loss of src/loss.rs (the reference), forward and backward, in f32.
 // Host side: src/ops/loss/cuda.rs.
 //
-// Layout: y, pred, grad are row-major [batch, classes]. One warp per row (LOSS_ROWS_PER_BLOCK
-// rows per block of 32*LOSS_ROWS_PER_BLOCK threads, grid-stride over rows); each lane takes
+// Layout: y, pred, grad are row-major [batch, classes]. One warp per row (ROWS_PER_BLOCK
+// rows per block of 32*ROWS_PER_BLOCK threads, grid-stride over rows); each lane takes
 // the classes lane, lane+32, ... so loads are coalesced, and a row of any length is handled
 // in passes over global memory (the row stays in L1/L2 between passes) instead of being
 // held in shared memory. Row sums use shuffle-xor butterflies: every lane ends with the
 // same bits, and the order of the additions is fixed, so results do not depend on timing.
 //
 // Each row kernel writes, per row, up to three loss partial sums and a flag into `terms`
-// (struct of arrays: terms[t*batch + row], t = 0..3; see LOSS_TERM_*), then loss_reduce (one
+// (struct of arrays: terms[t*batch + row], t = 0..3; see loss_write_terms), then loss_reduce (one
 // block) sums them in a fixed order (strided per-thread sums, shuffle tree, shared memory)
 // and writes out[0] = the loss, out[1] = the flag (0: inputs fine). No atomics: the loss is
 // bit-reproducible run to run.
@@ -27,10 +27,11 @@
 #include <limits.h>
 #include <math.h>
 
+#include "kernel_abi.cuh"  // ROWS_PER_BLOCK, LOSS_REDUCE_THREADS, LOSS_TERMS_PER_ROW
+
 #define LOSS_FULL 0xffffffffu
-#define LOSS_ROWS_PER_BLOCK 4
-#define LOSS_THREADS (32 * LOSS_ROWS_PER_BLOCK)
-#define LOSS_REDUCE_THREADS 256
+#define LOSS_THREADS (32 * ROWS_PER_BLOCK)
+static_assert(LOSS_TERMS_PER_ROW == 4, "loss_write_terms and loss_reduce handle four terms per row");
 
 // Flags (terms[3*batch + row], combined with max over rows).
 #define LOSS_FLAG_NONFINITE 1.0f  // a NaN/Inf in y or pred
@@ -115,8 +116,8 @@ __global__ void __launch_bounds__(LOSS_THREADS)
     const int lane = threadIdx.x & 31;
     const float lo = LOSS_CLIP_LO, hi = LOSS_CLIP_HI;
     const float gm1 = gamma - 1.0f, two_l2 = 2.0f * l2;
-    for (int row = blockIdx.x * LOSS_ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
-         row += gridDim.x * LOSS_ROWS_PER_BLOCK) {
+    for (int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
+         row += gridDim.x * ROWS_PER_BLOCK) {
         const size_t base = (size_t)row * classes;
         float focal = 0.0f, abs_sum = 0.0f, sq_sum = 0.0f;
         bool bad = false;
@@ -185,8 +186,8 @@ __global__ void __launch_bounds__(LOSS_THREADS)
     const int lane = threadIdx.x & 31;
     const float two_l2 = 2.0f * l2;
     const int tiles = (classes + 31) / 32;
-    for (int row = blockIdx.x * LOSS_ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
-         row += gridDim.x * LOSS_ROWS_PER_BLOCK) {
+    for (int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
+         row += gridDim.x * ROWS_PER_BLOCK) {
         const size_t base = (size_t)row * classes;
         const float* z = logits + base;
         const float* yr = y + base;
@@ -277,8 +278,8 @@ __global__ void __launch_bounds__(LOSS_THREADS)
                              float* __restrict__ terms) {
     const int lane = threadIdx.x & 31;
     const float two_facture = facture * 2.0f;
-    for (int row = blockIdx.x * LOSS_ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
-         row += gridDim.x * LOSS_ROWS_PER_BLOCK) {
+    for (int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
+         row += gridDim.x * ROWS_PER_BLOCK) {
         const size_t base = (size_t)row * classes;
         const float* x = pred + base;
         const float* yr = y + base;
@@ -337,8 +338,8 @@ __global__ void __launch_bounds__(LOSS_THREADS)
     const int lane = threadIdx.x & 31;
     const float lo = LOSS_CLIP_LO, hi = LOSS_CLIP_HI;
     const float gm1 = gamma - 1.0f;
-    for (int row = blockIdx.x * LOSS_ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
-         row += gridDim.x * LOSS_ROWS_PER_BLOCK) {
+    for (int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
+         row += gridDim.x * ROWS_PER_BLOCK) {
         const size_t base = (size_t)row * classes;
         const float* x = pred + base;
         const float* yr = y + base;

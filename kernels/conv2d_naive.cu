@@ -1,7 +1,8 @@
-// Reference convolution kernels (one thread per output; see gemm/gemm_naive.cuh): the
+// Reference convolution kernels (one thread per output; see gemm_naive.cuh): the
 // "simple variant" beside each tiled kernel of conv2d.cu (llm.c's habit).
+// Host side: src/ops/gemm/cuda.rs (Variant::Naive), for src/ops/conv2d/cuda.rs.
 
-#include "gemm/gemm_naive.cuh"
+#include "gemm_naive.cuh"
 
 __global__ void conv_fwd_naive(GemmArgs p) {
     NAIVE_LOOP(p) {

@@ -1,9 +1,7 @@
 // The fused Adam update, in f32. Host side: src/ops/adam/cuda.rs. Reference:
 // src/ops/adam/cpu.rs.
 
-#include "counters/counters.cuh"
-
-#define ADAM_THREADS 256
+#include "kernel_abi.cuh"
 
 // Keras 3 Adam, one element: m += (g - m)(1-b1); v += (g^2 - v)(1-b2);
 // p -= m * step_size / (sqrt(v) + eps).

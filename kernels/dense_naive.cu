@@ -1,7 +1,8 @@
-// Reference dense kernels (one thread per output; see gemm/gemm_naive.cuh): the "simple
-// variant" beside each tiled kernel of dense.cu.
+// Reference dense kernels (one thread per output; see gemm_naive.cuh): the "simple
+// variant" beside each tiled kernel of dense.cu. Host side: src/ops/gemm/cuda.rs
+// (Variant::Naive), for src/ops/dense/cuda.rs.
 
-#include "gemm/gemm_naive.cuh"
+#include "gemm_naive.cuh"
 
 // y = x * w (+ bias, ReLU): A row-major [M, K] (lda), B row-major [K, N] (ldb).
 __global__ void dense_fwd_naive(GemmArgs p) {

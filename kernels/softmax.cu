@@ -2,8 +2,9 @@
 // Reference: src/ops/softmax/cpu.rs.
 
 #define SOFTMAX_FULL 0xffffffffu
-#define SOFTMAX_ROWS_PER_BLOCK 4
-#define SOFTMAX_THREADS (32 * SOFTMAX_ROWS_PER_BLOCK)
+// ROWS_PER_BLOCK warps per block, one per row.
+#include "kernel_abi.cuh"
+#define SOFTMAX_THREADS (32 * ROWS_PER_BLOCK)
 
 __device__ __forceinline__ float softmax_warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(SOFTMAX_FULL, v, o);
@@ -16,14 +17,14 @@ __device__ __forceinline__ float softmax_warp_max(float v) {
 }
 
 // probs = exp(z - max) / sum per row of [rows, cols] (as the CPU backend and TF). One warp
-// per row, SOFTMAX_ROWS_PER_BLOCK rows per block, grid-stride over rows; lanes take the
+// per row, ROWS_PER_BLOCK rows per block, grid-stride over rows; lanes take the
 // columns lane, lane+32, ... (coalesced). The exponentials are parked in `probs` by the
 // lane that later divides them, so each is computed once.
 __global__ void __launch_bounds__(SOFTMAX_THREADS)
     softmax_forward_rows(const float* __restrict__ logits, float* __restrict__ probs, int rows, int cols) {
     const int lane = threadIdx.x & 31;
-    for (int row = blockIdx.x * SOFTMAX_ROWS_PER_BLOCK + (threadIdx.x >> 5); row < rows;
-         row += gridDim.x * SOFTMAX_ROWS_PER_BLOCK) {
+    for (int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5); row < rows;
+         row += gridDim.x * ROWS_PER_BLOCK) {
         const float* z = logits + (size_t)row * cols;
         float* p = probs + (size_t)row * cols;
         float m = -INFINITY;
@@ -45,8 +46,8 @@ __global__ void __launch_bounds__(SOFTMAX_THREADS)
     softmax_backward_rows(const float* __restrict__ probs, const float* __restrict__ dprobs,
                           float* __restrict__ dlogits, int rows, int cols) {
     const int lane = threadIdx.x & 31;
-    for (int row = blockIdx.x * SOFTMAX_ROWS_PER_BLOCK + (threadIdx.x >> 5); row < rows;
-         row += gridDim.x * SOFTMAX_ROWS_PER_BLOCK) {
+    for (int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5); row < rows;
+         row += gridDim.x * ROWS_PER_BLOCK) {
         const size_t base = (size_t)row * cols;
         float dot = 0.0f;
         for (int c = lane; c < cols; c += 32) dot += probs[base + c] * dprobs[base + c];

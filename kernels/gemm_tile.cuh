@@ -1,5 +1,5 @@
 // gemm_tile.cuh: the shared-memory-tiled, register-blocked SGEMM core behind the convolution
-// (conv2d/conv2d.cu) and dense (dense/dense.cu) kernels.
+// (conv2d.cu) and dense (dense.cu) kernels. Host side: src/ops/gemm/cuda.rs.
 //
 //   C[M, N] = A[M, K] * B[K, N]   (+ bias[n], then ReLU, in the epilogue)
 //
@@ -13,36 +13,19 @@
 // checked that the contiguous dimension allows it, else scalars.
 //
 // Split-K: blockIdx.z takes the K range [z*k_chunk, min(K, (z+1)*k_chunk)); with a workspace
-// (`partial`) each slice writes its own partial tile and gemm_splitk_reduce (below, launched
-// by the host as a second pass) sums them in a fixed order, so results are deterministic.
+// (`partial`) each slice writes its own partial tile and gemm_splitk_reduce (gemm_splitk.cu, on
+// gemm_splitk_reduce_body below; launched by the host as a second pass) sums them in a fixed order, so results are deterministic.
 //
 // Grid: x = M tiles (up to 2^31-1), y = N tiles, z = K slices. Sizes are ints: the host
 // checks that every tensor has fewer than 2^31 elements.
 #pragma once
 
-// Arguments of every GEMM-shaped kernel (mirrored by `GemmArgs` in src/ops/gemm/cuda.rs:
-// six pointers then an even number of ints, so neither side has padding).
-struct GemmArgs {
-    const float* a;     // A's source (matrix, image or output gradient)
-    const float* b;     // B's source (matrix or kernel)
-    const float* bias;  // added per column n in the epilogue, or null
-    float* out;         // rows m < m_split of C (row stride ldo)
-    float* out2;        // rows m >= m_split of C, from row 0 (the bias-gradient row)
-    float* partial;     // split-K workspace [splits][M][N], or null: write C directly
-    int M, N, K;
-    int lda, ldb, ldo;
-    int m_split;   // first row that goes to out2 (M when none does)
-    int ones_row;  // A row that is all ones (a bias-gradient row), or -1
-    int relu;      // apply ReLU after the bias
-    int k_chunk;   // K per blockIdx.z, a multiple of BK
-    // convolution geometry (NHWC activations, HWIO kernels, stride 1)
-    int batch, in_h, in_w, in_c;
-    int out_h, out_w, out_c;
-    int kernel_h, kernel_w, pad_top, pad_left;
-    int unused_;
-};
+// GemmArgs (the arguments of every GEMM-shaped kernel), GEMM_THREADS and GEMM_BK are
+// generated from src/ops/kernel_abi.rs, which also lists the tile shapes and the kernels
+// built from this core (appended to conv2d.cu and dense.cu by build.rs).
+#include "kernel_abi.cuh"
 
-namespace fft {
+namespace tiled_gemm {
 
 template <int BM_, int BN_, int BK_, int TM_, int TN_>
 struct Tile {
@@ -54,6 +37,7 @@ struct Tile {
     static constexpr int LDB = BN + 4;
     static_assert(BM % TM == 0 && BN % TN == 0, "tile not divisible by thread tile");
     static_assert(THREADS % BK == 0 && THREADS >= BM && THREADS >= BN, "loader mapping");
+    static_assert(THREADS == GEMM_THREADS && BK == GEMM_BK, "tile shapes come from src/ops/kernel_abi.rs");
 };
 
 __device__ __forceinline__ void set_vec(float* r, float4 v) {
@@ -577,16 +561,7 @@ __device__ __forceinline__ void gemm(const GemmArgs& p) {
     }
 }
 
-// Tile shapes (256 threads each). The host picks one by the GEMM's M and N.
-using TileN16 = Tile<128, 16, 16, 4, 2>;  // N <= 16: conv layers with few filters / channels
-using TileN32 = Tile<128, 32, 16, 4, 4>;  // N <= 32
-using TileN64 = Tile<128, 64, 16, 8, 4>;  // N > 32, M large
-using TileS32 = Tile<32, 32, 16, 2, 2>;   // small M and N (filter gradients, small batches)
-using TileS64 = Tile<64, 64, 16, 4, 4>;   // medium M and N
-using TileM64N32 = Tile<64, 32, 16, 4, 2>;  // M > 32, N <= 32 (filter gradients of narrow layers)
-using TileM32N64 = Tile<32, 64, 16, 2, 4>;  // M <= 32, N > 32 (dense layers at batch <= 32)
-
-}  // namespace fft
+}  // namespace tiled_gemm
 
 // Second pass of split-K: C[m][n] = sum over z (in order) of partial[z][m][n], then the
 // epilogue (bias, ReLU, row split). One thread per element.

@@ -1,5 +1,5 @@
 // Device buffer utilities: fill, a grid-stride loop. Host side: the CUDA backend's `fill`
-// (src/ops/cuda.rs). Copies are the driver's (Executor::copy_dtod).
+// (src/ops/buffer/cuda.rs). Copies are the driver's (Executor::copy_dtod).
 
 // p[i] = value for i < n.
 __global__ void fill_f32(float* __restrict__ p, int n, float value) {

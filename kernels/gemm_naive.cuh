@@ -1,10 +1,10 @@
 // The shared body of the reference ("naive") GEMM-shaped kernels: one thread per output
 // element and a plain loop over the reduction. They take the same GemmArgs as the tiled
 // kernels, so the same host code launches either; the tests check both against the CPU
-// and the op timings compare them. Never used in training.
+// and the op timings compare them. Never used in training. Host side: src/ops/gemm/cuda.rs.
 #pragma once
 
-#include "gemm/gemm_tile.cuh"
+#include "gemm_tile.cuh"
 
 __device__ __forceinline__ void naive_store(const GemmArgs& p, int m, int n, float acc) {
     if (p.bias) acc += p.bias[n];

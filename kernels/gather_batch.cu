@@ -2,9 +2,9 @@
 // the device. Host side: src/ops/gather_batch/cuda.rs (driven by src/feed/cuda.rs).
 // Reference: the CPU path (ImageSet::fill_batch_augmented).
 
-#define BATCH_THREADS 256
-// Bit 31 of an entry of the epoch's order: mirror the image left-right (`--augment flip`).
-#define FLIP_BIT 0x80000000u
+// BATCH_THREADS, and FLIP_BIT: bit 31 of an entry of the epoch's order, mirror the image
+// left-right (`--augment flip`).
+#include "kernel_abi.cuh"
 
 // x[slot] = image entries[first + slot] of `set` as f32 in [0, 1] (times the f32 nearest
 // 1/255, as the CPU path and Keras' Rescaling), mirrored when the entry's FLIP_BIT is set;

@@ -1,7 +1,8 @@
 // Max-pooling with a square window and equal stride (any size; odd sizes are floored, as in
-// Keras), NHWC. Memory-bound: one thread per output element and channel, consecutive
-// threads on consecutive channels (coalesced); the _v4 variants move 4 channels per thread
-// as float4 (16-byte) loads and stores when the channel count is a multiple of 4.
+// Keras), NHWC. Host side: src/ops/pool/cuda.rs. Memory-bound: one thread per output
+// element and channel, consecutive threads on consecutive channels (coalesced); the _v4
+// variants move 4 channels per thread as float4 (16-byte) loads and stores when the channel
+// count is a multiple of 4.
 //
 // Backward routes each output gradient to the FIRST maximal input of its window in
 // row-major window order (as the CPU backend does) and writes every other input of the
