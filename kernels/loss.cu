@@ -1,4 +1,4 @@
-// Loss kernels: every loss of src/loss.rs (the reference), forward and backward, in f32.
+// Loss kernels: every loss of src/ops/loss/cpu.rs (the reference), forward and backward, in f32.
 // Host side: src/ops/loss/cuda.rs.
 //
 // Layout: y, pred, grad are row-major [batch, classes]. One warp per row (ROWS_PER_BLOCK
@@ -14,7 +14,7 @@
 // and writes out[0] = the loss, out[1] = the flag (0: inputs fine). No atomics: the loss is
 // bit-reproducible run to run.
 //
-// The formulas, their operation order and the numerically careful forms follow src/loss.rs
+// The formulas, their operation order and the numerically careful forms follow src/ops/loss/cpu.rs
 // (read the comments there): clipping with TF clip_by_value gradient semantics, the fused
 // stable softmax+focal from logits with `r = -log(p)/q`, and the softmax residual
 // `p_j * (sum over c != j of v_c) - q_j * v_j` whose "sum over the others" is built from
@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(LOSS_THREADS)
 // Fused stable softmax + focal from logits; with alpha 1, gamma 0, l1 = l2 = 0 and smoothed
 // labels it is exactly `ce` from logits, which this kernel also serves.
 //
-// Per row (see src/loss.rs focal_logits): m = max z (first argmax `arg`),
+// Per row (see src/ops/loss/cpu.rs focal_logits): m = max z (first argmax `arg`),
 // s = sum_{c != arg} exp(z_c - m), logp_c = (z_c - m) - log1p(s), p = exp(logp),
 // q = -expm1(logp); r = -logp/q (series 1 + q/2 + q^2/3 + q^3/4 below 1e-4);
 // w_c = a_c y_c q^g (1 + g p r); loss t0 = sum -a y q^g logp, t1 = sum|p|, t2 = sum p^2;

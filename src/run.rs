@@ -27,6 +27,18 @@ pub fn config_path(run: &Path) -> PathBuf {
     run.join("config.json")
 }
 
+/// Creates the run folder `run` if need be and writes its `config.json` (atomically).
+pub fn write_config(run: &Path, config: &serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(run)
+        .map_err(|e| Error::file(run, format!("cannot create the run folder: {e}")))?;
+    write_atomically(
+        &config_path(run),
+        serde_json::to_string_pretty(config)
+            .expect("JSON")
+            .as_bytes(),
+    )
+}
+
 /// `RUN/metrics.jsonl`.
 pub fn metrics_path(run: &Path) -> PathBuf {
     run.join("metrics.jsonl")

@@ -32,8 +32,9 @@ mod common;
 
 use focalflow::Error;
 use focalflow::executor::{DeviceBuffer, Executor, LaunchConfig, Schedule};
-use focalflow::loss::{Alpha, LossConfig, loss_forward_backward};
+use focalflow::loss::{Alpha, LossConfig};
 use focalflow::ops::gemm::Variant;
+use focalflow::ops::loss::loss_forward_backward;
 use focalflow::ops::loss::uncounted;
 use focalflow::ops::prelude::*;
 use focalflow::ops::{AdamStep, CpuBackend, CudaBackend};

@@ -16,8 +16,9 @@
 //! Output buffers are filled with NaN before every backward call, so an element the
 //! backend forgets to write fails the check instead of passing as a stale zero.
 
-use focalflow::loss::{Alpha, LossConfig, loss_forward_backward};
+use focalflow::loss::{Alpha, LossConfig};
 use focalflow::model::{Arch, ImageShape, Layer, Model, Plan};
+use focalflow::ops::loss::loss_forward_backward;
 use focalflow::ops::loss::uncounted;
 use focalflow::ops::prelude::*;
 use focalflow::ops::{ConvShape, CpuBackend, DenseShape, Padding, PoolShape};

@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use focalflow::loss::{LossConfig, loss_forward_backward};
+use focalflow::loss::LossConfig;
 use focalflow::npy;
+use focalflow::ops::loss::loss_forward_backward;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

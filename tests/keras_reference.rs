@@ -4,9 +4,10 @@
 //! in f64 and f32. This is llm.c's "match the PyTorch dump" check.
 
 use focalflow::Element;
-use focalflow::loss::{Alpha, LossConfig, loss_forward_backward};
+use focalflow::loss::{Alpha, LossConfig};
 use focalflow::model::{Arch, ImageShape, Model, Plan};
 use focalflow::ops::CpuBackend;
+use focalflow::ops::loss::loss_forward_backward;
 use focalflow::ops::prelude::*;
 use serde_json::Value;
 

@@ -7,7 +7,8 @@
 //! tests/keras_losses.rs compares the same code with TensorFlow/Keras.
 
 use focalflow::Error;
-use focalflow::loss::{Alpha, CLIP_EPSILON, LOSS_NAMES, LossConfig, loss_forward_backward};
+use focalflow::loss::{Alpha, CLIP_EPSILON, LOSS_NAMES, LossConfig};
+use focalflow::ops::loss::loss_forward_backward;
 
 // ---------------------------------------------------------------- helpers
 

@@ -2,7 +2,7 @@
 //! emulator (cuda-emu).
 //!
 //! - [`LossOps::loss`] computes exactly what
-//!   [`loss_forward_backward::<f32>`](crate::loss::loss_forward_backward) computes (every
+//!   [`loss_forward_backward::<f32>`](crate::ops::loss::loss_forward_backward) computes (every
 //!   loss and option; same formulas and numerically careful forms, in f32) from
 //!   `[batch, classes]` device buffers, and writes dLoss/dpred (or d/dlogits) into `grad`
 //!   when given (overwritten). Two launches: the configuration's row kernel (one function
@@ -25,8 +25,9 @@
 //! ([`row_grid`]); `loss_reduce` one block of [`LOSS_REDUCE_THREADS`] threads.
 
 use super::{CountStep, LossOps};
+use super::{LengthRule, check_loss_shapes, loss_forward_backward};
 use crate::executor::{DeviceBuffer, Executor, LaunchConfig};
-use crate::loss::{Alpha, LengthRule, LossConfig, check_loss_shapes, loss_forward_backward};
+use crate::loss::{Alpha, LossConfig};
 use crate::ops::check_len;
 use crate::ops::counters::cuda::count_step;
 use crate::ops::cuda::CudaBackend;
@@ -100,7 +101,7 @@ enum RowKernel {
 }
 
 /// Keras' label smoothing `y*keep + add`, with the constants as `smooth_labels` in
-/// src/loss.rs computes them (keep 1, add 0 leave the labels unchanged).
+/// src/ops/loss/cpu.rs computes them (keep 1, add 0 leave the labels unchanged).
 fn smoothing(label_smoothing: f64, classes: usize) -> (f32, f32) {
     if label_smoothing == 0.0 {
         (1.0, 0.0)

@@ -2,11 +2,13 @@
 //! MSE, Keras' focal cross-entropy, cross-entropy; per-class alpha; from logits or
 //! probabilities), its value and its gradient.
 //!
-//! - CPU (`cpu.rs`): `crate::loss::loss_forward_backward` itself.
+//! - CPU (`cpu.rs`): [`loss_forward_backward`], the reference, with the formulas.
 //! - CUDA (`cuda.rs`, `loss.cu`): one warp per row, then a one-block deterministic reduction.
 
 mod cpu;
 mod cuda;
+
+pub use cpu::{LengthRule, check_loss_shapes, loss_forward_backward};
 
 use crate::Result;
 use crate::loss::LossConfig;

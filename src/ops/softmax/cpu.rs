@@ -1,7 +1,7 @@
-//! Softmax on the CPU, row by row with the reference functions of `crate::loss`.
+//! Softmax on the CPU, row by row; the row functions are shared with the losses
+//! (src/ops/loss/cpu.rs).
 
 use super::SoftmaxOps;
-use crate::loss::{softmax_backward_row, softmax_row};
 use crate::ops::check_len;
 use crate::ops::cpu::CpuBackend;
 use crate::{Element, Result};
@@ -46,5 +46,30 @@ impl<T: Element> SoftmaxOps for CpuBackend<T> {
             softmax_backward_row(p, dz);
         }
         Ok(())
+    }
+}
+
+/// Softmax of one row as TensorFlow computes it: `exp(z - max) / sum`.
+/// Numerically stable softmax of one row (the maximum is subtracted before `exp`); shared
+/// by the losses and the CPU backend's softmax.
+pub fn softmax_row<T: Element>(z: &[T], p: &mut [T]) {
+    let m = z.iter().copied().fold(T::neg_infinity(), T::max);
+    let mut sum = T::zero();
+    for (pj, &zj) in p.iter_mut().zip(z) {
+        *pj = (zj - m).exp();
+        sum += *pj;
+    }
+    for pj in p.iter_mut() {
+        *pj = *pj / sum;
+    }
+}
+
+/// Chains a gradient w.r.t. the softmax output `p` back to the logits in place:
+/// `dz_j = p_j * (g_j - sum_c p_c g_c)`.
+/// In place, `g <- J_softmax^T g = p * (g - sum(g * p))` for one row.
+pub fn softmax_backward_row<T: Element>(p: &[T], g: &mut [T]) {
+    let dot: T = p.iter().zip(g.iter()).map(|(&pc, &gc)| pc * gc).sum();
+    for (gj, &pj) in g.iter_mut().zip(p) {
+        *gj = pj * (*gj - dot);
     }
 }

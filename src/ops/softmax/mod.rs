@@ -6,6 +6,8 @@
 mod cpu;
 mod cuda;
 
+pub use cpu::{softmax_backward_row, softmax_row};
+
 use crate::Result;
 use crate::ops::Storage;
 use crate::profile::{Phase, Profiled, Timeline};

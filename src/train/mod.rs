@@ -1,0 +1,350 @@
+//! Training: a run's split, its checks before any work, its start (a new model, or a resumed
+//! one), then the epoch loop.
+//!
+//! - `options.rs`: [`TrainOptions`], every flag of `train`;
+//! - `epoch.rs`: the epoch loop of a run under way (`Training`);
+//! - `report.rs`: the line per epoch, the final table and the progress bar;
+//! - the run folder's files are written by `crate::run`, the checkpoints by
+//!   `crate::checkpoint`.
+
+mod epoch;
+mod options;
+mod report;
+
+pub use options::TrainOptions;
+pub use report::epoch_table;
+
+use epoch::{AfterEpoch, Training};
+
+use std::path::Path;
+
+use crate::data::{ImageSet, PixelStore};
+use crate::feed::{BatchFeeder, DATA_PATH_LINE, Feeds};
+use crate::loss::LossConfig;
+use crate::model::{Model, Plan};
+use crate::ops::Backend;
+use crate::optim::Adam;
+use crate::profile::{Profiled, Profiler, Timeline, nvtx};
+use crate::run::EpochMetrics;
+use crate::schedule::Schedule;
+use crate::{Error, Result};
+
+/// Logits of `model` over `indices` (`[indices.len(), classes]`) and, with `loss`, the mean
+/// loss (no weight update). Batches come from `feeder`; the logits are collected on the
+/// backend and read once, with the loss's counters.
+pub fn logits_of<B: Backend<E = f32>>(
+    backend: &B,
+    model: &mut Model<B>,
+    loss: Option<&LossConfig>,
+    feeder: &mut dyn BatchFeeder<B::Buf>,
+    indices: &[usize],
+) -> Result<(Option<f64>, Vec<f32>)> {
+    let classes = model.plan.classes;
+    let mut logits = backend.zeros(indices.len() * classes)?;
+    let mut counters = backend.counters()?;
+    let mut row = 0;
+    feeder.for_each_batch(indices, None, 0, &mut |step, n, x, y| {
+        model.forward(backend, x, n)?;
+        if let Some(loss) = loss {
+            model.count_loss_of_forward(backend, loss, y, n, step, &mut counters)?;
+        }
+        model.copy_logits_into(backend, n, &mut logits, row)?;
+        row += n;
+        Ok(())
+    })?;
+    let mean = match loss {
+        Some(_) => {
+            let totals = backend.read_counters(&counters)?;
+            if let Some(f) = totals.failure {
+                return Err(Error::NonFinite(format!(
+                    "evaluation batch {}: {}",
+                    f.step + 1,
+                    f.describe()
+                )));
+            }
+            Some(totals.loss_sum / indices.len().max(1) as f64)
+        }
+        None => None,
+    };
+    Ok((mean, backend.read(&logits, indices.len() * classes)?))
+}
+
+/// Fails with one line when the model and a batch of `batch_size` do not fit in the
+/// backend's free device memory (where it knows it), before anything is allocated.
+fn check_device_memory<B: Backend<E = f32>>(
+    backend: &B,
+    plan: &Plan,
+    batch_size: usize,
+) -> Result<()> {
+    let Some(free) = backend.free_memory()? else {
+        return Ok(());
+    };
+    let need = plan.training_bytes(batch_size, size_of::<B::E>());
+    if need > free {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(Error::Device(format!(
+            "--batch-size {batch_size}: the model ({} parameters) and a batch need at least {:.2} GiB of {} memory, {:.2} GiB is free; use a smaller --batch-size or --arch",
+            plan.parameter_count(),
+            gib(need),
+            backend.name(),
+            gib(free)
+        )));
+    }
+    Ok(())
+}
+
+/// The images a run trains and validates on (indices into its set, each list sorted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Split {
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+}
+
+impl Split {
+    /// The split `opts` asks for: `--class-fraction` subsampling, then `--val-fraction` of
+    /// each class held out, both chosen with `--seed`.
+    pub fn of<P: PixelStore>(data: &ImageSet<P>, opts: &TrainOptions) -> Result<Split> {
+        let (train, val) =
+            data.training_split(opts.val_fraction, opts.seed, &opts.class_fraction)?;
+        Ok(Split { train, val })
+    }
+}
+
+/// Trains a new model on `data` with `opts` (or, with `opts.resume` (`train --resume RUN`),
+/// continues the run in `out` from its `checkpoints/last.safetensors`: weights, Adam state,
+/// data order and random streams as they were, so the result equals an uninterrupted run
+/// with the same seed). Writes `config.json`, `metrics.jsonl`, `checkpoints/last` and
+/// `best` each epoch, TensorBoard events and, at the end, plots into `out`, and a line per
+/// epoch through `log`. Returns the model and the metrics.
+pub fn train<B: Feeds, P: PixelStore>(
+    backend: &B,
+    data: &ImageSet<P>,
+    opts: &TrainOptions,
+    out: &Path,
+    log: impl FnMut(&str),
+) -> Result<(Model<B>, Vec<EpochMetrics>)> {
+    let plan = check_options(data, opts)?;
+    let split = Split::of(data, opts)?;
+    train_planned(backend, data, plan, &split, opts, out, log)
+}
+
+/// [`train`] on `split`, made beforehand with [`Split::of`] from the same `data` and `opts`
+/// (the command line makes it first: it prints the split's class counts and derives
+/// `--alpha auto` from them).
+pub fn train_split<B: Feeds, P: PixelStore>(
+    backend: &B,
+    data: &ImageSet<P>,
+    split: &Split,
+    opts: &TrainOptions,
+    out: &Path,
+    log: impl FnMut(&str),
+) -> Result<(Model<B>, Vec<EpochMetrics>)> {
+    let plan = check_options(data, opts)?;
+    train_planned(backend, data, plan, split, opts, out, log)
+}
+
+/// [`train_split`] with the per-phase profiler around `backend` when `profile` (or where
+/// NVTX ranges are wanted); with `profile`, the per-phase table, timed with `clock` (what
+/// the backend's phases are measured with), is logged at the end. Returns the metrics.
+#[allow(clippy::too_many_arguments)]
+pub fn train_profiled<B: Feeds + Timeline, P: PixelStore>(
+    backend: &B,
+    data: &ImageSet<P>,
+    split: &Split,
+    opts: &TrainOptions,
+    out: &Path,
+    profile: bool,
+    clock: &str,
+    mut log: impl FnMut(&str),
+) -> Result<Vec<EpochMetrics>> {
+    // The phase wrapper costs a compare per backend call; skip it when nobody looks.
+    if !profile && !nvtx::available() {
+        return Ok(train_split(backend, data, split, opts, out, log)?.1);
+    }
+    let prof = Profiler::new(profile);
+    let (_model, history) = train_split(
+        &Profiled::new(backend, &prof),
+        data,
+        split,
+        opts,
+        out,
+        &mut log,
+    )?;
+    prof.finish(backend)?;
+    if profile {
+        log(&prof.table(clock));
+    }
+    Ok(history)
+}
+
+/// The options' own checks (the counts, the learning rate, the loss for `data`'s classes)
+/// and the network `opts.arch` makes for `data`.
+fn check_options<P: PixelStore>(data: &ImageSet<P>, opts: &TrainOptions) -> Result<Plan> {
+    for (flag, value) in [
+        ("--batch-size", Some(opts.batch_size)),
+        ("--epochs", Some(opts.epochs)),
+        ("--steps-per-epoch", opts.steps_per_epoch),
+    ] {
+        if value == Some(0) {
+            return Err(Error::invalid(format!("{flag} 0: must be at least 1")));
+        }
+    }
+    if !(opts.learning_rate.is_finite() && opts.learning_rate > 0.0) {
+        return Err(Error::invalid(format!(
+            "--lr {}: the learning rate must be a positive number (Keras' default is 0.001)",
+            opts.learning_rate
+        )));
+    }
+    opts.loss.validate(data.classes())?;
+    Plan::new(&opts.arch, data.shape, data.classes())
+}
+
+/// The run, from its checked options on: the split and the schedule checked, the run folder
+/// started (or the resumed one checked), the model built (or restored), the epochs, and the
+/// closing report.
+fn train_planned<B: Feeds, P: PixelStore>(
+    backend: &B,
+    data: &ImageSet<P>,
+    plan: Plan,
+    split: &Split,
+    opts: &TrainOptions,
+    out: &Path,
+    mut log: impl FnMut(&str),
+) -> Result<(Model<B>, Vec<EpochMetrics>)> {
+    if split.train.is_empty() {
+        return Err(Error::invalid(format!(
+            "no training images left after --val-fraction {}",
+            opts.val_fraction
+        )));
+    }
+    let schedule = Schedule {
+        base_lr: opts.learning_rate,
+        schedule: opts.lr_schedule,
+        warmup_epochs: opts.warmup_epochs,
+        epochs: opts.epochs,
+        monitor: opts.monitor,
+        early_stop: opts.early_stop,
+    };
+    schedule.validate(!split.val.is_empty())?;
+    let start = RunStart::start(backend, data, &plan, split, opts, out)?;
+    log(&model_line(data, &plan, split, opts));
+    check_device_memory(backend, &plan, opts.batch_size)?;
+    let model = start_model(backend, plan, opts, out, start.resumed.as_ref(), &mut log)?;
+    let feeder = backend.feeder(data, opts.batch_size, opts.device_cache)?;
+    log(&format!("{DATA_PATH_LINE}{}", feeder.describe()));
+    let mut training = Training::open(
+        backend, data, split, opts, out, schedule, start, model, feeder,
+    )?;
+    for epoch in training.first_epoch()..=opts.epochs {
+        if training.epoch(epoch, &mut log)? == AfterEpoch::Stop {
+            break;
+        }
+    }
+    training.report(&mut log)?;
+    Ok((training.model, training.history))
+}
+
+/// The run folder as training starts: `config.json` written, and with `--resume` the point
+/// the run continues from (its options and data checked against this run's).
+pub(super) struct RunStart {
+    /// `opts` as JSON, stored in each checkpoint (a resume compares them).
+    pub(super) options: serde_json::Value,
+    /// The split's images, fingerprinted (a resume compares it).
+    pub(super) fingerprint: String,
+    pub(super) resumed: Option<crate::checkpoint::ResumePoint>,
+}
+
+impl RunStart {
+    fn start<B: Feeds, P: PixelStore>(
+        backend: &B,
+        data: &ImageSet<P>,
+        plan: &Plan,
+        split: &Split,
+        opts: &TrainOptions,
+        out: &Path,
+    ) -> Result<RunStart> {
+        let options = serde_json::to_value(opts).expect("JSON");
+        let fingerprint = crate::checkpoint::data_fingerprint(data, &split.train, &split.val);
+        let resumed = if opts.resume {
+            Some(crate::checkpoint::resume_point(
+                out,
+                &options,
+                &fingerprint,
+                opts.epochs,
+            )?)
+        } else {
+            None
+        };
+        let mut config = serde_json::json!({
+            "focalflow_version": env!("CARGO_PKG_VERSION"),
+            "device": backend.name(),
+            "options": opts,
+            "image_shape": data.shape,
+            "class_names": data.class_names,
+            "train_class_counts": data.class_counts(&split.train),
+            "val_class_counts": data.class_counts(&split.val),
+            "parameters": plan.parameter_count(),
+        });
+        if let Some(r) = &resumed {
+            config["resumed_after_epoch"] = r.state.epoch.into();
+        }
+        crate::run::write_config(out, &config)?;
+        Ok(RunStart {
+            options,
+            fingerprint,
+            resumed,
+        })
+    }
+}
+
+/// The first line logged: the model, the split and the loss.
+fn model_line<P: PixelStore>(
+    data: &ImageSet<P>,
+    plan: &Plan,
+    split: &Split,
+    opts: &TrainOptions,
+) -> String {
+    format!(
+        "model {} on {}x{}x{}: {} parameters; {} train / {} val images (per class: {:?} / {:?}); loss {}",
+        opts.arch,
+        data.shape.height,
+        data.shape.width,
+        data.shape.channels,
+        plan.parameter_count(),
+        split.train.len(),
+        split.val.len(),
+        data.class_counts(&split.train),
+        data.class_counts(&split.val),
+        opts.loss.describe(),
+    )
+}
+
+/// A new model (seeded with `opts.seed`), or the resumed run's, as it was saved.
+fn start_model<B: Feeds>(
+    backend: &B,
+    plan: Plan,
+    opts: &TrainOptions,
+    out: &Path,
+    resumed: Option<&crate::checkpoint::ResumePoint>,
+    log: &mut impl FnMut(&str),
+) -> Result<Model<B>> {
+    match resumed {
+        Some(r) => {
+            log(&format!(
+                "resuming {} after epoch {} (Adam step {})",
+                out.display(),
+                r.state.epoch,
+                r.checkpoint
+                    .optimizer
+                    .as_ref()
+                    .map_or(0, |o| o.adam.iterations)
+            ));
+            r.checkpoint.model(backend)
+        }
+        None => {
+            let mut model = Model::new(backend, plan, opts.seed)?;
+            model.optimizer = Adam::with_learning_rate(opts.learning_rate);
+            Ok(model)
+        }
+    }
+}
