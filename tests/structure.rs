@@ -273,10 +273,10 @@ impl Crate {
             let mut to = BTreeSet::new();
             for p in paths_in(src) {
                 let abs = self.absolute(m, &p);
-                if let Some(t) = self.resolve(&abs) {
-                    if !t.starts_with(m) {
-                        to.insert(t);
-                    }
+                if let Some(t) = self.resolve(&abs)
+                    && !t.starts_with(m)
+                {
+                    to.insert(t);
                 }
             }
             out.insert(m.clone(), to);

@@ -177,7 +177,7 @@ pub const GEMM_TILES: [GemmTile; 7] = [N16, N32, N64, S32, S64, M64N32, M32N64];
 /// A tile, checked at compile time to have [`GEMM_THREADS`] threads.
 const fn tile(name: &'static str, bm: usize, bn: usize, tm: usize, tn: usize) -> GemmTile {
     assert!(
-        bm % tm == 0 && bn % tn == 0,
+        bm.is_multiple_of(tm) && bn.is_multiple_of(tn),
         "tile not divisible by its thread tile"
     );
     assert!(
