@@ -75,7 +75,7 @@ pub struct PtxKernel {
 #[derive(Debug)]
 pub struct KernelInfo {
     pub name: &'static str,
-    /// Source file relative to the crate, e.g. "src/ops/relu/relu.cu".
+    /// Source file relative to the crate, e.g. "kernels/relu.cu".
     pub file: &'static str,
     /// A test fixture (tests/emulator/), not an op.
     pub fixture: bool,

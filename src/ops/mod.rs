@@ -1,8 +1,8 @@
 //! Every tensor operation a training step needs, one folder per op, as dfdx does: the op's
 //! shape type, buffer checks, trait and `--profile` pass-through in `mod.rs`, the CPU code
-//! in `cpu.rs`, the CUDA host code in `cuda.rs`, and its kernels (`*.cu`) side by side.
-//! build.rs finds the kernels here (`#include "gemm/gemm_tile.cuh"` names another op's
-//! header by folder); `tests/ops.rs` checks every op on every target.
+//! in `cpu.rs`, the CUDA host code in `cuda.rs`; its kernels are in the top-level `kernels/`
+//! (`kernels/<op>.cu`, as candle's `candle-kernels/src/`), and what the host and the kernels
+//! share in [`kernel_abi`]. `tests/ops.rs` checks every op on every target.
 //!
 //! | folder          | trait          | what                                                  |
 //! |-----------------|----------------|-------------------------------------------------------|

@@ -2,7 +2,7 @@
 //! folded into the step size), in place, fused into one pass over the four buffers.
 //!
 //! - CPU (`cpu.rs`): one rayon pass.
-//! - CUDA (`cuda.rs`, `adam.cu`): float4 loads, grid-stride; skips its update once the
+//! - CUDA (`cuda.rs`, `kernels/adam.cu`): float4 loads, grid-stride; skips its update once the
 //!   step counters record a failed step, without a read by the host.
 
 mod cpu;

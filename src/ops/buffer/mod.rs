@@ -2,7 +2,7 @@
 //! op trait builds on ([`Storage::Buf`] is the buffer type of the backend's ops).
 //!
 //! - CPU (`cpu.rs`): `Vec<T>`.
-//! - CUDA (`cuda.rs`, `buffer.cu`): `DeviceBuffer<f32>`, copies by the executor (the
+//! - CUDA (`cuda.rs`, `kernels/buffer.cu`): `DeviceBuffer<f32>`, copies by the executor (the
 //!   driver's), and the `fill_f32` kernel.
 
 mod cpu;

@@ -3,8 +3,8 @@
 //!
 //! - CPU (`cpu.rs`): GEMMs of `gemm::cpu`; for weights that dwarf the batch (outputs a
 //!   multiple of 64, f32 on AVX-512) every pass streams the weights once (`streaming.rs`).
-//! - CUDA (`cuda.rs`, `dense.cu`): the tiled GEMM core of `gemm/gemm_tile.cuh`, split-K for
-//!   the long reductions; `dense_naive.cu` the reference kernels.
+//! - CUDA (`cuda.rs`, `kernels/dense.cu`): the tiled GEMM core of `kernels/gemm_tile.cuh`, split-K for
+//!   the long reductions; `kernels/dense_naive.cu` the reference kernels.
 
 mod cpu;
 mod cuda;

@@ -4,6 +4,6 @@
 //!
 //! - CPU: no kernel; the host path builds batches with `ImageSet::fill_batch_augmented`,
 //!   the reference the GPU's batches are tested against (tests/device_data.rs).
-//! - CUDA (`cuda.rs`, `gather_batch.cu`): one thread per value.
+//! - CUDA (`cuda.rs`, `kernels/gather_batch.cu`): one thread per value.
 
 pub(crate) mod cuda;

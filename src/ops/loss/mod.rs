@@ -3,7 +3,7 @@
 //! probabilities), its value and its gradient.
 //!
 //! - CPU (`cpu.rs`): [`loss_forward_backward`], the reference, with the formulas.
-//! - CUDA (`cuda.rs`, `loss.cu`): one warp per row, then a one-block deterministic reduction.
+//! - CUDA (`cuda.rs`, `kernels/loss.cu`): one warp per row, then a one-block deterministic reduction.
 
 mod cpu;
 mod cuda;

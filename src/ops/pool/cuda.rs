@@ -1,4 +1,4 @@
-//! Max-pooling on CUDA: launches of `pool.cu`'s kernels (float4 when the channels allow).
+//! Max-pooling on CUDA: launches of the kernels of `kernels/pool.cu` (float4 when the channels allow).
 
 use super::{PoolOps, PoolShape};
 use crate::Result;

@@ -2,7 +2,7 @@
 //! backward, and the backward fused with the ReLU gradient of the layer before.
 //!
 //! - CPU (`cpu.rs`): one image per rayon task; the usual 2x2 window branch-free.
-//! - CUDA (`cuda.rs`, `pool.cu`): one thread per output (per 4 channels with float4).
+//! - CUDA (`cuda.rs`, `kernels/pool.cu`): one thread per output (per 4 channels with float4).
 
 mod cpu;
 mod cuda;

@@ -1,4 +1,4 @@
-//! The ReLU gradient on CUDA (`relu.cu`).
+//! The ReLU gradient on CUDA (`kernels/relu.cu`).
 
 use super::ReluOps;
 use crate::Result;

@@ -1,7 +1,7 @@
 //! Row-wise softmax of `[rows, cols]` logits, forward and backward.
 //!
 //! - CPU (`cpu.rs`): the reference rows of `crate::loss` (`softmax_row`).
-//! - CUDA (`cuda.rs`, `softmax.cu`): one warp per row.
+//! - CUDA (`cuda.rs`, `kernels/softmax.cu`): one warp per row.
 
 mod cpu;
 mod cuda;
