@@ -700,7 +700,7 @@ fn counters<B: Backend<E = f32>>(b: &B) {
             );
         }
         Err(Error::NonFinite(_)) if b.reads_are_cheap() => {}
-        Err(e) => panic!("loss_counted on NaN predictions on {}: {e}", b.name()),
+        Err(e) => panic!("a counted loss on NaN predictions on {}: {e}", b.name()),
     }
     // Counters set to a failed pass (as a resumed one may be): a counted Adam update is a no-op.
     let failed = StepTotals {
