@@ -64,7 +64,8 @@ use util::{hash_files, run_parallel, write_if_changed};
 
 /// Every kernel source, flat, one file per op family (crate-relative).
 const KERNELS_DIR: &str = "kernels";
-/// The shared numbers and layouts of the host and the kernels.
+/// The shared numbers and layouts of the host and the kernels (build/abi.rs writes their C
+/// side).
 const ABI_FILE: &str = "src/ops/kernel_abi.rs";
 /// The emulator's C++ runtime (`cuda_emu.h`, `runtime.cpp`).
 const EMULATOR_DIR: &str = "src/executor/emulator";
