@@ -38,6 +38,7 @@ struct Tile {
     static_assert(BM % TM == 0 && BN % TN == 0, "tile not divisible by thread tile");
     static_assert(THREADS % BK == 0 && THREADS >= BM && THREADS >= BN, "loader mapping");
     static_assert(THREADS == GEMM_THREADS && BK == GEMM_BK, "tile shapes come from src/ops/kernel_abi.rs");
+    static_assert(GEMM_VECTOR_WIDTH == 4, "the _v loaders read float4 (load_vec)");
 };
 
 __device__ __forceinline__ void set_vec(float* r, float4 v) {

@@ -40,17 +40,6 @@ impl CudaBackend {
         &self.exec
     }
 
-    /// Blocks that fill the device: below this, the GEMMs split a long K.
-    pub(crate) fn target_blocks(&self) -> usize {
-        match &self.exec {
-            // A few resident blocks per SM (the tiled kernels fit two of 256 threads).
-            Executor::Cuda(c) => (c.info().multiprocessors.max(1) as usize) * 4,
-            // The emulator has a handful of OS threads; a small target still makes the
-            // tests exercise split-K on small shapes.
-            Executor::Emu(_) => 16,
-        }
-    }
-
     /// Runs `f` on the op state of type `T` (its `Default` on first use), under that
     /// state's own lock: an op may use another op's state inside `f`.
     pub(crate) fn op_state<T: Default + Send + 'static, R>(

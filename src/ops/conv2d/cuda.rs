@@ -5,7 +5,7 @@ use super::{Conv2dOps, ConvPaths, ConvShape};
 use crate::Result;
 use crate::executor::DeviceBuffer;
 use crate::ops::cuda::CudaBackend;
-use crate::ops::gemm::cuda::{Op, Variant};
+use crate::ops::gemm::cuda::{Op, Variant, vector_loads};
 use crate::ops::kernel_abi::GemmArgs;
 use crate::ops::launch::int;
 
@@ -67,7 +67,7 @@ impl Conv2dOps for CudaBackend {
             [0, s.out_c, s.out_c],
         );
         let args = with_geometry(product.with_bias(b.device_ptr(), relu), s)?;
-        let vector = s.in_c.is_multiple_of(4) && s.out_c.is_multiple_of(4);
+        let vector = vector_loads(&[s.in_c, s.out_c]);
         // SAFETY: the lengths were checked against the shape the arguments describe.
         unsafe { self.gemm(Op::ConvForward, args, vector) }
     }
@@ -90,7 +90,7 @@ impl Conv2dOps for CudaBackend {
             [0, 0, s.in_c],
         );
         let args = with_geometry(product, s)?;
-        let vector = s.out_c.is_multiple_of(4);
+        let vector = vector_loads(&[s.out_c]);
         // SAFETY: the lengths were checked against the shape the arguments describe.
         unsafe { self.gemm(Op::ConvBackwardData, args, vector) }
     }
@@ -119,7 +119,7 @@ impl Conv2dOps for CudaBackend {
             [0, s.out_c, s.out_c],
         );
         let args = with_geometry(product.with_bias_gradient_row(db.device_ptr()), s)?;
-        let vector = s.in_c.is_multiple_of(4) && s.out_c.is_multiple_of(4);
+        let vector = vector_loads(&[s.in_c, s.out_c]);
         // SAFETY: the lengths were checked against the shape the arguments describe.
         unsafe { self.gemm(Op::ConvBackwardFilter, args, vector) }
     }

@@ -5,7 +5,7 @@ use super::{DenseOps, DenseShape};
 use crate::Result;
 use crate::executor::DeviceBuffer;
 use crate::ops::cuda::CudaBackend;
-use crate::ops::gemm::cuda::Op;
+use crate::ops::gemm::cuda::{Op, vector_loads};
 use crate::ops::kernel_abi::GemmArgs;
 use crate::ops::launch::int;
 
@@ -36,7 +36,7 @@ impl DenseOps for CudaBackend {
             [s.inputs, s.outputs, s.outputs],
         )
         .with_bias(b.device_ptr(), relu);
-        let vector = s.inputs.is_multiple_of(4) && s.outputs.is_multiple_of(4);
+        let vector = vector_loads(&[s.inputs, s.outputs]);
         // SAFETY: the lengths were checked against the shape the arguments describe.
         unsafe { self.gemm(Op::DenseForward, args, vector) }
     }
@@ -63,7 +63,7 @@ impl DenseOps for CudaBackend {
             [s.inputs, s.outputs, s.outputs],
         )
         .with_bias_gradient_row(db.device_ptr());
-        let vector = s.inputs.is_multiple_of(4) && s.outputs.is_multiple_of(4);
+        let vector = vector_loads(&[s.inputs, s.outputs]);
         // SAFETY: the lengths were checked against the shape the arguments describe.
         unsafe { self.gemm(Op::DenseBackwardWeights, args, vector)? };
         if let Some(dx) = dx {
@@ -75,7 +75,7 @@ impl DenseOps for CudaBackend {
                 [s.batch, s.inputs, s.outputs],
                 [s.outputs, s.outputs, s.inputs],
             );
-            let vector = s.outputs.is_multiple_of(4);
+            let vector = vector_loads(&[s.outputs]);
             // SAFETY: the lengths were checked against the shape the arguments describe.
             unsafe { self.gemm(Op::DenseBackwardInput, args, vector)? };
         }

@@ -8,8 +8,8 @@ use crate::executor::{DeviceBuffer, Executor, LaunchConfig};
 use crate::ops::cuda::CudaBackend;
 use crate::ops::kernel_abi::{
     CONV_BACKWARD_DATA, CONV_BACKWARD_FILTER, CONV_FORWARD, DENSE_BACKWARD_INPUT,
-    DENSE_BACKWARD_WEIGHTS, DENSE_FORWARD, GEMM_BK, GEMM_THREADS, GemmArgs, GemmFamily, GemmTile,
-    M32N64, M64N32, N16, N32, N64, S32, S64,
+    DENSE_BACKWARD_WEIGHTS, DENSE_FORWARD, GEMM_BK, GEMM_THREADS, GEMM_VECTOR_WIDTH, GemmArgs,
+    GemmFamily, GemmTile, M32N64, M64N32, N16, N32, N64, S32, S64,
 };
 use crate::ops::launch::int;
 use crate::{Error, Result};
@@ -69,6 +69,12 @@ impl GemmArgs {
             ..self
         }
     }
+}
+
+/// Whether the loaders may read A and B as vectors of [`GEMM_VECTOR_WIDTH`] floats (the
+/// `_v` kernels' float4 loads): every contiguous dimension in `dims` is a multiple of it.
+pub(crate) fn vector_loads(dims: &[usize]) -> bool {
+    dims.iter().all(|d| d.is_multiple_of(GEMM_VECTOR_WIDTH))
 }
 
 /// Which family of kernels a GEMM launch uses.
@@ -260,6 +266,17 @@ impl Planner {
     }
 }
 
+/// Blocks that fill the device `exec`: below this, a GEMM splits a long K.
+fn target_blocks(exec: &Executor) -> usize {
+    match exec {
+        // A few resident blocks per SM (the tiled kernels fit two of 256 threads).
+        Executor::Cuda(c) => (c.info().multiprocessors.max(1) as usize) * 4,
+        // The emulator has a handful of OS threads; a small target still makes the tests
+        // exercise split-K on small shapes.
+        Executor::Emu(_) => 16,
+    }
+}
+
 /// The GEMM's state on a CUDA backend: which kernels run, and the split-K workspace
 /// (grown to the largest need, then reused by every step).
 #[derive(Default)]
@@ -307,7 +324,7 @@ impl CudaBackend {
     /// The pointers in `args` must be valid for the extents its sizes describe.
     pub(crate) unsafe fn gemm(&self, op: Op, args: GemmArgs, vector: bool) -> Result<()> {
         let g = Gemm { op, args, vector };
-        let target_blocks = self.target_blocks();
+        let target_blocks = target_blocks(&self.exec);
         self.op_state(|s: &mut GemmState| {
             let planner = Planner {
                 variant: s.variant,
