@@ -17,6 +17,7 @@ use std::sync::mpsc;
 
 use crate::data::{ImageSet, PixelStore, flip_stream};
 use crate::ops::CudaBackend;
+use crate::ops::kernel_abi::FLIP_BIT;
 use crate::ops::{Backend, CpuBackend, Storage};
 use crate::profile::{Phase, Profiled, Timeline};
 use crate::rng::Rng;
@@ -130,8 +131,6 @@ impl DeviceCache {
         }
     }
 }
-
-pub use crate::ops::kernel_abi::FLIP_BIT;
 
 /// The flip seed of batch `n` of a pass whose flip seed is `pass_seed`.
 fn batch_flip_seed(pass_seed: u64, n: usize) -> u64 {

@@ -26,7 +26,7 @@
 
 use super::{CountStep, LossOps};
 use super::{LengthRule, check_loss_shapes, loss_forward_backward};
-use crate::executor::{DeviceBuffer, Executor, LaunchConfig};
+use crate::executor::{DeviceBuffer, Executor, Launch, LaunchConfig};
 use crate::loss::{Alpha, LossConfig};
 use crate::ops::check_len;
 use crate::ops::counters::cuda::count_step;
@@ -35,9 +35,9 @@ use crate::ops::kernel_abi::{LOSS_REDUCE_THREADS, LOSS_TERMS_PER_ROW};
 use crate::ops::launch::{int, row_grid};
 use crate::{Error, Result};
 
-/// Reusable device state of the loss: the per-class alpha of the current configuration,
-/// the per-row partial sums and the two-float result. Allocated on first use, grown when a
-/// larger batch comes, reallocated if used with another executor.
+/// Reusable device state of the loss, kept by its backend (`CudaBackend::op_state`): the
+/// per-class alpha of the current configuration, the per-row partial sums and the two-float
+/// result. Allocated on first use, grown when a larger batch comes.
 #[derive(Default)]
 struct LossKernels {
     alpha: Option<(Vec<f32>, DeviceBuffer<f32>)>,
@@ -49,7 +49,7 @@ impl LossKernels {
     /// The per-class alpha on the device, uploaded only when the values change.
     fn alpha_buffer(&mut self, exec: &Executor, values: Vec<f32>) -> Result<&DeviceBuffer<f32>> {
         let stale = match &self.alpha {
-            Some((v, buf)) => *v != values || buf.kind() != exec.kind(),
+            Some((v, _)) => *v != values,
             None => true,
         };
         if stale {
@@ -60,12 +60,9 @@ impl LossKernels {
     }
 }
 
-/// `buf` if it belongs to `exec` and holds at least `len` elements, else a new one.
+/// `buf` if it holds at least `len` elements, else a new one.
 fn ensure(exec: &Executor, buf: &mut Option<DeviceBuffer<f32>>, len: usize) -> Result<()> {
-    if !buf
-        .as_ref()
-        .is_some_and(|b| b.len() >= len && b.kind() == exec.kind())
-    {
+    if buf.as_ref().is_none_or(|b| b.len() < len) {
         *buf = Some(exec.alloc::<f32>(len)?);
     }
     Ok(())
@@ -293,6 +290,41 @@ struct Rows<'a> {
     terms: &'a mut DeviceBuffer<f32>,
 }
 
+impl Rows<'_> {
+    /// Launches the row kernel `kernel` on the parameter layout every one of them shares:
+    /// `(y, pred, [alpha, alpha_scalar,] own..., [inv_batch,] batch, classes, grad, terms)`,
+    /// the bracketed ones for the class-weighted means (`weighted`), `own` the kernel's own
+    /// scalars, pushed by `own`.
+    ///
+    /// # Safety
+    /// `own` must push exactly the kernel's own parameters, in order and type (see
+    /// kernels/loss.cu); the buffers' extents were checked by [`launch_loss`].
+    unsafe fn launch(
+        self,
+        kernel: &str,
+        weighted: bool,
+        own: impl FnOnce(&mut Launch<'_>),
+    ) -> Result<()> {
+        let mut l = self
+            .exec
+            .launch_builder(kernel, row_grid(self.batch as usize));
+        l.arg(self.y_true).arg(self.pred);
+        if weighted {
+            l.arg(self.alpha).arg(self.alpha_scalar);
+        }
+        own(&mut l);
+        if weighted {
+            l.arg(self.inv_batch);
+        }
+        l.arg(self.batch)
+            .arg(self.classes)
+            .arg(self.grad)
+            .arg(self.terms);
+        // SAFETY: forwarded to the caller.
+        unsafe { l.launch() }
+    }
+}
+
 /// How `loss_reduce` combines the row terms `S0..S2`: `mode` 0 is `S0*c0 + c1*S1 + c2*S2`
 /// (the mean focal term plus the L1/L2 terms), 1 the calibrated MSE's
 /// `S0/c0 + c1*(S1/c0)`.
@@ -303,31 +335,20 @@ struct Reduce {
     c2: f32,
 }
 
-// SAFETY (every row kernel below): the arguments match the kernel's parameters in order and
-// type (see kernels/loss.cu), on the extents `launch_loss` checked; the kernels stay within
-// them.
+// One function per row kernel: its own parameters, and how loss_reduce combines its terms.
+// SAFETY (every launch below): the closure pushes the kernel's own parameters in the order
+// and types of kernels/loss.cu.
 
 fn focal_probs_rows(r: Rows<'_>, gamma: f32, l1: f32, l2: f32) -> Result<Reduce> {
+    let c0 = r.inv_batch;
     unsafe {
-        r.exec
-            .launch_builder("loss_focal_probs_rows", row_grid(r.batch as usize))
-            .arg(r.y_true)
-            .arg(r.pred)
-            .arg(r.alpha)
-            .arg(r.alpha_scalar)
-            .arg(gamma)
-            .arg(l1)
-            .arg(l2)
-            .arg(r.inv_batch)
-            .arg(r.batch)
-            .arg(r.classes)
-            .arg(r.grad)
-            .arg(r.terms)
-            .launch()?
+        r.launch("loss_focal_probs_rows", true, |l| {
+            l.arg(gamma).arg(l1).arg(l2);
+        })?
     };
     Ok(Reduce {
         mode: 0,
-        c0: r.inv_batch,
+        c0,
         c1: l1,
         c2: l2,
     })
@@ -341,28 +362,15 @@ fn softmax_focal_rows(
     keep: f32,
     add: f32,
 ) -> Result<Reduce> {
+    let c0 = r.inv_batch;
     unsafe {
-        r.exec
-            .launch_builder("loss_softmax_focal_rows", row_grid(r.batch as usize))
-            .arg(r.y_true)
-            .arg(r.pred)
-            .arg(r.alpha)
-            .arg(r.alpha_scalar)
-            .arg(gamma)
-            .arg(l1)
-            .arg(l2)
-            .arg(keep)
-            .arg(add)
-            .arg(r.inv_batch)
-            .arg(r.batch)
-            .arg(r.classes)
-            .arg(r.grad)
-            .arg(r.terms)
-            .launch()?
+        r.launch("loss_softmax_focal_rows", true, |l| {
+            l.arg(gamma).arg(l1).arg(l2).arg(keep).arg(add);
+        })?
     };
     Ok(Reduce {
         mode: 0,
-        c0: r.inv_batch,
+        c0,
         c1: l1,
         c2: l2,
     })
@@ -371,18 +379,9 @@ fn softmax_focal_rows(
 fn calibrated_mse_rows(r: Rows<'_>, n: usize, facture: f32, from_logits: bool) -> Result<Reduce> {
     let n_f = n as f64 as f32;
     unsafe {
-        r.exec
-            .launch_builder("loss_calibrated_mse_rows", row_grid(r.batch as usize))
-            .arg(r.y_true)
-            .arg(r.pred)
-            .arg(facture)
-            .arg(n_f)
-            .arg(from_logits as i32)
-            .arg(r.batch)
-            .arg(r.classes)
-            .arg(r.grad)
-            .arg(r.terms)
-            .launch()?
+        r.launch("loss_calibrated_mse_rows", false, |l| {
+            l.arg(facture).arg(n_f).arg(from_logits as i32);
+        })?
     };
     Ok(Reduce {
         mode: 1,
@@ -400,28 +399,19 @@ fn keras_rows(
     focal: bool,
     from_logits: bool,
 ) -> Result<Reduce> {
+    let c0 = r.inv_batch;
     unsafe {
-        r.exec
-            .launch_builder("loss_keras_rows", row_grid(r.batch as usize))
-            .arg(r.y_true)
-            .arg(r.pred)
-            .arg(r.alpha)
-            .arg(r.alpha_scalar)
-            .arg(gamma)
-            .arg(keep)
-            .arg(add)
-            .arg(focal as i32)
-            .arg(from_logits as i32)
-            .arg(r.inv_batch)
-            .arg(r.batch)
-            .arg(r.classes)
-            .arg(r.grad)
-            .arg(r.terms)
-            .launch()?
+        r.launch("loss_keras_rows", true, |l| {
+            l.arg(gamma)
+                .arg(keep)
+                .arg(add)
+                .arg(focal as i32)
+                .arg(from_logits as i32);
+        })?
     };
     Ok(Reduce {
         mode: 0,
-        c0: r.inv_batch,
+        c0,
         c1: 0.0,
         c2: 0.0,
     })
