@@ -90,11 +90,14 @@ fn module_of(file: &Path) -> ModPath {
     parts
 }
 
-/// Source text without comments (line and block) and string literals' contents.
+/// Source text without comments (line and block), with every string literal (plain, raw
+/// `r#".."#`) emptied and character literals (`'"'`, `b'\''`) dropped, so that neither a
+/// doc link nor a quote in a literal reads as code.
 fn strip(src: &str) -> String {
     let b = src.as_bytes();
     let mut out = String::with_capacity(src.len());
     let mut i = 0;
+    let ident_before = |i: usize| i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
     while i < b.len() {
         if b[i..].starts_with(b"//") {
             while i < b.len() && b[i] != b'\n' {
@@ -106,6 +109,23 @@ fn strip(src: &str) -> String {
                 i += 1;
             }
             i += 2;
+        } else if b[i] == b'r' && !ident_before(i) && matches!(b.get(i + 1), Some(b'#' | b'"')) {
+            // A raw string: r, hashes, a quote, then up to a quote and as many hashes.
+            let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
+            if b.get(i + 1 + hashes) != Some(&b'"') {
+                out.push('r');
+                i += 1;
+                continue;
+            }
+            let close: Vec<u8> = std::iter::once(b'"')
+                .chain(std::iter::repeat_n(b'#', hashes))
+                .collect();
+            i += 2 + hashes;
+            while i < b.len() && !b[i..].starts_with(&close) {
+                i += 1;
+            }
+            i += close.len();
+            out.push_str("\"\"");
         } else if b[i] == b'"' {
             i += 1;
             while i < b.len() && b[i] != b'"' {
@@ -113,6 +133,13 @@ fn strip(src: &str) -> String {
             }
             i += 1;
             out.push_str("\"\"");
+        } else if b[i] == b'\'' && (b.get(i + 1) == Some(&b'\\') || b.get(i + 2) == Some(&b'\'')) {
+            // A character literal ('x', '\n', '\''); a lifetime has no closing quote.
+            i += if b[i + 1] == b'\\' { 2 } else { 1 };
+            while i < b.len() && b[i] != b'\'' {
+                i += 1;
+            }
+            i += 1;
         } else {
             out.push(b[i] as char);
             i += 1;
@@ -416,6 +443,13 @@ fn the_cycle_finder_finds_a_planted_cycle() {
     edges.insert(m("ops::launch"), BTreeSet::from([m("ops::cuda")]));
     assert_eq!(cycles(&edges).len(), 1);
     assert_eq!(cycles(&edges)[0].len(), 3);
+    // Literals and comments are not code: the paths after them are still read.
+    let tricky = "let q = '\"'; use crate::w::V; let s = \"x\"; let b = b'\\''; \
+                  let r = r#\"a \" crate::no\"#; /* crate::x */ fn f<'a>() {}\nuse crate::y::Z;";
+    assert_eq!(
+        paths_in(&strip(tricky)),
+        vec![m("crate::w::V"), m("crate::y::Z")]
+    );
     // Paths as the parser reads them.
     let paths = paths_in(&strip(
         "use crate::ops::{cuda::CudaBackend, launch::int};\n// crate::x::y\n",
