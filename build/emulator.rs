@@ -10,6 +10,43 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::path::PathBuf;
 
+/// The runtime's own sources (src/executor/emulator/), compiled without the access checks.
+const RUNTIME_UNITS: [&str; 2] = ["runtime.cpp", "memcheck.cpp"];
+
+/// Every load and store of a kernel calls `__asan_{load,store}N_noabort(address)`, which
+/// memcheck.cpp defines: the compiler's address-sanitizer instrumentation in its "kernel"
+/// form, which calls out instead of needing the sanitizer's runtime and shadow memory.
+/// Stack and globals are left alone (they are not device memory). No auto-vectorisation: a
+/// CUDA thread's code is scalar, and merged accesses would be judged by the wrong size; and
+/// with GCC no scalar replacement of aggregates, which would split a `float4` load into four
+/// float loads and hide its alignment (clang's SROA cannot be turned off: with clang only
+/// scalar accesses are checked for alignment).
+fn memory_check_flags(clang: bool) -> Vec<&'static str> {
+    if clang {
+        vec![
+            "-fsanitize=kernel-address",
+            "-mllvm",
+            "-asan-instrumentation-with-call-threshold=0",
+            "-mllvm",
+            "-asan-stack=0",
+            "-mllvm",
+            "-asan-globals=0",
+            "-fno-vectorize",
+            "-fno-slp-vectorize",
+        ]
+    } else {
+        vec![
+            "-fsanitize=kernel-address",
+            "--param=asan-instrumentation-with-call-threshold=0",
+            "--param=asan-stack=0",
+            "--param=asan-globals=0",
+            "-fno-tree-vectorize",
+            "-fno-tree-slp-vectorize",
+            "-fno-tree-sra",
+        ]
+    }
+}
+
 pub(crate) fn build_emulator(
     emu_dir: &Path,
     include_dirs: &[PathBuf],
@@ -39,15 +76,18 @@ pub(crate) fn build_emulator(
         .includes(include_dirs)
         .include(emu_dir);
     let compiler = build.get_compiler();
-    let cmd_key = format!("{:?} {:?}", compiler.path(), compiler.args());
+    let checks = memory_check_flags(compiler.is_like_clang());
+    let cmd_key = format!("{:?} {:?} {checks:?}", compiler.path(), compiler.args());
 
-    // One translation unit per kernel file plus the runtime.
+    // One translation unit per kernel file plus the runtime's two.
     let mut units: Vec<(String, String, PathBuf)> = Vec::new(); // (label, text or "", source)
-    units.push((
-        "src/executor/emulator/runtime.cpp".into(),
-        String::new(),
-        emu_dir.join("runtime.cpp"),
-    ));
+    for runtime in RUNTIME_UNITS {
+        units.push((
+            format!("src/executor/emulator/{runtime}"),
+            String::new(),
+            emu_dir.join(runtime),
+        ));
+    }
     for f in files {
         let mut text = String::new();
         let _ = writeln!(
@@ -90,8 +130,12 @@ pub(crate) fn build_emulator(
             return Ok(obj);
         }
         let tmp = obj.with_extension("o.tmp");
-        let o = compiler
-            .to_command()
+        let mut cmd = compiler.to_command();
+        // Kernels only: the runtime is what the checks call.
+        if !text.is_empty() {
+            cmd.args(&checks);
+        }
+        let o = cmd
             .arg("-c")
             .arg(src)
             .arg("-o")

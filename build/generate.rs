@@ -89,6 +89,10 @@ pub(crate) fn generate_rust(
 
     if emulator {
         s.push_str("unsafe extern \"C\" {\n");
+        s.push_str(
+            "    fn focalflow_emu_device_alloc(bytes: usize, fill: u8, err: *mut c_char, err_len: usize) \
+             -> *mut c_void;\n    fn focalflow_emu_device_free(p: *mut c_void);\n",
+        );
         for f in files {
             for k in &f.kernels {
                 let _ = writeln!(
@@ -101,6 +105,15 @@ pub(crate) fn generate_rust(
         s.push_str("}\n\n");
     }
 
+    let _ = writeln!(
+        s,
+        "pub static EMU_MEMORY: Option<EmuMemory> = {};\n",
+        if emulator {
+            "Some(EmuMemory { alloc: focalflow_emu_device_alloc, free: focalflow_emu_device_free })"
+        } else {
+            "None"
+        }
+    );
     s.push_str("pub static KERNELS: &[KernelInfo] = &[\n");
     for (i, (f, p)) in files.iter().zip(ptx).enumerate() {
         for k in &f.kernels {

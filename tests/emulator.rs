@@ -59,11 +59,14 @@ fn missing_barrier_is_caught_by_reverse_and_random_schedules() {
     }
 }
 
+/// The message of a launch that fails while it runs: reported by the next call that waits
+/// for the device (here `synchronize`), as on a GPU.
 fn launch_error(exec: &Executor, kernel: &str, threads: u32) -> String {
     let mut y = exec.alloc_zeros::<f32>(threads as usize).unwrap();
     let cfg = focalflow::executor::LaunchConfig::new(2u32, threads);
     // SAFETY: the fixture takes one float* of blockDim.x elements (both blocks write the same ones).
-    match unsafe { exec.launch_builder(kernel, cfg).arg(&mut y).launch() } {
+    let run = unsafe { exec.launch_builder(kernel, cfg).arg(&mut y).launch() };
+    match run.and_then(|()| exec.synchronize()) {
         Ok(()) => panic!("{kernel} must fail on the emulator"),
         Err(Error::Device(msg)) => msg,
         Err(e) => panic!("{kernel}: expected Error::Device, got {e:?}"),
@@ -107,12 +110,35 @@ fn trap_fails_with_line() {
     );
 }
 
+/// A launch returns before its kernel runs; a failure is reported by the next call that
+/// waits, and by every later call (a CUDA context is unusable after a kernel fault); a new
+/// executor works.
 #[test]
-fn emulator_is_usable_after_a_failed_launch() {
+fn a_failed_launch_is_reported_later_and_sticks_as_on_a_gpu() {
     let exec = emu(Schedule::Forward);
-    launch_error(&exec, "fx_divergent_barrier", 64);
-    fixtures::shift_with_barrier(&exec);
-    fixtures::block_sum(&exec);
+    let mut y = exec.alloc_zeros::<f32>(64).unwrap();
+    let cfg = focalflow::executor::LaunchConfig::new(2u32, 64u32);
+    // SAFETY: fx_divergent_barrier takes one float* of blockDim.x elements.
+    unsafe {
+        exec.launch_builder("fx_divergent_barrier", cfg)
+            .arg(&mut y)
+            .launch()
+    }
+    .expect("the launch is only queued");
+    let first = exec.synchronize().unwrap_err().to_string();
+    assert!(first.contains("fx_divergent_barrier"), "{first}");
+    let later = exec.download(&y).unwrap_err().to_string();
+    assert_eq!(later, first, "the failure sticks");
+    // SAFETY: as above.
+    let again = unsafe {
+        exec.launch_builder("fx_divergent_barrier", cfg)
+            .arg(&mut y)
+            .launch()
+    };
+    assert_eq!(again.unwrap_err().to_string(), first);
+    let fresh = emu(Schedule::Forward);
+    fixtures::shift_with_barrier(&fresh);
+    fixtures::block_sum(&fresh);
 }
 
 #[test]
@@ -158,17 +184,15 @@ fn fiber_stack_overflow_fails_the_launch_and_a_larger_stack_fixes_it() {
                 .arg(32768i32)
                 .launch()
         };
-        (r, exec.download(&y).unwrap())
+        r.and_then(|()| exec.download(&y))
     };
-    let (r, _) = run(64 * 1024);
-    let msg = r
+    let msg = run(64 * 1024)
         .expect_err("128 KiB of locals on a 64 KiB stack must fail")
         .to_string();
     assert!(
         msg.contains("fx_stack_hog") && msg.contains("FOCALFLOW_EMU_STACK_KB"),
         "{msg}"
     );
-    let (r, y) = run(256 * 1024);
-    r.unwrap();
+    let y = run(256 * 1024).unwrap();
     assert!(y.iter().all(|&v| v == 32767.0), "{y:?}");
 }

@@ -1,4 +1,4 @@
-//! Kernel executors: the project's CUDA kernels (`src/ops/*/*.cu`) run either on a GPU
+//! Kernel executors: the project's CUDA kernels (`kernels/*.cu`) run either on a GPU
 //! ([`CudaExecutor`], cudarc) or on the CPU emulator ([`EmuExecutor`], the same sources
 //! compiled as C++ by build.rs), behind one interface, [`Executor`], so host code is
 //! written once:
@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering;
 pub use cuda::{
     CudaExecutor, GpuInfo, ModuleLoad, cuda_unavailable_reason, driver_version, probe_gpus,
 };
-pub use emu::{EmuExecutor, EmuOptions, Schedule};
+pub use emu::{DeviceMode, EmuExecutor, EmuOptions, Schedule};
 pub use kernels::{BUILD, KERNELS, KernelInfo, PTX_MODULES};
 
 use crate::{Error, Result};
@@ -153,14 +153,14 @@ pub struct DeviceBuffer<T: DeviceElem> {
 
 enum BufferInner<T: DeviceElem> {
     Cuda(cudarc::driver::CudaSlice<T>),
-    Host(emu::HostBuffer<T>),
+    Emu(emu::DeviceMemory<T>),
 }
 
 impl<T: DeviceElem> DeviceBuffer<T> {
     pub fn len(&self) -> usize {
         match &self.inner {
             BufferInner::Cuda(s) => s.len(),
-            BufferInner::Host(h) => h.len(),
+            BufferInner::Emu(h) => h.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -170,7 +170,7 @@ impl<T: DeviceElem> DeviceBuffer<T> {
     pub fn kind(&self) -> ExecutorKind {
         match &self.inner {
             BufferInner::Cuda(_) => ExecutorKind::Cuda,
-            BufferInner::Host(_) => ExecutorKind::Emu,
+            BufferInner::Emu(_) => ExecutorKind::Emu,
         }
     }
     /// The raw device address (`CUdeviceptr`; a host address on the emulator).
@@ -180,7 +180,7 @@ impl<T: DeviceElem> DeviceBuffer<T> {
                 use cudarc::driver::DevicePtr;
                 s.device_ptr(s.stream()).0
             }
-            BufferInner::Host(h) => h.as_ptr() as u64,
+            BufferInner::Emu(h) => h.addr() as u64,
         }
     }
     /// A sub-range, to pass as a kernel argument (a pointer to its first element).
@@ -360,7 +360,8 @@ impl Launch<'_> {
         self.args.push_bytes(bytemuck::bytes_of(v));
         self
     }
-    /// Launches the kernel (asynchronously on the GPU; synchronously on the emulator).
+    /// Queues the kernel's launch; it runs after this returns (on the GPU, and on the
+    /// emulator's device thread), and a failure while it runs is reported by a later call.
     ///
     /// # Safety
     /// The arguments must match the kernel's parameters in meaning (their count and sizes are
@@ -389,7 +390,7 @@ pub struct Staging(StagingInner);
 enum StagingInner {
     /// Page-locked memory and its length (cudarc's slice has at least one byte).
     Pinned(cudarc::driver::PinnedHostSlice<u8>, usize),
-    Host(Vec<u8>),
+    Emu(emu::EmuStaging),
 }
 
 impl Staging {
@@ -401,7 +402,7 @@ impl Staging {
                 .as_mut_slice()
                 .map(|s| &mut s[..*len])
                 .map_err(cuda::driver_error("waiting for a staging buffer")),
-            StagingInner::Host(v) => Ok(v),
+            StagingInner::Emu(e) => e.bytes_mut(),
         }
     }
     /// Copies the first `len` bytes to `dst[offset..offset + len]`, in the executor's stream
@@ -419,9 +420,8 @@ impl Staging {
                 check_len("staged upload", len, *cap)?;
                 c.copy_pinned_htod(p, d, offset, len)
             }
-            (StagingInner::Host(v), Executor::Emu(_), BufferInner::Host(d)) => {
-                d.as_mut_slice()[offset..offset + len].copy_from_slice(&v[..len]);
-                Ok(())
+            (StagingInner::Emu(s), Executor::Emu(e), BufferInner::Emu(d)) => {
+                e.upload_staged(s, len, d, offset)
             }
             _ => Err(foreign_buffer("staged upload")),
         }
@@ -433,7 +433,7 @@ pub struct Event(EventInner);
 
 enum EventInner {
     Cuda(cudarc::driver::CudaEvent),
-    Host(std::time::Instant),
+    Emu(emu::EmuEvent),
 }
 
 impl Event {
@@ -443,8 +443,9 @@ impl Event {
             (EventInner::Cuda(a), EventInner::Cuda(b)) => {
                 a.elapsed_ms(b).map_err(cuda::driver_error("event timing"))
             }
-            (EventInner::Host(a), EventInner::Host(b)) => {
-                Ok(b.saturating_duration_since(*a).as_secs_f64() as f32 * 1e3)
+            (EventInner::Emu(a), EventInner::Emu(b)) => {
+                let (a, b) = (a.synchronize()?, b.synchronize()?);
+                Ok(b.saturating_duration_since(a).as_secs_f64() as f32 * 1e3)
             }
             _ => Err(Error::Device("events of different executors".into())),
         }
@@ -496,7 +497,7 @@ impl Executor {
     pub fn kernel(&self, name: &str) -> Result<&'static KernelInfo> {
         let k = kernels::find(name).ok_or_else(|| {
             Error::Device(format!(
-                "no kernel `{name}` in this build (src/ops/*/*.cu define the kernels)"
+                "no kernel `{name}` in this build (kernels/*.cu define the kernels)"
             ))
         })?;
         match self {
@@ -515,7 +516,7 @@ impl Executor {
     pub fn alloc<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
         let inner = match self {
             Executor::Cuda(c) => BufferInner::Cuda(c.alloc(len)?),
-            Executor::Emu(_) => BufferInner::Host(emu::HostBuffer::new(len, 0xff)?),
+            Executor::Emu(e) => BufferInner::Emu(e.alloc(len, 0xff)?),
         };
         Ok(DeviceBuffer { inner })
     }
@@ -523,7 +524,7 @@ impl Executor {
     pub fn alloc_zeros<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
         let inner = match self {
             Executor::Cuda(c) => BufferInner::Cuda(c.alloc_zeros(len)?),
-            Executor::Emu(_) => BufferInner::Host(emu::HostBuffer::new(len, 0)?),
+            Executor::Emu(e) => BufferInner::Emu(e.alloc(len, 0)?),
         };
         Ok(DeviceBuffer { inner })
     }
@@ -538,38 +539,32 @@ impl Executor {
         check_len("copy_htod", src.len(), dst.len())?;
         match (self, &mut dst.inner) {
             (Executor::Cuda(c), BufferInner::Cuda(d)) => c.copy_htod(src, d),
-            (Executor::Emu(_), BufferInner::Host(d)) => {
-                d.as_mut_slice()[..src.len()].copy_from_slice(src);
-                Ok(())
-            }
+            (Executor::Emu(e), BufferInner::Emu(d)) => e.copy_htod(src, d),
             _ => Err(foreign_buffer("copy_htod")),
         }
     }
     /// Copies the start of `src` into `dst` (waits for the copy).
     pub fn copy_dtoh<T: DeviceElem>(&self, src: &DeviceBuffer<T>, dst: &mut [T]) -> Result<()> {
         check_len("copy_dtoh", dst.len(), src.len())?;
-        if !dst.is_empty() {
-            self.read_counter().fetch_add(1, Ordering::Relaxed);
-        }
         match (self, &src.inner) {
-            (Executor::Cuda(c), BufferInner::Cuda(s)) => c.copy_dtoh(s, dst),
-            (Executor::Emu(_), BufferInner::Host(s)) => {
-                dst.copy_from_slice(&s.as_slice()[..dst.len()]);
-                Ok(())
+            (Executor::Cuda(c), BufferInner::Cuda(s)) => {
+                if !dst.is_empty() {
+                    c.blocking_reads.fetch_add(1, Ordering::Relaxed);
+                }
+                c.copy_dtoh(s, dst)
             }
+            (Executor::Emu(e), BufferInner::Emu(s)) => e.copy_dtoh(s, dst),
             _ => Err(foreign_buffer("copy_dtoh")),
         }
     }
     /// Device-to-host copies so far: each one makes the host wait for the device (the
     /// emulator counts them too, so a test there can show a loop does not synchronise).
     pub fn blocking_reads(&self) -> u64 {
-        self.read_counter().load(Ordering::Relaxed)
-    }
-    fn read_counter(&self) -> &std::sync::atomic::AtomicU64 {
         match self {
             Executor::Cuda(c) => &c.blocking_reads,
             Executor::Emu(e) => &e.blocking_reads,
         }
+        .load(Ordering::Relaxed)
     }
     /// Free device memory in bytes (on the emulator, whose device memory is the host's,
     /// `None` unless `FOCALFLOW_EMU_FREE_MIB` sets a figure).
@@ -584,7 +579,7 @@ impl Executor {
     pub fn staging(&self, len: usize) -> Result<Staging> {
         Ok(Staging(match self {
             Executor::Cuda(c) => StagingInner::Pinned(c.alloc_pinned(len)?, len),
-            Executor::Emu(_) => StagingInner::Host(vec![0; len]),
+            Executor::Emu(_) => StagingInner::Emu(emu::EmuStaging::new(len)),
         }))
     }
     /// The whole buffer as a `Vec` (waits for the copy).
@@ -608,9 +603,8 @@ impl Executor {
             (Executor::Cuda(c), BufferInner::Cuda(s), BufferInner::Cuda(d)) => {
                 c.copy_dtod(s, len, d, offset)
             }
-            (Executor::Emu(_), BufferInner::Host(s), BufferInner::Host(d)) => {
-                d.as_mut_slice()[offset..offset + len].copy_from_slice(&s.as_slice()[..len]);
-                Ok(())
+            (Executor::Emu(e), BufferInner::Emu(s), BufferInner::Emu(d)) => {
+                e.copy_dtod(s, len, d, offset)
             }
             _ => Err(foreign_buffer("copy_dtod")),
         }
@@ -619,10 +613,7 @@ impl Executor {
     pub fn memset_zeros<T: DeviceElem>(&self, dst: &mut DeviceBuffer<T>) -> Result<()> {
         match (self, &mut dst.inner) {
             (Executor::Cuda(c), BufferInner::Cuda(d)) => c.memset_zeros(d),
-            (Executor::Emu(_), BufferInner::Host(d)) => {
-                d.as_mut_slice().fill(T::zeroed());
-                Ok(())
-            }
+            (Executor::Emu(e), BufferInner::Emu(d)) => e.memset_zeros(d),
             _ => Err(foreign_buffer("memset_zeros")),
         }
     }
@@ -691,15 +682,15 @@ impl Executor {
     pub fn synchronize(&self) -> Result<()> {
         match self {
             Executor::Cuda(c) => c.synchronize(),
-            Executor::Emu(_) => Ok(()),
+            Executor::Emu(e) => e.synchronize(),
         }
     }
-    /// Records an event in the executor's stream (on the emulator, launches are synchronous
-    /// and events are wall-clock instants).
+    /// Records an event in the executor's stream (on the emulator: the instant its device
+    /// thread reaches it).
     pub fn record_event(&self) -> Result<Event> {
         match self {
             Executor::Cuda(c) => c.record_event().map(|e| Event(EventInner::Cuda(e))),
-            Executor::Emu(_) => Ok(Event(EventInner::Host(std::time::Instant::now()))),
+            Executor::Emu(e) => e.record_event().map(|e| Event(EventInner::Emu(e))),
         }
     }
 }

@@ -11,11 +11,13 @@ use focalflow::ops::gemm::{KernelChoice, Variant};
 /// The schedules every emulator target runs under (the random one with a fixed seed).
 pub const RANDOM: Schedule = Schedule::Random(0xF0CA1);
 
-/// An emulator executor running its blocks' threads in `schedule`'s order.
+/// An emulator executor running its blocks' threads in `schedule`'s order, with the rest
+/// of its settings from the environment (`FOCALFLOW_EMU_STRICT=1`, as CI runs the tests: a
+/// lazy device).
 pub fn emu_executor(schedule: Schedule) -> Executor {
     Executor::emu_with(EmuOptions {
         schedule,
-        ..EmuOptions::default()
+        ..EmuOptions::from_env().expect("the FOCALFLOW_EMU_* settings")
     })
     .expect("the emulator is built on this target")
 }

@@ -1,4 +1,4 @@
-// cuda_emu.h: lets the project's CUDA kernels (src/ops/*/*.cu) compile as plain C++ and run on
+// cuda_emu.h: lets the project's CUDA kernels (kernels/*.cu) compile as plain C++ and run on
 // the CPU ("cuda-emu" executor). build.rs includes this header first in every generated
 // emulator translation unit; nvcc never sees it.
 //
@@ -109,7 +109,10 @@ struct LaunchParams {
     uint64_t seed;
     uint32_t threads;      // OS threads to spread blocks over (>= 1)
     uint32_t stack_bytes;  // per fiber
+    uint32_t memcheck;     // 1: check every device memory access (memcheck.cpp)
 };
+// Whether the launch running on this OS thread checks its memory accesses.
+extern thread_local bool memcheck_on;
 
 enum class WarpOp : int {
     SyncWarp,
@@ -139,6 +142,12 @@ uint64_t warp_collective(const char* file, int line, WarpOp op, unsigned mask, u
                          int arg, int width);
 [[noreturn]] void trap(const char* file, int line, const char* what);
 void* dynamic_shared();
+// The running block's dynamic shared memory: its start, the bytes the launch asked for and
+// the bytes mapped (for memcheck.cpp's bounds check).
+const void* dynamic_shared_range(size_t* used, size_t* mapped);
+// Fails the running CUDA thread's launch with `what` (an invalid access, from memcheck.cpp),
+// naming the thread and block.
+[[noreturn]] void memory_fault(const char* what);
 unsigned active_lanes_mask();
 long long clock_ns();
 

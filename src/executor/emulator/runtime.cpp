@@ -77,6 +77,7 @@ focalflow_emu_fiber_start:
 namespace emu {
 
 thread_local Coords coords;
+thread_local bool memcheck_on = false;
 
 namespace {
 
@@ -524,6 +525,7 @@ void run_blocks(Job& j) {
     Worker& w = *t_worker;
     w.job = &j;
     const LaunchParams& p = *j.p;
+    memcheck_on = p.memcheck != 0;
     if (p.dynamic_shared_bytes > w.dyn_cap) {
         free(w.dyn);
         size_t cap = (p.dynamic_shared_bytes + 255) / 256 * 256;
@@ -720,6 +722,24 @@ void trap(const char* file, int line, const char* what) {
 void* dynamic_shared() {
     Worker* w = t_worker;
     return w ? w->dyn : nullptr;
+}
+
+const void* dynamic_shared_range(size_t* used, size_t* mapped) {
+    Worker* w = t_worker;
+    if (w == nullptr || w->job == nullptr) {
+        *used = *mapped = 0;
+        return nullptr;
+    }
+    *used = w->job->p->dynamic_shared_bytes;
+    *mapped = w->dyn_cap;
+    return w->dyn;
+}
+
+void memory_fault(const char* what) {
+    Worker& w = current_worker(what);
+    fail_fiber(w, *w.cur, strf("%s by thread (%u,%u,%u) in block (%u,%u,%u)", what, coords.thread_idx.x,
+                               coords.thread_idx.y, coords.thread_idx.z, coords.block_idx.x, coords.block_idx.y,
+                               coords.block_idx.z));
 }
 
 unsigned active_lanes_mask() {
