@@ -203,6 +203,35 @@ fn an_overrun_of_dynamic_shared_memory_is_reported() {
     launch(false, 32).expect("unchecked, the overrun lands in the rounded-up buffer");
 }
 
+#[test]
+fn a_misaligned_tensor_core_load_is_reported_with_its_line() {
+    let a = vec![1.0f32; 16 * 8 + 4];
+    let msg = run(
+        &emu(true, DeviceMode::Async),
+        "fx_wmma_misaligned",
+        LaunchConfig::new(1u32, 32u32),
+        &a,
+        32,
+        8,
+    )
+    .unwrap_err();
+    let src = include_str!("emulator/emu_fixtures.cu");
+    let line = src
+        .lines()
+        .position(|l| l.contains("FIXTURE: misaligned wmma"))
+        .unwrap()
+        + 1;
+    assert_one_line(
+        &msg,
+        &[
+            "fx_wmma_misaligned",
+            "wmma::load_matrix_sync: misaligned address",
+            "(must be 32-byte aligned)",
+            &format!("tests/emulator/emu_fixtures.cu:{line}"),
+        ],
+    );
+}
+
 /// The planted host bug: a staging buffer written again right after its upload was queued,
 /// without waiting for the copy (the raw pointer sidesteps `bytes_mut`, which waits). A
 /// synchronous emulator hides it; the lazy device (the strict mode) copies when the host

@@ -24,6 +24,9 @@ macro_rules! with_working_fixtures {
             argument_checks,
             launch_limits,
             events,
+            round_bf16_tf32,
+            wmma_tf32,
+            wmma_bf16,
         );
     };
 }
@@ -556,4 +559,147 @@ pub fn events(exec: &Executor) {
     assert!(ms >= 0.0 && ms.is_finite(), "{ms}");
     let total: f32 = exec.download(&sums).unwrap().iter().sum();
     assert_eq!(total, 65536.0);
+}
+
+// ---- tensor cores ------------------------------------------------------------------------------
+
+/// TF32 as `__float_to_tf32` rounds: to nearest, ties away from zero (NaN, inf stay).
+pub fn tf32_round(x: f32) -> f32 {
+    if !x.is_finite() {
+        return x;
+    }
+    f32::from_bits((x.to_bits() + 0x1000) & 0xffff_e000)
+}
+/// What a tensor core reads of an f32 not converted to TF32: its low 13 bits dropped.
+pub fn tf32_truncate(x: f32) -> f32 {
+    f32::from_bits(x.to_bits() & 0xffff_e000)
+}
+/// bf16 as `__float2bfloat16` rounds: to nearest, ties to even (finite inputs).
+pub fn bf16_round(x: f32) -> u16 {
+    let u = x.to_bits();
+    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+pub fn bf16_value(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// The rounding of the tensor-core inputs, on edge cases and random values.
+pub fn round_bf16_tf32(exec: &Executor) {
+    let mut x = vec![
+        1.0,
+        1.0 + 2f32.powi(-8),       // a bf16 tie: to even, 1
+        1.0 + 3.0 * 2f32.powi(-8), // a bf16 tie: to even, 1 + 2^-6
+        1.0 + 2f32.powi(-11),      // a TF32 tie: away from zero, 1 + 2^-10
+        -1.0 - 2f32.powi(-11),     // likewise, -1 - 2^-10
+        1.0 + 2f32.powi(-12),      // below half a TF32 unit: 1
+        0.0,
+        -0.0,
+        1e-40, // subnormal
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        3.0e38, // rounds to a finite TF32
+    ];
+    x.extend(Rng::new(77).vec_f32(500, -100.0, 100.0));
+    let n = x.len();
+    let dx = exec.upload(&x).unwrap();
+    let mut bf = filled(exec, n, 0xdeadu16);
+    let mut tf = filled(exec, n, f32::NAN);
+    launch!(exec, "fx_round_bf16_tf32", LaunchConfig::for_elements(n, 128); &dx, &mut bf, &mut tf, n as i32);
+    let (bf, tf) = (exec.download(&bf).unwrap(), exec.download(&tf).unwrap());
+    assert_eq!(bf16_value(bf[1]), 1.0);
+    assert_eq!(bf16_value(bf[2]), 1.0 + 2f32.powi(-6));
+    assert_eq!(tf[3], 1.0 + 2f32.powi(-10));
+    assert_eq!(tf[4], -1.0 - 2f32.powi(-10));
+    assert_eq!(tf[5], 1.0);
+    for i in 0..n {
+        assert_eq!(bf[i], bf16_round(x[i]), "bf16 of {:e} (element {i})", x[i]);
+        assert_eq!(
+            tf[i].to_bits(),
+            tf32_round(x[i]).to_bits(),
+            "tf32 of {:e} (element {i})",
+            x[i]
+        );
+    }
+}
+
+/// One warp, D = A B + C through `wmma` in TF32 (k = 24: three mma_sync), inputs converted
+/// with `__float_to_tf32` and not, against the f64 product of the inputs the tensor core
+/// sees. The tolerance is what f32 accumulation may add (K + 1 roundings of the terms'
+/// magnitude); the same comparison against the f32 inputs' exact product must fail, or the
+/// rounding would not be emulated.
+pub fn wmma_tf32(exec: &Executor) {
+    const K: usize = 24;
+    let mut rng = Rng::new(2024);
+    let a = rng.vec_f32(16 * K, -2.0, 2.0); // 16 x K, row-major
+    let b_t = rng.vec_f32(16 * K, -2.0, 2.0); // B (K x 16) column-major: b_t[col * K + k]
+    let c = rng.vec_f32(16 * 16, -1.0, 1.0);
+    let (da, db, dc) = (
+        exec.upload(&a).unwrap(),
+        exec.upload(&b_t).unwrap(),
+        exec.upload(&c).unwrap(),
+    );
+    let product = |round: &dyn Fn(f32) -> f32| {
+        let mut want = vec![0.0f64; 256];
+        let mut tol = vec![0.0f64; 256];
+        for r in 0..16 {
+            for col in 0..16 {
+                let terms =
+                    (0..K).map(|k| round(a[r * K + k]) as f64 * round(b_t[col * K + k]) as f64);
+                let (sum, mag) = terms.fold((0.0, 0.0), |(s, m), t| (s + t, m + t.abs()));
+                want[r * 16 + col] = c[r * 16 + col] as f64 + sum;
+                tol[r * 16 + col] =
+                    (K + 1) as f64 * 2f64.powi(-24) * (mag + (c[r * 16 + col] as f64).abs())
+                        + 1e-30;
+            }
+        }
+        (want, tol)
+    };
+    for (convert, round) in [(1, &tf32_round as &dyn Fn(f32) -> f32), (0, &tf32_truncate)] {
+        let mut dd = filled(exec, 256, f32::NAN);
+        launch!(exec, "fx_wmma_tf32", LaunchConfig::new(1u32, 32u32); &da, &db, &dc, &mut dd, K as i32, convert);
+        let d = exec.download(&dd).unwrap();
+        let (want, tol) = product(round);
+        assert_within(&format!("wmma tf32 (convert {convert})"), &d, &want, &tol);
+        let (exact, _) = product(&|v| v);
+        let off = (0..256)
+            .filter(|&i| (d[i] as f64 - exact[i]).abs() > tol[i])
+            .count();
+        assert!(
+            off > 128,
+            "only {off} of 256 results show TF32's rounding of the inputs"
+        );
+    }
+}
+
+/// One warp, D = A B through `wmma` in BF16 (k = 32: two mma_sync) with an f32 accumulator,
+/// A column-major, B row-major, D stored column-major; against the f64 product.
+pub fn wmma_bf16(exec: &Executor) {
+    const K: usize = 32;
+    let mut rng = Rng::new(99);
+    let a: Vec<u16> = rng
+        .vec_f32(16 * K, -3.0, 3.0)
+        .into_iter()
+        .map(bf16_round)
+        .collect(); // a[k * 16 + r]
+    let b: Vec<u16> = rng
+        .vec_f32(16 * K, -3.0, 3.0)
+        .into_iter()
+        .map(bf16_round)
+        .collect(); // b[k * 16 + c]
+    let (da, db) = (exec.upload(&a).unwrap(), exec.upload(&b).unwrap());
+    let mut dd = filled(exec, 256, f32::NAN);
+    launch!(exec, "fx_wmma_bf16", LaunchConfig::new(1u32, 32u32); &da, &db, &mut dd, K as i32);
+    let d = exec.download(&dd).unwrap();
+    let mut want = vec![0.0f64; 256];
+    let mut tol = vec![0.0f64; 256];
+    for r in 0..16 {
+        for col in 0..16 {
+            let terms = (0..K)
+                .map(|k| bf16_value(a[k * 16 + r]) as f64 * bf16_value(b[k * 16 + col]) as f64);
+            let (sum, mag) = terms.fold((0.0, 0.0), |(s, m), t| (s + t, m + t.abs()));
+            want[col * 16 + r] = sum; // column-major
+            tol[col * 16 + r] = K as f64 * 2f64.powi(-24) * mag + 1e-30;
+        }
+    }
+    assert_within("wmma bf16", &d, &want, &tol);
 }

@@ -18,6 +18,7 @@
 
 #include <assert.h>
 #include <float.h>
+#include <stdarg.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
