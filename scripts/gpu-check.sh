@@ -221,6 +221,7 @@ print(libs[0] if libs else "")' 2>/dev/null)"
     step test_cuda_loss 1 90 "$tests/cuda_loss" "${loss_filter[@]}"
     if [ $dry -eq 0 ]; then
         step test_gpu_executor 1 60 "$tests/gpu_executor"
+        step misaligned_float4 0 30 "$tests/gpu_executor" planted_misaligned_float4 --ignored --exact
         step test_device_data 1 90 "$tests/device_data"
     fi
 
@@ -259,6 +260,10 @@ print(libs[0] if libs else "")' 2>/dev/null)"
     if [ $dry -eq 0 ] && [ -n "$sanitizer" ]; then
         step memcheck 0 120 "$sanitizer" --tool memcheck --error-exitcode 9 "$tests/ops" on_gpu:: --test-threads=1
         step racecheck 0 60 "$sanitizer" --tool racecheck --error-exitcode 9 "$tests/ops" on_gpu::conv_forward on_gpu::dense_backward --test-threads=1
+        # The emulator's planted bugs (tests/emulator_checks.rs) on the GPU: memcheck must
+        # report the read one past the end, the GPU itself the misaligned float4.
+        step memcheck_planted 0 60 bash -c '"$0" --tool memcheck "$1" planted_read_past_end --ignored --exact --nocapture 2>&1 |
+            tee /dev/stderr | grep -q "Invalid __global__ read of size 4 bytes"' "$sanitizer" "$tests/gpu_executor"
     else
         log "SKIP compute-sanitizer (${sanitizer:-not found}$why)"
     fi

@@ -63,6 +63,8 @@ pub fn info_report() -> String {
             BUILD.emulator_switch,
             KERNELS.len()
         );
+        let _ = writeln!(s, "  emulator checks {}", executor::EMULATOR_CHECKS);
+        let _ = writeln!(s, "  only a GPU     {}", executor::GPU_ONLY);
     } else {
         let _ = writeln!(s, "  emulator       not built (unix targets only)");
     }

@@ -73,7 +73,7 @@ impl Phase {
 /// A point on a backend's timeline.
 pub enum Mark {
     Wall(Instant),
-    /// A CUDA event (on the emulator: a wall-clock instant, launches being synchronous).
+    /// A CUDA event (on the emulator: the instant its device thread reached it).
     Device(Event),
 }
 

@@ -13,6 +13,18 @@ fn info_report_names_build_executors_gpus_and_versions() {
     assert!(r.contains("  cpu            available"), "{r}");
     assert!(r.contains("  cuda-emu       available"), "{r}");
     assert!(r.contains("  cuda           "), "{r}");
+    if BUILD.emulator {
+        // What the emulator checks, and what only a GPU can tell.
+        assert!(
+            r.contains("  emulator checks every kernel access to device memory"),
+            "{r}"
+        );
+        assert!(
+            r.contains("memory checks on") || r.contains("memory checks off"),
+            "{r}"
+        );
+        assert!(r.contains("  only a GPU     timing;"), "{r}");
+    }
     assert!(
         r.contains(&format!("focalflow {}", env!("CARGO_PKG_VERSION"))),
         "{r}"

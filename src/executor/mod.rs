@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering;
 pub use cuda::{
     CudaExecutor, GpuInfo, ModuleLoad, cuda_unavailable_reason, driver_version, probe_gpus,
 };
-pub use emu::{DeviceMode, EmuExecutor, EmuOptions, Schedule};
+pub use emu::{DeviceMode, EMULATOR_CHECKS, EmuExecutor, EmuOptions, GPU_ONLY, Schedule};
 pub use kernels::{BUILD, KERNELS, KernelInfo, PTX_MODULES};
 
 use crate::{Error, Result};

@@ -25,6 +25,17 @@ use crate::{Error, Result};
 use memory::copy_bytes;
 use stream::Stream;
 
+/// What the emulator checks on every launch (`focalflow info`, README "How the emulator works").
+pub const EMULATOR_CHECKS: &str = "every kernel access to device memory against its allocation's exact bounds and \
+    its alignment, dynamic shared memory overruns, divergent barriers, deadlocks and traps; races by the thread \
+    order (FOCALFLOW_EMU_SCHEDULE) and missing host waits by a lazy device (FOCALFLOW_EMU_STRICT=1); tensor \
+    cores through wmma (TF32 m16n16k8, BF16 m16n16k16)";
+
+/// What only a GPU can tell.
+pub const GPU_ONLY: &str = "timing; the memory model under real concurrency (warps in lockstep, caches, ordering \
+    between blocks without fences); the tensor cores' fragment layouts and the order their sums round in; \
+    out-of-bounds accesses to static __shared__ arrays and local memory";
+
 /// The order in which the threads of a block run between two barriers. A kernel whose
 /// result depends on it has a race (typically a missing `__syncthreads`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -112,8 +112,10 @@ struct LaunchParams {
     uint32_t stack_bytes;  // per fiber
     uint32_t memcheck;     // 1: check every device memory access (memcheck.cpp)
 };
-// Whether the launch running on this OS thread checks its memory accesses.
+// Whether the launch running on this OS thread checks its memory accesses, and its dynamic
+// shared memory: start, the bytes the launch asked for, the bytes mapped (for memcheck.cpp).
 extern thread_local bool memcheck_on;
+extern thread_local uintptr_t dyn_shared_base, dyn_shared_used, dyn_shared_mapped;
 
 enum class WarpOp : int {
     SyncWarp,
@@ -143,9 +145,6 @@ uint64_t warp_collective(const char* file, int line, WarpOp op, unsigned mask, u
                          int arg, int width);
 [[noreturn]] void trap(const char* file, int line, const char* what);
 void* dynamic_shared();
-// The running block's dynamic shared memory: its start, the bytes the launch asked for and
-// the bytes mapped (for memcheck.cpp's bounds check).
-const void* dynamic_shared_range(size_t* used, size_t* mapped);
 // Fails the running CUDA thread's launch with `what` (an invalid access, from memcheck.cpp),
 // naming the thread and block.
 [[noreturn]] void memory_fault(const char* what);

@@ -144,13 +144,12 @@ inline void check(uintptr_t addr, size_t size, bool write) {
         }
         report("global", addr, size, write, nearest_allocation(addr, size));
     }
-    size_t used = 0, cap = 0;
-    uintptr_t dyn = reinterpret_cast<uintptr_t>(dynamic_shared_range(&used, &cap));
-    if (addr - dyn < cap) {
+    const uintptr_t dyn = dyn_shared_base, used = dyn_shared_used;
+    if (addr - dyn < dyn_shared_mapped) {
         if (addr + size > dyn + used)
             report("shared", addr, size, write,
                    strf("%zu bytes past the end of the launch's %zu bytes of dynamic shared memory",
-                        static_cast<size_t>(addr + size - dyn - used), used));
+                        static_cast<size_t>(addr + size - dyn - used), static_cast<size_t>(used)));
         if ((size & (size - 1)) == 0 && size <= 16 && (addr & (size - 1)) != 0)
             report("shared", addr, size, write,
                    strf("misaligned address: a %zu-byte access must be %zu-byte aligned", size, size));

@@ -78,6 +78,7 @@ namespace emu {
 
 thread_local Coords coords;
 thread_local bool memcheck_on = false;
+thread_local uintptr_t dyn_shared_base = 0, dyn_shared_used = 0, dyn_shared_mapped = 0;
 
 namespace {
 
@@ -536,6 +537,9 @@ void run_blocks(Job& j) {
             return;
         }
     }
+    dyn_shared_base = reinterpret_cast<uintptr_t>(w.dyn);
+    dyn_shared_used = p.dynamic_shared_bytes;
+    dyn_shared_mapped = w.dyn_cap;
     std::string err;
     while (!j.failed.load(std::memory_order_relaxed)) {
         uint64_t b = j.next_block.fetch_add(1);
@@ -722,17 +726,6 @@ void trap(const char* file, int line, const char* what) {
 void* dynamic_shared() {
     Worker* w = t_worker;
     return w ? w->dyn : nullptr;
-}
-
-const void* dynamic_shared_range(size_t* used, size_t* mapped) {
-    Worker* w = t_worker;
-    if (w == nullptr || w->job == nullptr) {
-        *used = *mapped = 0;
-        return nullptr;
-    }
-    *used = w->job->p->dynamic_shared_bytes;
-    *mapped = w->dyn_cap;
-    return w->dyn;
 }
 
 void memory_fault(const char* what) {
