@@ -401,3 +401,67 @@ fn killed_write_leaves_the_previous_checkpoint_intact() {
         .count();
     assert_eq!(leftovers, 0);
 }
+
+/// The byte offset and name of every tensor in a safetensors file (data offsets are
+/// relative to the end of the header).
+fn tensor_offsets(bytes: &[u8]) -> Vec<(String, usize, usize)> {
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let mut out: Vec<(String, usize, usize)> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let o = &v["data_offsets"];
+            let base = 8 + header_len;
+            (
+                k.clone(),
+                base + o[0].as_u64().unwrap() as usize,
+                base + o[1].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    out.sort_by_key(|t| t.1);
+    out
+}
+
+/// One flipped bit in any tensor (weights and Adam's moments) is refused, naming the
+/// tensor; the untouched file loads; a file without checksums (an older focalflow's) loads.
+#[test]
+fn a_flipped_bit_in_any_tensor_is_refused_with_its_name() {
+    let dir = TempDir::new("checksum");
+    let backend = CpuBackend::<f32>::new();
+    train::train(&backend, &data(), &options(1), &dir.0, |_| {}).unwrap();
+    let good = std::fs::read(run::last_path(&dir.0)).unwrap();
+    let tensors = tensor_offsets(&good);
+    assert!(tensors.len() >= 12, "weights and both moments: {tensors:?}");
+    let flipped = dir.join("flipped.safetensors");
+    for (name, start, end) in &tensors {
+        let mut bad = good.clone();
+        bad[start + (end - start) / 2] ^= 0x10; // a mantissa bit in the middle of the tensor
+        std::fs::write(&flipped, &bad).unwrap();
+        let err = Checkpoint::load(&flipped).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("tensor `{name}` fails its checksum"))
+                && err.contains("flipped.safetensors"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
+    Checkpoint::load(&run::last_path(&dir.0)).expect("the file as written");
+
+    // Without the checksums key (as files written before it existed): still loads.
+    let st = safetensors::SafeTensors::deserialize(&good).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&good).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    assert!(meta.remove(checkpoint::CHECKSUMS_KEY).is_some());
+    let old = safetensors::serialize(st.tensors(), Some(meta)).unwrap();
+    let old_path = dir.join("old.safetensors");
+    std::fs::write(&old_path, old).unwrap();
+    let ck = Checkpoint::load(&old_path).unwrap();
+    assert_eq!(
+        ck.weights,
+        Checkpoint::load(&run::last_path(&dir.0)).unwrap().weights
+    );
+}

@@ -78,6 +78,7 @@ impl Checkpoint {
             }
         }
         let mut tensors: Vec<(String, F32View)> = Vec::with_capacity(entries.len());
+        let mut checksums = std::collections::BTreeMap::new();
         for (name, shape, data) in entries {
             if data.len() != shape.iter().product::<usize>() {
                 return Err(Error::Shape(format!(
@@ -85,9 +86,16 @@ impl Checkpoint {
                     data.len()
                 )));
             }
-            tensors.push((name, F32View::new(shape, data)));
+            let view = F32View::new(shape, data);
+            checksums.insert(name.clone(), checksum(&view.data()));
+            tensors.push((name, view));
         }
-        safetensors::serialize(tensors, Some(self.metadata()))
+        let mut metadata = self.metadata();
+        metadata.insert(
+            CHECKSUMS_KEY.into(),
+            serde_json::to_string(&checksums).expect("JSON"),
+        );
+        safetensors::serialize(tensors, Some(metadata))
             .map_err(|e| Error::invalid(format!("cannot serialise the checkpoint: {e}")))
     }
 
@@ -96,7 +104,8 @@ impl Checkpoint {
         write_atomically(path, &self.to_bytes()?)
     }
 
-    /// Reads a checkpoint written by [`Checkpoint::save`].
+    /// Reads a checkpoint written by [`Checkpoint::save`], every tensor checked against its
+    /// checksum (a file written before checksums were kept loads with a note on stderr).
     pub fn load(path: &Path) -> Result<Checkpoint> {
         let bytes = std::fs::read(path).map_err(|e| {
             Error::file(
@@ -195,6 +204,16 @@ impl Checkpoint {
         let plan = ck
             .plan()
             .map_err(|e| bad(format!("the metadata does not describe a model: {e}")))?;
+        let checksums: Option<HashMap<String, String>> = meta
+            .get(CHECKSUMS_KEY)
+            .map(|v| parse(v, CHECKSUMS_KEY, path))
+            .transpose()?;
+        if checksums.is_none() {
+            eprintln!(
+                "note: {} has no tensor checksums (written by an older focalflow): its tensors are not verified",
+                path.display()
+            );
+        }
         let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
             let t = st.tensor(name).map_err(|_| {
                 bad(format!(
@@ -214,6 +233,19 @@ impl Checkpoint {
                     "tensor `{name}` has shape {:?}, the model needs {shape:?}",
                     t.shape()
                 )));
+            }
+            if let Some(sums) = &checksums {
+                let stored = sums.get(name).ok_or_else(|| {
+                    bad(format!(
+                        "tensor `{name}` has no checksum in the metadata: the file is damaged"
+                    ))
+                })?;
+                let computed = checksum(t.data());
+                if *stored != computed {
+                    return Err(bad(format!(
+                        "tensor `{name}` fails its checksum (stored {stored}, computed {computed}): the file is damaged; use another checkpoint (checkpoints/last or best) or train again"
+                    )));
+                }
             }
             Ok(t.data()
                 .chunks_exact(4)
@@ -265,6 +297,14 @@ impl Checkpoint {
         }
         Ok(ck)
     }
+}
+
+/// Metadata key of the tensors' checksums: a JSON object, tensor name -> `crc32c:<8 hex digits>`
+/// of its bytes as stored.
+pub const CHECKSUMS_KEY: &str = "checksums";
+
+fn checksum(bytes: &[u8]) -> String {
+    format!("crc32c:{:08x}", crc32c::crc32c(bytes))
 }
 
 /// Serialises values to JSON strings (a tiny helper so `metadata` reads as a list).

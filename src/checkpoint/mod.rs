@@ -15,8 +15,9 @@
 //! `format` (`focalflow.checkpoint`), `format_version` (`1`), `focalflow_version`, `arch`
 //! (`--arch` notation, without the head), `input_shape` (`[h, w, c]`), `class_names` (JSON
 //! list; the head's output `i` is class `i`), `preprocessing`, `loss` (JSON), `epoch`,
-//! `val_loss`, `kind` (`last`/`best`), and after `calibrate`: `temperature` and
-//! `calibration` (JSON).
+//! `val_loss`, `kind` (`last`/`best`), after `calibrate`: `temperature` and `calibration`
+//! (JSON), and `checksums` (JSON: tensor name -> `crc32c:<hex>` of its bytes), which every
+//! load verifies (a file without it, from an older focalflow, loads with a note).
 //!
 //! Files are written atomically: to a temporary file in the same folder, flushed to disk
 //! (`fsync`), renamed over the old one, and the folder synced, so a crash or a kill at any
@@ -40,7 +41,7 @@ mod format;
 mod policy;
 mod resume;
 
-pub use format::{read_metadata, resolve};
+pub use format::{CHECKSUMS_KEY, read_metadata, resolve};
 pub use policy::EpochCheckpoints;
 pub use resume::{ResumePoint, data_fingerprint, option_differences, resume_point};
 
