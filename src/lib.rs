@@ -27,6 +27,7 @@ pub mod profile;
 pub mod rng;
 pub mod run;
 pub mod schedule;
+pub mod system;
 pub mod tensorboard;
 pub mod train;
 

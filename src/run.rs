@@ -207,6 +207,138 @@ pub fn append_metrics(file: &mut std::fs::File, path: &Path, m: &EpochMetrics) -
         .map_err(|e| Error::file(path, e))
 }
 
+/// What makes a folder a run's: a new run is never started in one that has any of them.
+const RUN_MARKERS: [&str; 3] = ["config.json", "metrics.jsonl", "checkpoints"];
+
+/// Refuses `out` for a new run when it holds a run already, or other files; an empty or
+/// missing folder is fine. Creates nothing.
+pub fn check_new_run_folder(out: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(out) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::file(
+                out,
+                format!("--out: {e}; give a new or empty folder"),
+            ));
+        }
+    };
+    check_holds_no_run(out)?;
+    if entries.count() > 0 {
+        return Err(Error::file(
+            out,
+            "--out is a folder with other files in it; give a new or empty folder for the run",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses to start a run in `out` when it holds one already (whatever else is in it).
+pub fn check_holds_no_run(out: &Path) -> Result<()> {
+    match RUN_MARKERS.iter().find(|m| out.join(m).exists()) {
+        Some(marker) => Err(Error::file(
+            out,
+            format!(
+                "--out holds a run already ({marker}); continue it with --resume {}, or choose another folder",
+                out.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The folder of a run this command started: made after every check passed, removed again
+/// (see [`RunFolder::discard`]) if the run fails before it has a checkpoint.
+#[derive(Debug)]
+pub struct RunFolder {
+    pub path: PathBuf,
+    /// Made by this command (else it existed, empty).
+    created: bool,
+}
+
+impl RunFolder {
+    /// Creates the folder of a new run: `out` (new or empty), or a new
+    /// `runs/<date>-<time>-<loss>`, with `-2`, `-3`, ... when that name is taken (also by a
+    /// run another process starts in the same second: creating a folder is atomic).
+    pub fn create(out: Option<&Path>, loss: &LossConfig) -> Result<RunFolder> {
+        let make = |p: &Path| std::fs::create_dir(p);
+        if let Some(out) = out {
+            check_new_run_folder(out)?;
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::file(parent, format!("cannot create the folder: {e}")))?;
+            }
+            return match make(out) {
+                Ok(()) => Ok(RunFolder {
+                    path: out.to_path_buf(),
+                    created: true,
+                }),
+                // Empty (checked above): another process may not be faster in between, as
+                // check_new_run_folder is checked again when the run starts.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(RunFolder {
+                    path: out.to_path_buf(),
+                    created: false,
+                }),
+                Err(e) => Err(Error::file(
+                    out,
+                    format!("cannot create the run folder: {e}"),
+                )),
+            };
+        }
+        let base = default_run_dir(loss);
+        if let Some(parent) = base.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::file(parent, format!("cannot create the folder: {e}")))?;
+        }
+        for n in 1..=1000 {
+            let path = if n == 1 {
+                base.clone()
+            } else {
+                PathBuf::from(format!("{}-{n}", base.display()))
+            };
+            match make(&path) {
+                Ok(()) => {
+                    return Ok(RunFolder {
+                        path,
+                        created: true,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(Error::file(
+                        &path,
+                        format!("cannot create the run folder: {e}"),
+                    ));
+                }
+            }
+        }
+        Err(Error::file(
+            &base,
+            "1000 runs of this name exist already; give --out",
+        ))
+    }
+
+    /// Removes what the run wrote when it failed before its first checkpoint (nothing of it
+    /// could be resumed): the folder if this command made it, else its contents.
+    pub fn discard(&self) {
+        if last_path(&self.path).exists() {
+            return;
+        }
+        if self.created {
+            let _ = std::fs::remove_dir_all(&self.path);
+        } else if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    }
+}
+
 /// `runs/<date>-<time>-<loss>`: a new folder name for a run (UTC).
 pub fn default_run_dir(loss: &LossConfig) -> PathBuf {
     let secs = std::time::SystemTime::now()

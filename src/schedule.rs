@@ -194,6 +194,12 @@ impl Schedule {
                 self.warmup_epochs
             )));
         }
+        if self.warmup_epochs > self.epochs as f64 {
+            return Err(Error::invalid(format!(
+                "--warmup-epochs {} is longer than --epochs {}: the learning rate would never reach --lr; use at most {}",
+                self.warmup_epochs, self.epochs, self.epochs
+            )));
+        }
         if self.early_stop == Some(0) {
             return Err(Error::invalid(
                 "--early-stop 0: the patience must be at least 1 epoch",

@@ -43,7 +43,9 @@ mod resume;
 
 pub use format::{CHECKSUMS_KEY, read_metadata, resolve};
 pub use policy::EpochCheckpoints;
-pub use resume::{ResumePoint, data_fingerprint, option_differences, resume_point};
+pub use resume::{
+    ResumePoint, check_resumable, data_fingerprint, option_differences, resume_point,
+};
 
 pub const FORMAT: &str = "focalflow.checkpoint";
 pub const FORMAT_VERSION: &str = "1";

@@ -76,6 +76,19 @@ pub struct ResumePoint {
     pub state: TrainingState,
 }
 
+/// Refuses `--resume RUN` when RUN has no checkpoint to resume from (checked before any
+/// data is read; the checkpoint itself is read and checked by [`resume_point`]).
+pub fn check_resumable(run: &Path) -> Result<()> {
+    let path = last_path(run);
+    if !path.is_file() {
+        return Err(Error::file(
+            &path,
+            "--resume: no checkpoint to resume from; --resume takes the folder of a run written by focalflow train (it holds checkpoints/last.safetensors)",
+        ));
+    }
+    Ok(())
+}
+
 /// Loads the resume point of `run` and checks that it fits the options and data of now.
 pub fn resume_point(
     run: &Path,
@@ -83,13 +96,8 @@ pub fn resume_point(
     fingerprint: &str,
     epochs: usize,
 ) -> Result<ResumePoint> {
+    check_resumable(run)?;
     let path = last_path(run);
-    if !path.is_file() {
-        return Err(Error::file(
-            &path,
-            "no checkpoint to resume from; --resume takes the folder of a run written by focalflow train (it holds checkpoints/last.safetensors)",
-        ));
-    }
     let checkpoint = Checkpoint::load(&path)?;
     let state = checkpoint.training.clone().ok_or_else(|| {
         Error::file(&path, "no training state (metadata `training`): written by something other than focalflow train, it cannot be resumed")

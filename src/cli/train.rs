@@ -1,14 +1,15 @@
 //! `focalflow train`: trains a model (the reference CNN by default) and writes a run folder.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::class_balance::with_alpha;
 use crate::cli::DeviceChoice;
 use crate::cli::device::{self, on_device};
 use crate::cli::flags::data::DataFlags;
 use crate::cli::flags::loss::LossFlags;
-use crate::data::{ImageSet, PixelStore, synthetic};
-use crate::model::{Arch, REFERENCE_ARCH};
+use crate::data::{ImageSet, PixelStore, synthetic, validation_share};
+use crate::model::{Arch, ImageShape, REFERENCE_ARCH};
+use crate::run::RunFolder;
 use crate::train::{Split, TrainOptions};
 use crate::{Error, Result};
 
@@ -17,17 +18,22 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub data: DataFlags,
     /// Images in the built-in set (used when --data is not given).
-    #[arg(long, value_name = "N", default_value_t = 640)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 640,
+        allow_hyphen_values = true
+    )]
     pub synthetic_images: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, allow_hyphen_values = true)]
     pub batch_size: usize,
     /// Adam's learning rate.
-    #[arg(long = "lr", default_value_t = 1e-3)]
+    #[arg(long = "lr", default_value_t = 1e-3, allow_hyphen_values = true)]
     pub learning_rate: f64,
     /// Images are square, this many pixels a side.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, allow_hyphen_values = true)]
     pub image_size: usize,
     #[command(flatten)]
     pub loss: LossFlags,
@@ -37,10 +43,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Fraction of each class held out for validation.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, allow_hyphen_values = true)]
     pub val_fraction: f64,
     /// At most this many batches per epoch (like Keras' fit(steps_per_epoch=)).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub steps_per_epoch: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
@@ -50,10 +56,15 @@ pub struct TrainArgs {
     #[arg(long, value_name = "SCHEDULE", default_value = "constant")]
     pub lr_schedule: crate::schedule::LrSchedule,
     /// Linear warm-up of the learning rate over the first W epochs (fractions allowed).
-    #[arg(long, value_name = "W", default_value_t = 0.0)]
+    #[arg(
+        long,
+        value_name = "W",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
     pub warmup_epochs: f64,
     /// Stop when --monitor has not improved for PATIENCE epochs.
-    #[arg(long, value_name = "PATIENCE")]
+    #[arg(long, value_name = "PATIENCE", allow_hyphen_values = true)]
     pub early_stop: Option<usize>,
     /// The validation metric that picks checkpoints/best, early stopping and the plateau
     /// schedule.
@@ -79,29 +90,14 @@ pub struct TrainArgs {
     pub profile: bool,
 }
 
-/// Runs `focalflow train`.
+/// Runs `focalflow train`: every option checked before any image is read, the data loaded
+/// and split, the split checked, and only then the run folder made.
 pub fn run(args: TrainArgs) -> Result<()> {
     let auto_alpha = args.loss.auto_alpha()?;
     let device = device::resolve(args.device)?;
     let loss = args.loss.to_config_with_auto_alpha(true)?;
     let arch: Arch = args.arch.parse()?;
     let class_fraction = args.data.class_fractions()?;
-    let (data, report) = match args.data.load(args.image_size, !args.quiet)? {
-        Some((set, meta)) => (set, Some(meta)),
-        None => {
-            if args.image_size == 0 || args.synthetic_images < 4 {
-                return Err(Error::invalid(
-                    "--image-size must be positive and --synthetic-images at least 4",
-                ));
-            }
-            eprintln!(
-                "no --data given: training on the built-in set ({} generated {}x{} images of horizontal vs vertical stripes, seed {})",
-                args.synthetic_images, args.image_size, args.image_size, args.seed
-            );
-            let set = synthetic::generate(args.synthetic_images, args.image_size, args.seed);
-            (set.into_pixels(), None)
-        }
-    };
     let mut opts = TrainOptions {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -121,6 +117,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
         progress: !args.quiet,
         resume: args.resume.is_some(),
     };
+    check_before_data(&args, &opts, device)?;
+    let (data, report) = match args.data.load(args.image_size, !args.quiet)? {
+        Some((set, meta)) => (set, Some(meta)),
+        None => {
+            eprintln!(
+                "no --data given: training on the built-in set ({} generated {}x{} images of horizontal vs vertical stripes, seed {})",
+                args.synthetic_images, args.image_size, args.image_size, args.seed
+            );
+            let set = synthetic::generate(args.synthetic_images, args.image_size, args.seed);
+            (set.into_pixels(), None)
+        }
+    };
     // Split once, here: its counts are printed and give `--alpha auto`, and training
     // takes it as it is.
     let split = Split::of(&data, &opts)?;
@@ -130,7 +138,58 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!("{}", rule.line(&alpha, &data.class_names));
         opts.loss = with_alpha(opts.loss, alpha);
     }
-    let out = match (args.resume, args.out) {
+    crate::train::check_run(&data, &split, &opts)?;
+    // Every check has passed: the run folder (a resumed run's exists).
+    let folder = match &args.resume {
+        Some(_) => None,
+        None => Some(RunFolder::create(args.out.as_deref(), &opts.loss)?),
+    };
+    let out = match (&folder, &args.resume) {
+        (Some(f), _) => f.path.clone(),
+        (None, run) => run.clone().expect("a resumed run"),
+    };
+    let trained = start_run(&args, &data, &split, &opts, report.as_ref(), device, &out);
+    let history = trained.map_err(|e| match e {
+        Error::Interrupted(what) => Error::Interrupted(format!(
+            "{what}\ncontinue with: {}",
+            resume_command(std::env::args(), &out)
+        )),
+        other => {
+            if let Some(f) = &folder {
+                f.discard();
+            }
+            other
+        }
+    })?;
+    if !history.is_empty() {
+        eprintln!(
+            "done: metrics in {}",
+            crate::run::metrics_path(&out).display()
+        );
+    }
+    Ok(())
+}
+
+/// The largest `--image-size`: beyond it one image alone is a gigabyte.
+const MAX_IMAGE_SIZE: usize = 16384;
+
+/// The checks that need no image: the flags, the folders (`--out`, `--resume`), the network
+/// on images of `--image-size` in the classes of `--data`'s sub-folders, and the memory a
+/// CPU (or the emulator, whose device memory is the host's) needs for it.
+fn check_before_data(args: &TrainArgs, opts: &TrainOptions, device: DeviceChoice) -> Result<()> {
+    if args.image_size == 0 || args.image_size > MAX_IMAGE_SIZE {
+        return Err(Error::invalid(format!(
+            "--image-size {}: must be 1 to {MAX_IMAGE_SIZE} pixels",
+            args.image_size
+        )));
+    }
+    if args.data.dir.is_none() && args.synthetic_images < 4 {
+        return Err(Error::invalid(format!(
+            "--synthetic-images {}: the built-in set needs at least 4",
+            args.synthetic_images
+        )));
+    }
+    match (&args.resume, &args.out) {
         (Some(run), Some(out)) if run != out => {
             return Err(Error::invalid(format!(
                 "--resume {} writes into that run folder; drop --out {}",
@@ -138,16 +197,86 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 out.display()
             )));
         }
-        (Some(run), _) => run,
-        (None, out) => out.unwrap_or_else(|| crate::run::default_run_dir(&opts.loss)),
+        (Some(run), _) => crate::checkpoint::check_resumable(run)?,
+        (None, Some(out)) => {
+            crate::run::check_new_run_folder(out)?;
+            if let Some(data) = &args.data.dir {
+                check_outside(out, data)?;
+            }
+        }
+        (None, None) => {}
+    }
+    let classes = match &args.data.dir {
+        Some(dir) => {
+            let source = crate::data::discover::discover(dir)?;
+            if let Some(counts) = source.files_per_class()
+                && opts.class_fraction.is_empty()
+            {
+                let val = counts
+                    .iter()
+                    .map(|&c| validation_share(opts.val_fraction, c))
+                    .sum();
+                crate::train::check_validation_left(opts.val_fraction, val, &counts)?;
+            }
+            source.class_names().len()
+        }
+        None => synthetic::CLASS_NAMES.len(),
     };
-    if let Some(meta) = &report {
-        let list = crate::run::write_item_list(&out, "skipped.tsv", &meta.skipped)?;
+    let shape = ImageShape {
+        height: args.image_size,
+        width: args.image_size,
+        channels: 3,
+    };
+    let plan = crate::train::check_options_for(shape, classes, opts)?;
+    if device != DeviceChoice::Cuda {
+        crate::train::check_memory(
+            &plan,
+            opts.batch_size,
+            crate::system::available_memory(),
+            "host",
+        )?;
+    }
+    Ok(())
+}
+
+/// `--out` may not lie inside `--data`: the run's folders would read as classes next time.
+fn check_outside(out: &Path, data: &Path) -> Result<()> {
+    let Ok(data) = std::fs::canonicalize(data) else {
+        return Ok(()); // the data set's own check names the problem
+    };
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let absolute = cwd.join(out);
+    let existing = absolute.ancestors().find(|p| p.exists()).unwrap_or(&cwd);
+    let existing = std::fs::canonicalize(existing).unwrap_or_default();
+    if existing.starts_with(&data) {
+        return Err(Error::file(
+            out,
+            format!(
+                "--out is inside --data {}: the run's folders would be read as classes; choose a folder outside it",
+                data.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Lists the skipped files in the run folder, then trains.
+fn start_run(
+    args: &TrainArgs,
+    data: &ImageSet<crate::data::Pixels>,
+    split: &Split,
+    opts: &TrainOptions,
+    report: Option<&crate::data::cache::Meta>,
+    device: DeviceChoice,
+    out: &Path,
+) -> Result<Vec<crate::run::EpochMetrics>> {
+    if let Some(meta) = report {
+        let list = crate::run::write_item_list(out, "skipped.tsv", &meta.skipped)?;
         if !meta.skipped.is_empty() {
             eprintln!("skipped files and reasons: {}", list.display());
         }
         if !meta.warnings.is_empty() {
-            let list = crate::run::write_item_list(&out, "decode_warnings.tsv", &meta.warnings)?;
+            let list = crate::run::write_item_list(out, "decode_warnings.tsv", &meta.warnings)?;
             eprintln!("files kept despite decoder warnings: {}", list.display());
         }
     }
@@ -158,32 +287,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     crate::interrupt::install()?;
     let clock = device::clock_name(device);
-    let trained = on_device!(device, |backend| {
+    on_device!(device, |backend| {
         crate::train::train_profiled(
             backend,
-            &data,
-            &split,
-            &opts,
-            &out,
+            data,
+            split,
+            opts,
+            out,
             args.profile,
             clock,
             |line| println!("{line}"),
         )
-    });
-    let history = trained.map_err(|e| match e {
-        Error::Interrupted(what) => Error::Interrupted(format!(
-            "{what}\ncontinue with: {}",
-            resume_command(std::env::args(), &out)
-        )),
-        other => other,
-    })?;
-    if !history.is_empty() {
-        eprintln!(
-            "done: metrics in {}",
-            crate::run::metrics_path(&out).display()
-        );
-    }
-    Ok(())
+    })
 }
 
 /// The class counts of both splits, by name: `classes: Cat 9993/2498, Dog 9411/2353 (train/val)`.

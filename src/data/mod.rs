@@ -82,6 +82,11 @@ pub struct ClassFraction {
     pub fraction: f64,
 }
 
+/// Images of a class of `count` that a stratified split with `val_fraction` holds out.
+pub fn validation_share(val_fraction: f64, count: usize) -> usize {
+    (val_fraction * count as f64).round() as usize
+}
+
 impl std::str::FromStr for ClassFraction {
     type Err = Error;
     fn from_str(text: &str) -> Result<Self> {
@@ -171,10 +176,17 @@ impl<P: PixelStore> ImageSet<P> {
     /// `round(fraction * count)` images (at least one) chosen with `seed`; all images of the
     /// other classes. Sorted.
     pub fn subsample(&self, fractions: &[ClassFraction], seed: u64) -> Result<Vec<usize>> {
-        let mut keep_fraction = vec![1.0; self.classes()];
+        let mut keep_fraction = vec![None; self.classes()];
         for f in fractions {
-            keep_fraction[self.class_index(&f.class)?] = f.fraction;
+            let class = self.class_index(&f.class)?;
+            if keep_fraction[class].replace(f.fraction).is_some() {
+                return Err(Error::invalid(format!(
+                    "--class-fraction: class `{}` is given twice; give each class once",
+                    self.class_names[class]
+                )));
+            }
         }
+        let keep_fraction: Vec<f64> = keep_fraction.iter().map(|f| f.unwrap_or(1.0)).collect();
         let mut rng = Rng::derive(seed, 4);
         let mut kept = Vec::with_capacity(self.len());
         for (class, &fraction) in keep_fraction.iter().enumerate() {
@@ -237,7 +249,7 @@ impl<P: PixelStore> ImageSet<P> {
                 .filter(|&i| self.labels[i] == class)
                 .collect();
             rng.shuffle(&mut members);
-            let n_val = (val_fraction * members.len() as f64).round() as usize;
+            let n_val = validation_share(val_fraction, members.len());
             val.extend_from_slice(&members[..n_val]);
             train.extend_from_slice(&members[n_val..]);
         }

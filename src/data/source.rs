@@ -52,6 +52,22 @@ impl Source {
             Source::Tfds { shards, .. } => shards.iter().collect(),
         }
     }
+    /// Candidate files per class (a class-per-folder tree; `None` for TFDS, whose records
+    /// are counted only as they are read). Unreadable files are among them.
+    pub fn files_per_class(&self) -> Option<Vec<usize>> {
+        match self {
+            Source::Folders {
+                class_names, files, ..
+            } => {
+                let mut counts = vec![0; class_names.len()];
+                for (_, class) in files {
+                    counts[*class as usize] += 1;
+                }
+                Some(counts)
+            }
+            Source::Tfds { .. } => None,
+        }
+    }
     /// "class-per-folder" or "TFDS".
     pub fn kind(&self) -> &'static str {
         match self {

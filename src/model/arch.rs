@@ -48,8 +48,13 @@ impl Default for Arch {
     }
 }
 
+/// A layer's count: positive, and at most 2^31 - 1 (what the kernels index with).
 fn parse_count(token: &str, digits: &str, what: &str) -> Result<usize> {
     match digits.parse::<usize>() {
+        Ok(n) if n > i32::MAX as usize => Err(Error::invalid(format!(
+            "--arch: `{token}`: a {what} of {n} is more than the {} a layer may have",
+            i32::MAX
+        ))),
         Ok(n) if n > 0 => Ok(n),
         _ => Err(Error::invalid(format!(
             "--arch: `{token}` needs a positive {what} (e.g. c16, c32k5s, p, p3, d256)"
@@ -102,12 +107,26 @@ impl FromStr for LayerSpec {
 impl FromStr for Arch {
     type Err = Error;
 
+    /// Layers separated by commas; an empty list or an empty layer is an error (a plain
+    /// linear classifier is `f`).
     fn from_str(s: &str) -> Result<Self> {
+        if s.trim().is_empty() {
+            return Err(Error::invalid(
+                "--arch is empty: give the layers before the classifier head, e.g. c16,p,c32,p,d256 (f alone: a linear classifier)",
+            ));
+        }
         let layers = s
             .split(',')
             .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::parse)
+            .map(|t| {
+                if t.is_empty() {
+                    Err(Error::invalid(format!(
+                        "--arch {s}: an empty layer between two commas"
+                    )))
+                } else {
+                    t.parse()
+                }
+            })
             .collect::<Result<Vec<LayerSpec>>>()?;
         Ok(Arch { layers })
     }
@@ -173,6 +192,18 @@ mod tests {
         );
         assert_eq!(a.to_string(), "c16,p,c32k5s,p3,f,d256");
         assert_eq!(Arch::default().to_string(), REFERENCE_ARCH);
+    }
+
+    #[test]
+    fn rejects_an_empty_arch_and_empty_layers() {
+        for bad in ["", " ", "c16,,p", "c16,", ",d8"] {
+            let err = bad.parse::<Arch>().unwrap_err().to_string();
+            assert!(
+                err.starts_with("--arch") && err.contains("empty"),
+                "{bad:?}: {err}"
+            );
+        }
+        assert_eq!("f".parse::<Arch>().unwrap().to_string(), "f");
     }
 
     #[test]

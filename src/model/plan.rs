@@ -227,6 +227,18 @@ impl Plan {
         }
         let features = *flat.get_or_insert(h * w * c);
         add_dense(classes, features, false, &mut ops, &mut params);
+        // The kernels index a layer's outputs (per image) and parameters with 32-bit ints.
+        let too_big = ops
+            .iter()
+            .map(|op| (op.output_len(), "outputs per image"))
+            .chain(params.iter().map(|p| (p.len(), "parameters")))
+            .find(|&(n, _)| n > i32::MAX as usize);
+        if let Some((n, what)) = too_big {
+            return Err(Error::invalid(format!(
+                "--arch {arch}: a layer with {n} {what}, more than the {} a layer may have (and more memory than any machine has); use fewer filters or units or a smaller --image-size",
+                i32::MAX
+            )));
+        }
         Ok(Plan {
             arch: arch.clone(),
             input,
@@ -249,14 +261,24 @@ impl Plan {
     /// `element_bytes`: the parameters with their gradients and Adam moments, and the
     /// per-batch workspace.
     pub fn training_bytes(&self, batch: usize, element_bytes: usize) -> u64 {
-        // Value, gradient and the two moments of each parameter.
-        let params = self.parameter_count() as u64 * 4;
+        // Value, gradient and the two moments of each parameter; saturating, so that an
+        // absurd --arch or --batch-size reads as "too much", never wraps to a small number.
+        let params = (self.parameter_count() as u64).saturating_mul(4);
         // Every op's output, two gradient buffers of the largest, probabilities and their
         // gradient, and the batch itself (x and y).
-        let acts: usize = self.ops.iter().map(Layer::output_len).sum();
-        let biggest = self.ops.iter().map(Layer::output_len).max().unwrap_or(0);
-        let per_image = acts + 2 * biggest + 2 * self.classes + self.input.len() + self.classes;
-        element_bytes as u64 * (params + (per_image * batch) as u64)
+        let lens = self.ops.iter().map(|op| op.output_len() as u64);
+        let acts = lens.clone().fold(0u64, u64::saturating_add);
+        let biggest = lens.max().unwrap_or(0);
+        let per_image = [
+            acts,
+            biggest.saturating_mul(2),
+            3 * self.classes as u64,
+            self.input.len() as u64,
+        ]
+        .into_iter()
+        .fold(0u64, u64::saturating_add);
+        (element_bytes as u64)
+            .saturating_mul(params.saturating_add(per_image.saturating_mul(batch as u64)))
     }
 
     /// One line per layer, Keras `summary()`-like.

@@ -21,7 +21,7 @@ use std::path::Path;
 use crate::data::{ImageSet, PixelStore};
 use crate::feed::{BatchFeeder, DATA_PATH_LINE, Feeds};
 use crate::loss::LossConfig;
-use crate::model::{Model, Plan};
+use crate::model::{ImageShape, Model, Plan};
 use crate::ops::Backend;
 use crate::optim::Adam;
 use crate::profile::{Profiled, Profiler, Timeline, nvtx};
@@ -76,18 +76,22 @@ fn check_device_memory<B: Backend<E = f32>>(
     plan: &Plan,
     batch_size: usize,
 ) -> Result<()> {
-    let Some(free) = backend.free_memory()? else {
+    check_memory(plan, batch_size, backend.free_memory()?, backend.name())
+}
+
+/// Fails with one line when the model and a batch of `batch_size` need more than `free`
+/// bytes of `memory` ("cpu", "cuda", ...; nothing is checked where `free` is unknown).
+pub fn check_memory(plan: &Plan, batch_size: usize, free: Option<u64>, memory: &str) -> Result<()> {
+    let Some(free) = free else {
         return Ok(());
     };
-    let need = plan.training_bytes(batch_size, size_of::<B::E>());
+    let need = plan.training_bytes(batch_size, size_of::<f32>());
     if need > free {
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         return Err(Error::Device(format!(
-            "--batch-size {batch_size}: the model ({} parameters) and a batch need at least {:.2} GiB of {} memory, {:.2} GiB is free; use a smaller --batch-size or --arch",
+            "--batch-size {batch_size}: the model ({} parameters) and a batch need at least {} of {memory} memory, {} is free; use a smaller --batch-size or --arch",
             plan.parameter_count(),
-            gib(need),
-            backend.name(),
-            gib(free)
+            crate::system::gib(need),
+            crate::system::gib(free)
         )));
     }
     Ok(())
@@ -123,8 +127,8 @@ pub fn train<B: Feeds, P: PixelStore>(
     out: &Path,
     log: impl FnMut(&str),
 ) -> Result<(Model<B>, Vec<EpochMetrics>)> {
-    let plan = check_options(data, opts)?;
     let split = Split::of(data, opts)?;
+    let plan = check_run(data, &split, opts)?;
     train_planned(backend, data, plan, &split, opts, out, log)
 }
 
@@ -139,7 +143,7 @@ pub fn train_split<B: Feeds, P: PixelStore>(
     out: &Path,
     log: impl FnMut(&str),
 ) -> Result<(Model<B>, Vec<EpochMetrics>)> {
-    let plan = check_options(data, opts)?;
+    let plan = check_run(data, split, opts)?;
     train_planned(backend, data, plan, split, opts, out, log)
 }
 
@@ -177,9 +181,17 @@ pub fn train_profiled<B: Feeds + Timeline, P: PixelStore>(
     Ok(history)
 }
 
-/// The options' own checks (the counts, the learning rate, the loss for `data`'s classes)
-/// and the network `opts.arch` makes for `data`.
+/// The options' own checks (the counts, the learning rate, the schedule, the loss for
+/// `data`'s classes) and the network `opts.arch` makes for `data`.
 fn check_options<P: PixelStore>(data: &ImageSet<P>, opts: &TrainOptions) -> Result<Plan> {
+    check_options_for(data.shape, data.classes(), opts)
+}
+
+/// [`check_options`] before any image is read: for images of `shape` in `classes` classes
+/// (the command line checks this first, with the classes of the folder's sub-folders), the
+/// schedule as if `--val-fraction` leaves a validation split when it is above 0. Returns the
+/// network's plan.
+pub fn check_options_for(shape: ImageShape, classes: usize, opts: &TrainOptions) -> Result<Plan> {
     for (flag, value) in [
         ("--batch-size", Some(opts.batch_size)),
         ("--epochs", Some(opts.epochs)),
@@ -195,13 +207,71 @@ fn check_options<P: PixelStore>(data: &ImageSet<P>, opts: &TrainOptions) -> Resu
             opts.learning_rate
         )));
     }
-    opts.loss.validate(data.classes())?;
-    Plan::new(&opts.arch, data.shape, data.classes())
+    if !(0.0..1.0).contains(&opts.val_fraction) {
+        return Err(Error::invalid(format!(
+            "--val-fraction {}: must be in [0, 1)",
+            opts.val_fraction
+        )));
+    }
+    schedule_of(opts).validate(opts.val_fraction > 0.0)?;
+    opts.loss.validate(classes)?;
+    Plan::new(&opts.arch, shape, classes)
 }
 
-/// The run, from its checked options on: the split and the schedule checked, the run folder
-/// started (or the resumed one checked), the model built (or restored), the epochs, and the
-/// closing report.
+/// `--val-fraction` above 0 must leave a validation image (`val_images` of classes of
+/// `class_counts` images).
+pub fn check_validation_left(
+    val_fraction: f64,
+    val_images: usize,
+    class_counts: &[usize],
+) -> Result<()> {
+    if val_fraction > 0.0 && val_images == 0 {
+        return Err(Error::invalid(format!(
+            "--val-fraction {val_fraction} leaves no validation image (each class's share rounds to 0 of its {class_counts:?} images); raise it, or give 0 to train without validation"
+        )));
+    }
+    Ok(())
+}
+
+/// The learning-rate schedule and stopping rule `opts` ask for.
+fn schedule_of(opts: &TrainOptions) -> Schedule {
+    Schedule {
+        base_lr: opts.learning_rate,
+        schedule: opts.lr_schedule,
+        warmup_epochs: opts.warmup_epochs,
+        epochs: opts.epochs,
+        monitor: opts.monitor,
+        early_stop: opts.early_stop,
+    }
+}
+
+/// Every check of a run on `data` split as `split`, before anything is written: the
+/// options, the split (training images left, a validation image where one is asked for)
+/// and the schedule against it. Returns the network's plan.
+pub fn check_run<P: PixelStore>(
+    data: &ImageSet<P>,
+    split: &Split,
+    opts: &TrainOptions,
+) -> Result<Plan> {
+    let plan = check_options(data, opts)?;
+    if split.train.is_empty() {
+        return Err(Error::invalid(format!(
+            "no training images left after --val-fraction {}",
+            opts.val_fraction
+        )));
+    }
+    check_validation_left(
+        opts.val_fraction,
+        split.val.len(),
+        &data.class_counts(&split.train),
+    )?;
+    schedule_of(opts).validate(!split.val.is_empty())?;
+    Ok(plan)
+}
+
+/// The run, from its checked options and split on ([`check_run`]): the memory checked, the
+/// run folder started (or the resumed one checked), the model built (or restored), the
+/// epochs, and the closing report.
 fn train_planned<B: Feeds, P: PixelStore>(
     backend: &B,
     data: &ImageSet<P>,
@@ -211,24 +281,10 @@ fn train_planned<B: Feeds, P: PixelStore>(
     out: &Path,
     mut log: impl FnMut(&str),
 ) -> Result<(Model<B>, Vec<EpochMetrics>)> {
-    if split.train.is_empty() {
-        return Err(Error::invalid(format!(
-            "no training images left after --val-fraction {}",
-            opts.val_fraction
-        )));
-    }
-    let schedule = Schedule {
-        base_lr: opts.learning_rate,
-        schedule: opts.lr_schedule,
-        warmup_epochs: opts.warmup_epochs,
-        epochs: opts.epochs,
-        monitor: opts.monitor,
-        early_stop: opts.early_stop,
-    };
-    schedule.validate(!split.val.is_empty())?;
+    check_device_memory(backend, &plan, opts.batch_size)?;
+    let schedule = schedule_of(opts);
     let start = RunStart::start(backend, data, &plan, split, opts, out)?;
     log(&model_line(data, &plan, split, opts));
-    check_device_memory(backend, &plan, opts.batch_size)?;
     let model = start_model(backend, plan, opts, out, start.resumed.as_ref(), &mut log)?;
     let feeder = backend.feeder(data, opts.batch_size, opts.device_cache)?;
     log(&format!("{DATA_PATH_LINE}{}", feeder.describe()));
@@ -273,6 +329,8 @@ impl RunStart {
                 opts.epochs,
             )?)
         } else {
+            // A run is never overwritten: a new one starts only where none is.
+            crate::run::check_holds_no_run(out)?;
             None
         };
         let mut config = serde_json::json!({

@@ -63,9 +63,23 @@ impl PreprocessFlags {
 }
 
 impl DataFlags {
-    /// The parsed `--class-fraction` values.
+    /// The parsed `--class-fraction` values (a class named twice is an error here already;
+    /// by name and by index, once the classes are known).
     pub fn class_fractions(&self) -> Result<Vec<ClassFraction>> {
-        self.class_fraction.iter().map(|s| s.parse()).collect()
+        let parsed: Vec<ClassFraction> = self
+            .class_fraction
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_>>()?;
+        for (i, f) in parsed.iter().enumerate() {
+            if parsed[..i].iter().any(|g| g.class == f.class) {
+                return Err(Error::invalid(format!(
+                    "--class-fraction: class `{}` is given twice; give each class once",
+                    f.class
+                )));
+            }
+        }
+        Ok(parsed)
     }
 
     /// Loads `--data` (None without it), printing the summary line to stderr. Returns the

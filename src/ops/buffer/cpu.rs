@@ -28,6 +28,11 @@ impl<T: Element> Storage for CpuBackend<T> {
         Ok(buf[..len].to_vec())
     }
 
+    /// The memory this process may still allocate (a CPU's "device memory" is the host's).
+    fn free_memory(&self) -> Result<Option<u64>> {
+        Ok(crate::system::available_memory())
+    }
+
     fn copy_into(&self, src: &Vec<T>, len: usize, dst: &mut Vec<T>, offset: usize) -> Result<()> {
         check_len("source buffer", src.len(), len)?;
         check_len("destination buffer", dst.len(), offset + len)?;

@@ -1,0 +1,102 @@
+//! What the machine has free: memory, checked before a run allocates its model and batches,
+//! and disk space, checked before a cache is written. Unknown (None) off Linux.
+
+use std::path::Path;
+
+/// Bytes of memory this process can still allocate: the kernel's `MemAvailable`, lowered by
+/// the cgroup's limit (a container's `memory.max`) and by an address-space limit (`ulimit
+/// -v`) where there are any.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let mut available = meminfo_field(&meminfo, "MemAvailable:")?;
+    if let Some(room) = cgroup_room() {
+        available = available.min(room);
+    }
+    if let Some(room) = address_space_room() {
+        available = available.min(room);
+    }
+    Some(available)
+}
+
+/// `Field:  1234 kB` of /proc/meminfo (or /proc/self/status), in bytes.
+fn meminfo_field(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The cgroup v2 limit minus what the cgroup uses.
+fn cgroup_room() -> Option<u64> {
+    let read = |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok();
+    let max: u64 = read("memory.max")?.trim().parse().ok()?; // "max": no limit
+    let current: u64 = read("memory.current")?.trim().parse().ok()?;
+    Some(max.saturating_sub(current))
+}
+
+/// `RLIMIT_AS` minus the address space this process maps already.
+#[cfg(not(unix))]
+fn address_space_room() -> Option<u64> {
+    None
+}
+#[cfg(unix)]
+fn address_space_room() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let mapped = meminfo_field(&status, "VmSize:")?;
+    Some((limit.rlim_cur as u64).saturating_sub(mapped))
+}
+
+/// Free bytes (for an unprivileged user) on the file system holding `path` (or its nearest
+/// existing ancestor).
+#[cfg(not(unix))]
+pub fn free_disk_space(_path: &Path) -> Option<u64> {
+    None
+}
+#[cfg(unix)]
+pub fn free_disk_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct it is given from a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// `1.23 GiB`.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_machine_reports_memory_and_disk() {
+        let mem = available_memory().expect("Linux has /proc/meminfo");
+        assert!(mem > 1 << 20, "{mem}");
+        let disk = free_disk_space(&std::env::temp_dir().join("no/such/folder")).unwrap();
+        assert!(disk > 0);
+        assert_eq!(
+            meminfo_field("MemAvailable:   2048 kB\n", "MemAvailable:"),
+            Some(2 << 20)
+        );
+    }
+}

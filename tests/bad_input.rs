@@ -1,0 +1,276 @@
+//! Bad input, as a new user gives it: one table of commands, each with the exit code, the
+//! words its one-line error must contain, and the promise that it left no new file or
+//! folder anywhere (the working folder, where default runs go; the cache; the data).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use common::TempDir;
+
+/// Every file and folder under `root`, relative to it.
+fn tree(root: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            out.insert(p.strip_prefix(root).unwrap().to_path_buf());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A sandbox: the command runs in `root/work` with its cache in `root/cache`, beside a
+/// small class-per-folder set in `root/data` and, once made, a trained run in `root/run`.
+struct Sandbox {
+    root: TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let root = TempDir::new("bad-input");
+        std::fs::create_dir_all(root.join("work")).unwrap();
+        for (class, colour) in [("cat", [200u8, 40, 40]), ("dog", [40, 40, 200])] {
+            let dir = root.join("data").join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..6u8 {
+                let img = image::RgbImage::from_fn(12, 12, |x, y| {
+                    image::Rgb([
+                        colour[0].wrapping_add(i * 7),
+                        colour[1] ^ (x as u8 * 9),
+                        colour[2] ^ (y as u8 * 5),
+                    ])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+        Sandbox { root }
+    }
+    fn path(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+    /// Runs `args` (`{data}`, `{run}`, `{root}` replaced) in the sandbox.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                a.replace("{data}", &self.path("data"))
+                    .replace("{run}", &self.path("run"))
+                    .replace("{root}", &self.path(""))
+            })
+            .collect();
+        common::command()
+            .args(&args)
+            .current_dir(self.root.join("work"))
+            .env("XDG_CACHE_HOME", self.root.join("cache"))
+            .env("HOME", self.root.join("home"))
+            .output()
+            .unwrap()
+    }
+}
+
+/// A small, fast training command on the built-in set, to which a case adds its mistake.
+const TINY: &[&str] = &[
+    "train",
+    "--quiet",
+    "--synthetic-images",
+    "8",
+    "--image-size",
+    "32",
+];
+
+struct Case {
+    /// Arguments after TINY's (when `tiny`) or alone.
+    args: &'static [&'static str],
+    tiny: bool,
+    /// Words the error line must contain.
+    words: &'static [&'static str],
+}
+
+const fn tiny(args: &'static [&'static str], words: &'static [&'static str]) -> Case {
+    Case {
+        args,
+        tiny: true,
+        words,
+    }
+}
+const fn bare(args: &'static [&'static str], words: &'static [&'static str]) -> Case {
+    Case {
+        args,
+        tiny: false,
+        words,
+    }
+}
+
+/// Cases that need nothing but the sandbox.
+const CASES: &[Case] = &[
+    tiny(&["--lr", "nan"], &["--lr NaN", "positive"]),
+    tiny(&["--lr", "-1"], &["--lr -1", "positive"]),
+    tiny(&["--lr=-1"], &["--lr -1", "positive"]),
+    tiny(&["--lr", "0"], &["--lr 0", "positive"]),
+    tiny(&["--epochs", "0"], &["--epochs 0", "at least 1"]),
+    tiny(&["--batch-size", "0"], &["--batch-size 0", "at least 1"]),
+    tiny(&["--arch", ""], &["--arch", "empty"]),
+    tiny(&["--arch", "c16,,p"], &["--arch", "empty layer"]),
+    tiny(&["--arch", "x3"], &["--arch", "unknown layer `x3`"]),
+    tiny(&["--arch", "c2,p,p,p,p,p"], &["--arch", "too small"]),
+    tiny(&["--alpha", "0.2,0.3,0.5"], &["--alpha", "3"]),
+    tiny(
+        &["--early-stop", "2", "--val-fraction", "0"],
+        &["--early-stop", "--val-fraction"],
+    ),
+    tiny(
+        &["--warmup-epochs", "50"],
+        &["--warmup-epochs 50", "--epochs 10"],
+    ),
+    tiny(&["--warmup-epochs", "-1"], &["--warmup-epochs -1"]),
+    tiny(
+        &["--val-fraction", "0.01"],
+        &["--val-fraction 0.01", "no validation image"],
+    ),
+    tiny(&["--val-fraction", "1.5"], &["--val-fraction 1.5"]),
+    tiny(
+        &[
+            "--class-fraction",
+            "vertical=0.5",
+            "--class-fraction",
+            "vertical=0.3",
+        ],
+        &["--class-fraction", "twice"],
+    ),
+    tiny(
+        &["--resume", "{root}/no-such-run"],
+        &["--resume", "no-such-run"],
+    ),
+    tiny(
+        &["--batch-size", "100000000"],
+        &["--batch-size 100000000", "memory"],
+    ),
+    tiny(&["--arch", "d100000000"], &["memory"]),
+    tiny(&["--arch", "c100000000"], &["memory"]),
+    bare(
+        &["train", "--quiet", "--image-size", "0"],
+        &["--image-size 0"],
+    ),
+    bare(
+        &["train", "--quiet", "--image-size", "100000"],
+        &["--image-size 100000", "16384"],
+    ),
+    bare(
+        &["train", "--quiet", "--synthetic-images", "2"],
+        &["--synthetic-images 2"],
+    ),
+    bare(
+        &[
+            "train",
+            "--quiet",
+            "--data",
+            "{data}",
+            "--image-size",
+            "32",
+            "--val-fraction",
+            "0.01",
+        ],
+        &["no validation image"],
+    ),
+    bare(
+        &[
+            "train",
+            "--quiet",
+            "--data",
+            "{data}",
+            "--out",
+            "{data}/run",
+        ],
+        &["--out", "inside", "--data"],
+    ),
+    bare(
+        &[
+            "train",
+            "--quiet",
+            "--data",
+            "{data}",
+            "--image-size",
+            "8",
+            "--arch",
+            "c2,p,p,p,p",
+        ],
+        &["too small"],
+    ),
+    bare(
+        &["train", "--quiet", "--data", "{data}", "--alpha", "1,2,3"],
+        &["--alpha"],
+    ),
+    bare(
+        &["train", "--quiet", "--data", "{root}/nowhere"],
+        &["--data", "nowhere"],
+    ),
+    bare(
+        &[
+            "eval",
+            "--checkpoint",
+            "{root}/nowhere.safetensors",
+            "--data",
+            "{data}",
+        ],
+        &["nowhere.safetensors"],
+    ),
+    bare(
+        &[
+            "predict",
+            "--checkpoint",
+            "{root}/nowhere.safetensors",
+            "{data}",
+        ],
+        &["nowhere.safetensors"],
+    ),
+];
+
+fn check(sandbox: &Sandbox, case_args: &[&str], words: &[&str]) {
+    let before = tree(&sandbox.root.0);
+    let out = sandbox.run(case_args);
+    let stderr = common::text(&out.stderr);
+    let what = format!("focalflow {}", case_args.join(" "));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{what}: exit code; stderr:\n{stderr}"
+    );
+    let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    assert!(
+        last.starts_with("error: "),
+        "{what}: the last line is the error: {stderr}"
+    );
+    for w in words {
+        assert!(
+            last.contains(w),
+            "{what}: expected `{w}` in the error: {last}"
+        );
+    }
+    assert!(
+        out.stdout.is_empty(),
+        "{what}: nothing on stdout: {}",
+        common::text(&out.stdout)
+    );
+    let after = tree(&sandbox.root.0);
+    let new: Vec<_> = after.difference(&before).collect();
+    assert!(new.is_empty(), "{what}: left new files behind: {new:?}");
+}
+
+#[test]
+fn every_bad_input_fails_with_one_line_and_leaves_nothing() {
+    let sandbox = Sandbox::new();
+    for case in CASES {
+        let mut args: Vec<&str> = if case.tiny { TINY.to_vec() } else { Vec::new() };
+        args.extend_from_slice(case.args);
+        check(&sandbox, &args, case.words);
+    }
+}
