@@ -57,7 +57,9 @@ fn address_space_room() -> Option<u64> {
     }
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let mapped = meminfo_field(&status, "VmSize:")?;
-    Some((limit.rlim_cur as u64).saturating_sub(mapped))
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every unix
+    let limit = limit.rlim_cur as u64;
+    Some(limit.saturating_sub(mapped))
 }
 
 /// Free bytes (for an unprivileged user) on the file system holding `path` (or its nearest
