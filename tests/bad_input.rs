@@ -274,3 +274,111 @@ fn every_bad_input_fails_with_one_line_and_leaves_nothing() {
         check(&sandbox, &args, case.words);
     }
 }
+
+/// A small run of the built-in set, finished.
+const RUN: &[&str] = &[
+    "train",
+    "--quiet",
+    "--synthetic-images",
+    "8",
+    "--image-size",
+    "16",
+    "--arch",
+    "c2,p,d3",
+    "--epochs",
+    "1",
+];
+
+/// A finished run is never overwritten, and a checkpoint with one flipped bit is refused by
+/// every command that reads it, naming the tensor, leaving nothing behind.
+#[test]
+fn a_run_is_kept_and_a_damaged_checkpoint_is_refused_everywhere() {
+    let sandbox = Sandbox::new();
+    let mut first: Vec<&str> = RUN.to_vec();
+    first.extend(["--out", "{run}"]);
+    let out = sandbox.run(&first);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let metrics = std::fs::read(sandbox.root.join("run/metrics.jsonl")).unwrap();
+    check(
+        &sandbox,
+        &first,
+        &["--out", "holds a run already", "--resume"],
+    );
+    assert_eq!(
+        std::fs::read(sandbox.root.join("run/metrics.jsonl")).unwrap(),
+        metrics,
+        "the run is kept"
+    );
+
+    // One bit of the first convolution's kernel.
+    let last = sandbox.root.join("run/checkpoints/last.safetensors");
+    let mut bytes = std::fs::read(&last).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let start = header["conv2d/kernel"]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[8 + header_len + start + 5] ^= 0x04;
+    std::fs::write(&last, &bytes).unwrap();
+    std::fs::copy(&last, sandbox.root.join("run/checkpoints/best.safetensors")).unwrap();
+    let ck = "{run}/checkpoints/last.safetensors";
+    let mut resume: Vec<&str> = RUN.to_vec();
+    resume.extend(["--resume", "{run}"]);
+    let commands: Vec<Vec<&str>> = vec![
+        resume,
+        vec!["eval", "--quiet", "--checkpoint", ck, "--data", "{data}"],
+        vec!["predict", "--checkpoint", ck, "{data}"],
+        vec![
+            "calibrate",
+            "--quiet",
+            "--checkpoint",
+            ck,
+            "--data",
+            "{data}",
+        ],
+        vec!["export", "--checkpoint", ck, "--onnx", "{root}/model.onnx"],
+    ];
+    for command in commands {
+        check(
+            &sandbox,
+            &command,
+            &[
+                "tensor `conv2d/kernel` fails its checksum",
+                "last.safetensors",
+            ],
+        );
+    }
+}
+
+/// Two runs started in the same second with the default folder each get their own.
+#[test]
+fn runs_started_together_get_folders_of_their_own() {
+    let sandbox = Sandbox::new();
+    let start = || {
+        common::command()
+            .args(RUN)
+            .current_dir(sandbox.root.join("work"))
+            .env("XDG_CACHE_HOME", sandbox.root.join("cache"))
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", common::text(&out.stderr));
+    }
+    let runs: Vec<PathBuf> = std::fs::read_dir(sandbox.root.join("work/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for run in &runs {
+        let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        assert_eq!(
+            lines.lines().count(),
+            1,
+            "{}: one epoch, its own",
+            run.display()
+        );
+    }
+}
