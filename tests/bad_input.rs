@@ -162,7 +162,7 @@ const CASES: &[Case] = &[
     ),
     bare(
         &["train", "--quiet", "--image-size", "100000"],
-        &["--image-size 100000", "16384"],
+        &["--image-size 100000", "4096"],
     ),
     bare(
         &["train", "--quiet", "--synthetic-images", "2"],

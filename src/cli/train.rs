@@ -7,6 +7,7 @@ use crate::cli::DeviceChoice;
 use crate::cli::device::{self, on_device};
 use crate::cli::flags::data::DataFlags;
 use crate::cli::flags::loss::LossFlags;
+use crate::data::load::MAX_IMAGE_SIZE;
 use crate::data::{ImageSet, PixelStore, synthetic, validation_share};
 use crate::model::{Arch, ImageShape, REFERENCE_ARCH};
 use crate::run::RunFolder;
@@ -169,9 +170,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     Ok(())
 }
-
-/// The largest `--image-size`: beyond it one image alone is a gigabyte.
-const MAX_IMAGE_SIZE: usize = 16384;
 
 /// The checks that need no image: the flags, the folders (`--out`, `--resume`), the network
 /// on images of `--image-size` in the classes of `--data`'s sub-folders, and the memory a

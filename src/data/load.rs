@@ -199,11 +199,14 @@ pub fn cache_path(dir: &Path, source_root: &Path, size: usize) -> PathBuf {
     dir.join(format!("{name}-{:08x}-{size}px.ffcache", hash as u32))
 }
 
+/// The largest `--image-size`: 48 MiB per image already.
+pub const MAX_IMAGE_SIZE: usize = 4096;
+
 /// Loads `dir` (see the module documentation).
 pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
-    if opts.image_size == 0 || opts.image_size > 4096 {
+    if opts.image_size == 0 || opts.image_size > MAX_IMAGE_SIZE {
         return Err(Error::invalid(format!(
-            "--image-size {}: must be between 1 and 4096",
+            "--image-size {}: must be between 1 and {MAX_IMAGE_SIZE}",
             opts.image_size
         )));
     }
@@ -245,9 +248,26 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         ),
         None => None,
     };
+    // The decoded set's size (class-per-folder: every candidate file; TFDS: unknown until
+    // read): a cache that would not fit the disk is not started, and a set held in memory
+    // must fit the memory, both said before any image is decoded.
+    let set_bytes = source
+        .files_per_class()
+        .map(|counts| (counts.iter().sum::<usize>() as u64).saturating_mul(shape.len() as u64));
+    if let (Some(path), Some(need)) = (&cache_file, set_bytes)
+        && let Some(free) = crate::system::free_disk_space(path)
+        && need > free
+    {
+        unwritable = Some(format!(
+            "it would take {} of disk, {} is free there",
+            crate::system::gib(need),
+            crate::system::gib(free)
+        ));
+    }
     // A cache folder that cannot be written (read-only, no permission) costs the speed-up
     // of the next run, not this run: say so and go on in memory.
     let writer = match &cache_file {
+        Some(_) if unwritable.is_some() => None,
         Some(path) => match cache::Writer::create(path) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -257,6 +277,20 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         },
         None => None,
     };
+    if writer.is_none()
+        && let (Some(need), Some(available)) = (set_bytes, crate::system::available_memory())
+        && need > available
+    {
+        return Err(Error::file(
+            dir,
+            format!(
+                "--image-size {}: the decoded images take {} of memory, {} is available; use a smaller --image-size",
+                opts.image_size,
+                crate::system::gib(need),
+                crate::system::gib(available)
+            ),
+        ));
+    }
     let run = || preprocess(&source, shape, key, writer, opts.progress, start);
     let (set, meta) = match &pool {
         Some(p) => p.install(run)?,
