@@ -382,3 +382,41 @@ fn runs_started_together_get_folders_of_their_own() {
         );
     }
 }
+
+/// Under an address-space limit (`ulimit -v`, 4 GiB here) the memory checks count the limit:
+/// a model that fits the machine but not the limit is refused in one line, never an abort.
+#[test]
+fn memory_checks_respect_an_address_space_limit() {
+    let sandbox = Sandbox::new();
+    let bin = std::env::var("FOCALFLOW_BIN").unwrap_or_else(|_| common::BIN.to_string());
+    // 15x15x2 features into a million units: 450 million parameters, 7.2 GB with Adam's state.
+    for extra in [
+        &["--arch", "c2,p,d1000000"][..],
+        &["--batch-size", "100000000"],
+        &["--arch", "c100000000"],
+    ] {
+        let mut args: Vec<&str> = TINY.to_vec();
+        args.extend_from_slice(extra);
+        let before = tree(&sandbox.root.0);
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(r#"ulimit -v 4194304 && exec "$0" "$@""#)
+            .arg(&bin)
+            .args(&args)
+            .current_dir(sandbox.root.join("work"))
+            .output()
+            .unwrap();
+        let stderr = common::text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        assert!(
+            last.starts_with("error: ") && last.contains("memory"),
+            "{extra:?}: {stderr}"
+        );
+        assert_eq!(
+            tree(&sandbox.root.0),
+            before,
+            "{extra:?}: nothing left behind"
+        );
+    }
+}
