@@ -8,9 +8,10 @@
 //!   [`argmax`]);
 //! - precision of a class never predicted and recall of a class with no examples are
 //!   undefined (`None`, `null` in JSON, `-` in tables), never a silent 0;
-//! - F1 is `2 TP / (2 TP + FP + FN)`: defined whenever the class occurs in the labels or in
-//!   the predictions (0 for a class that has examples and is never predicted, as
-//!   scikit-learn's `zero_division=0` gives); macro-F1 averages the defined ones;
+//! - F1 is `2 TP / (2 TP + FP + FN)`: defined for a class that has examples (0 when it is
+//!   never predicted, as scikit-learn's `zero_division=0` gives); a class without examples
+//!   has no recall and so no F1 (`-`, even when it is predicted: those mistakes count in the
+//!   recall of the classes they belong to); macro-F1 averages the defined ones;
 //! - balanced accuracy is the mean recall over the classes that have examples;
 //! - NLL is the mean of `-ln p(true class)`, from logits through an exact log-softmax when
 //!   they are given, else from probabilities clamped to at least [`NLL_FLOOR`];
@@ -87,8 +88,11 @@ impl ConfusionMatrix {
     pub fn recall(&self, c: usize) -> Option<f64> {
         ratio(self.counts[c][c], self.support(c))
     }
-    /// `2 TP / (2 TP + FP + FN)`, `None` when the class is neither present nor predicted.
+    /// `2 TP / (2 TP + FP + FN)`, `None` when the class has no images.
     pub fn f1(&self, c: usize) -> Option<f64> {
+        if self.support(c) == 0 {
+            return None;
+        }
         let tp = self.counts[c][c];
         let fp = self.predicted(c) - tp;
         let fn_ = self.support(c) - tp;
