@@ -299,6 +299,13 @@ fn a_run_is_kept_and_a_damaged_checkpoint_is_refused_everywhere() {
     let out = sandbox.run(&first);
     assert!(out.status.success(), "{}", common::text(&out.stderr));
     let metrics = std::fs::read(sandbox.root.join("run/metrics.jsonl")).unwrap();
+    // config.json says where the data came from, and the cache settings.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sandbox.root.join("run/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["data"]["built_in"]["images"], 8, "{config}");
+    assert_eq!(config["data"]["image_size"], 16, "{config}");
+    assert_eq!(config["device_cache"], "auto", "{config}");
     check(
         &sandbox,
         &first,

@@ -117,6 +117,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         early_stop: args.early_stop,
         progress: !args.quiet,
         resume: args.resume.is_some(),
+        origin: data_origin(&args),
     };
     check_before_data(&args, &opts, device)?;
     let (data, report) = match args.data.load(args.image_size, !args.quiet)? {
@@ -169,6 +170,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where a run's images come from, as `config.json` records it.
+fn data_origin(args: &TrainArgs) -> serde_json::Value {
+    let p = &args.data.preprocessing;
+    match &args.data.dir {
+        Some(dir) => serde_json::json!({
+            "dir": std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()),
+            "image_size": args.image_size,
+            "cache_dir": if p.no_cache { None } else { Some(p.cache_dir.clone().unwrap_or_else(crate::data::cache::default_dir)) },
+            "preprocess_threads": p.preprocess_threads,
+        }),
+        None => serde_json::json!({
+            "built_in": { "images": args.synthetic_images, "seed": args.seed },
+            "image_size": args.image_size,
+        }),
+    }
 }
 
 /// The checks that need no image: the flags, the folders (`--out`, `--resume`), the network

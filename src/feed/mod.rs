@@ -120,6 +120,17 @@ impl std::str::FromStr for DeviceCache {
     }
 }
 
+/// As `--device-cache` takes it: `auto`, `off` or GiB.
+impl std::fmt::Display for DeviceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceCache::Auto => f.write_str("auto"),
+            DeviceCache::Off => f.write_str("off"),
+            DeviceCache::Bytes(b) => write!(f, "{}", *b as f64 / (1u64 << 30) as f64),
+        }
+    }
+}
+
 impl DeviceCache {
     /// The bytes the set may take, given the device's free memory (`None`: unknown, then
     /// `auto` allows any size: the emulator's "device memory" is host memory).

@@ -343,6 +343,10 @@ impl RunStart {
             "val_class_counts": data.class_counts(&split.val),
             "parameters": plan.parameter_count(),
         });
+        if !opts.origin.is_null() {
+            config["data"] = opts.origin.clone();
+        }
+        config["device_cache"] = opts.device_cache.to_string().into();
         if let Some(r) = &resumed {
             config["resumed_after_epoch"] = r.state.epoch.into();
         }

@@ -48,6 +48,12 @@ pub struct TrainOptions {
     /// `--resume`: continue the run in the output folder (see [`train`]).
     #[serde(skip)]
     pub resume: bool,
+    /// Where the images came from and how they were prepared (`--data` or the built-in
+    /// set, the image size, the cache and decoding settings), as the command line gives
+    /// them: `config.json`'s `data`. Not among the options a resume compares (the data's
+    /// fingerprint is): a set may move to another folder or cache.
+    #[serde(skip)]
+    pub origin: serde_json::Value,
 }
 
 impl Default for TrainOptions {
@@ -71,6 +77,7 @@ impl Default for TrainOptions {
             early_stop: None,
             progress: false,
             resume: false,
+            origin: serde_json::Value::Null,
         }
     }
 }
