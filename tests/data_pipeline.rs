@@ -770,3 +770,43 @@ fn tfds_shards_are_read_with_crcs_checked() {
     let loaded = load(&version, &opts(13, None)).unwrap();
     assert_eq!(loaded.set.class_names, vec!["Cat", "Dog"]);
 }
+
+/// A symbolic link back to a folder above it (here the data folder) is left out and listed
+/// with the skipped files; it neither fails the run nor pulls another class's images in.
+#[cfg(unix)]
+#[test]
+fn a_symbolic_link_loop_is_skipped_and_listed() {
+    let root = scratch("link-loop");
+    for (class, seed) in [("cat", 1), ("dog", 2)] {
+        for i in 0..3 {
+            write(
+                &root.join(class).join(format!("{i}.png")),
+                &png(
+                    &picture(9, 7, seed * 10 + i),
+                    9,
+                    7,
+                    image::ExtendedColorType::Rgb8,
+                ),
+            );
+        }
+    }
+    std::os::unix::fs::symlink("..", root.join("cat/up")).unwrap();
+    std::os::unix::fs::symlink(".", root.join("dog/here")).unwrap();
+    let loaded = load(&root, &opts(8, None)).unwrap();
+    assert_eq!(
+        loaded
+            .set
+            .class_counts(&(0..loaded.set.len()).collect::<Vec<_>>()),
+        [3, 3]
+    );
+    let skipped = skipped_by_name(&loaded.meta.skipped);
+    assert_eq!(
+        skipped,
+        [
+            ("here".to_string(), "symbolic-link loop".to_string()),
+            ("up".to_string(), "symbolic-link loop".to_string())
+        ],
+        "{skipped:?}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}

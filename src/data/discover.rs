@@ -74,6 +74,7 @@ pub fn discover(dir: &Path) -> Result<Source> {
     }
     let mut class_names = Vec::new();
     let mut files = Vec::new();
+    let mut loops = Vec::new();
     for (label, class_dir) in class_dirs.iter().enumerate() {
         let name = class_dir
             .file_name()
@@ -81,7 +82,10 @@ pub fn discover(dir: &Path) -> Result<Source> {
             .to_string_lossy()
             .into_owned();
         let before = files.len();
-        collect_files(class_dir, label as u32, &mut files, 0)?;
+        // The data folder counts as above: a link back to it would put other classes'
+        // images into this one.
+        let mut above = vec![std::fs::canonicalize(dir).map_err(|e| Error::file(dir, e))?];
+        collect_files(class_dir, label as u32, &mut files, &mut loops, &mut above)?;
         if files.len() == before {
             return Err(Error::file(
                 class_dir,
@@ -94,21 +98,29 @@ pub fn discover(dir: &Path) -> Result<Source> {
         root: dir.to_path_buf(),
         class_names,
         files,
+        loops,
     })
 }
 
+/// The files under `dir`, at any depth; a folder that is one of the folders above it (through
+/// a symbolic link) goes to `loops` instead of being walked again. `above`: the canonical
+/// paths of `dir`'s ancestors in the walk.
 fn collect_files(
     dir: &Path,
     label: u32,
     out: &mut Vec<(InputFile, u32)>,
-    depth: usize,
+    loops: &mut Vec<PathBuf>,
+    above: &mut Vec<PathBuf>,
 ) -> Result<()> {
-    if depth > 32 {
-        return Err(Error::file(
-            dir,
-            "folders nested more than 32 deep (a symbolic-link loop?)",
-        ));
+    let canonical = std::fs::canonicalize(dir).map_err(|e| Error::file(dir, e))?;
+    if above.contains(&canonical) {
+        loops.push(dir.to_path_buf());
+        return Ok(());
     }
+    if above.len() > 64 {
+        return Err(Error::file(dir, "folders nested more than 64 deep"));
+    }
+    above.push(canonical);
     for entry in sorted_entries(dir)? {
         let path = entry.path();
         let meta = match std::fs::metadata(&path) {
@@ -117,10 +129,11 @@ fn collect_files(
             Err(_) => continue,
         };
         if meta.is_dir() {
-            collect_files(&path, label, out, depth + 1)?;
+            collect_files(&path, label, out, loops, above)?;
         } else if meta.is_file() {
             out.push((input_file_from(path, &meta), label));
         }
     }
+    above.pop();
     Ok(())
 }

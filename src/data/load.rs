@@ -377,10 +377,15 @@ fn preprocess(
     let mut items: Vec<Item> = Vec::new();
     // TFRecord shards are mapped and framed (both CRCs checked) first, in parallel.
     let (shard_maps, shard_names) = match source {
-        Source::Folders { files, .. } => {
+        Source::Folders { files, loops, .. } => {
             items.extend(files.iter().map(|(f, label)| Item::File {
                 path: &f.path,
                 label: *label,
+            }));
+            skipped.extend(loops.iter().map(|l| Skipped {
+                item: l.display().to_string(),
+                category: "symbolic-link loop".into(),
+                detail: "a link to a folder above it: not followed".into(),
             }));
             (Vec::new(), Vec::new())
         }
