@@ -311,6 +311,22 @@ fn a_run_is_kept_and_a_damaged_checkpoint_is_refused_everywhere() {
         &first,
         &["--out", "holds a run already", "--resume"],
     );
+    // No readable image: nothing on stdout (no table header), one error line.
+    std::fs::write(sandbox.root.join("not-an-image.png"), b"text").unwrap();
+    for format in [&[][..], &["--json"], &["--csv"]] {
+        let mut args = vec![
+            "predict",
+            "--checkpoint",
+            "{run}",
+            "{root}/not-an-image.png",
+        ];
+        args.extend_from_slice(format);
+        check(
+            &sandbox,
+            &args,
+            &["no image could be read among the 1 files given"],
+        );
+    }
     assert_eq!(
         std::fs::read(sandbox.root.join("run/metrics.jsonl")).unwrap(),
         metrics,

@@ -59,6 +59,14 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             },
         )
     })?;
+    // Nothing on stdout when nothing could be predicted: the error says why.
+    if predictions.is_empty() {
+        eprintln!("0 predicted, {} skipped", skipped.len());
+        return Err(Error::invalid(format!(
+            "no image could be read among the {} files given",
+            files.len()
+        )));
+    }
     if args.json {
         let report = json!({
             "checkpoint": path,
@@ -128,12 +136,6 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         }
     }
     eprintln!("{} predicted, {} skipped", predictions.len(), skipped.len());
-    if predictions.is_empty() {
-        return Err(Error::invalid(format!(
-            "no image could be read among the {} files given",
-            files.len()
-        )));
-    }
     Ok(())
 }
 
