@@ -28,6 +28,11 @@ pub struct RunSummary {
     pub val_mce: Option<f64>,
     pub best_epoch: Option<usize>,
     pub temperature: Option<f64>,
+    /// The epochs the run was started for (`--epochs`), from config.json.
+    pub planned_epochs: Option<usize>,
+    /// Trained to its last epoch, or stopped by `--early-stop`; false for a run that was
+    /// interrupted, failed or is still going (its numbers are not final).
+    pub finished: bool,
 }
 
 /// The summary of the run folder `run` (its metrics.jsonl, config.json and checkpoint).
@@ -44,6 +49,7 @@ pub fn summarise_run(run: &Path) -> Result<RunSummary> {
         .map(|(_, m)| m)
         .collect();
     // An interrupted epoch (no validation yet) is not a result.
+    let interrupted = history.last().is_some_and(|m| m.partial);
     history.retain(|m| !m.partial);
     let last = history
         .last()
@@ -64,6 +70,18 @@ pub fn summarise_run(run: &Path) -> Result<RunSummary> {
         .ok()
         .and_then(|p| checkpoint::read_metadata(&p).ok())
         .and_then(|m| m.get("temperature").and_then(|t| t.parse().ok()));
+    let planned_epochs = config["options"]["epochs"].as_u64().map(|e| e as usize);
+    let early_stop = config["options"]["early_stop"].as_u64().map(|p| p as usize);
+    // Early stopping ends a run when the monitored value has not improved for PATIENCE epochs.
+    let stopped_early = early_stop.is_some_and(|patience| {
+        checkpoint::read_metadata(&crate::run::last_path(run))
+            .ok()
+            .and_then(|m| m.get("training").cloned())
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|t| t["progress"]["stale_epochs"].as_u64())
+            .is_some_and(|stale| stale as usize >= patience)
+    });
+    let finished = !interrupted && (planned_epochs == Some(last.epoch) || stopped_early);
     let v = last.validation.as_ref();
     Ok(RunSummary {
         run: run.display().to_string(),
@@ -86,5 +104,7 @@ pub fn summarise_run(run: &Path) -> Result<RunSummary> {
         val_mce: v.map(|v| v.val_mce),
         best_epoch: best,
         temperature,
+        planned_epochs,
+        finished,
     })
 }

@@ -365,6 +365,21 @@ fn run_folder_eval_predict_calibrate_compare() {
     ));
     assert_eq!(rows.as_array().unwrap().len(), 2);
     assert!(rows[1]["val_ece"].as_f64().is_some());
+    assert_eq!(rows[1]["finished"], true);
+    assert!(!table.contains("unfinished"), "{table}");
+    // A run short of its --epochs (as an interrupted one is) is marked.
+    let config_path = ce_dir.join("config.json");
+    let mut config = json(&std::fs::read_to_string(&config_path).unwrap());
+    let trained = config["options"]["epochs"].as_u64().unwrap();
+    config["options"]["epochs"] = (trained + 3).into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let table = ok("compare", run(&["compare", s(&run_dir), s(&ce_dir)]));
+    assert!(
+        table.contains(&format!("{} (unfinished)", s(&ce_dir)))
+            && table.contains(&format!("{trained}/{}", trained + 3))
+            && table.contains("not a final result"),
+        "{table}"
+    );
 }
 
 #[test]

@@ -31,6 +31,11 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     println!(
         "final epoch, validation split; * marks the best of each column (lower is better for NLL, Brier, ECE, MCE)"
     );
+    if runs.iter().any(|r| !r.finished) {
+        println!(
+            "(unfinished): interrupted, failed or still training: its last complete epoch, not a final result (continue it with train --resume)"
+        );
+    }
     Ok(())
 }
 
@@ -50,7 +55,7 @@ fn compare_table(runs: &[RunSummary]) -> String {
     ];
     let run_w = runs
         .iter()
-        .map(|r| r.run.chars().count())
+        .map(|r| r.run.chars().count() + if r.finished { 0 } else { " (unfinished)".len() })
         .max()
         .unwrap_or(3)
         .max(3);
@@ -78,11 +83,20 @@ fn compare_table(runs: &[RunSummary]) -> String {
         })
         .collect();
     for r in runs {
+        let run = if r.finished {
+            r.run.clone()
+        } else {
+            format!("{} (unfinished)", r.run)
+        };
+        let epochs = match r.planned_epochs {
+            Some(n) if !r.finished => format!("{}/{n}", r.epochs),
+            _ => r.epochs.to_string(),
+        };
         out.push_str(&format!(
             "{:<run_w$}  {:<loss_w$}  {:>6}",
-            r.run,
+            run,
             short(&r.loss, loss_w),
-            r.epochs
+            epochs
         ));
         for ((_, f, _, pct), b) in cols.iter().zip(&best) {
             let cell = match f(r) {
