@@ -180,7 +180,27 @@ pub fn run_with<B: Feeds>(
         width: opts.image_size,
         channels: 3,
     };
+    if opts.image_size == 0 || opts.image_size > crate::data::load::MAX_IMAGE_SIZE {
+        return Err(Error::invalid(format!(
+            "--image-size {}: must be 1 to {}",
+            opts.image_size,
+            crate::data::load::MAX_IMAGE_SIZE
+        )));
+    }
     let plan = Plan::new(&opts.arch, shape, opts.classes)?;
+    // The batch is made on the host for every device, the model lives on the device.
+    crate::train::check_memory(
+        &plan,
+        opts.batch_size,
+        crate::system::available_memory(),
+        "host",
+    )?;
+    crate::train::check_memory(
+        &plan,
+        opts.batch_size,
+        backend.free_memory()?,
+        backend.name(),
+    )?;
     let flops_per_image = plan.forward_flops();
     let conv_layers = ConvLayerPaths::of(backend, &plan);
     let mut model = Model::new(backend, plan, 0)?;

@@ -215,6 +215,34 @@ const CASES: &[Case] = &[
     ),
     bare(
         &[
+            "bench",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "100000000",
+            "--image-size",
+            "32",
+        ],
+        &["--batch-size 100000000", "memory"],
+    ),
+    bare(
+        &[
+            "bench",
+            "--device",
+            "cuda-emu",
+            "--batch-size",
+            "100000000",
+            "--image-size",
+            "32",
+        ],
+        &["--batch-size 100000000", "memory"],
+    ),
+    bare(
+        &["bench", "--device", "cpu", "--image-size", "100000"],
+        &["--image-size 100000"],
+    ),
+    bare(
+        &[
             "eval",
             "--checkpoint",
             "{root}/nowhere.safetensors",
