@@ -233,6 +233,28 @@ pub fn check_new_run_folder(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `--out` may not lie inside `--data`: what a command writes there would be read as classes
+/// (or as images) next time.
+pub fn check_outside_data(out: &Path, data: &Path) -> Result<()> {
+    let Ok(data) = std::fs::canonicalize(data) else {
+        return Ok(()); // the data set's own check names the problem
+    };
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let absolute = cwd.join(out);
+    let existing = absolute.ancestors().find(|p| p.exists()).unwrap_or(&cwd);
+    let existing = std::fs::canonicalize(existing).unwrap_or_default();
+    if existing.starts_with(&data) {
+        return Err(Error::file(
+            out,
+            format!(
+                "--out is inside --data {}: what is written there would be read as classes or images next time; choose a place outside it",
+                data.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses to start a run in `out` when it holds one already (whatever else is in it).
 pub fn check_holds_no_run(out: &Path) -> Result<()> {
     match RUN_MARKERS.iter().find(|m| out.join(m).exists()) {

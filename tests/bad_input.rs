@@ -361,6 +361,39 @@ fn a_run_is_kept_and_a_damaged_checkpoint_is_refused_everywhere() {
         "the run is kept"
     );
 
+    // eval and calibrate check before reading images (no cache entry is made).
+    let mut early: Vec<(Vec<&str>, &[&str])> = Vec::new();
+    for command in ["eval", "calibrate"] {
+        early.push((
+            vec![
+                command,
+                "--quiet",
+                "--checkpoint",
+                "{run}",
+                "--data",
+                "{data}",
+                "--batch-size",
+                "0",
+            ],
+            &["--batch-size"],
+        ));
+        early.push((
+            vec![
+                command,
+                "--quiet",
+                "--checkpoint",
+                "{run}",
+                "--data",
+                "{data}",
+                "--out",
+                "{data}/cat/out",
+            ],
+            &["--out is inside --data"],
+        ));
+    }
+    for (command, words) in early {
+        check(&sandbox, &command, words);
+    }
     // One bit of the first convolution's kernel.
     let last = sandbox.root.join("run/checkpoints/last.safetensors");
     let mut bytes = std::fs::read(&last).unwrap();

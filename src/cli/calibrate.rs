@@ -8,7 +8,9 @@ use serde_json::json;
 use crate::Result;
 use crate::calibrate::Calibration;
 use crate::cli::device::DeviceFlag;
-use crate::cli::flags::checkpoint::{CheckpointFlag, LabelledData, describe, logits_on_device};
+use crate::cli::flags::checkpoint::{
+    CheckpointFlag, LabelledData, check_before_data, describe, logits_on_device,
+};
 use crate::inference::labels_of;
 
 #[derive(clap::Args, Debug)]
@@ -37,8 +39,14 @@ pub struct CalibrateArgs {
 pub fn run(args: &CalibrateArgs) -> Result<()> {
     let (path, mut ck) = args.checkpoint.open()?;
     eprintln!("{}", describe(&path, &ck, ck.temperature_or_one()));
+    let device = check_before_data(
+        args.batch_size,
+        args.device.device,
+        args.out.as_deref(),
+        &args.data.dir,
+    )?;
     let set = args.data.load(&ck, !args.quiet && !args.json)?;
-    let logits = logits_on_device(&ck, &set, args.batch_size, args.device.device)?;
+    let logits = logits_on_device(&ck, &set, args.batch_size, device)?;
     let labels = labels_of(&set);
     let cal = Calibration::fit(&logits, &labels, &ck.class_names)?;
     let previous = ck.temperature;

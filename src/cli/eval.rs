@@ -7,7 +7,9 @@ use serde_json::json;
 
 use crate::Result;
 use crate::cli::device::DeviceFlag;
-use crate::cli::flags::checkpoint::{CheckpointFlag, LabelledData, describe, logits_on_device};
+use crate::cli::flags::checkpoint::{
+    CheckpointFlag, LabelledData, check_before_data, describe, logits_on_device,
+};
 use crate::inference::labels_of;
 use crate::metrics::Metrics;
 
@@ -41,8 +43,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let (path, ck) = args.checkpoint.open()?;
     let temperature = ck.temperature_unless(args.no_temperature);
     eprintln!("{}", describe(&path, &ck, temperature));
+    let device = check_before_data(
+        args.batch_size,
+        args.device.device,
+        args.out.as_deref(),
+        &args.data.dir,
+    )?;
     let set = args.data.load(&ck, !args.quiet && !args.json)?;
-    let logits = logits_on_device(&ck, &set, args.batch_size, args.device.device)?;
+    let logits = logits_on_device(&ck, &set, args.batch_size, device)?;
     let labels = labels_of(&set);
     let m = Metrics::from_logits(&logits, &labels, &ck.class_names, temperature)?;
     let raw = (temperature != 1.0)

@@ -217,7 +217,7 @@ fn check_before_data(args: &TrainArgs, opts: &TrainOptions, device: DeviceChoice
         (None, Some(out)) => {
             crate::run::check_new_run_folder(out)?;
             if let Some(data) = &args.data.dir {
-                check_outside(out, data)?;
+                crate::run::check_outside_data(out, data)?;
             }
         }
         (None, None) => {}
@@ -251,27 +251,6 @@ fn check_before_data(args: &TrainArgs, opts: &TrainOptions, device: DeviceChoice
             crate::system::available_memory(),
             "host",
         )?;
-    }
-    Ok(())
-}
-
-/// `--out` may not lie inside `--data`: the run's folders would read as classes next time.
-fn check_outside(out: &Path, data: &Path) -> Result<()> {
-    let Ok(data) = std::fs::canonicalize(data) else {
-        return Ok(()); // the data set's own check names the problem
-    };
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let absolute = cwd.join(out);
-    let existing = absolute.ancestors().find(|p| p.exists()).unwrap_or(&cwd);
-    let existing = std::fs::canonicalize(existing).unwrap_or_default();
-    if existing.starts_with(&data) {
-        return Err(Error::file(
-            out,
-            format!(
-                "--out is inside --data {}: the run's folders would be read as classes; choose a folder outside it",
-                data.display()
-            ),
-        ));
     }
     Ok(())
 }

@@ -78,17 +78,30 @@ pub fn describe(path: &Path, ck: &Checkpoint, temperature: f64) -> String {
     )
 }
 
-/// Logits of every image of `set` on the backend `device` picks (said on stderr).
+/// What `eval` and `calibrate` check before any image is read: the batch size, the device
+/// (resolved, said on stderr) and that `--out` does not lie inside `--data`.
+pub fn check_before_data(
+    batch_size: usize,
+    device: DeviceChoice,
+    out: Option<&std::path::Path>,
+    data: &std::path::Path,
+) -> Result<DeviceChoice> {
+    if batch_size == 0 {
+        return Err(Error::invalid("--batch-size must be at least 1"));
+    }
+    if let Some(out) = out {
+        crate::run::check_outside_data(out, data)?;
+    }
+    device::resolve(device)
+}
+
+/// Logits of every image of `set` on `device` (checked by [`check_before_data`]).
 pub fn logits_on_device(
     ck: &Checkpoint,
     set: &ImageSet<Pixels>,
     batch_size: usize,
     device: DeviceChoice,
 ) -> Result<Vec<f32>> {
-    if batch_size == 0 {
-        return Err(Error::invalid("--batch-size must be at least 1"));
-    }
-    let device = device::resolve(device)?;
     eprintln!("device: {}", device::name(device));
     on_device!(device, |backend| {
         inference::logits_of_set(backend, ck, set, batch_size)
