@@ -213,6 +213,54 @@ const CASES: &[Case] = &[
         &["train", "--quiet", "--data", "{root}/nowhere"],
         &["--data", "nowhere"],
     ),
+    // The largest values the flags take.
+    bare(
+        &[
+            "train",
+            "--quiet",
+            "--synthetic-images",
+            "18446744073709551615",
+        ],
+        &["--synthetic-images", "memory"],
+    ),
+    tiny(&["--batch-size", "18446744073709551615"], &["memory"]),
+    bare(
+        &[
+            "train",
+            "--quiet",
+            "--data",
+            "{data}",
+            "--preprocess-threads",
+            "100000000",
+        ],
+        &["--preprocess-threads 100000000", "1024"],
+    ),
+    bare(
+        &[
+            "train",
+            "--quiet",
+            "--data",
+            "{data}",
+            "--image-size",
+            "4096",
+        ],
+        &["--image-size"],
+    ),
+    bare(
+        &["train", "--quiet", "--data", "{data}", "--lr", "nan"],
+        &["--lr NaN"],
+    ),
+    bare(
+        &[
+            "train",
+            "--quiet",
+            "--data",
+            "{data}",
+            "--warmup-epochs",
+            "50",
+        ],
+        &["--warmup-epochs 50"],
+    ),
     bare(
         &[
             "bench",

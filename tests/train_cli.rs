@@ -396,3 +396,78 @@ fn bench_json() {
         assert!(rss.is_null() || rss.is_u64(), "peak_rss_bytes = {rss}");
     }
 }
+
+/// The README's synopsis (`## Command line`) and `--help` name the same flags: none in the
+/// synopsis that the command lacks, and each of the command's flags in the synopsis (for
+/// `train` and `bench`, the loss's parameters are summed up as "--loss NAME and its
+/// parameters").
+#[test]
+fn the_readme_synopsis_matches_help() {
+    use std::collections::BTreeSet;
+    let readme = include_str!("../README.md");
+    let block = readme
+        .split("## Command line")
+        .nth(1)
+        .and_then(|s| s.split("```").nth(1))
+        .expect("the README's synopsis block");
+    let flags = |text: &str| -> BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(String::from)
+            .collect()
+    };
+    let loss_parameters: BTreeSet<String> = [
+        "--alpha",
+        "--gamma",
+        "--l1",
+        "--l2",
+        "--facture",
+        "--label-smoothing",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    for command in ["train", "loss", "bench", "export"] {
+        let mut section = String::new();
+        let mut inside = false;
+        for line in block.lines() {
+            if line.starts_with("focalflow ") {
+                inside = line.split_whitespace().nth(1) == Some(command);
+            }
+            if inside {
+                section.push_str(line);
+                section.push('\n');
+            }
+        }
+        let synopsis = flags(&section);
+        let out = common::run(&[command, "--help"]);
+        let help: BTreeSet<String> = common::text(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.trim_start().strip_prefix("--").map(|rest| {
+                    format!(
+                        "--{}",
+                        rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                            .next()
+                            .unwrap()
+                    )
+                })
+            })
+            .filter(|f| f != "--help")
+            .collect();
+        let stale: Vec<_> = synopsis.difference(&help).collect();
+        assert!(
+            stale.is_empty(),
+            "{command}: the README's synopsis names {stale:?}, which --help does not"
+        );
+        let summed_up = matches!(command, "train" | "bench");
+        let missing: Vec<_> = help
+            .difference(&synopsis)
+            .filter(|f| !(summed_up && loss_parameters.contains(*f)))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{command}: --help has {missing:?}, the README's synopsis does not"
+        );
+    }
+}

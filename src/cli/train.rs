@@ -199,12 +199,33 @@ fn check_before_data(args: &TrainArgs, opts: &TrainOptions, device: DeviceChoice
             args.image_size
         )));
     }
-    if args.data.dir.is_none() && args.synthetic_images < 4 {
-        return Err(Error::invalid(format!(
-            "--synthetic-images {}: the built-in set needs at least 4",
-            args.synthetic_images
-        )));
+    if args.data.dir.is_none() {
+        if args.synthetic_images < 4 {
+            return Err(Error::invalid(format!(
+                "--synthetic-images {}: the built-in set needs at least 4",
+                args.synthetic_images
+            )));
+        }
+        // The generated set is held in memory, 3 bytes a pixel.
+        let need =
+            (args.synthetic_images as u64).saturating_mul(3 * (args.image_size as u64).pow(2));
+        if let Some(free) = crate::system::available_memory()
+            && need > free
+        {
+            return Err(Error::invalid(format!(
+                "--synthetic-images {}: {} images of {}x{} take {} of memory, {} is available; generate fewer",
+                args.synthetic_images,
+                args.synthetic_images,
+                args.image_size,
+                args.image_size,
+                crate::system::gib(need),
+                crate::system::gib(free)
+            )));
+        }
     }
+    args.data
+        .preprocessing
+        .load_options(args.image_size, false)?;
     match (&args.resume, &args.out) {
         (Some(run), Some(out)) if run != out => {
             return Err(Error::invalid(format!(

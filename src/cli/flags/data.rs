@@ -43,11 +43,18 @@ pub struct PreprocessFlags {
     pub preprocess_threads: Option<usize>,
 }
 
+/// The most decoding threads a run may ask for (each has a stack; thousands only thrash).
+const MAX_PREPROCESS_THREADS: usize = 1024;
+
 impl PreprocessFlags {
     /// The loader's options for images of `image_size` pixels a side.
     pub fn load_options(&self, image_size: usize, progress: bool) -> Result<LoadOptions> {
-        if self.preprocess_threads == Some(0) {
-            return Err(Error::invalid("--preprocess-threads must be at least 1"));
+        if let Some(n) = self.preprocess_threads
+            && !(1..=MAX_PREPROCESS_THREADS).contains(&n)
+        {
+            return Err(Error::invalid(format!(
+                "--preprocess-threads {n}: must be 1 to {MAX_PREPROCESS_THREADS}"
+            )));
         }
         Ok(LoadOptions {
             image_size,
