@@ -409,6 +409,24 @@ fn a_run_is_kept_and_a_damaged_checkpoint_is_refused_everywhere() {
         "the run is kept"
     );
 
+    // A resume that could not go on is refused before any image is read.
+    let mut resume: Vec<&str> = RUN.to_vec();
+    resume.extend(["--resume", "{run}"]);
+    check(
+        &sandbox,
+        &resume,
+        &["--resume", "completed 1 of --epochs 1"],
+    );
+    let mut other_lr: Vec<&str> = RUN
+        .iter()
+        .map(|a| if *a == "1" { "3" } else { a })
+        .collect();
+    other_lr.extend(["--lr", "0.5", "--resume", "{run}"]);
+    check(
+        &sandbox,
+        &other_lr,
+        &["--resume", "--lr is 0.001 in the run but 0.5 now"],
+    );
     // eval and calibrate check before reading images (no cache entry is made).
     let mut early: Vec<(Vec<&str>, &[&str])> = Vec::new();
     for command in ["eval", "calibrate"] {

@@ -44,7 +44,8 @@ mod resume;
 pub use format::{CHECKSUMS_KEY, read_metadata, resolve};
 pub use policy::EpochCheckpoints;
 pub use resume::{
-    ResumePoint, check_resumable, data_fingerprint, option_differences, resume_point,
+    ResumePoint, check_resumable, check_resume_before_data, data_fingerprint, option_differences,
+    resume_point,
 };
 
 pub const FORMAT: &str = "focalflow.checkpoint";

@@ -108,18 +108,48 @@ pub fn resume_point(
             "no optimizer state (optimizer/m/*, optimizer/v/*): cannot be resumed",
         ));
     }
-    let diffs = option_differences(&state.options, options);
+    check_options_and_epochs(run, &state, options, epochs, &[])?;
+    if state.data_fingerprint != fingerprint {
+        return Err(Error::invalid(format!(
+            "--resume {}: the data or its split differ from the run's (other images or classes, --image-size, --synthetic-images, --val-fraction or --class-fraction); give the run's data flags",
+            run.display()
+        )));
+    }
+    Ok(ResumePoint { checkpoint, state })
+}
+
+/// [`resume_point`]'s checks that need no image (so before any data is read): the run's
+/// checkpoint loads (its checksums hold), its options are `options` (but for
+/// the keys in `unknown_yet`, such as a loss whose `--alpha auto` comes from the split)
+/// and it has epochs left.
+pub fn check_resume_before_data(
+    run: &Path,
+    options: &serde_json::Value,
+    epochs: usize,
+    unknown_yet: &[&str],
+) -> Result<()> {
+    check_resumable(run)?;
+    let path = last_path(run);
+    let state = Checkpoint::load(&path)?.training.ok_or_else(|| {
+        Error::file(&path, "no training state (metadata `training`): written by something other than focalflow train, it cannot be resumed")
+    })?;
+    check_options_and_epochs(run, &state, options, epochs, unknown_yet)
+}
+
+fn check_options_and_epochs(
+    run: &Path,
+    state: &TrainingState,
+    options: &serde_json::Value,
+    epochs: usize,
+    unknown_yet: &[&str],
+) -> Result<()> {
+    let mut diffs = option_differences(&state.options, options);
+    diffs.retain(|d| !unknown_yet.iter().any(|k| d.starts_with(&flag_of(k))));
     if !diffs.is_empty() {
         return Err(Error::invalid(format!(
             "--resume {}: {}; repeat the run's flags (only --epochs may change)",
             run.display(),
             diffs.join("; ")
-        )));
-    }
-    if state.data_fingerprint != fingerprint {
-        return Err(Error::invalid(format!(
-            "--resume {}: the data or its split differ from the run's (other images or classes, --image-size, --synthetic-images, --val-fraction or --class-fraction); give the run's data flags",
-            run.display()
         )));
     }
     if state.epoch >= epochs {
@@ -130,5 +160,5 @@ pub fn resume_point(
             state.epoch
         )));
     }
-    Ok(ResumePoint { checkpoint, state })
+    Ok(())
 }

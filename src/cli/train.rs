@@ -234,7 +234,16 @@ fn check_before_data(args: &TrainArgs, opts: &TrainOptions, device: DeviceChoice
                 out.display()
             )));
         }
-        (Some(run), _) => crate::checkpoint::check_resumable(run)?,
+        (Some(run), _) => crate::checkpoint::check_resume_before_data(
+            run,
+            &serde_json::to_value(opts).expect("JSON"),
+            opts.epochs,
+            if args.loss.auto_alpha()?.is_some() {
+                &["loss"]
+            } else {
+                &[]
+            },
+        )?,
         (None, Some(out)) => {
             crate::run::check_new_run_folder(out)?;
             if let Some(data) = &args.data.dir {
