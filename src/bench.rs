@@ -189,12 +189,7 @@ pub fn run_with<B: Feeds>(
     }
     let plan = Plan::new(&opts.arch, shape, opts.classes)?;
     // The batch is made on the host for every device, the model lives on the device.
-    crate::train::check_memory(
-        &plan,
-        opts.batch_size,
-        crate::system::available_memory(),
-        "host",
-    )?;
+    crate::train::check_host_memory(&plan, opts.batch_size)?;
     crate::train::check_memory(
         &plan,
         opts.batch_size,

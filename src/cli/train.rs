@@ -275,12 +275,7 @@ fn check_before_data(args: &TrainArgs, opts: &TrainOptions, device: DeviceChoice
     };
     let plan = crate::train::check_options_for(shape, classes, opts)?;
     if device != DeviceChoice::Cuda {
-        crate::train::check_memory(
-            &plan,
-            opts.batch_size,
-            crate::system::available_memory(),
-            "host",
-        )?;
+        crate::train::check_host_memory(&plan, opts.batch_size)?;
     }
     Ok(())
 }

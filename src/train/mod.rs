@@ -79,6 +79,12 @@ fn check_device_memory<B: Backend<E = f32>>(
     check_memory(plan, batch_size, backend.free_memory()?, backend.name())
 }
 
+/// [`check_memory`] against the memory the host has free (a CPU run's, the emulator's,
+/// and the host side of any).
+pub fn check_host_memory(plan: &Plan, batch_size: usize) -> Result<()> {
+    check_memory(plan, batch_size, crate::system::available_memory(), "host")
+}
+
 /// Fails with one line when the model and a batch of `batch_size` need more than `free`
 /// bytes of `memory` ("cpu", "cuda", ...; nothing is checked where `free` is unknown).
 pub fn check_memory(plan: &Plan, batch_size: usize, free: Option<u64>, memory: &str) -> Result<()> {

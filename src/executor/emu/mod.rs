@@ -132,7 +132,8 @@ impl EmuOptions {
 
     /// Defaults (or [`EmuOptions::strict`] under `FOCALFLOW_EMU_STRICT=1`), overridden by
     /// `FOCALFLOW_EMU_SCHEDULE` (forward | reverse | random[:seed]), `FOCALFLOW_EMU_DEVICE`
-    /// (sync | async | lazy), `FOCALFLOW_EMU_THREADS` and `FOCALFLOW_EMU_STACK_KB`.
+    /// (sync | async | lazy), `FOCALFLOW_EMU_MEMCHECK` (1 | 0), `FOCALFLOW_EMU_THREADS`,
+    /// `FOCALFLOW_EMU_STACK_KB` and `FOCALFLOW_EMU_FREE_MIB`.
     pub fn from_env() -> Result<Self> {
         let mut o = match env_var("FOCALFLOW_EMU_STRICT").as_deref() {
             None | Some("0") => EmuOptions::default(),
