@@ -94,6 +94,26 @@ __device__ __forceinline__ float loss_clamp(float x) {
     return x < LOSS_CLIP_LO ? LOSS_CLIP_LO : (x > LOSS_CLIP_HI ? LOSS_CLIP_HI : x);
 }
 
+// The focusing parameter of a row (src/loss.rs SampleGamma): `below` where the true class's
+// probability p_t < threshold, else `above`; threshold 0: always `above` (a fixed gamma).
+__device__ __forceinline__ float loss_row_gamma(float above, float below, float threshold, float p_t) {
+    return threshold > 0.0f && p_t < threshold ? below : above;
+}
+
+// The row's true class: the first largest label (one-hot: the 1), the same in every lane.
+__device__ __forceinline__ int loss_true_class(const float* __restrict__ yr, int classes, int lane) {
+    float best = -INFINITY;
+    int idx = INT_MAX;
+    for (int c = lane; c < classes; c += 32) {
+        if (yr[c] > best) {
+            best = yr[c];
+            idx = c;
+        }
+    }
+    loss_warp_argmax(best, idx);
+    return idx == INT_MAX ? 0 : idx;
+}
+
 __device__ __forceinline__ void loss_write_terms(float* terms, int batch, int row, float t0, float t1, float t2,
                                                  float flag) {
     terms[row] = t0;
@@ -108,17 +128,25 @@ __device__ __forceinline__ void loss_write_terms(float* terms, int batch, int ro
 //   sum |p| (t1, times l1), sum p^2 (t2, times l2);
 //   grad = 0 where pred lies strictly outside the clip bounds, else
 //   -a y ((1-p)^g / p - g (1-p)^(g-1) ln p) / batch + l1 sign(p) + 2 l2 p.
-// alpha: per-class weights, or null for the scalar alpha_scalar.
+// alpha: per-class weights, or null for the scalar alpha_scalar. g: loss_row_gamma of the
+// row's clipped p_t (flsd-53), or gamma_above for every row.
 __global__ void __launch_bounds__(LOSS_THREADS)
     loss_focal_probs_rows(const float* __restrict__ y, const float* __restrict__ pred, const float* __restrict__ alpha,
-                          float alpha_scalar, float gamma, float l1, float l2, float inv_batch, int batch, int classes,
-                          float* __restrict__ grad, float* __restrict__ terms) {
+                          float alpha_scalar, float gamma_above, float gamma_below, float gamma_threshold, float l1,
+                          float l2, float inv_batch, int batch, int classes, float* __restrict__ grad,
+                          float* __restrict__ terms) {
     const int lane = threadIdx.x & 31;
     const float lo = LOSS_CLIP_LO, hi = LOSS_CLIP_HI;
-    const float gm1 = gamma - 1.0f, two_l2 = 2.0f * l2;
+    const float two_l2 = 2.0f * l2;
     for (int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
          row += gridDim.x * ROWS_PER_BLOCK) {
         const size_t base = (size_t)row * classes;
+        float gamma = gamma_above;
+        if (gamma_threshold > 0.0f) {
+            const int t = loss_true_class(y + base, classes, lane);
+            gamma = loss_row_gamma(gamma_above, gamma_below, gamma_threshold, loss_clamp(pred[base + t]));
+        }
+        const float gm1 = gamma - 1.0f;
         float focal = 0.0f, abs_sum = 0.0f, sq_sum = 0.0f;
         bool bad = false;
         for (int c = lane; c < classes; c += 32) {
@@ -151,7 +179,8 @@ __global__ void __launch_bounds__(LOSS_THREADS)
 
 // ------------------------------------------------------------------------------------------
 // Fused stable softmax + focal from logits; with alpha 1, gamma 0, l1 = l2 = 0 and smoothed
-// labels it is exactly `ce` from logits, which this kernel also serves.
+// labels it is exactly `ce` from logits, and with alpha 1 and a per-row gamma `flsd-53`,
+// which this kernel also serves.
 //
 // Per row (see src/ops/loss/cpu.rs focal_logits): m = max z (first argmax `arg`),
 // s = sum_{c != arg} exp(z_c - m), logp_c = (z_c - m) - log1p(s), p = exp(logp),
@@ -180,8 +209,9 @@ __device__ __forceinline__ float loss_focal_weight(float a, float yy, float gamm
 
 __global__ void __launch_bounds__(LOSS_THREADS)
     loss_softmax_focal_rows(const float* __restrict__ y, const float* __restrict__ logits,
-                            const float* __restrict__ alpha, float alpha_scalar, float gamma, float l1, float l2,
-                            float keep, float add, float inv_batch, int batch, int classes, float* __restrict__ grad,
+                            const float* __restrict__ alpha, float alpha_scalar, float gamma_above,
+                            float gamma_below, float gamma_threshold, float l1, float l2, float keep, float add,
+                            float inv_batch, int batch, int classes, float* __restrict__ grad,
                             float* __restrict__ terms) {
     const int lane = threadIdx.x & 31;
     const float two_l2 = 2.0f * l2;
@@ -211,6 +241,12 @@ __global__ void __launch_bounds__(LOSS_THREADS)
             if (c != arg) s += expf(z[c] - best);
         s = loss_warp_sum(s);
         const LossSoftmaxRow sm{best, log1pf(s)};
+        float gamma = gamma_above;
+        if (gamma_threshold > 0.0f) {
+            float logp_t, p_t, q_t;
+            loss_log_softmax_at(z[loss_true_class(yr, classes, lane)], sm, logp_t, p_t, q_t);
+            gamma = loss_row_gamma(gamma_above, gamma_below, gamma_threshold, p_t);
+        }
         // Pass 3: loss terms and the dot product of the L1/L2 gradient with p.
         float focal = 0.0f, abs_sum = 0.0f, sq_sum = 0.0f, dot = 0.0f;
         for (int c = lane; c < classes; c += 32) {

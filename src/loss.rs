@@ -11,7 +11,35 @@ use crate::{Error, Result};
 pub const CLIP_EPSILON: f64 = 1e-7;
 
 /// The loss names accepted on the command line, in the order they are documented.
-pub const LOSS_NAMES: [&str; 4] = ["focal", "calibrated-mse", "keras-focal", "ce"];
+pub const LOSS_NAMES: [&str; 5] = ["focal", "calibrated-mse", "keras-focal", "ce", "flsd-53"];
+
+/// A focusing parameter chosen per sample from the probability of its true class (`p_t`, the
+/// first largest label of the row): `below` where `p_t < threshold`, else `above`. It is a
+/// constant of the sample in the gradient (as in Mukhoti et al.'s code). A fixed gamma is
+/// the case `threshold` 0.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleGamma {
+    pub below: f64,
+    pub threshold: f64,
+    pub above: f64,
+}
+
+impl SampleGamma {
+    /// One gamma for every sample.
+    pub fn fixed(gamma: f64) -> Self {
+        SampleGamma {
+            below: gamma,
+            threshold: 0.0,
+            above: gamma,
+        }
+    }
+    /// FLSD-53 (Mukhoti et al., NeurIPS 2020): 5 where `p_t < 0.2`, else 3.
+    pub const FLSD_53: SampleGamma = SampleGamma {
+        below: 5.0,
+        threshold: 0.2,
+        above: 3.0,
+    };
+}
 
 /// The class weight of the focal losses: one value for every class, or one per class.
 ///
@@ -105,6 +133,11 @@ pub enum LossConfig {
         label_smoothing: f64,
         from_logits: bool,
     },
+    /// The sample-dependent focal loss FLSD-53 of Mukhoti et al. (NeurIPS 2020,
+    /// "Calibrating Deep Neural Networks using Focal Loss"): `-(1 - p_t)^gamma log p_t`,
+    /// mean over the batch, gamma [`SampleGamma::FLSD_53`].
+    #[serde(rename = "flsd-53")]
+    Flsd53 { from_logits: bool },
 }
 
 impl LossConfig {
@@ -149,6 +182,7 @@ impl LossConfig {
             "calibrated-mse" => Ok(Self::default_calibrated_mse()),
             "keras-focal" => Ok(Self::default_keras_focal()),
             "ce" => Ok(Self::default_cross_entropy()),
+            "flsd-53" => Ok(LossConfig::Flsd53 { from_logits: false }),
             other => Err(Error::invalid(format!(
                 "--loss {other:?} is not a known loss; valid: {}",
                 LOSS_NAMES.join(", ")
@@ -162,7 +196,8 @@ impl LossConfig {
             LossConfig::Focal { from_logits, .. }
             | LossConfig::CalibratedMse { from_logits, .. }
             | LossConfig::KerasFocal { from_logits, .. }
-            | LossConfig::CrossEntropy { from_logits, .. } => *from_logits,
+            | LossConfig::CrossEntropy { from_logits, .. }
+            | LossConfig::Flsd53 { from_logits } => *from_logits,
         }
     }
 
@@ -173,6 +208,7 @@ impl LossConfig {
             LossConfig::CalibratedMse { .. } => "calibrated-mse",
             LossConfig::KerasFocal { .. } => "keras-focal",
             LossConfig::CrossEntropy { .. } => "ce",
+            LossConfig::Flsd53 { .. } => "flsd-53",
         }
     }
 
@@ -205,6 +241,13 @@ impl LossConfig {
                 label_smoothing, ..
             } => {
                 format!("label_smoothing={label_smoothing}")
+            }
+            LossConfig::Flsd53 { .. } => {
+                let g = SampleGamma::FLSD_53;
+                format!(
+                    "gamma={} where p_t<{}, else {}",
+                    g.below, g.threshold, g.above
+                )
             }
         };
         let logits = if self.from_logits() {
@@ -263,6 +306,7 @@ impl LossConfig {
             LossConfig::CrossEntropy {
                 label_smoothing, ..
             } => smoothing(*label_smoothing),
+            LossConfig::Flsd53 { .. } => Ok(()),
         }
     }
 

@@ -124,6 +124,14 @@ const CASES: &[Case] = &[
     tiny(&["--arch", "c2,p,p,p,p,p"], &["--arch", "too small"]),
     tiny(&["--alpha", "0.2,0.3,0.5"], &["--alpha", "3"]),
     tiny(
+        &["--loss", "flsd-53", "--gamma", "2"],
+        &["--gamma applies only to", "flsd-53"],
+    ),
+    tiny(
+        &["--loss", "flsd-53", "--alpha", "0.5"],
+        &["--alpha applies only to", "flsd-53"],
+    ),
+    tiny(
         &["--early-stop", "2", "--val-fraction", "0"],
         &["--early-stop", "--val-fraction"],
     ),

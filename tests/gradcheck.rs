@@ -745,6 +745,7 @@ fn every_loss_config(classes: usize) -> Vec<LossConfig> {
                 label_smoothing: 0.2,
                 from_logits,
             },
+            LossConfig::Flsd53 { from_logits },
         ]);
     }
     configs

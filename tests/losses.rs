@@ -254,6 +254,72 @@ fn focal_from_logits_value_by_hand() {
     );
 }
 
+/// FLSD-53 by hand: gamma 5 for a sample whose true class has p < 0.2, 3 otherwise; the
+/// same values from probabilities and from the logits whose softmax they are; gamma is a
+/// constant of the sample in the gradient (dL/dp_t = -(1-p)^g/p + g (1-p)^(g-1) ln p).
+#[test]
+fn flsd_53_values_by_hand() {
+    // Row 0: p_t = 0.1 (< 0.2: gamma 5); row 1: p_t = 0.7 (gamma 3).
+    let y = [0.0, 1.0, 0.0, 1.0, 0.0, 0.0];
+    let p = [0.6, 0.1, 0.3, 0.7, 0.2, 0.1];
+    let term = |pt: f64, g: f64| -(1.0 - pt).powf(g) * pt.ln();
+    let want = (term(0.1, 5.0) + term(0.7, 3.0)) / 2.0;
+    let probs = LossConfig::Flsd53 { from_logits: false };
+    assert_close(
+        loss_of(&probs, &y, &p, 2, 3),
+        want,
+        1e-15,
+        1e-13,
+        "flsd-53 on probabilities",
+    );
+    let (_, g) = loss_grad(&probs, &y, &p, 2, 3);
+    let dp = |pt: f64, gm: f64| {
+        (-(1.0 - pt).powf(gm) / pt + gm * (1.0 - pt).powf(gm - 1.0) * pt.ln()) / 2.0
+    };
+    assert_close(
+        g[1],
+        dp(0.1, 5.0),
+        1e-15,
+        1e-12,
+        "flsd-53 gradient, gamma 5",
+    );
+    assert_close(
+        g[3],
+        dp(0.7, 3.0),
+        1e-15,
+        1e-12,
+        "flsd-53 gradient, gamma 3",
+    );
+    assert_eq!((g[0], g[2], g[4], g[5]), (0.0, 0.0, 0.0, 0.0));
+    let logits: Vec<f64> = p.iter().map(|v: &f64| v.ln()).collect();
+    let fused = LossConfig::Flsd53 { from_logits: true };
+    assert_close(
+        loss_of(&fused, &y, &logits, 2, 3),
+        want,
+        1e-15,
+        1e-12,
+        "flsd-53 from logits",
+    );
+    // Against focal with alpha 1 and the row's gamma, row by row.
+    for (row, gamma) in [(0, 5.0), (1, 3.0)] {
+        let r = row * 3..row * 3 + 3;
+        let focal_row = focal(a(1.0), gamma, 0.0, 0.0, true);
+        let flsd_row = loss_of(&fused, &y[r.clone()], &logits[r.clone()], 1, 3);
+        assert_close(
+            flsd_row,
+            loss_of(&focal_row, &y[r.clone()], &logits[r], 1, 3),
+            1e-15,
+            1e-13,
+            "flsd-53 = focal(g)",
+        );
+    }
+    assert!(
+        LossConfig::Flsd53 { from_logits: true }
+            .describe()
+            .starts_with("flsd-53(gamma=5 where p_t<0.2, else 3")
+    );
+}
+
 #[test]
 fn calibrated_mse_values_by_hand() {
     // y=[1,0], p=[0.8,0.2]: mean((y-p)^2) = (0.04+0.04)/2 = 0.04,
@@ -458,6 +524,7 @@ fn all_configs(classes: usize) -> Vec<LossConfig> {
             ce(0.0, from_logits),
             ce(0.1, from_logits),
             ce(1.0, from_logits),
+            LossConfig::Flsd53 { from_logits },
         ]);
     }
     out

@@ -447,6 +447,7 @@ fn loss_configs(classes: usize) -> Vec<LossConfig> {
                 label_smoothing: 0.0,
                 from_logits,
             },
+            LossConfig::Flsd53 { from_logits },
         ]);
     }
     out

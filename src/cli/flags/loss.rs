@@ -11,7 +11,7 @@ use crate::{Error, Result};
 /// chosen loss does not have is an error, not silently ignored.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LossFlags {
-    /// The loss: focal, calibrated-mse, keras-focal or ce.
+    /// The loss: focal, calibrated-mse, keras-focal, ce or flsd-53.
     #[arg(long = "loss", value_name = "NAME", default_value = "focal")]
     pub loss: String,
     /// Class weight of focal and keras-focal: one value in [0, 1], or one per class (A1,A2,..),
@@ -133,6 +133,7 @@ impl LossFlags {
             LossConfig::CalibratedMse { .. } => &["--facture"],
             LossConfig::KerasFocal { .. } => &["--alpha", "--gamma", "--label-smoothing"],
             LossConfig::CrossEntropy { .. } => &["--label-smoothing"],
+            LossConfig::Flsd53 { .. } => &[],
         };
         for (flag, given, owners) in self.loss_specific_flags() {
             if given && !takes.contains(&flag) {
@@ -182,6 +183,7 @@ impl LossFlags {
                 *label_smoothing = self.label_smoothing.unwrap_or(*label_smoothing);
                 *from_logits = flag_from_logits;
             }
+            LossConfig::Flsd53 { from_logits } => *from_logits = flag_from_logits,
         }
         cfg.validate_params()?;
         Ok(cfg)
@@ -322,7 +324,7 @@ mod tests {
         let cases: Vec<(LossFlags, &str)> = vec![
             (
                 flags("hinge"),
-                "valid: focal, calibrated-mse, keras-focal, ce",
+                "valid: focal, calibrated-mse, keras-focal, ce, flsd-53",
             ),
             (
                 LossFlags {

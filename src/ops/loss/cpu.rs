@@ -20,13 +20,17 @@
 //!   from logits, division by the row sum, clip, mean over the batch).
 //! - `ce`: Keras 3 `CategoricalCrossentropy` (label smoothing, division by the row sum and
 //!   clip for probabilities; stable log-softmax with `from_logits`).
+//! - `flsd-53`: Mukhoti et al.'s sample-dependent focal loss, `-(1-p_t)^gamma log p_t` with
+//!   gamma 5 where the true class's `p_t < 0.2`, else 3 (a constant of the sample in the
+//!   gradient): the `focal` paths with alpha 1, no L1/L2, and that gamma per row (`p_t`
+//!   clipped as the probability path clips it).
 //!
 //! The clip bounds are computed in the element type's arithmetic, as TensorFlow does: in f32
 //! the upper bound is 0.99999988 (the f32 nearest to 1-1e-7), so an f32 prediction of
 //! 0.99999994 or 1.0 is clipped and gets no gradient.
 
 use super::{CountStep, LossOps};
-use crate::loss::{Alpha, CLIP_EPSILON, LossConfig};
+use crate::loss::{Alpha, CLIP_EPSILON, LossConfig, SampleGamma};
 use crate::metrics::argmax;
 use crate::ops::check_len;
 use crate::ops::counters::{StepFailure, StepTotals};
@@ -153,7 +157,7 @@ pub fn loss_forward_backward<T: Element>(
             };
             focal(
                 &alphas(alpha),
-                T::of(*gamma),
+                RowGamma::of(SampleGamma::fixed(*gamma)),
                 T::of(*l1),
                 T::of(*l2),
                 y_true,
@@ -203,7 +207,53 @@ pub fn loss_forward_backward<T: Element>(
             label_smoothing,
             from_logits: true,
         } => cross_entropy_logits(*label_smoothing, y_true, pred, dims, grad),
+        LossConfig::Flsd53 { from_logits } => {
+            let focal = if *from_logits {
+                focal_logits::<T>
+            } else {
+                focal_probs::<T>
+            };
+            let ones = vec![T::one(); classes];
+            let gamma = RowGamma::of(SampleGamma::FLSD_53);
+            focal(&ones, gamma, T::zero(), T::zero(), y_true, pred, dims, grad)
+        }
     })
+}
+
+/// The focusing parameter of each row ([`SampleGamma`] in `T`).
+#[derive(Clone, Copy)]
+struct RowGamma<T> {
+    below: T,
+    threshold: T,
+    above: T,
+}
+
+impl<T: Element> RowGamma<T> {
+    fn of(g: SampleGamma) -> Self {
+        RowGamma {
+            below: T::of(g.below),
+            threshold: T::of(g.threshold),
+            above: T::of(g.above),
+        }
+    }
+    /// The gamma of a row whose labels are `y` and whose probabilities `p(c)` gives.
+    fn of_row(&self, y: &[T], p: impl Fn(usize) -> T) -> T {
+        if self.threshold <= T::zero() {
+            return self.above;
+        }
+        // The true class: the first largest label (one-hot: the 1).
+        let mut t = 0;
+        for (c, &v) in y.iter().enumerate() {
+            if v > y[t] {
+                t = c;
+            }
+        }
+        if p(t) < self.threshold {
+            self.below
+        } else {
+            self.above
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -362,7 +412,7 @@ fn add_softmax_residual<T: Element>(
 #[allow(clippy::too_many_arguments)]
 fn focal_probs<T: Element>(
     alpha: &[T],
-    gamma: T,
+    row_gamma: RowGamma<T>,
     l1: T,
     l2: T,
     y_true: &[T],
@@ -375,6 +425,10 @@ fn focal_probs<T: Element>(
     let two = T::of(2.0);
     let (mut focal, mut abs_sum, mut sq_sum) = (T::zero(), T::zero(), T::zero());
     for row in 0..d.batch {
+        let row_range = row * d.classes..(row + 1) * d.classes;
+        let gamma = row_gamma.of_row(&y_true[row_range], |c| {
+            clamp(pred[row * d.classes + c], lo, hi)
+        });
         let mut row_sum = T::zero();
         for (c, &alpha_c) in alpha.iter().enumerate() {
             let i = row * d.classes + c;
@@ -427,7 +481,7 @@ fn focal_probs<T: Element>(
 #[allow(clippy::too_many_arguments)]
 fn focal_logits<T: Element>(
     alpha: &[T],
-    gamma: T,
+    row_gamma: RowGamma<T>,
     l1: T,
     l2: T,
     y_true: &[T],
@@ -451,6 +505,7 @@ fn focal_logits<T: Element>(
         let z = &logits[row * k..(row + 1) * k];
         let y = &y_true[row * k..(row + 1) * k];
         log_softmax_row(z, &mut logp, &mut p, &mut q);
+        let gamma = row_gamma.of_row(y, |c| p[c]);
         let mut row_sum = T::zero();
         for c in 0..k {
             let qg = q[c].powf(gamma);

@@ -27,7 +27,7 @@
 use super::{CountStep, LossOps};
 use super::{LengthRule, check_loss_shapes, loss_forward_backward};
 use crate::executor::{DeviceBuffer, Executor, Launch, LaunchConfig};
-use crate::loss::{Alpha, LossConfig};
+use crate::loss::{Alpha, LossConfig, SampleGamma};
 use crate::ops::check_len;
 use crate::ops::counters::cuda::count_step;
 use crate::ops::cuda::CudaBackend;
@@ -71,14 +71,14 @@ fn ensure(exec: &Executor, buf: &mut Option<DeviceBuffer<f32>>, len: usize) -> R
 /// The row kernel of a loss configuration and its scalar arguments.
 enum RowKernel {
     FocalProbs {
-        gamma: f32,
+        gamma: SampleGamma,
         l1: f32,
         l2: f32,
     },
     /// Fused softmax + focal from logits; `ce` from logits is the case alpha 1, gamma 0,
-    /// l1 = l2 = 0 with smoothed labels.
+    /// l1 = l2 = 0 with smoothed labels, `flsd-53` alpha 1 with its per-sample gamma.
     SoftmaxFocal {
-        gamma: f32,
+        gamma: SampleGamma,
         l1: f32,
         l2: f32,
         keep: f32,
@@ -145,7 +145,7 @@ fn launch_loss(
             l2,
             from_logits,
         } => {
-            let (gamma, l1, l2) = (*gamma as f32, *l1 as f32, *l2 as f32);
+            let (gamma, l1, l2) = (SampleGamma::fixed(*gamma), *l1 as f32, *l2 as f32);
             let kernel = if *from_logits {
                 RowKernel::SoftmaxFocal {
                     gamma,
@@ -194,7 +194,7 @@ fn launch_loss(
             let (keep, add) = smoothing(*label_smoothing, classes);
             let kernel = if *from_logits {
                 RowKernel::SoftmaxFocal {
-                    gamma: 0.0,
+                    gamma: SampleGamma::fixed(0.0),
                     l1: 0.0,
                     l2: 0.0,
                     keep,
@@ -207,6 +207,25 @@ fn launch_loss(
                     add,
                     focal: false,
                     from_logits: false,
+                }
+            };
+            (None, kernel)
+        }
+        LossConfig::Flsd53 { from_logits } => {
+            let gamma = SampleGamma::FLSD_53;
+            let kernel = if *from_logits {
+                RowKernel::SoftmaxFocal {
+                    gamma,
+                    l1: 0.0,
+                    l2: 0.0,
+                    keep: 1.0,
+                    add: 0.0,
+                }
+            } else {
+                RowKernel::FocalProbs {
+                    gamma,
+                    l1: 0.0,
+                    l2: 0.0,
                 }
             };
             (None, kernel)
@@ -339,11 +358,19 @@ struct Reduce {
 // SAFETY (every launch below): the closure pushes the kernel's own parameters in the order
 // and types of kernels/loss.cu.
 
-fn focal_probs_rows(r: Rows<'_>, gamma: f32, l1: f32, l2: f32) -> Result<Reduce> {
+/// Pushes a [`SampleGamma`] as the kernels take it: `gamma_above, gamma_below, threshold`.
+fn push_gamma(l: &mut Launch<'_>, g: SampleGamma) {
+    l.arg(g.above as f32)
+        .arg(g.below as f32)
+        .arg(g.threshold as f32);
+}
+
+fn focal_probs_rows(r: Rows<'_>, gamma: SampleGamma, l1: f32, l2: f32) -> Result<Reduce> {
     let c0 = r.inv_batch;
     unsafe {
         r.launch("loss_focal_probs_rows", true, |l| {
-            l.arg(gamma).arg(l1).arg(l2);
+            push_gamma(l, gamma);
+            l.arg(l1).arg(l2);
         })?
     };
     Ok(Reduce {
@@ -356,7 +383,7 @@ fn focal_probs_rows(r: Rows<'_>, gamma: f32, l1: f32, l2: f32) -> Result<Reduce>
 
 fn softmax_focal_rows(
     r: Rows<'_>,
-    gamma: f32,
+    gamma: SampleGamma,
     l1: f32,
     l2: f32,
     keep: f32,
@@ -365,7 +392,8 @@ fn softmax_focal_rows(
     let c0 = r.inv_batch;
     unsafe {
         r.launch("loss_softmax_focal_rows", true, |l| {
-            l.arg(gamma).arg(l1).arg(l2).arg(keep).arg(add);
+            push_gamma(l, gamma);
+            l.arg(l1).arg(l2).arg(keep).arg(add);
         })?
     };
     Ok(Reduce {
