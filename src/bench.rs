@@ -188,14 +188,14 @@ pub fn run_with<B: Feeds>(
         )));
     }
     let plan = Plan::new(&opts.arch, shape, opts.classes)?;
-    // The batch is made on the host for every device, the model lives on the device.
-    crate::train::check_host_memory(&plan, opts.batch_size)?;
-    crate::train::check_memory(
-        &plan,
-        opts.batch_size,
-        backend.free_memory()?,
-        backend.name(),
-    )?;
+    // The model and the batch live on the device (the CPU's and the emulator's are the
+    // host's); on a GPU the host holds the batch's input too, a small part of it.
+    match backend.free_memory()? {
+        Some(free) => {
+            crate::train::check_memory(&plan, opts.batch_size, Some(free), backend.name())?
+        }
+        None => crate::train::check_host_memory(&plan, opts.batch_size)?,
+    }
     let flops_per_image = plan.forward_flops();
     let conv_layers = ConvLayerPaths::of(backend, &plan);
     let mut model = Model::new(backend, plan, 0)?;

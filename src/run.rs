@@ -276,6 +276,8 @@ pub struct RunFolder {
     pub path: PathBuf,
     /// Made by this command (else it existed, empty).
     created: bool,
+    /// Its parents this command made (`runs/`, or those of `--out a/b/c`), deepest first.
+    parents: Vec<PathBuf>,
 }
 
 impl RunFolder {
@@ -286,21 +288,26 @@ impl RunFolder {
         let make = |p: &Path| std::fs::create_dir(p);
         if let Some(out) = out {
             check_new_run_folder(out)?;
-            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::file(parent, format!("cannot create the folder: {e}")))?;
-            }
+            let existed = out.exists();
+            let parents = make_parents(out)?;
             return match make(out) {
                 Ok(()) => Ok(RunFolder {
                     path: out.to_path_buf(),
                     created: true,
+                    parents,
                 }),
-                // Empty (checked above): another process may not be faster in between, as
-                // check_new_run_folder is checked again when the run starts.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(RunFolder {
-                    path: out.to_path_buf(),
-                    created: false,
-                }),
+                // An empty folder the user made (checked above) is the run's.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && existed => {
+                    Ok(RunFolder {
+                        path: out.to_path_buf(),
+                        created: false,
+                        parents,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::file(
+                    out,
+                    "--out: another run made this folder just now; choose another folder",
+                )),
                 Err(e) => Err(Error::file(
                     out,
                     format!("cannot create the run folder: {e}"),
@@ -308,10 +315,7 @@ impl RunFolder {
             };
         }
         let base = default_run_dir(loss);
-        if let Some(parent) = base.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::file(parent, format!("cannot create the folder: {e}")))?;
-        }
+        let parents = make_parents(&base)?;
         for n in 1..=1000 {
             let path = if n == 1 {
                 base.clone()
@@ -323,6 +327,7 @@ impl RunFolder {
                     return Ok(RunFolder {
                         path,
                         created: true,
+                        parents,
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -341,16 +346,17 @@ impl RunFolder {
     }
 
     /// Removes what the run wrote when it failed before its first checkpoint (nothing of it
-    /// could be resumed): the folder if this command made it, else its contents.
+    /// could be resumed): the folder and the parents this command made; in a folder the
+    /// user made, the files a run writes there.
     pub fn discard(&self) {
         if last_path(&self.path).exists() {
             return;
         }
         if self.created {
             let _ = std::fs::remove_dir_all(&self.path);
-        } else if let Ok(entries) = std::fs::read_dir(&self.path) {
-            for e in entries.flatten() {
-                let p = e.path();
+        } else {
+            for name in RUN_MARKERS.iter().chain(&RUN_FILES) {
+                let p = self.path.join(name);
                 let _ = if p.is_dir() {
                     std::fs::remove_dir_all(&p)
                 } else {
@@ -358,7 +364,30 @@ impl RunFolder {
                 };
             }
         }
+        // Deepest first; a parent another run has filled in the meantime stays.
+        for parent in &self.parents {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
+}
+
+/// What else a run writes before its first checkpoint (besides [`RUN_MARKERS`]).
+const RUN_FILES: [&str; 2] = ["skipped.tsv", "decode_warnings.tsv"];
+
+/// Creates the missing parents of `path`; returns them, deepest first.
+fn make_parents(path: &Path) -> Result<Vec<PathBuf>> {
+    let missing: Vec<PathBuf> = path
+        .ancestors()
+        .skip(1)
+        .filter(|p| !p.as_os_str().is_empty())
+        .take_while(|p| !p.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::file(parent, format!("cannot create the folder: {e}")))?;
+    }
+    Ok(missing)
 }
 
 /// `runs/<date>-<time>-<loss>`: a new folder name for a run (UTC).

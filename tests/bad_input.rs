@@ -506,6 +506,26 @@ fn a_run_is_kept_and_a_damaged_checkpoint_is_refused_everywhere() {
     }
 }
 
+/// A default run folder (runs/ under the working folder) inside the data is refused too.
+#[test]
+fn the_default_run_folder_may_not_be_inside_the_data() {
+    let sandbox = Sandbox::new();
+    let before = tree(&sandbox.root.0);
+    let out = common::command()
+        .args(["train", "--quiet", "--data", "."])
+        .current_dir(sandbox.root.join("data"))
+        .env("XDG_CACHE_HOME", sandbox.root.join("cache"))
+        .output()
+        .unwrap();
+    let stderr = common::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--out is inside --data") || stderr.contains("runs"),
+        "{stderr}"
+    );
+    assert_eq!(tree(&sandbox.root.0), before);
+}
+
 /// Two runs started in the same second with the default folder each get their own.
 #[test]
 fn runs_started_together_get_folders_of_their_own() {

@@ -792,6 +792,8 @@ fn a_symbolic_link_loop_is_skipped_and_listed() {
     }
     std::os::unix::fs::symlink("..", root.join("cat/up")).unwrap();
     std::os::unix::fs::symlink(".", root.join("dog/here")).unwrap();
+    // A link from one class into another would give the other's images this label.
+    std::os::unix::fs::symlink("../dog", root.join("cat/dogs")).unwrap();
     let loaded = load(&root, &opts(8, None)).unwrap();
     assert_eq!(
         loaded
@@ -803,6 +805,7 @@ fn a_symbolic_link_loop_is_skipped_and_listed() {
     assert_eq!(
         skipped,
         [
+            ("dogs".to_string(), "link into another class".to_string()),
             ("here".to_string(), "symbolic-link loop".to_string()),
             ("up".to_string(), "symbolic-link loop".to_string())
         ],

@@ -176,11 +176,12 @@ fn a_misaligned_vector_access_is_reported() {
 
 #[test]
 fn an_overrun_of_dynamic_shared_memory_is_reported() {
-    let launch = |memcheck: bool, floats: u32| {
+    // `threads` threads each write their own float of `floats` floats of shared memory.
+    let launch = |memcheck: bool, threads: u32, floats: u32| {
         let exec = emu(memcheck, DeviceMode::Async);
-        let mut y = exec.alloc_zeros::<f32>(33).unwrap();
-        let cfg = LaunchConfig::new(1u32, 33u32).with_shared(floats * 4);
-        // SAFETY: fx_shared_overrun(float* y) writes y[threadIdx.x], 33 elements.
+        let mut y = exec.alloc_zeros::<f32>(threads as usize).unwrap();
+        let cfg = LaunchConfig::new(1u32, threads).with_shared(floats * 4);
+        // SAFETY: fx_shared_overrun(float* y) writes y[threadIdx.x], `threads` elements.
         unsafe {
             exec.launch_builder("fx_shared_overrun", cfg)
                 .arg(&mut y)
@@ -189,7 +190,7 @@ fn an_overrun_of_dynamic_shared_memory_is_reported() {
         .and_then(|()| exec.download(&y))
         .map_err(|e| e.to_string())
     };
-    let msg = launch(true, 32).unwrap_err();
+    let msg = launch(true, 33, 32).unwrap_err();
     assert_one_line(
         &msg,
         &[
@@ -199,8 +200,28 @@ fn an_overrun_of_dynamic_shared_memory_is_reported() {
             "by thread (32,0,0) in block (0,0,0)",
         ],
     );
-    assert_eq!(launch(true, 33).unwrap(), vec![0.0; 33]);
-    launch(false, 32).expect("unchecked, the overrun lands in the rounded-up buffer");
+    // A size the buffer's rounding does not hide: 256 bytes asked for, the write at byte 256.
+    let msg = launch(true, 65, 64).unwrap_err();
+    assert_one_line(
+        &msg,
+        &[
+            "4 bytes past the end of the launch's 256 bytes",
+            "thread (64,0,0)",
+        ],
+    );
+    assert_eq!(launch(true, 33, 33).unwrap(), vec![0.0; 33]);
+    launch(false, 33, 32).expect("unchecked, the overrun lands in the rounded-up buffer");
+}
+
+/// A buffer of one emulator executor given to another is refused: it is freed on its own
+/// executor's stream, which does not wait for the other's work.
+#[test]
+fn a_buffer_of_another_executor_is_refused() {
+    let (a, b) = (emu(true, DeviceMode::Async), emu(true, DeviceMode::Async));
+    let x = a.upload(&[1.0f32, 2.0]).unwrap();
+    let err = b.download(&x).unwrap_err().to_string();
+    assert!(err.contains("another cuda-emu executor"), "{err}");
+    assert_eq!(a.download(&x).unwrap(), [1.0, 2.0]);
 }
 
 #[test]

@@ -16,7 +16,7 @@ fn info_report_names_build_executors_gpus_and_versions() {
     if BUILD.emulator {
         // What the emulator checks, and what only a GPU can tell.
         assert!(
-            r.contains("  emulator checks every kernel access to device memory"),
+            r.contains("  emulator checks every kernel access to device memory inside"),
             "{r}"
         );
         assert!(

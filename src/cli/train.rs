@@ -250,7 +250,12 @@ fn check_before_data(args: &TrainArgs, opts: &TrainOptions, device: DeviceChoice
                 crate::run::check_outside_data(out, data)?;
             }
         }
-        (None, None) => {}
+        // The default folder, runs/ under the working folder, may not be inside the data.
+        (None, None) => {
+            if let Some(data) = &args.data.dir {
+                crate::run::check_outside_data(Path::new("runs"), data)?;
+            }
+        }
     }
     let classes = match &args.data.dir {
         Some(dir) => {

@@ -75,6 +75,10 @@ pub fn discover(dir: &Path) -> Result<Source> {
     let mut class_names = Vec::new();
     let mut files = Vec::new();
     let mut loops = Vec::new();
+    let class_roots: Vec<PathBuf> = class_dirs
+        .iter()
+        .map(|d| std::fs::canonicalize(d).map_err(|e| Error::file(d, e)))
+        .collect::<Result<_>>()?;
     for (label, class_dir) in class_dirs.iter().enumerate() {
         let name = class_dir
             .file_name()
@@ -85,7 +89,19 @@ pub fn discover(dir: &Path) -> Result<Source> {
         // The data folder counts as above: a link back to it would put other classes'
         // images into this one.
         let mut above = vec![std::fs::canonicalize(dir).map_err(|e| Error::file(dir, e))?];
-        collect_files(class_dir, label as u32, &mut files, &mut loops, &mut above)?;
+        let others: Vec<PathBuf> = class_roots
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != label)
+            .map(|(_, r)| r.clone())
+            .collect();
+        let mut walk = Walk {
+            label: label as u32,
+            others: &others,
+            files: &mut files,
+            loops: &mut loops,
+        };
+        walk.collect(class_dir, &mut above)?;
         if files.len() == before {
             return Err(Error::file(
                 class_dir,
@@ -102,38 +118,48 @@ pub fn discover(dir: &Path) -> Result<Source> {
     })
 }
 
-/// The files under `dir`, at any depth; a folder that is one of the folders above it (through
-/// a symbolic link) goes to `loops` instead of being walked again. `above`: the canonical
-/// paths of `dir`'s ancestors in the walk.
-fn collect_files(
-    dir: &Path,
+/// One class folder's walk: its files, and the links it leaves out.
+struct Walk<'a> {
     label: u32,
-    out: &mut Vec<(InputFile, u32)>,
-    loops: &mut Vec<PathBuf>,
-    above: &mut Vec<PathBuf>,
-) -> Result<()> {
-    let canonical = std::fs::canonicalize(dir).map_err(|e| Error::file(dir, e))?;
-    if above.contains(&canonical) {
-        loops.push(dir.to_path_buf());
-        return Ok(());
-    }
-    if above.len() > 64 {
-        return Err(Error::file(dir, "folders nested more than 64 deep"));
-    }
-    above.push(canonical);
-    for entry in sorted_entries(dir)? {
-        let path = entry.path();
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            // A dangling link: not an image, and nothing to key on.
-            Err(_) => continue,
-        };
-        if meta.is_dir() {
-            collect_files(&path, label, out, loops, above)?;
-        } else if meta.is_file() {
-            out.push((input_file_from(path, &meta), label));
+    /// The other classes' folders, canonical: a link into one would mislabel its images.
+    others: &'a [PathBuf],
+    files: &'a mut Vec<(InputFile, u32)>,
+    loops: &'a mut Vec<(PathBuf, &'static str)>,
+}
+
+impl Walk<'_> {
+    /// The files under `dir`, at any depth; a folder that is one of the folders above it
+    /// (through a symbolic link), or inside another class's folder, goes to `loops` instead of
+    /// being walked. `above`: the canonical paths of `dir`'s ancestors in the walk.
+    fn collect(&mut self, dir: &Path, above: &mut Vec<PathBuf>) -> Result<()> {
+        let canonical = std::fs::canonicalize(dir).map_err(|e| Error::file(dir, e))?;
+        if above.contains(&canonical) {
+            self.loops.push((dir.to_path_buf(), "symbolic-link loop"));
+            return Ok(());
         }
+        if self.others.iter().any(|o| canonical.starts_with(o)) {
+            self.loops
+                .push((dir.to_path_buf(), "link into another class"));
+            return Ok(());
+        }
+        if above.len() > 64 {
+            return Err(Error::file(dir, "folders nested more than 64 deep"));
+        }
+        above.push(canonical);
+        for entry in sorted_entries(dir)? {
+            let path = entry.path();
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                // A dangling link: not an image, and nothing to key on.
+                Err(_) => continue,
+            };
+            if meta.is_dir() {
+                self.collect(&path, above)?;
+            } else if meta.is_file() {
+                self.files.push((input_file_from(path, &meta), self.label));
+            }
+        }
+        above.pop();
+        Ok(())
     }
-    above.pop();
-    Ok(())
 }

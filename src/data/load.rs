@@ -382,10 +382,11 @@ fn preprocess(
                 path: &f.path,
                 label: *label,
             }));
-            skipped.extend(loops.iter().map(|l| Skipped {
+            skipped.extend(loops.iter().map(|(l, why)| Skipped {
                 item: l.display().to_string(),
-                category: "symbolic-link loop".into(),
-                detail: "a link to a folder above it: not followed".into(),
+                category: (*why).into(),
+                detail:
+                    "a symbolic link to a folder above it or of another class: not followed".into(),
             }));
             (Vec::new(), Vec::new())
         }

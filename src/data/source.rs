@@ -23,9 +23,9 @@ pub enum Source {
         class_names: Vec<String>,
         /// Every candidate file, sorted by class then path, with its class.
         files: Vec<(InputFile, u32)>,
-        /// Symbolic links to a folder above them (a loop): left out, and listed with the
-        /// skipped files.
-        loops: Vec<PathBuf>,
+        /// Symbolic links to a folder above them (a loop) or into another class's folder:
+        /// left out, and listed with the skipped files, with the reason.
+        loops: Vec<(PathBuf, &'static str)>,
     },
     Tfds {
         root: PathBuf,

@@ -50,6 +50,10 @@ impl<T: DeviceElem> DeviceMemory<T> {
     pub(crate) fn addr(&self) -> usize {
         self.addr
     }
+    /// The stream the memory is freed on (its executor's).
+    pub(super) fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
 }
 
 impl<T> Drop for DeviceMemory<T> {

@@ -26,8 +26,8 @@ use memory::copy_bytes;
 use stream::Stream;
 
 /// What the emulator checks on every launch (`focalflow info`, README "How the emulator works").
-pub const EMULATOR_CHECKS: &str = "every kernel access to device memory against its allocation's exact bounds and \
-    its alignment, dynamic shared memory overruns, divergent barriers, deadlocks and traps; races by the thread \
+pub const EMULATOR_CHECKS: &str = "every kernel access to device memory inside a live allocation's exact bytes and \
+    aligned to its size, dynamic shared memory overruns, divergent barriers, deadlocks and traps; races by the thread \
     order (FOCALFLOW_EMU_SCHEDULE) and missing host waits by a lazy device (FOCALFLOW_EMU_STRICT=1); tensor \
     cores through wmma (TF32 m16n16k8, BF16 m16n16k16)";
 
@@ -329,6 +329,17 @@ impl EmuExecutor {
 }
 
 impl EmuExecutor {
+    /// Refuses memory of another emulator executor: it is freed on that one's stream, which
+    /// does not wait for this one's work.
+    fn own<T: DeviceElem>(&self, m: &DeviceMemory<T>) -> Result<()> {
+        if self.stream.owns(m.queue()) {
+            Ok(())
+        } else {
+            Err(Error::Device(
+                "a buffer of another cuda-emu executor was given to this one".into(),
+            ))
+        }
+    }
     /// `len` elements of device memory, every byte set to `fill`.
     pub(crate) fn alloc<T: DeviceElem>(&self, len: usize, fill: u8) -> Result<DeviceMemory<T>> {
         DeviceMemory::new(len, fill, self.stream.queue())
@@ -336,6 +347,7 @@ impl EmuExecutor {
     /// Queues the copy of `src` (taken now, as `cuMemcpyHtoDAsync` stages pageable memory)
     /// to the start of `dst`.
     pub(crate) fn copy_htod<T: DeviceElem>(&self, src: &[T], dst: &DeviceMemory<T>) -> Result<()> {
+        self.own(dst)?;
         let bytes: Vec<u8> = bytemuck::cast_slice(src).to_vec();
         let to = dst.addr();
         self.stream.queue().submit(move || {
@@ -352,6 +364,7 @@ impl EmuExecutor {
         src: &DeviceMemory<T>,
         dst: &mut [T],
     ) -> Result<()> {
+        self.own(src)?;
         self.blocking_reads
             .fetch_add(u64::from(!dst.is_empty()), Ordering::Relaxed);
         let (from, to, bytes) = (src.addr(), dst.as_mut_ptr() as usize, size_of_val(dst));
@@ -371,6 +384,8 @@ impl EmuExecutor {
         dst: &DeviceMemory<T>,
         offset: usize,
     ) -> Result<()> {
+        self.own(src)?;
+        self.own(dst)?;
         let elem = size_of::<T>();
         let (from, to) = (src.addr(), dst.addr() + offset * elem);
         self.stream.queue().submit(move || {
@@ -382,6 +397,7 @@ impl EmuExecutor {
     }
     /// Queues setting every byte of `dst` to zero.
     pub(crate) fn memset_zeros<T: DeviceElem>(&self, dst: &DeviceMemory<T>) -> Result<()> {
+        self.own(dst)?;
         let (to, bytes) = (dst.addr(), dst.len() * size_of::<T>());
         self.stream.queue().submit(move || {
             // SAFETY: the whole allocation.
@@ -398,6 +414,7 @@ impl EmuExecutor {
         dst: &DeviceMemory<u8>,
         offset: usize,
     ) -> Result<()> {
+        self.own(dst)?;
         staging.upload(self.stream.queue(), len, dst, offset)
     }
     /// Waits for all queued work; the first failure of any of it.

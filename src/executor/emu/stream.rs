@@ -42,6 +42,9 @@ impl DeviceMode {
 /// Queued work a lazy device lets pile up before it starts on the oldest: a GPU's launch
 /// queue is bounded too (the host blocks once it is full).
 const LAZY_QUEUE_DEPTH: u64 = 64;
+/// Queued work at most, in any mode: the host waits for room beyond it (each queued copy
+/// holds its bytes), as it does when a GPU's queue is full.
+const MAX_QUEUED: usize = 1024;
 
 type Work = Box<dyn FnOnce() -> std::result::Result<(), String> + Send>;
 
@@ -90,6 +93,11 @@ impl Queue {
     ) -> Result<u64> {
         let seq = {
             let mut s = self.lock();
+            while s.queue.len() >= MAX_QUEUED && !s.stopped {
+                s.released = s.submitted;
+                self.work_ready.notify_one();
+                s = self.work_done.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
             if let Some(e) = &s.error {
                 return Err(Error::Device(e.clone()));
             }
@@ -172,7 +180,15 @@ impl Queue {
             let q = s.queue.pop_front().expect("runnable work");
             let skip = s.error.is_some() && !q.always;
             drop(s);
-            let result = if skip { Ok(()) } else { (q.work)() };
+            // A panic in the work (a bug) becomes the stream's failure, so that waiters
+            // return instead of waiting for a thread that is gone.
+            let result = if skip {
+                Ok(())
+            } else {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(q.work)).unwrap_or_else(
+                    |_| Err("emulator: queued work panicked (a bug in the emulator)".into()),
+                )
+            };
             s = self.lock();
             if let Err(e) = result {
                 s.error.get_or_insert(e);
@@ -211,6 +227,10 @@ impl Stream {
     }
     pub(crate) fn queue(&self) -> &Arc<Queue> {
         &self.queue
+    }
+    /// Whether `queue` is this stream's (buffers of another emulator executor are refused).
+    pub(crate) fn owns(&self, queue: &Arc<Queue>) -> bool {
+        Arc::ptr_eq(&self.queue, queue)
     }
     pub(crate) fn mode(&self) -> DeviceMode {
         self.queue.mode

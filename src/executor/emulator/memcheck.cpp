@@ -128,7 +128,7 @@ std::string nearest_allocation(uintptr_t addr, size_t size) {
 }
 
 inline void check(uintptr_t addr, size_t size, bool write) {
-    if (__builtin_expect(!memcheck_on, 0)) return;
+    if (__builtin_expect(!memcheck_on || size == 0, 0)) return;
     uintptr_t off = addr - g_base;
     if (__builtin_expect(off < g_len, 1)) {
         uint32_t owner = __atomic_load_n(&g_owner[off >> kPageShift], __ATOMIC_RELAXED);
@@ -183,6 +183,12 @@ extern "C" void* focalflow_emu_device_alloc(size_t bytes, unsigned char fill, ch
     std::lock_guard<std::mutex> g(a.mu);
     if (!ensure_arena(a)) {
         snprintf(err, err_len, "%s", a.reserve_error.c_str());
+        return nullptr;
+    }
+    if (bytes > g_len - kPage) {  // (also keeps the rounding below from wrapping)
+        snprintf(err, err_len,
+                 "out of emulated device memory: %zu bytes do not fit in the %llu GiB the emulator reserved", bytes,
+                 static_cast<unsigned long long>(g_len >> 30));
         return nullptr;
     }
     uintptr_t pages = (bytes + kPage - 1) >> kPageShift;

@@ -527,9 +527,11 @@ void run_blocks(Job& j) {
     w.job = &j;
     const LaunchParams& p = *j.p;
     memcheck_on = p.memcheck != 0;
-    if (p.dynamic_shared_bytes > w.dyn_cap) {
+    // 256 bytes of slack past the rounded size, so that an access just past the bytes the
+    // launch asked for lands in the buffer and is reported by memcheck.cpp, not in the heap.
+    if (p.dynamic_shared_bytes + 256 > w.dyn_cap) {
         free(w.dyn);
-        size_t cap = (p.dynamic_shared_bytes + 255) / 256 * 256;
+        size_t cap = (p.dynamic_shared_bytes + 255) / 256 * 256 + 256;
         w.dyn = static_cast<unsigned char*>(aligned_alloc(256, cap));
         w.dyn_cap = w.dyn ? cap : 0;
         if (!w.dyn) {
