@@ -598,3 +598,59 @@ fn memory_checks_respect_an_address_space_limit() {
         );
     }
 }
+
+/// The emulator's settings come from the environment: a bad value is one line naming the
+/// variable and what it takes, and nothing is left behind.
+#[test]
+fn bad_emulator_settings_are_named() {
+    let sandbox = Sandbox::new();
+    for (var, value, words) in [
+        (
+            "FOCALFLOW_EMU_STRICT",
+            "2",
+            "expected 1 (strict checks) or 0",
+        ),
+        (
+            "FOCALFLOW_EMU_DEVICE",
+            "later",
+            "expected sync, async or lazy",
+        ),
+        (
+            "FOCALFLOW_EMU_MEMCHECK",
+            "yes",
+            "expected 1 (check every access, the default) or 0",
+        ),
+        (
+            "FOCALFLOW_EMU_SCHEDULE",
+            "sideways",
+            "expected forward, reverse, random",
+        ),
+    ] {
+        let before = tree(&sandbox.root.0);
+        let mut args: Vec<&str> = TINY.to_vec();
+        args.extend(["--device", "cuda-emu"]);
+        let out = common::command()
+            .args(&args)
+            .env(var, value)
+            .current_dir(sandbox.root.join("work"))
+            .output()
+            .unwrap();
+        let stderr = common::text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        assert!(
+            last.contains(&format!("{var}={value}")) && last.contains(words),
+            "{var}={value}: {stderr}"
+        );
+        // Checked before the set is generated: no line about the data precedes the error.
+        assert!(
+            !stderr.contains("built-in set"),
+            "{var}={value}: checked after work: {stderr}"
+        );
+        assert_eq!(
+            tree(&sandbox.root.0),
+            before,
+            "{var}={value}: nothing left behind"
+        );
+    }
+}

@@ -226,6 +226,9 @@ fn check_before_data(args: &TrainArgs, opts: &TrainOptions, device: DeviceChoice
     args.data
         .preprocessing
         .load_options(args.image_size, false)?;
+    if device == DeviceChoice::CudaEmu {
+        crate::executor::EmuOptions::from_env()?; // its FOCALFLOW_EMU_* settings
+    }
     match (&args.resume, &args.out) {
         (Some(run), Some(out)) if run != out => {
             return Err(Error::invalid(format!(

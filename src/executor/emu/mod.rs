@@ -163,9 +163,11 @@ impl EmuOptions {
             })?;
         }
         if let Some(s) = env_var("FOCALFLOW_EMU_SCHEDULE") {
-            o.schedule = s
-                .parse()
-                .map_err(|e| Error::invalid(format!("FOCALFLOW_EMU_SCHEDULE: {e}")))?;
+            o.schedule = s.parse().map_err(|_| {
+                Error::invalid(format!(
+                    "FOCALFLOW_EMU_SCHEDULE={s}: expected forward, reverse, random or random:<seed>"
+                ))
+            })?;
         }
         if let Some(s) = env_var("FOCALFLOW_EMU_THREADS") {
             o.threads = s
