@@ -90,6 +90,10 @@ fn logits_of_images<B: Feeds>(
 ) -> Result<Vec<f32>> {
     let all: Vec<usize> = (0..set.len()).collect();
     let batch = batch_size.min(set.len()).max(1);
+    let free = backend
+        .free_memory()?
+        .or_else(crate::system::available_memory);
+    crate::train::check_inference_memory(&model.plan, batch, free, backend.name())?;
     let mut feeder = backend.feeder(set, batch, DeviceCache::Auto)?;
     Ok(crate::train::logits_of(backend, model, None, feeder.as_mut(), &all)?.1)
 }

@@ -511,6 +511,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn memory_needs_count_what_a_pass_holds() {
+        // c2 on 4x4x1 -> 2x2x2 (8), flatten, head d3: 2*9+2 + 8*3+3 = 47 parameters.
+        let shape = ImageShape {
+            height: 4,
+            width: 4,
+            channels: 1,
+        };
+        let plan = Plan::new(&"c2".parse().unwrap(), shape, 3).unwrap();
+        assert_eq!(plan.parameter_count(), 47);
+        // Inference: the parameters, and per image the input (16), the conv (8) and the
+        // head's (3) outputs and the logits (3).
+        assert_eq!(
+            plan.inference_bytes(10, 4),
+            4 * (47 + 10 * (16 + 8 + 3 + 3))
+        );
+        // Training holds more: gradients, Adam's moments, gradient buffers.
+        assert!(plan.training_bytes(10, 4) > plan.inference_bytes(10, 4));
+        // Absurd sizes saturate instead of wrapping.
+        assert_eq!(plan.inference_bytes(usize::MAX, 4), u64::MAX);
+    }
+
+    #[test]
     fn reference_cnn_shapes_and_parameter_count() {
         let plan = Plan::new(
             &Arch::default(),

@@ -281,6 +281,18 @@ impl Plan {
             .saturating_mul(params.saturating_add(per_image.saturating_mul(batch as u64)))
     }
 
+    /// Memory an inference pass over batches of `batch` needs, at least: the parameters
+    /// and every op's output for the batch, with its input and its logits.
+    pub fn inference_bytes(&self, batch: usize, element_bytes: usize) -> u64 {
+        let params = self.parameter_count() as u64;
+        let per_image = self.ops.iter().map(|op| op.output_len() as u64).fold(
+            self.input.len() as u64 + self.classes as u64,
+            u64::saturating_add,
+        );
+        (element_bytes as u64)
+            .saturating_mul(params.saturating_add(per_image.saturating_mul(batch as u64)))
+    }
+
     /// One line per layer, Keras `summary()`-like.
     pub fn summary(&self) -> String {
         let mut out = String::new();

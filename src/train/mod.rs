@@ -85,6 +85,29 @@ pub fn check_host_memory(plan: &Plan, batch_size: usize) -> Result<()> {
     check_memory(plan, batch_size, crate::system::available_memory(), "host")
 }
 
+/// [`check_memory`] for inference (`eval`, `predict`, `calibrate`): the parameters and a
+/// batch's activations, no gradients or optimizer state.
+pub fn check_inference_memory(
+    plan: &Plan,
+    batch_size: usize,
+    free: Option<u64>,
+    memory: &str,
+) -> Result<()> {
+    let Some(free) = free else {
+        return Ok(());
+    };
+    let need = plan.inference_bytes(batch_size, size_of::<f32>());
+    if need > free {
+        return Err(Error::Device(format!(
+            "--batch-size {batch_size}: the model ({} parameters) and a batch need at least {} of {memory} memory, {} is free; use a smaller --batch-size",
+            plan.parameter_count(),
+            crate::system::gib(need),
+            crate::system::gib(free)
+        )));
+    }
+    Ok(())
+}
+
 /// Fails with one line when the model and a batch of `batch_size` need more than `free`
 /// bytes of `memory` ("cpu", "cuda", ...; nothing is checked where `free` is unknown).
 pub fn check_memory(plan: &Plan, batch_size: usize, free: Option<u64>, memory: &str) -> Result<()> {
