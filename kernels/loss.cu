@@ -305,6 +305,89 @@ __global__ void __launch_bounds__(LOSS_THREADS)
 }
 
 // ------------------------------------------------------------------------------------------
+// dual-focal (src/ops/loss/cpu.rs dual_focal): per row, k the true class, p_k its probability
+// (clipped pred, or the stable softmax from logits), j the class of the largest p_j < p_k
+// (first on a tie; none: p_j = 0), u = q_k + p_j, t0 = -u^g log p_k (mean in loss_reduce);
+// A = g u^(g-1) log p_k (0 where u = 0). Gradient from probabilities: A - u^g/p_k at k, -A at
+// j, 0 elsewhere and where pred is clipped; from logits: p_c (u^g - A p_k + A p_j) - [c=j] A p_j,
+// at k the equal A p_k u - q_k u^g. Divided by the batch.
+__global__ void __launch_bounds__(LOSS_THREADS)
+    loss_dual_focal_rows(const float* __restrict__ y, const float* __restrict__ pred, float gamma, int from_logits,
+                         float inv_batch, int batch, int classes, float* __restrict__ grad,
+                         float* __restrict__ terms) {
+    const int lane = threadIdx.x & 31;
+    for (int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
+         row += gridDim.x * ROWS_PER_BLOCK) {
+        const size_t base = (size_t)row * classes;
+        const float* x = pred + base;
+        const float* yr = y + base;
+        bool bad = false;
+        float best = -INFINITY;
+        int arg = INT_MAX;
+        for (int c = lane; c < classes; c += 32) {
+            bad |= !(loss_finite(x[c]) && loss_finite(yr[c]));
+            if (x[c] > best) {
+                best = x[c];
+                arg = c;
+            }
+        }
+        loss_warp_argmax(best, arg);
+        const bool any_bad = __any_sync(LOSS_FULL, bad);
+        LossSoftmaxRow sm{0.0f, 0.0f};
+        if (from_logits) {
+            float s = 0.0f;
+            for (int c = lane; c < classes; c += 32)
+                if (c != arg) s += expf(x[c] - best);
+            sm = LossSoftmaxRow{best, log1pf(loss_warp_sum(s))};
+        }
+        // The probability of class c as the reference computes it.
+        auto prob = [&](int c) {
+            if (!from_logits) return loss_clamp(x[c]);
+            float logp, p, q;
+            loss_log_softmax_at(x[c], sm, logp, p, q);
+            return p;
+        };
+        const int k = loss_true_class(yr, classes, lane);
+        float p_k, logp_k, q_k;
+        if (from_logits) {
+            loss_log_softmax_at(x[k], sm, logp_k, p_k, q_k);
+        } else {
+            p_k = loss_clamp(x[k]);
+            logp_k = logf(p_k);
+            q_k = 1.0f - p_k;
+        }
+        // The largest probability strictly below p_k, and its class (INT_MAX: none).
+        float p_j = -INFINITY;
+        int j = INT_MAX;
+        for (int c = lane; c < classes; c += 32) {
+            const float p = prob(c);
+            if (p < p_k && p > p_j) {
+                p_j = p;
+                j = c;
+            }
+        }
+        loss_warp_argmax(p_j, j);
+        if (j == INT_MAX) p_j = 0.0f;
+        const float u = q_k + p_j;
+        const float ug = powf(u, gamma);
+        if (lane == 0) loss_write_terms(terms, batch, row, -ug * logp_k, 0.0f, 0.0f, any_bad ? LOSS_FLAG_NONFINITE : 0.0f);
+        if (!grad) continue;
+        const float a = u > 0.0f ? gamma * powf(u, gamma - 1.0f) * logp_k : 0.0f;
+        for (int c = lane; c < classes; c += 32) {
+            float d;
+            if (from_logits) {
+                d = c == k ? a * p_k * u - q_k * ug : prob(c) * (ug - a * p_k + a * p_j) - (c == j ? a * p_j : 0.0f);
+            } else if (x[c] < LOSS_CLIP_LO || x[c] > LOSS_CLIP_HI) {
+                d = 0.0f;
+            } else {
+                d = c == k ? a - ug / p_k : (c == j ? -a : 0.0f);
+            }
+            grad[base + c] = d * inv_batch;
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
 // calibrated-mse: mean((y-p)^2) + facture * mean((0.5-p)^2) over all entries; p = pred, or
 // softmax(pred) (exp(z - max) / sum) with from_logits. t0 = sum (y-p)^2, t1 = sum (0.5-p)^2;
 // grad = (2 (p-y) + facture*2 (p-0.5)) / n, chained through the softmax from logits.

@@ -11,7 +11,14 @@ use crate::{Error, Result};
 pub const CLIP_EPSILON: f64 = 1e-7;
 
 /// The loss names accepted on the command line, in the order they are documented.
-pub const LOSS_NAMES: [&str; 5] = ["focal", "calibrated-mse", "keras-focal", "ce", "flsd-53"];
+pub const LOSS_NAMES: [&str; 6] = [
+    "focal",
+    "calibrated-mse",
+    "keras-focal",
+    "ce",
+    "flsd-53",
+    "dual-focal",
+];
 
 /// A focusing parameter chosen per sample from the probability of its true class (`p_t`, the
 /// first largest label of the row): `below` where `p_t < threshold`, else `above`. It is a
@@ -138,6 +145,10 @@ pub enum LossConfig {
     /// mean over the batch, gamma [`SampleGamma::FLSD_53`].
     #[serde(rename = "flsd-53")]
     Flsd53 { from_logits: bool },
+    /// Dual focal loss (Tao et al., ICML 2023): `-(1 - p_k + p_j)^gamma log p_k`, `p_j` the
+    /// largest probability strictly below the true class's `p_k` (0 if none), mean over the
+    /// batch; the gradient flows through `p_k` and `p_j` (as in the authors' code).
+    DualFocal { gamma: f64, from_logits: bool },
 }
 
 impl LossConfig {
@@ -183,6 +194,10 @@ impl LossConfig {
             "keras-focal" => Ok(Self::default_keras_focal()),
             "ce" => Ok(Self::default_cross_entropy()),
             "flsd-53" => Ok(LossConfig::Flsd53 { from_logits: false }),
+            "dual-focal" => Ok(LossConfig::DualFocal {
+                gamma: 5.0,
+                from_logits: false,
+            }),
             other => Err(Error::invalid(format!(
                 "--loss {other:?} is not a known loss; valid: {}",
                 LOSS_NAMES.join(", ")
@@ -197,7 +212,8 @@ impl LossConfig {
             | LossConfig::CalibratedMse { from_logits, .. }
             | LossConfig::KerasFocal { from_logits, .. }
             | LossConfig::CrossEntropy { from_logits, .. }
-            | LossConfig::Flsd53 { from_logits } => *from_logits,
+            | LossConfig::Flsd53 { from_logits }
+            | LossConfig::DualFocal { from_logits, .. } => *from_logits,
         }
     }
 
@@ -209,6 +225,7 @@ impl LossConfig {
             LossConfig::KerasFocal { .. } => "keras-focal",
             LossConfig::CrossEntropy { .. } => "ce",
             LossConfig::Flsd53 { .. } => "flsd-53",
+            LossConfig::DualFocal { .. } => "dual-focal",
         }
     }
 
@@ -249,6 +266,7 @@ impl LossConfig {
                     g.below, g.threshold, g.above
                 )
             }
+            LossConfig::DualFocal { gamma, .. } => format!("gamma={gamma}"),
         };
         let logits = if self.from_logits() {
             ", from_logits"
@@ -307,6 +325,7 @@ impl LossConfig {
                 label_smoothing, ..
             } => smoothing(*label_smoothing),
             LossConfig::Flsd53 { .. } => Ok(()),
+            LossConfig::DualFocal { gamma, .. } => non_negative("--gamma", *gamma),
         }
     }
 

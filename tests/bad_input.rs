@@ -124,6 +124,14 @@ const CASES: &[Case] = &[
     tiny(&["--arch", "c2,p,p,p,p,p"], &["--arch", "too small"]),
     tiny(&["--alpha", "0.2,0.3,0.5"], &["--alpha", "3"]),
     tiny(
+        &["--loss", "dual-focal", "--gamma", "-1"],
+        &["--gamma must be a finite number >= 0"],
+    ),
+    tiny(
+        &["--loss", "dual-focal", "--alpha", "0.5"],
+        &["--alpha applies only to", "dual-focal"],
+    ),
+    tiny(
         &["--loss", "flsd-53", "--gamma", "2"],
         &["--gamma applies only to", "flsd-53"],
     ),

@@ -324,7 +324,8 @@ fn grad_scale(cfg: &LossConfig, y: &[f32], pred: &[f32], b: usize, k: usize) -> 
             | LossConfig::CrossEntropy {
                 from_logits: true, ..
             }
-            | LossConfig::Flsd53 { .. } => vec![0.0; k],
+            | LossConfig::Flsd53 { .. }
+            | LossConfig::DualFocal { .. } => vec![0.0; k],
             LossConfig::Focal { l1, l2, .. } => {
                 let gl: Vec<f64> = p.iter().map(|pc| l1 + 2.0 * l2 * pc).collect();
                 chain_softmax(&p, &gl)

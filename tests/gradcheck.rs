@@ -746,6 +746,10 @@ fn every_loss_config(classes: usize) -> Vec<LossConfig> {
                 from_logits,
             },
             LossConfig::Flsd53 { from_logits },
+            LossConfig::DualFocal {
+                gamma: 2.0,
+                from_logits,
+            },
         ]);
     }
     configs

@@ -320,6 +320,64 @@ fn flsd_53_values_by_hand() {
     );
 }
 
+/// dual-focal by hand: `-(1 - p_k + p_j)^g log p_k` with `p_j` the largest probability below
+/// the true class's (row 0: 0.3 below 0.6; row 1: the true class is the smallest, so
+/// p_j = 0), and the gradient through both.
+#[test]
+fn dual_focal_values_by_hand() {
+    let y = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+    let p = [0.6, 0.1, 0.3, 0.5, 0.4, 0.1];
+    let g = 2.0;
+    let row = |pk: f64, pj: f64| -(1.0 - pk + pj).powf(g) * pk.ln();
+    let want = (row(0.6, 0.3) + row(0.1, 0.0)) / 2.0;
+    let cfg = LossConfig::DualFocal {
+        gamma: g,
+        from_logits: false,
+    };
+    assert_close(
+        loss_of(&cfg, &y, &p, 2, 3),
+        want,
+        1e-15,
+        1e-13,
+        "dual-focal",
+    );
+    let (_, grad) = loss_grad(&cfg, &y, &p, 2, 3);
+    // Row 0: u = 0.7; dL/dp_k = g u^(g-1) ln p_k - u^g / p_k, dL/dp_j = -g u^(g-1) ln p_k.
+    let (u, a) = (0.7f64, 2.0 * 0.7 * 0.6f64.ln());
+    assert_close(
+        grad[0],
+        (a - u * u / 0.6) / 2.0,
+        1e-15,
+        1e-12,
+        "dual-focal dL/dp_k",
+    );
+    assert_close(grad[2], -a / 2.0, 1e-15, 1e-12, "dual-focal dL/dp_j");
+    assert_eq!(grad[1], 0.0);
+    // Row 1: no class below p_k, so only p_k's own term.
+    let a1 = 2.0 * 0.9 * 0.1f64.ln();
+    assert_close(
+        grad[5],
+        (a1 - 0.81 / 0.1) / 2.0,
+        1e-15,
+        1e-12,
+        "dual-focal, no p_j",
+    );
+    assert_eq!((grad[3], grad[4]), (0.0, 0.0));
+    // From the logits whose softmax these are: the same value.
+    let logits: Vec<f64> = p.iter().map(|v: &f64| v.ln()).collect();
+    let fused = LossConfig::DualFocal {
+        gamma: g,
+        from_logits: true,
+    };
+    assert_close(
+        loss_of(&fused, &y, &logits, 2, 3),
+        want,
+        1e-15,
+        1e-12,
+        "dual-focal from logits",
+    );
+}
+
 #[test]
 fn calibrated_mse_values_by_hand() {
     // y=[1,0], p=[0.8,0.2]: mean((y-p)^2) = (0.04+0.04)/2 = 0.04,
@@ -525,6 +583,14 @@ fn all_configs(classes: usize) -> Vec<LossConfig> {
             ce(0.1, from_logits),
             ce(1.0, from_logits),
             LossConfig::Flsd53 { from_logits },
+            LossConfig::DualFocal {
+                gamma: 5.0,
+                from_logits,
+            },
+            LossConfig::DualFocal {
+                gamma: 0.5,
+                from_logits,
+            },
         ]);
     }
     out

@@ -448,6 +448,10 @@ fn loss_configs(classes: usize) -> Vec<LossConfig> {
                 from_logits,
             },
             LossConfig::Flsd53 { from_logits },
+            LossConfig::DualFocal {
+                gamma: 5.0,
+                from_logits,
+            },
         ]);
     }
     out

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 /// chosen loss does not have is an error, not silently ignored.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LossFlags {
-    /// The loss: focal, calibrated-mse, keras-focal, ce or flsd-53.
+    /// The loss: focal, calibrated-mse, keras-focal, ce, flsd-53 or dual-focal.
     #[arg(long = "loss", value_name = "NAME", default_value = "focal")]
     pub loss: String,
     /// Class weight of focal and keras-focal: one value in [0, 1], or one per class (A1,A2,..),
@@ -134,6 +134,7 @@ impl LossFlags {
             LossConfig::KerasFocal { .. } => &["--alpha", "--gamma", "--label-smoothing"],
             LossConfig::CrossEntropy { .. } => &["--label-smoothing"],
             LossConfig::Flsd53 { .. } => &[],
+            LossConfig::DualFocal { .. } => &["--gamma"],
         };
         for (flag, given, owners) in self.loss_specific_flags() {
             if given && !takes.contains(&flag) {
@@ -184,6 +185,10 @@ impl LossFlags {
                 *from_logits = flag_from_logits;
             }
             LossConfig::Flsd53 { from_logits } => *from_logits = flag_from_logits,
+            LossConfig::DualFocal { gamma, from_logits } => {
+                *gamma = self.gamma.unwrap_or(*gamma);
+                *from_logits = flag_from_logits;
+            }
         }
         cfg.validate_params()?;
         Ok(cfg)
@@ -194,7 +199,11 @@ impl LossFlags {
     fn loss_specific_flags(&self) -> [(&'static str, bool, &'static str); 6] {
         [
             ("--alpha", self.alpha.is_some(), "focal and keras-focal"),
-            ("--gamma", self.gamma.is_some(), "focal and keras-focal"),
+            (
+                "--gamma",
+                self.gamma.is_some(),
+                "focal, keras-focal and dual-focal",
+            ),
             ("--l1", self.l1.is_some(), "focal"),
             ("--l2", self.l2.is_some(), "focal"),
             ("--facture", self.facture.is_some(), "calibrated-mse"),
@@ -324,7 +333,7 @@ mod tests {
         let cases: Vec<(LossFlags, &str)> = vec![
             (
                 flags("hinge"),
-                "valid: focal, calibrated-mse, keras-focal, ce, flsd-53",
+                "valid: focal, calibrated-mse, keras-focal, ce, flsd-53, dual-focal",
             ),
             (
                 LossFlags {

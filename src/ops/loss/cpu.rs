@@ -24,6 +24,10 @@
 //!   gamma 5 where the true class's `p_t < 0.2`, else 3 (a constant of the sample in the
 //!   gradient): the `focal` paths with alpha 1, no L1/L2, and that gamma per row (`p_t`
 //!   clipped as the probability path clips it).
+//! - `dual-focal`: Tao et al.'s `-(1 - p_k + p_j)^gamma log p_k`, `p_j` the largest
+//!   probability strictly below the true class's `p_k` (0 if none; the first on a tie), mean
+//!   over the batch, the gradient through `p_k` and `p_j`; probabilities clipped as for
+//!   `focal` (no gradient strictly outside the bounds), or a stable log-softmax from logits.
 //!
 //! The clip bounds are computed in the element type's arithmetic, as TensorFlow does: in f32
 //! the upper bound is 0.99999988 (the f32 nearest to 1-1e-7), so an f32 prediction of
@@ -217,7 +221,97 @@ pub fn loss_forward_backward<T: Element>(
             let gamma = RowGamma::of(SampleGamma::FLSD_53);
             focal(&ones, gamma, T::zero(), T::zero(), y_true, pred, dims, grad)
         }
+        LossConfig::DualFocal { gamma, from_logits } => {
+            dual_focal(T::of(*gamma), *from_logits, y_true, pred, dims, grad)
+        }
     })
+}
+
+/// The first largest label of a row: its true class.
+fn true_class<T: Element>(y: &[T]) -> usize {
+    let mut t = 0;
+    for (c, &v) in y.iter().enumerate() {
+        if v > y[t] {
+            t = c;
+        }
+    }
+    t
+}
+
+/// `dual-focal` (see the module documentation). Per row, with `k` the true class, `j` the
+/// class of the largest `p_j < p_k`, `u = q_k + p_j` (`q_k = 1 - p_k`) and
+/// `A = gamma u^(gamma-1) log p_k` (0 where `u = 0`: then `log p_k = 0` too):
+/// from probabilities `dL/dp_k = A - u^gamma / p_k`, `dL/dp_j = -A`; from logits
+/// `dL/dz_c = p_c (u^gamma - A p_k + A p_j) - [c = j] A p_j`, and for `c = k` the equal
+/// `A p_k u - q_k u^gamma` (no cancellation when `p_k` is close to 1). Divided by the batch.
+fn dual_focal<T: Element>(
+    gamma: T,
+    from_logits: bool,
+    y_true: &[T],
+    pred: &[T],
+    d: Dims,
+    mut grad: Option<&mut [T]>,
+) -> T {
+    let k = d.classes;
+    let (lo, hi) = clip_bounds::<T>();
+    let inv_batch = T::one() / T::of(d.batch as f64);
+    let (mut logp, mut p, mut q) = (vec![T::zero(); k], vec![T::zero(); k], vec![T::zero(); k]);
+    let mut total = T::zero();
+    for row in 0..d.batch {
+        let x = &pred[row * k..(row + 1) * k];
+        let t = true_class(&y_true[row * k..(row + 1) * k]);
+        if from_logits {
+            log_softmax_row(x, &mut logp, &mut p, &mut q);
+        } else {
+            for c in 0..k {
+                p[c] = clamp(x[c], lo, hi);
+            }
+        }
+        let (p_k, logp_k, q_k) = if from_logits {
+            (p[t], logp[t], q[t])
+        } else {
+            (p[t], p[t].ln(), T::one() - p[t])
+        };
+        let mut j: Option<usize> = None;
+        for c in 0..k {
+            if p[c] < p_k && j.is_none_or(|j| p[c] > p[j]) {
+                j = Some(c);
+            }
+        }
+        let p_j = j.map_or(T::zero(), |j| p[j]);
+        let u = q_k + p_j;
+        let ug = u.powf(gamma);
+        total += -ug * logp_k;
+        let Some(g) = grad.as_deref_mut() else {
+            continue;
+        };
+        let g = &mut g[row * k..(row + 1) * k];
+        let a = if u > T::zero() {
+            gamma * u.powf(gamma - T::one()) * logp_k
+        } else {
+            T::zero()
+        };
+        for c in 0..k {
+            let d = if from_logits {
+                if c == t {
+                    a * p_k * u - q_k * ug
+                } else {
+                    let jj = if Some(c) == j { a * p_j } else { T::zero() };
+                    p[c] * (ug - a * p_k + a * p_j) - jj
+                }
+            } else if x[c] < lo || x[c] > hi {
+                T::zero()
+            } else if c == t {
+                a - ug / p_k
+            } else if Some(c) == j {
+                -a
+            } else {
+                T::zero()
+            };
+            g[c] = d * inv_batch;
+        }
+    }
+    total * inv_batch
 }
 
 /// The focusing parameter of each row ([`SampleGamma`] in `T`).
@@ -241,14 +335,7 @@ impl<T: Element> RowGamma<T> {
         if self.threshold <= T::zero() {
             return self.above;
         }
-        // The true class: the first largest label (one-hot: the 1).
-        let mut t = 0;
-        for (c, &v) in y.iter().enumerate() {
-            if v > y[t] {
-                t = c;
-            }
-        }
-        if p(t) < self.threshold {
+        if p(true_class(y)) < self.threshold {
             self.below
         } else {
             self.above

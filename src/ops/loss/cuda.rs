@@ -95,6 +95,10 @@ enum RowKernel {
         focal: bool,
         from_logits: bool,
     },
+    DualFocal {
+        gamma: f32,
+        from_logits: bool,
+    },
 }
 
 /// Keras' label smoothing `y*keep + add`, with the constants as `smooth_labels` in
@@ -211,6 +215,13 @@ fn launch_loss(
             };
             (None, kernel)
         }
+        LossConfig::DualFocal { gamma, from_logits } => (
+            None,
+            RowKernel::DualFocal {
+                gamma: *gamma as f32,
+                from_logits: *from_logits,
+            },
+        ),
         LossConfig::Flsd53 { from_logits } => {
             let gamma = SampleGamma::FLSD_53;
             let kernel = if *from_logits {
@@ -274,6 +285,7 @@ fn launch_loss(
             focal,
             from_logits,
         } => keras_rows(rows, gamma, keep, add, focal, from_logits)?,
+        RowKernel::DualFocal { gamma, from_logits } => dual_focal_rows(rows, gamma, from_logits)?,
     };
     let terms = k.terms.as_ref().expect("allocated above");
     let result = k.result.as_mut().expect("allocated above");
@@ -401,6 +413,21 @@ fn softmax_focal_rows(
         c0,
         c1: l1,
         c2: l2,
+    })
+}
+
+fn dual_focal_rows(r: Rows<'_>, gamma: f32, from_logits: bool) -> Result<Reduce> {
+    let c0 = r.inv_batch;
+    unsafe {
+        r.launch("loss_dual_focal_rows", false, |l| {
+            l.arg(gamma).arg(i32::from(from_logits)).arg(c0);
+        })?
+    };
+    Ok(Reduce {
+        mode: 0,
+        c0,
+        c1: 0.0,
+        c2: 0.0,
     })
 }
 
