@@ -200,6 +200,30 @@ __device__ __forceinline__ void loss_log_softmax_at(float z, LossSoftmaxRow r, f
     q = -expm1f(logp);
 }
 
+// A row's softmax statistics, the same in every lane: m = max z (first argmax `arg`) and the
+// log-sum-exp without the dominant class, log1p(sum_{c != arg} exp(z_c - m)); `bad` is set
+// when the row's logits or labels hold a NaN or an infinity.
+__device__ __forceinline__ LossSoftmaxRow loss_softmax_row(const float* __restrict__ z, const float* __restrict__ yr,
+                                                          int classes, int lane, bool& bad) {
+    float best = -INFINITY;
+    int arg = INT_MAX;
+    bool b = false;
+    for (int c = lane; c < classes; c += 32) {
+        const float zc = z[c];
+        b |= !(loss_finite(zc) && loss_finite(yr[c]));
+        if (zc > best) {
+            best = zc;
+            arg = c;
+        }
+    }
+    loss_warp_argmax(best, arg);
+    bad = __any_sync(LOSS_FULL, b);
+    float s = 0.0f;
+    for (int c = lane; c < classes; c += 32)
+        if (c != arg) s += expf(z[c] - best);
+    return LossSoftmaxRow{best, log1pf(loss_warp_sum(s))};
+}
+
 __device__ __forceinline__ float loss_focal_weight(float a, float yy, float gamma, float logp, float p, float q,
                                                    float& qg) {
     qg = powf(q, gamma);
@@ -221,26 +245,9 @@ __global__ void __launch_bounds__(LOSS_THREADS)
         const size_t base = (size_t)row * classes;
         const float* z = logits + base;
         const float* yr = y + base;
-        // Pass 1: finiteness and the first argmax.
-        float best = -INFINITY;
-        int arg = INT_MAX;
-        bool bad = false;
-        for (int c = lane; c < classes; c += 32) {
-            const float zc = z[c];
-            bad |= !(loss_finite(zc) && loss_finite(yr[c]));
-            if (zc > best) {
-                best = zc;
-                arg = c;
-            }
-        }
-        loss_warp_argmax(best, arg);
-        const bool any_bad = __any_sync(LOSS_FULL, bad);
-        // Pass 2: the log-sum-exp without the dominant class.
-        float s = 0.0f;
-        for (int c = lane; c < classes; c += 32)
-            if (c != arg) s += expf(z[c] - best);
-        s = loss_warp_sum(s);
-        const LossSoftmaxRow sm{best, log1pf(s)};
+        // Passes 1-2: finiteness, the first argmax, the log-sum-exp.
+        bool any_bad;
+        const LossSoftmaxRow sm = loss_softmax_row(z, yr, classes, lane, any_bad);
         float gamma = gamma_above;
         if (gamma_threshold > 0.0f) {
             float logp_t, p_t, q_t;
@@ -321,25 +328,10 @@ __global__ void __launch_bounds__(LOSS_THREADS)
         const size_t base = (size_t)row * classes;
         const float* x = pred + base;
         const float* yr = y + base;
-        bool bad = false;
-        float best = -INFINITY;
-        int arg = INT_MAX;
-        for (int c = lane; c < classes; c += 32) {
-            bad |= !(loss_finite(x[c]) && loss_finite(yr[c]));
-            if (x[c] > best) {
-                best = x[c];
-                arg = c;
-            }
-        }
-        loss_warp_argmax(best, arg);
-        const bool any_bad = __any_sync(LOSS_FULL, bad);
-        LossSoftmaxRow sm{0.0f, 0.0f};
-        if (from_logits) {
-            float s = 0.0f;
-            for (int c = lane; c < classes; c += 32)
-                if (c != arg) s += expf(x[c] - best);
-            sm = LossSoftmaxRow{best, log1pf(loss_warp_sum(s))};
-        }
+        // The statistics are computed on probabilities too (for the finiteness check), used
+        // only from logits.
+        bool any_bad;
+        const LossSoftmaxRow sm = loss_softmax_row(x, yr, classes, lane, any_bad);
         // The probability of class c as the reference computes it.
         auto prob = [&](int c) {
             if (!from_logits) return loss_clamp(x[c]);

@@ -8,6 +8,7 @@ use crate::cli::device::{self, on_device};
 use crate::cli::flags::data::DataFlags;
 use crate::cli::flags::loss::LossFlags;
 use crate::data::load::MAX_IMAGE_SIZE;
+use crate::data::source::Source;
 use crate::data::{ImageSet, PixelStore, synthetic, validation_share};
 use crate::model::{Arch, ImageShape, REFERENCE_ARCH};
 use crate::run::RunFolder;
@@ -119,8 +120,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume: args.resume.is_some(),
         origin: data_origin(&args),
     };
-    check_before_data(&args, &opts, device)?;
-    let (data, report) = match args.data.load(args.image_size, !args.quiet)? {
+    let source = check_before_data(&args, &opts, device)?;
+    let (data, report) = match args.data.load(args.image_size, !args.quiet, source)? {
         Some((set, meta)) => (set, Some(meta)),
         None => {
             eprintln!(
@@ -192,7 +193,12 @@ fn data_origin(args: &TrainArgs) -> serde_json::Value {
 /// The checks that need no image: the flags, the folders (`--out`, `--resume`), the network
 /// on images of `--image-size` in the classes of `--data`'s sub-folders, and the memory a
 /// CPU (or the emulator, whose device memory is the host's) needs for it.
-fn check_before_data(args: &TrainArgs, opts: &TrainOptions, device: DeviceChoice) -> Result<()> {
+/// Returns what `--data` holds (discovered once, then loaded).
+fn check_before_data(
+    args: &TrainArgs,
+    opts: &TrainOptions,
+    device: DeviceChoice,
+) -> Result<Option<Source>> {
     if args.image_size == 0 || args.image_size > MAX_IMAGE_SIZE {
         return Err(Error::invalid(format!(
             "--image-size {}: must be 1 to {MAX_IMAGE_SIZE} pixels",
@@ -260,9 +266,12 @@ fn check_before_data(args: &TrainArgs, opts: &TrainOptions, device: DeviceChoice
             }
         }
     }
-    let classes = match &args.data.dir {
-        Some(dir) => {
-            let source = crate::data::discover::discover(dir)?;
+    let source = match &args.data.dir {
+        Some(dir) => Some(crate::data::discover::discover(dir)?),
+        None => None,
+    };
+    let classes = match &source {
+        Some(source) => {
             if let Some(counts) = source.files_per_class()
                 && opts.class_fraction.is_empty()
             {
@@ -285,7 +294,7 @@ fn check_before_data(args: &TrainArgs, opts: &TrainOptions, device: DeviceChoice
     if device != DeviceChoice::Cuda {
         crate::train::check_host_memory(&plan, opts.batch_size)?;
     }
-    Ok(())
+    Ok(source)
 }
 
 /// Lists the skipped files in the run folder, then trains.

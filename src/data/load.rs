@@ -204,6 +204,12 @@ pub const MAX_IMAGE_SIZE: usize = 4096;
 
 /// Loads `dir` (see the module documentation).
 pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    load_source(dir, discover(dir)?, opts)
+}
+
+/// [`load`] of what `discover(dir)` found already (`train` discovers first, to check its
+/// options against the classes before any image is read).
+pub fn load_source(dir: &Path, source: Source, opts: &LoadOptions) -> Result<Loaded> {
     if opts.image_size == 0 || opts.image_size > MAX_IMAGE_SIZE {
         return Err(Error::invalid(format!(
             "--image-size {}: must be between 1 and {MAX_IMAGE_SIZE}",
@@ -211,7 +217,6 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
         )));
     }
     let start = Instant::now();
-    let source = discover(dir)?;
     let shape = ImageShape {
         height: opts.image_size,
         width: opts.image_size,

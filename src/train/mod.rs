@@ -93,37 +93,42 @@ pub fn check_inference_memory(
     free: Option<u64>,
     memory: &str,
 ) -> Result<()> {
-    let Some(free) = free else {
-        return Ok(());
-    };
     let need = plan.inference_bytes(batch_size, size_of::<f32>());
-    if need > free {
-        return Err(Error::Device(format!(
-            "--batch-size {batch_size}: the model ({} parameters) and a batch need at least {} of {memory} memory, {} is free; use a smaller --batch-size",
-            plan.parameter_count(),
-            crate::system::gib(need),
-            crate::system::gib(free)
-        )));
-    }
-    Ok(())
+    refuse_beyond(need, free, plan, batch_size, memory, "--batch-size")
 }
 
 /// Fails with one line when the model and a batch of `batch_size` need more than `free`
 /// bytes of `memory` ("cpu", "cuda", ...; nothing is checked where `free` is unknown).
 pub fn check_memory(plan: &Plan, batch_size: usize, free: Option<u64>, memory: &str) -> Result<()> {
-    let Some(free) = free else {
-        return Ok(());
-    };
     let need = plan.training_bytes(batch_size, size_of::<f32>());
-    if need > free {
-        return Err(Error::Device(format!(
-            "--batch-size {batch_size}: the model ({} parameters) and a batch need at least {} of {memory} memory, {} is free; use a smaller --batch-size or --arch",
+    refuse_beyond(
+        need,
+        free,
+        plan,
+        batch_size,
+        memory,
+        "--batch-size or --arch",
+    )
+}
+
+/// The one line of both memory checks: `need` bytes against `free`, and what to make smaller.
+fn refuse_beyond(
+    need: u64,
+    free: Option<u64>,
+    plan: &Plan,
+    batch_size: usize,
+    memory: &str,
+    smaller: &str,
+) -> Result<()> {
+    match free {
+        Some(free) if need > free => Err(Error::Device(format!(
+            "--batch-size {batch_size}: the model ({} parameters) and a batch need at least {} of {memory} memory, {} is free; use a smaller {smaller}",
             plan.parameter_count(),
             crate::system::gib(need),
             crate::system::gib(free)
-        )));
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The images a run trains and validates on (indices into its set, each list sorted).

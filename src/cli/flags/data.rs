@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use crate::data::cache::{self, Meta};
-use crate::data::load::{LoadOptions, load};
+use crate::data::load::{LoadOptions, load, load_source};
+use crate::data::source::Source;
 use crate::data::{Augment, ClassFraction, ImageSet, Pixels};
 use crate::{Error, Result};
 
@@ -93,16 +94,21 @@ impl DataFlags {
     /// set and what the loader reports (skipped files, decoder warnings). `--class-fraction`
     /// is not read here: `train` parses it first, so that a mistake there stops it before
     /// any image is decoded.
+    /// `source`: what `discover` found in `--data` already (`None`: discovered here).
     pub fn load(
         &self,
         image_size: usize,
         progress: bool,
+        source: Option<Source>,
     ) -> Result<Option<(ImageSet<Pixels>, Meta)>> {
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
         let opts = self.preprocessing.load_options(image_size, progress)?;
-        let loaded = load(dir, &opts)?;
+        let loaded = match source {
+            Some(source) => load_source(dir, source, &opts)?,
+            None => load(dir, &opts)?,
+        };
         eprintln!("{}", loaded.summary());
         Ok(Some((loaded.set, loaded.meta)))
     }
