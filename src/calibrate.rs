@@ -151,6 +151,7 @@ impl Calibration {
             .map_or(0, |d| d.as_secs());
         let summary = |m: &Metrics| {
             json!({"nll": m.nll, "brier": m.brier, "ece": m.ece, "mce": m.mce,
+                   "adaptive_ece": m.adaptive_ece, "classwise_ece": m.classwise_ece,
                    "mean_confidence": m.mean_confidence, "accuracy": m.accuracy})
         };
         json!({

@@ -26,6 +26,8 @@ pub struct RunSummary {
     pub val_brier: Option<f64>,
     pub val_ece: Option<f64>,
     pub val_mce: Option<f64>,
+    pub val_adaptive_ece: Option<f64>,
+    pub val_classwise_ece: Option<f64>,
     pub best_epoch: Option<usize>,
     pub temperature: Option<f64>,
     /// The epochs the run was started for (`--epochs`), from config.json.
@@ -102,6 +104,8 @@ pub fn summarise_run(run: &Path) -> Result<RunSummary> {
         val_brier: v.map(|v| v.val_brier),
         val_ece: v.map(|v| v.val_ece),
         val_mce: v.map(|v| v.val_mce),
+        val_adaptive_ece: v.and_then(|v| v.val_adaptive_ece),
+        val_classwise_ece: v.and_then(|v| v.val_classwise_ece),
         best_epoch: best,
         temperature,
         planned_epochs,

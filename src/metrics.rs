@@ -18,7 +18,14 @@
 //! - Brier is the mean over images of `sum_c (p_c - y_c)^2` (0 best, 2 worst);
 //! - confidence bins are `(b/15, (b+1)/15]` (the first also holds 0), as Guo et al.'s code;
 //!   ECE is `sum_b n_b/N |acc_b - conf_b|`, MCE the largest `|acc_b - conf_b|` over the
-//!   bins that hold images; empty bins count for neither.
+//!   bins that hold images; empty bins count for neither;
+//! - adaptive ECE (AdaECE, as Mukhoti et al. and AdaFocal report it) is the same sum over 15
+//!   equal-mass bins: edges interpolated through the sorted confidences as their
+//!   `np.interp(linspace(0, N, 16), arange(N), sort(conf))`, bins `(lower, upper]`, the first
+//!   also holding its lower edge (their code drops the least confident image; we keep it);
+//! - classwise ECE (Kull et al. 2019, as Mukhoti et al.'s code) is, per class `c`, the ECE of
+//!   the probability `p_c` of every image against whether the image is of class `c`, over the
+//!   15 equal-width bins, averaged over the classes.
 
 use serde::{Deserialize, Serialize};
 
@@ -203,6 +210,67 @@ pub fn expected_calibration_error(bins: &[ReliabilityBin]) -> f64 {
         .sum()
 }
 
+/// Adaptive ECE over `bins` equal-mass bins (see the module documentation for the edges):
+/// `sum_b n_b/N |acc_b - conf_b|` (0 without images).
+pub fn adaptive_calibration_error(confidences: &[f64], correct: &[bool], bins: usize) -> f64 {
+    let n = confidences.len();
+    if n == 0 || bins == 0 {
+        return 0.0;
+    }
+    let mut sorted = confidences.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    // np.interp(linspace(0, n, bins + 1), arange(n), sorted): positions past n - 1 take
+    // the last value.
+    let edges: Vec<f64> = (0..=bins)
+        .map(|b| {
+            let x = n as f64 * b as f64 / bins as f64;
+            let i = x.floor() as usize;
+            if i + 1 >= n {
+                sorted[n - 1]
+            } else {
+                let t = x - i as f64;
+                sorted[i] + t * (sorted[i + 1] - sorted[i])
+            }
+        })
+        .collect();
+    let mut count = vec![0usize; bins];
+    let mut conf_sum = vec![0.0f64; bins];
+    let mut right = vec![0usize; bins];
+    for (&c, &ok) in confidences.iter().zip(correct) {
+        // The first bin whose upper edge is at or above c: (lower, upper], the first closed.
+        let b = edges[1..].partition_point(|&upper| upper < c).min(bins - 1);
+        count[b] += 1;
+        conf_sum[b] += c;
+        right[b] += usize::from(ok);
+    }
+    (0..bins)
+        .filter(|&b| count[b] > 0)
+        .map(|b| {
+            let k = count[b] as f64;
+            k / n as f64 * (right[b] as f64 / k - conf_sum[b] / k).abs()
+        })
+        .sum()
+}
+
+/// Classwise ECE: per class, the ECE of its probability in every image against whether the
+/// image is of that class (`bins` equal-width bins), averaged over the classes.
+pub fn classwise_calibration_error(
+    probs: &[f64],
+    labels: &[usize],
+    classes: usize,
+    bins: usize,
+) -> f64 {
+    if labels.is_empty() || classes == 0 {
+        return 0.0;
+    }
+    let per_class = (0..classes).map(|c| {
+        let p: Vec<f64> = probs.chunks_exact(classes).map(|row| row[c]).collect();
+        let is_c: Vec<bool> = labels.iter().map(|&y| y == c).collect();
+        expected_calibration_error(&reliability_bins(&p, &is_c, bins))
+    });
+    per_class.sum::<f64>() / classes as f64
+}
+
 /// Maximum calibration error: the largest `|acc_b - conf_b|` over bins with images.
 pub fn maximum_calibration_error(bins: &[ReliabilityBin]) -> f64 {
     bins.iter()
@@ -225,6 +293,10 @@ pub struct Metrics {
     pub ece: f64,
     /// Maximum calibration error, 15 bins.
     pub mce: f64,
+    /// Expected calibration error over 15 equal-mass bins.
+    pub adaptive_ece: f64,
+    /// Mean over the classes of each class probability's ECE, 15 bins.
+    pub classwise_ece: f64,
     /// Mean confidence (probability of the predicted class); above the accuracy means
     /// overconfident.
     pub mean_confidence: f64,
@@ -314,6 +386,8 @@ impl Metrics {
             brier: brier / n as f64,
             ece: expected_calibration_error(&reliability),
             mce: maximum_calibration_error(&reliability),
+            adaptive_ece: adaptive_calibration_error(&confidences, &correct, ECE_BINS),
+            classwise_ece: classwise_calibration_error(probs, labels, classes, ECE_BINS),
             mean_confidence: confidences.iter().sum::<f64>() / n as f64,
             per_class: confusion.per_class(names),
             confusion,
@@ -392,10 +466,11 @@ impl Metrics {
         out
     }
 
-    /// One line: accuracy, balanced accuracy, macro-F1, NLL, Brier, ECE, MCE.
+    /// One line: accuracy, balanced accuracy, macro-F1, NLL, Brier, ECE, MCE, adaptive and
+    /// classwise ECE.
     pub fn summary_line(&self) -> String {
         format!(
-            "acc {:.4}  balanced acc {:.4}  macro-F1 {:.4}  NLL {:.4}  Brier {:.4}  ECE {:.4}  MCE {:.4}  ({} images)",
+            "acc {:.4}  balanced acc {:.4}  macro-F1 {:.4}  NLL {:.4}  Brier {:.4}  ECE {:.4}  MCE {:.4}  AdaECE {:.4}  classwise ECE {:.4}  ({} images)",
             self.accuracy,
             self.balanced_accuracy,
             self.macro_f1,
@@ -403,6 +478,8 @@ impl Metrics {
             self.brier,
             self.ece,
             self.mce,
+            self.adaptive_ece,
+            self.classwise_ece,
             self.images
         )
     }
@@ -505,6 +582,11 @@ pub struct EpochValidation {
     pub val_brier: f64,
     pub val_ece: f64,
     pub val_mce: f64,
+    /// Absent from runs written before focalflow measured it.
+    #[serde(default)]
+    pub val_adaptive_ece: Option<f64>,
+    #[serde(default)]
+    pub val_classwise_ece: Option<f64>,
     pub val_mean_confidence: f64,
     pub val_per_class: Vec<ClassMetrics>,
     /// Rows: true class, columns: predicted class.
@@ -520,6 +602,8 @@ impl From<&Metrics> for EpochValidation {
             val_brier: m.brier,
             val_ece: m.ece,
             val_mce: m.mce,
+            val_adaptive_ece: Some(m.adaptive_ece),
+            val_classwise_ece: Some(m.classwise_ece),
             val_mean_confidence: m.mean_confidence,
             val_per_class: m.per_class.clone(),
             val_confusion: m.confusion.counts.clone(),

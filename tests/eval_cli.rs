@@ -143,6 +143,8 @@ fn run_folder_eval_predict_calibrate_compare() {
         "val_brier",
         "val_ece",
         "val_mce",
+        "val_adaptive_ece",
+        "val_classwise_ece",
         "val_per_class",
         "val_confusion",
     ] {

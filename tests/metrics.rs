@@ -250,3 +250,57 @@ fn temperature_scaling_by_hand() {
     assert!(fit_temperature(&[], &[], 2).is_err());
     assert!(fit_temperature(&[f32::NAN, 0.0], &[0], 2).is_err());
 }
+
+#[test]
+fn adaptive_ece_by_hand() {
+    // five(): confidences sorted .55 .62 .70 .90 .92; the 16 edges interpolate at positions
+    // 5b/15, so each image is the upper edge of its own bin: E bin 0, C bin 2, D bin 5,
+    // A bin 8, B bin 11. AdaECE = (|1-.55| + |1-.62| + |0-.70| + |1-.90| + |0-.92|) / 5 = .51
+    let (p, y) = five();
+    let m = Metrics::from_probabilities(&p, &y, &names(2)).unwrap();
+    assert_close!(m.adaptive_ece, 0.51);
+    // 30 confidences i/30 (the first lower edge 1/30, the last upper edge 1.0): bin 0 holds
+    // 1/30..3/30, bin b > 0 holds (2b+2)/30 and (2b+3)/30, bin 14 holds 1.0 alone (a confidence
+    // of exactly 1 is in the last bin). Every image right: the gaps are 1 - confidence, each
+    // weighted by its bin's share, so AdaECE = mean(1 - c) = 1 - 31/60.
+    let conf: Vec<f64> = (1..=30).map(|i| f64::from(i) / 30.0).collect();
+    let right = vec![true; 30];
+    assert_close!(
+        metrics::adaptive_calibration_error(&conf, &right, ECE_BINS),
+        1.0 - 31.0 / 60.0
+    );
+    // Two bins instead: edges 1/30, 16/30, 1.0 -> bins of 16 and 14 images. Right where
+    // c > 1/2: bin 0 has mean conf 8.5/30 and accuracy 1/16 (16/30 is right), bin 1
+    // mean conf 23.5/30 and accuracy 1.
+    let right: Vec<bool> = conf.iter().map(|&c| c > 0.5).collect();
+    let want = 16.0 / 30.0 * (8.5 / 30.0 - 1.0 / 16.0) + 14.0 / 30.0 * (1.0 - 23.5 / 30.0);
+    assert_close!(metrics::adaptive_calibration_error(&conf, &right, 2), want);
+    // Identical confidences share one bin; no images, no error.
+    assert_close!(
+        metrics::adaptive_calibration_error(&[0.7; 4], &[true, true, false, true], ECE_BINS),
+        0.05
+    );
+    assert_eq!(metrics::adaptive_calibration_error(&[], &[], ECE_BINS), 0.0);
+}
+
+#[test]
+fn classwise_ece_by_hand() {
+    // five(), two classes: each class's probabilities fall in separate bins, so both classes'
+    // ECE are (.1 + .92 + .38 + .70 + .45) / 5 = .51 (two classes mirror each other).
+    let (p, y) = five();
+    let m = Metrics::from_probabilities(&p, &y, &names(2)).unwrap();
+    assert_close!(m.classwise_ece, 0.51);
+    // Three classes, two images: [.5 .3 .2] of class 0, [.2 .5 .3] of class 2.
+    // class 0: .5 (is 0) bin 7, .2 (not) bin 2 -> (.5 + .2)/2 = .35
+    // class 1: .3, .5, neither of class 1 -> (.3 + .5)/2 = .4
+    // class 2: .2 (not), .3 (is 2) -> (.2 + .7)/2 = .45; mean .4
+    let p = [0.5, 0.3, 0.2, 0.2, 0.5, 0.3];
+    let m = Metrics::from_probabilities(&p, &[0, 2], &names(3)).unwrap();
+    assert_close!(m.classwise_ece, 0.4);
+    // Both of class 2's probabilities in one bin, (.1333, .2]: .19 and .2, one of class 2:
+    // gap |.5 - .195| weighs 1.
+    let p = [0.5, 0.31, 0.19, 0.2, 0.6, 0.2];
+    let cw = metrics::classwise_calibration_error(&p, &[0, 2], 3, ECE_BINS);
+    // class 0: .5 (is) bin 7, .2 (not) bin 2 -> .35; class 1: .31 bin 4, .6 bin 8 -> .455
+    assert_close!(cw, (0.35 + 0.455 + (0.5f64 - 0.195).abs()) / 3.0);
+}

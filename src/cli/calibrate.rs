@@ -74,13 +74,21 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         }
     );
     println!(
-        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8}",
-        "", "NLL", "Brier", "ECE", "MCE", "mean conf", "acc"
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8}",
+        "", "NLL", "Brier", "ECE", "MCE", "AdaECE", "cw-ECE", "mean conf", "acc"
     );
     for (name, m) in [("before (T = 1)", &cal.before), ("after", &cal.after)] {
         println!(
-            "{:<16} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>10.4} {:>8.4}",
-            name, m.nll, m.brier, m.ece, m.mce, m.mean_confidence, m.accuracy
+            "{:<16} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>10.4} {:>8.4}",
+            name,
+            m.nll,
+            m.brier,
+            m.ece,
+            m.mce,
+            m.adaptive_ece,
+            m.classwise_ece,
+            m.mean_confidence,
+            m.accuracy
         );
     }
     println!(

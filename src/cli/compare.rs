@@ -29,7 +29,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     }
     println!("{}", compare_table(&runs));
     println!(
-        "final epoch, validation split; * marks the best of each column (lower is better for NLL, Brier, ECE, MCE)"
+        "final epoch, validation split; * marks the best of each column (lower is better for NLL, Brier and the calibration errors; AdaECE: 15 equal-mass bins, cw-ECE: classwise)"
     );
     if runs.iter().any(|r| !r.finished) {
         println!(
@@ -43,7 +43,7 @@ fn compare_table(runs: &[RunSummary]) -> String {
     type Col = (&'static str, fn(&RunSummary) -> Option<f64>, bool, bool);
     // (header, value, higher is better, as percent). The validation loss is left out: runs
     // with different losses measure it on different scales (it is in --json).
-    let cols: [Col; 8] = [
+    let cols: [Col; 10] = [
         ("val acc", |r| r.val_accuracy, true, true),
         ("bal acc", |r| r.val_balanced_accuracy, true, true),
         ("macro-F1", |r| r.val_macro_f1, true, false),
@@ -52,6 +52,8 @@ fn compare_table(runs: &[RunSummary]) -> String {
         ("Brier", |r| r.val_brier, false, false),
         ("ECE", |r| r.val_ece, false, false),
         ("MCE", |r| r.val_mce, false, false),
+        ("AdaECE", |r| r.val_adaptive_ece, false, false),
+        ("cw-ECE", |r| r.val_classwise_ece, false, false),
     ];
     let run_w = runs
         .iter()

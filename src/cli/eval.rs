@@ -85,6 +85,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "metrics": m,
         "uncalibrated": raw.as_ref().map(|r| json!({
             "nll": r.nll, "brier": r.brier, "ece": r.ece, "mce": r.mce,
+            "adaptive_ece": r.adaptive_ece, "classwise_ece": r.classwise_ece,
             "mean_confidence": r.mean_confidence
         })),
     });
