@@ -94,11 +94,20 @@ __device__ __forceinline__ float loss_clamp(float x) {
     return x < LOSS_CLIP_LO ? LOSS_CLIP_LO : (x > LOSS_CLIP_HI ? LOSS_CLIP_HI : x);
 }
 
-// The focusing parameter of a row (src/loss.rs SampleGamma): `below` where the true class's
-// probability p_t < threshold, else `above`; threshold 0: always `above` (a fixed gamma).
-__device__ __forceinline__ float loss_row_gamma(float above, float below, float threshold, float p_t) {
-    return threshold > 0.0f && p_t < threshold ? below : above;
+// The focusing parameter of a row (src/loss.rs GammaBins): without a table `gamma_fixed`;
+// with one (`bins - 1` ascending edges, then `bins` gammas) the gamma of the bin holding the
+// true class's probability p_t: bin b has edges[b-1] <= p_t < edges[b].
+__device__ __forceinline__ float loss_row_gamma(float gamma_fixed, const float* __restrict__ table, int bins,
+                                                float p_t) {
+    if (!table) return gamma_fixed;
+    int b = 0;
+    while (b < bins - 1 && table[b] <= p_t) ++b;
+    return table[bins - 1 + b];
 }
+
+// The modulating base of a class of probability p (complement q): focal's 1 - p for
+// gamma >= 0, AdaFocal's inverse focal 1 + p below zero (the exponent is |gamma|).
+__device__ __forceinline__ float loss_mod_base(float gamma, float p, float q) { return gamma < 0.0f ? 1.0f + p : q; }
 
 // The row's true class: the first largest label (one-hot: the 1), the same in every lane.
 __device__ __forceinline__ int loss_true_class(const float* __restrict__ yr, int classes, int lane) {
@@ -129,11 +138,12 @@ __device__ __forceinline__ void loss_write_terms(float* terms, int batch, int ro
 //   grad = 0 where pred lies strictly outside the clip bounds, else
 //   -a y ((1-p)^g / p - g (1-p)^(g-1) ln p) / batch + l1 sign(p) + 2 l2 p.
 // alpha: per-class weights, or null for the scalar alpha_scalar. g: loss_row_gamma of the
-// row's clipped p_t (flsd-53), or gamma_above for every row.
+// row's clipped p_t (flsd-53, adafocal), or gamma_fixed for every row. A negative g is the
+// inverse focal form: (1+p)^|g| in place of (1-p)^g, d/dp sign +1 (see loss_mod_base).
 __global__ void __launch_bounds__(LOSS_THREADS)
     loss_focal_probs_rows(const float* __restrict__ y, const float* __restrict__ pred, const float* __restrict__ alpha,
-                          float alpha_scalar, float gamma_above, float gamma_below, float gamma_threshold, float l1,
-                          float l2, float inv_batch, int batch, int classes, float* __restrict__ grad,
+                          float alpha_scalar, float gamma_fixed, const float* __restrict__ gamma_table, int gamma_bins,
+                          float l1, float l2, float inv_batch, int batch, int classes, float* __restrict__ grad,
                           float* __restrict__ terms) {
     const int lane = threadIdx.x & 31;
     const float lo = LOSS_CLIP_LO, hi = LOSS_CLIP_HI;
@@ -141,11 +151,13 @@ __global__ void __launch_bounds__(LOSS_THREADS)
     for (int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
          row += gridDim.x * ROWS_PER_BLOCK) {
         const size_t base = (size_t)row * classes;
-        float gamma = gamma_above;
-        if (gamma_threshold > 0.0f) {
+        float signed_gamma = gamma_fixed;
+        if (gamma_table) {
             const int t = loss_true_class(y + base, classes, lane);
-            gamma = loss_row_gamma(gamma_above, gamma_below, gamma_threshold, loss_clamp(pred[base + t]));
+            signed_gamma = loss_row_gamma(gamma_fixed, gamma_table, gamma_bins, loss_clamp(pred[base + t]));
         }
+        const float gamma = fabsf(signed_gamma);
+        const float slope = signed_gamma < 0.0f ? 1.0f : -1.0f;
         const float gm1 = gamma - 1.0f;
         float focal = 0.0f, abs_sum = 0.0f, sq_sum = 0.0f;
         bool bad = false;
@@ -154,16 +166,16 @@ __global__ void __launch_bounds__(LOSS_THREADS)
             bad |= !(loss_finite(x) && loss_finite(yy));
             const float a = alpha ? alpha[c] : alpha_scalar;
             const float p = loss_clamp(x);
-            const float q = 1.0f - p;
+            const float b = loss_mod_base(signed_gamma, p, 1.0f - p);
             const float ln_p = logf(p);
-            const float qg = powf(q, gamma);
-            focal += -a * yy * qg * ln_p;
+            const float bg = powf(b, gamma);
+            focal += -a * yy * bg * ln_p;
             abs_sum += fabsf(p);
             sq_sum += p * p;
             if (grad) {
                 float g = 0.0f;
                 if (!(x < lo || x > hi)) {
-                    const float d_focal = -a * yy * (qg / p - gamma * powf(q, gm1) * ln_p);
+                    const float d_focal = -a * yy * (bg / p + slope * gamma * powf(b, gm1) * ln_p);
                     g = d_focal * inv_batch + l1 * loss_signum(p) + two_l2 * p;
                 }
                 grad[base + c] = g;
@@ -179,8 +191,9 @@ __global__ void __launch_bounds__(LOSS_THREADS)
 
 // ------------------------------------------------------------------------------------------
 // Fused stable softmax + focal from logits; with alpha 1, gamma 0, l1 = l2 = 0 and smoothed
-// labels it is exactly `ce` from logits, and with alpha 1 and a per-row gamma `flsd-53`,
-// which this kernel also serves.
+// labels it is exactly `ce` from logits, and with alpha 1 and a per-row gamma `flsd-53` and
+// `adafocal`, which this kernel also serves. A negative gamma (inverse focal) uses b = 1 + p:
+// value -a y b^|g| logp, w = a y b^|g| (1 + |g| p logp / b).
 //
 // Per row (see src/ops/loss/cpu.rs focal_logits): m = max z (first argmax `arg`),
 // s = sum_{c != arg} exp(z_c - m), logp_c = (z_c - m) - log1p(s), p = exp(logp),
@@ -224,8 +237,14 @@ __device__ __forceinline__ LossSoftmaxRow loss_softmax_row(const float* __restri
     return LossSoftmaxRow{best, log1pf(loss_warp_sum(s))};
 }
 
+// w of one class for the signed gamma `gamma`; qg receives the modulating factor b^|gamma|.
 __device__ __forceinline__ float loss_focal_weight(float a, float yy, float gamma, float logp, float p, float q,
                                                    float& qg) {
+    if (gamma < 0.0f) {
+        const float b = 1.0f + p, g = -gamma;
+        qg = powf(b, g);
+        return a * yy * qg * (1.0f + g * p * logp / b);
+    }
     qg = powf(q, gamma);
     const float r = q < 1e-4f ? 1.0f + q * (0.5f + q * ((float)(1.0 / 3.0) + q * 0.25f)) : -logp / q;
     return a * yy * qg * (1.0f + gamma * p * r);
@@ -233,9 +252,9 @@ __device__ __forceinline__ float loss_focal_weight(float a, float yy, float gamm
 
 __global__ void __launch_bounds__(LOSS_THREADS)
     loss_softmax_focal_rows(const float* __restrict__ y, const float* __restrict__ logits,
-                            const float* __restrict__ alpha, float alpha_scalar, float gamma_above,
-                            float gamma_below, float gamma_threshold, float l1, float l2, float keep, float add,
-                            float inv_batch, int batch, int classes, float* __restrict__ grad,
+                            const float* __restrict__ alpha, float alpha_scalar, float gamma_fixed,
+                            const float* __restrict__ gamma_table, int gamma_bins, float l1, float l2, float keep,
+                            float add, float inv_batch, int batch, int classes, float* __restrict__ grad,
                             float* __restrict__ terms) {
     const int lane = threadIdx.x & 31;
     const float two_l2 = 2.0f * l2;
@@ -248,11 +267,11 @@ __global__ void __launch_bounds__(LOSS_THREADS)
         // Passes 1-2: finiteness, the first argmax, the log-sum-exp.
         bool any_bad;
         const LossSoftmaxRow sm = loss_softmax_row(z, yr, classes, lane, any_bad);
-        float gamma = gamma_above;
-        if (gamma_threshold > 0.0f) {
+        float gamma = gamma_fixed;
+        if (gamma_table) {
             float logp_t, p_t, q_t;
             loss_log_softmax_at(z[loss_true_class(yr, classes, lane)], sm, logp_t, p_t, q_t);
-            gamma = loss_row_gamma(gamma_above, gamma_below, gamma_threshold, p_t);
+            gamma = loss_row_gamma(gamma_fixed, gamma_table, gamma_bins, p_t);
         }
         // Pass 3: loss terms and the dot product of the L1/L2 gradient with p.
         float focal = 0.0f, abs_sum = 0.0f, sq_sum = 0.0f, dot = 0.0f;
@@ -261,7 +280,7 @@ __global__ void __launch_bounds__(LOSS_THREADS)
             loss_log_softmax_at(z[c], sm, logp, p, q);
             const float a = alpha ? alpha[c] : alpha_scalar;
             const float yy = yr[c] * keep + add;
-            const float qg = powf(q, gamma);
+            const float qg = powf(loss_mod_base(gamma, p, q), fabsf(gamma));
             focal += -a * yy * qg * logp;
             abs_sum += fabsf(p);
             sq_sum += p * p;

@@ -1,6 +1,7 @@
 //! focalflow: train image classifiers with losses made for imbalanced data and
 //! overconfident models, on a fast CPU backend and hand-written CUDA kernels.
 
+pub mod adafocal;
 pub mod bench;
 pub mod calibrate;
 pub mod checkpoint;

@@ -11,41 +11,106 @@ use crate::{Error, Result};
 pub const CLIP_EPSILON: f64 = 1e-7;
 
 /// The loss names accepted on the command line, in the order they are documented.
-pub const LOSS_NAMES: [&str; 6] = [
+pub const LOSS_NAMES: [&str; 7] = [
     "focal",
     "calibrated-mse",
     "keras-focal",
     "ce",
     "flsd-53",
     "dual-focal",
+    "adafocal",
 ];
 
+/// The most bins a [`GammaBins`] may have (the kernels keep the table in registers' reach).
+pub const MAX_GAMMA_BINS: usize = 64;
+
 /// A focusing parameter chosen per sample from the probability of its true class (`p_t`, the
-/// first largest label of the row): `below` where `p_t < threshold`, else `above`. It is a
-/// constant of the sample in the gradient (as in Mukhoti et al.'s code). A fixed gamma is
-/// the case `threshold` 0.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SampleGamma {
-    pub below: f64,
-    pub threshold: f64,
-    pub above: f64,
+/// first largest label of the row): bin `b` holds `edges[b-1] <= p_t < edges[b]` (the first
+/// bin everything below `edges[0]`, the last everything from `edges[last]` up), and its gamma
+/// is `gammas[b]`. The gamma is a constant of the sample in the gradient (as in Mukhoti et
+/// al.'s and Ghosh et al.'s code). A negative gamma is AdaFocal's inverse-focal form,
+/// `-(1 + p_t)^|gamma| log p_t`. A fixed gamma is one bin without edges.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GammaBins {
+    /// Ascending, one fewer than `gammas`.
+    pub edges: Vec<f64>,
+    pub gammas: Vec<f64>,
 }
 
-impl SampleGamma {
+impl GammaBins {
     /// One gamma for every sample.
     pub fn fixed(gamma: f64) -> Self {
-        SampleGamma {
-            below: gamma,
-            threshold: 0.0,
-            above: gamma,
+        GammaBins {
+            edges: Vec::new(),
+            gammas: vec![gamma],
         }
     }
     /// FLSD-53 (Mukhoti et al., NeurIPS 2020): 5 where `p_t < 0.2`, else 3.
-    pub const FLSD_53: SampleGamma = SampleGamma {
-        below: 5.0,
-        threshold: 0.2,
-        above: 3.0,
-    };
+    pub fn flsd_53() -> Self {
+        GammaBins {
+            edges: vec![0.2],
+            gammas: vec![5.0, 3.0],
+        }
+    }
+    /// `bins` equal-width bins over [0, 1], each with `gamma` (AdaFocal before its first
+    /// update).
+    pub fn uniform(bins: usize, gamma: f64) -> Self {
+        GammaBins {
+            edges: (1..bins).map(|b| b as f64 / bins as f64).collect(),
+            gammas: vec![gamma; bins],
+        }
+    }
+    /// The bin of a sample whose true class has probability `p_t`.
+    pub fn bin_of(&self, p_t: f64) -> usize {
+        self.edges.partition_point(|&e| e <= p_t)
+    }
+    /// The gamma of a sample whose true class has probability `p_t`.
+    pub fn gamma_of(&self, p_t: f64) -> f64 {
+        self.gammas[self.bin_of(p_t)]
+    }
+    /// The shape and values a loss can use: 1 to [`MAX_GAMMA_BINS`] finite gammas, one more
+    /// than the ascending finite edges.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.gammas.len();
+        let ok = (1..=MAX_GAMMA_BINS).contains(&n)
+            && self.edges.len() + 1 == n
+            && self.gammas.iter().chain(&self.edges).all(|v| v.is_finite())
+            && self.edges.windows(2).all(|w| w[0] <= w[1]);
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "gamma bins: {} gammas and {} edges; need 1 to {MAX_GAMMA_BINS} finite gammas and one fewer ascending finite edges",
+                n,
+                self.edges.len()
+            )))
+        }
+    }
+}
+
+/// AdaFocal's settings (Ghosh et al., NeurIPS 2022; defaults and flag names as the authors'
+/// code, 3mcloud/adafocal): after each epoch every bin's gamma is multiplied by
+/// `exp(lambda * (C_b - A_b))` (by `exp(-lambda * ..)` while negative), switched to the other
+/// form at `|gamma| < switch` and clipped to `[gamma_min, gamma_max]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdaFocalSettings {
+    pub lambda: f64,
+    pub gamma_initial: f64,
+    pub switch: f64,
+    pub gamma_min: f64,
+    pub gamma_max: f64,
+}
+
+impl Default for AdaFocalSettings {
+    fn default() -> Self {
+        AdaFocalSettings {
+            lambda: 1.0,
+            gamma_initial: 1.0,
+            switch: 0.2,
+            gamma_min: -2.0,
+            gamma_max: 20.0,
+        }
+    }
 }
 
 /// The class weight of the focal losses: one value for every class, or one per class.
@@ -149,6 +214,19 @@ pub enum LossConfig {
     /// largest probability strictly below the true class's `p_k` (0 if none), mean over the
     /// batch; the gradient flows through `p_k` and `p_j` (as in the authors' code).
     DualFocal { gamma: f64, from_logits: bool },
+    /// AdaFocal (Ghosh et al., NeurIPS 2022): `-(1 - p_t)^gamma log p_t` with the gamma of
+    /// the sample's bin (`bins`, updated after each epoch from the validation split's
+    /// calibration, see `crate::adafocal`), `-(1 + p_t)^|gamma| log p_t` where it is
+    /// negative; mean over the batch (the authors sum; the mean keeps the learning rate
+    /// comparable with the other losses here).
+    #[serde(rename = "adafocal")]
+    AdaFocal {
+        #[serde(flatten)]
+        settings: AdaFocalSettings,
+        /// The gammas in use: uniform bins at `gamma_initial` until the first update.
+        bins: GammaBins,
+        from_logits: bool,
+    },
 }
 
 impl LossConfig {
@@ -198,10 +276,20 @@ impl LossConfig {
                 gamma: 5.0,
                 from_logits: false,
             }),
+            "adafocal" => Ok(Self::adafocal(AdaFocalSettings::default(), false)),
             other => Err(Error::invalid(format!(
                 "--loss {other:?} is not a known loss; valid: {}",
                 LOSS_NAMES.join(", ")
             ))),
+        }
+    }
+
+    /// `adafocal` with `settings`, before its first update.
+    pub fn adafocal(settings: AdaFocalSettings, from_logits: bool) -> Self {
+        LossConfig::AdaFocal {
+            bins: GammaBins::uniform(crate::adafocal::ADAFOCAL_BINS, settings.gamma_initial),
+            settings,
+            from_logits,
         }
     }
 
@@ -213,7 +301,8 @@ impl LossConfig {
             | LossConfig::KerasFocal { from_logits, .. }
             | LossConfig::CrossEntropy { from_logits, .. }
             | LossConfig::Flsd53 { from_logits }
-            | LossConfig::DualFocal { from_logits, .. } => *from_logits,
+            | LossConfig::DualFocal { from_logits, .. }
+            | LossConfig::AdaFocal { from_logits, .. } => *from_logits,
         }
     }
 
@@ -226,6 +315,7 @@ impl LossConfig {
             LossConfig::CrossEntropy { .. } => "ce",
             LossConfig::Flsd53 { .. } => "flsd-53",
             LossConfig::DualFocal { .. } => "dual-focal",
+            LossConfig::AdaFocal { .. } => "adafocal",
         }
     }
 
@@ -260,13 +350,17 @@ impl LossConfig {
                 format!("label_smoothing={label_smoothing}")
             }
             LossConfig::Flsd53 { .. } => {
-                let g = SampleGamma::FLSD_53;
+                let g = GammaBins::flsd_53();
                 format!(
                     "gamma={} where p_t<{}, else {}",
-                    g.below, g.threshold, g.above
+                    g.gammas[0], g.edges[0], g.gammas[1]
                 )
             }
             LossConfig::DualFocal { gamma, .. } => format!("gamma={gamma}"),
+            LossConfig::AdaFocal { settings: s, .. } => format!(
+                "lambda={}, gamma_initial={}, switch={}, gamma in [{}, {}]",
+                s.lambda, s.gamma_initial, s.switch, s.gamma_min, s.gamma_max
+            ),
         };
         let logits = if self.from_logits() {
             ", from_logits"
@@ -326,6 +420,10 @@ impl LossConfig {
             } => smoothing(*label_smoothing),
             LossConfig::Flsd53 { .. } => Ok(()),
             LossConfig::DualFocal { gamma, .. } => non_negative("--gamma", *gamma),
+            LossConfig::AdaFocal { settings, bins, .. } => {
+                settings.validate()?;
+                bins.validate()
+            }
         }
     }
 

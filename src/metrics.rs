@@ -210,18 +210,14 @@ pub fn expected_calibration_error(bins: &[ReliabilityBin]) -> f64 {
         .sum()
 }
 
-/// Adaptive ECE over `bins` equal-mass bins (see the module documentation for the edges):
-/// `sum_b n_b/N |acc_b - conf_b|` (0 without images).
-pub fn adaptive_calibration_error(confidences: &[f64], correct: &[bool], bins: usize) -> f64 {
-    let n = confidences.len();
-    if n == 0 || bins == 0 {
-        return 0.0;
-    }
-    let mut sorted = confidences.to_vec();
+/// The `bins + 1` edges of equal-mass bins of `values` (at least one), as Mukhoti et al.'s
+/// `np.interp(linspace(0, N, bins + 1), arange(N), sort(values))`: positions past the last
+/// value take the last value.
+pub fn equal_mass_edges(values: &[f64], bins: usize) -> Vec<f64> {
+    let n = values.len();
+    let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    // np.interp(linspace(0, n, bins + 1), arange(n), sorted): positions past n - 1 take
-    // the last value.
-    let edges: Vec<f64> = (0..=bins)
+    (0..=bins)
         .map(|b| {
             let x = n as f64 * b as f64 / bins as f64;
             let i = x.floor() as usize;
@@ -232,24 +228,41 @@ pub fn adaptive_calibration_error(confidences: &[f64], correct: &[bool], bins: u
                 sorted[i] + t * (sorted[i + 1] - sorted[i])
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Reliability bins of `confidences` over `bins` equal-mass bins ([`equal_mass_edges`]),
+/// each `(lower, upper]`, the first also holding its lower edge (no bins without images).
+pub fn equal_mass_bins(confidences: &[f64], correct: &[bool], bins: usize) -> Vec<ReliabilityBin> {
+    if confidences.is_empty() || bins == 0 {
+        return Vec::new();
+    }
+    let edges = equal_mass_edges(confidences, bins);
     let mut count = vec![0usize; bins];
     let mut conf_sum = vec![0.0f64; bins];
     let mut right = vec![0usize; bins];
     for (&c, &ok) in confidences.iter().zip(correct) {
-        // The first bin whose upper edge is at or above c: (lower, upper], the first closed.
+        // The first bin whose upper edge is at or above c.
         let b = edges[1..].partition_point(|&upper| upper < c).min(bins - 1);
         count[b] += 1;
         conf_sum[b] += c;
         right[b] += usize::from(ok);
     }
     (0..bins)
-        .filter(|&b| count[b] > 0)
-        .map(|b| {
-            let k = count[b] as f64;
-            k / n as f64 * (right[b] as f64 / k - conf_sum[b] / k).abs()
+        .map(|b| ReliabilityBin {
+            lower: edges[b],
+            upper: edges[b + 1],
+            count: count[b],
+            confidence: (count[b] > 0).then(|| conf_sum[b] / count[b] as f64),
+            accuracy: ratio(right[b], count[b]),
         })
-        .sum()
+        .collect()
+}
+
+/// Adaptive ECE over `bins` equal-mass bins ([`equal_mass_bins`]):
+/// `sum_b n_b/N |acc_b - conf_b|` (0 without images).
+pub fn adaptive_calibration_error(confidences: &[f64], correct: &[bool], bins: usize) -> f64 {
+    expected_calibration_error(&equal_mass_bins(confidences, correct, bins))
 }
 
 /// Classwise ECE: per class, the ECE of its probability in every image against whether the
@@ -360,12 +373,7 @@ impl Metrics {
         let n = labels.len();
         let predicted: Vec<usize> = probs.chunks_exact(classes).map(argmax).collect();
         let confusion = ConfusionMatrix::new(labels, &predicted, classes)?;
-        let confidences: Vec<f64> = probs
-            .chunks_exact(classes)
-            .zip(&predicted)
-            .map(|(row, &p)| row[p])
-            .collect();
-        let correct: Vec<bool> = predicted.iter().zip(labels).map(|(p, t)| p == t).collect();
+        let (confidences, correct) = confidences(probs, labels);
         let reliability = reliability_bins(&confidences, &correct, ECE_BINS);
         let brier = probs
             .chunks_exact(classes)
@@ -556,6 +564,23 @@ pub fn softmax_rows(logits: &[f32], classes: usize, temperature: f64) -> Vec<f64
         }
     }
     out
+}
+
+/// Each image's confidence (the probability of its predicted class, the [`argmax`]) and
+/// whether that prediction is its label; `probs` is `[labels.len(), classes]`.
+pub fn confidences(probs: &[f64], labels: &[usize]) -> (Vec<f64>, Vec<bool>) {
+    if labels.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let classes = probs.len() / labels.len();
+    probs
+        .chunks_exact(classes)
+        .zip(labels)
+        .map(|(row, &y)| {
+            let p = argmax(row);
+            (row[p], p == y)
+        })
+        .unzip()
 }
 
 /// Index of the largest value, the lowest on a tie.

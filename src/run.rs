@@ -61,6 +61,10 @@ pub struct EpochMetrics {
     /// The learning rate of each step of the epoch.
     #[serde(default)]
     pub learning_rates: Vec<f64>,
+    /// `adafocal`: the bins of the validation split after this epoch (edges, `C_b`, `A_b`)
+    /// and the gammas before and after the update they made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adafocal: Option<crate::adafocal::AdaFocalUpdate>,
     /// The epoch was interrupted (Ctrl-C): the line covers its steps so far, without
     /// validation; `--resume` replaces it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

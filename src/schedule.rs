@@ -150,6 +150,9 @@ pub struct RunProgress {
     pub lr_factor: f64,
     /// Epochs since the plateau schedule last reduced the rate, without improvement.
     pub plateau_wait: usize,
+    /// `adafocal`'s gamma bins after the last update (what the next epoch trains with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adafocal: Option<crate::loss::GammaBins>,
 }
 
 impl Default for RunProgress {
@@ -160,6 +163,7 @@ impl Default for RunProgress {
             stale_epochs: 0,
             lr_factor: 1.0,
             plateau_wait: 0,
+            adafocal: None,
         }
     }
 }

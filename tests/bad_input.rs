@@ -140,6 +140,26 @@ const CASES: &[Case] = &[
         &["--alpha applies only to", "flsd-53"],
     ),
     tiny(
+        &["--loss", "adafocal", "--val-fraction", "0"],
+        &["--loss adafocal", "--val-fraction above 0"],
+    ),
+    tiny(
+        &["--loss", "adafocal", "--adafocal-gamma-min", "-50"],
+        &["--adafocal-gamma-min -50", "[-20,"],
+    ),
+    tiny(
+        &["--loss", "adafocal", "--adafocal-lambda", "inf"],
+        &["--adafocal-lambda inf", "finite"],
+    ),
+    tiny(
+        &["--loss", "adafocal", "--gamma", "2"],
+        &["--gamma applies only to", "adafocal"],
+    ),
+    tiny(
+        &["--loss", "focal", "--adafocal-lambda", "2"],
+        &["--adafocal-lambda applies only to --loss adafocal"],
+    ),
+    tiny(
         &["--early-stop", "2", "--val-fraction", "0"],
         &["--early-stop", "--val-fraction"],
     ),

@@ -295,6 +295,60 @@ fn interrupted_run_resumed_equals_uninterrupted_run() {
     assert!(err.contains("the data or its split differ"), "{err}");
 }
 
+/// adafocal's gammas change after every epoch: a run killed after epoch 2 and resumed must
+/// train epochs 3-4 with the gammas of epoch 2's update (kept in the checkpoint), so that it
+/// equals the run that was not interrupted; and each epoch's record starts from the gammas
+/// the previous one ended with.
+#[test]
+fn adafocal_resumes_with_its_gammas() {
+    let backend = CpuBackend::<f32>::new();
+    let set = data();
+    let mut opts = options(4);
+    opts.loss = LossConfig::default_for("adafocal").unwrap();
+    opts.loss = match opts.loss {
+        LossConfig::AdaFocal { settings, .. } => LossConfig::adafocal(
+            focalflow::loss::AdaFocalSettings {
+                lambda: 5.0,
+                ..settings
+            },
+            true,
+        ),
+        _ => unreachable!(),
+    };
+    let whole = TempDir::new("whole-ada");
+    let (_, history_a) = train::train(&backend, &set, &opts, &whole.0, |_| {}).unwrap();
+    let split = TempDir::new("split-ada");
+    let killed = catch_unwind(AssertUnwindSafe(|| {
+        train::train(&backend, &set, &opts, &split.0, |line| {
+            if line.starts_with("epoch 2/4") {
+                panic!("killed after epoch 2");
+            }
+        })
+    }));
+    assert!(killed.is_err());
+    let mut resume = opts.clone();
+    resume.resume = true;
+    let (_, history_b) = train::train(&backend, &set, &resume, &split.0, |_| {}).unwrap();
+    assert_eq!(untimed(&history_a), untimed(&history_b));
+    let updates: Vec<_> = history_a
+        .iter()
+        .map(|m| m.adafocal.clone().expect("an adafocal record per epoch"))
+        .collect();
+    assert!(updates[0].bins.iter().all(|b| b.gamma_before == 1.0));
+    for pair in updates.windows(2) {
+        let after: Vec<f64> = pair[0].bins.iter().map(|b| b.gamma_after).collect();
+        let before: Vec<f64> = pair[1].bins.iter().map(|b| b.gamma_before).collect();
+        assert_eq!(after, before);
+    }
+    assert!(
+        updates
+            .iter()
+            .flat_map(|u| &u.bins)
+            .any(|b| b.gamma_after != b.gamma_before),
+        "the gammas moved"
+    );
+}
+
 #[test]
 fn failed_write_leaves_the_previous_file() {
     let dir = TempDir::new("atomic");

@@ -32,7 +32,7 @@ mod common;
 
 use focalflow::Error;
 use focalflow::executor::{DeviceBuffer, Executor, LaunchConfig, Schedule};
-use focalflow::loss::{Alpha, LossConfig};
+use focalflow::loss::{AdaFocalSettings, Alpha, GammaBins, LossConfig};
 use focalflow::ops::gemm::Variant;
 use focalflow::ops::loss::loss_forward_backward;
 use focalflow::ops::loss::uncounted;
@@ -78,6 +78,7 @@ device_tests!(
     keras_focal,
     cross_entropy,
     per_class_alpha_cache_follows_the_configuration,
+    gamma_bins_follow_the_configuration,
     longer_buffers_and_loss_only,
     loss_is_bit_reproducible,
     input_errors_match_the_reference,
@@ -325,6 +326,7 @@ fn grad_scale(cfg: &LossConfig, y: &[f32], pred: &[f32], b: usize, k: usize) -> 
                 from_logits: true, ..
             }
             | LossConfig::Flsd53 { .. }
+            | LossConfig::AdaFocal { .. }
             | LossConfig::DualFocal { .. } => vec![0.0; k],
             LossConfig::Focal { l1, l2, .. } => {
                 let gl: Vec<f64> = p.iter().map(|pc| l1 + 2.0 * l2 * pc).collect();
@@ -524,6 +526,43 @@ fn per_class_alpha_cache_follows_the_configuration(dev: &CudaBackend) {
                 from_logits,
             };
             check_loss(dev, &cfg, &y, if from_logits { &z } else { &p }, b, k);
+        }
+    }
+}
+
+/// adafocal's bins change after every epoch: one LossKernels across tables that differ in
+/// values and in size (and flsd-53's between), from probabilities and logits, on batches of
+/// every kind; the cached device table must follow, and a negative gamma (inverse focal)
+/// must agree with the reference as a positive one does.
+fn gamma_bins_follow_the_configuration(dev: &CudaBackend) {
+    let mut rng = Rng::new(17);
+    let tables = [
+        GammaBins::uniform(15, 1.0),
+        GammaBins {
+            edges: vec![0.1, 0.3, 0.5, 0.8],
+            gammas: vec![4.0, -2.0, 0.3, -0.2, 1.7],
+        },
+        GammaBins::uniform(15, -1.0),
+        GammaBins {
+            edges: vec![0.25],
+            gammas: vec![20.0, -2.0],
+        },
+    ];
+    for (b, k) in [(1, 2), (7, 5), (37, 33)] {
+        let y = labels(&mut rng, b, k, false);
+        let z = logits(&mut rng, &y, b, k, 0);
+        let p = probabilities(&mut rng, &y, b, k, 0, false, true);
+        for from_logits in [false, true] {
+            let pred = if from_logits { &z } else { &p };
+            for bins in &tables {
+                let cfg = LossConfig::AdaFocal {
+                    settings: AdaFocalSettings::default(),
+                    bins: bins.clone(),
+                    from_logits,
+                };
+                check_loss(dev, &cfg, &y, pred, b, k);
+                check_loss(dev, &LossConfig::Flsd53 { from_logits }, &y, pred, b, k);
+            }
         }
     }
 }

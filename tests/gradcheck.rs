@@ -16,7 +16,7 @@
 //! Output buffers are filled with NaN before every backward call, so an element the
 //! backend forgets to write fails the check instead of passing as a stale zero.
 
-use focalflow::loss::{Alpha, LossConfig};
+use focalflow::loss::{AdaFocalSettings, Alpha, GammaBins, LossConfig};
 use focalflow::model::{Arch, ImageShape, Layer, Model, Plan};
 use focalflow::ops::loss::loss_forward_backward;
 use focalflow::ops::loss::uncounted;
@@ -748,6 +748,15 @@ fn every_loss_config(classes: usize) -> Vec<LossConfig> {
             LossConfig::Flsd53 { from_logits },
             LossConfig::DualFocal {
                 gamma: 2.0,
+                from_logits,
+            },
+            LossConfig::AdaFocal {
+                settings: AdaFocalSettings::default(),
+                // A focal, an inverse-focal and two more bins.
+                bins: GammaBins {
+                    edges: vec![0.2, 0.45, 0.7],
+                    gammas: vec![3.0, -1.5, 0.5, 2.0],
+                },
                 from_logits,
             },
         ]);

@@ -7,7 +7,7 @@
 //! tests/keras_losses.rs compares the same code with TensorFlow/Keras.
 
 use focalflow::Error;
-use focalflow::loss::{Alpha, CLIP_EPSILON, LOSS_NAMES, LossConfig};
+use focalflow::loss::{AdaFocalSettings, Alpha, CLIP_EPSILON, GammaBins, LOSS_NAMES, LossConfig};
 use focalflow::ops::loss::loss_forward_backward;
 
 // ---------------------------------------------------------------- helpers
@@ -320,6 +320,65 @@ fn flsd_53_values_by_hand() {
     );
 }
 
+/// adafocal by hand: the gamma of the bin holding p_t (edge 0.5): row 0 p_t = 0.3 takes the
+/// inverse focal gamma -1, `-(1 + p)^1 ln p`, row 1 p_t = 0.6 focal gamma 2; the gradient
+/// `-(b^g/p + b' g b^(g-1) ln p)` with `b' = +1` inverse, `-1` focal; the same from logits.
+#[test]
+fn adafocal_values_by_hand() {
+    let y = [0.0, 1.0, 0.0, 1.0, 0.0, 0.0];
+    let p = [0.6, 0.3, 0.1, 0.6, 0.3, 0.1];
+    let bins = GammaBins {
+        edges: vec![0.5],
+        gammas: vec![-1.0, 2.0],
+    };
+    let cfg = |from_logits| LossConfig::AdaFocal {
+        settings: AdaFocalSettings::default(),
+        bins: bins.clone(),
+        from_logits,
+    };
+    let want = (-(1.3f64) * 0.3f64.ln() - 0.4f64.powi(2) * 0.6f64.ln()) / 2.0;
+    assert_close(
+        loss_of(&cfg(false), &y, &p, 2, 3),
+        want,
+        1e-15,
+        1e-13,
+        "adafocal",
+    );
+    let (_, g) = loss_grad(&cfg(false), &y, &p, 2, 3);
+    assert_close(
+        g[1],
+        -(1.3 / 0.3 + 0.3f64.ln()) / 2.0,
+        1e-15,
+        1e-12,
+        "inverse dL/dp",
+    );
+    assert_close(
+        g[3],
+        -(0.4f64.powi(2) / 0.6 - 2.0 * 0.4 * 0.6f64.ln()) / 2.0,
+        1e-15,
+        1e-12,
+        "focal dL/dp",
+    );
+    let logits: Vec<f64> = p.iter().map(|v: &f64| v.ln()).collect();
+    assert_close(
+        loss_of(&cfg(true), &y, &logits, 2, 3),
+        want,
+        1e-15,
+        1e-12,
+        "from logits",
+    );
+    // Every bin at gamma 2 is focal with alpha 1, gamma 2.
+    let flat = LossConfig::AdaFocal {
+        settings: AdaFocalSettings::default(),
+        bins: GammaBins::uniform(15, 2.0),
+        from_logits: true,
+    };
+    let (v, gf) = loss_grad(&flat, &y, &logits, 2, 3);
+    let (w, gw) = loss_grad(&focal(a(1.0), 2.0, 0.0, 0.0, true), &y, &logits, 2, 3);
+    assert_close(v, w, 0.0, 0.0, "uniform bins = focal");
+    assert_eq!(gf, gw);
+}
+
 /// dual-focal by hand: `-(1 - p_k + p_j)^g log p_k` with `p_j` the largest probability below
 /// the true class's (row 0: 0.3 below 0.6; row 1: the true class is the smallest, so
 /// p_j = 0), and the gradient through both.
@@ -589,6 +648,15 @@ fn all_configs(classes: usize) -> Vec<LossConfig> {
             },
             LossConfig::DualFocal {
                 gamma: 0.5,
+                from_logits,
+            },
+            LossConfig::AdaFocal {
+                settings: AdaFocalSettings::default(),
+                // A focal, an inverse-focal and two more bins.
+                bins: GammaBins {
+                    edges: vec![0.2, 0.45, 0.7],
+                    gammas: vec![3.0, -1.5, 0.5, 2.0],
+                },
                 from_logits,
             },
         ]);

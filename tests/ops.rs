@@ -46,7 +46,7 @@ use common::assert_close;
 use common::targets::{RANDOM, emu_backend, emu_choice, gpu_backend};
 use focalflow::Error;
 use focalflow::executor::{Executor, Schedule};
-use focalflow::loss::{Alpha, LossConfig};
+use focalflow::loss::{AdaFocalSettings, Alpha, GammaBins, LossConfig};
 use focalflow::model::{Arch, ImageShape, Model, Plan};
 use focalflow::ops::gemm::{KernelChoice, Variant};
 use focalflow::ops::kernel_abi::GEMM_TILES;
@@ -450,6 +450,15 @@ fn loss_configs(classes: usize) -> Vec<LossConfig> {
             LossConfig::Flsd53 { from_logits },
             LossConfig::DualFocal {
                 gamma: 5.0,
+                from_logits,
+            },
+            LossConfig::AdaFocal {
+                settings: AdaFocalSettings::default(),
+                // A focal, an inverse-focal and two more bins.
+                bins: GammaBins {
+                    edges: vec![0.2, 0.45, 0.7],
+                    gammas: vec![3.0, -1.5, 0.5, 2.0],
+                },
                 from_logits,
             },
         ]);

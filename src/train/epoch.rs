@@ -72,6 +72,9 @@ pub(super) struct Training<'a, B: Feeds, P: PixelStore> {
     shuffle_rng: Rng,
     /// The validation metrics of the last epoch.
     final_metrics: Option<crate::metrics::Metrics>,
+    /// The loss the steps use: `opts.loss`, but for `adafocal` with the bins of the last
+    /// update (kept in `progress` for a resumed run).
+    loss: crate::loss::LossConfig,
 }
 
 impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
@@ -113,6 +116,7 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
             .as_ref()
             .map_or_else(RunProgress::default, |r| r.state.progress.clone());
         let partial = resumed.and_then(|r| r.state.partial);
+        let loss = with_adafocal_bins(&opts.loss, progress.adafocal.as_ref());
         let mut shuffle_rng = Rng::derive(opts.seed, 3);
         for _ in 0..epochs_done {
             // The shuffles of the epochs done: the stream is where the run left it.
@@ -138,6 +142,7 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
             partial,
             shuffle_rng,
             final_metrics: None,
+            loss,
         })
     }
 
@@ -172,6 +177,7 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
             opts,
             &self.schedule,
             &self.progress,
+            &self.loss,
         )?;
         let done = &run.done;
         let seen = done.seen as f64;
@@ -185,6 +191,7 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
             seconds: done.seconds,
             validation: None,
             learning_rates: done.learning_rates.clone(),
+            adafocal: None,
             partial: run.interrupted,
         };
         if run.interrupted {
@@ -245,13 +252,22 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
         let (l, logits) = logits_of(
             self.backend,
             &mut self.model,
-            Some(&self.opts.loss),
+            Some(&self.loss),
             self.feeder.as_mut(),
             val,
         )?;
         let labels: Vec<usize> = val.iter().map(|&i| self.data.labels[i] as usize).collect();
         let vm =
             crate::metrics::Metrics::from_logits(&logits, &labels, &self.data.class_names, 1.0)?;
+        if let crate::loss::LossConfig::AdaFocal { settings, bins, .. } = &self.loss {
+            let probs = crate::metrics::softmax_rows(&logits, vm.confusion.classes, 1.0);
+            let (confidences, correct) = crate::metrics::confidences(&probs, &labels);
+            let (next, update) = settings.update(bins, &confidences, &correct)?;
+            m.adafocal = Some(update);
+            self.loss = with_adafocal_bins(&self.opts.loss, Some(&next));
+            self.checkpoints.loss = self.loss.clone();
+            self.progress.adafocal = Some(next);
+        }
         m.val_loss = l;
         m.val_accuracy = Some(vm.accuracy);
         m.validation = Some(crate::metrics::EpochValidation::from(&vm));
@@ -323,6 +339,18 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
     }
 }
 
+/// `loss` with `adafocal`'s bins replaced by `bins` (where it is adafocal and they are given).
+fn with_adafocal_bins(
+    loss: &crate::loss::LossConfig,
+    bins: Option<&crate::loss::GammaBins>,
+) -> crate::loss::LossConfig {
+    let mut loss = loss.clone();
+    if let (crate::loss::LossConfig::AdaFocal { bins: b, .. }, Some(next)) = (&mut loss, bins) {
+        *b = next.clone();
+    }
+    loss
+}
+
 /// The steps of one epoch to run: its order, and those done before an interrupt.
 struct EpochSteps<'a> {
     epoch: usize,
@@ -352,6 +380,7 @@ impl EpochSteps<'_> {
         opts: &TrainOptions,
         schedule: &Schedule,
         progress: &RunProgress,
+        loss: &crate::loss::LossConfig,
     ) -> Result<EpochOutcome> {
         let EpochSteps {
             epoch,
@@ -375,7 +404,7 @@ impl EpochSteps<'_> {
             model.optimizer.learning_rate = lr;
             learning_rates.push(lr);
             model
-                .train_step_counted(backend, &opts.loss, x, y, n, step, counters)
+                .train_step_counted(backend, loss, x, y, n, step, counters)
                 .map_err(|e| match e {
                     Error::NonFinite(what) => stopped_at(epoch, step, &what),
                     other => other,

@@ -249,6 +249,11 @@ pub fn check_options_for(shape: ImageShape, classes: usize, opts: &TrainOptions)
     }
     schedule_of(opts).validate(opts.val_fraction > 0.0)?;
     opts.loss.validate(classes)?;
+    if matches!(opts.loss, crate::loss::LossConfig::AdaFocal { .. }) && opts.val_fraction == 0.0 {
+        return Err(Error::invalid(
+            "--loss adafocal updates its gammas from the validation split after each epoch: give --val-fraction above 0 (e.g. 0.2)",
+        ));
+    }
     Plan::new(&opts.arch, shape, classes)
 }
 

@@ -11,7 +11,7 @@ use crate::{Error, Result};
 /// chosen loss does not have is an error, not silently ignored.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LossFlags {
-    /// The loss: focal, calibrated-mse, keras-focal, ce, flsd-53 or dual-focal.
+    /// The loss: focal, calibrated-mse, keras-focal, ce, flsd-53, dual-focal or adafocal.
     #[arg(long = "loss", value_name = "NAME", default_value = "focal")]
     pub loss: String,
     /// Class weight of focal and keras-focal: one value in [0, 1], or one per class (A1,A2,..),
@@ -40,6 +40,42 @@ pub struct LossFlags {
     /// exactly as the original Keras loss does (see README: the clipping trap).
     #[arg(long = "from-logits", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub from_logits: Option<bool>,
+    /// adafocal: the step of each bin's gamma update, gamma * exp(LAMBDA * (C - A)) (default 1).
+    #[arg(
+        long = "adafocal-lambda",
+        value_name = "LAMBDA",
+        allow_hyphen_values = true
+    )]
+    pub adafocal_lambda: Option<f64>,
+    /// adafocal: every bin's gamma before the first update (default 1).
+    #[arg(
+        long = "adafocal-gamma-initial",
+        value_name = "G",
+        allow_hyphen_values = true
+    )]
+    pub adafocal_gamma_initial: Option<f64>,
+    /// adafocal: a gamma whose magnitude falls below this switches form, focal <-> inverse
+    /// focal (default 0.2).
+    #[arg(
+        long = "adafocal-switch-pt",
+        value_name = "S",
+        allow_hyphen_values = true
+    )]
+    pub adafocal_switch_pt: Option<f64>,
+    /// adafocal: the lowest gamma (negative: inverse focal; default -2, at least -20).
+    #[arg(
+        long = "adafocal-gamma-min",
+        value_name = "G",
+        allow_hyphen_values = true
+    )]
+    pub adafocal_gamma_min: Option<f64>,
+    /// adafocal: the highest gamma (default 20).
+    #[arg(
+        long = "adafocal-gamma-max",
+        value_name = "G",
+        allow_hyphen_values = true
+    )]
+    pub adafocal_gamma_max: Option<f64>,
 }
 
 impl Default for LossFlags {
@@ -53,6 +89,11 @@ impl Default for LossFlags {
             facture: None,
             label_smoothing: None,
             from_logits: None,
+            adafocal_lambda: None,
+            adafocal_gamma_initial: None,
+            adafocal_switch_pt: None,
+            adafocal_gamma_min: None,
+            adafocal_gamma_max: None,
         }
     }
 }
@@ -135,6 +176,13 @@ impl LossFlags {
             LossConfig::CrossEntropy { .. } => &["--label-smoothing"],
             LossConfig::Flsd53 { .. } => &[],
             LossConfig::DualFocal { .. } => &["--gamma"],
+            LossConfig::AdaFocal { .. } => &[
+                "--adafocal-lambda",
+                "--adafocal-gamma-initial",
+                "--adafocal-switch-pt",
+                "--adafocal-gamma-min",
+                "--adafocal-gamma-max",
+            ],
         };
         for (flag, given, owners) in self.loss_specific_flags() {
             if given && !takes.contains(&flag) {
@@ -189,6 +237,17 @@ impl LossFlags {
                 *gamma = self.gamma.unwrap_or(*gamma);
                 *from_logits = flag_from_logits;
             }
+            LossConfig::AdaFocal { settings, .. } => {
+                let s = settings.clone();
+                let settings = crate::loss::AdaFocalSettings {
+                    lambda: self.adafocal_lambda.unwrap_or(s.lambda),
+                    gamma_initial: self.adafocal_gamma_initial.unwrap_or(s.gamma_initial),
+                    switch: self.adafocal_switch_pt.unwrap_or(s.switch),
+                    gamma_min: self.adafocal_gamma_min.unwrap_or(s.gamma_min),
+                    gamma_max: self.adafocal_gamma_max.unwrap_or(s.gamma_max),
+                };
+                cfg = LossConfig::adafocal(settings, flag_from_logits);
+            }
         }
         cfg.validate_params()?;
         Ok(cfg)
@@ -196,7 +255,7 @@ impl LossFlags {
 
     /// The flags only some losses take: (flag, given, the losses that take it), in the
     /// order their errors are reported.
-    fn loss_specific_flags(&self) -> [(&'static str, bool, &'static str); 6] {
+    fn loss_specific_flags(&self) -> [(&'static str, bool, &'static str); 11] {
         [
             ("--alpha", self.alpha.is_some(), "focal and keras-focal"),
             (
@@ -211,6 +270,31 @@ impl LossFlags {
                 "--label-smoothing",
                 self.label_smoothing.is_some(),
                 "keras-focal and ce",
+            ),
+            (
+                "--adafocal-lambda",
+                self.adafocal_lambda.is_some(),
+                "adafocal",
+            ),
+            (
+                "--adafocal-gamma-initial",
+                self.adafocal_gamma_initial.is_some(),
+                "adafocal",
+            ),
+            (
+                "--adafocal-switch-pt",
+                self.adafocal_switch_pt.is_some(),
+                "adafocal",
+            ),
+            (
+                "--adafocal-gamma-min",
+                self.adafocal_gamma_min.is_some(),
+                "adafocal",
+            ),
+            (
+                "--adafocal-gamma-max",
+                self.adafocal_gamma_max.is_some(),
+                "adafocal",
             ),
         ]
     }

@@ -24,6 +24,9 @@
 //!   gamma 5 where the true class's `p_t < 0.2`, else 3 (a constant of the sample in the
 //!   gradient): the `focal` paths with alpha 1, no L1/L2, and that gamma per row (`p_t`
 //!   clipped as the probability path clips it).
+//! - `adafocal`: Ghosh et al.'s AdaFocal, the `flsd-53` paths with the gamma of the bin
+//!   the sample's `p_t` falls in (`crate::adafocal` updates them each epoch); a negative
+//!   gamma is the inverse-focal form `-(1 + p_t)^|gamma| log p_t`.
 //! - `dual-focal`: Tao et al.'s `-(1 - p_k + p_j)^gamma log p_k`, `p_j` the largest
 //!   probability strictly below the true class's `p_k` (0 if none; the first on a tie), mean
 //!   over the batch, the gradient through `p_k` and `p_j`; probabilities clipped as for
@@ -34,7 +37,7 @@
 //! 0.99999994 or 1.0 is clipped and gets no gradient.
 
 use super::{CountStep, LossOps};
-use crate::loss::{Alpha, CLIP_EPSILON, LossConfig, SampleGamma};
+use crate::loss::{Alpha, CLIP_EPSILON, GammaBins, LossConfig};
 use crate::metrics::argmax;
 use crate::ops::check_len;
 use crate::ops::counters::{StepFailure, StepTotals};
@@ -161,7 +164,7 @@ pub fn loss_forward_backward<T: Element>(
             };
             focal(
                 &alphas(alpha),
-                RowGamma::of(SampleGamma::fixed(*gamma)),
+                &RowGamma::of(&GammaBins::fixed(*gamma)),
                 T::of(*l1),
                 T::of(*l2),
                 y_true,
@@ -218,8 +221,37 @@ pub fn loss_forward_backward<T: Element>(
                 focal_probs::<T>
             };
             let ones = vec![T::one(); classes];
-            let gamma = RowGamma::of(SampleGamma::FLSD_53);
-            focal(&ones, gamma, T::zero(), T::zero(), y_true, pred, dims, grad)
+            let gamma = RowGamma::of(&GammaBins::flsd_53());
+            focal(
+                &ones,
+                &gamma,
+                T::zero(),
+                T::zero(),
+                y_true,
+                pred,
+                dims,
+                grad,
+            )
+        }
+        LossConfig::AdaFocal {
+            bins, from_logits, ..
+        } => {
+            let focal = if *from_logits {
+                focal_logits::<T>
+            } else {
+                focal_probs::<T>
+            };
+            let ones = vec![T::one(); classes];
+            focal(
+                &ones,
+                &RowGamma::of(bins),
+                T::zero(),
+                T::zero(),
+                y_true,
+                pred,
+                dims,
+                grad,
+            )
         }
         LossConfig::DualFocal { gamma, from_logits } => {
             dual_focal(T::of(*gamma), *from_logits, y_true, pred, dims, grad)
@@ -314,32 +346,54 @@ fn dual_focal<T: Element>(
     total * inv_batch
 }
 
-/// The focusing parameter of each row ([`SampleGamma`] in `T`).
-#[derive(Clone, Copy)]
+/// The focusing parameter of each row ([`GammaBins`] in `T`).
 struct RowGamma<T> {
-    below: T,
-    threshold: T,
-    above: T,
+    edges: Vec<T>,
+    gammas: Vec<T>,
 }
 
 impl<T: Element> RowGamma<T> {
-    fn of(g: SampleGamma) -> Self {
+    fn of(g: &GammaBins) -> Self {
         RowGamma {
-            below: T::of(g.below),
-            threshold: T::of(g.threshold),
-            above: T::of(g.above),
+            edges: g.edges.iter().map(|&e| T::of(e)).collect(),
+            gammas: g.gammas.iter().map(|&v| T::of(v)).collect(),
         }
     }
-    /// The gamma of a row whose labels are `y` and whose probabilities `p(c)` gives.
-    fn of_row(&self, y: &[T], p: impl Fn(usize) -> T) -> T {
-        if self.threshold <= T::zero() {
-            return self.above;
-        }
-        if p(true_class(y)) < self.threshold {
-            self.below
+    /// The modulating factor of a row whose labels are `y` and whose probabilities `p(c)`
+    /// gives (the bin of its true class's, compared in `T`).
+    fn of_row(&self, y: &[T], p: impl Fn(usize) -> T) -> Modulator<T> {
+        let gamma = if self.edges.is_empty() {
+            self.gammas[0]
         } else {
-            self.above
+            let p_t = p(true_class(y));
+            self.gammas[self.edges.partition_point(|&e| e <= p_t)]
+        };
+        Modulator::of(gamma)
+    }
+}
+
+/// The factor `b^g` that multiplies `-log p`: focal `(1 - p)^gamma` for gamma >= 0, AdaFocal's
+/// inverse focal `(1 + p)^|gamma|` below zero; `slope` is `db/dp` (-1 or +1).
+#[derive(Clone, Copy)]
+struct Modulator<T> {
+    g: T,
+    inverse: bool,
+}
+
+impl<T: Element> Modulator<T> {
+    fn of(gamma: T) -> Self {
+        Modulator {
+            g: gamma.abs(),
+            inverse: gamma < T::zero(),
         }
+    }
+    /// The base `b` for a class of probability `p` and complement `q = 1 - p` (from logits,
+    /// q comes from `expm1`, more precise than `1 - p`).
+    fn base(&self, p: T, q: T) -> T {
+        if self.inverse { T::one() + p } else { q }
+    }
+    fn slope(&self) -> T {
+        if self.inverse { T::one() } else { -T::one() }
     }
 }
 
@@ -499,7 +553,7 @@ fn add_softmax_residual<T: Element>(
 #[allow(clippy::too_many_arguments)]
 fn focal_probs<T: Element>(
     alpha: &[T],
-    row_gamma: RowGamma<T>,
+    row_gamma: &RowGamma<T>,
     l1: T,
     l2: T,
     y_true: &[T],
@@ -513,9 +567,10 @@ fn focal_probs<T: Element>(
     let (mut focal, mut abs_sum, mut sq_sum) = (T::zero(), T::zero(), T::zero());
     for row in 0..d.batch {
         let row_range = row * d.classes..(row + 1) * d.classes;
-        let gamma = row_gamma.of_row(&y_true[row_range], |c| {
+        let m = row_gamma.of_row(&y_true[row_range], |c| {
             clamp(pred[row * d.classes + c], lo, hi)
         });
+        let gamma = m.g;
         let mut row_sum = T::zero();
         for (c, &alpha_c) in alpha.iter().enumerate() {
             let i = row * d.classes + c;
@@ -523,8 +578,9 @@ fn focal_probs<T: Element>(
             let y = y_true[i];
             let p = clamp(x, lo, hi);
             let q = T::one() - p;
+            let b = m.base(p, q);
             let ln_p = p.ln();
-            row_sum += -alpha_c * y * q.powf(gamma) * ln_p;
+            row_sum += -alpha_c * y * b.powf(gamma) * ln_p;
             abs_sum += p.abs();
             sq_sum += p * p;
             if let Some(g) = grad.as_deref_mut() {
@@ -532,10 +588,11 @@ fn focal_probs<T: Element>(
                     // clip_by_value: no gradient strictly outside the bounds.
                     T::zero()
                 } else {
-                    // d/dp of -a*y*(1-p)^g*ln p; 1-p >= 1.2e-7 here, so (1-p)^(g-1) is finite.
+                    // d/dp of -a*y*b^g*ln p (b = 1-p, or 1+p inverse); 1-p >= 1.2e-7 here,
+                    // so b^(g-1) is finite.
                     let d_focal = -alpha_c
                         * y
-                        * (q.powf(gamma) / p - gamma * q.powf(gamma - T::one()) * ln_p);
+                        * (b.powf(gamma) / p + m.slope() * gamma * b.powf(gamma - T::one()) * ln_p);
                     d_focal * inv_batch + l1 * p.signum() + two * l2 * p
                 };
             }
@@ -564,11 +621,14 @@ fn focal_probs<T: Element>(
 ///
 /// A confidently wrong sample (`p_c → 0` for its true class) keeps `w_c ≈ a_c y_c`, so its
 /// gradient stays large instead of vanishing as on the clipped probability path.
+///
+/// A negative gamma (AdaFocal's inverse focal, `b = 1 + p`, `db/dp = +1`) makes the bracket
+/// `b^g + g p b^(g-1) log p = b^g (1 + g p log(p) / b)`, finite everywhere since `b >= 1`.
 /// L1/L2 act on the un-clipped softmax probabilities, chained through the softmax Jacobian.
 #[allow(clippy::too_many_arguments)]
 fn focal_logits<T: Element>(
     alpha: &[T],
-    row_gamma: RowGamma<T>,
+    row_gamma: &RowGamma<T>,
     l1: T,
     l2: T,
     y_true: &[T],
@@ -592,20 +652,26 @@ fn focal_logits<T: Element>(
         let z = &logits[row * k..(row + 1) * k];
         let y = &y_true[row * k..(row + 1) * k];
         log_softmax_row(z, &mut logp, &mut p, &mut q);
-        let gamma = row_gamma.of_row(y, |c| p[c]);
+        let m = row_gamma.of_row(y, |c| p[c]);
+        let gamma = m.g;
         let mut row_sum = T::zero();
         for c in 0..k {
-            let qg = q[c].powf(gamma);
-            row_sum += -alpha[c] * y[c] * qg * logp[c];
+            let (bg, bracket) = if m.inverse {
+                let b = T::one() + p[c];
+                (b.powf(gamma), T::one() + gamma * p[c] * logp[c] / b)
+            } else {
+                let r = if q[c] < series_below {
+                    let qc = q[c];
+                    T::one() + qc * (T::of(0.5) + qc * (T::of(1.0 / 3.0) + qc * T::of(0.25)))
+                } else {
+                    -logp[c] / q[c]
+                };
+                (q[c].powf(gamma), T::one() + gamma * p[c] * r)
+            };
+            row_sum += -alpha[c] * y[c] * bg * logp[c];
             abs_sum += p[c].abs();
             sq_sum += p[c] * p[c];
-            let r = if q[c] < series_below {
-                let qc = q[c];
-                T::one() + qc * (T::of(0.5) + qc * (T::of(1.0 / 3.0) + qc * T::of(0.25)))
-            } else {
-                -logp[c] / q[c]
-            };
-            w[c] = alpha[c] * y[c] * qg * (T::one() + gamma * p[c] * r);
+            w[c] = alpha[c] * y[c] * bg * bracket;
         }
         focal += row_sum;
         if let Some(g) = grad.as_deref_mut() {

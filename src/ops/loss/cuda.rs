@@ -17,8 +17,8 @@
 //!   the inputs downloaded and the host reference run to produce the identical message.
 //! - As everywhere in the `Backend` trait, buffers may be longer than the operation needs:
 //!   only the `[batch, classes]` prefix is read and written.
-//! - A per-class alpha is uploaded once per configuration (cached by value in
-//!   [`LossKernels`]), not once per step.
+//! - A per-class alpha and a table of gamma bins (flsd-53, adafocal) are uploaded once per
+//!   configuration (cached by value in [`LossKernels`]), not once per step.
 //!
 //! Launch shapes: the row kernels (`loss_*_rows`) run one warp per row,
 //! [`ROWS_PER_BLOCK`](crate::ops::kernel_abi::ROWS_PER_BLOCK) rows per block
@@ -27,7 +27,7 @@
 use super::{CountStep, LossOps};
 use super::{LengthRule, check_loss_shapes, loss_forward_backward};
 use crate::executor::{DeviceBuffer, Executor, Launch, LaunchConfig};
-use crate::loss::{Alpha, LossConfig, SampleGamma};
+use crate::loss::{Alpha, GammaBins, LossConfig};
 use crate::ops::check_len;
 use crate::ops::counters::cuda::count_step;
 use crate::ops::cuda::CudaBackend;
@@ -36,28 +36,39 @@ use crate::ops::launch::{int, row_grid};
 use crate::{Error, Result};
 
 /// Reusable device state of the loss, kept by its backend (`CudaBackend::op_state`): the
-/// per-class alpha of the current configuration, the per-row partial sums and the two-float
-/// result. Allocated on first use, grown when a larger batch comes.
+/// per-class alpha and the gamma table of the current configuration, the per-row partial
+/// sums and the two-float result. Allocated on first use, grown when a larger batch comes.
 #[derive(Default)]
 struct LossKernels {
-    alpha: Option<(Vec<f32>, DeviceBuffer<f32>)>,
+    alpha: CachedUpload,
+    gamma_table: CachedUpload,
     terms: Option<DeviceBuffer<f32>>,
     result: Option<DeviceBuffer<f32>>,
 }
 
-impl LossKernels {
-    /// The per-class alpha on the device, uploaded only when the values change.
-    fn alpha_buffer(&mut self, exec: &Executor, values: Vec<f32>) -> Result<&DeviceBuffer<f32>> {
-        let stale = match &self.alpha {
-            Some((v, _)) => *v != values,
-            None => true,
-        };
-        if stale {
+/// A small array of a configuration on the device, uploaded again only when its values change.
+#[derive(Default)]
+struct CachedUpload(Option<(Vec<f32>, DeviceBuffer<f32>)>);
+
+impl CachedUpload {
+    fn device(&mut self, exec: &Executor, values: Vec<f32>) -> Result<&DeviceBuffer<f32>> {
+        if self.0.as_ref().is_none_or(|(v, _)| *v != values) {
             let buf = exec.upload(&values)?;
-            self.alpha = Some((values, buf));
+            self.0 = Some((values, buf));
         }
-        Ok(&self.alpha.as_ref().expect("just set").1)
+        Ok(&self.0.as_ref().expect("just set").1)
     }
+}
+
+/// The per-row gamma as the kernels take it: `(gamma_fixed, table, bins)`, the table (edges,
+/// then gammas) uploaded for more than one bin.
+fn gamma_args(exec: &Executor, k: &mut LossKernels, g: &GammaBins) -> Result<(f32, u64, i32)> {
+    if g.gammas.len() == 1 {
+        return Ok((g.gammas[0] as f32, 0, 1));
+    }
+    let table = g.edges.iter().chain(&g.gammas).map(|&v| v as f32).collect();
+    let ptr = k.gamma_table.device(exec, table)?.device_ptr();
+    Ok((0.0, ptr, g.gammas.len() as i32))
 }
 
 /// `buf` if it holds at least `len` elements, else a new one.
@@ -71,14 +82,15 @@ fn ensure(exec: &Executor, buf: &mut Option<DeviceBuffer<f32>>, len: usize) -> R
 /// The row kernel of a loss configuration and its scalar arguments.
 enum RowKernel {
     FocalProbs {
-        gamma: SampleGamma,
+        gamma: GammaBins,
         l1: f32,
         l2: f32,
     },
     /// Fused softmax + focal from logits; `ce` from logits is the case alpha 1, gamma 0,
-    /// l1 = l2 = 0 with smoothed labels, `flsd-53` alpha 1 with its per-sample gamma.
+    /// l1 = l2 = 0 with smoothed labels, `flsd-53` and `adafocal` alpha 1 with their
+    /// per-sample gamma.
     SoftmaxFocal {
-        gamma: SampleGamma,
+        gamma: GammaBins,
         l1: f32,
         l2: f32,
         keep: f32,
@@ -149,7 +161,7 @@ fn launch_loss(
             l2,
             from_logits,
         } => {
-            let (gamma, l1, l2) = (SampleGamma::fixed(*gamma), *l1 as f32, *l2 as f32);
+            let (gamma, l1, l2) = (GammaBins::fixed(*gamma), *l1 as f32, *l2 as f32);
             let kernel = if *from_logits {
                 RowKernel::SoftmaxFocal {
                     gamma,
@@ -198,7 +210,7 @@ fn launch_loss(
             let (keep, add) = smoothing(*label_smoothing, classes);
             let kernel = if *from_logits {
                 RowKernel::SoftmaxFocal {
-                    gamma: SampleGamma::fixed(0.0),
+                    gamma: GammaBins::fixed(0.0),
                     l1: 0.0,
                     l2: 0.0,
                     keep,
@@ -222,9 +234,14 @@ fn launch_loss(
                 from_logits: *from_logits,
             },
         ),
-        LossConfig::Flsd53 { from_logits } => {
-            let gamma = SampleGamma::FLSD_53;
-            let kernel = if *from_logits {
+        LossConfig::Flsd53 { .. } | LossConfig::AdaFocal { .. } => {
+            let (gamma, from_logits) = match cfg {
+                LossConfig::AdaFocal {
+                    bins, from_logits, ..
+                } => (bins.clone(), *from_logits),
+                _ => (GammaBins::flsd_53(), cfg.from_logits()),
+            };
+            let kernel = if from_logits {
                 RowKernel::SoftmaxFocal {
                     gamma,
                     l1: 0.0,
@@ -247,10 +264,16 @@ fn launch_loss(
         Some(Alpha::Scalar(a)) => (0u64, *a as f32),
         Some(Alpha::PerClass(v)) => {
             let values = v.iter().map(|&a| a as f32).collect();
-            (k.alpha_buffer(exec, values)?.device_ptr(), 0.0f32)
+            (k.alpha.device(exec, values)?.device_ptr(), 0.0f32)
         }
     };
 
+    let gamma = match &kernel {
+        RowKernel::FocalProbs { gamma, .. } | RowKernel::SoftmaxFocal { gamma, .. } => {
+            gamma_args(exec, k, gamma)?
+        }
+        _ => (0.0, 0, 1),
+    };
     ensure(exec, &mut k.terms, LOSS_TERMS_PER_ROW * batch)?;
     ensure(exec, &mut k.result, 2)?;
     let rows = Rows {
@@ -266,13 +289,9 @@ fn launch_loss(
         terms: k.terms.as_mut().expect("allocated above"),
     };
     let reduce = match kernel {
-        RowKernel::FocalProbs { gamma, l1, l2 } => focal_probs_rows(rows, gamma, l1, l2)?,
+        RowKernel::FocalProbs { l1, l2, .. } => focal_probs_rows(rows, gamma, l1, l2)?,
         RowKernel::SoftmaxFocal {
-            gamma,
-            l1,
-            l2,
-            keep,
-            add,
+            l1, l2, keep, add, ..
         } => softmax_focal_rows(rows, gamma, l1, l2, keep, add)?,
         RowKernel::CalibratedMse {
             facture,
@@ -370,14 +389,13 @@ struct Reduce {
 // SAFETY (every launch below): the closure pushes the kernel's own parameters in the order
 // and types of kernels/loss.cu.
 
-/// Pushes a [`SampleGamma`] as the kernels take it: `gamma_above, gamma_below, threshold`.
-fn push_gamma(l: &mut Launch<'_>, g: SampleGamma) {
-    l.arg(g.above as f32)
-        .arg(g.below as f32)
-        .arg(g.threshold as f32);
+/// Pushes the per-row gamma ([`gamma_args`]) as the kernels take it:
+/// `gamma_fixed, gamma_table, gamma_bins`.
+fn push_gamma(l: &mut Launch<'_>, (fixed, table, bins): (f32, u64, i32)) {
+    l.arg(fixed).arg(table).arg(bins);
 }
 
-fn focal_probs_rows(r: Rows<'_>, gamma: SampleGamma, l1: f32, l2: f32) -> Result<Reduce> {
+fn focal_probs_rows(r: Rows<'_>, gamma: (f32, u64, i32), l1: f32, l2: f32) -> Result<Reduce> {
     let c0 = r.inv_batch;
     unsafe {
         r.launch("loss_focal_probs_rows", true, |l| {
@@ -395,7 +413,7 @@ fn focal_probs_rows(r: Rows<'_>, gamma: SampleGamma, l1: f32, l2: f32) -> Result
 
 fn softmax_focal_rows(
     r: Rows<'_>,
-    gamma: SampleGamma,
+    gamma: (f32, u64, i32),
     l1: f32,
     l2: f32,
     keep: f32,
