@@ -399,6 +399,74 @@ __global__ void __launch_bounds__(LOSS_THREADS)
 }
 
 // ------------------------------------------------------------------------------------------
+// sigmoid-focal (src/ops/loss/cpu.rs sigmoid_focal): per element, with q = 1 - p, m = p (1-y) + q y
+// and ce the binary cross-entropy, value a_t ce m^g (t0, times inv_n = 1/(batch*classes) in
+// loss_reduce); a_t = a y + (1-a)(1-y), or 1 where a < 0. From probabilities (clipped):
+// grad a_t (ce' m^g + g ce m^(g-1) (1-2y)) inv_n with ce' = -y/p + (1-y)/q (0 where pred is
+// clipped); from logits p = sigmoid(z), q = sigmoid(-z), ce = y softplus(-z) + (1-y) softplus(z):
+// grad a_t m^g ((p (1-y) - q y) + g ce (1-2y) p q / m) inv_n, the second term 0 where m = 0.
+
+// 1 / (1 + exp(-z)) from the exponential of a non-positive number only.
+__device__ __forceinline__ float loss_sigmoid(float z) {
+    if (z >= 0.0f) return 1.0f / (1.0f + expf(-z));
+    const float e = expf(z);
+    return e / (1.0f + e);
+}
+
+// ln(1 + e^x) = max(x, 0) + log1p(e^-|x|).
+__device__ __forceinline__ float loss_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+
+__global__ void __launch_bounds__(LOSS_THREADS)
+    loss_sigmoid_focal_rows(const float* __restrict__ y, const float* __restrict__ pred,
+                            const float* __restrict__ alpha, float alpha_scalar, float gamma, int from_logits,
+                            float inv_n, int batch, int classes, float* __restrict__ grad,
+                            float* __restrict__ terms) {
+    const int lane = threadIdx.x & 31;
+    for (int row = blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5); row < batch;
+         row += gridDim.x * ROWS_PER_BLOCK) {
+        const size_t base = (size_t)row * classes;
+        float total = 0.0f;
+        bool bad = false;
+        for (int c = lane; c < classes; c += 32) {
+            const float x = pred[base + c], yy = y[base + c];
+            bad |= !(loss_finite(x) && loss_finite(yy));
+            const float a = alpha ? alpha[c] : alpha_scalar;
+            const float a_t = a < 0.0f ? 1.0f : a * yy + (1.0f - a) * (1.0f - yy);
+            const float not_y = 1.0f - yy;
+            float p, q, ce;
+            if (from_logits) {
+                p = loss_sigmoid(x);
+                q = loss_sigmoid(-x);
+                ce = yy * loss_softplus(-x) + not_y * loss_softplus(x);
+            } else {
+                p = loss_clamp(x);
+                q = 1.0f - p;
+                ce = -(yy * logf(p) + not_y * logf(q));
+            }
+            const float m = p * not_y + q * yy;
+            const float mg = powf(m, gamma);
+            total += a_t * ce * mg;
+            if (!grad) continue;
+            const float two_y = 1.0f - yy - yy;
+            float g;
+            if (from_logits) {
+                const float focus = m > 0.0f ? gamma * ce * two_y * (p * q / m) : 0.0f;
+                g = a_t * mg * ((p * not_y - q * yy) + focus);
+            } else if (x < LOSS_CLIP_LO || x > LOSS_CLIP_HI) {
+                g = 0.0f;
+            } else {
+                const float dce = -yy / p + not_y / q;
+                g = a_t * (dce * mg + gamma * ce * powf(m, gamma - 1.0f) * two_y);
+            }
+            grad[base + c] = g * inv_n;
+        }
+        total = loss_warp_sum(total);
+        const bool any_bad = __any_sync(LOSS_FULL, bad);
+        if (lane == 0) loss_write_terms(terms, batch, row, total, 0.0f, 0.0f, any_bad ? LOSS_FLAG_NONFINITE : 0.0f);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
 // calibrated-mse: mean((y-p)^2) + facture * mean((0.5-p)^2) over all entries; p = pred, or
 // softmax(pred) (exp(z - max) / sum) with from_logits. t0 = sum (y-p)^2, t1 = sum (0.5-p)^2;
 // grad = (2 (p-y) + facture*2 (p-0.5)) / n, chained through the softmax from logits.

@@ -55,3 +55,32 @@ __global__ void __launch_bounds__(SOFTMAX_THREADS)
         for (int c = lane; c < cols; c += 32) dlogits[base + c] = probs[base + c] * (dprobs[base + c] - dot);
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// The sigmoid output of sigmoid-focal's models, elementwise, grid-stride (one thread per
+// element). Reference: src/ops/softmax/cpu.rs `sigmoid` (exp of a non-positive number only).
+
+// probs = 1 / (1 + exp(-z)), as exp(z) / (1 + exp(z)) for negative z; `unused` keeps the
+// signature of sigmoid_backward_elems.
+__global__ void sigmoid_forward_elems(const float* __restrict__ logits, const float* __restrict__ unused,
+                                      float* __restrict__ probs, int n) {
+    (void)unused;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const float z = logits[i];
+        if (z >= 0.0f) {
+            probs[i] = 1.0f / (1.0f + expf(-z));
+        } else {
+            const float e = expf(z);
+            probs[i] = e / (1.0f + e);
+        }
+    }
+}
+
+// dlogits = dprobs * p (1 - p).
+__global__ void sigmoid_backward_elems(const float* __restrict__ probs, const float* __restrict__ dprobs,
+                                       float* __restrict__ dlogits, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const float p = probs[i];
+        dlogits[i] = dprobs[i] * (p * (1.0f - p));
+    }
+}

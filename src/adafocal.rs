@@ -15,12 +15,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::loss::ADAFOCAL_BINS;
 use crate::loss::{AdaFocalSettings, GammaBins};
 use crate::metrics::equal_mass_bins;
 use crate::{Error, Result};
-
-/// The number of equal-mass bins (the paper's and the authors' default, as ECE's 15).
-pub const ADAFOCAL_BINS: usize = 15;
 
 /// The most negative gamma the flags allow: the inverse-focal factor `(1 + p)^|gamma|`
 /// reaches 2^20 at p = 1, far from f32's range.

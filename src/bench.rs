@@ -187,7 +187,7 @@ pub fn run_with<B: Feeds>(
             crate::data::load::MAX_IMAGE_SIZE
         )));
     }
-    let plan = Plan::new(&opts.arch, shape, opts.classes)?;
+    let plan = Plan::new(&opts.arch, shape, opts.classes)?.with_output(opts.loss.output());
     // The model and the batch live on the device (the CPU's and the emulator's are the
     // host's); on a GPU the host holds the batch's input too, a small part of it.
     match backend.free_memory()? {

@@ -133,8 +133,9 @@ impl Calibration {
     /// `T = 1` and at the fitted `T`.
     pub fn fit(logits: &[f32], labels: &[usize], class_names: &[String]) -> Result<Calibration> {
         let fit = fit_temperature(logits, labels, class_names.len())?;
-        let before = Metrics::from_logits(logits, labels, class_names, 1.0)?;
-        let after = Metrics::from_logits(logits, labels, class_names, fit.temperature)?;
+        let softmax = crate::loss::Output::Softmax;
+        let before = Metrics::from_logits(logits, labels, class_names, 1.0, softmax)?;
+        let after = Metrics::from_logits(logits, labels, class_names, fit.temperature, softmax)?;
         Ok(Calibration {
             fit,
             images: labels.len(),

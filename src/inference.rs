@@ -11,7 +11,7 @@ use crate::checkpoint::Checkpoint;
 use crate::data::load::decode_resized;
 use crate::data::{ImageSet, PixelStore, Pixels};
 use crate::feed::{DeviceCache, Feeds};
-use crate::metrics::{argmax, softmax_rows};
+use crate::metrics::{argmax, prediction_rows};
 use crate::model::{ImageShape, Model};
 use crate::{Error, Result};
 
@@ -202,7 +202,7 @@ pub fn predict_files<B: Feeds>(
             labels: vec![0; names.len()],
         };
         let logits = logits_of_images(backend, &mut model, &set, batch_size)?;
-        let probs = softmax_rows(&logits, classes, temperature);
+        let probs = prediction_rows(&logits, classes, temperature, ck.output());
         for (file, row) in names.into_iter().zip(probs.chunks_exact(classes)) {
             let best = argmax(row);
             predictions.push(Prediction {

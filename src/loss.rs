@@ -11,7 +11,7 @@ use crate::{Error, Result};
 pub const CLIP_EPSILON: f64 = 1e-7;
 
 /// The loss names accepted on the command line, in the order they are documented.
-pub const LOSS_NAMES: [&str; 7] = [
+pub const LOSS_NAMES: [&str; 8] = [
     "focal",
     "calibrated-mse",
     "keras-focal",
@@ -19,7 +19,31 @@ pub const LOSS_NAMES: [&str; 7] = [
     "flsd-53",
     "dual-focal",
     "adafocal",
+    "sigmoid-focal",
 ];
+
+/// The activation of a model's head, chosen by its loss: softmax (one class per image), or
+/// an independent sigmoid per class (`sigmoid-focal`: multi-label data, or single-label data
+/// trained one-vs-rest).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    #[default]
+    Softmax,
+    Sigmoid,
+}
+
+impl Output {
+    pub fn name(self) -> &'static str {
+        match self {
+            Output::Softmax => "softmax",
+            Output::Sigmoid => "sigmoid",
+        }
+    }
+}
+
+/// AdaFocal's number of equal-mass bins (the paper's and the authors' default, as ECE's 15).
+pub const ADAFOCAL_BINS: usize = 15;
 
 /// The most bins a [`GammaBins`] may have (the kernels keep the table in registers' reach).
 pub const MAX_GAMMA_BINS: usize = 64;
@@ -145,10 +169,16 @@ impl Alpha {
         }
     }
 
-    fn validate_values(&self) -> Result<()> {
+    /// Every value in [0, 1]; with `negative_off` (sigmoid-focal, as torchvision) also any
+    /// finite negative value, which turns the weighting off.
+    fn validate_values(&self, negative_off: bool) -> Result<()> {
         let check = |a: f64, what: String| -> Result<()> {
-            if (0.0..=1.0).contains(&a) {
+            if (0.0..=1.0).contains(&a) || (negative_off && a.is_finite() && a < 0.0) {
                 Ok(())
+            } else if negative_off {
+                Err(Error::invalid(format!(
+                    "--alpha{what} must be in [0, 1], or negative to turn the weighting off, got {a}"
+                )))
             } else {
                 Err(Error::invalid(format!(
                     "--alpha{what} must be in [0, 1], got {a}"
@@ -227,6 +257,15 @@ pub enum LossConfig {
         bins: GammaBins,
         from_logits: bool,
     },
+    /// torchvision's `sigmoid_focal_loss` (Lin et al. 2017, RetinaNet) on independent
+    /// sigmoid outputs: per element `alpha_t * BCE * (1 - p_t)^gamma` with
+    /// `p_t = p y + (1-p)(1-y)`, `alpha_t = alpha y + (1-alpha)(1-y)` (no weighting where
+    /// alpha < 0), mean over batch x classes. The model's head is a sigmoid ([`Output`]).
+    SigmoidFocal {
+        alpha: Alpha,
+        gamma: f64,
+        from_logits: bool,
+    },
 }
 
 impl LossConfig {
@@ -277,6 +316,11 @@ impl LossConfig {
                 from_logits: false,
             }),
             "adafocal" => Ok(Self::adafocal(AdaFocalSettings::default(), false)),
+            "sigmoid-focal" => Ok(LossConfig::SigmoidFocal {
+                alpha: Alpha::default(),
+                gamma: 2.0,
+                from_logits: false,
+            }),
             other => Err(Error::invalid(format!(
                 "--loss {other:?} is not a known loss; valid: {}",
                 LOSS_NAMES.join(", ")
@@ -287,7 +331,7 @@ impl LossConfig {
     /// `adafocal` with `settings`, before its first update.
     pub fn adafocal(settings: AdaFocalSettings, from_logits: bool) -> Self {
         LossConfig::AdaFocal {
-            bins: GammaBins::uniform(crate::adafocal::ADAFOCAL_BINS, settings.gamma_initial),
+            bins: GammaBins::uniform(ADAFOCAL_BINS, settings.gamma_initial),
             settings,
             from_logits,
         }
@@ -302,7 +346,16 @@ impl LossConfig {
             | LossConfig::CrossEntropy { from_logits, .. }
             | LossConfig::Flsd53 { from_logits }
             | LossConfig::DualFocal { from_logits, .. }
-            | LossConfig::AdaFocal { from_logits, .. } => *from_logits,
+            | LossConfig::AdaFocal { from_logits, .. }
+            | LossConfig::SigmoidFocal { from_logits, .. } => *from_logits,
+        }
+    }
+
+    /// The activation of the model's head this loss trains.
+    pub fn output(&self) -> Output {
+        match self {
+            LossConfig::SigmoidFocal { .. } => Output::Sigmoid,
+            _ => Output::Softmax,
         }
     }
 
@@ -316,6 +369,7 @@ impl LossConfig {
             LossConfig::Flsd53 { .. } => "flsd-53",
             LossConfig::DualFocal { .. } => "dual-focal",
             LossConfig::AdaFocal { .. } => "adafocal",
+            LossConfig::SigmoidFocal { .. } => "sigmoid-focal",
         }
     }
 
@@ -361,6 +415,9 @@ impl LossConfig {
                 "lambda={}, gamma_initial={}, switch={}, gamma in [{}, {}]",
                 s.lambda, s.gamma_initial, s.switch, s.gamma_min, s.gamma_max
             ),
+            LossConfig::SigmoidFocal { alpha, gamma, .. } => {
+                format!("alpha={}, gamma={gamma}", alpha.describe())
+            }
         };
         let logits = if self.from_logits() {
             ", from_logits"
@@ -399,7 +456,7 @@ impl LossConfig {
                 l2,
                 ..
             } => {
-                alpha.validate_values()?;
+                alpha.validate_values(false)?;
                 non_negative("--gamma", *gamma)?;
                 non_negative("--l1", *l1)?;
                 non_negative("--l2", *l2)
@@ -411,7 +468,7 @@ impl LossConfig {
                 label_smoothing,
                 ..
             } => {
-                alpha.validate_values()?;
+                alpha.validate_values(false)?;
                 non_negative("--gamma", *gamma)?;
                 smoothing(*label_smoothing)
             }
@@ -424,6 +481,10 @@ impl LossConfig {
                 settings.validate()?;
                 bins.validate()
             }
+            LossConfig::SigmoidFocal { alpha, gamma, .. } => {
+                alpha.validate_values(true)?;
+                non_negative("--gamma", *gamma)
+            }
         }
     }
 
@@ -435,6 +496,10 @@ impl LossConfig {
             ..
         }
         | LossConfig::KerasFocal {
+            alpha: Alpha::PerClass(v),
+            ..
+        }
+        | LossConfig::SigmoidFocal {
             alpha: Alpha::PerClass(v),
             ..
         } = self

@@ -15,6 +15,9 @@
 //! - balanced accuracy is the mean recall over the classes that have examples;
 //! - NLL is the mean of `-ln p(true class)`, from logits through an exact log-softmax when
 //!   they are given, else from probabilities clamped to at least [`NLL_FLOOR`];
+//! - a model with sigmoid outputs (`sigmoid-focal`) states each class's probability on its
+//!   own; these single-label metrics take the sigmoids normalised to sum to 1 over the
+//!   classes (computed in the log domain), so that they compare with softmax models;
 //! - Brier is the mean over images of `sum_c (p_c - y_c)^2` (0 best, 2 worst);
 //! - confidence bins are `(b/15, (b+1)/15]` (the first also holds 0), as Guo et al.'s code;
 //!   ECE is `sum_b n_b/N |acc_b - conf_b|`, MCE the largest `|acc_b - conf_b|` over the
@@ -29,6 +32,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::loss::Output;
 use crate::{Error, Result};
 
 /// Number of equal-width confidence bins of ECE and MCE.
@@ -335,12 +339,14 @@ impl Metrics {
     }
 
     /// Metrics of `logits` divided by `temperature` (temperature scaling; 1 leaves them
-    /// as they are), with the NLL through an exact log-softmax.
+    /// as they are) through the model's `output`, with the NLL through an exact
+    /// log-softmax (or log of the normalised sigmoids).
     pub fn from_logits(
         logits: &[f32],
         labels: &[usize],
         class_names: &[String],
         temperature: f64,
+        output: Output,
     ) -> Result<Metrics> {
         let classes = check_rows(logits.len(), labels.len(), class_names.len())?;
         if !(temperature.is_finite() && temperature > 0.0) {
@@ -355,7 +361,7 @@ impl Metrics {
             .zip(probs.chunks_exact_mut(classes))
             .zip(labels)
         {
-            nll -= log_softmax_into(z, temperature, p)[y];
+            nll -= log_probs_into(z, temperature, output, p)[y];
         }
         for p in &mut probs {
             *p = p.exp();
@@ -551,19 +557,67 @@ pub fn log_softmax_into<'a>(z: &[f32], temperature: f64, out: &'a mut [f64]) -> 
     out
 }
 
-/// `softmax(z / temperature)` of every row of `logits` (`[rows, classes]`), in f64.
-pub fn softmax_rows(logits: &[f32], classes: usize, temperature: f64) -> Vec<f64> {
+/// The log-probabilities of one row of logits divided by `temperature` as the metrics
+/// take them: [`log_softmax_into`], or for sigmoid outputs the log of the sigmoids
+/// normalised to sum to 1 (`-softplus(-z/T)` minus its log-sum-exp over the row).
+pub fn log_probs_into<'a>(
+    z: &[f32],
+    temperature: f64,
+    output: Output,
+    out: &'a mut [f64],
+) -> &'a [f64] {
+    if output == Output::Softmax {
+        return log_softmax_into(z, temperature, out);
+    }
+    for (o, &v) in out.iter_mut().zip(z) {
+        let x = -f64::from(v) / temperature;
+        // ln sigmoid(z/T) = -softplus(-z/T)
+        *o = -(x.max(0.0) + (-x.abs()).exp().ln_1p());
+    }
+    let max = out.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+    let log_sum = max + out.iter().map(|&v| (v - max).exp()).sum::<f64>().ln();
+    for o in out.iter_mut() {
+        *o -= log_sum;
+    }
+    out
+}
+
+/// The probabilities of every row of `logits` (`[rows, classes]`) divided by `temperature`,
+/// in f64, as the metrics take them ([`log_probs_into`]).
+pub fn probability_rows(
+    logits: &[f32],
+    classes: usize,
+    temperature: f64,
+    output: Output,
+) -> Vec<f64> {
     let mut out = vec![0.0; logits.len()];
     for (z, p) in logits
         .chunks_exact(classes)
         .zip(out.chunks_exact_mut(classes))
     {
-        log_softmax_into(z, temperature, p);
+        log_probs_into(z, temperature, output, p);
         for v in p.iter_mut() {
             *v = v.exp();
         }
     }
     out
+}
+
+/// What `predict` reports for each class: `softmax(z / T)`, or each class's own
+/// `sigmoid(z / T)` for sigmoid outputs (independent: they need not sum to 1).
+pub fn prediction_rows(
+    logits: &[f32],
+    classes: usize,
+    temperature: f64,
+    output: Output,
+) -> Vec<f64> {
+    match output {
+        Output::Softmax => probability_rows(logits, classes, temperature, output),
+        Output::Sigmoid => logits
+            .iter()
+            .map(|&z| crate::ops::softmax::sigmoid(f64::from(z) / temperature))
+            .collect(),
+    }
 }
 
 /// Each image's confidence (the probability of its predicted class, the [`argmax`]) and

@@ -6,7 +6,8 @@
 //! values already in [0, 1]. It transposes to NCHW for ONNX's Conv and MaxPool (floor mode,
 //! as Keras), transposes back to NHWC before the first dense layer so that Flatten keeps
 //! Keras' (h, w, c) order, and ends in the logits divided by the calibrated temperature
-//! (`logits`), or their softmax (`probabilities`). The class names are in the model's
+//! (`logits`), or their softmax (`probabilities`; a sigmoid for a model trained with
+//! `sigmoid-focal`). The class names are in the model's
 //! metadata (`class_names`, a JSON array).
 //!
 //! The protobuf messages below are the fields of onnx.proto that are written.
@@ -348,7 +349,11 @@ pub fn export(ck: &Checkpoint, opts: &ExportOptions) -> Result<Vec<u8>> {
         x = g.node("Div", &[&x, &t], vec![]);
     }
     if opts.probabilities {
-        g.node("Softmax", &[&x], vec![int("axis", 1)]);
+        match plan.output {
+            crate::loss::Output::Softmax => g.node("Softmax", &[&x], vec![int("axis", 1)]),
+            // sigmoid-focal's models: each class on its own.
+            crate::loss::Output::Sigmoid => g.node("Sigmoid", &[&x], vec![]),
+        };
     }
     let output = if opts.probabilities {
         "probabilities"

@@ -327,6 +327,7 @@ fn grad_scale(cfg: &LossConfig, y: &[f32], pred: &[f32], b: usize, k: usize) -> 
             }
             | LossConfig::Flsd53 { .. }
             | LossConfig::AdaFocal { .. }
+            | LossConfig::SigmoidFocal { .. }
             | LossConfig::DualFocal { .. } => vec![0.0; k],
             LossConfig::Focal { l1, l2, .. } => {
                 let gl: Vec<f64> = p.iter().map(|pc| l1 + 2.0 * l2 * pc).collect();

@@ -759,6 +759,20 @@ fn every_loss_config(classes: usize) -> Vec<LossConfig> {
                 },
                 from_logits,
             },
+            LossConfig::SigmoidFocal {
+                alpha: Alpha::Scalar(0.25),
+                gamma: 2.0,
+                from_logits,
+            },
+            LossConfig::SigmoidFocal {
+                alpha: Alpha::PerClass(
+                    (0..classes)
+                        .map(|c| if c == 1 { -1.0 } else { 0.7 })
+                        .collect(),
+                ),
+                gamma: 0.5,
+                from_logits,
+            },
         ]);
     }
     configs
@@ -1057,6 +1071,17 @@ fn model_configs() -> Vec<LossConfig> {
             label_smoothing: 0.1,
             from_logits: false,
         },
+        // A sigmoid head: through sigmoid_backward, and fused from the logits.
+        LossConfig::SigmoidFocal {
+            alpha: Alpha::Scalar(0.25),
+            gamma: 2.0,
+            from_logits: false,
+        },
+        LossConfig::SigmoidFocal {
+            alpha: Alpha::PerClass(vec![0.2, -1.0, 0.6]),
+            gamma: 1.5,
+            from_logits: true,
+        },
     ]
 }
 
@@ -1066,7 +1091,8 @@ fn check_whole_model(case: &ModelCase) {
     let b = Cpu::new();
     for cfg in model_configs() {
         let name = cfg.describe();
-        let mut model = Model::with_weights(&b, case.plan.clone(), &case.weights).unwrap();
+        let plan = case.plan.clone().with_output(cfg.output());
+        let mut model = Model::with_weights(&b, plan.clone(), &case.weights).unwrap();
         for p in &mut model.params {
             p.grad.fill(f64::NAN);
         }
@@ -1082,7 +1108,7 @@ fn check_whole_model(case: &ModelCase) {
         );
         for (k, spec) in case.plan.params.clone().iter().enumerate() {
             let what = format!("{name}: {}", spec.name);
-            let mut fd_model = Model::with_weights(&b, case.plan.clone(), &case.weights).unwrap();
+            let mut fd_model = Model::with_weights(&b, plan.clone(), &case.weights).unwrap();
             check(&what, &case.weights[k], &grads[k], |wk| {
                 fd_model.params[k].value.copy_from_slice(wk);
                 model_loss(&b, &mut fd_model, &cfg, case)

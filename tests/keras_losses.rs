@@ -6,55 +6,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use focalflow::loss::LossConfig;
 use focalflow::npy;
 use focalflow::ops::loss::loss_forward_backward;
-use serde::Deserialize;
 
-#[derive(Deserialize)]
-struct Fixture {
-    meta: serde_json::Value,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    loss: String,
-    params: serde_json::Map<String, serde_json::Value>,
-    args: Vec<String>,
-    batch: usize,
-    classes: usize,
-    y_true: Vec<f64>,
-    y_pred: Vec<f64>,
-    loss_value: f64,
-    loss_value_f64: f64,
-    grad: Vec<f64>,
-}
-
-impl Case {
-    fn config(&self) -> LossConfig {
-        let serde_name = match self.loss.as_str() {
-            "ce" => "cross-entropy",
-            other => other,
-        };
-        let mut obj = self.params.clone();
-        obj.insert("name".into(), serde_name.into());
-        let cfg: LossConfig = serde_json::from_value(obj.into())
-            .unwrap_or_else(|e| panic!("{}: params do not describe a LossConfig: {e}", self.name));
-        assert_eq!(cfg.cli_name(), self.loss);
-        cfg
-    }
-    fn inputs_f32(&self) -> (Vec<f32>, Vec<f32>) {
-        let cast = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        (cast(&self.y_true), cast(&self.y_pred))
-    }
-}
+mod common;
+use common::loss_fixture::{Case, Fixture};
 
 fn fixture() -> Fixture {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keras_losses.json");
-    let text = std::fs::read_to_string(path).expect("tests/data/keras_losses.json");
-    serde_json::from_str(&text).expect("valid fixture JSON")
+    common::loss_fixture::load("keras_losses.json")
 }
 
 // Tolerances. Both sides compute in f32 (unit roundoff u = 6e-8) with the same formulas but

@@ -379,6 +379,68 @@ fn adafocal_values_by_hand() {
     assert_eq!(gf, gw);
 }
 
+/// sigmoid-focal by hand (torchvision's formula): element (y=1, p=.8) costs
+/// `.25 * -ln .8 * .2^2`, (y=0, p=.3) `.75 * -ln .7 * .3^2`, mean over the two; the gradient
+/// `a_t (ce' m^g + g ce m^(g-1) (1-2y))` with `ce' = -y/p + (1-y)/(1-p)`, `m = 1 - p_t`; from
+/// logits the same value, and the gradient times `p (1 - p)`; saturated logits stay finite.
+#[test]
+fn sigmoid_focal_values_by_hand() {
+    let cfg = |from_logits| LossConfig::SigmoidFocal {
+        alpha: a(0.25),
+        gamma: 2.0,
+        from_logits,
+    };
+    let (y, p) = ([1.0, 0.0], [0.8, 0.3]);
+    let want = (0.25 * -(0.8f64.ln()) * 0.04 + 0.75 * -(0.7f64.ln()) * 0.09) / 2.0;
+    let (v, g) = loss_grad(&cfg(false), &y, &p, 1, 2);
+    assert_close(v, want, 1e-15, 1e-13, "sigmoid-focal");
+    // (1 - 2y) = -1 for y = 1.
+    let g0 = 0.25 * (-1.25 * 0.04 - 2.0 * -(0.8f64.ln()) * 0.2) / 2.0;
+    let g1 = 0.75 * (1.0 / 0.7 * 0.09 + 2.0 * -(0.7f64.ln()) * 0.3) / 2.0;
+    assert_close(g[0], g0, 1e-15, 1e-12, "dL/dp, y = 1");
+    assert_close(g[1], g1, 1e-15, 1e-12, "dL/dp, y = 0");
+    let z: Vec<f64> = p.iter().map(|&v: &f64| (v / (1.0 - v)).ln()).collect();
+    let (vz, gz) = loss_grad(&cfg(true), &y, &z, 1, 2);
+    assert_close(vz, want, 1e-15, 1e-12, "from logits");
+    assert_close(gz[0], g0 * 0.8 * 0.2, 1e-15, 1e-12, "dL/dz, y = 1");
+    assert_close(gz[1], g1 * 0.3 * 0.7, 1e-15, 1e-12, "dL/dz, y = 0");
+    // alpha < 0: no weighting (torchvision's alpha = -1).
+    let off = LossConfig::SigmoidFocal {
+        alpha: a(-1.0),
+        gamma: 2.0,
+        from_logits: false,
+    };
+    let unweighted = (-(0.8f64.ln()) * 0.04 + -(0.7f64.ln()) * 0.09) / 2.0;
+    assert_close(
+        loss_of(&off, &y, &p, 1, 2),
+        unweighted,
+        1e-15,
+        1e-13,
+        "alpha off",
+    );
+    // Saturated logits, right and wrong, in f32: finite values and gradients.
+    let y32 = [1.0f32, 0.0, 1.0, 0.0];
+    let z32 = [100.0f32, -100.0, -100.0, 100.0];
+    for gamma in [0.0, 0.5, 2.0] {
+        let c = LossConfig::SigmoidFocal {
+            alpha: a(0.25),
+            gamma,
+            from_logits: true,
+        };
+        let mut g = vec![0f32; 4];
+        let v = loss_forward_backward(&c, &y32, &z32, 2, 2, Some(&mut g)).unwrap();
+        assert!(
+            v.is_finite() && g.iter().all(|x| x.is_finite()),
+            "gamma {gamma}: {v} {g:?}"
+        );
+        // The wrong ones cost about alpha_t * 100 each, over 4 elements.
+        assert!(
+            (v - (0.25 * 100.0 + 0.75 * 100.0) / 4.0).abs() < 1e-3,
+            "{v}"
+        );
+    }
+}
+
 /// dual-focal by hand: `-(1 - p_k + p_j)^g log p_k` with `p_j` the largest probability below
 /// the true class's (row 0: 0.3 below 0.6; row 1: the true class is the smallest, so
 /// p_j = 0), and the gradient through both.
@@ -657,6 +719,25 @@ fn all_configs(classes: usize) -> Vec<LossConfig> {
                     edges: vec![0.2, 0.45, 0.7],
                     gammas: vec![3.0, -1.5, 0.5, 2.0],
                 },
+                from_logits,
+            },
+            LossConfig::SigmoidFocal {
+                alpha: Alpha::Scalar(0.25),
+                gamma: 2.0,
+                from_logits,
+            },
+            LossConfig::SigmoidFocal {
+                alpha: Alpha::PerClass(
+                    (0..classes)
+                        .map(|c| if c == 1 { -1.0 } else { 0.7 })
+                        .collect(),
+                ),
+                gamma: 0.5,
+                from_logits,
+            },
+            LossConfig::SigmoidFocal {
+                alpha: Alpha::Scalar(-1.0),
+                gamma: 0.0,
                 from_logits,
             },
         ]);

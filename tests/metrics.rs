@@ -2,6 +2,7 @@
 //! matrices and probability sets, including a class that is never predicted, a class with
 //! no images, a class with neither, and confidence bins with no samples.
 
+use focalflow::loss::Output;
 use focalflow::metrics::{
     self, ConfusionMatrix, ECE_BINS, Metrics, NLL_FLOOR, bin_of, reliability_bins,
 };
@@ -180,15 +181,15 @@ fn logits_give_the_same_metrics_and_an_exact_nll() {
     let (p, y) = five();
     let logits: Vec<f32> = p.iter().map(|v| v.ln() as f32).collect();
     let a = Metrics::from_probabilities(&p, &y, &names(2)).unwrap();
-    let b = Metrics::from_logits(&logits, &y, &names(2), 1.0).unwrap();
+    let b = Metrics::from_logits(&logits, &y, &names(2), 1.0, Output::Softmax).unwrap();
     assert!((a.nll - b.nll).abs() < 1e-6, "{} vs {}", a.nll, b.nll);
     assert!((a.ece - b.ece).abs() < 1e-6);
     assert_eq!(a.confusion, b.confusion);
     // temperature 2 on logits [2, 0]: p = softmax([1, 0]); true class 1: NLL = ln(1 + e)
-    let t = Metrics::from_logits(&[2.0, 0.0], &[1], &names(2), 2.0).unwrap();
+    let t = Metrics::from_logits(&[2.0, 0.0], &[1], &names(2), 2.0, Output::Softmax).unwrap();
     assert_close!(t.nll, (1.0 + std::f64::consts::E).ln());
     // a confident mistake: the exact NLL is the logit gap; from probabilities it is clamped
-    let big = Metrics::from_logits(&[1000.0, 0.0], &[1], &names(2), 1.0).unwrap();
+    let big = Metrics::from_logits(&[1000.0, 0.0], &[1], &names(2), 1.0, Output::Softmax).unwrap();
     assert_close!(big.nll, 1000.0);
     let clamped = Metrics::from_probabilities(&[1.0, 0.0], &[1], &names(2)).unwrap();
     assert_close!(clamped.nll, -NLL_FLOOR.ln());
@@ -212,7 +213,7 @@ fn bad_shapes_and_empty_sets_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("3 values for 2 images of 2 classes"), "{err}");
-    assert!(Metrics::from_logits(&[1.0, 0.0], &[0], &names(2), 0.0).is_err());
+    assert!(Metrics::from_logits(&[1.0, 0.0], &[0], &names(2), 0.0, Output::Softmax).is_err());
 }
 
 #[test]
@@ -303,4 +304,22 @@ fn classwise_ece_by_hand() {
     let cw = metrics::classwise_calibration_error(&p, &[0, 2], 3, ECE_BINS);
     // class 0: .5 (is) bin 7, .2 (not) bin 2 -> .35; class 1: .31 bin 4, .6 bin 8 -> .455
     assert_close!(cw, (0.35 + 0.455 + (0.5f64 - 0.195).abs()) / 3.0);
+}
+
+#[test]
+fn sigmoid_outputs_are_normalised_for_the_single_label_metrics() {
+    // Logits [ln 3, 0]: sigmoids .75 and .5, normalised .6 and .4 (in the log domain).
+    let z = [3f32.ln(), 0.0];
+    let m = Metrics::from_logits(&z, &[0], &names(2), 1.0, Output::Sigmoid).unwrap();
+    assert!((m.nll - -(0.6f64.ln())).abs() < 1e-7, "{}", m.nll);
+    assert!((m.mean_confidence - 0.6).abs() < 1e-7);
+    // The same logits through a softmax: .75 / .25.
+    let s = Metrics::from_logits(&z, &[0], &names(2), 1.0, Output::Softmax).unwrap();
+    assert!((s.mean_confidence - 0.75).abs() < 1e-7);
+    // predict reports each class's own sigmoid.
+    let p = metrics::prediction_rows(&z, 2, 1.0, Output::Sigmoid);
+    assert!((p[0] - 0.75).abs() < 1e-7 && (p[1] - 0.5).abs() < 1e-12);
+    // Saturated logits stay finite.
+    let m = Metrics::from_logits(&[200.0, -200.0], &[1], &names(2), 1.0, Output::Sigmoid).unwrap();
+    assert!((m.nll - 200.0).abs() < 1e-6, "{}", m.nll);
 }

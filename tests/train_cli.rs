@@ -423,6 +423,11 @@ fn the_readme_synopsis_matches_help() {
         "--l2",
         "--facture",
         "--label-smoothing",
+        "--adafocal-lambda",
+        "--adafocal-gamma-initial",
+        "--adafocal-switch-pt",
+        "--adafocal-gamma-min",
+        "--adafocal-gamma-max",
     ]
     .into_iter()
     .map(String::from)

@@ -199,7 +199,13 @@ impl Checkpoint {
 
     /// The layer plan this checkpoint's weights belong to.
     pub fn plan(&self) -> Result<Plan> {
-        Plan::new(&self.arch, self.input, self.class_names.len())
+        Ok(Plan::new(&self.arch, self.input, self.class_names.len())?.with_output(self.output()))
+    }
+
+    /// The activation of the model's head: sigmoid for a model trained with `sigmoid-focal`,
+    /// else softmax (also for checkpoints that do not name their loss).
+    pub fn output(&self) -> crate::loss::Output {
+        self.loss.as_ref().map(|l| l.output()).unwrap_or_default()
     }
 
     /// The temperature to apply (1 when not calibrated).

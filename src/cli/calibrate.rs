@@ -38,6 +38,12 @@ pub struct CalibrateArgs {
 /// `focalflow calibrate`.
 pub fn run(args: &CalibrateArgs) -> Result<()> {
     let (path, mut ck) = args.checkpoint.open()?;
+    if ck.output() == crate::loss::Output::Sigmoid {
+        return Err(crate::Error::invalid(format!(
+            "{}: a model with sigmoid outputs (trained with sigmoid-focal); calibrate fits a softmax temperature, and scaling independent sigmoids is not supported",
+            path.display()
+        )));
+    }
     eprintln!("{}", describe(&path, &ck, ck.temperature_or_one()));
     let device = check_before_data(
         args.batch_size,

@@ -52,9 +52,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let set = args.data.load(&ck, !args.quiet && !args.json)?;
     let logits = logits_on_device(&ck, &set, args.batch_size, device)?;
     let labels = labels_of(&set);
-    let m = Metrics::from_logits(&logits, &labels, &ck.class_names, temperature)?;
+    let m = Metrics::from_logits(&logits, &labels, &ck.class_names, temperature, ck.output())?;
     let raw = (temperature != 1.0)
-        .then(|| Metrics::from_logits(&logits, &labels, &ck.class_names, 1.0))
+        .then(|| Metrics::from_logits(&logits, &labels, &ck.class_names, 1.0, ck.output()))
         .transpose()?;
     let out = match &args.out {
         Some(o) => o.clone(),

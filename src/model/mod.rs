@@ -4,7 +4,7 @@
 pub mod arch;
 mod plan;
 
-use crate::loss::LossConfig;
+use crate::loss::{LossConfig, Output};
 use crate::ops::Backend;
 use crate::ops::loss::{CountStep, uncounted};
 use crate::optim::Adam;
@@ -207,7 +207,10 @@ impl<B: Backend> Model<B> {
             }
         }
         let logits = ws.acts.last().expect("a plan has at least the head");
-        backend.softmax_forward(batch, classes, logits, &mut ws.probs)
+        match plan.output {
+            Output::Softmax => backend.softmax_forward(batch, classes, logits, &mut ws.probs),
+            Output::Sigmoid => backend.sigmoid_forward(batch * classes, logits, &mut ws.probs),
+        }
     }
 
     /// The workspace of the last forward pass, or an error naming `caller` if there was none.
@@ -276,6 +279,14 @@ impl<B: Backend> Model<B> {
             ..
         } = self;
         let (classes, ops) = (plan.classes, &plan.ops);
+        if loss.output() != plan.output {
+            return Err(Error::invalid(format!(
+                "{} trains a {} head, but this model's head is a {} (build its plan with Plan::with_output)",
+                loss.cli_name(),
+                loss.output().name(),
+                plan.output.name()
+            )));
+        }
         let ws = workspace
             .as_mut()
             .ok_or_else(|| Error::invalid("backward() before forward()"))?;
@@ -290,7 +301,21 @@ impl<B: Backend> Model<B> {
             loss_call(logits, &ws.probs, &mut ws.grad_a)?
         } else {
             let value = loss_call(&ws.probs, &ws.probs, &mut ws.dprobs)?;
-            backend.softmax_backward(batch, classes, &ws.probs, &ws.dprobs, &mut ws.grad_a)?;
+            match plan.output {
+                Output::Softmax => backend.softmax_backward(
+                    batch,
+                    classes,
+                    &ws.probs,
+                    &ws.dprobs,
+                    &mut ws.grad_a,
+                )?,
+                Output::Sigmoid => backend.sigmoid_backward(
+                    batch * classes,
+                    &ws.probs,
+                    &ws.dprobs,
+                    &mut ws.grad_a,
+                )?,
+            }
             value
         };
         let (mut grad, mut next) = (&mut ws.grad_a, &mut ws.grad_b);

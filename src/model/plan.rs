@@ -2,6 +2,7 @@
 //! need (before any backend is involved).
 
 use super::arch::{Arch, LayerSpec};
+use crate::loss::Output;
 use crate::ops::{ConvShape, DenseShape, PoolShape};
 use crate::{Error, Result};
 
@@ -95,6 +96,8 @@ pub struct Plan {
     pub classes: usize,
     pub ops: Vec<Layer>,
     pub params: Vec<ParamSpec>,
+    /// The head's activation (softmax unless the loss asks for sigmoids).
+    pub output: Output,
 }
 
 impl Plan {
@@ -245,7 +248,14 @@ impl Plan {
             classes,
             ops,
             params,
+            output: Output::Softmax,
         })
+    }
+
+    /// This plan with the head's activation `output`.
+    pub fn with_output(mut self, output: Output) -> Plan {
+        self.output = output;
+        self
     }
 
     /// Forward FLOPs per image.
@@ -321,7 +331,13 @@ impl Plan {
                     "dense {} -> {}{}",
                     shape.inputs,
                     shape.outputs,
-                    if *relu { " relu" } else { " softmax" }
+                    if *relu {
+                        " relu"
+                    } else if self.output == Output::Sigmoid {
+                        " sigmoid"
+                    } else {
+                        " softmax"
+                    }
                 ),
             };
             out.push_str(&format!("  {i:>2}  {line}\n"));

@@ -257,10 +257,17 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
             val,
         )?;
         let labels: Vec<usize> = val.iter().map(|&i| self.data.labels[i] as usize).collect();
-        let vm =
-            crate::metrics::Metrics::from_logits(&logits, &labels, &self.data.class_names, 1.0)?;
+        let output = self.loss.output();
+        let vm = crate::metrics::Metrics::from_logits(
+            &logits,
+            &labels,
+            &self.data.class_names,
+            1.0,
+            output,
+        )?;
         if let crate::loss::LossConfig::AdaFocal { settings, bins, .. } = &self.loss {
-            let probs = crate::metrics::softmax_rows(&logits, vm.confusion.classes, 1.0);
+            let probs =
+                crate::metrics::probability_rows(&logits, vm.confusion.classes, 1.0, output);
             let (confidences, correct) = crate::metrics::confidences(&probs, &labels);
             let (next, update) = settings.update(bins, &confidences, &correct)?;
             m.adafocal = Some(update);

@@ -254,7 +254,7 @@ pub fn check_options_for(shape: ImageShape, classes: usize, opts: &TrainOptions)
             "--loss adafocal updates its gammas from the validation split after each epoch: give --val-fraction above 0 (e.g. 0.2)",
         ));
     }
-    Plan::new(&opts.arch, shape, classes)
+    Ok(Plan::new(&opts.arch, shape, classes)?.with_output(opts.loss.output()))
 }
 
 /// `--val-fraction` above 0 must leave a validation image (`val_images` of classes of

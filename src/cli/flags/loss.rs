@@ -11,15 +11,17 @@ use crate::{Error, Result};
 /// chosen loss does not have is an error, not silently ignored.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LossFlags {
-    /// The loss: focal, calibrated-mse, keras-focal, ce, flsd-53, dual-focal or adafocal.
+    /// The loss: focal, calibrated-mse, keras-focal, ce, flsd-53, dual-focal, adafocal or
+    /// sigmoid-focal (sigmoid outputs: multi-label data).
     #[arg(long = "loss", value_name = "NAME", default_value = "focal")]
     pub loss: String,
-    /// Class weight of focal and keras-focal: one value in [0, 1], or one per class (A1,A2,..),
-    /// or (train only) `auto` from the training-split class counts: auto = auto:effective
-    /// (Cui et al., beta 0.999; auto:effective=BETA), or auto:inverse (inverse frequency).
+    /// Class weight of focal, keras-focal and sigmoid-focal: one value in [0, 1], or one per
+    /// class (A1,A2,..), or (train only, focal and keras-focal) `auto` from the training-split
+    /// class counts: auto = auto:effective (Cui et al., beta 0.999; auto:effective=BETA), or
+    /// auto:inverse (inverse frequency). sigmoid-focal: a negative value turns it off.
     #[arg(long, value_name = "A|A1,A2,..", allow_hyphen_values = true)]
     pub alpha: Option<String>,
-    /// Focusing parameter of focal and keras-focal (>= 0).
+    /// Focusing parameter of focal, keras-focal, dual-focal and sigmoid-focal (>= 0).
     #[arg(long, value_name = "G", allow_hyphen_values = true)]
     pub gamma: Option<f64>,
     /// Weight of the L1 term of focal: l1 * sum |p| over the whole batch (>= 0).
@@ -176,6 +178,7 @@ impl LossFlags {
             LossConfig::CrossEntropy { .. } => &["--label-smoothing"],
             LossConfig::Flsd53 { .. } => &[],
             LossConfig::DualFocal { .. } => &["--gamma"],
+            LossConfig::SigmoidFocal { .. } => &["--alpha", "--gamma"],
             LossConfig::AdaFocal { .. } => &[
                 "--adafocal-lambda",
                 "--adafocal-gamma-initial",
@@ -237,6 +240,22 @@ impl LossFlags {
                 *gamma = self.gamma.unwrap_or(*gamma);
                 *from_logits = flag_from_logits;
             }
+            LossConfig::SigmoidFocal {
+                alpha: a,
+                gamma,
+                from_logits,
+            } => {
+                if auto_alpha && self.auto_alpha()?.is_some() {
+                    return Err(Error::invalid(
+                        "--alpha auto applies to focal and keras-focal; give sigmoid-focal A or A1,A2,.. (negative: no weighting)",
+                    ));
+                }
+                if let Some(v) = alpha {
+                    *a = v;
+                }
+                *gamma = self.gamma.unwrap_or(*gamma);
+                *from_logits = flag_from_logits;
+            }
             LossConfig::AdaFocal { settings, .. } => {
                 let s = settings.clone();
                 let settings = crate::loss::AdaFocalSettings {
@@ -257,11 +276,15 @@ impl LossFlags {
     /// order their errors are reported.
     fn loss_specific_flags(&self) -> [(&'static str, bool, &'static str); 11] {
         [
-            ("--alpha", self.alpha.is_some(), "focal and keras-focal"),
+            (
+                "--alpha",
+                self.alpha.is_some(),
+                "focal, keras-focal and sigmoid-focal",
+            ),
             (
                 "--gamma",
                 self.gamma.is_some(),
-                "focal, keras-focal and dual-focal",
+                "focal, keras-focal, dual-focal and sigmoid-focal",
             ),
             ("--l1", self.l1.is_some(), "focal"),
             ("--l2", self.l2.is_some(), "focal"),
@@ -399,7 +422,7 @@ mod tests {
             ce.to_config_with_auto_alpha(true)
                 .unwrap_err()
                 .to_string()
-                .contains("--alpha applies only to --loss focal and keras-focal, not to --loss ce")
+                .contains("--alpha applies only to --loss focal, keras-focal and sigmoid-focal, not to --loss ce")
         );
         let values = LossFlags {
             alpha: Some("0.3".into()),
@@ -431,7 +454,7 @@ mod tests {
                     alpha: Some("0.5".into()),
                     ..flags("ce")
                 },
-                "--alpha applies only to --loss focal and keras-focal",
+                "--alpha applies only to --loss focal, keras-focal and sigmoid-focal",
             ),
             (
                 LossFlags {

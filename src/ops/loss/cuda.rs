@@ -111,6 +111,10 @@ enum RowKernel {
         gamma: f32,
         from_logits: bool,
     },
+    SigmoidFocal {
+        gamma: f32,
+        from_logits: bool,
+    },
 }
 
 /// Keras' label smoothing `y*keep + add`, with the constants as `smooth_labels` in
@@ -227,6 +231,17 @@ fn launch_loss(
             };
             (None, kernel)
         }
+        LossConfig::SigmoidFocal {
+            alpha,
+            gamma,
+            from_logits,
+        } => (
+            Some(alpha),
+            RowKernel::SigmoidFocal {
+                gamma: *gamma as f32,
+                from_logits: *from_logits,
+            },
+        ),
         LossConfig::DualFocal { gamma, from_logits } => (
             None,
             RowKernel::DualFocal {
@@ -305,6 +320,9 @@ fn launch_loss(
             from_logits,
         } => keras_rows(rows, gamma, keep, add, focal, from_logits)?,
         RowKernel::DualFocal { gamma, from_logits } => dual_focal_rows(rows, gamma, from_logits)?,
+        RowKernel::SigmoidFocal { gamma, from_logits } => {
+            sigmoid_focal_rows(rows, n, gamma, from_logits)?
+        }
     };
     let terms = k.terms.as_ref().expect("allocated above");
     let result = k.result.as_mut().expect("allocated above");
@@ -444,6 +462,27 @@ fn dual_focal_rows(r: Rows<'_>, gamma: f32, from_logits: bool) -> Result<Reduce>
     Ok(Reduce {
         mode: 0,
         c0,
+        c1: 0.0,
+        c2: 0.0,
+    })
+}
+
+fn sigmoid_focal_rows(r: Rows<'_>, n: usize, gamma: f32, from_logits: bool) -> Result<Reduce> {
+    // As the CPU reference: 1 / (batch * classes) in f32.
+    let inv_n = 1.0f32 / (n as f64 as f32);
+    let (alpha, alpha_scalar) = (r.alpha, r.alpha_scalar);
+    unsafe {
+        r.launch("loss_sigmoid_focal_rows", false, |l| {
+            l.arg(alpha)
+                .arg(alpha_scalar)
+                .arg(gamma)
+                .arg(i32::from(from_logits))
+                .arg(inv_n);
+        })?
+    };
+    Ok(Reduce {
+        mode: 0,
+        c0: inv_n,
         c1: 0.0,
         c2: 0.0,
     })

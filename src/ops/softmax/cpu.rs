@@ -47,6 +47,41 @@ impl<T: Element> SoftmaxOps for CpuBackend<T> {
         }
         Ok(())
     }
+
+    fn sigmoid_forward(&self, n: usize, logits: &Vec<T>, probs: &mut Vec<T>) -> Result<()> {
+        check_len("logits", logits.len(), n)?;
+        check_len("probabilities", probs.len(), n)?;
+        for (p, &z) in probs[..n].iter_mut().zip(&logits[..n]) {
+            *p = sigmoid(z);
+        }
+        Ok(())
+    }
+
+    fn sigmoid_backward(
+        &self,
+        n: usize,
+        probs: &Vec<T>,
+        dprobs: &Vec<T>,
+        dlogits: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("probabilities", probs.len(), n)?;
+        check_len("probability gradient", dprobs.len(), n)?;
+        check_len("logit gradient", dlogits.len(), n)?;
+        for ((dz, &p), &dp) in dlogits[..n].iter_mut().zip(&probs[..n]).zip(&dprobs[..n]) {
+            *dz = dp * (p * (T::one() - p));
+        }
+        Ok(())
+    }
+}
+
+/// `1 / (1 + exp(-z))` without overflow: `exp(z) / (1 + exp(z))` for negative `z`.
+pub fn sigmoid<T: Element>(z: T) -> T {
+    if z >= T::zero() {
+        T::one() / (T::one() + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (T::one() + e)
+    }
 }
 
 /// Softmax of one row as TensorFlow computes it: `exp(z - max) / sum`.

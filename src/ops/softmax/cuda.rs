@@ -6,7 +6,7 @@ use super::SoftmaxOps;
 use crate::executor::{DeviceBuffer, Executor};
 use crate::ops::check_len;
 use crate::ops::cuda::CudaBackend;
-use crate::ops::launch::{int, row_grid};
+use crate::ops::launch::{elementwise_config, int, row_grid};
 use crate::{Error, Result};
 
 fn rows_cols(rows: usize, cols: usize) -> Result<(i32, i32, usize)> {
@@ -73,7 +73,68 @@ fn softmax_backward(
     }
 }
 
+/// Elementwise sigmoid (`grad` false: `probs = sigmoid(logits)`) or its gradient (`dlogits =
+/// dprobs * p (1 - p)`), over the first `n` elements.
+fn sigmoid_elems(
+    exec: &Executor,
+    kernel: &str,
+    n: usize,
+    bufs: [(&str, &DeviceBuffer<f32>); 2],
+    out: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    for (what, b) in bufs {
+        check_len(what, b.len(), n)?;
+    }
+    check_len("output", out.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let count = int("sigmoid length", n)?;
+    // SAFETY: sigmoid_forward_elems(const float*, const float*, float*, int) and
+    // sigmoid_backward_elems(same) read the first n of both inputs (the forward ignores the
+    // second) and write the first n of `out`, all checked above.
+    unsafe {
+        exec.launch_builder(kernel, elementwise_config(n))
+            .arg(bufs[0].1)
+            .arg(bufs[1].1)
+            .arg(out)
+            .arg(count)
+            .launch()
+    }
+}
+
 impl SoftmaxOps for CudaBackend {
+    fn sigmoid_forward(
+        &self,
+        n: usize,
+        logits: &DeviceBuffer<f32>,
+        probs: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        sigmoid_elems(
+            &self.exec,
+            "sigmoid_forward_elems",
+            n,
+            [("logits", logits), ("logits", logits)],
+            probs,
+        )
+    }
+
+    fn sigmoid_backward(
+        &self,
+        n: usize,
+        probs: &DeviceBuffer<f32>,
+        dprobs: &DeviceBuffer<f32>,
+        dlogits: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        sigmoid_elems(
+            &self.exec,
+            "sigmoid_backward_elems",
+            n,
+            [("probabilities", probs), ("probability gradient", dprobs)],
+            dlogits,
+        )
+    }
+
     fn softmax_forward(
         &self,
         rows: usize,

@@ -1,12 +1,14 @@
-//! Row-wise softmax of `[rows, cols]` logits, forward and backward.
+//! The output activations, forward and backward: row-wise softmax of `[rows, cols]` logits
+//! (single-label models), and the elementwise sigmoid (`sigmoid-focal`'s models, whose
+//! classes are independent).
 //!
-//! - CPU (`cpu.rs`): the reference rows of `crate::loss` (`softmax_row`).
-//! - CUDA (`cuda.rs`, `kernels/softmax.cu`): one warp per row.
+//! - CPU (`cpu.rs`): the reference rows of `crate::loss` (`softmax_row`), [`sigmoid`].
+//! - CUDA (`cuda.rs`, `kernels/softmax.cu`): one warp per softmax row; sigmoid elementwise.
 
 mod cpu;
 mod cuda;
 
-pub use cpu::{softmax_backward_row, softmax_row};
+pub use cpu::{sigmoid, softmax_backward_row, softmax_row};
 
 use crate::Result;
 use crate::ops::Storage;
@@ -27,6 +29,16 @@ pub trait SoftmaxOps: Storage {
         &self,
         rows: usize,
         cols: usize,
+        probs: &Self::Buf,
+        dprobs: &Self::Buf,
+        dlogits: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Elementwise `1 / (1 + exp(-z))` of the first `n` logits.
+    fn sigmoid_forward(&self, n: usize, logits: &Self::Buf, probs: &mut Self::Buf) -> Result<()>;
+    /// `dlogits = dprobs * p * (1 - p)` elementwise over the first `n`.
+    fn sigmoid_backward(
+        &self,
+        n: usize,
         probs: &Self::Buf,
         dprobs: &Self::Buf,
         dlogits: &mut Self::Buf,
@@ -56,5 +68,19 @@ impl<B: SoftmaxOps + Timeline> SoftmaxOps for Profiled<'_, B> {
         self.enter(Phase::Loss)?;
         self.inner
             .softmax_backward(rows, cols, probs, dprobs, dlogits)
+    }
+    fn sigmoid_forward(&self, n: usize, logits: &Self::Buf, probs: &mut Self::Buf) -> Result<()> {
+        self.enter(Phase::Forward)?;
+        self.inner.sigmoid_forward(n, logits, probs)
+    }
+    fn sigmoid_backward(
+        &self,
+        n: usize,
+        probs: &Self::Buf,
+        dprobs: &Self::Buf,
+        dlogits: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Loss)?;
+        self.inner.sigmoid_backward(n, probs, dprobs, dlogits)
     }
 }
