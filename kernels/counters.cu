@@ -13,7 +13,7 @@ __device__ __forceinline__ int count_argmax(const float* row, int classes) {
 
 // Adds one step to the counters: `loss` holds the loss and the loss kernels' input-error
 // flag (loss/loss.cu's `loss_reduce` result), `probs` and `y` the batch's probabilities
-// and one-hot labels. A failed step is recorded once (the first) and nothing is added from
+// and labels (one-hot, or multi-hot for a multi-label set). A failed step is recorded once (the first) and nothing is added from
 // then on; adam_update_f32 reads the record and leaves the weights alone. One block; the
 // count is reduced in a fixed order, so the counters are bit-reproducible.
 __global__ void __launch_bounds__(COUNT_THREADS)
@@ -23,7 +23,10 @@ __global__ void __launch_bounds__(COUNT_THREADS)
     int correct = 0;
     for (int row = threadIdx.x; row < batch; row += COUNT_THREADS) {
         const long long base = (long long)row * classes;
-        correct += count_argmax(probs + base, classes) == count_argmax(y + base, classes);
+        // A hit: the predicted class's label is the row's largest and positive (one-hot:
+        // top-1 accuracy; multi-hot: the top class is one of the image's labels).
+        const float label = y[base + count_argmax(probs + base, classes)];
+        correct += label > 0.0f && label == y[base + count_argmax(y + base, classes)];
     }
     partial[threadIdx.x] = correct;
     __syncthreads();

@@ -60,6 +60,7 @@ pub fn in_class_order(
         shape: set.shape,
         class_names: ck.class_names.clone(),
         labels: set.labels.iter().map(|&l| map[l as usize]).collect(),
+        multi: None,
         pixels: set.pixels,
     })
 }
@@ -147,6 +148,12 @@ pub struct Prediction {
     pub confidence: f64,
     /// Class name to probability, in the checkpoint's class order.
     pub probabilities: serde_json::Map<String, Value>,
+    /// A model with sigmoid outputs: the classes at or above the threshold (0.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// `predict --labels`: the image's labels in the list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub true_labels: Option<Vec<String>>,
 }
 
 /// Files decoded per round of `predict` (then sent to the device as one u8 set).
@@ -200,11 +207,20 @@ pub fn predict_files<B: Feeds>(
             class_names: ck.class_names.clone(),
             pixels,
             labels: vec![0; names.len()],
+            multi: None,
         };
         let logits = logits_of_images(backend, &mut model, &set, batch_size)?;
         let probs = prediction_rows(&logits, classes, temperature, ck.output());
         for (file, row) in names.into_iter().zip(probs.chunks_exact(classes)) {
             let best = argmax(row);
+            let labels = (ck.output() == crate::loss::Output::Sigmoid).then(|| {
+                ck.class_names
+                    .iter()
+                    .zip(row)
+                    .filter(|&(_, &p)| p >= crate::metrics::multilabel::THRESHOLD)
+                    .map(|(c, _)| c.clone())
+                    .collect()
+            });
             predictions.push(Prediction {
                 file,
                 class: ck.class_names[best].clone(),
@@ -215,6 +231,8 @@ pub fn predict_files<B: Feeds>(
                     .zip(row)
                     .map(|(c, &p)| (c.clone(), json!(p)))
                     .collect(),
+                labels,
+                true_labels: None,
             });
         }
     }

@@ -58,6 +58,10 @@ pub struct EpochMetrics {
     /// absent without a validation split).
     #[serde(flatten, default)]
     pub validation: Option<crate::metrics::EpochValidation>,
+    /// A multi-label run's validation metrics instead (`val_subset_accuracy`, `val_map`,
+    /// ...; `val_accuracy` is the top-1 accuracy).
+    #[serde(flatten, default)]
+    pub multilabel: Option<crate::metrics::multilabel::EpochMultiLabel>,
     /// The learning rate of each step of the epoch.
     #[serde(default)]
     pub learning_rates: Vec<f64>,

@@ -49,6 +49,7 @@ fn odd_set() -> ImageSet {
             .map(|i| (i * 37 % 251) as u8)
             .collect(),
         labels: (0..count as u32).map(|i| i * 7 % 3).collect(),
+        multi: None,
     }
 }
 

@@ -696,6 +696,34 @@ fn copy_into<B: Backend<E = f32>>(b: &B) {
 /// and the correctly classified ones; a step with a NaN prediction is recorded as the
 /// pass's failure, nothing is added from then on, and a counted Adam update leaves the
 /// weights alone.
+/// Multi-hot labels (a multi-label set): a step counts the images whose most probable
+/// class is one of their labels, on every backend (an image without labels never counts).
+fn counters_multi_hot<B: Backend<E = f32>>(b: &B) {
+    let cfg = LossConfig::SigmoidFocal {
+        alpha: Alpha::Scalar(0.25),
+        gamma: 2.0,
+        from_logits: false,
+    };
+    // Top class 1 of {0, 1}: a hit; none labelled: no; top 0 of {1, 2}: no; top 2 of {0, 2}: hit.
+    let y = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0];
+    let p = [0.3, 0.8, 0.1, 0.9, 0.2, 0.1, 0.7, 0.6, 0.5, 0.2, 0.3, 0.9];
+    let mut c = b.counters().unwrap();
+    let (yb, pb) = (b.upload(&y).unwrap(), b.upload(&p).unwrap());
+    let count = CountStep {
+        probs: &pb,
+        step: 0,
+        counters: &mut c,
+    };
+    b.loss(&cfg, 4, 3, &yb, &pb, None, Some(count)).unwrap();
+    let t = b.read_counters(&c).unwrap();
+    assert_eq!(
+        (t.seen, t.correct),
+        (4, 2),
+        "multi-hot hits on {}",
+        b.name()
+    );
+}
+
 fn counters<B: Backend<E = f32>>(b: &B) {
     let cpu = CpuBackend::<f64>::new();
     let mut rng = Rng::new(28);
@@ -1237,6 +1265,7 @@ op_matrix!(
         adam_update,
         copy_into,
         counters,
+        counters_multi_hot,
         training_step,
         gradient_check,
     ],

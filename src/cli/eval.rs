@@ -12,6 +12,7 @@ use crate::cli::flags::checkpoint::{
 };
 use crate::inference::labels_of;
 use crate::metrics::Metrics;
+use crate::metrics::multilabel::MultiLabelMetrics;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -38,6 +39,48 @@ pub struct EvalArgs {
     pub quiet: bool,
 }
 
+/// `eval --labels`: the multi-label metrics, printed and written to `metrics.json`.
+fn report_multi_label(
+    args: &EvalArgs,
+    path: &std::path::Path,
+    class_names: &[String],
+    temperature: f64,
+    logits: &[f32],
+    sets: &[Vec<u32>],
+) -> Result<()> {
+    let m = MultiLabelMetrics::from_logits(logits, sets, class_names, temperature)?;
+    let out = match &args.out {
+        Some(o) => o.clone(),
+        None => crate::run::default_eval_dir(path, &args.data.dir),
+    };
+    std::fs::create_dir_all(&out).map_err(|e| crate::Error::file(&out, e))?;
+    let report = json!({
+        "checkpoint": path,
+        "data": args.data.dir,
+        "labels": args.data.labels,
+        "temperature": temperature,
+        "multi_label": m,
+    });
+    let metrics_path = out.join("metrics.json");
+    crate::run::write_atomically(
+        &metrics_path,
+        serde_json::to_string_pretty(&report)
+            .expect("JSON")
+            .as_bytes(),
+    )?;
+    if args.json {
+        let mut report = report;
+        report["files"] = json!([metrics_path]);
+        println!("{}", serde_json::to_string(&report).expect("JSON"));
+        return Ok(());
+    }
+    println!("{}", m.summary_line());
+    println!();
+    println!("{}", m.per_class_table());
+    println!("wrote {}", metrics_path.display());
+    Ok(())
+}
+
 /// `focalflow eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let (path, ck) = args.checkpoint.open()?;
@@ -51,6 +94,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     )?;
     let set = args.data.load(&ck, !args.quiet && !args.json)?;
     let logits = logits_on_device(&ck, &set, args.batch_size, device)?;
+    if let Some(sets) = &set.multi {
+        return report_multi_label(args, &path, &ck.class_names, temperature, &logits, sets);
+    }
     let labels = labels_of(&set);
     let m = Metrics::from_logits(&logits, &labels, &ck.class_names, temperature, ck.output())?;
     let raw = (temperature != 1.0)

@@ -18,8 +18,15 @@ pub struct PredictArgs {
     #[command(flatten)]
     pub device: DeviceFlag,
     /// Image files or folders (searched recursively; hidden files are left out).
-    #[arg(value_name = "IMAGES", required = true)]
+    #[arg(value_name = "IMAGES", required_unless_present = "labels")]
     pub images: Vec<PathBuf>,
+    /// Predict the images of a multi-label list (IMAGE,LABEL,.. lines, paths under --data)
+    /// and show their labels beside the predicted ones.
+    #[arg(long, value_name = "FILE", requires = "data")]
+    pub labels: Option<PathBuf>,
+    /// The folder the --labels paths are relative to.
+    #[arg(long, value_name = "DIR", requires = "labels")]
+    pub data: Option<PathBuf>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Ignore the temperature stored by `calibrate`.
@@ -42,7 +49,17 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let temperature = ck.temperature_unless(args.no_temperature);
     eprintln!("{}", describe(&path, &ck, temperature));
     let classes = ck.class_names.len();
-    let files = inference::image_files(&args.images);
+    let mut files = inference::image_files(&args.images);
+    // --labels: the listed images, and each one's labels by its path.
+    let mut listed: std::collections::HashMap<String, Vec<String>> = Default::default();
+    if let (Some(csv), Some(data)) = (&args.labels, &args.data) {
+        let list = crate::data::label_list::LabelList::read(csv, data)?;
+        list.label_sets(&ck.class_names)?;
+        for e in list.entries {
+            listed.insert(e.path.display().to_string(), e.labels);
+            files.push((e.path, None));
+        }
+    }
     let device = device::resolve(args.device.device)?;
     eprintln!("device: {}", device::name(device));
     let mut skipped: Vec<(String, String)> = Vec::new();
@@ -59,6 +76,19 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             },
         )
     })?;
+    let mut predictions = predictions;
+    for p in &mut predictions {
+        p.true_labels = listed.get(&p.file).cloned();
+    }
+    let joined = |v: &Option<Vec<String>>| {
+        v.as_ref().map(|v| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join("+")
+            }
+        })
+    };
     // Nothing on stdout when nothing could be predicted: the error says why.
     if predictions.is_empty() {
         eprintln!("0 predicted, {} skipped", skipped.len());
@@ -79,6 +109,13 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     } else if args.csv {
         let mut header = vec!["file".to_string(), "class".into(), "confidence".into()];
         header.extend(ck.class_names.iter().map(|c| format!("p_{c}")));
+        let multi = predictions[0].labels.is_some();
+        if multi {
+            header.push("labels".into());
+        }
+        if !listed.is_empty() {
+            header.push("true_labels".into());
+        }
         println!(
             "{}",
             header
@@ -98,6 +135,12 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                     .iter()
                     .map(|c| format!("{:.6}", p.probabilities[c].as_f64().unwrap_or(f64::NAN))),
             );
+            if multi {
+                row.push(csv_field(&joined(&p.labels).unwrap_or_default()));
+            }
+            if !listed.is_empty() {
+                row.push(csv_field(&joined(&p.true_labels).unwrap_or_default()));
+            }
             println!("{}", row.join(","));
         }
     } else {
@@ -112,6 +155,13 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         for c in &shown {
             header.push_str(&format!("  {:>10}", format!("p({})", short(c, 7))));
         }
+        let multi = predictions[0].labels.is_some();
+        if multi {
+            header.push_str("  labels (p >= 0.5)");
+        }
+        if !listed.is_empty() {
+            header.push_str("  true labels");
+        }
         println!("{header}");
         for p in &predictions {
             let mut line = format!(
@@ -125,6 +175,12 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                     "  {:>10.4}",
                     p.probabilities[c.as_str()].as_f64().unwrap_or(f64::NAN)
                 ));
+            }
+            if multi {
+                line.push_str(&format!("  {:<18}", joined(&p.labels).unwrap_or_default()));
+            }
+            if !listed.is_empty() {
+                line.push_str(&format!("  {}", joined(&p.true_labels).unwrap_or_default()));
             }
             println!("{line}");
         }

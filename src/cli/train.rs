@@ -266,9 +266,20 @@ fn check_before_data(
             }
         }
     }
-    let source = match &args.data.dir {
-        Some(dir) => Some(crate::data::discover::discover(dir)?),
-        None => None,
+    let source = match (&args.data.dir, &args.data.labels) {
+        (Some(dir), Some(csv)) => {
+            crate::train::check_multi_label(opts)?;
+            let list = crate::data::label_list::LabelList::read(csv, dir)?;
+            Some(list.source(dir, list.classes())?)
+        }
+        (Some(dir), None) => Some(crate::data::discover::discover(dir)?),
+        (None, Some(csv)) => {
+            return Err(Error::file(
+                csv,
+                "--labels needs --data DIR, the folder its image paths are relative to",
+            ));
+        }
+        (None, None) => None,
     };
     let classes = match &source {
         Some(source) => {

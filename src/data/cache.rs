@@ -333,6 +333,7 @@ pub fn open(
             len: p_len,
         },
         labels,
+        multi: None,
     };
     Ok((set, meta))
 }

@@ -224,9 +224,13 @@ pub fn load_source(dir: &Path, source: Source, opts: &LoadOptions) -> Result<Loa
     };
     let key = Key::of(&manifest(&source, shape));
     let (mut replaced, mut unwritable) = (None, None);
+    // A --labels set is decoded each run: the cache keys a folder's class tree, and its
+    // labels live in the list, not in the images.
+    let listed = matches!(source, Source::Listed { .. });
     let cache_file = opts
         .cache_dir
         .as_ref()
+        .filter(|_| !listed)
         .map(|d| cache_path(d, source.root(), opts.image_size));
     if let Some(path) = &cache_file {
         match cache::open(path, key, shape) {
@@ -257,8 +261,8 @@ pub fn load_source(dir: &Path, source: Source, opts: &LoadOptions) -> Result<Loa
     // read): a cache that would not fit the disk is not started, and a set held in memory
     // must fit the memory, both said before any image is decoded.
     let set_bytes = source
-        .files_per_class()
-        .map(|counts| (counts.iter().sum::<usize>() as u64).saturating_mul(shape.len() as u64));
+        .candidate_count()
+        .map(|n| (n as u64).saturating_mul(shape.len() as u64));
     if let (Some(path), Some(need)) = (&cache_file, set_bytes)
         && let Some(free) = crate::system::free_disk_space(path)
         && need > free
@@ -297,10 +301,23 @@ pub fn load_source(dir: &Path, source: Source, opts: &LoadOptions) -> Result<Loa
         ));
     }
     let run = || preprocess(&source, shape, key, writer, opts.progress, start);
-    let (set, meta) = match &pool {
+    let (mut set, meta) = match &pool {
         Some(p) => p.install(run)?,
         None => run()?,
     };
+    if let Source::Listed { label_sets, .. } = &source {
+        // The decoded images' labels are their lines in the list: their label sets now.
+        let sets: Vec<Vec<u32>> = set
+            .labels
+            .iter()
+            .map(|&k| label_sets[k as usize].clone())
+            .collect();
+        set.labels = sets
+            .iter()
+            .map(|s| s.first().copied().unwrap_or(0))
+            .collect();
+        set.multi = Some(sets);
+    }
     let loaded = Loaded {
         set,
         meta,
@@ -345,7 +362,10 @@ fn check_classes(loaded: &Loaded, dir: &Path) -> Result<()> {
     }
     let all: Vec<usize> = (0..loaded.set.len()).collect();
     let counts = loaded.set.class_counts(&all);
-    if let Some(c) = counts.iter().position(|&n| n == 0) {
+    // (A multi-label set may lack a label: its sigmoid then learns "absent".)
+    if loaded.set.multi.is_none()
+        && let Some(c) = counts.iter().position(|&n| n == 0)
+    {
         return Err(Error::file(
             dir,
             format!(
@@ -382,6 +402,14 @@ fn preprocess(
     let mut items: Vec<Item> = Vec::new();
     // TFRecord shards are mapped and framed (both CRCs checked) first, in parallel.
     let (shard_maps, shard_names) = match source {
+        Source::Listed { files, .. } => {
+            // The label is the line's index until load_source turns it into its label set.
+            items.extend(files.iter().enumerate().map(|(k, f)| Item::File {
+                path: &f.path,
+                label: k as u32,
+            }));
+            (Vec::new(), Vec::new())
+        }
         Source::Folders { files, loops, .. } => {
             items.extend(files.iter().map(|(f, label)| Item::File {
                 path: &f.path,
@@ -557,6 +585,7 @@ fn preprocess(
                 class_names: meta.class_names.clone(),
                 pixels: Pixels::Owned(pixels),
                 labels,
+                multi: None,
             },
             meta,
         )),

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod decode;
 pub mod discover;
+pub mod label_list;
 pub mod libjpeg;
 pub mod load;
 pub mod outcome;
@@ -71,7 +72,11 @@ pub struct ImageSet<P = Vec<u8>> {
     pub shape: ImageShape,
     pub class_names: Vec<String>,
     pub pixels: P,
+    /// Each image's class; for a multi-label set (`--labels`) its first label (0 for none),
+    /// the labels themselves are in `multi`.
     pub labels: Vec<u32>,
+    /// A multi-label set: each image's classes, ascending (any number, none included).
+    pub multi: Option<Vec<Vec<u32>>>,
 }
 
 /// Keep only `fraction` of the images of `class` (a class name or index), chosen with the
@@ -131,6 +136,7 @@ impl ImageSet<Vec<u8>> {
             class_names: self.class_names,
             pixels: Pixels::Owned(self.pixels),
             labels: self.labels,
+            multi: self.multi,
         }
     }
 }
@@ -148,11 +154,14 @@ impl<P: PixelStore> ImageSet<P> {
     pub fn image(&self, i: usize) -> &[u8] {
         &self.pixels[i * self.shape.len()..][..self.shape.len()]
     }
-    /// Number of images per class among `indices`.
+    /// Number of images per class among `indices` (multi-label: images carrying each label).
     pub fn class_counts(&self, indices: &[usize]) -> Vec<usize> {
         let mut counts = vec![0; self.classes()];
         for &i in indices {
-            counts[self.labels[i] as usize] += 1;
+            match &self.multi {
+                Some(sets) => sets[i].iter().for_each(|&c| counts[c as usize] += 1),
+                None => counts[self.labels[i] as usize] += 1,
+            }
         }
         counts
     }
@@ -176,6 +185,11 @@ impl<P: PixelStore> ImageSet<P> {
     /// `round(fraction * count)` images (at least one) chosen with `seed`; all images of the
     /// other classes. Sorted.
     pub fn subsample(&self, fractions: &[ClassFraction], seed: u64) -> Result<Vec<usize>> {
+        if self.multi.is_some() && !fractions.is_empty() {
+            return Err(Error::invalid(
+                "--class-fraction keeps a fraction of one class's images; with --labels an image has several classes: leave it out",
+            ));
+        }
         let mut keep_fraction = vec![None; self.classes()];
         for f in fractions {
             let class = self.class_index(&f.class)?;
@@ -242,6 +256,17 @@ impl<P: PixelStore> ImageSet<P> {
         }
         let mut rng = Rng::derive(seed, 2);
         let (mut train, mut val) = (Vec::new(), Vec::new());
+        if self.multi.is_some() {
+            // Several classes per image: a plain seeded split of all images.
+            let mut members = indices.to_vec();
+            rng.shuffle(&mut members);
+            let n_val = validation_share(val_fraction, members.len());
+            val.extend_from_slice(&members[..n_val]);
+            train.extend_from_slice(&members[n_val..]);
+            train.sort_unstable();
+            val.sort_unstable();
+            return Ok((train, val));
+        }
         for class in 0..self.classes() as u32 {
             let mut members: Vec<usize> = indices
                 .iter()
@@ -300,7 +325,12 @@ impl<P: PixelStore> ImageSet<P> {
                     *d = f32::from(p) * (1.0 / 255.0);
                 }
             }
-            y[slot * classes + self.labels[i] as usize] = 1.0;
+            match &self.multi {
+                Some(sets) => sets[i]
+                    .iter()
+                    .for_each(|&c| y[slot * classes + c as usize] = 1.0),
+                None => y[slot * classes + self.labels[i] as usize] = 1.0,
+            }
         }
     }
 }
@@ -330,6 +360,7 @@ mod tests {
             class_names: vec!["a".into(), "b".into()],
             pixels,
             labels,
+            multi: None,
         }
     }
 

@@ -15,7 +15,7 @@ pub struct InputFile {
     pub modified_ns: u128,
 }
 
-/// A class-per-folder tree or a TFDS folder.
+/// A class-per-folder tree, a TFDS folder, or images listed with their labels (`--labels`).
 #[derive(Clone, Debug)]
 pub enum Source {
     Folders {
@@ -35,17 +35,31 @@ pub enum Source {
         /// The split read (e.g. "train"), when the shard names say.
         split: Option<String>,
     },
+    /// Multi-label: the images of a `--labels` file (`list`), each with its classes.
+    Listed {
+        root: PathBuf,
+        list: PathBuf,
+        class_names: Vec<String>,
+        /// In the file's order.
+        files: Vec<InputFile>,
+        /// Each file's classes, ascending.
+        label_sets: Vec<Vec<u32>>,
+    },
 }
 
 impl Source {
     pub fn root(&self) -> &Path {
         match self {
-            Source::Folders { root, .. } | Source::Tfds { root, .. } => root,
+            Source::Folders { root, .. }
+            | Source::Tfds { root, .. }
+            | Source::Listed { root, .. } => root,
         }
     }
     pub fn class_names(&self) -> &[String] {
         match self {
-            Source::Folders { class_names, .. } | Source::Tfds { class_names, .. } => class_names,
+            Source::Folders { class_names, .. }
+            | Source::Tfds { class_names, .. }
+            | Source::Listed { class_names, .. } => class_names,
         }
     }
     /// The files whose names, sizes and times key the cache.
@@ -53,6 +67,15 @@ impl Source {
         match self {
             Source::Folders { files, .. } => files.iter().map(|(f, _)| f).collect(),
             Source::Tfds { shards, .. } => shards.iter().collect(),
+            Source::Listed { files, .. } => files.iter().collect(),
+        }
+    }
+    /// The number of candidate files where it is known before reading (not for TFDS).
+    pub fn candidate_count(&self) -> Option<usize> {
+        match self {
+            Source::Folders { files, .. } => Some(files.len()),
+            Source::Listed { files, .. } => Some(files.len()),
+            Source::Tfds { .. } => None,
         }
     }
     /// Candidate files per class (a class-per-folder tree; `None` for TFDS, whose records
@@ -68,7 +91,7 @@ impl Source {
                 }
                 Some(counts)
             }
-            Source::Tfds { .. } => None,
+            Source::Tfds { .. } | Source::Listed { .. } => None,
         }
     }
     /// "class-per-folder" or "TFDS".
@@ -76,6 +99,7 @@ impl Source {
         match self {
             Source::Folders { .. } => "class-per-folder",
             Source::Tfds { .. } => "TFDS TFRecord",
+            Source::Listed { .. } => "multi-label list",
         }
     }
 }

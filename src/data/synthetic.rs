@@ -35,6 +35,7 @@ pub fn generate(count: usize, size: usize, seed: u64) -> ImageSet {
         class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
         pixels,
         labels,
+        multi: None,
     }
 }
 

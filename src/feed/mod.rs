@@ -79,6 +79,10 @@ impl Feeds for CudaBackend {
         batch_size: usize,
         cache: DeviceCache,
     ) -> Result<Box<dyn BatchFeeder<crate::executor::DeviceBuffer<f32>> + 'a>> {
+        // Multi-label batches are built on the host: the device gather writes one-hot rows.
+        if data.multi.is_some() {
+            return Ok(Box::new(HostFeeder::new(self, data, batch_size)?));
+        }
         let budget = cache.budget(self.free_memory()?);
         if data.pixels.len() as u64 <= budget {
             Ok(Box::new(cuda::ResidentFeeder::new(self, data, batch_size)?))

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::PartialEpoch;
 use crate::data::{Augment, ImageSet, PixelStore};
 use crate::feed::{BatchFeeder, Feeds};
+use crate::metrics::multilabel::{EpochMultiLabel, MultiLabelMetrics};
 use crate::model::Model;
 use crate::ops::{Backend, StepTotals};
 use crate::rng::Rng;
@@ -72,6 +73,8 @@ pub(super) struct Training<'a, B: Feeds, P: PixelStore> {
     shuffle_rng: Rng,
     /// The validation metrics of the last epoch.
     final_metrics: Option<crate::metrics::Metrics>,
+    /// A multi-label run's instead.
+    final_multilabel: Option<MultiLabelMetrics>,
     /// The loss the steps use: `opts.loss`, but for `adafocal` with the bins of the last
     /// update (kept in `progress` for a resumed run).
     loss: crate::loss::LossConfig,
@@ -142,6 +145,7 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
             partial,
             shuffle_rng,
             final_metrics: None,
+            final_multilabel: None,
             loss,
         })
     }
@@ -190,6 +194,7 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
             images_per_second: seen / done.seconds,
             seconds: done.seconds,
             validation: None,
+            multilabel: None,
             learning_rates: done.learning_rates.clone(),
             adafocal: None,
             partial: run.interrupted,
@@ -256,6 +261,15 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
             self.feeder.as_mut(),
             val,
         )?;
+        m.val_loss = l;
+        if let Some(sets) = &self.data.multi {
+            let sets: Vec<Vec<u32>> = val.iter().map(|&i| sets[i].clone()).collect();
+            let mm = MultiLabelMetrics::from_logits(&logits, &sets, &self.data.class_names, 1.0)?;
+            m.val_accuracy = Some(mm.top1_accuracy);
+            m.multilabel = Some(EpochMultiLabel::from(&mm));
+            self.final_multilabel = Some(mm);
+            return Ok(());
+        }
         let labels: Vec<usize> = val.iter().map(|&i| self.data.labels[i] as usize).collect();
         let output = self.loss.output();
         let vm = crate::metrics::Metrics::from_logits(
@@ -275,7 +289,6 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
             self.checkpoints.loss = self.loss.clone();
             self.progress.adafocal = Some(next);
         }
-        m.val_loss = l;
         m.val_accuracy = Some(vm.accuracy);
         m.validation = Some(crate::metrics::EpochValidation::from(&vm));
         self.final_metrics = Some(vm);
@@ -293,6 +306,13 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
                 "validation, epoch {last_epoch}: {}\n{}",
                 vm.summary_line(),
                 vm.per_class_table()
+            ));
+        }
+        if let Some(mm) = &self.final_multilabel {
+            log(&format!(
+                "validation, epoch {last_epoch}: {}\n{}",
+                mm.summary_line(),
+                mm.per_class_table()
             ));
         }
         match self.progress.best_epoch {

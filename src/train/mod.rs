@@ -257,6 +257,32 @@ pub fn check_options_for(shape: ImageShape, classes: usize, opts: &TrainOptions)
     Ok(Plan::new(&opts.arch, shape, classes)?.with_output(opts.loss.output()))
 }
 
+/// What a multi-label set (`--labels`) needs: a loss on sigmoid outputs, no class
+/// subsampling, and a monitored value it has (the validation loss or top-1 accuracy).
+pub fn check_multi_label(opts: &TrainOptions) -> Result<()> {
+    if opts.loss.output() != crate::loss::Output::Sigmoid {
+        return Err(Error::invalid(format!(
+            "--labels gives each image several classes; --loss {} picks one per image: use --loss sigmoid-focal",
+            opts.loss.cli_name()
+        )));
+    }
+    if !opts.class_fraction.is_empty() {
+        return Err(Error::invalid(
+            "--class-fraction keeps a fraction of one class's images; with --labels an image has several classes: leave it out",
+        ));
+    }
+    if !matches!(
+        opts.monitor,
+        crate::schedule::Monitor::ValLoss | crate::schedule::Monitor::ValAccuracy
+    ) {
+        return Err(Error::invalid(format!(
+            "--monitor {}: a multi-label run monitors val-loss or val-accuracy (top-1)",
+            opts.monitor.name()
+        )));
+    }
+    Ok(())
+}
+
 /// `--val-fraction` above 0 must leave a validation image (`val_images` of classes of
 /// `class_counts` images).
 pub fn check_validation_left(
@@ -293,6 +319,9 @@ pub fn check_run<P: PixelStore>(
     opts: &TrainOptions,
 ) -> Result<Plan> {
     let plan = check_options(data, opts)?;
+    if data.multi.is_some() {
+        check_multi_label(opts)?;
+    }
     if split.train.is_empty() {
         return Err(Error::invalid(format!(
             "no training images left after --val-fraction {}",

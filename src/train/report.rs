@@ -15,7 +15,16 @@ pub(super) fn epoch_line(m: &EpochMetrics, epochs: usize, best: bool) -> String 
             v.val_ece,
             if best { " (best)" } else { "" }
         ),
-        (Some(l), Some(a), None) => format!("val loss {l:.4} acc {:.1}%", a * 100.0),
+        (Some(l), Some(a), None) => match &m.multilabel {
+            Some(ml) => format!(
+                "val loss {l:.4} top-1 {:.1}% micro-F1 {:.3} mAP {:.3}{}",
+                a * 100.0,
+                ml.val_micro_f1,
+                ml.val_map,
+                if best { " (best)" } else { "" }
+            ),
+            None => format!("val loss {l:.4} acc {:.1}%", a * 100.0),
+        },
         _ => "no validation split".to_string(),
     };
     format!(

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::{self, Checkpoint};
 use crate::cli::DeviceChoice;
 use crate::cli::device::{self, on_device};
-use crate::data::load::load;
+use crate::data::label_list::LabelList;
+use crate::data::load::{load, load_source};
+use crate::data::source::Source;
 use crate::data::{ImageSet, Pixels};
 use crate::inference;
 use crate::{Error, Result};
@@ -30,6 +32,10 @@ pub struct LabelledData {
     /// (a class may be missing; an unknown one is an error).
     #[arg(long = "data", value_name = "DIR")]
     pub dir: PathBuf,
+    /// Multi-label data: a CSV of IMAGE,LABEL,.. lines, the images under --data, the labels
+    /// among the checkpoint's classes (an unknown one is an error naming its line).
+    #[arg(long = "labels", value_name = "FILE")]
+    pub labels: Option<PathBuf>,
     #[command(flatten)]
     pub preprocessing: PreprocessFlags,
 }
@@ -49,9 +55,28 @@ impl LabelledData {
     /// in the checkpoint's class order.
     pub fn load(&self, ck: &Checkpoint, progress: bool) -> Result<ImageSet<Pixels>> {
         let opts = self.preprocessing.load_options(ck.input.height, progress)?;
+        if let Some(csv) = &self.labels {
+            let source = self.multi_label_source(ck, csv)?;
+            let loaded = load_source(&self.dir, source, &opts)?;
+            eprintln!("{}", loaded.summary());
+            return Ok(loaded.set);
+        }
         let loaded = load(&self.dir, &opts)?;
         eprintln!("{}", loaded.summary());
         inference::in_class_order(loaded.set, ck, &self.dir)
+    }
+
+    /// The images of `--labels` with the checkpoint's classes; its model must have sigmoid
+    /// outputs (a softmax model picks one class per image).
+    fn multi_label_source(&self, ck: &Checkpoint, csv: &Path) -> Result<Source> {
+        if ck.output() != crate::loss::Output::Sigmoid {
+            return Err(Error::file(
+                csv,
+                "--labels gives each image several classes, but this checkpoint's model has a softmax head (one class per image); evaluate a model trained with --loss sigmoid-focal",
+            ));
+        }
+        let list = LabelList::read(csv, &self.dir)?;
+        list.source(&self.dir, ck.class_names.clone())
     }
 }
 

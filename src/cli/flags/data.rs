@@ -17,6 +17,11 @@ pub struct DataFlags {
     /// (~/tensorflow_datasets/cats_vs_dogs[/4.0.1]). Without it, the built-in generated set.
     #[arg(long = "data", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Multi-label data: a CSV with one line per image, its path under --data then its
+    /// labels (any number, none included); the classes are the labels, sorted. Trains with
+    /// --loss sigmoid-focal.
+    #[arg(long = "labels", value_name = "FILE")]
+    pub labels: Option<PathBuf>,
     #[command(flatten)]
     pub preprocessing: PreprocessFlags,
     /// Augmentation of training batches: none, or flip (random horizontal flips, seeded).

@@ -122,8 +122,16 @@ fn add_step<T: Element>(
     totals.correct += probs
         .chunks_exact(classes)
         .zip(y_true.chunks_exact(classes))
-        .filter(|(p, y)| argmax(p) == argmax(y))
+        .filter(|(p, y)| is_hit(p, y))
         .count() as u64;
+}
+
+/// Whether the predicted class (the first largest probability) is a true class: its label
+/// is the row's largest and positive. One-hot labels: top-1 accuracy; multi-hot: the top
+/// class is one of the image's labels.
+fn is_hit<T: Element>(probs: &[T], y: &[T]) -> bool {
+    let label = y[argmax(probs)];
+    label > T::zero() && label == y[argmax(y)]
 }
 
 /// Loss value, and if `grad` is Some, dLoss/dpred (or dLoss/dlogits when from_logits)

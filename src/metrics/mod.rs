@@ -30,6 +30,8 @@
 //!   the probability `p_c` of every image against whether the image is of class `c`, over the
 //!   15 equal-width bins, averaged over the classes.
 
+pub mod multilabel;
+
 use serde::{Deserialize, Serialize};
 
 use crate::loss::Output;
