@@ -2,12 +2,12 @@
 """What the calibration losses do, measured: scikit-learn's digits (1,797 8x8 images, 10
 classes) as class-per-folder PNGs, two classes cut to 10 % in training, each loss trained
 with several seeds; `eval` on a held-out balanced test half, `calibrate` on the other
-half. Prints a Markdown table (mean +- standard deviation over the seeds) and writes one
+half. Prints a Markdown table (mean +- standard error over the seeds) and writes one
 reliability diagram per loss (the first seed's, on the test set) to docs/.
 
 Set-up (once): python3 -m venv .venv-torch && .venv-torch/bin/pip install scikit-learn pillow
 Run from the repository root after `cargo build --release`:
-    .venv-torch/bin/python scripts/loss_comparison.py [--seeds 3] [--epochs 30] [--work /tmp/cmp]
+    .venv-torch/bin/python scripts/loss_comparison.py [--seeds 10] [--epochs 30] [--work /tmp/cmp]
 """
 
 import argparse
@@ -46,8 +46,8 @@ def write_folders(work, seed=0):
                 Image.fromarray(grey).convert("RGB").save(os.path.join(folder, f"{i:04d}.png"))
 
 
-def run(args, quiet=True):
-    out = subprocess.run([BIN] + args, capture_output=True, text=True)
+def run(args, cwd=None):
+    out = subprocess.run([BIN] + args, capture_output=True, text=True, cwd=cwd)
     if out.returncode != 0:
         sys.exit(f"focalflow {' '.join(args)} failed:\n{out.stderr}")
     return out.stdout
@@ -55,7 +55,7 @@ def run(args, quiet=True):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--work", default="/tmp/focalflow-loss-comparison")
     args = ap.parse_args()
@@ -104,11 +104,15 @@ def main():
         cells = []
         for key, _ in cols:
             v = [r[key] for r in rows[loss]]
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            cells.append(f"{statistics.mean(v):.3f} ± {sd:.3f}")
+            se = statistics.stdev(v) / len(v) ** 0.5 if len(v) > 1 else 0.0
+            cells.append(f"{statistics.mean(v):.3f} ± {se:.3f}")
         print(f"| `{loss}` | " + " | ".join(cells) + " |")
     with open(os.path.join(args.work, "comparison.json"), "w") as f:
         json.dump(rows, f, indent=1)
+    # The runs of the first seed side by side, as a user compares them (validation split).
+    first = [f"runs/{loss}-s1" for loss in LOSSES]
+    print("\n```\n$ focalflow compare " + " ".join(first))
+    print(run(["compare"] + first, cwd=args.work).rstrip() + "\n```")
 
 
 if __name__ == "__main__":
