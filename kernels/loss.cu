@@ -334,7 +334,7 @@ __global__ void __launch_bounds__(LOSS_THREADS)
 // dual-focal (src/ops/loss/cpu.rs dual_focal): per row, k the true class, p_k its probability
 // (clipped pred, or the stable softmax from logits), j the class of the largest p_j < p_k
 // (first on a tie; none: p_j = 0), u = q_k + p_j, t0 = -u^g log p_k (mean in loss_reduce);
-// A = g u^(g-1) log p_k (0 where u = 0). Gradient from probabilities: A - u^g/p_k at k, -A at
+// A = g u^(g-1) log p_k, computed as g u^g (log p_k / u) (0 where u = 0). Gradient from probabilities: A - u^g/p_k at k, -A at
 // j, 0 elsewhere and where pred is clipped; from logits: p_c (u^g - A p_k + A p_j) - [c=j] A p_j,
 // at k the equal A p_k u - q_k u^g. Divided by the batch.
 __global__ void __launch_bounds__(LOSS_THREADS)
@@ -383,7 +383,8 @@ __global__ void __launch_bounds__(LOSS_THREADS)
         const float ug = powf(u, gamma);
         if (lane == 0) loss_write_terms(terms, batch, row, -ug * logp_k, 0.0f, 0.0f, any_bad ? LOSS_FLAG_NONFINITE : 0.0f);
         if (!grad) continue;
-        const float a = u > 0.0f ? gamma * powf(u, gamma - 1.0f) * logp_k : 0.0f;
+        // g u^g (log p_k / u): every factor bounded (see the CPU reference).
+        const float a = u > 0.0f ? gamma * ug * (logp_k / u) : 0.0f;
         for (int c = lane; c < classes; c += 32) {
             float d;
             if (from_logits) {

@@ -33,7 +33,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bundle_dir="$root/.gpu-bundle"
 # The test executables the GPU check runs (tests/<name>.rs).
-gpu_tests=(ops cuda_loss gpu_executor device_data device_cli)
+gpu_tests=(ops cuda_loss gpu_executor device_data device_cli torch_losses)
 
 die() {
     echo "gpu-check: $*" >&2
@@ -219,6 +219,7 @@ print(libs[0] if libs else "")' 2>/dev/null)"
     step test_ops 1 150 "$tests/ops" "${ops_filter[@]}" --test-threads=4
     step test_device_cli 1 90 "$tests/device_cli"
     step test_cuda_loss 1 90 "$tests/cuda_loss" "${loss_filter[@]}"
+    step test_torch_losses 1 60 "$tests/torch_losses" gpu_matches_pytorch
     if [ $dry -eq 0 ]; then
         step test_gpu_executor 1 60 "$tests/gpu_executor"
         step misaligned_float4 0 30 "$tests/gpu_executor" planted_misaligned_float4 --ignored --exact

@@ -79,6 +79,7 @@ device_tests!(
     cross_entropy,
     per_class_alpha_cache_follows_the_configuration,
     gamma_bins_follow_the_configuration,
+    extreme_gammas_stay_finite,
     longer_buffers_and_loss_only,
     loss_is_bit_reproducible,
     input_errors_match_the_reference,
@@ -564,6 +565,61 @@ fn gamma_bins_follow_the_configuration(dev: &CudaBackend) {
                 check_loss(dev, &cfg, &y, pred, b, k);
                 check_loss(dev, &LossConfig::Flsd53 { from_logits }, &y, pred, b, k);
             }
+        }
+    }
+}
+
+/// The calibration and multi-label losses at every gamma the flags allow (0, tiny, < 1,
+/// large; adafocal's bins from -20 to 1000), on saturated logits (margins of 100 and 1e4,
+/// whose complements are subnormal or 0 in f32) and on probabilities at and beyond 0 and 1:
+/// the loss and every gradient element finite on the device and on the CPU, and equal.
+fn extreme_gammas_stay_finite(dev: &CudaBackend) {
+    let (b, k) = (6, 3);
+    let y = [
+        1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0,
+    ];
+    // Right and wrong, saturated and tied rows.
+    let z = [
+        100.0, 0.0, 0.0, 100.0, 0.0, 0.0, -1e4, 0.0, 1e4, 1e4, 1e4, -1e4, 0.0, 0.0, 0.0, 50.0,
+        50.0, -50.0,
+    ];
+    let p = [
+        1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 2e-38, 1.0, HI, LO, 0.0, 0.5, 0.5, 0.0, 1e-30, 1e-30,
+        1.0,
+    ];
+    let bins = |gammas: Vec<f64>| GammaBins {
+        edges: (1..gammas.len())
+            .map(|i| i as f64 / gammas.len() as f64)
+            .collect(),
+        gammas,
+    };
+    for from_logits in [false, true] {
+        let pred: &[f32] = if from_logits { &z } else { &p };
+        let mut configs = vec![
+            LossConfig::Flsd53 { from_logits },
+            LossConfig::AdaFocal {
+                settings: AdaFocalSettings::default(),
+                bins: bins(vec![-20.0, -0.2, 0.0, 1e-3, 1000.0]),
+                from_logits,
+            },
+        ];
+        for gamma in [0.0, 1e-6, 0.5, 1.0, 5.0, 100.0, 1e4] {
+            configs.push(LossConfig::DualFocal { gamma, from_logits });
+            configs.push(LossConfig::SigmoidFocal {
+                alpha: scalar_alpha(0.25),
+                gamma,
+                from_logits,
+            });
+        }
+        for cfg in configs {
+            let mut g = vec![f32::NAN; b * k];
+            let v = loss_forward_backward::<f32>(&cfg, &y, pred, b, k, Some(&mut g)).unwrap();
+            assert!(
+                v.is_finite() && g.iter().all(|x| x.is_finite()),
+                "{} on the CPU: loss {v}, grad {g:?}",
+                cfg.describe()
+            );
+            check_loss(dev, &cfg, &y, pred, b, k);
         }
     }
 }

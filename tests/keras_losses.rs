@@ -13,7 +13,7 @@ mod common;
 use common::loss_fixture::{Case, Fixture};
 
 fn fixture() -> Fixture {
-    common::loss_fixture::load("keras_losses.json")
+    common::loss_fixture::parse(include_str!("data/keras_losses.json"))
 }
 
 // Tolerances. Both sides compute in f32 (unit roundoff u = 6e-8) with the same formulas but

@@ -175,6 +175,25 @@ fn a_multi_label_set_trains_evaluates_and_predicts() {
     assert_eq!(ml["per_class"][0]["class"], "blue");
     assert_eq!(ml["per_class"][0]["support"], 20);
     assert_eq!(ml["per_class"][1]["support"], 30);
+    // A label the checkpoint does not know: the file and line, before any image is decoded.
+    let unknown = dir.0.join("unknown.csv");
+    std::fs::write(&unknown, "img/000.png,red\nimg/001.png,green\n").unwrap();
+    let u = unknown.to_str().unwrap();
+    let e = run(&[
+        "eval",
+        "--checkpoint",
+        o,
+        "--data",
+        d,
+        "--labels",
+        u,
+        "--quiet",
+    ]);
+    let err = text(&e.stderr);
+    assert!(
+        !e.status.success() && err.contains("unknown.csv:2") && err.contains("\"green\""),
+        "{err}"
+    );
     let p = run(&[
         "predict",
         "--checkpoint",

@@ -34,8 +34,10 @@ const GRAD_ATOL_PER_SAMPLE: f64 = 4.0 * f32::EPSILON as f64 / 2.0;
 /// The losses this fixture covers (the others are checked against Keras).
 const TORCH_LOSSES: [&str; 4] = ["sigmoid-focal", "flsd-53", "adafocal", "dual-focal"];
 
+const FIXTURE: &str = include_str!("data/torch_losses.json");
+
 fn fixture() -> Fixture {
-    common::loss_fixture::load("torch_losses.json")
+    common::loss_fixture::parse(FIXTURE)
 }
 
 /// The loss and gradient of `case` on a backend.
@@ -219,8 +221,7 @@ fn adafocal_update_matches_the_authors_rule() {
     struct Updates {
         adafocal_updates: Vec<Update>,
     }
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/torch_losses.json");
-    let u: Updates = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let u: Updates = serde_json::from_str(FIXTURE).unwrap();
     assert!(u.adafocal_updates.len() >= 3);
     for (i, up) in u.adafocal_updates.iter().enumerate() {
         let s = AdaFocalSettings {

@@ -54,11 +54,8 @@ impl Case {
     }
 }
 
-/// The fixture file `name` under tests/data.
-pub fn load(name: &str) -> Fixture {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).expect("valid fixture JSON")
+/// A fixture file's text (`include_str!`-ed by the test, so that a test binary carried to
+/// another machine, as scripts/gpu-check.sh does, has it).
+pub fn parse(text: &str) -> Fixture {
+    serde_json::from_str(text).expect("valid fixture JSON")
 }

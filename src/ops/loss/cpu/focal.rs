@@ -243,8 +243,11 @@ pub(super) fn dual_focal<T: Element>(
             continue;
         };
         let g = &mut g[row * k..(row + 1) * k];
+        // A = g u^g (log p_k / u): u < 1 (p_j < p_k) and |log p_k| / u is at most about 1
+        // where u is small (u >= q_k ~ -log p_k), so no factor overflows, unlike
+        // u^(g-1) log p_k for g < 1 and a subnormal u (0 x inf at g = 0).
         let a = if u > T::zero() {
-            gamma * u.powf(gamma - T::one()) * logp_k
+            gamma * ug * (logp_k / u)
         } else {
             T::zero()
         };
