@@ -351,6 +351,15 @@ impl LossConfig {
         }
     }
 
+    /// The per-sample gammas of `flsd-53` and `adafocal` (None for the other losses).
+    pub fn sample_gammas(&self) -> Option<GammaBins> {
+        match self {
+            LossConfig::Flsd53 { .. } => Some(GammaBins::flsd_53()),
+            LossConfig::AdaFocal { bins, .. } => Some(bins.clone()),
+            _ => None,
+        }
+    }
+
     /// The activation of the model's head this loss trains.
     pub fn output(&self) -> Output {
         match self {

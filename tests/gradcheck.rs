@@ -16,7 +16,9 @@
 //! Output buffers are filled with NaN before every backward call, so an element the
 //! backend forgets to write fails the check instead of passing as a stale zero.
 
-use focalflow::loss::{AdaFocalSettings, Alpha, GammaBins, LossConfig};
+mod common;
+
+use focalflow::loss::{Alpha, LossConfig};
 use focalflow::model::{Arch, ImageShape, Layer, Model, Plan};
 use focalflow::ops::loss::loss_forward_backward;
 use focalflow::ops::loss::uncounted;
@@ -750,30 +752,11 @@ fn every_loss_config(classes: usize) -> Vec<LossConfig> {
                 gamma: 2.0,
                 from_logits,
             },
-            LossConfig::AdaFocal {
-                settings: AdaFocalSettings::default(),
-                // A focal, an inverse-focal and two more bins.
-                bins: GammaBins {
-                    edges: vec![0.2, 0.45, 0.7],
-                    gammas: vec![3.0, -1.5, 0.5, 2.0],
-                },
-                from_logits,
-            },
-            LossConfig::SigmoidFocal {
-                alpha: Alpha::Scalar(0.25),
-                gamma: 2.0,
-                from_logits,
-            },
-            LossConfig::SigmoidFocal {
-                alpha: Alpha::PerClass(
-                    (0..classes)
-                        .map(|c| if c == 1 { -1.0 } else { 0.7 })
-                        .collect(),
-                ),
-                gamma: 0.5,
-                from_logits,
-            },
         ]);
+        configs.extend(common::loss_configs::calibration_losses(
+            classes,
+            from_logits,
+        ));
     }
     configs
 }

@@ -7,6 +7,8 @@
 //! tests/keras_losses.rs compares the same code with TensorFlow/Keras.
 
 use focalflow::Error;
+mod common;
+
 use focalflow::loss::{AdaFocalSettings, Alpha, CLIP_EPSILON, GammaBins, LOSS_NAMES, LossConfig};
 use focalflow::ops::loss::loss_forward_backward;
 
@@ -712,35 +714,16 @@ fn all_configs(classes: usize) -> Vec<LossConfig> {
                 gamma: 0.5,
                 from_logits,
             },
-            LossConfig::AdaFocal {
-                settings: AdaFocalSettings::default(),
-                // A focal, an inverse-focal and two more bins.
-                bins: GammaBins {
-                    edges: vec![0.2, 0.45, 0.7],
-                    gammas: vec![3.0, -1.5, 0.5, 2.0],
-                },
-                from_logits,
-            },
-            LossConfig::SigmoidFocal {
-                alpha: Alpha::Scalar(0.25),
-                gamma: 2.0,
-                from_logits,
-            },
-            LossConfig::SigmoidFocal {
-                alpha: Alpha::PerClass(
-                    (0..classes)
-                        .map(|c| if c == 1 { -1.0 } else { 0.7 })
-                        .collect(),
-                ),
-                gamma: 0.5,
-                from_logits,
-            },
             LossConfig::SigmoidFocal {
                 alpha: Alpha::Scalar(-1.0),
                 gamma: 0.0,
                 from_logits,
             },
         ]);
+        out.extend(common::loss_configs::calibration_losses(
+            classes,
+            from_logits,
+        ));
     }
     out
 }

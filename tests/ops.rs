@@ -46,7 +46,7 @@ use common::assert_close;
 use common::targets::{RANDOM, emu_backend, emu_choice, gpu_backend};
 use focalflow::Error;
 use focalflow::executor::{Executor, Schedule};
-use focalflow::loss::{AdaFocalSettings, Alpha, GammaBins, LossConfig};
+use focalflow::loss::{Alpha, LossConfig};
 use focalflow::model::{Arch, ImageShape, Model, Plan};
 use focalflow::ops::gemm::{KernelChoice, Variant};
 use focalflow::ops::kernel_abi::GEMM_TILES;
@@ -498,30 +498,11 @@ fn loss_configs(classes: usize) -> Vec<LossConfig> {
                 gamma: 5.0,
                 from_logits,
             },
-            LossConfig::AdaFocal {
-                settings: AdaFocalSettings::default(),
-                // A focal, an inverse-focal and two more bins.
-                bins: GammaBins {
-                    edges: vec![0.2, 0.45, 0.7],
-                    gammas: vec![3.0, -1.5, 0.5, 2.0],
-                },
-                from_logits,
-            },
-            LossConfig::SigmoidFocal {
-                alpha: Alpha::Scalar(0.25),
-                gamma: 2.0,
-                from_logits,
-            },
-            LossConfig::SigmoidFocal {
-                alpha: Alpha::PerClass(
-                    (0..classes)
-                        .map(|c| if c == 1 { -1.0 } else { 0.7 })
-                        .collect(),
-                ),
-                gamma: 0.5,
-                from_logits,
-            },
         ]);
+        out.extend(common::loss_configs::calibration_losses(
+            classes,
+            from_logits,
+        ));
     }
     out
 }

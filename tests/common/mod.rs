@@ -97,6 +97,7 @@ pub fn python_or_skip(test: &str) -> Option<PathBuf> {
         }
     }
 }
+pub mod loss_configs;
 pub mod loss_fixture;
 pub mod targets;
 

@@ -250,12 +250,10 @@ fn launch_loss(
             },
         ),
         LossConfig::Flsd53 { .. } | LossConfig::AdaFocal { .. } => {
-            let (gamma, from_logits) = match cfg {
-                LossConfig::AdaFocal {
-                    bins, from_logits, ..
-                } => (bins.clone(), *from_logits),
-                _ => (GammaBins::flsd_53(), cfg.from_logits()),
-            };
+            let gamma = cfg
+                .sample_gammas()
+                .expect("flsd-53 and adafocal have sample gammas");
+            let from_logits = cfg.from_logits();
             let kernel = if from_logits {
                 RowKernel::SoftmaxFocal {
                     gamma,

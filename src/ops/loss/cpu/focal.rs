@@ -58,8 +58,22 @@ impl<T: Element> Modulator<T> {
     }
 }
 
+/// The signature both focal paths share: alpha per class, the row's gamma, l1, l2, labels,
+/// predictions, shape, and the gradient to write.
+pub(super) type FocalPath<T> =
+    fn(&[T], &RowGamma<T>, T, T, &[T], &[T], Dims, Option<&mut [T]>) -> T;
+
+/// The fused path from logits, or the clipped one on probabilities.
+pub(super) fn focal_path<T: Element>(from_logits: bool) -> FocalPath<T> {
+    if from_logits {
+        focal_logits::<T>
+    } else {
+        focal_probs::<T>
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-pub(super) fn focal_probs<T: Element>(
+fn focal_probs<T: Element>(
     alpha: &[T],
     row_gamma: &RowGamma<T>,
     l1: T,
@@ -134,7 +148,7 @@ pub(super) fn focal_probs<T: Element>(
 /// `b^g + g p b^(g-1) log p = b^g (1 + g p log(p) / b)`, finite everywhere since `b >= 1`.
 /// L1/L2 act on the un-clipped softmax probabilities, chained through the softmax Jacobian.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn focal_logits<T: Element>(
+fn focal_logits<T: Element>(
     alpha: &[T],
     row_gamma: &RowGamma<T>,
     l1: T,

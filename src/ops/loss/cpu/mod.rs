@@ -52,7 +52,7 @@ use crate::ops::counters::{StepFailure, StepTotals};
 use crate::ops::cpu::CpuBackend;
 use crate::ops::softmax::{softmax_backward_row, softmax_row};
 use crate::{Element, Error, Result};
-use focal::{RowGamma, dual_focal, focal_logits, focal_probs};
+use focal::{RowGamma, dual_focal, focal_path};
 use sigmoid::sigmoid_focal;
 
 impl<T: Element> LossOps for CpuBackend<T> {
@@ -175,12 +175,7 @@ pub fn loss_forward_backward<T: Element>(
             from_logits,
         } => {
             // The two paths take the same arguments: probabilities, or logits (fused).
-            let focal = if *from_logits {
-                focal_logits::<T>
-            } else {
-                focal_probs::<T>
-            };
-            focal(
+            focal_path(*from_logits)(
                 &alphas(alpha),
                 &RowGamma::of(&GammaBins::fixed(*gamma)),
                 T::of(*l1),
@@ -232,37 +227,15 @@ pub fn loss_forward_backward<T: Element>(
             label_smoothing,
             from_logits: true,
         } => cross_entropy_logits(*label_smoothing, y_true, pred, dims, grad),
-        LossConfig::Flsd53 { from_logits } => {
-            let focal = if *from_logits {
-                focal_logits::<T>
-            } else {
-                focal_probs::<T>
-            };
+        LossConfig::Flsd53 { .. } | LossConfig::AdaFocal { .. } => {
+            // The focal paths with alpha 1, no L1/L2 and a gamma per sample.
+            let bins = cfg
+                .sample_gammas()
+                .expect("flsd-53 and adafocal have sample gammas");
             let ones = vec![T::one(); classes];
-            let gamma = RowGamma::of(&GammaBins::flsd_53());
-            focal(
+            focal_path(cfg.from_logits())(
                 &ones,
-                &gamma,
-                T::zero(),
-                T::zero(),
-                y_true,
-                pred,
-                dims,
-                grad,
-            )
-        }
-        LossConfig::AdaFocal {
-            bins, from_logits, ..
-        } => {
-            let focal = if *from_logits {
-                focal_logits::<T>
-            } else {
-                focal_probs::<T>
-            };
-            let ones = vec![T::one(); classes];
-            focal(
-                &ones,
-                &RowGamma::of(bins),
+                &RowGamma::of(&bins),
                 T::zero(),
                 T::zero(),
                 y_true,
