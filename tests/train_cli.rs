@@ -115,6 +115,44 @@ fn losses(dir: &Path) -> Vec<[String; 4]> {
         .collect()
 }
 
+/// Both CPU paths are deterministic (issue: the fast paths' training quality): the reference
+/// path (`FOCALFLOW_CPU_PATH=reference`) gives the same metrics twice as the fast paths do
+/// (below), and the two paths differ (else this would test one path twice).
+#[test]
+fn the_reference_cpu_path_is_deterministic_too() {
+    let dir = TempDir::new("cpu-paths");
+    let run_with = |out: &Path, path: &str| {
+        let o = out.to_str().unwrap();
+        let r = common::command()
+            .env("FOCALFLOW_CPU_PATH", path)
+            .args([
+                "train",
+                "--image-size",
+                "32",
+                "--synthetic-images",
+                "64",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--out",
+                o,
+            ])
+            .output()
+            .unwrap();
+        assert_success(path, &r);
+        losses(out)
+    };
+    let a = run_with(&dir.join("a"), "reference");
+    let b = run_with(&dir.join("b"), "reference");
+    assert_eq!(a, b, "the reference path gives bit-identical losses");
+    let fast = run_with(&dir.join("c"), "auto");
+    assert_ne!(a, fast, "the fast paths round differently");
+}
+
 #[test]
 fn same_seed_same_metrics_other_seed_other_metrics() {
     let dir = TempDir::new("seeds");
