@@ -1,4 +1,4 @@
-// Loss kernels: every loss of src/ops/loss/cpu.rs (the reference), forward and backward, in f32.
+// Loss kernels: every loss of src/ops/loss/cpu/ (the reference), forward and backward, in f32.
 // Host side: src/ops/loss/cuda.rs.
 //
 // Layout: y, pred, grad are row-major [batch, classes]. One warp per row (ROWS_PER_BLOCK
@@ -14,7 +14,7 @@
 // and writes out[0] = the loss, out[1] = the flag (0: inputs fine). No atomics: the loss is
 // bit-reproducible run to run.
 //
-// The formulas, their operation order and the numerically careful forms follow src/ops/loss/cpu.rs
+// The formulas, their operation order and the numerically careful forms follow src/ops/loss/cpu/
 // (read the comments there): clipping with TF clip_by_value gradient semantics, the fused
 // stable softmax+focal from logits with `r = -log(p)/q`, and the softmax residual
 // `p_j * (sum over c != j of v_c) - q_j * v_j` whose "sum over the others" is built from
@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(LOSS_THREADS)
 // `adafocal`, which this kernel also serves. A negative gamma (inverse focal) uses b = 1 + p:
 // value -a y b^|g| logp, w = a y b^|g| (1 + |g| p logp / b).
 //
-// Per row (see src/ops/loss/cpu.rs focal_logits): m = max z (first argmax `arg`),
+// Per row (see src/ops/loss/cpu/focal.rs focal_logits): m = max z (first argmax `arg`),
 // s = sum_{c != arg} exp(z_c - m), logp_c = (z_c - m) - log1p(s), p = exp(logp),
 // q = -expm1(logp); r = -logp/q (series 1 + q/2 + q^2/3 + q^3/4 below 1e-4);
 // w_c = a_c y_c q^g (1 + g p r); loss t0 = sum -a y q^g logp, t1 = sum|p|, t2 = sum p^2;
@@ -331,7 +331,7 @@ __global__ void __launch_bounds__(LOSS_THREADS)
 }
 
 // ------------------------------------------------------------------------------------------
-// dual-focal (src/ops/loss/cpu.rs dual_focal): per row, k the true class, p_k its probability
+// dual-focal (src/ops/loss/cpu/focal.rs dual_focal): per row, k the true class, p_k its probability
 // (clipped pred, or the stable softmax from logits), j the class of the largest p_j < p_k
 // (first on a tie; none: p_j = 0), u = q_k + p_j, t0 = -u^g log p_k (mean in loss_reduce);
 // A = g u^(g-1) log p_k, computed as g u^g (log p_k / u) (0 where u = 0). Gradient from probabilities: A - u^g/p_k at k, -A at
@@ -400,7 +400,7 @@ __global__ void __launch_bounds__(LOSS_THREADS)
 }
 
 // ------------------------------------------------------------------------------------------
-// sigmoid-focal (src/ops/loss/cpu.rs sigmoid_focal): per element, with q = 1 - p, m = p (1-y) + q y
+// sigmoid-focal (src/ops/loss/cpu/sigmoid.rs sigmoid_focal): per element, with q = 1 - p, m = p (1-y) + q y
 // and ce the binary cross-entropy, value a_t ce m^g (t0, times inv_n = 1/(batch*classes) in
 // loss_reduce); a_t = a y + (1-a)(1-y), or 1 where a < 0. From probabilities (clipped):
 // grad a_t (ce' m^g + g ce m^(g-1) (1-2y)) inv_n with ce' = -y/p + (1-y)/q (0 where pred is

@@ -4,11 +4,15 @@
 //! bin's gamma moves by the bin's calibration gap `C_b - A_b` (mean confidence minus
 //! accuracy), and the bins' edges become those of the validation split. The loss itself
 //! (`-(1 - p_t)^gamma log p_t`, inverse-focal `-(1 + p_t)^|gamma| log p_t` below zero) is in
-//! `src/ops/loss/cpu.rs` and `kernels/loss.cu`; a training sample takes the gamma of the bin
-//! its true class's probability falls in ([`GammaBins::bin_of`]).
+//! `src/ops/loss/cpu/` and `kernels/loss.cu`; a training sample takes the gamma of the bin
+//! its true class's probability falls in ([`GammaBins::bin_of`], `[lower, upper)` as the
+//! authors' `get_gamma_per_sample`: below the first edge the first bin, from the last edge
+//! up the last; the validation bins themselves are `(lower, upper]`, as the authors'
+//! AdaECE binning, so a confidence exactly at an edge counts in the lower bin for the
+//! update and takes the upper bin's gamma in training, as theirs does).
 //!
-//! Where we differ from the authors' code, and why: bins are `(lower, upper]` with the least
-//! confident image kept in the first (theirs drops it, a side effect of a strict `>`), as our
+//! Where we differ from the authors' code, and why: the validation bins keep the least
+//! confident image in the first (theirs drops it, a side effect of a strict `>`), as our
 //! adaptive ECE (`crate::metrics::equal_mass_bins`); the exponent of the update is clamped to
 //! +-700 so that no lambda gives an infinity (the clip to `[gamma_min, gamma_max]` comes
 //! after, so nothing a user can see changes).

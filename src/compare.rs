@@ -93,7 +93,9 @@ pub fn summarise_run(run: &Path) -> Result<RunSummary> {
         val_loss: last.val_loss,
         val_accuracy: last.val_accuracy,
         val_balanced_accuracy: v.map(|v| v.val_balanced_accuracy),
-        val_macro_f1: v.map(|v| v.val_macro_f1),
+        val_macro_f1: v
+            .map(|v| v.val_macro_f1)
+            .or(last.multilabel.as_ref().map(|m| m.val_macro_f1)),
         val_worst_recall: v.and_then(|v| {
             v.val_per_class
                 .iter()

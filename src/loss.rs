@@ -1,7 +1,7 @@
 //! Losses as data: one validated configuration type ([`LossConfig`]) with its parameters
 //! ([`Alpha`], the clip margin, the names the command line accepts). The formulas, and the
 //! CPU reference that computes them ([`loss_forward_backward`](crate::ops::loss::loss_forward_backward)),
-//! are in `src/ops/loss/cpu.rs`; the CUDA kernels in `kernels/loss.cu`.
+//! are in `src/ops/loss/cpu/`; the CUDA kernels in `kernels/loss.cu`.
 
 use serde::{Deserialize, Serialize};
 
@@ -87,10 +87,6 @@ impl GammaBins {
     /// The bin of a sample whose true class has probability `p_t`.
     pub fn bin_of(&self, p_t: f64) -> usize {
         self.edges.partition_point(|&e| e <= p_t)
-    }
-    /// The gamma of a sample whose true class has probability `p_t`.
-    pub fn gamma_of(&self, p_t: f64) -> f64 {
-        self.gammas[self.bin_of(p_t)]
     }
     /// The shape and values a loss can use: 1 to [`MAX_GAMMA_BINS`] finite gammas, one more
     /// than the ascending finite edges.
@@ -237,7 +233,7 @@ pub enum LossConfig {
     },
     /// The sample-dependent focal loss FLSD-53 of Mukhoti et al. (NeurIPS 2020,
     /// "Calibrating Deep Neural Networks using Focal Loss"): `-(1 - p_t)^gamma log p_t`,
-    /// mean over the batch, gamma [`SampleGamma::FLSD_53`].
+    /// mean over the batch, gamma [`GammaBins::flsd_53`].
     #[serde(rename = "flsd-53")]
     Flsd53 { from_logits: bool },
     /// Dual focal loss (Tao et al., ICML 2023): `-(1 - p_k + p_j)^gamma log p_k`, `p_j` the
@@ -337,7 +333,8 @@ impl LossConfig {
         }
     }
 
-    /// Whether the predictions are logits (softmax applied inside the loss).
+    /// Whether the predictions are logits (the loss applies the head's softmax or sigmoid
+    /// itself).
     pub fn from_logits(&self) -> bool {
         match self {
             LossConfig::Focal { from_logits, .. }

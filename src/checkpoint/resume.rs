@@ -26,6 +26,14 @@ pub fn data_fingerprint<P: PixelStore>(
     for l in &data.labels {
         text.push_str(&format!("{l},"));
     }
+    // A multi-label set: every image's labels (the first alone would miss an edited list).
+    if let Some(sets) = &data.multi {
+        text.push_str("\nmulti ");
+        for set in sets {
+            let ids: Vec<String> = set.iter().map(u32::to_string).collect();
+            text.push_str(&format!("{};", ids.join(",")));
+        }
+    }
     text.push_str("\ntrain ");
     for i in train {
         text.push_str(&format!("{i},"));

@@ -38,6 +38,12 @@ pub struct CalibrateArgs {
 /// `focalflow calibrate`.
 pub fn run(args: &CalibrateArgs) -> Result<()> {
     let (path, mut ck) = args.checkpoint.open()?;
+    if let Some(csv) = &args.data.labels {
+        return Err(crate::Error::file(
+            csv,
+            "calibrate fits one softmax temperature to single-label images; --labels (multi-label data) does not apply",
+        ));
+    }
     if ck.output() == crate::loss::Output::Sigmoid {
         return Err(crate::Error::invalid(format!(
             "{}: a model with sigmoid outputs (trained with sigmoid-focal); calibrate fits a softmax temperature, and scaling independent sigmoids is not supported",

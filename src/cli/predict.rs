@@ -53,6 +53,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     // --labels: the listed images, and each one's labels by its path.
     let mut listed: std::collections::HashMap<String, Vec<String>> = Default::default();
     if let (Some(csv), Some(data)) = (&args.labels, &args.data) {
+        crate::cli::flags::checkpoint::check_multi_label_model(&ck, csv)?;
         let list = crate::data::label_list::LabelList::read(csv, data)?;
         list.label_sets(&ck.class_names)?;
         for e in list.entries {

@@ -87,6 +87,9 @@ pub struct ClassFraction {
     pub fraction: f64,
 }
 
+/// Why `--class-fraction` and `--labels` do not go together.
+pub const CLASS_FRACTION_WITH_LABELS: &str = "--class-fraction keeps a fraction of one class's images; with --labels an image has several classes: leave it out";
+
 /// Images of a class of `count` that a stratified split with `val_fraction` holds out.
 pub fn validation_share(val_fraction: f64, count: usize) -> usize {
     (val_fraction * count as f64).round() as usize
@@ -186,9 +189,7 @@ impl<P: PixelStore> ImageSet<P> {
     /// other classes. Sorted.
     pub fn subsample(&self, fractions: &[ClassFraction], seed: u64) -> Result<Vec<usize>> {
         if self.multi.is_some() && !fractions.is_empty() {
-            return Err(Error::invalid(
-                "--class-fraction keeps a fraction of one class's images; with --labels an image has several classes: leave it out",
-            ));
+            return Err(Error::invalid(CLASS_FRACTION_WITH_LABELS));
         }
         let mut keep_fraction = vec![None; self.classes()];
         for f in fractions {

@@ -238,7 +238,8 @@ pub fn equal_mass_edges(values: &[f64], bins: usize) -> Vec<f64> {
 }
 
 /// Reliability bins of `confidences` over `bins` equal-mass bins ([`equal_mass_edges`]),
-/// each `(lower, upper]`, the first also holding its lower edge (no bins without images).
+/// each `(lower, upper]`, the first also holding its lower edge (a bin may be empty: with
+/// tied confidences, or fewer images than bins).
 pub fn equal_mass_bins(confidences: &[f64], correct: &[bool], bins: usize) -> Vec<ReliabilityBin> {
     if confidences.is_empty() || bins == 0 {
         return Vec::new();
@@ -572,9 +573,7 @@ pub fn log_probs_into<'a>(
         return log_softmax_into(z, temperature, out);
     }
     for (o, &v) in out.iter_mut().zip(z) {
-        let x = -f64::from(v) / temperature;
-        // ln sigmoid(z/T) = -softplus(-z/T)
-        *o = -(x.max(0.0) + (-x.abs()).exp().ln_1p());
+        *o = -crate::ops::softmax::softplus(-f64::from(v) / temperature);
     }
     let max = out.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
     let log_sum = max + out.iter().map(|&v| (v - max).exp()).sum::<f64>().ln();

@@ -107,19 +107,20 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
             ),
         };
         let events = crate::tensorboard::EventWriter::create(out)?;
-        let checkpoints = crate::checkpoint::EpochCheckpoints {
-            run: out.to_path_buf(),
-            class_names: data.class_names.clone(),
-            loss: opts.loss.clone(),
-            options: start.options,
-            fingerprint: start.fingerprint,
-        };
         let epochs_done = resumed.as_ref().map_or(0, |r| r.state.epoch);
         let progress = resumed
             .as_ref()
             .map_or_else(RunProgress::default, |r| r.state.progress.clone());
         let partial = resumed.and_then(|r| r.state.partial);
         let loss = with_adafocal_bins(&opts.loss, progress.adafocal.as_ref());
+        // The loss a checkpoint names: adafocal's with the gammas in use.
+        let checkpoints = crate::checkpoint::EpochCheckpoints {
+            run: out.to_path_buf(),
+            class_names: data.class_names.clone(),
+            loss: loss.clone(),
+            options: start.options,
+            fingerprint: start.fingerprint,
+        };
         let mut shuffle_rng = Rng::derive(opts.seed, 3);
         for _ in 0..epochs_done {
             // The shuffles of the epochs done: the stream is where the run left it.

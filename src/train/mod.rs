@@ -267,9 +267,7 @@ pub fn check_multi_label(opts: &TrainOptions) -> Result<()> {
         )));
     }
     if !opts.class_fraction.is_empty() {
-        return Err(Error::invalid(
-            "--class-fraction keeps a fraction of one class's images; with --labels an image has several classes: leave it out",
-        ));
+        return Err(Error::invalid(crate::data::CLASS_FRACTION_WITH_LABELS));
     }
     if !matches!(
         opts.monitor,

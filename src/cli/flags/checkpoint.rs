@@ -69,15 +69,21 @@ impl LabelledData {
     /// The images of `--labels` with the checkpoint's classes; its model must have sigmoid
     /// outputs (a softmax model picks one class per image).
     fn multi_label_source(&self, ck: &Checkpoint, csv: &Path) -> Result<Source> {
-        if ck.output() != crate::loss::Output::Sigmoid {
-            return Err(Error::file(
-                csv,
-                "--labels gives each image several classes, but this checkpoint's model has a softmax head (one class per image); evaluate a model trained with --loss sigmoid-focal",
-            ));
-        }
+        check_multi_label_model(ck, csv)?;
         let list = LabelList::read(csv, &self.dir)?;
         list.source(&self.dir, ck.class_names.clone())
     }
+}
+
+/// `--labels` (multi-label data) needs a model with sigmoid outputs.
+pub fn check_multi_label_model(ck: &Checkpoint, csv: &Path) -> Result<()> {
+    if ck.output() == crate::loss::Output::Sigmoid {
+        return Ok(());
+    }
+    Err(Error::file(
+        csv,
+        "--labels gives each image several classes, but this checkpoint's model has a softmax head (one class per image); use a model trained with --loss sigmoid-focal",
+    ))
 }
 
 /// The line that says which checkpoint runs (stderr of eval, predict and calibrate).

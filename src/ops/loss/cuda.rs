@@ -118,7 +118,7 @@ enum RowKernel {
 }
 
 /// Keras' label smoothing `y*keep + add`, with the constants as `smooth_labels` in
-/// src/ops/loss/cpu.rs computes them (keep 1, add 0 leave the labels unchanged).
+/// src/ops/loss/cpu/ computes them (keep 1, add 0 leave the labels unchanged).
 fn smoothing(label_smoothing: f64, classes: usize) -> (f32, f32) {
     if label_smoothing == 0.0 {
         (1.0, 0.0)
@@ -469,6 +469,8 @@ fn sigmoid_focal_rows(r: Rows<'_>, n: usize, gamma: f32, from_logits: bool) -> R
     // As the CPU reference: 1 / (batch * classes) in f32.
     let inv_n = 1.0f32 / (n as f64 as f32);
     let (alpha, alpha_scalar) = (r.alpha, r.alpha_scalar);
+    // Not the `weighted` layout: that one ends in 1/batch, this loss's mean is over
+    // batch x classes (inv_n, pushed with its own parameters).
     unsafe {
         r.launch("loss_sigmoid_focal_rows", false, |l| {
             l.arg(alpha)

@@ -1,8 +1,8 @@
 //! Every loss of `crate::loss` (the reference: focal with L1/L2 terms, the 0.5-regularised
-//! MSE, Keras' focal cross-entropy, cross-entropy; per-class alpha; from logits or
-//! probabilities), its value and its gradient.
+//! MSE, Keras' focal cross-entropy, cross-entropy; FLSD-53, AdaFocal, dual focal and
+//! sigmoid focal; per-class alpha; from logits or probabilities), its value and its gradient.
 //!
-//! - CPU (`cpu.rs`): [`loss_forward_backward`], the reference, with the formulas.
+//! - CPU (`cpu/`): [`loss_forward_backward`], the reference, with the formulas.
 //! - CUDA (`cuda.rs`, `kernels/loss.cu`): one warp per row, then a one-block deterministic reduction.
 
 mod cpu;

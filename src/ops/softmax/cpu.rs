@@ -1,5 +1,5 @@
 //! Softmax on the CPU, row by row; the row functions are shared with the losses
-//! (src/ops/loss/cpu.rs).
+//! (src/ops/loss/cpu/).
 
 use super::SoftmaxOps;
 use crate::ops::check_len;
@@ -72,6 +72,12 @@ impl<T: Element> SoftmaxOps for CpuBackend<T> {
         }
         Ok(())
     }
+}
+
+/// `softplus(x) = ln(1 + e^x)` without overflow: `max(x, 0) + ln1p(e^-|x|)` (so
+/// `ln sigmoid(z) = -softplus(-z)`).
+pub fn softplus<T: Element>(x: T) -> T {
+    x.max(T::zero()) + (-x.abs()).exp().ln_1p()
 }
 
 /// `1 / (1 + exp(-z))` without overflow: `exp(z) / (1 + exp(z))` for negative `z`.

@@ -8,7 +8,7 @@
 mod cpu;
 mod cuda;
 
-pub use cpu::{sigmoid, softmax_backward_row, softmax_row};
+pub use cpu::{sigmoid, softmax_backward_row, softmax_row, softplus};
 
 use crate::Result;
 use crate::ops::Storage;

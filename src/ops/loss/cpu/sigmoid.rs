@@ -2,12 +2,7 @@
 
 use super::{Dims, clamp, clip_bounds};
 use crate::Element;
-use crate::ops::softmax::sigmoid;
-
-/// `softplus(x) = ln(1 + e^x)` without overflow: `max(x, 0) + ln1p(e^-|x|)`.
-fn softplus<T: Element>(x: T) -> T {
-    x.max(T::zero()) + (-x.abs()).exp().ln_1p()
-}
+use crate::ops::softmax::{sigmoid, softplus};
 
 /// `sigmoid-focal` (see the module documentation). Per element, with `m = 1 - p_t =
 /// p (1-y) + q y` (`q = 1 - p`) and `ce` the binary cross-entropy: the value is
