@@ -1,0 +1,150 @@
+//! The CPU's fast paths (direct 3x3, Winograd F(2x2,3x3), streaming dense) against the
+//! reference path (im2col + GEMM) along a training trajectory: the question whether they
+//! train as well (see scripts/cpu_paths_quality.py for the paired runs).
+//!
+//! `trajectory` (ignored: a minute on 2 cores; run it with
+//! `cargo test --release --test cpu_paths -- --ignored --nocapture`) trains the reference
+//! CNN on the built-in set at 224x224 from one initialisation, with the same batches, on
+//! both paths. At every step it measures, at the fast model's current weights, each path's
+//! gradient error against the same gradient in f64 (per layer, relative, the norm of the
+//! difference over the norm of the f64 gradient), and how far the two trajectories' weights
+//! have moved apart. A path with a bug, or taken only for some shapes, shows as one path's
+//! per-step error standing out; rounding alone shows as equal errors of order 1e-6 and a
+//! divergence of the weights that grows from there.
+
+use focalflow::Element;
+use focalflow::data::synthetic;
+use focalflow::loss::LossConfig;
+use focalflow::model::{Arch, ImageShape, Model, Plan, REFERENCE_ARCH};
+use focalflow::ops::prelude::*;
+use focalflow::ops::{CpuBackend, CpuPath};
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// `||a - b|| / ||b||`.
+fn relative(a: &[f64], b: &[f64]) -> f64 {
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    norm(&d) / norm(b).max(1e-300)
+}
+
+fn wide(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+/// Each layer's gradient of `loss` on batch (`x`, `y`) at `weights`, on `backend`.
+fn gradients<B: Backend>(
+    backend: &B,
+    plan: &Plan,
+    weights: &[Vec<B::E>],
+    loss: &LossConfig,
+    x: &[B::E],
+    y: &[B::E],
+    batch: usize,
+) -> Vec<Vec<f64>> {
+    let mut model = Model::with_weights(backend, plan.clone(), weights).unwrap();
+    let (xb, yb) = (backend.upload(x).unwrap(), backend.upload(y).unwrap());
+    model.forward(backend, &xb, batch).unwrap();
+    model.backward(backend, loss, &xb, &yb, batch).unwrap();
+    model
+        .gradients(backend)
+        .unwrap()
+        .iter()
+        .map(|g| g.iter().map(|v| v.f64()).collect())
+        .collect()
+}
+
+#[test]
+#[ignore = "a minute on 2 cores: run by hand (see the file's documentation)"]
+fn trajectory() {
+    let (size, batch, steps) = (224, 32, 24);
+    let set = synthetic::generate(640, size, 42);
+    let plan = Plan::new(
+        &REFERENCE_ARCH.parse::<Arch>().unwrap(),
+        ImageShape {
+            height: size,
+            width: size,
+            channels: 3,
+        },
+        2,
+    )
+    .unwrap();
+    let loss = LossConfig::default_for("focal").unwrap();
+    let loss = match loss {
+        LossConfig::Focal {
+            alpha,
+            gamma,
+            l1,
+            l2,
+            ..
+        } => LossConfig::Focal {
+            alpha,
+            gamma,
+            l1,
+            l2,
+            from_logits: true,
+        },
+        other => other,
+    };
+    let fast = CpuBackend::<f32>::with_path(CpuPath::Auto);
+    let reference = CpuBackend::<f32>::with_path(CpuPath::Reference);
+    let exact = CpuBackend::<f64>::new();
+    let mut fast_model = Model::new(&fast, plan.clone(), 42).unwrap();
+    let init = fast_model.weights(&fast).unwrap();
+    let mut ref_model = Model::with_weights(&reference, plan.clone(), &init).unwrap();
+    let names: Vec<String> = plan.params.iter().map(|p| p.name.clone()).collect();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let mut worst_ratio = 0f64;
+    println!("step  layer            fast err   ref err   fast/ref   weights apart");
+    for step in 0..steps {
+        let first = (step * batch) % (set.len() - batch);
+        let order: Vec<usize> = (first..first + batch).collect();
+        set.fill_batch(&order, &mut x, &mut y);
+        let w = fast_model.weights(&fast).unwrap();
+        let w64: Vec<Vec<f64>> = w.iter().map(|v| wide(v)).collect();
+        let (x64, y64) = (wide(&x), wide(&y));
+        let g_fast = gradients(&fast, &plan, &w, &loss, &x, &y, batch);
+        let g_ref = gradients(&reference, &plan, &w, &loss, &x, &y, batch);
+        let g_exact = gradients(&exact, &plan, &w64, &loss, &x64, &y64, batch);
+        let apart: Vec<f64> = {
+            let wr = ref_model.weights(&reference).unwrap();
+            w.iter()
+                .zip(&wr)
+                .map(|(a, b)| relative(&wide(a), &wide(b)))
+                .collect()
+        };
+        for (k, name) in names.iter().enumerate() {
+            let (ef, er) = (
+                relative(&g_fast[k], &g_exact[k]),
+                relative(&g_ref[k], &g_exact[k]),
+            );
+            let ratio = ef / er.max(1e-12);
+            // The first steps' gradients are not small; a ratio far above 1 would be a path
+            // that computes something else.
+            worst_ratio = worst_ratio.max(ratio);
+            println!(
+                "{step:>4}  {name:<15}  {ef:>9.2e}  {er:>8.2e}  {ratio:>8.2}  {:>13.2e}",
+                apart[k]
+            );
+            assert!(
+                ef < 1e-3,
+                "step {step}, {name}: the fast path's gradient is off by {ef:e}"
+            );
+        }
+        // Each model takes its own step (Adam, as training).
+        let (xf, yf) = (fast.upload(&x).unwrap(), fast.upload(&y).unwrap());
+        fast_model
+            .train_step(&fast, &loss, &xf, &yf, batch)
+            .unwrap();
+        let (xr, yr) = (reference.upload(&x).unwrap(), reference.upload(&y).unwrap());
+        ref_model
+            .train_step(&reference, &loss, &xr, &yr, batch)
+            .unwrap();
+    }
+    println!("worst fast/ref error ratio: {worst_ratio:.2}");
+    assert!(
+        worst_ratio < 10.0,
+        "a fast path's gradient is {worst_ratio}x the reference's error"
+    );
+}
