@@ -95,6 +95,12 @@ fn trajectory() {
     let mut ref_model = Model::with_weights(&reference, plan.clone(), &init).unwrap();
     let names: Vec<String> = plan.params.iter().map(|p| p.name.clone()).collect();
     let (mut x, mut y) = (Vec::new(), Vec::new());
+    // Each path's error vector (its gradient minus f64's) of the step before, per layer, and
+    // the sum over steps of the cosine between consecutive ones: errors that point the same
+    // way step after step are a bias that Adam, which normalises each weight's update,
+    // turns into steps of full size where the true gradient is near zero.
+    let mut last_err: Vec<Option<(Vec<f64>, Vec<f64>)>> = vec![None; plan.params.len()];
+    let mut consistency = vec![(0f64, 0f64); plan.params.len()];
     // Over every step and layer: the sum of each path's errors, and the mean log10 ratio.
     let (mut sum_fast, mut sum_ref, mut log_ratio, mut fast_worse, mut entries) =
         (0f64, 0f64, 0f64, 0usize, 0usize);
@@ -124,6 +130,18 @@ fn trajectory() {
             let ratio = ef / er.max(1e-12);
             sum_fast += ef;
             sum_ref += er;
+            let diff =
+                |g: &[f64]| -> Vec<f64> { g.iter().zip(&g_exact[k]).map(|(a, b)| a - b).collect() };
+            let (df, dr) = (diff(&g_fast[k]), diff(&g_ref[k]));
+            if let Some((pf, pr)) = &last_err[k] {
+                let cos = |a: &[f64], b: &[f64]| {
+                    a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>()
+                        / (norm(a) * norm(b)).max(1e-300)
+                };
+                consistency[k].0 += cos(&df, pf);
+                consistency[k].1 += cos(&dr, pr);
+            }
+            last_err[k] = Some((df, dr));
             log_ratio += ratio.log10();
             fast_worse += usize::from(ef > er);
             entries += 1;
@@ -147,6 +165,13 @@ fn trajectory() {
         ref_model
             .train_step(&reference, &loss, &xr, &yr, batch)
             .unwrap();
+    }
+    println!(
+        "layer            error consistency, fast / reference (mean cosine of consecutive steps)"
+    );
+    for (name, (f, r)) in names.iter().zip(&consistency) {
+        let n = (steps - 1) as f64;
+        println!("{name:<15}  {:>+8.3} / {:>+8.3}", f / n, r / n);
     }
     let mean_log = log_ratio / entries as f64;
     println!(
