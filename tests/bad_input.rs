@@ -249,6 +249,35 @@ const CASES: &[Case] = &[
         &["train", "--quiet", "--data", "{root}/nowhere"],
         &["--data", "nowhere"],
     ),
+    // --labels (multi-label data): a missing list, a list without --data, a softmax loss.
+    bare(
+        &[
+            "train",
+            "--quiet",
+            "--data",
+            "{data}",
+            "--labels",
+            "{root}/nowhere.csv",
+            "--loss",
+            "sigmoid-focal",
+        ],
+        &["nowhere.csv", "cannot read"],
+    ),
+    bare(
+        &["train", "--quiet", "--labels", "{root}/nowhere.csv"],
+        &["--labels needs --data"],
+    ),
+    bare(
+        &[
+            "train",
+            "--quiet",
+            "--data",
+            "{data}",
+            "--labels",
+            "{root}/nowhere.csv",
+        ],
+        &["--loss focal", "sigmoid-focal"],
+    ),
     // The largest values the flags take.
     bare(
         &[

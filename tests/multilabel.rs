@@ -194,6 +194,35 @@ fn a_multi_label_set_trains_evaluates_and_predicts() {
         !e.status.success() && err.contains("unknown.csv:2") && err.contains("\"green\""),
         "{err}"
     );
+    // A model with a softmax head cannot score several labels per image: said, with the fix.
+    let softmax = dir.0.join("softmax");
+    let s = softmax.to_str().unwrap();
+    let r = run(&[
+        "train",
+        "--synthetic-images",
+        "16",
+        "--image-size",
+        "24",
+        "--arch",
+        "c4,p,d8",
+        "--epochs",
+        "1",
+        "--out",
+        s,
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    for cmd in [
+        vec!["eval", "--checkpoint", s, "--data", d, "--labels", c],
+        vec!["predict", "--checkpoint", s, "--labels", c, "--data", d],
+    ] {
+        let r = run(&cmd);
+        let err = text(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains("softmax head") && err.contains("sigmoid-focal"),
+            "{err}"
+        );
+    }
     let p = run(&[
         "predict",
         "--checkpoint",
