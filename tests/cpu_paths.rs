@@ -185,3 +185,76 @@ fn trajectory() {
         "the fast paths' gradients are less accurate than the reference's"
     );
 }
+
+/// Exact ties in the 2x2 max-pool windows after each convolution, per path, on the built-in
+/// set (stripes: neighbouring pixels along a stripe see the same patch): the pool's backward
+/// pass sends a tied window's gradient to its first maximum, so a path whose rounding breaks
+/// such ties (Winograd computes the four pixels of a 2x2 output tile with different
+/// transforms) routes the gradient to other pixels than one that keeps them (im2col).
+/// Measured: 0-1 tied windows in 0.9-3.8 million per layer on either path (the generated
+/// stripes carry noise), so tie-breaking does not explain the paths' difference on this
+/// set; the test holds that (ignored: by hand, with `--ignored --nocapture`).
+#[test]
+#[ignore = "a diagnostic: run by hand"]
+fn pool_ties() {
+    let (size, batch) = (224, 32);
+    let set = synthetic::generate(64, size, 42);
+    let plan = Plan::new(
+        &REFERENCE_ARCH.parse::<Arch>().unwrap(),
+        ImageShape {
+            height: size,
+            width: size,
+            channels: 3,
+        },
+        2,
+    )
+    .unwrap();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    set.fill_batch(&(0..batch).collect::<Vec<_>>(), &mut x, &mut y);
+    let init = Model::new(&CpuBackend::<f32>::new(), plan.clone(), 42)
+        .unwrap()
+        .weights(&CpuBackend::<f32>::new())
+        .unwrap();
+    for (name, path) in [("fast", CpuPath::Auto), ("reference", CpuPath::Reference)] {
+        let b = CpuBackend::<f32>::with_path(path);
+        let mut m = Model::with_weights(&b, plan.clone(), &init).unwrap();
+        let xb = b.upload(&x).unwrap();
+        m.forward(&b, &xb, batch).unwrap();
+        for (i, op) in plan.ops.iter().enumerate() {
+            let focalflow::model::Layer::Pool { shape } = op else {
+                continue;
+            };
+            // The pool's input: the convolution before it (after its ReLU).
+            let a = m.activation(&b, i - 1, batch).unwrap();
+            let (h, w, c) = (shape.in_h, shape.in_w, shape.channels);
+            let (mut windows, mut tied) = (0usize, 0usize);
+            for n in 0..batch {
+                for oh in 0..h / 2 {
+                    for ow in 0..w / 2 {
+                        for ch in 0..c {
+                            let at = |dh: usize, dw: usize| {
+                                a[((n * h + 2 * oh + dh) * w + 2 * ow + dw) * c + ch]
+                            };
+                            let v = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+                            let max = v.iter().copied().fold(f32::MIN, f32::max);
+                            if max > 0.0 {
+                                windows += 1;
+                                tied += usize::from(v.iter().filter(|&&u| u == max).count() > 1);
+                            }
+                        }
+                    }
+                }
+            }
+            println!(
+                "{name:<9} pool after op {}: {tied} of {windows} windows with a positive max have a tie ({:.1} %)",
+                i - 1,
+                100.0 * tied as f64 / windows as f64
+            );
+            assert!(
+                tied * 10_000 < windows,
+                "{name}: ties are common after op {}",
+                i - 1
+            );
+        }
+    }
+}
