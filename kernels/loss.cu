@@ -28,6 +28,7 @@
 #include <math.h>
 
 #include "kernel_abi.cuh"  // ROWS_PER_BLOCK, LOSS_REDUCE_THREADS, LOSS_TERMS_PER_ROW
+#include "sigmoid.cuh"     // ff_sigmoid
 
 #define LOSS_FULL 0xffffffffu
 #define LOSS_THREADS (32 * ROWS_PER_BLOCK)
@@ -407,13 +408,6 @@ __global__ void __launch_bounds__(LOSS_THREADS)
 // clipped); from logits p = sigmoid(z), q = sigmoid(-z), ce = y softplus(-z) + (1-y) softplus(z):
 // grad a_t m^g ((p (1-y) - q y) + g ce (1-2y) p q / m) inv_n, the second term 0 where m = 0.
 
-// 1 / (1 + exp(-z)) from the exponential of a non-positive number only.
-__device__ __forceinline__ float loss_sigmoid(float z) {
-    if (z >= 0.0f) return 1.0f / (1.0f + expf(-z));
-    const float e = expf(z);
-    return e / (1.0f + e);
-}
-
 // ln(1 + e^x) = max(x, 0) + log1p(e^-|x|).
 __device__ __forceinline__ float loss_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 
@@ -436,8 +430,8 @@ __global__ void __launch_bounds__(LOSS_THREADS)
             const float not_y = 1.0f - yy;
             float p, q, ce;
             if (from_logits) {
-                p = loss_sigmoid(x);
-                q = loss_sigmoid(-x);
+                p = ff_sigmoid(x);
+                q = ff_sigmoid(-x);
                 ce = yy * loss_softplus(-x) + not_y * loss_softplus(x);
             } else {
                 p = loss_clamp(x);

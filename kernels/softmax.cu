@@ -4,6 +4,7 @@
 #define SOFTMAX_FULL 0xffffffffu
 // ROWS_PER_BLOCK warps per block, one per row.
 #include "kernel_abi.cuh"
+#include "sigmoid.cuh"
 #define SOFTMAX_THREADS (32 * ROWS_PER_BLOCK)
 
 __device__ __forceinline__ float softmax_warp_sum(float v) {
@@ -58,22 +59,14 @@ __global__ void __launch_bounds__(SOFTMAX_THREADS)
 
 // ------------------------------------------------------------------------------------------
 // The sigmoid output of sigmoid-focal's models, elementwise, grid-stride (one thread per
-// element). Reference: src/ops/softmax/cpu.rs `sigmoid` (exp of a non-positive number only).
+// element). Reference: src/ops/softmax/cpu.rs `sigmoid`.
 
-// probs = 1 / (1 + exp(-z)), as exp(z) / (1 + exp(z)) for negative z; `unused` keeps the
-// signature of sigmoid_backward_elems.
+// probs = sigmoid(z) (sigmoid.cuh); `unused` keeps the signature of sigmoid_backward_elems.
 __global__ void sigmoid_forward_elems(const float* __restrict__ logits, const float* __restrict__ unused,
                                       float* __restrict__ probs, int n) {
     (void)unused;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        const float z = logits[i];
-        if (z >= 0.0f) {
-            probs[i] = 1.0f / (1.0f + expf(-z));
-        } else {
-            const float e = expf(z);
-            probs[i] = e / (1.0f + e);
-        }
-    }
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        probs[i] = ff_sigmoid(logits[i]);
 }
 
 // dlogits = dprobs * p (1 - p).

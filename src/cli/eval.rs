@@ -43,17 +43,14 @@ pub struct EvalArgs {
 fn report_multi_label(
     args: &EvalArgs,
     path: &std::path::Path,
+    out: &std::path::Path,
     class_names: &[String],
     temperature: f64,
     logits: &[f32],
     sets: &[Vec<u32>],
 ) -> Result<()> {
     let m = MultiLabelMetrics::from_logits(logits, sets, class_names, temperature)?;
-    let out = match &args.out {
-        Some(o) => o.clone(),
-        None => crate::run::default_eval_dir(path, &args.data.dir),
-    };
-    std::fs::create_dir_all(&out).map_err(|e| crate::Error::file(&out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| crate::Error::file(out, e))?;
     let report = json!({
         "checkpoint": path,
         "data": args.data.dir,
@@ -94,18 +91,19 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     )?;
     let set = args.data.load(&ck, !args.quiet && !args.json)?;
     let logits = logits_on_device(&ck, &set, args.batch_size, device)?;
+    let out = match &args.out {
+        Some(o) => o.clone(),
+        None => crate::run::default_eval_dir(&path, &args.data.dir),
+    };
     if let Some(sets) = &set.multi {
-        return report_multi_label(args, &path, &ck.class_names, temperature, &logits, sets);
+        let names = &ck.class_names;
+        return report_multi_label(args, &path, &out, names, temperature, &logits, sets);
     }
     let labels = labels_of(&set);
     let m = Metrics::from_logits(&logits, &labels, &ck.class_names, temperature, ck.output())?;
     let raw = (temperature != 1.0)
         .then(|| Metrics::from_logits(&logits, &labels, &ck.class_names, 1.0, ck.output()))
         .transpose()?;
-    let out = match &args.out {
-        Some(o) => o.clone(),
-        None => crate::run::default_eval_dir(&path, &args.data.dir),
-    };
     let data_name = args
         .data
         .dir

@@ -98,6 +98,8 @@ pub fn run(args: &PredictArgs) -> Result<()> {
             files.len()
         )));
     }
+    // A model with sigmoid outputs: each prediction carries its labels (p >= 0.5).
+    let multi = predictions[0].labels.is_some();
     if args.json {
         let report = json!({
             "checkpoint": path,
@@ -110,7 +112,6 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     } else if args.csv {
         let mut header = vec!["file".to_string(), "class".into(), "confidence".into()];
         header.extend(ck.class_names.iter().map(|c| format!("p_{c}")));
-        let multi = predictions[0].labels.is_some();
         if multi {
             header.push("labels".into());
         }
@@ -156,7 +157,6 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         for c in &shown {
             header.push_str(&format!("  {:>10}", format!("p({})", short(c, 7))));
         }
-        let multi = predictions[0].labels.is_some();
         if multi {
             header.push_str("  labels (p >= 0.5)");
         }

@@ -184,7 +184,6 @@ impl LabelList {
             .collect::<Result<Vec<_>>>()?;
         Ok(Source::Listed {
             root: root.to_path_buf(),
-            list: self.file.clone(),
             class_names: classes,
             files,
             label_sets,

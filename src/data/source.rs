@@ -35,10 +35,9 @@ pub enum Source {
         /// The split read (e.g. "train"), when the shard names say.
         split: Option<String>,
     },
-    /// Multi-label: the images of a `--labels` file (`list`), each with its classes.
+    /// Multi-label: the images of a `--labels` file, each with its classes.
     Listed {
         root: PathBuf,
-        list: PathBuf,
         class_names: Vec<String>,
         /// In the file's order.
         files: Vec<InputFile>,
