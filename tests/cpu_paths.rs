@@ -3,8 +3,8 @@
 //! train as well (see scripts/cpu_paths_quality.py for the paired runs).
 //!
 //! `trajectory` (ignored: a minute on 2 cores; run it with
-//! `cargo test --release --test cpu_paths -- --ignored --nocapture`) trains the reference
-//! CNN on the built-in set at 224x224 from one initialisation, with the same batches, on
+//! `cargo test --release --test cpu_paths -- --ignored --nocapture`; CI runs the same at 64x64,
+//! `trajectory_at_64_pixels`) trains the reference CNN on the built-in set at 224x224 from one initialisation, with the same batches, on
 //! both paths. At every step it measures, at the fast model's current weights, each path's
 //! gradient error against the same gradient in f64 (per layer, relative, the norm of the
 //! difference over the norm of the f64 gradient), and how far the two trajectories' weights
@@ -58,7 +58,20 @@ fn gradients<B: Backend>(
 #[test]
 #[ignore = "a minute on 2 cores: run by hand (see the file's documentation)"]
 fn trajectory() {
-    let (size, batch, steps) = (224, 32, 24);
+    follow(224, 32, 24);
+}
+
+/// The same check on 64x64 images, small enough for every CI run (the fast paths all apply:
+/// the direct first layer, Winograd for conv2 and conv3, the streaming dense layer).
+#[test]
+fn trajectory_at_64_pixels() {
+    follow(64, 8, 8);
+}
+
+/// Trains `steps` steps of `batch` images of `size` x `size` on both paths (see the file's
+/// documentation) and checks that the fast paths' gradients are as accurate as the
+/// reference's.
+fn follow(size: usize, batch: usize, steps: usize) {
     let set = synthetic::generate(640, size, 42);
     let plan = Plan::new(
         &REFERENCE_ARCH.parse::<Arch>().unwrap(),
@@ -178,10 +191,11 @@ fn trajectory() {
         "{entries} gradients: errors summed fast {sum_fast:.3e} / reference {sum_ref:.3e}; \
          mean log10(fast/ref) {mean_log:+.3}; the fast path worse in {fast_worse}"
     );
-    // Single entries vary both ways by 10-100x (a kink flipped in one path); a path that is
-    // less accurate shows in the sums and the mean ratio.
+    // Single entries vary both ways by 10-100x (a kink flipped in one path); fast paths that
+    // are less accurate show in the sums and the mean ratio. (The other way is no fault: at
+    // 64 px one reference step's flipped kink makes its sum 60x the fast paths'.)
     assert!(
-        (0.5..2.0).contains(&(sum_fast / sum_ref)) && mean_log.abs() < 0.3,
+        sum_fast < 2.0 * sum_ref && mean_log < 0.3,
         "the fast paths' gradients are less accurate than the reference's"
     );
 }
@@ -193,9 +207,8 @@ fn trajectory() {
 /// transforms) routes the gradient to other pixels than one that keeps them (im2col).
 /// Measured: 0-1 tied windows in 0.9-3.8 million per layer on either path (the generated
 /// stripes carry noise), so tie-breaking does not explain the paths' difference on this
-/// set; the test holds that (ignored: by hand, with `--ignored --nocapture`).
+/// set; the test holds that (`--nocapture` prints the counts).
 #[test]
-#[ignore = "a diagnostic: run by hand"]
 fn pool_ties() {
     let (size, batch) = (224, 32);
     let set = synthetic::generate(64, size, 42);
