@@ -10,6 +10,7 @@ mod perf;
 use focalflow::executor::Executor;
 use focalflow::ops::gemm::Variant;
 use focalflow::ops::{CpuBackend, CpuPath, CudaBackend};
+use focalflow::precision::{Precision, cpu_unsupported};
 
 fn main() {
     let batch = 32;
@@ -27,6 +28,19 @@ fn main() {
         op.starts_with("conv") && !op.contains("relu") || op.starts_with("dense")
     }) {
         println!("  {}", t.line());
+    }
+    // `--precision bf16`: the ops whose products it changes.
+    match cpu_unsupported(Precision::Bf16) {
+        None => {
+            println!("cpu (bf16 products), batch {batch}:");
+            let bf16 = CpuBackend::<f32>::new().with_precision(Precision::Bf16);
+            for t in perf::time_ops(&bf16, batch, 3, &|op| {
+                op.starts_with("conv") && !op.contains("relu") || op.starts_with("dense")
+            }) {
+                println!("  {}", t.line());
+            }
+        }
+        Some(why) => println!("cpu (bf16 products): not timed ({why})"),
     }
     match Executor::cuda(0) {
         Ok(exec) => {

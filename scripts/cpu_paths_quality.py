@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Do the CPU's fast paths (direct 3x3, Winograd, streaming dense) train as well as the
-reference path (im2col + GEMM; FOCALFLOW_CPU_PATH=reference)? Paired runs: the same seed
-through both paths, alternating, on the built-in set (the default run) or on scikit-learn's
+reference path (im2col + GEMM; FOCALFLOW_CPU_PATH=reference)? And does `--precision bf16`
+train as well as fp32 (`--compare precision`)? Paired runs: the same seed through both
+variants, alternating, on the built-in set (the default run) or on scikit-learn's
 digits (64x64, the reference CNN). Results go to a JSON file as each pair finishes, so the
 experiment can be stopped and continued (seeds already done are skipped); the summary is
 the paired difference fast - reference (mean +- standard error over the seeds, and how many
@@ -11,6 +12,7 @@ the last validation loss.
 Run from the repository root after `cargo build --release`:
     python3 scripts/cpu_paths_quality.py --set builtin --seeds 1-20 [--results FILE]
     .venv-torch/bin/python scripts/cpu_paths_quality.py --set digits --seeds 1-20
+    python3 scripts/cpu_paths_quality.py --compare precision --set builtin --seeds 1-10
 (digits needs scikit-learn and pillow, as scripts/loss_comparison.py.)
 """
 
@@ -36,13 +38,23 @@ def summary(lines):
             "val_acc": acc}
 
 
-def train(args, path, out):
+# The two variants of each comparison: (name, FOCALFLOW_CPU_PATH, extra train flags); the
+# differences reported are first - second.
+COMPARISONS = {
+    "paths": [("auto", "auto", []), ("reference", "reference", [])],
+    "precision": [("bf16", "auto", ["--precision", "bf16"]), ("fp32", "auto", [])],
+}
+
+
+def train(args, variant, out):
+    name, path, extra = variant
     env = dict(os.environ, FOCALFLOW_CPU_PATH=path)
     shutil.rmtree(out, ignore_errors=True)
-    r = subprocess.run([BIN, "train", "--device", "cpu", "--quiet", "--out", out] + args, env=env,
+    # A non-finite loss stops `train` with an error: it ends the experiment here too.
+    r = subprocess.run([BIN, "train", "--device", "cpu", "--quiet", "--out", out] + extra + args, env=env,
                        capture_output=True, text=True)
     if r.returncode != 0:
-        sys.exit(f"{path}: {r.stderr}")
+        sys.exit(f"{name}: {r.stderr}")
     return summary(metrics(out))
 
 
@@ -57,8 +69,12 @@ def main():
     ap.add_argument("--seeds", default="1-10")
     ap.add_argument("--work", default="/tmp/focalflow-cpu-paths")
     ap.add_argument("--results", default=None)
+    ap.add_argument("--compare", choices=sorted(COMPARISONS), default="paths")
     args = ap.parse_args()
-    results_path = args.results or os.path.join(args.work, f"{args.set}.json")
+    variants = COMPARISONS[args.compare]
+    first, second = variants[0][0], variants[1][0]
+    suffix = "" if args.compare == "paths" else f"-{args.compare}"
+    results_path = args.results or os.path.join(args.work, f"{args.set}{suffix}.json")
     os.makedirs(args.work, exist_ok=True)
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
     flags = []
@@ -73,16 +89,17 @@ def main():
         if str(seed) in results:
             continue
         pair = {}
-        for path in ["auto", "reference"]:
-            pair[path] = train(flags + ["--seed", str(seed)], path, os.path.join(args.work, "runs", f"{path}-{seed}"))
+        for variant in variants:
+            out = os.path.join(args.work, "runs", f"{variant[0]}-{args.set}-{seed}")
+            pair[variant[0]] = train(flags + ["--seed", str(seed)], variant, out)
         results[str(seed)] = pair
         with open(results_path, "w") as f:
             json.dump(results, f, indent=1)
-        print(f"seed {seed}: fast {pair['auto']['best_acc']:.4f} / reference {pair['reference']['best_acc']:.4f}",
+        print(f"seed {seed}: {first} {pair[first]['best_acc']:.4f} / {second} {pair[second]['best_acc']:.4f}",
               file=sys.stderr)
-    print(f"{args.set}: {len(results)} seeds (fast - reference, mean +- standard error; seeds lower)")
+    print(f"{args.set}: {len(results)} seeds ({first} - {second}, mean +- standard error; seeds lower)")
     for key in ["best_acc", "last3_acc", "last_val_loss"]:
-        d = [r["auto"][key] - r["reference"][key] for r in results.values()]
+        d = [r[first][key] - r[second][key] for r in results.values()]
         se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
         scale = 100 if key.endswith("acc") else 1
         unit = " points" if scale == 100 else ""

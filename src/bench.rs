@@ -35,6 +35,8 @@ pub const END_TO_END_EPOCHS: usize = 3;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchReport {
     pub device: String,
+    /// `--precision` of the products.
+    pub precision: crate::precision::Precision,
     pub arch: String,
     pub image_size: usize,
     pub batch_size: usize,
@@ -233,6 +235,7 @@ pub fn run_with<B: Feeds>(
 
     Ok(BenchReport {
         device: backend.name().to_string(),
+        precision: backend.precision(),
         arch: opts.arch.to_string(),
         image_size: opts.image_size,
         batch_size: n,
@@ -274,6 +277,7 @@ fn end_to_end<B: Feeds>(backend: &B, opts: &BenchOptions, images: usize) -> Resu
         class_fraction: Vec::new(),
         augment: Augment::None,
         device_cache: opts.device_cache,
+        precision: backend.precision(),
         ..Default::default()
     };
     let dir = std::env::temp_dir().join(format!("focalflow-bench-{}", std::process::id()));

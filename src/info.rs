@@ -102,7 +102,7 @@ pub fn info_report() -> String {
 
     // ---- executors -------------------------------------------------------------------------
     let _ = writeln!(s, "\nExecutors");
-    let _ = writeln!(s, "  cpu            available");
+    let _ = writeln!(s, "  cpu            available; {}", precisions_line(false));
     let emu = if BUILD.emulator {
         match EmuOptions::from_env().and_then(executor::EmuExecutor::new) {
             Ok(e) => format!("available: {}", e.describe()),
@@ -111,7 +111,7 @@ pub fn info_report() -> String {
     } else {
         "unavailable: the emulator is built on unix targets only".to_string()
     };
-    let _ = writeln!(s, "  cuda-emu       {emu}");
+    let _ = writeln!(s, "  cuda-emu       {emu}; {}", precisions_line(true));
     let gpus = executor::probe_gpus();
     let cuda = if PTX_MODULES.is_empty() {
         format!(
@@ -133,7 +133,7 @@ pub fn info_report() -> String {
             Err(e) => format!("unavailable: {e}"),
         }
     };
-    let _ = writeln!(s, "  cuda           {cuda}");
+    let _ = writeln!(s, "  cuda           {cuda}; {}", precisions_line(true));
 
     // ---- GPUs ------------------------------------------------------------------------------
     let _ = writeln!(s, "\nGPUs");
@@ -172,6 +172,39 @@ pub fn info_report() -> String {
     }
     let _ = writeln!(s, "  {v}");
     s
+}
+
+/// `--precision`s a backend runs here, and why not the others: "precisions: fp32, bf16
+/// (tf32: ...)".
+fn precisions_line(cuda: bool) -> String {
+    use crate::precision::{Precision, cpu_unsupported, cuda_unsupported};
+    let why = |p: Precision| {
+        if cuda {
+            cuda_unsupported(p)
+        } else {
+            cpu_unsupported(p)
+        }
+    };
+    let (yes, no): (Vec<Precision>, Vec<Precision>) =
+        Precision::ALL.into_iter().partition(|p| why(*p).is_none());
+    let names = |v: &[Precision]| v.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ");
+    let mut line = format!("precisions: {}", names(&yes));
+    if !no.is_empty() {
+        let reasons: Vec<String> = no
+            .iter()
+            .map(|p| {
+                let w = why(*p).unwrap_or_default();
+                // The reason without the flag it repeats ("--precision bf16 on cuda: ").
+                let reason = w
+                    .split_once(": ")
+                    .map_or(w.as_str(), |(_, r)| r)
+                    .to_string();
+                format!("not {p}: {reason}")
+            })
+            .collect();
+        line.push_str(&format!(" ({})", reasons.join("; ")));
+    }
+    line
 }
 
 /// Prints [`info_report`] to stdout.

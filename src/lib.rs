@@ -24,6 +24,7 @@ pub mod onnx;
 pub mod ops;
 pub mod optim;
 pub mod plots;
+pub mod precision;
 pub mod profile;
 pub mod rng;
 pub mod run;

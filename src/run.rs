@@ -54,6 +54,9 @@ pub struct EpochMetrics {
     pub val_accuracy: Option<f64>,
     pub images_per_second: f64,
     pub seconds: f64,
+    /// `--precision` of the products this epoch ran (lines of runs before the flag: fp32).
+    #[serde(default)]
+    pub precision: crate::precision::Precision,
     /// Validation metrics beyond loss and accuracy (`val_balanced_accuracy`, `val_ece`, ...;
     /// absent without a validation split).
     #[serde(flatten, default)]

@@ -67,25 +67,6 @@ fn train(out: &Path, extra: &[&str]) -> String {
     ok("train", run(&args))
 }
 
-/// A class-per-folder set of `n` PNGs of the built-in stripes (another seed than the
-/// training set's), with the built-in class names.
-fn image_folder(dir: &Path, n: usize, seed: u64) {
-    let set = focalflow::data::synthetic::generate(n, 32, seed);
-    for i in 0..set.len() {
-        let class = &set.class_names[set.labels[i] as usize];
-        let folder = dir.join(class);
-        std::fs::create_dir_all(&folder).unwrap();
-        image::save_buffer(
-            folder.join(format!("img{i:03}.png")),
-            set.image(i),
-            32,
-            32,
-            image::ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    }
-}
-
 fn non_empty(path: &Path) -> Vec<u8> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(
@@ -175,7 +156,7 @@ fn run_folder_eval_predict_calibrate_compare() {
 
     // eval on a labelled folder.
     let data = tmp.join("data");
-    image_folder(&data, 24, 99);
+    common::stripes_folder(&data, 24, 99);
     let eval_dir = tmp.join("eval");
     let report = json(&ok(
         "eval --json",
@@ -459,7 +440,7 @@ fn resume_through_the_binary_and_clear_errors() {
         "{err}"
     );
     let data = tmp.join("data");
-    image_folder(&data, 4, 5);
+    common::stripes_folder(&data, 4, 5);
     std::fs::create_dir_all(data.join("diagonal")).unwrap();
     std::fs::copy(
         data.join("vertical/img001.png"),
@@ -492,7 +473,7 @@ fn eval_and_predict_on_the_cuda_emulator_match_the_cpu() {
     let run_dir = tmp.join("run");
     train(&run_dir, &[]);
     let data = tmp.join("data");
-    image_folder(&data, 8, 7);
+    common::stripes_folder(&data, 8, 7);
     let eval_on = |device: &str| {
         let out = run(&[
             "eval",
@@ -508,7 +489,7 @@ fn eval_and_predict_on_the_cuda_emulator_match_the_cpu() {
             s(&tmp.join(&format!("eval-{device}"))),
         ]);
         let said = text(&out.stderr);
-        assert!(said.contains(&format!("device: {device}\n")), "{said}");
+        assert!(said.contains(&format!("device: {device}; precision: fp32\n")), "{said}");
         json(&ok(&format!("eval --device {device}"), out))["metrics"].clone()
     };
     let (cpu, emu) = (eval_on("cpu"), eval_on("cuda-emu"));
@@ -533,7 +514,7 @@ fn eval_and_predict_on_the_cuda_emulator_match_the_cpu() {
             device,
         ]);
         let said = text(&out.stderr);
-        assert!(said.contains(&format!("device: {device}\n")), "{said}");
+        assert!(said.contains(&format!("device: {device}; precision: fp32\n")), "{said}");
         let out = json(&ok(&format!("predict --device {device}"), out));
         out["predictions"]
             .as_array()

@@ -56,6 +56,7 @@ use focalflow::ops::{
     AdamStep, ConvShape, CpuBackend, CpuPath, CudaBackend, DenseShape, Padding, PoolShape,
     StepFailure, StepTotals,
 };
+use focalflow::precision::Precision;
 use focalflow::rng::Rng;
 
 /// Extra elements after every output's prefix, which must stay untouched (NaN).
@@ -107,6 +108,25 @@ fn check<B: Backend<E = f32>>(b: &B, what: &str, got: &B::Buf, want: &[f32], bou
             b.name()
         );
     }
+}
+
+/// The bound of a product computed by `b` in its precision: [`gemm_bound`], plus for bf16
+/// the rounding of both operands, (2 u + u^2) |a b| per product with u = 2^-8, times 64/9:
+/// Winograd F(2x2, 3x3) rounds the transformed operands, whose sum of absolute products
+/// grows by (8/3)^2 over the direct one where the magnitudes are equal (the 1-D transform's
+/// 8/3, once per dimension).
+fn product_bound<B: Backend<E = f32>>(b: &B, abs_ref: &[f64], k: usize) -> Vec<f32> {
+    let u = b.precision().unit_roundoff();
+    let rounding = if b.precision().is_fp32() {
+        0.0
+    } else {
+        64.0 / 9.0 * (2.0 * u + u * u)
+    };
+    gemm_bound(abs_ref, k)
+        .iter()
+        .zip(abs_ref)
+        .map(|(&g, &a)| g + (rounding * a) as f32)
+        .collect()
 }
 
 /// `(K + 2) * EPSILON * sum|a b|` per element (see the module documentation).
@@ -173,7 +193,7 @@ fn conv_forward<B: Backend<E = f32>>(b: &B) {
                 &format!("conv2d_forward {s:?} relu={relu}"),
                 &y,
                 &narrow(&want),
-                &gemm_bound(&abs_ref, s.patch_len() + 1),
+                &product_bound(b, &abs_ref, s.patch_len() + 1),
             );
         }
     }
@@ -202,7 +222,7 @@ fn conv_backward_data<B: Backend<E = f32>>(b: &B) {
             &format!("conv2d_backward_data {s:?}"),
             &dx,
             &narrow(&want),
-            &gemm_bound(&abs_ref, k),
+            &product_bound(b, &abs_ref, k),
         );
     }
 }
@@ -236,7 +256,7 @@ fn conv_backward_filter<B: Backend<E = f32>>(b: &B) {
             &format!("conv2d_backward_filter dw {s:?}"),
             &dw,
             &narrow(&want_w),
-            &gemm_bound(&abs_w, pixels),
+            &product_bound(b, &abs_w, pixels),
         );
         check(
             b,
@@ -875,7 +895,7 @@ fn dense_forward<B: Backend<E = f32>>(b: &B) {
                 &format!("dense_forward {s:?} relu={relu}"),
                 &y,
                 &narrow(&want),
-                &gemm_bound(&abs_ref, s.inputs + 1),
+                &product_bound(b, &abs_ref, s.inputs + 1),
             );
         }
     }
@@ -943,7 +963,7 @@ fn dense_backward<B: Backend<E = f32>>(b: &B) {
                 &format!("dense_backward dw {s:?}"),
                 &dw,
                 &narrow(&want_dw),
-                &gemm_bound(&abs_dw, s.batch),
+                &product_bound(b, &abs_dw, s.batch),
             );
             check(
                 b,
@@ -958,7 +978,7 @@ fn dense_backward<B: Backend<E = f32>>(b: &B) {
                     &format!("dense_backward dx {s:?}"),
                     &dx,
                     &narrow(&want_dx),
-                    &gemm_bound(&abs_dx, s.outputs),
+                    &product_bound(b, &abs_dx, s.outputs),
                 );
             } else {
                 let untouched = b.read(&dx, s.batch * s.inputs + TAIL).unwrap();
@@ -1169,6 +1189,15 @@ fn cpu_f32(t: impl OpTest, _test: &str) {
 fn cpu_f32_im2col(t: impl OpTest, _test: &str) {
     t.run(&CpuBackend::<f32>::with_path(CpuPath::Reference));
 }
+/// The CPU with `--precision bf16` (the products on AVX512_BF16 where a layer has them;
+/// skipped, visibly, on a CPU without).
+fn cpu_bf16(t: impl OpTest, test: &str) {
+    if let Some(why) = focalflow::precision::cpu_unsupported(Precision::Bf16) {
+        println!("SKIPPED {test}: {why}");
+        return;
+    }
+    t.run(&CpuBackend::<f32>::new().with_precision(Precision::Bf16));
+}
 fn emu_forward(t: impl OpTest, _test: &str) {
     t.run(&emu_backend(Schedule::Forward, Variant::Tiled));
 }
@@ -1262,6 +1291,18 @@ op_matrix!(
     ]
 );
 
+// `--precision bf16` changes the products alone: the ops that have them, on the bf16 CPU.
+op_matrix!(
+    @target cpu_bf16,
+    [
+        conv_forward,
+        conv_backward_data,
+        conv_backward_filter,
+        dense_forward,
+        dense_backward,
+    ]
+);
+
 /// The CPU's Winograd path (forward, input and filter gradients) against the f64 reference
 /// at the reference CNN's conv2 and conv3 shapes (one image), beside im2col: the largest
 /// and the mean error in units of
@@ -1324,8 +1365,21 @@ fn winograd_error_against_f64() {
                 e.iter().sum::<f64>() / e.len() as f64,
             )
         };
-        for (name, path) in [("winograd", CpuPath::Auto), ("im2col", CpuPath::Reference)] {
-            let b = CpuBackend::<f32>::with_path(path);
+        let bf16 = focalflow::precision::cpu_unsupported(Precision::Bf16).is_none();
+        let targets = [
+            ("winograd", CpuPath::Auto, Precision::Fp32),
+            ("im2col", CpuPath::Reference, Precision::Fp32),
+            ("winograd bf16", CpuPath::Auto, Precision::Bf16),
+        ];
+        for (name, path, precision) in targets {
+            if precision == Precision::Bf16 && !bf16 {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED winograd_error_against_f64 ({name}): no AVX512_BF16"
+                );
+                continue;
+            }
+            let b = CpuBackend::<f32>::with_path(path).with_precision(precision);
             let mut y = vec![0f32; s.output_len()];
             b.conv2d_forward(&s, &x, &w, &bias, &mut y, false).unwrap();
             let mut dx = vec![0f32; s.input_len()];
@@ -1333,14 +1387,18 @@ fn winograd_error_against_f64() {
             let (mut dw, mut db) = (vec![0f32; s.kernel_len()], vec![0f32; out_c]);
             b.conv2d_backward_filter(&s, &x, &dy, &mut dw, &mut db)
                 .unwrap();
-            let fwd = errors(&y, &want_y, &scale_y);
-            let bwd = errors(&dx, &want_dx, &scale_dx);
-            let filt = errors(&dw, &want_dw, &scale_dw);
+            // In units of the products' own rounding: EPSILON for f32, u = 2^-8 for bf16.
+            let unit = (precision.unit_roundoff() * 2.0) / f64::from(f32::EPSILON);
+            let unit_name = ["EPSILON", "2 u(bf16)"][usize::from(!precision.is_fp32())];
+            let scaled = |(max, mean): (f64, f64)| (max / unit, mean / unit);
+            let fwd = scaled(errors(&y, &want_y, &scale_y));
+            let bwd = scaled(errors(&dx, &want_dx, &scale_dx));
+            let filt = scaled(errors(&dw, &want_dw, &scale_dw));
             let _ = writeln!(
                 std::io::stderr(),
-                "ERROR {hw}x{hw}x{in_c}->{out_c} {name:<8} forward max {:.3} mean {:.4}, \
+                "ERROR {hw}x{hw}x{in_c}->{out_c} {name:<13} forward max {:.3} mean {:.4}, \
                  backward data max {:.3} mean {:.4}, backward filter max {:.3} mean {:.4} \
-                 (EPSILON * sum|a b|)",
+                 ({unit_name} * sum|a b|)",
                 fwd.0,
                 fwd.1,
                 bwd.0,
@@ -1348,16 +1406,35 @@ fn winograd_error_against_f64() {
                 filt.0,
                 filt.1
             );
-            assert!(fwd.0 <= (9 * in_c + 2) as f64, "{name} forward {fwd:?}");
-            assert!(
-                bwd.0 <= (9 * out_c + 2) as f64,
-                "{name} backward data {bwd:?}"
-            );
             let pixels = s.out_h() * s.out_w();
-            assert!(
-                filt.0 <= (pixels + 2) as f64,
-                "{name} backward filter {filt:?}"
-            );
+            if precision.is_fp32() {
+                assert!(fwd.0 <= (9 * in_c + 2) as f64, "{name} forward {fwd:?}");
+                assert!(
+                    bwd.0 <= (9 * out_c + 2) as f64,
+                    "{name} backward data {bwd:?}"
+                );
+                assert!(
+                    filt.0 <= (pixels + 2) as f64,
+                    "{name} backward filter {filt:?}"
+                );
+            } else {
+                // product_bound's growth of 64/9 on both operands' rounding (the f32 sums'
+                // part is 2^-15 of a unit here), and the operands really were rounded: a
+                // mean error of at least 1e-3 units, 65 EPSILON, which no f32 path comes
+                // near (above: < 0.2 EPSILON; the filter gradient's long sums over pixels
+                // let independent roundings cancel, so its mean is the smallest).
+                for (pass, (max, mean)) in [
+                    ("forward", fwd),
+                    ("backward data", bwd),
+                    ("backward filter", filt),
+                ] {
+                    assert!(max <= 64.0 / 9.0 * 1.01, "{name} {pass}: max {max}");
+                    assert!(
+                        mean >= 1e-3,
+                        "{name} {pass}: mean {mean}: not rounded to bf16?"
+                    );
+                }
+            }
         }
     }
 }

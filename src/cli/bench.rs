@@ -11,6 +11,8 @@ use crate::model::REFERENCE_ARCH;
 pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    #[command(flatten)]
+    pub precision: device::PrecisionFlag,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 224)]
@@ -40,6 +42,8 @@ pub struct BenchArgs {
 /// Runs `focalflow bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
     let device = device::resolve(args.device)?;
+    let precision = args.precision.precision;
+    device::check_precision(device, precision)?;
     let opts = BenchOptions {
         arch: args.arch.parse()?,
         image_size: args.image_size,
@@ -52,7 +56,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         device_cache: args.device_cache,
     };
     let clock = device::clock_name(device);
-    let (report, table) = on_device!(device, |backend| {
+    let (report, table) = on_device!(device, precision, |backend| {
         crate::bench::run_profiled(backend, &opts, args.profile, clock)
     })?;
     if let Some(table) = table {
@@ -67,8 +71,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report).expect("JSON"));
     } else {
         println!(
-            "{} {}x{} batch {}, {} threads: train {:.1} img/s ({:.0} ms/step, {:.1} GFLOP/s), inference {:.1} img/s, peak RSS {}",
+            "{} {} {}x{} batch {}, {} threads: train {:.1} img/s ({:.0} ms/step, {:.1} GFLOP/s), inference {:.1} img/s, peak RSS {}",
             report.device,
+            report.precision,
             report.image_size,
             report.image_size,
             report.batch_size,

@@ -53,12 +53,13 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     eprintln!("{}", describe(&path, &ck, ck.temperature_or_one()));
     let device = check_before_data(
         args.batch_size,
-        args.device.device,
+        &args.device,
         args.out.as_deref(),
         &args.data.dir,
     )?;
     let set = args.data.load(&ck, !args.quiet && !args.json)?;
-    let logits = logits_on_device(&ck, &set, args.batch_size, device)?;
+    let precision = args.device.precision.precision;
+    let logits = logits_on_device(&ck, &set, args.batch_size, device, precision)?;
     let labels = labels_of(&set);
     let cal = Calibration::fit(&logits, &labels, &ck.class_names)?;
     let previous = ck.temperature;

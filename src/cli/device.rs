@@ -5,14 +5,37 @@
 use super::DeviceChoice;
 use crate::executor::{Executor, cuda_unavailable_reason};
 use crate::ops::CudaBackend;
+use crate::precision::{self, Precision};
 use crate::{Error, Result};
 
-/// Where the model runs.
+/// Where the model runs, and in which precision.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceFlag {
     /// auto: cuda when a GPU and compiled kernels are present, else cpu (said on stderr).
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    #[command(flatten)]
+    pub precision: PrecisionFlag,
+}
+
+/// `--precision`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PrecisionFlag {
+    /// Number format of the convolution and dense products: fp32 (bit-reproducible), bf16
+    /// (a CPU with AVX512_BF16) or tf32 (tensor cores); weights, sums, loss and metrics stay
+    /// f32.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
+}
+
+/// Checks that the resolved `device` runs `precision`: a one-line error naming what is
+/// missing and what to use instead.
+pub fn check_precision(device: DeviceChoice, precision: Precision) -> Result<()> {
+    let why = match device {
+        DeviceChoice::Cuda | DeviceChoice::CudaEmu => precision::cuda_unsupported(precision),
+        _ => precision::cpu_unsupported(precision),
+    };
+    why.map_or(Ok(()), |w| Err(Error::invalid(w)))
 }
 
 /// Resolves `--device` to a backend this machine and build can run (`auto`: cuda when a GPU
@@ -72,19 +95,23 @@ pub fn cuda_backend(device: DeviceChoice) -> Result<CudaBackend> {
 }
 
 /// Evaluates `$body` with `$b` bound to (a reference to) the backend of a resolved
-/// `--device`: one body, compiled for each backend type (a closure cannot be generic over
-/// it). `?` inside `$body` returns from the enclosing function.
+/// `--device`, its products in `$precision` (checked by [`check_precision`]): one body,
+/// compiled for each backend type (a closure cannot be generic over it). `?` inside `$body`
+/// returns from the enclosing function.
 macro_rules! on_device {
-    ($device:expr, |$b:ident| $body:expr) => {
+    ($device:expr, $precision:expr, |$b:ident| $body:expr) => {
         match $device {
             $crate::cli::DeviceChoice::Cuda | $crate::cli::DeviceChoice::CudaEmu => {
+                $crate::cli::device::check_precision($device, $precision)?;
                 let backend = $crate::cli::device::cuda_backend($device)?;
                 let $b = &backend;
                 $body
             }
             _ => {
+                $crate::cli::device::check_precision($device, $precision)?;
                 let path = $crate::ops::CpuPath::from_env()?;
-                let backend = $crate::ops::CpuBackend::<f32>::with_path(path);
+                let backend =
+                    $crate::ops::CpuBackend::<f32>::with_path(path).with_precision($precision);
                 let $b = &backend;
                 $body
             }

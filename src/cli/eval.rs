@@ -85,12 +85,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     eprintln!("{}", describe(&path, &ck, temperature));
     let device = check_before_data(
         args.batch_size,
-        args.device.device,
+        &args.device,
         args.out.as_deref(),
         &args.data.dir,
     )?;
     let set = args.data.load(&ck, !args.quiet && !args.json)?;
-    let logits = logits_on_device(&ck, &set, args.batch_size, device)?;
+    let precision = args.device.precision.precision;
+    let logits = logits_on_device(&ck, &set, args.batch_size, device, precision)?;
     let out = match &args.out {
         Some(o) => o.clone(),
         None => crate::run::default_eval_dir(&path, &args.data.dir),

@@ -44,9 +44,11 @@ pub fn run(args: &LossArgs) -> Result<()> {
             args.y_pred.display()
         )));
     }
-    // Through the backend's `loss` (on the cpu: loss_forward_backward::<f32>).
+    // Through the backend's `loss` (on the cpu: loss_forward_backward::<f32>), which is f32
+    // in every precision.
     let want_grad = args.grad_out.is_some();
-    let (loss, grad) = on_device!(device, |backend| {
+    let fp32 = crate::precision::Precision::Fp32;
+    let (loss, grad) = on_device!(device, fp32, |backend| {
         loss_of(backend, &cfg, &y_true, &y_pred, y_shape, want_grad)
     })?;
     if !loss.is_finite() {

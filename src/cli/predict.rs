@@ -62,9 +62,11 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         }
     }
     let device = device::resolve(args.device.device)?;
-    eprintln!("device: {}", device::name(device));
+    let precision = args.device.precision.precision;
+    device::check_precision(device, precision)?;
+    eprintln!("device: {}; precision: {precision}", device::name(device));
     let mut skipped: Vec<(String, String)> = Vec::new();
-    let predictions = on_device!(device, |backend| {
+    let predictions = on_device!(device, precision, |backend| {
         inference::predict_files(
             backend,
             &ck,

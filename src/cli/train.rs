@@ -52,6 +52,8 @@ pub struct TrainArgs {
     pub steps_per_epoch: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    #[command(flatten)]
+    pub precision: device::PrecisionFlag,
     /// Learning rate over the run: constant, cosine (to 0 at the last epoch, per step),
     /// step:EPOCHS:FACTOR (times FACTOR every EPOCHS epochs) or plateau:PATIENCE:FACTOR
     /// (times FACTOR when --monitor has not improved for PATIENCE epochs).
@@ -97,6 +99,7 @@ pub struct TrainArgs {
 pub fn run(args: TrainArgs) -> Result<()> {
     let auto_alpha = args.loss.auto_alpha()?;
     let device = device::resolve(args.device)?;
+    device::check_precision(device, args.precision.precision)?;
     let loss = args.loss.to_config_with_auto_alpha(true)?;
     let arch: Arch = args.arch.parse()?;
     let class_fraction = args.data.class_fractions()?;
@@ -116,6 +119,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         warmup_epochs: args.warmup_epochs,
         monitor: args.monitor,
         early_stop: args.early_stop,
+        precision: args.precision.precision,
         progress: !args.quiet,
         resume: args.resume.is_some(),
         origin: data_origin(&args),
@@ -335,7 +339,7 @@ fn start_run(
     );
     crate::interrupt::install()?;
     let clock = device::clock_name(device);
-    on_device!(device, |backend| {
+    on_device!(device, opts.precision, |backend| {
         crate::train::train_profiled(
             backend,
             data,

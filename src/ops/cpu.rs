@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use std::time::Instant;
 
+use crate::precision::Precision;
 use crate::profile::{Mark, Timeline};
 use crate::{Element, Result};
 
@@ -47,6 +48,9 @@ impl CpuPath {
 pub struct CpuBackend<T> {
     /// Fast paths or the reference path (see [`CpuPath`]).
     pub(crate) path: CpuPath,
+    /// `--precision`: the format of the products' operands where a layer has a path for it
+    /// (f32 backends only; the f64 reference always multiplies in f64).
+    pub(crate) precision: Precision,
     /// Scratch buffers (im2col matrices, per-thread partial gradients), taken and returned
     /// by workers so that a training step allocates nothing after the first.
     scratch: Mutex<Vec<Vec<T>>>,
@@ -68,9 +72,25 @@ impl<T: Element> CpuBackend<T> {
     pub fn with_path(path: CpuPath) -> Self {
         CpuBackend {
             path,
+            precision: Precision::Fp32,
             scratch: Mutex::new(Vec::new()),
             _t: PhantomData,
         }
+    }
+
+    /// This backend with the products in `precision`, which the caller has checked this CPU
+    /// runs ([`crate::precision::cpu_unsupported`]).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// Whether the products run in bf16: asked for, and this is an f32 backend on a CPU with
+    /// AVX512_BF16.
+    pub(crate) fn bf16_products(&self) -> bool {
+        self.precision == Precision::Bf16
+            && is_f32::<T>()
+            && crate::precision::cpu_has("avx512bf16")
     }
 
     /// A scratch buffer of exactly `len` elements (contents unspecified).
@@ -107,14 +127,7 @@ impl<T: Element> CpuBackend<T> {
 /// Whether this machine has AVX-512F, which the hand-vectorised paths (direct, Winograd,
 /// streaming dense) need; detected at run time.
 pub(crate) fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::precision::cpu_has("avx512f")
 }
 
 /// True when `T` is f32: the element type of the hand-vectorised paths.

@@ -194,6 +194,7 @@ impl<'a, B: Feeds, P: PixelStore> Training<'a, B, P> {
             val_accuracy: None,
             images_per_second: seen / done.seconds,
             seconds: done.seconds,
+            precision: self.backend.precision(),
             validation: None,
             multilabel: None,
             learning_rates: done.learning_rates.clone(),

@@ -402,6 +402,7 @@ impl RunStart {
         let mut config = serde_json::json!({
             "focalflow_version": env!("CARGO_PKG_VERSION"),
             "device": backend.name(),
+            "precision": backend.precision(),
             "options": opts,
             "image_shape": data.shape,
             "class_names": data.class_names,

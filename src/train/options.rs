@@ -5,6 +5,7 @@ use crate::data::{Augment, ClassFraction};
 use crate::feed::DeviceCache;
 use crate::loss::LossConfig;
 use crate::model::Arch;
+use crate::precision::Precision;
 use crate::schedule::{LrSchedule, Monitor};
 
 /// Everything that defines a training run (written to `config.json`).
@@ -42,6 +43,11 @@ pub struct TrainOptions {
     /// many epochs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stop: Option<usize>,
+    /// `--precision`: the format of the convolution and dense products (not written when
+    /// fp32, so that runs of earlier versions still resume; `config.json` also states the
+    /// precision the backend ran at the top level).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
     /// Show progress bars (on a terminal).
     #[serde(skip)]
     pub progress: bool,
@@ -75,6 +81,7 @@ impl Default for TrainOptions {
             warmup_epochs: 0.0,
             monitor: Monitor::ValLoss,
             early_stop: None,
+            precision: Precision::Fp32,
             progress: false,
             resume: false,
             origin: serde_json::Value::Null,

@@ -116,6 +116,25 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32) {
     }
 }
 
+/// A class-per-folder set of `n` PNGs of the built-in stripes (another seed than the
+/// training set's), with the built-in class names.
+pub fn stripes_folder(dir: &std::path::Path, n: usize, seed: u64) {
+    let set = focalflow::data::synthetic::generate(n, 32, seed);
+    for i in 0..set.len() {
+        let class = &set.class_names[set.labels[i] as usize];
+        let folder = dir.join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        image::save_buffer(
+            folder.join(format!("img{i:03}.png")),
+            set.image(i),
+            32,
+            32,
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+    }
+}
+
 /// The lines of `metrics.jsonl` in `dir`, each parsed.
 pub fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
     let path = dir.join("metrics.jsonl");

@@ -110,10 +110,11 @@ pub fn describe(path: &Path, ck: &Checkpoint, temperature: f64) -> String {
 }
 
 /// What `eval` and `calibrate` check before any image is read: the batch size, the device
-/// (resolved, said on stderr) and that `--out` does not lie inside `--data`.
+/// (resolved, said on stderr) and its precision, and that `--out` does not lie inside
+/// `--data`.
 pub fn check_before_data(
     batch_size: usize,
-    device: DeviceChoice,
+    flag: &device::DeviceFlag,
     out: Option<&std::path::Path>,
     data: &std::path::Path,
 ) -> Result<DeviceChoice> {
@@ -123,7 +124,9 @@ pub fn check_before_data(
     if let Some(out) = out {
         crate::run::check_outside_data(out, data)?;
     }
-    device::resolve(device)
+    let device = device::resolve(flag.device)?;
+    device::check_precision(device, flag.precision.precision)?;
+    Ok(device)
 }
 
 /// Logits of every image of `set` on `device` (checked by [`check_before_data`]).
@@ -132,9 +135,10 @@ pub fn logits_on_device(
     set: &ImageSet<Pixels>,
     batch_size: usize,
     device: DeviceChoice,
+    precision: crate::precision::Precision,
 ) -> Result<Vec<f32>> {
-    eprintln!("device: {}", device::name(device));
-    on_device!(device, |backend| {
+    eprintln!("device: {}; precision: {precision}", device::name(device));
+    on_device!(device, precision, |backend| {
         inference::logits_of_set(backend, ck, set, batch_size)
     })
 }

@@ -13,6 +13,14 @@ impl<T: Element> Storage for CpuBackend<T> {
         "cpu"
     }
 
+    fn precision(&self) -> crate::precision::Precision {
+        if self.bf16_products() {
+            crate::precision::Precision::Bf16
+        } else {
+            crate::precision::Precision::Fp32
+        }
+    }
+
     fn zeros(&self, len: usize) -> Result<Vec<T>> {
         Ok(vec![T::zero(); len])
     }

@@ -19,6 +19,12 @@ pub trait Storage {
     /// Short name for logs: "cpu", "cuda", "cuda-emu".
     fn name(&self) -> &'static str;
 
+    /// The format the convolution and dense products of this backend round their operands
+    /// to (`--precision`; see [`crate::precision`]): the coarsest any layer uses.
+    fn precision(&self) -> crate::precision::Precision {
+        crate::precision::Precision::Fp32
+    }
+
     /// A zero-filled buffer of `len` elements.
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     /// Copy `host` into the start of `buf`.
@@ -53,6 +59,9 @@ impl<B: Storage + Timeline> Storage for Profiled<'_, B> {
 
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+    fn precision(&self) -> crate::precision::Precision {
+        self.inner.precision()
     }
     fn zeros(&self, len: usize) -> Result<Self::Buf> {
         self.inner.zeros(len)

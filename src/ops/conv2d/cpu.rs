@@ -134,15 +134,58 @@ pub fn algorithm<T: Element>(path: CpuPath, s: &ConvShape, direction: Direction)
     }
 }
 
-/// The transformed kernel and the per-image geometry of a Winograd pass.
-fn winograd_plan<T: Element>(s: &ConvShape, direction: Direction, w: &[T]) -> (Geometry, Vec<f32>) {
+/// The transformed kernel of a Winograd pass, f32 or packed for the bf16 products.
+enum WinogradKernel {
+    F32(Vec<f32>),
+    Bf16(Vec<u32>),
+}
+
+/// The transformed kernel and the per-image geometry of a Winograd pass (its products in
+/// bf16 when `bf16`).
+fn winograd_plan<T: Element>(
+    s: &ConvShape,
+    direction: Direction,
+    w: &[T],
+    bf16: bool,
+) -> (Geometry, WinogradKernel) {
+    let g = Geometry::of(s, direction);
     let u = winograd::transform_kernel(s, direction, f32_view(&w[..s.kernel_len()]));
-    (Geometry::of(s, direction), u)
+    let kernel = if bf16 {
+        WinogradKernel::Bf16(winograd::bf16::pack_kernel(&g, &u))
+    } else {
+        WinogradKernel::F32(u)
+    };
+    (g, kernel)
+}
+
+/// One image through a Winograd forward or input-gradient pass.
+fn winograd_image(
+    (g, kernel): &(Geometry, WinogradKernel),
+    input: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    match kernel {
+        WinogradKernel::F32(u) => winograd::conv_image(g, input, u, bias, relu, out, scratch),
+        WinogradKernel::Bf16(u) => {
+            winograd::bf16::conv_image(g, input, u, bias, relu, out, scratch)
+        }
+    }
+}
+
+/// The name of `algo` for reports, with the products' format where they are bf16.
+fn path_name(algo: Algorithm, bf16: bool) -> &'static str {
+    match (algo, bf16) {
+        (Algorithm::Winograd, true) => "Winograd F(2x2,3x3), bf16 products (AVX512_BF16)",
+        _ => algo.name(),
+    }
 }
 
 impl<T: Element> Conv2dOps for CpuBackend<T> {
     fn conv2d_paths(&self, s: &ConvShape) -> ConvPaths {
-        let name = |d| algorithm::<T>(self.path, s, d).name();
+        let name = |d| path_name(algorithm::<T>(self.path, s, d), self.bf16_products());
         ConvPaths {
             forward: name(Direction::Forward),
             backward_data: name(Direction::BackwardData),
@@ -164,7 +207,8 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let algo = algorithm::<T>(self.path, s, Direction::Forward);
-        let wino = (algo == Algorithm::Winograd).then(|| winograd_plan(s, Direction::Forward, w));
+        let wino = (algo == Algorithm::Winograd)
+            .then(|| winograd_plan(s, Direction::Forward, w, self.bf16_products()));
         let scratch_len = match &wino {
             Some((g, _)) => g.scratch_len(),
             None => chunk_pixels::<T>(s) * s.patch_len(),
@@ -186,18 +230,10 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                         );
                         continue;
                     }
-                    if let Some((g, u)) = &wino {
+                    if let Some(plan) = &wino {
                         let bias = Some(f32_view(&b[..s.out_c]));
                         let scratch = f32_view_mut(&mut col);
-                        winograd::conv_image(
-                            g,
-                            f32_view(xi),
-                            u,
-                            bias,
-                            relu,
-                            f32_view_mut(yi),
-                            scratch,
-                        );
+                        winograd_image(plan, f32_view(xi), bias, relu, f32_view_mut(yi), scratch);
                         continue;
                     }
                     for_each_pixel_chunk::<T>(s, |first, count| {
@@ -231,8 +267,8 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let algo = algorithm::<T>(self.path, s, Direction::BackwardData);
-        let wino =
-            (algo == Algorithm::Winograd).then(|| winograd_plan(s, Direction::BackwardData, w));
+        let wino = (algo == Algorithm::Winograd)
+            .then(|| winograd_plan(s, Direction::BackwardData, w, self.bf16_products()));
         let scratch_len = match &wino {
             Some((g, _)) => g.scratch_len(),
             None => chunk_pixels::<T>(s) * s.patch_len(),
@@ -243,12 +279,11 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
             .for_each(|(dxs, dys)| {
                 let mut dcol = self.take_scratch(scratch_len);
                 for (dxi, dyi) in dxs.chunks_exact_mut(in_img).zip(dys.chunks_exact(out_img)) {
-                    if let Some((g, u)) = &wino {
+                    if let Some(plan) = &wino {
                         let scratch = f32_view_mut(&mut dcol);
-                        winograd::conv_image(
-                            g,
+                        winograd_image(
+                            plan,
                             f32_view(dyi),
-                            u,
                             None,
                             false,
                             f32_view_mut(dxi),
@@ -293,6 +328,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
         let algo = algorithm::<T>(self.path, s, Direction::BackwardFilter);
+        let bf16 = self.bf16_products();
         let wino =
             (algo == Algorithm::Winograd).then(|| Geometry::of(s, Direction::BackwardFilter));
         let scratch_len = match &wino {
@@ -314,7 +350,12 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                     sums.fill(0.0);
                     for (xi, dyi) in xs.chunks_exact(in_img).zip(dys.chunks_exact(out_img)) {
                         add_column_sums(dyi, &mut acc[kernel_len..]);
-                        winograd::filter_gradient_image(g, f32_view(xi), f32_view(dyi), sums, work);
+                        let (xi, dyi) = (f32_view(xi), f32_view(dyi));
+                        if bf16 {
+                            winograd::bf16::filter_gradient_image(g, xi, dyi, sums, work);
+                        } else {
+                            winograd::filter_gradient_image(g, xi, dyi, sums, work);
+                        }
                     }
                     winograd::fold_filter_sums(g, sums, f32_view_mut(&mut acc[..kernel_len]));
                     self.give_scratch(col);

@@ -27,6 +27,8 @@
 use super::ConvShape;
 use crate::ops::cpu::avx512;
 
+pub mod bf16;
+
 /// Channels per AVX-512 register.
 const LANES: usize = 16;
 /// Winograd-domain values per tile (4x4).
@@ -223,7 +225,7 @@ pub fn conv_image(
         // SAFETY: AVX-512F is present (asserted); every buffer's length was checked above
         // against the geometry, and the kernels index inside those lengths (see theirs).
         unsafe {
-            avx512::input_transform(g, input, first, count, v);
+            avx512::input_transform::<false>(g, input, first, count, v);
             avx512::products(g, count, v, u, m);
             avx512::output_transform(g, m, first, count, bias, relu, out);
         }
@@ -254,7 +256,7 @@ pub fn filter_gradient_image(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in conv_image: AVX-512F present, every length checked above.
         unsafe {
-            avx512::input_transform(g, input, first, count, v);
+            avx512::input_transform::<false>(g, input, first, count, v);
             avx512::gradient_transform(g, dy, first, count, z);
             avx512::filter_products(g, count, v, z, sums);
         }
@@ -301,12 +303,28 @@ mod avx512 {
 
     use super::{Geometry, LANES, POSITIONS};
 
+    /// 16 f32 lanes rounded to bf16 (to nearest even, a NaN kept a NaN, as
+    /// [`crate::precision::bf16_bits`]), each in the high half of its 32-bit lane. Integer
+    /// instructions only, so that AVX-512F code can use it.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn bf16_high_halves(x: __m512) -> __m512i {
+        let bits = _mm512_castps_si512(x);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+        let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        let quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x0040_0000));
+        _mm512_mask_mov_epi32(rounded, nan, quiet)
+    }
+
     /// `V[p][t][c]` for the chunk's tiles `first..first + count`: the 4x4 input patch of
     /// tile t (zero outside the image), transformed by `B^T d B`, B^T = [[1, 0, -1, 0],
     /// [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]. Reads input pixels only after checking
     /// they are inside `[0, in_h) x [0, in_w)`; writes `V[p][t][c]` for t < count <= chunk.
+    /// With `BF16` the values are rounded to bf16 and written two channels a 32-bit word
+    /// (`[p][t][c / 2]` words in the first half of `v`), the layout of the bf16 products.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn input_transform(
+    pub(super) unsafe fn input_transform<const BF16: bool>(
         g: &Geometry,
         input: &[f32],
         first: usize,
@@ -356,8 +374,19 @@ mod avx512 {
                     for (j, o) in out.iter().enumerate() {
                         let at = (i * 4 + j) * stride_p + t * g.c + cb;
                         debug_assert!(at + LANES <= v.len());
-                        // SAFETY: p < 16, t < count, cb + 16 <= c: inside 16 * count * c.
-                        unsafe { _mm512_storeu_ps(v.as_mut_ptr().add(at), *o) };
+                        if BF16 {
+                            // 16 bf16 = 8 words at word at / 2 (c and cb are even).
+                            let halves = unsafe { bf16_high_halves(*o) };
+                            let packed = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(halves));
+                            // SAFETY: at / 2 + 8 <= 16 * count * c / 2: inside v's first half.
+                            unsafe {
+                                let dst = v.as_mut_ptr().cast::<u16>().add(at);
+                                _mm256_storeu_si256(dst.cast::<__m256i>(), packed);
+                            }
+                        } else {
+                            // SAFETY: p < 16, t < count, cb + 16 <= c: inside 16 * count * c.
+                            unsafe { _mm512_storeu_ps(v.as_mut_ptr().add(at), *o) };
+                        }
                     }
                 }
             }
@@ -651,6 +680,60 @@ mod avx512 {
                         unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at), y) };
                     }
                 }
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use std::arch::x86_64::*;
+
+    use crate::precision::bf16_bits;
+
+    /// The kernels' vector rounding to bf16 is the scalar one, ties and specials included.
+    #[test]
+    fn vector_bf16_rounding_is_the_scalar_one() {
+        if !super::avx512() {
+            println!("SKIPPED vector_bf16_rounding_is_the_scalar_one: no AVX-512");
+            return;
+        }
+        let tie = 1.0 + 2f32.powi(-8);
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            tie,
+            1.0 + 3.0 * 2f32.powi(-8),
+            -tie,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40, // subnormal
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::from_bits(0x7F80_0001), // a signalling NaN with only low bits set
+        ];
+        let mut rng = crate::rng::Rng::new(3);
+        values.extend((0..1000).map(|_| (rng.uniform() as f32 - 0.5) * 1e3));
+        for chunk in values.chunks(16) {
+            let mut lanes = [0f32; 16];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            let mut out = [0u32; 16];
+            // SAFETY: AVX-512F present (checked above); 16-element arrays.
+            unsafe {
+                let v = super::avx512::bf16_high_halves(_mm512_loadu_ps(lanes.as_ptr()));
+                _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
+            }
+            for (x, o) in lanes.iter().zip(out) {
+                let got = (o >> 16) as u16;
+                let want = bf16_bits(*x);
+                assert_eq!(
+                    got,
+                    want,
+                    "{x:e} ({:#x}): {got:#x} vs {want:#x}",
+                    x.to_bits()
+                );
             }
         }
     }

@@ -1,0 +1,339 @@
+//! The Winograd passes with their products in bf16 (`--precision bf16`, AVX512_BF16).
+//!
+//! The transforms stay f32 (adds and halves only); the 16 products per chunk, where the
+//! multiplies are, take both operands rounded to bf16 and sum in f32 with `vdpbf16ps`,
+//! which multiplies two pairs per 32-bit lane: twice the multiplies of an f32 FMA per
+//! instruction, and half the bytes of the transformed operands through L2.
+//!
+//! Pairs: the forward products `M[p] = V[p] U[p]` sum over input channels, so a word holds
+//! channels (2i, 2i + 1) of V (written so by the input transform) and of U (packed once per
+//! call by [`pack_kernel`]). The filter gradient sums over tiles, so a word holds tiles
+//! (2i, 2i + 1) of V and of Z, paired after the f32 transforms ([`avx512bf16::pair_tiles`];
+//! an odd last tile is paired with zeros).
+
+use super::{Geometry, LANES, POSITIONS, avx512};
+use crate::precision::bf16_pair;
+
+/// `U` of [`super::transform_kernel`] as bf16 pairs of input channels: `[p][c / 2][k]`
+/// words, channel 2i in the low half.
+pub fn pack_kernel(g: &Geometry, u: &[f32]) -> Vec<u32> {
+    assert_eq!(u.len(), g.kernel_len(), "transformed kernel");
+    let mut packed = vec![0u32; g.kernel_len() / 2];
+    for p in 0..POSITIONS {
+        for c2 in 0..g.c / 2 {
+            for k in 0..g.k {
+                let at = |c: usize| u[(p * g.c + c) * g.k + k];
+                packed[(p * g.c / 2 + c2) * g.k + k] = bf16_pair(at(2 * c2), at(2 * c2 + 1));
+            }
+        }
+    }
+    packed
+}
+
+/// Whether this CPU runs the bf16 products (AVX-512F and AVX512_BF16, not hidden).
+fn bf16_present() -> bool {
+    crate::precision::cpu_has("avx512bf16")
+}
+
+/// [`super::conv_image`] with bf16 products: `u` is the kernel packed by [`pack_kernel`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_image(
+    g: &Geometry,
+    input: &[f32],
+    u: &[u32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    g.check_pass(input, scratch);
+    assert!(
+        bf16_present(),
+        "bf16 Winograd products used without AVX512_BF16"
+    );
+    assert_eq!(u.len(), g.kernel_len() / 2, "packed kernel");
+    assert_eq!(out.len(), g.out_h * g.out_w * g.k, "output image");
+    assert!(bias.is_none_or(|b| b.len() == g.k), "bias");
+    let (v, m) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * g.chunk_tiles() * g.c);
+    for (first, count) in g.chunks() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F and AVX512_BF16 are present (asserted); every buffer's length
+        // was checked above against the geometry, and the kernels index inside those.
+        unsafe {
+            avx512::input_transform::<true>(g, input, first, count, v);
+            avx512bf16::products(g, count, v, u, m);
+            avx512::output_transform(g, m, first, count, bias, relu, out);
+        }
+    }
+}
+
+/// [`super::filter_gradient_image`] with bf16 products.
+pub fn filter_gradient_image(
+    g: &Geometry,
+    input: &[f32],
+    dy: &[f32],
+    sums: &mut [f32],
+    scratch: &mut [f32],
+) {
+    g.check_pass(input, scratch);
+    assert!(
+        bf16_present(),
+        "bf16 Winograd products used without AVX512_BF16"
+    );
+    assert_eq!(dy.len(), g.out_h * g.out_w * g.k, "output gradient");
+    assert_eq!(sums.len(), super::filter_sums_len(g), "filter sums");
+    let (v, z) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * g.chunk_tiles() * g.c);
+    for (first, count) in g.chunks() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in conv_image.
+        unsafe {
+            avx512::input_transform::<false>(g, input, first, count, v);
+            avx512::gradient_transform(g, dy, first, count, z);
+            avx512bf16::pair_tiles(count, g.c, v);
+            avx512bf16::pair_tiles(count, g.k, z);
+            avx512bf16::filter_products(g, count.div_ceil(2), v, z, sums);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16 {
+    use std::arch::x86_64::*;
+
+    use super::super::avx512::bf16_high_halves;
+    use super::{Geometry, LANES, POSITIONS};
+
+    /// One bf16 product step: `acc += lo(x) lo(w) + hi(x) hi(w)` per f32 lane.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    unsafe fn dot_pairs(acc: __m512, x: __m512i, w: __m512i) -> __m512 {
+        // SAFETY: __m512i and __m512bh are the same 512 bits.
+        let (x, w) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(x),
+                std::mem::transmute::<__m512i, __m512bh>(w),
+            )
+        };
+        _mm512_dpbf16_ps(acc, x, w)
+    }
+
+    /// `buf` holds 16 positions of `count` rows of `width` f32 (`[p][t][width]`); rewrites
+    /// it in place as `[p][t / 2][width]` words of bf16 tile pairs (row 2i in the low half,
+    /// a missing odd last row as zeros), the words packed at the start of `buf`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pair_tiles(count: usize, width: usize, buf: &mut [f32]) {
+        assert!(width.is_multiple_of(LANES) && POSITIONS * count * width <= buf.len());
+        let pairs = count.div_ceil(2);
+        let base = buf.as_mut_ptr();
+        let low = _mm512_set1_epi32(0xFFFF);
+        let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+        // In order of increasing address, each word is written at or before the first of
+        // its two source floats, after both were read, and past every float read so far:
+        // (p * pairs + i) * width + j <= (p * count + 2i) * width + j.
+        for p in 0..POSITIONS {
+            for i in 0..pairs {
+                for j in (0..width).step_by(LANES) {
+                    let src = (p * count + 2 * i) * width + j;
+                    // SAFETY: rows 2i (and 2i + 1 when < count) of position p lie inside
+                    // 16 * count * width <= buf.len() (asserted); the write is at a lower
+                    // or equal address (above), also inside.
+                    unsafe {
+                        let even = bf16_high_halves(_mm512_loadu_ps(base.add(src)));
+                        let odd = if 2 * i + 1 < count {
+                            bf16_high_halves(_mm512_loadu_ps(base.add(src + width)))
+                        } else {
+                            _mm512_setzero_si512()
+                        };
+                        let words = _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi32::<16>(even), low),
+                            _mm512_and_si512(odd, high),
+                        );
+                        let dst = (p * pairs + i) * width + j;
+                        _mm512_storeu_si512(base.add(dst).cast(), words);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `M[p][t][k] = sum_c V[p][t][c] U[p][c][k]` with V and U as bf16 channel pairs
+    /// (`v` written by the input transform with `BF16`, `u` by `pack_kernel`): the f32
+    /// [`super::super::avx512::products`]' blocking, half the steps.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn products(g: &Geometry, count: usize, v: &[f32], u: &[u32], m: &mut [f32]) {
+        let half = g.c / 2;
+        // SAFETY: f32 and u32 have one size and alignment; the words were written there.
+        let v = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u32>(), v.len()) };
+        for p in 0..POSITIONS {
+            let vp = &v[p * count * half..(p + 1) * count * half];
+            let up = &u[p * half * g.k..(p + 1) * half * g.k];
+            let mp = &mut m[p * count * g.k..(p + 1) * count * g.k];
+            let mut kb = 0;
+            while kb < g.k {
+                let regs = ((g.k - kb) / LANES).min(4);
+                let full = [0, 12, 8, 4, 4][regs];
+                let mut t = 0;
+                while t < count {
+                    let tb = (count - t).min(full);
+                    // SAFETY: tiles t..t + tb < count, channels kb..kb + 16 * regs <= k.
+                    unsafe {
+                        match (tb == full, regs) {
+                            (true, 4) => block::<4, 4>(g, vp, up, mp, t, kb),
+                            (true, 3) => block::<4, 3>(g, vp, up, mp, t, kb),
+                            (true, 2) => block::<8, 2>(g, vp, up, mp, t, kb),
+                            (true, _) => block::<12, 1>(g, vp, up, mp, t, kb),
+                            (false, 4) => rest::<4>(g, vp, up, mp, t, tb, kb),
+                            (false, 3) => rest::<3>(g, vp, up, mp, t, tb, kb),
+                            (false, 2) => rest::<2>(g, vp, up, mp, t, tb, kb),
+                            (false, _) => rest::<1>(g, vp, up, mp, t, tb, kb),
+                        }
+                    }
+                    t += tb;
+                }
+                kb += regs * LANES;
+            }
+        }
+    }
+
+    /// `TB` tiles from `t` by `R` registers of output channels from `kb`, over every
+    /// channel pair.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    unsafe fn block<const TB: usize, const R: usize>(
+        g: &Geometry,
+        vp: &[u32],
+        up: &[u32],
+        mp: &mut [f32],
+        t: usize,
+        kb: usize,
+    ) {
+        let half = g.c / 2;
+        debug_assert!((t + TB) * half <= vp.len() && (t + TB) * g.k <= mp.len());
+        debug_assert!(kb + R * LANES <= g.k && half * g.k <= up.len());
+        let mut acc = [[_mm512_setzero_ps(); R]; TB];
+        for c2 in 0..half {
+            let mut w = [_mm512_setzero_si512(); R];
+            for (r, wr) in w.iter_mut().enumerate() {
+                // SAFETY: c2 < c / 2, kb + 16 * (r + 1) <= k: inside U[p] (c / 2 * k words).
+                *wr = unsafe {
+                    _mm512_loadu_si512(up.as_ptr().add(c2 * g.k + kb + r * LANES).cast())
+                };
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                // SAFETY: tile t + i < count, c2 < c / 2: inside V[p] (count * c / 2 words).
+                let x = _mm512_set1_epi32(unsafe { *vp.get_unchecked((t + i) * half + c2) } as i32);
+                for (a, wr) in row.iter_mut().zip(&w) {
+                    *a = unsafe { dot_pairs(*a, x, *wr) };
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (r, a) in row.iter().enumerate() {
+                let at = (t + i) * g.k + kb + r * LANES;
+                // SAFETY: tile t + i < count, channel block inside k: inside M[p].
+                unsafe { _mm512_storeu_ps(mp.as_mut_ptr().add(at), *a) };
+            }
+        }
+    }
+
+    /// The last tiles of a chunk (fewer than a block), one at a time.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn rest<const R: usize>(
+        g: &Geometry,
+        vp: &[u32],
+        up: &[u32],
+        mp: &mut [f32],
+        t: usize,
+        tb: usize,
+        kb: usize,
+    ) {
+        for i in 0..tb {
+            // SAFETY: forwarded: tile t + i < count.
+            unsafe { block::<1, R>(g, vp, up, mp, t + i, kb) };
+        }
+    }
+
+    /// `sums[p][c][k] += sum over tile pairs of V[p][i][c] . Z[p][i][k]` (bf16 tile pairs
+    /// from [`pair_tiles`], `pairs` of them): 4 input channels by up to 4 registers of
+    /// output channels per block.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn filter_products(
+        g: &Geometry,
+        pairs: usize,
+        v: &[f32],
+        z: &[f32],
+        sums: &mut [f32],
+    ) {
+        // SAFETY: f32 and u32 have one size and alignment; pair_tiles wrote the words.
+        let (v, z) = unsafe {
+            (
+                std::slice::from_raw_parts(v.as_ptr().cast::<u32>(), v.len()),
+                std::slice::from_raw_parts(z.as_ptr().cast::<u32>(), z.len()),
+            )
+        };
+        for p in 0..POSITIONS {
+            let vp = &v[p * pairs * g.c..(p + 1) * pairs * g.c];
+            let zp = &z[p * pairs * g.k..(p + 1) * pairs * g.k];
+            let sp = &mut sums[p * g.c * g.k..(p + 1) * g.c * g.k];
+            let mut kb = 0;
+            while kb < g.k {
+                let regs = ((g.k - kb) / LANES).min(4);
+                for c in (0..g.c).step_by(4) {
+                    // SAFETY: c + 4 <= c (c is a multiple of 16), kb + 16 * regs <= k.
+                    unsafe {
+                        match regs {
+                            4 => filter_block::<4>(g, pairs, vp, zp, sp, c, kb),
+                            3 => filter_block::<3>(g, pairs, vp, zp, sp, c, kb),
+                            2 => filter_block::<2>(g, pairs, vp, zp, sp, c, kb),
+                            _ => filter_block::<1>(g, pairs, vp, zp, sp, c, kb),
+                        }
+                    }
+                }
+                kb += regs * LANES;
+            }
+        }
+    }
+
+    /// Input channels `c..c + 4` by `R` registers of output channels from `kb`, over every
+    /// tile pair, added to the sums.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    unsafe fn filter_block<const R: usize>(
+        g: &Geometry,
+        pairs: usize,
+        vp: &[u32],
+        zp: &[u32],
+        sp: &mut [f32],
+        c: usize,
+        kb: usize,
+    ) {
+        debug_assert!(c + 4 <= g.c && kb + R * LANES <= g.k);
+        debug_assert!(pairs * g.c <= vp.len() && pairs * g.k <= zp.len());
+        let mut acc = [[_mm512_setzero_ps(); R]; 4];
+        for i in 0..pairs {
+            let mut d = [_mm512_setzero_si512(); R];
+            for (r, dr) in d.iter_mut().enumerate() {
+                // SAFETY: i < pairs, kb + 16 * (r + 1) <= k: inside Z[p].
+                *dr =
+                    unsafe { _mm512_loadu_si512(zp.as_ptr().add(i * g.k + kb + r * LANES).cast()) };
+            }
+            for (ci, row) in acc.iter_mut().enumerate() {
+                // SAFETY: i < pairs, c + ci < c: inside V[p].
+                let x = _mm512_set1_epi32(unsafe { *vp.get_unchecked(i * g.c + c + ci) } as i32);
+                for (a, dr) in row.iter_mut().zip(&d) {
+                    *a = unsafe { dot_pairs(*a, x, *dr) };
+                }
+            }
+        }
+        for (ci, row) in acc.iter().enumerate() {
+            for (r, a) in row.iter().enumerate() {
+                let at = (c + ci) * g.k + kb + r * LANES;
+                // SAFETY: c + ci < c, the channel block inside k: inside sums[p] (c * k).
+                unsafe {
+                    let old = _mm512_loadu_ps(sp.as_ptr().add(at));
+                    _mm512_storeu_ps(sp.as_mut_ptr().add(at), _mm512_add_ps(old, *a));
+                }
+            }
+        }
+    }
+}

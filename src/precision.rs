@@ -1,0 +1,199 @@
+//! `--precision fp32|tf32|bf16`: the number format of the convolution and dense products,
+//! as PyTorch's autocast and Keras' `mixed_bfloat16` policy use the words.
+//!
+//! What stays f32 in every precision: the master weights and Adam's state, the
+//! accumulation of every product, the bias, ReLU, pooling, softmax, the loss, the metrics
+//! and every reduction, the checkpoints and the ONNX export. Only the two operands of each
+//! multiply are rounded (to nearest even) to the chosen format first, and each layer runs
+//! them in that format where its kernel for the device has such a path (which layer does is
+//! named by `focalflow bench`); the rest stay f32, never below the chosen precision.
+//!
+//! The CPU runs bf16 with AVX512_BF16 (`vdpbf16ps`: two bf16 products summed into an f32
+//! lane, exact products, f32 sums), detected at run time; it has no TF32. The GPU's
+//! tensor-core kernels are not built yet, so CUDA runs fp32 only for now.
+
+use std::fmt;
+
+/// The format of the operands of the convolution and dense products.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// IEEE single precision everywhere (24-bit significand): the default, bit-reproducible.
+    #[default]
+    Fp32,
+    /// TensorFloat-32 operands (11-bit significand, f32 range), f32 sums: NVIDIA tensor cores.
+    Tf32,
+    /// bfloat16 operands (8-bit significand, f32 range), f32 sums.
+    Bf16,
+}
+
+impl Precision {
+    /// Every precision, in the order `--help` lists them.
+    pub const ALL: [Precision; 3] = [Precision::Fp32, Precision::Tf32, Precision::Bf16];
+
+    /// The `--precision` spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The unit roundoff of an operand rounded to nearest in this format: 2^-p for a
+    /// p-bit significand (the implicit bit counted). The error bounds of the tests are
+    /// built from it.
+    pub fn unit_roundoff(self) -> f64 {
+        match self {
+            Precision::Fp32 => (2f64).powi(-24),
+            Precision::Tf32 => (2f64).powi(-11),
+            Precision::Bf16 => (2f64).powi(-8),
+        }
+    }
+
+    /// True for the default (which `config.json` leaves out, so that runs of versions
+    /// before this flag still resume).
+    pub fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The CPU features that `FOCALFLOW_CPU_HIDE` (a comma-separated list, e.g. `avx512bf16` or
+/// `avx512f`) hides from run-time detection, as if this CPU lacked them: to test and time the
+/// paths of other CPUs here, as oneDNN's `ONEDNN_MAX_CPU_ISA` does.
+pub const CPU_HIDE_ENV: &str = "FOCALFLOW_CPU_HIDE";
+
+/// Whether this CPU has `feature` (std's name: `avx512f`, `avx512bf16`) and it is not hidden
+/// by [`CPU_HIDE_ENV`].
+pub fn cpu_has(feature: &str) -> bool {
+    static HIDDEN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let hidden = HIDDEN.get_or_init(|| {
+        std::env::var(CPU_HIDE_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    if hidden.iter().any(|h| h == feature) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        match feature {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx512bf16" => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
+            }
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Why the CPU backend cannot run `precision` on this machine (None: it can).
+pub fn cpu_unsupported(precision: Precision) -> Option<String> {
+    match precision {
+        Precision::Fp32 => None,
+        Precision::Tf32 => Some(
+            "--precision tf32: TF32 is a format of NVIDIA tensor cores (GPUs from Ampere, \
+             compute capability 8.0, on); no CPU has it: use --precision bf16 or fp32 on the cpu"
+                .to_string(),
+        ),
+        Precision::Bf16 if !cpu_has("avx512bf16") => Some(
+            "--precision bf16 on the cpu needs the AVX512_BF16 instructions, which this CPU lacks \
+             (Intel from Cooper Lake and Sapphire Rapids, AMD from Zen 4 have them): use --precision fp32"
+                .to_string(),
+        ),
+        Precision::Bf16 => None,
+    }
+}
+
+/// Why the CUDA backend cannot run `precision` (None: it can).
+pub fn cuda_unsupported(precision: Precision) -> Option<String> {
+    match precision {
+        Precision::Fp32 => None,
+        _ => Some(format!(
+            "--precision {precision} on cuda: the tensor-core kernels are not built yet, the \
+             GPU runs fp32 only: use --precision fp32 there, or bf16 on a CPU with AVX512_BF16"
+        )),
+    }
+}
+
+/// The bfloat16 nearest to `x` (ties to even), as its 16 bits: the top half of the f32
+/// rounded, a NaN kept a (quiet) NaN. The vector kernels round the same way.
+pub fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b | 0x0040_0000) >> 16) as u16;
+    }
+    let lsb = (b >> 16) & 1;
+    (b.wrapping_add(0x7FFF + lsb) >> 16) as u16
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), back as an f32: what the bf16
+/// products see of an operand.
+pub fn round_to_bf16(x: f32) -> f32 {
+    f32::from_bits(u32::from(bf16_bits(x)) << 16)
+}
+
+/// Two bf16 operands in one 32-bit word, `lo` in the low half: the pair layout of
+/// `vdpbf16ps`, which adds `lo * lo' + hi * hi'` into each f32 lane.
+pub fn bf16_pair(lo: f32, hi: f32) -> u32 {
+    u32::from(bf16_bits(lo)) | (u32::from(bf16_bits(hi)) << 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even 1.
+        assert_eq!(round_to_bf16(1.0 + 2f32.powi(-8)), 1.0);
+        // 1 + 3 * 2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: to the even 1 + 2^-6.
+        assert_eq!(
+            round_to_bf16(1.0 + 3.0 * 2f32.powi(-8)),
+            1.0 + 2f32.powi(-6)
+        );
+        // Just above the halfway point rounds up.
+        assert_eq!(
+            round_to_bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-20)),
+            1.0 + 2f32.powi(-7)
+        );
+        assert_eq!(round_to_bf16(-2.5), -2.5);
+        assert!(round_to_bf16(f32::NAN).is_nan());
+        assert_eq!(round_to_bf16(f32::INFINITY), f32::INFINITY);
+        // The largest finite f32 rounds up to infinity, as in every bf16 conversion.
+        assert_eq!(round_to_bf16(f32::MAX), f32::INFINITY);
+        // The relative error is at most the unit roundoff.
+        let u = Precision::Bf16.unit_roundoff();
+        for i in 0..10_000 {
+            let x = 1.0 + i as f32 * 1.37e-4;
+            let r = round_to_bf16(x);
+            assert!(((r - x) / x).abs() as f64 <= u, "{x} -> {r}");
+        }
+        assert_eq!(bf16_pair(1.0, -2.0), 0xC000_3F80);
+    }
+}
