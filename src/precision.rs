@@ -103,6 +103,7 @@ pub fn cpu_has(feature: &str) -> bool {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bf16")
             }
+            "amx-bf16" => cpu_has("avx512bf16") && amx_bf16_usable(),
             _ => false,
         }
     }
@@ -110,6 +111,34 @@ pub fn cpu_has(feature: &str) -> bool {
     {
         false
     }
+}
+
+/// AMX-BF16 tiles: the CPU has them (CPUID leaf 7: AMX-BF16 and AMX-TILE) and Linux lets
+/// this process use them (arch_prctl ARCH_REQ_XCOMP_PERM for the tile data, asked once for
+/// the whole process; a kernel before 5.16 refuses and the tiles stay unused).
+#[cfg(target_arch = "x86_64")]
+fn amx_bf16_usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| {
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 7 exists on every x86_64 CPU that has AVX-512 (checked first).
+        let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+        let tiles = leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0;
+        tiles && request_tile_data()
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_data() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with these arguments only changes this process's permissions.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_data() -> bool {
+    false
 }
 
 /// Why the CPU backend cannot run `precision` on this machine (None: it can).

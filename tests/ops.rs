@@ -53,7 +53,7 @@ use focalflow::ops::kernel_abi::GEMM_TILES;
 use focalflow::ops::loss::{CountStep, uncounted};
 use focalflow::ops::prelude::*;
 use focalflow::ops::{
-    AdamStep, ConvShape, CpuBackend, CpuPath, CudaBackend, DenseShape, Padding, PoolShape,
+    AdamStep, Bf16Unit, ConvShape, CpuBackend, CpuPath, CudaBackend, DenseShape, Padding, PoolShape,
     StepFailure, StepTotals,
 };
 use focalflow::precision::Precision;
@@ -1189,14 +1189,25 @@ fn cpu_f32(t: impl OpTest, _test: &str) {
 fn cpu_f32_im2col(t: impl OpTest, _test: &str) {
     t.run(&CpuBackend::<f32>::with_path(CpuPath::Reference));
 }
-/// The CPU with `--precision bf16` (the products on AVX512_BF16 where a layer has them;
-/// skipped, visibly, on a CPU without).
+/// The CPU with `--precision bf16`: the products on the best unit this CPU has for them
+/// (AMX tiles or AVX512_BF16) where a layer has a bf16 path; skipped, visibly, on a CPU
+/// without AVX512_BF16.
 fn cpu_bf16(t: impl OpTest, test: &str) {
     if let Some(why) = focalflow::precision::cpu_unsupported(Precision::Bf16) {
         println!("SKIPPED {test}: {why}");
         return;
     }
     t.run(&CpuBackend::<f32>::new().with_precision(Precision::Bf16));
+}
+/// `--precision bf16` with every product on AVX512_BF16 (`vdpbf16ps`), also where AMX is
+/// the default: both units are tested on a CPU with AMX.
+fn cpu_bf16_avx512(t: impl OpTest, test: &str) {
+    if let Some(why) = focalflow::precision::cpu_unsupported(Precision::Bf16) {
+        println!("SKIPPED {test}: {why}");
+        return;
+    }
+    let b = CpuBackend::<f32>::new().with_precision(Precision::Bf16);
+    t.run(&b.with_bf16_unit(Bf16Unit::Avx512));
 }
 fn emu_forward(t: impl OpTest, _test: &str) {
     t.run(&emu_backend(Schedule::Forward, Variant::Tiled));
@@ -1291,7 +1302,8 @@ op_matrix!(
     ]
 );
 
-// `--precision bf16` changes the products alone: the ops that have them, on the bf16 CPU.
+// `--precision bf16` changes the products alone: the ops that have them, on the bf16 CPU
+// (each unit).
 op_matrix!(
     @target cpu_bf16,
     [
@@ -1301,6 +1313,10 @@ op_matrix!(
         dense_forward,
         dense_backward,
     ]
+);
+op_matrix!(
+    @target cpu_bf16_avx512,
+    [conv_forward, conv_backward_data, conv_backward_filter]
 );
 
 /// The CPU's Winograd path (forward, input and filter gradients) against the f64 reference

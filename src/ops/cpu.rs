@@ -45,12 +45,44 @@ impl CpuPath {
     }
 }
 
+/// The instructions the bf16 products run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Unit {
+    /// AMX tiles (`TDPBF16PS`), where the CPU has them and Linux allows them: ~7x the f32
+    /// FMAs' multiply rate measured on a Xeon.
+    Amx,
+    /// AVX512_BF16 (`vdpbf16ps`): twice the f32 FMA's multiplies per instruction, though a
+    /// Xeon issues it at a quarter of the FMA's rate (AMD's Zen 4 at the same rate).
+    Avx512,
+}
+
+impl Bf16Unit {
+    /// The fastest unit this CPU has (callers have checked AVX512_BF16).
+    pub fn best() -> Bf16Unit {
+        if crate::precision::cpu_has("amx-bf16") {
+            Bf16Unit::Amx
+        } else {
+            Bf16Unit::Avx512
+        }
+    }
+
+    /// As reports name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Unit::Amx => "AMX",
+            Bf16Unit::Avx512 => "AVX512_BF16",
+        }
+    }
+}
+
 pub struct CpuBackend<T> {
     /// Fast paths or the reference path (see [`CpuPath`]).
     pub(crate) path: CpuPath,
     /// `--precision`: the format of the products' operands where a layer has a path for it
     /// (f32 backends only; the f64 reference always multiplies in f64).
     pub(crate) precision: Precision,
+    /// Where bf16 products run ([`Bf16Unit::best`] unless chosen).
+    bf16_unit: Bf16Unit,
     /// Scratch buffers (im2col matrices, per-thread partial gradients), taken and returned
     /// by workers so that a training step allocates nothing after the first.
     scratch: Mutex<Vec<Vec<T>>>,
@@ -73,6 +105,7 @@ impl<T: Element> CpuBackend<T> {
         CpuBackend {
             path,
             precision: Precision::Fp32,
+            bf16_unit: Bf16Unit::Avx512,
             scratch: Mutex::new(Vec::new()),
             _t: PhantomData,
         }
@@ -82,15 +115,30 @@ impl<T: Element> CpuBackend<T> {
     /// runs ([`crate::precision::cpu_unsupported`]).
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
+        if precision == Precision::Bf16 {
+            self.bf16_unit = Bf16Unit::best();
+        }
         self
     }
 
-    /// Whether the products run in bf16: asked for, and this is an f32 backend on a CPU with
-    /// AVX512_BF16.
-    pub(crate) fn bf16_products(&self) -> bool {
-        self.precision == Precision::Bf16
+    /// This backend with its bf16 products on `unit` (tests and benchmarks time each;
+    /// `Amx` only where [`Bf16Unit::best`] says so).
+    pub fn with_bf16_unit(mut self, unit: Bf16Unit) -> Self {
+        assert!(
+            unit == Bf16Unit::Avx512 || Bf16Unit::best() == Bf16Unit::Amx,
+            "AMX asked for on a CPU without it"
+        );
+        self.bf16_unit = unit;
+        self
+    }
+
+    /// Where the products run in bf16, if they do: asked for, and this is an f32 backend on
+    /// a CPU with AVX512_BF16.
+    pub(crate) fn bf16_products(&self) -> Option<Bf16Unit> {
+        (self.precision == Precision::Bf16
             && is_f32::<T>()
-            && crate::precision::cpu_has("avx512bf16")
+            && crate::precision::cpu_has("avx512bf16"))
+        .then_some(self.bf16_unit)
     }
 
     /// A scratch buffer of exactly `len` elements (contents unspecified).

@@ -48,7 +48,7 @@ pub use adam::{AdamOps, AdamStep};
 pub use buffer::Storage;
 pub use conv2d::{Conv2dOps, ConvShape, Padding};
 pub use counters::{CounterOps, StepFailure, StepTotals};
-pub use cpu::{CpuBackend, CpuPath};
+pub use cpu::{Bf16Unit, CpuBackend, CpuPath};
 pub use cuda::CudaBackend;
 pub use dense::{DenseOps, DenseShape};
 pub use loss::LossOps;

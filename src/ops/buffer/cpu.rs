@@ -14,7 +14,7 @@ impl<T: Element> Storage for CpuBackend<T> {
     }
 
     fn precision(&self) -> crate::precision::Precision {
-        if self.bf16_products() {
+        if self.bf16_products().is_some() {
             crate::precision::Precision::Bf16
         } else {
             crate::precision::Precision::Fp32

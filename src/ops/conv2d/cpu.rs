@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::winograd::{self, Direction, Geometry};
 use super::{Conv2dOps, ConvPaths, ConvShape, direct};
 use crate::ops::cpu::{
-    CpuBackend, CpuPath, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
+    Bf16Unit, CpuBackend, CpuPath, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
 };
 use crate::ops::gemm::cpu::{MatRef, matmul};
 use crate::{Element, Result};
@@ -137,23 +137,22 @@ pub fn algorithm<T: Element>(path: CpuPath, s: &ConvShape, direction: Direction)
 /// The transformed kernel of a Winograd pass, f32 or packed for the bf16 products.
 enum WinogradKernel {
     F32(Vec<f32>),
-    Bf16(Vec<u32>),
+    Bf16(Bf16Unit, Vec<u32>),
 }
 
 /// The transformed kernel and the per-image geometry of a Winograd pass (its products in
-/// bf16 when `bf16`).
+/// bf16 on `bf16`'s unit, if any).
 fn winograd_plan<T: Element>(
     s: &ConvShape,
     direction: Direction,
     w: &[T],
-    bf16: bool,
+    bf16: Option<Bf16Unit>,
 ) -> (Geometry, WinogradKernel) {
     let g = Geometry::of(s, direction);
     let u = winograd::transform_kernel(s, direction, f32_view(&w[..s.kernel_len()]));
-    let kernel = if bf16 {
-        WinogradKernel::Bf16(winograd::bf16::pack_kernel(&g, &u))
-    } else {
-        WinogradKernel::F32(u)
+    let kernel = match bf16 {
+        Some(unit) => WinogradKernel::Bf16(unit, winograd::bf16::pack_kernel(&g, &u)),
+        None => WinogradKernel::F32(u),
     };
     (g, kernel)
 }
@@ -169,23 +168,27 @@ fn winograd_image(
 ) {
     match kernel {
         WinogradKernel::F32(u) => winograd::conv_image(g, input, u, bias, relu, out, scratch),
-        WinogradKernel::Bf16(u) => {
-            winograd::bf16::conv_image(g, input, u, bias, relu, out, scratch)
+        WinogradKernel::Bf16(unit, u) => {
+            winograd::bf16::conv_image(*unit, g, input, u, bias, relu, out, scratch)
         }
     }
 }
 
-/// The name of `algo` for reports, with the products' format where they are bf16.
-fn path_name(algo: Algorithm, bf16: bool) -> &'static str {
+/// The name of `algo` in `direction` for reports, with the products' format and unit where
+/// they are bf16 (the filter gradient's are on AVX512_BF16 alone).
+fn path_name(algo: Algorithm, direction: Direction, bf16: Option<Bf16Unit>) -> &'static str {
     match (algo, bf16) {
-        (Algorithm::Winograd, true) => "Winograd F(2x2,3x3), bf16 products (AVX512_BF16)",
+        (Algorithm::Winograd, Some(Bf16Unit::Amx)) if direction != Direction::BackwardFilter => {
+            "Winograd F(2x2,3x3), bf16 products (AMX)"
+        }
+        (Algorithm::Winograd, Some(_)) => "Winograd F(2x2,3x3), bf16 products (AVX512_BF16)",
         _ => algo.name(),
     }
 }
 
 impl<T: Element> Conv2dOps for CpuBackend<T> {
     fn conv2d_paths(&self, s: &ConvShape) -> ConvPaths {
-        let name = |d| path_name(algorithm::<T>(self.path, s, d), self.bf16_products());
+        let name = |d| path_name(algorithm::<T>(self.path, s, d), d, self.bf16_products());
         ConvPaths {
             forward: name(Direction::Forward),
             backward_data: name(Direction::BackwardData),
@@ -351,7 +354,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                     for (xi, dyi) in xs.chunks_exact(in_img).zip(dys.chunks_exact(out_img)) {
                         add_column_sums(dyi, &mut acc[kernel_len..]);
                         let (xi, dyi) = (f32_view(xi), f32_view(dyi));
-                        if bf16 {
+                        if bf16.is_some() {
                             winograd::bf16::filter_gradient_image(g, xi, dyi, sums, work);
                         } else {
                             winograd::filter_gradient_image(g, xi, dyi, sums, work);

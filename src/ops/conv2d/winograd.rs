@@ -27,6 +27,8 @@
 use super::ConvShape;
 use crate::ops::cpu::avx512;
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod bf16;
 
 /// Channels per AVX-512 register.

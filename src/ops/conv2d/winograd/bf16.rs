@@ -12,6 +12,7 @@
 //! an odd last tile is paired with zeros).
 
 use super::{Geometry, LANES, POSITIONS, avx512};
+use crate::ops::Bf16Unit;
 use crate::precision::bf16_pair;
 
 /// `U` of [`super::transform_kernel`] as bf16 pairs of input channels: `[p][c / 2][k]`
@@ -30,14 +31,18 @@ pub fn pack_kernel(g: &Geometry, u: &[f32]) -> Vec<u32> {
     packed
 }
 
-/// Whether this CPU runs the bf16 products (AVX-512F and AVX512_BF16, not hidden).
-fn bf16_present() -> bool {
+/// Whether this CPU runs the bf16 products on `unit` (AVX-512F and AVX512_BF16, and the
+/// AMX tiles for `Amx`, not hidden).
+fn unit_present(unit: Bf16Unit) -> bool {
     crate::precision::cpu_has("avx512bf16")
+        && (unit == Bf16Unit::Avx512 || crate::precision::cpu_has("amx-bf16"))
 }
 
-/// [`super::conv_image`] with bf16 products: `u` is the kernel packed by [`pack_kernel`].
+/// [`super::conv_image`] with bf16 products on `unit`: `u` is the kernel packed by
+/// [`pack_kernel`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv_image(
+    unit: Bf16Unit,
     g: &Geometry,
     input: &[f32],
     u: &[u32],
@@ -47,10 +52,7 @@ pub fn conv_image(
     scratch: &mut [f32],
 ) {
     g.check_pass(input, scratch);
-    assert!(
-        bf16_present(),
-        "bf16 Winograd products used without AVX512_BF16"
-    );
+    assert!(unit_present(unit), "bf16 Winograd products on {unit:?} without it");
     assert_eq!(u.len(), g.kernel_len() / 2, "packed kernel");
     assert_eq!(out.len(), g.out_h * g.out_w * g.k, "output image");
     assert!(bias.is_none_or(|b| b.len() == g.k), "bias");
@@ -61,7 +63,10 @@ pub fn conv_image(
         // was checked above against the geometry, and the kernels index inside those.
         unsafe {
             avx512::input_transform::<true>(g, input, first, count, v);
-            avx512bf16::products(g, count, v, u, m);
+            match unit {
+                Bf16Unit::Amx => super::amx::products(g, count, v, u, m),
+                Bf16Unit::Avx512 => avx512bf16::products(g, count, v, u, m),
+            }
             avx512::output_transform(g, m, first, count, bias, relu, out);
         }
     }
@@ -77,8 +82,8 @@ pub fn filter_gradient_image(
 ) {
     g.check_pass(input, scratch);
     assert!(
-        bf16_present(),
-        "bf16 Winograd products used without AVX512_BF16"
+        unit_present(Bf16Unit::Avx512),
+        "bf16 Winograd products without AVX512_BF16"
     );
     assert_eq!(dy.len(), g.out_h * g.out_w * g.k, "output gradient");
     assert_eq!(sums.len(), super::filter_sums_len(g), "filter sums");
