@@ -489,7 +489,10 @@ fn eval_and_predict_on_the_cuda_emulator_match_the_cpu() {
             s(&tmp.join(&format!("eval-{device}"))),
         ]);
         let said = text(&out.stderr);
-        assert!(said.contains(&format!("device: {device}; precision: fp32\n")), "{said}");
+        assert!(
+            said.contains(&format!("device: {device}; precision: fp32\n")),
+            "{said}"
+        );
         json(&ok(&format!("eval --device {device}"), out))["metrics"].clone()
     };
     let (cpu, emu) = (eval_on("cpu"), eval_on("cuda-emu"));
@@ -514,7 +517,10 @@ fn eval_and_predict_on_the_cuda_emulator_match_the_cpu() {
             device,
         ]);
         let said = text(&out.stderr);
-        assert!(said.contains(&format!("device: {device}; precision: fp32\n")), "{said}");
+        assert!(
+            said.contains(&format!("device: {device}; precision: fp32\n")),
+            "{said}"
+        );
         let out = json(&ok(&format!("predict --device {device}"), out));
         out["predictions"]
             .as_array()

@@ -53,8 +53,8 @@ use focalflow::ops::kernel_abi::GEMM_TILES;
 use focalflow::ops::loss::{CountStep, uncounted};
 use focalflow::ops::prelude::*;
 use focalflow::ops::{
-    AdamStep, Bf16Unit, ConvShape, CpuBackend, CpuPath, CudaBackend, DenseShape, Padding, PoolShape,
-    StepFailure, StepTotals,
+    AdamStep, Bf16Unit, ConvShape, CpuBackend, CpuPath, CudaBackend, DenseShape, Padding,
+    PoolShape, StepFailure, StepTotals,
 };
 use focalflow::precision::Precision;
 use focalflow::rng::Rng;

@@ -174,21 +174,20 @@ fn winograd_image(
     }
 }
 
-/// The name of `algo` in `direction` for reports, with the products' format and unit where
-/// they are bf16 (the filter gradient's are on AVX512_BF16 alone).
-fn path_name(algo: Algorithm, direction: Direction, bf16: Option<Bf16Unit>) -> &'static str {
+/// The name of `algo` for reports, with the products' format and unit where they are bf16.
+fn path_name(algo: Algorithm, bf16: Option<Bf16Unit>) -> &'static str {
     match (algo, bf16) {
-        (Algorithm::Winograd, Some(Bf16Unit::Amx)) if direction != Direction::BackwardFilter => {
-            "Winograd F(2x2,3x3), bf16 products (AMX)"
+        (Algorithm::Winograd, Some(Bf16Unit::Amx)) => "Winograd F(2x2,3x3), bf16 products (AMX)",
+        (Algorithm::Winograd, Some(Bf16Unit::Avx512)) => {
+            "Winograd F(2x2,3x3), bf16 products (AVX512_BF16)"
         }
-        (Algorithm::Winograd, Some(_)) => "Winograd F(2x2,3x3), bf16 products (AVX512_BF16)",
         _ => algo.name(),
     }
 }
 
 impl<T: Element> Conv2dOps for CpuBackend<T> {
     fn conv2d_paths(&self, s: &ConvShape) -> ConvPaths {
-        let name = |d| path_name(algorithm::<T>(self.path, s, d), d, self.bf16_products());
+        let name = |d| path_name(algorithm::<T>(self.path, s, d), self.bf16_products());
         ConvPaths {
             forward: name(Direction::Forward),
             backward_data: name(Direction::BackwardData),
@@ -334,9 +333,14 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let bf16 = self.bf16_products();
         let wino =
             (algo == Algorithm::Winograd).then(|| Geometry::of(s, Direction::BackwardFilter));
-        let scratch_len = match &wino {
-            Some(g) => g.scratch_len() + winograd::filter_sums_len(g),
-            None => chunk_pixels::<T>(s) * s.patch_len(),
+        // The per-image work and, after it, the task's Winograd-domain sums.
+        let work_len = wino.as_ref().map(|g| match bf16 {
+            Some(unit) => winograd::bf16::filter_scratch_len(unit, g),
+            None => g.scratch_len(),
+        });
+        let scratch_len = match (&wino, work_len) {
+            (Some(g), Some(work)) => work + winograd::filter_sums_len(g),
+            _ => chunk_pixels::<T>(s) * s.patch_len(),
         };
         // Each task sums its images' gradients into a private [dw | db] buffer; the partial
         // sums are added up at the end (a fixed order, so results are reproducible).
@@ -349,13 +353,14 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                 acc.fill(T::zero());
                 if let Some(g) = &wino {
                     // The task's images summed in the Winograd domain, then folded once.
-                    let (work, sums) = f32_view_mut(&mut col).split_at_mut(g.scratch_len());
+                    let work_len = work_len.unwrap_or_default();
+                    let (work, sums) = f32_view_mut(&mut col).split_at_mut(work_len);
                     sums.fill(0.0);
                     for (xi, dyi) in xs.chunks_exact(in_img).zip(dys.chunks_exact(out_img)) {
                         add_column_sums(dyi, &mut acc[kernel_len..]);
                         let (xi, dyi) = (f32_view(xi), f32_view(dyi));
-                        if bf16.is_some() {
-                            winograd::bf16::filter_gradient_image(g, xi, dyi, sums, work);
+                        if let Some(unit) = bf16 {
+                            winograd::bf16::filter_gradient_image(unit, g, xi, dyi, sums, work);
                         } else {
                             winograd::filter_gradient_image(g, xi, dyi, sums, work);
                         }

@@ -30,6 +30,11 @@ struct TileConfig {
 impl TileConfig {
     /// Four 16 x 16 f32 sums, a 16 x `channels` bf16 block of V, three `channels / 2` x 16
     /// word blocks of U (`channels` = 16 or 32).
+    /// Every tile 16 rows of 64 bytes: the filter gradient's blocks.
+    fn filter() -> TileConfig {
+        TileConfig::products(32)
+    }
+
     fn products(channels: usize) -> TileConfig {
         debug_assert!(channels == 16 || channels == 32);
         let mut cfg = TileConfig {
@@ -139,15 +144,27 @@ pub(super) unsafe fn products(g: &Geometry, count: usize, v: &[f32], u: &[u32], 
                             (spill.as_mut_ptr(), 4 * BLOCK)
                         };
                         match j {
-                            0 => asm!("tilestored [{}+{}*1], tmm0", in(reg) dst, in(reg) stride, options(nostack)),
-                            1 => asm!("tilestored [{}+{}*1], tmm1", in(reg) dst, in(reg) stride, options(nostack)),
-                            2 => asm!("tilestored [{}+{}*1], tmm2", in(reg) dst, in(reg) stride, options(nostack)),
-                            _ => asm!("tilestored [{}+{}*1], tmm3", in(reg) dst, in(reg) stride, options(nostack)),
+                            0 => {
+                                asm!("tilestored [{}+{}*1], tmm0", in(reg) dst, in(reg) stride, options(nostack))
+                            }
+                            1 => {
+                                asm!("tilestored [{}+{}*1], tmm1", in(reg) dst, in(reg) stride, options(nostack))
+                            }
+                            2 => {
+                                asm!("tilestored [{}+{}*1], tmm2", in(reg) dst, in(reg) stride, options(nostack))
+                            }
+                            _ => {
+                                asm!("tilestored [{}+{}*1], tmm3", in(reg) dst, in(reg) stride, options(nostack))
+                            }
                         }
                         if !full {
                             for r in 0..rows {
                                 let row = mp.add((t + r) * g.k + (first + j) * BLOCK);
-                                std::ptr::copy_nonoverlapping(spill.as_ptr().add(r * BLOCK), row, BLOCK);
+                                std::ptr::copy_nonoverlapping(
+                                    spill.as_ptr().add(r * BLOCK),
+                                    row,
+                                    BLOCK,
+                                );
                             }
                         }
                     }
@@ -155,5 +172,226 @@ pub(super) unsafe fn products(g: &Geometry, count: usize, v: &[f32], u: &[u32], 
             }
         }
         asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+/// Pairs of tiles per block of the filter gradient's products (32 tiles: a 64-byte row of
+/// bf16).
+const PAIRS: usize = 16;
+
+/// Tile pairs of a chunk of `count` tiles, padded to whole blocks of [`PAIRS`].
+fn padded_pairs(count: usize) -> usize {
+    count.div_ceil(2).next_multiple_of(PAIRS)
+}
+
+/// Floats of scratch the AMX filter gradient takes beyond a Winograd pass's: V transposed,
+/// `[p][c][pairs]` words.
+pub(super) fn filter_pack_len(g: &Geometry) -> usize {
+    POSITIONS * g.c * padded_pairs(g.chunk_tiles())
+}
+
+/// `sums[p][c][k] += sum over tile pairs of V[p][i][c] . Z[p][i][k]` on AMX tiles: `v` and
+/// `z` as `super::bf16` pairs them (`[p][pairs][width]` words, `pairs = ceil(count / 2)`),
+/// `pack` at least [`filter_pack_len`] floats. The sums are the tiles' accumulators, loaded
+/// and stored back per block; V goes through `pack` transposed (the first operand's rows
+/// must run along the sum: over tiles, per channel), zero-padded to whole blocks, which
+/// also cancels whatever the second operand's reads past the last pair find (zeroed first:
+/// there they would be stale floats, possibly NaN as bf16).
+///
+/// # Safety
+/// AMX-BF16 usable; `g.c`, `g.k` multiples of 16; `v` and `z` the V and Z regions of a
+/// Winograd pass's scratch for a chunk of at least `count` tiles.
+pub(super) unsafe fn filter_products(
+    g: &Geometry,
+    count: usize,
+    v: &[f32],
+    z: &mut [f32],
+    pack: &mut [f32],
+    sums: &mut [f32],
+) {
+    let (pairs, padded) = (count.div_ceil(2), padded_pairs(count));
+    assert!(g.c.is_multiple_of(BLOCK) && g.k.is_multiple_of(BLOCK));
+    assert!(v.len() >= POSITIONS * pairs * g.c && pack.len() >= POSITIONS * g.c * padded);
+    // The second operand's last block reads up to PAIRS - 1 rows past the last pair.
+    let z_end = POSITIONS * pairs * g.k;
+    assert!(z.len() >= z_end + (PAIRS - 1) * g.k, "Z");
+    assert_eq!(sums.len(), POSITIONS * g.c * g.k, "sums");
+    z[z_end..z_end + (PAIRS - 1) * g.k].fill(0.0);
+    // SAFETY: as the function's contract; lengths asserted above.
+    unsafe {
+        transpose_pairs(g.c, pairs, padded, v, pack);
+        let cfg = TileConfig::filter();
+        let (vt, zp) = (pack.as_ptr().cast::<u32>(), z.as_ptr().cast::<u32>());
+        let sums = sums.as_mut_ptr();
+        let (a_stride, b_stride, c_stride) = (4 * padded, 4 * g.k, 4 * g.k);
+        let blocks = g.k / BLOCK;
+        asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly));
+        for p in 0..POSITIONS {
+            for c0 in (0..g.c).step_by(BLOCK) {
+                for first in (0..blocks).step_by(4) {
+                    let n = (blocks - first).min(4);
+                    let sum_at = |j: usize| sums.add((p * g.c + c0) * g.k + (first + j) * BLOCK);
+                    for j in 0..n {
+                        let s = sum_at(j);
+                        match j {
+                            0 => {
+                                asm!("tileloadd tmm0, [{}+{}*1]", in(reg) s, in(reg) c_stride, options(nostack, readonly))
+                            }
+                            1 => {
+                                asm!("tileloadd tmm1, [{}+{}*1]", in(reg) s, in(reg) c_stride, options(nostack, readonly))
+                            }
+                            2 => {
+                                asm!("tileloadd tmm2, [{}+{}*1]", in(reg) s, in(reg) c_stride, options(nostack, readonly))
+                            }
+                            _ => {
+                                asm!("tileloadd tmm3, [{}+{}*1]", in(reg) s, in(reg) c_stride, options(nostack, readonly))
+                            }
+                        }
+                    }
+                    for i0 in (0..padded).step_by(PAIRS) {
+                        // Channels c0.. c0 + 16 over tile pairs i0.. i0 + 16.
+                        let a = vt.add((p * g.c + c0) * padded + i0);
+                        asm!("tileloadd tmm4, [{}+{}*1]", in(reg) a, in(reg) a_stride,
+                            options(nostack, readonly));
+                        for j in 0..n {
+                            let b = zp.add((p * pairs + i0) * g.k + (first + j) * BLOCK);
+                            match j {
+                                0 => asm!(
+                                    "tileloadd tmm5, [{}+{}*1]",
+                                    "tdpbf16ps tmm0, tmm4, tmm5",
+                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
+                                ),
+                                1 => asm!(
+                                    "tileloadd tmm6, [{}+{}*1]",
+                                    "tdpbf16ps tmm1, tmm4, tmm6",
+                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
+                                ),
+                                2 => asm!(
+                                    "tileloadd tmm7, [{}+{}*1]",
+                                    "tdpbf16ps tmm2, tmm4, tmm7",
+                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
+                                ),
+                                _ => asm!(
+                                    "tileloadd tmm5, [{}+{}*1]",
+                                    "tdpbf16ps tmm3, tmm4, tmm5",
+                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
+                                ),
+                            }
+                        }
+                    }
+                    for j in 0..n {
+                        let s = sum_at(j);
+                        match j {
+                            0 => {
+                                asm!("tilestored [{}+{}*1], tmm0", in(reg) s, in(reg) c_stride, options(nostack))
+                            }
+                            1 => {
+                                asm!("tilestored [{}+{}*1], tmm1", in(reg) s, in(reg) c_stride, options(nostack))
+                            }
+                            2 => {
+                                asm!("tilestored [{}+{}*1], tmm2", in(reg) s, in(reg) c_stride, options(nostack))
+                            }
+                            _ => {
+                                asm!("tilestored [{}+{}*1], tmm3", in(reg) s, in(reg) c_stride, options(nostack))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
+
+/// `vt[p][c][i] = v[p][i][c]` (32-bit words) for the `pairs` tile pairs, zeros for
+/// `pairs <= i < padded`: 16 x 16 blocks transposed in registers.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_pairs(c: usize, pairs: usize, padded: usize, v: &[f32], vt: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(v.len() >= POSITIONS * pairs * c && vt.len() >= POSITIONS * c * padded);
+    for p in 0..POSITIONS {
+        for i0 in (0..padded).step_by(PAIRS) {
+            for c0 in (0..c).step_by(BLOCK) {
+                let mut rows = [_mm512_setzero_si512(); 16];
+                for (i, row) in rows.iter_mut().enumerate() {
+                    if i0 + i < pairs {
+                        let at = (p * pairs + i0 + i) * c + c0;
+                        // SAFETY: pair i0 + i < pairs, channels c0 + 16 <= c: inside v.
+                        *row = unsafe { _mm512_loadu_si512(v.as_ptr().add(at).cast()) };
+                    }
+                }
+                let cols = transpose16(rows);
+                for (j, col) in cols.iter().enumerate() {
+                    let at = (p * c + c0 + j) * padded + i0;
+                    // SAFETY: channel c0 + j < c, pairs i0 + 16 <= padded: inside vt.
+                    unsafe { _mm512_storeu_si512(vt.as_mut_ptr().add(at).cast(), *col) };
+                }
+            }
+        }
+    }
+}
+
+/// The transpose of a 16 x 16 matrix of 32-bit words held as 16 rows: interleave words,
+/// then pairs of words, within 128-bit lanes, then gather the lanes.
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    let mut t = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4g + q], lane L: word 4L + q of rows 4g.. 4g + 4.
+    let mut u = [_mm512_setzero_si512(); 16];
+    for g in 0..4 {
+        let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+        u[4 * g] = _mm512_unpacklo_epi64(a, c);
+        u[4 * g + 1] = _mm512_unpackhi_epi64(a, c);
+        u[4 * g + 2] = _mm512_unpacklo_epi64(b, d);
+        u[4 * g + 3] = _mm512_unpackhi_epi64(b, d);
+    }
+    let mut out = [_mm512_setzero_si512(); 16];
+    for q in 0..4 {
+        let low = (
+            _mm512_shuffle_i32x4::<0x44>(u[q], u[4 + q]),
+            _mm512_shuffle_i32x4::<0x44>(u[8 + q], u[12 + q]),
+        );
+        let high = (
+            _mm512_shuffle_i32x4::<0xEE>(u[q], u[4 + q]),
+            _mm512_shuffle_i32x4::<0xEE>(u[8 + q], u[12 + q]),
+        );
+        out[q] = _mm512_shuffle_i32x4::<0x88>(low.0, low.1);
+        out[4 + q] = _mm512_shuffle_i32x4::<0xDD>(low.0, low.1);
+        out[8 + q] = _mm512_shuffle_i32x4::<0x88>(high.0, high.1);
+        out[12 + q] = _mm512_shuffle_i32x4::<0xDD>(high.0, high.1);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn transpose16_transposes() {
+        use std::arch::x86_64::*;
+        if !crate::precision::cpu_has("avx512f") {
+            println!("SKIPPED transpose16_transposes: no AVX-512");
+            return;
+        }
+        let m: Vec<u32> = (0..256).collect();
+        // SAFETY: AVX-512F present (checked above); 16 rows of 16 words.
+        let t = unsafe {
+            let rows = std::array::from_fn(|i| _mm512_loadu_si512(m.as_ptr().add(16 * i).cast()));
+            super::transpose16(rows)
+        };
+        let mut got = [0u32; 256];
+        for (j, col) in t.iter().enumerate() {
+            // SAFETY: 16 words per row of `got`.
+            unsafe { _mm512_storeu_si512(got.as_mut_ptr().add(16 * j).cast(), *col) };
+        }
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(got[16 * j + i], m[16 * i + j], "({i}, {j})");
+            }
+        }
     }
 }
