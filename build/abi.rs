@@ -3,7 +3,7 @@
 //! appended to the kernel file the family names.
 
 use crate::ABI_FILE;
-use crate::kernel_abi::{CONSTANTS, GEMM_FAMILIES, GEMM_VECTOR_WIDTH, GemmArgs};
+use crate::kernel_abi::{CONSTANTS, GEMM_FAMILIES, GEMM_VECTOR_WIDTH, GemmArgs, GemmMath};
 use crate::source::KernelFile;
 use std::fmt::Write as _;
 
@@ -65,15 +65,18 @@ pub(crate) fn gemm_kernels_for(file: &str) -> String {
         );
         for tile in fam.tiles {
             let t = tile.cuda_type();
-            for (vector, width) in [(false, 1), (true, GEMM_VECTOR_WIDTH)] {
-                let _ = writeln!(
-                    text,
-                    "__global__ void __launch_bounds__(GEMM_THREADS) {}(GemmArgs p) {{ \
-                     gemm<{t}, {}<{t}, {width}>, {}<{t}, {width}>>(p); }}",
-                    fam.kernel_name(tile, vector),
-                    fam.a_loader,
-                    fam.b_loader,
-                );
+            for math in GemmMath::ALL {
+                for (vector, width) in [(false, 1), (true, GEMM_VECTOR_WIDTH)] {
+                    let _ = writeln!(
+                        text,
+                        "__global__ void __launch_bounds__(GEMM_THREADS) {}(GemmArgs p) {{ \
+                         gemm<{t}, {}<{t}, {width}>, {}<{t}, {width}>, {}>(p); }}",
+                        fam.kernel_name(tile, vector, math),
+                        fam.a_loader,
+                        fam.b_loader,
+                        math.cuda_type(),
+                    );
+                }
             }
         }
     }

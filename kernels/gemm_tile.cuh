@@ -24,6 +24,8 @@
 // generated from src/ops/kernel_abi.rs, which also lists the tile shapes and the kernels
 // built from this core (appended to conv2d.cu and dense.cu by build.rs).
 #include "kernel_abi.cuh"
+#include <cuda_bf16.h>
+#include <mma.h>
 
 namespace tiled_gemm {
 
@@ -31,10 +33,6 @@ template <int BM_, int BN_, int BK_, int TM_, int TN_>
 struct Tile {
     static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_;
     static constexpr int THREADS = (BM / TM) * (BN / TN);
-    // Row strides of the shared tiles: a multiple of 4 (float4-aligned rows), padded
-    // against bank conflicts when loaders write along k.
-    static constexpr int LDA = BM + 4;
-    static constexpr int LDB = BN + 4;
     static_assert(BM % TM == 0 && BN % TN == 0, "tile not divisible by thread tile");
     static_assert(THREADS % BK == 0 && THREADS >= BM && THREADS >= BN, "loader mapping");
     static_assert(THREADS == GEMM_THREADS && BK == GEMM_BK, "tile shapes come from src/ops/kernel_abi.rs");
@@ -78,14 +76,15 @@ struct KFast {
     __device__ static int row(int tid, int it) { return tid / KV + it * RSTEP; }
     __device__ static bool used(int tid, int it) { return NV % T::THREADS == 0 || row(tid, it) < ROWS; }
     // Shared tile s[BK][LD]: element (row, k) at s[k * LD + row].
-    template <int LD>
-    __device__ static void store(float* s, const float* r, int tid) {
+    // E: float, or __nv_bfloat16 for the BF16 tensor-core kernels (rounded to nearest even).
+    template <int LD, class E>
+    __device__ static void store(E* s, const float* r, int tid) {
         const int k = kk(tid);
 #pragma unroll
         for (int it = 0; it < IT; ++it) {
             if (!used(tid, it)) continue;
 #pragma unroll
-            for (int e = 0; e < VW; ++e) s[(k + e) * LD + row(tid, it)] = r[it * VW + e];
+            for (int e = 0; e < VW; ++e) s[(k + e) * LD + row(tid, it)] = E(r[it * VW + e]);
         }
     }
 };
@@ -115,7 +114,8 @@ struct ARowMajor {
         }
         k += T::BK;
     }
-    __device__ void store(float* s, const float* r) { F::template store<T::LDA>(s, r, tid); }
+    template <int LD, class E>
+    __device__ void store(E* s, const float* r) { F::template store<LD>(s, r, tid); }
 };
 
 // A[m][k] = im2col(x)[pixel m][patch element k]: the receptive field of output pixel m,
@@ -167,7 +167,8 @@ struct AIm2col {
         }
         k += T::BK;
     }
-    __device__ void store(float* s, const float* r) { F::template store<T::LDA>(s, r, tid); }
+    template <int LD, class E>
+    __device__ void store(E* s, const float* r) { F::template store<LD>(s, r, tid); }
 };
 
 // Backward data: A[m][k] with m an input pixel (n, ih, iw) and k = (kh * kernel_w + kw) *
@@ -219,7 +220,8 @@ struct AConvDy {
         }
         k += T::BK;
     }
-    __device__ void store(float* s, const float* r) { F::template store<T::LDA>(s, r, tid); }
+    template <int LD, class E>
+    __device__ void store(E* s, const float* r) { F::template store<LD>(s, r, tid); }
 };
 
 // B[k][n] = b[n * ldb + k] (the transpose of a row-major matrix).
@@ -247,7 +249,8 @@ struct BTransposed {
         }
         k += T::BK;
     }
-    __device__ void store(float* s, const float* r) { F::template store<T::LDB>(s, r, tid); }
+    template <int LD, class E>
+    __device__ void store(E* s, const float* r) { F::template store<LD>(s, r, tid); }
 };
 
 // Backward data: B[k][n] with k = (kh * kernel_w + kw) * out_c + oc and n = ic is the HWIO
@@ -282,7 +285,8 @@ struct BConvW {
         }
         k += T::BK;
     }
-    __device__ void store(float* s, const float* r) { F::template store<T::LDB>(s, r, tid); }
+    template <int LD, class E>
+    __device__ void store(E* s, const float* r) { F::template store<LD>(s, r, tid); }
 };
 
 // ---- loaders whose source is contiguous along m (A) or n (B): each thread keeps one
@@ -299,17 +303,18 @@ struct CFast {
     __device__ static int col(int tid) { return (tid % CV) * VW; }
     __device__ static int kk(int tid, int it) { return tid / CV + it * KSTEP; }
     __device__ static bool used(int tid, int it) { return NV % T::THREADS == 0 || kk(tid, it) < T::BK; }
-    template <int LD>
-    __device__ static void store(float* s, const float* r, int tid) {
+    template <int LD, class E>
+    __device__ static void store(E* s, const float* r, int tid) {
         const int c = col(tid);
 #pragma unroll
         for (int it = 0; it < IT; ++it) {
             if (!used(tid, it)) continue;
-            float* d = s + kk(tid, it) * LD + c;
-            if (VW == 4) {
+            E* d = s + kk(tid, it) * LD + c;
+            if (VW == 4 && sizeof(E) == 4) {
                 *reinterpret_cast<float4*>(d) = make_float4(r[it * 4], r[it * 4 + 1], r[it * 4 + 2], r[it * 4 + 3]);
             } else {
-                d[0] = r[it];
+#pragma unroll
+                for (int e = 0; e < VW; ++e) d[e] = E(r[it * VW + e]);
             }
         }
     }
@@ -349,7 +354,8 @@ struct ATransposed {
         }
         k += T::BK;
     }
-    __device__ void store(float* s, const float* r) { F::template store<T::LDA>(s, r, tid); }
+    template <int LD, class E>
+    __device__ void store(E* s, const float* r) { F::template store<LD>(s, r, tid); }
 };
 
 // Backward filter: A[m][k] = im2col(x)[pixel k][patch element m], m = (kh * kernel_w + kw)
@@ -415,7 +421,8 @@ struct AIm2colT {
             }
         }
     }
-    __device__ void store(float* s, const float* r) { F::template store<T::LDA>(s, r, tid); }
+    template <int LD, class E>
+    __device__ void store(E* s, const float* r) { F::template store<LD>(s, r, tid); }
 };
 
 // B[k][n] = b[k * ldb + n] (a row-major matrix).
@@ -444,7 +451,8 @@ struct BRowMajor {
         }
         k += T::BK;
     }
-    __device__ void store(float* s, const float* r) { F::template store<T::LDB>(s, r, tid); }
+    template <int LD, class E>
+    __device__ void store(E* s, const float* r) { F::template store<LD>(s, r, tid); }
 };
 
 // ---- the tile loop -------------------------------------------------------------------------------
@@ -464,35 +472,142 @@ __device__ __forceinline__ void load_frag(float* d, const float* s) {
     }
 }
 
+// ---- the arithmetic: FMAs, or tensor cores (--precision tf32 / bf16) ------------------------------
+
+// f32 FMAs on the threads' register tiles (fp32: bit-reproducible, the default).
+struct MathFma {
+    using E = float;  // the shared tiles' element
+    static constexpr bool TENSOR = false;
+    static constexpr int PAD = 4;  // shared row padding: float4-aligned rows
+    static constexpr int K = 1;
+};
+// TF32 tensor cores, m16n16k8: the f32 tiles' elements rounded to TF32 (to nearest, ties
+// away) as the fragments are loaded; products exact, f32 sums.
+struct MathTf32 {
+    using E = float;
+    using Fragment = nvcuda::wmma::precision::tf32;
+    static constexpr bool TENSOR = true;
+    static constexpr int PAD = 4;  // rows of 16-byte multiples, 32-byte aligned at k = 0, 8
+    static constexpr int K = 8;
+};
+// BF16 tensor cores, m16n16k16: the loaders round to bf16 (to nearest even) as they store
+// the shared tiles; products exact, f32 sums.
+struct MathBf16 {
+    using E = __nv_bfloat16;
+    using Fragment = __nv_bfloat16;
+    static constexpr bool TENSOR = true;
+    static constexpr int PAD = 8;  // 16 bf16 = a 16-byte multiple, and bank spreading
+    static constexpr int K = 16;
+};
+
+// Row strides of the shared tiles: BM or BN padded (by the arithmetic's PAD: float4-aligned
+// rows for f32, 16-byte rows for bf16) against bank conflicts when loaders write along k.
+template <class T, class M>
+struct Shared {
+    static constexpr int LDA = T::BM + M::PAD;
+    static constexpr int LDB = T::BN + M::PAD;
+    // The tensor-core epilogue's staging: a 16 x 16 block of floats per warp.
+    static constexpr int STAGE_BYTES = M::TENSOR ? T::THREADS / 32 * 16 * 16 * 4 : 0;
+    static_assert(!M::TENSOR || (T::BM % 16 == 0 && T::BN % 16 == 0 && T::BK % M::K == 0),
+                  "tensor-core tiles are 16 x 16, k in steps of M::K");
+};
+
+// The tensor-core epilogue of one 16 x 16 block of C (rows m, columns n from its corner),
+// staged through the warp's `stage` (16 x 16 floats): the split-K partial, or bias, ReLU
+// and the row split, as the FMA epilogue below.
+__device__ __forceinline__ void store_block(const GemmArgs& p, float* stage, int m_corner, int n_corner) {
+    const int lane = threadIdx.x % 32;
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32) {
+        const int m = m_corner + e / 16, n = n_corner + e % 16;
+        if (m >= p.M || n >= p.N) continue;
+        float v = stage[e];
+        if (p.partial) {
+            p.partial[(size_t)blockIdx.z * p.M * p.N + (size_t)m * p.N + n] = v;
+            continue;
+        }
+        if (p.bias) v += p.bias[n];
+        if (p.relu && v <= 0.0f) v = 0.0f;
+        float* row = m < p.m_split ? p.out + m * p.ldo : p.out2 + (m - p.m_split) * p.ldo;
+        row[n] = v;
+    }
+    __syncwarp();
+}
+
+// The tile loop on tensor cores: the same double-buffered slices as the FMA loop, each warp
+// multiplying the 16 x 16 blocks of C that are its own (block w, w + 8, ... of the tile, row
+// by row) with wmma fragments loaded from the shared tiles (A stored k-major: col_major).
+template <class T, class M, class AL, class BL, class E>
+__device__ __forceinline__ void gemm_mma(const GemmArgs& p, AL& al, BL& bl, float* ra, float* rb,
+                                         E (*As)[T::BK * Shared<T, M>::LDA], E (*Bs)[T::BK * Shared<T, M>::LDB],
+                                         float* stage_all, int tiles, int m0, int n0) {
+    using namespace nvcuda;
+    constexpr int LDA = Shared<T, M>::LDA, LDB = Shared<T, M>::LDB;
+    constexpr int FN = T::BN / 16, BLOCKS = (T::BM / 16) * FN;
+    constexpr int WARPS = T::THREADS / 32, PER_WARP = (BLOCKS + WARPS - 1) / WARPS;
+    const int warp = threadIdx.x / 32;
+    float* stage = stage_all + warp * 16 * 16;  // this warp's 16 x 16 staging block
+    wmma::fragment<wmma::accumulator, 16, 16, M::K, float> acc[PER_WARP];
+#pragma unroll
+    for (int i = 0; i < PER_WARP; ++i) wmma::fill_fragment(acc[i], 0.0f);
+    for (int t = 0; t < tiles; ++t) {
+        const int cur = t & 1;
+        const bool more = t + 1 < tiles;
+        if (more) {
+            al.fetch(p, ra);
+            bl.fetch(p, rb);
+        }
+#pragma unroll
+        for (int i = 0; i < PER_WARP; ++i) {
+            const int b = warp + WARPS * i;
+            if (b >= BLOCKS) break;  // warp-uniform
+            const int bm = b / FN, bn = b - bm * FN;
+#pragma unroll
+            for (int k0 = 0; k0 < T::BK; k0 += M::K) {
+                wmma::fragment<wmma::matrix_a, 16, 16, M::K, typename M::Fragment, wmma::col_major> fa;
+                wmma::fragment<wmma::matrix_b, 16, 16, M::K, typename M::Fragment, wmma::row_major> fb;
+                wmma::load_matrix_sync(fa, As[cur] + k0 * LDA + bm * 16, LDA);
+                wmma::load_matrix_sync(fb, Bs[cur] + k0 * LDB + bn * 16, LDB);
+                if constexpr (sizeof(E) == 4) {  // TF32: round what the tensor cores read
+#pragma unroll
+                    for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+#pragma unroll
+                    for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+                }
+                wmma::mma_sync(acc[i], fa, fb, acc[i]);
+            }
+        }
+        if (more) {
+            al.template store<LDA>(As[cur ^ 1], ra);
+            bl.template store<LDB>(Bs[cur ^ 1], rb);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < PER_WARP; ++i) {
+        const int b = warp + WARPS * i;
+        if (b >= BLOCKS) break;
+        const int bm = b / FN, bn = b - bm * FN;
+        wmma::store_matrix_sync(stage, acc[i], 16, wmma::mem_row_major);
+        store_block(p, stage, m0 + bm * 16, n0 + bn * 16);
+    }
+}
+
+// The rest of the FMA GEMM after the first slice: the tile loop on the threads' register
+// tiles, then the epilogue (split-K partial, or bias, ReLU, row split).
 template <class T, class AL, class BL>
-__device__ __forceinline__ void gemm(const GemmArgs& p) {
-    __shared__ __align__(16) float As[2][T::BK * T::LDA];
-    __shared__ __align__(16) float Bs[2][T::BK * T::LDB];
+__device__ __forceinline__ void gemm_fma_rest(const GemmArgs& p, AL& al, BL& bl, float* ra, float* rb,
+                                              float (*As)[T::BK * Shared<T, MathFma>::LDA],
+                                              float (*Bs)[T::BK * Shared<T, MathFma>::LDB], int tiles, int m0,
+                                              int n0) {
+    constexpr int LDA = Shared<T, MathFma>::LDA, LDB = Shared<T, MathFma>::LDB;
     const int tid = threadIdx.x;
     const int tx = tid % (T::BN / T::TN), ty = tid / (T::BN / T::TN);
-    const int m0 = blockIdx.x * T::BM, n0 = blockIdx.y * T::BN;
-    const int k_begin = blockIdx.z * p.k_chunk;
-    const int k_end = min(p.K, k_begin + p.k_chunk);
-
-    AL al;
-    BL bl;
-    al.init(p, m0, tid, k_begin, k_end);
-    bl.init(p, n0, tid, k_begin, k_end);
-    float ra[AL::REGS], rb[BL::REGS];
     float acc[T::TM][T::TN];
 #pragma unroll
     for (int i = 0; i < T::TM; ++i)
 #pragma unroll
         for (int j = 0; j < T::TN; ++j) acc[i][j] = 0.0f;
-
-    const int tiles = k_end > k_begin ? (k_end - k_begin + T::BK - 1) / T::BK : 0;
-    if (tiles > 0) {
-        al.fetch(p, ra);
-        bl.fetch(p, rb);
-        al.store(As[0], ra);
-        bl.store(Bs[0], rb);
-    }
-    __syncthreads();
     for (int t = 0; t < tiles; ++t) {
         const int cur = t & 1;
         const bool more = t + 1 < tiles;
@@ -505,16 +620,16 @@ __device__ __forceinline__ void gemm(const GemmArgs& p) {
 #pragma unroll
         for (int kk = 0; kk < T::BK; ++kk) {
             float a[T::TM], b[T::TN];
-            load_frag<T::TM>(a, as + kk * T::LDA);
-            load_frag<T::TN>(b, bs + kk * T::LDB);
+            load_frag<T::TM>(a, as + kk * LDA);
+            load_frag<T::TN>(b, bs + kk * LDB);
 #pragma unroll
             for (int i = 0; i < T::TM; ++i)
 #pragma unroll
                 for (int j = 0; j < T::TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
         }
         if (more) {  // the other buffer: every thread finished reading it before the last barrier
-            al.store(As[cur ^ 1], ra);
-            bl.store(Bs[cur ^ 1], rb);
+            al.template store<LDA>(As[cur ^ 1], ra);
+            bl.template store<LDB>(Bs[cur ^ 1], rb);
         }
         __syncthreads();
     }
@@ -559,6 +674,52 @@ __device__ __forceinline__ void gemm(const GemmArgs& p) {
             for (int j = 0; j < T::TN; ++j)
                 if (n + j < p.N) row[n + j] = v[j];
         }
+    }
+}
+
+
+// The shared memory of every GEMM kernel that needs BYTES: one static allocation per kernel
+// on a GPU, as a __shared__ array in the kernel would be; in the emulator (where __shared__
+// is thread_local, reserved in every OS thread's static TLS) one per size instead of one per
+// kernel, so that the 3 arithmetics x 44 kernels do not crowd the threads' stacks.
+template <int BYTES>
+__device__ __forceinline__ char* shared_pool() {
+    __shared__ __align__(32) char pool[BYTES];
+    return pool;
+}
+
+template <class T, class AL, class BL, class M = MathFma>
+__device__ __forceinline__ void gemm(const GemmArgs& p) {
+    using E = typename M::E;
+    constexpr int LDA = Shared<T, M>::LDA, LDB = Shared<T, M>::LDB;
+    constexpr int A_BYTES = 2 * T::BK * LDA * sizeof(E), B_BYTES = 2 * T::BK * LDB * sizeof(E);
+    char* smem = shared_pool<A_BYTES + B_BYTES + Shared<T, M>::STAGE_BYTES>();
+    E (*As)[T::BK * LDA] = reinterpret_cast<E (*)[T::BK * LDA]>(smem);
+    E (*Bs)[T::BK * LDB] = reinterpret_cast<E (*)[T::BK * LDB]>(smem + A_BYTES);
+    const int tid = threadIdx.x;
+    const int m0 = blockIdx.x * T::BM, n0 = blockIdx.y * T::BN;
+    const int k_begin = blockIdx.z * p.k_chunk;
+    const int k_end = min(p.K, k_begin + p.k_chunk);
+
+    AL al;
+    BL bl;
+    al.init(p, m0, tid, k_begin, k_end);
+    bl.init(p, n0, tid, k_begin, k_end);
+    float ra[AL::REGS], rb[BL::REGS];
+
+    const int tiles = k_end > k_begin ? (k_end - k_begin + T::BK - 1) / T::BK : 0;
+    if (tiles > 0) {
+        al.fetch(p, ra);
+        bl.fetch(p, rb);
+        al.template store<LDA>(As[0], ra);
+        bl.template store<LDB>(Bs[0], rb);
+    }
+    __syncthreads();
+    if constexpr (M::TENSOR) {
+        float* stage = reinterpret_cast<float*>(smem + A_BYTES + B_BYTES);
+        gemm_mma<T, M>(p, al, bl, ra, rb, As, Bs, stage, tiles, m0, n0);
+    } else {
+        gemm_fma_rest<T>(p, al, bl, ra, rb, As, Bs, tiles, m0, n0);
     }
 }
 

@@ -8,9 +8,9 @@
 //! them in that format where its kernel for the device has such a path (which layer does is
 //! named by `focalflow bench`); the rest stay f32, never below the chosen precision.
 //!
-//! The CPU runs bf16 with AVX512_BF16 (`vdpbf16ps`: two bf16 products summed into an f32
-//! lane, exact products, f32 sums), detected at run time; it has no TF32. The GPU's
-//! tensor-core kernels are not built yet, so CUDA runs fp32 only for now.
+//! The CPU runs bf16 on AMX tiles or AVX512_BF16 (exact products, f32 sums), detected at
+//! run time; it has no TF32. CUDA runs TF32 and BF16 on tensor cores (wmma, f32
+//! accumulators; kernels/gemm_tile.cuh's `MathTf32`, `MathBf16`).
 
 use std::fmt;
 
@@ -165,14 +165,12 @@ pub fn cpu_unsupported(precision: Precision) -> Option<String> {
     }
 }
 
-/// Why the CUDA backend cannot run `precision` (None: it can).
+/// Why the CUDA backend cannot run `precision` (None: it can). Every precision runs: the
+/// kernels are built for compute capability 8.0 (Ampere) and later, all of which have TF32
+/// and BF16 tensor cores, and the emulator emulates them.
 pub fn cuda_unsupported(precision: Precision) -> Option<String> {
     match precision {
-        Precision::Fp32 => None,
-        _ => Some(format!(
-            "--precision {precision} on cuda: the tensor-core kernels are not built yet, the \
-             GPU runs fp32 only: use --precision fp32 there, or bf16 on a CPU with AVX512_BF16"
-        )),
+        Precision::Fp32 | Precision::Tf32 | Precision::Bf16 => None,
     }
 }
 

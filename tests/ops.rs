@@ -43,7 +43,7 @@ mod perf;
 use std::io::Write as _;
 
 use common::assert_close;
-use common::targets::{RANDOM, emu_backend, emu_choice, gpu_backend};
+use common::targets::{RANDOM, emu_backend, emu_choice, gpu_backend, gpu_tensor_backend};
 use focalflow::Error;
 use focalflow::executor::{Executor, Schedule};
 use focalflow::loss::{Alpha, LossConfig};
@@ -263,7 +263,7 @@ fn conv_backward_filter<B: Backend<E = f32>>(b: &B) {
             &format!("conv2d_backward_filter db {s:?}"),
             &db,
             &narrow(&want_b),
-            &gemm_bound(&abs_b, pixels),
+            &product_bound(b, &abs_b, pixels),
         );
     }
 }
@@ -970,7 +970,7 @@ fn dense_backward<B: Backend<E = f32>>(b: &B) {
                 &format!("dense_backward db {s:?}"),
                 &db,
                 &narrow(&want_db),
-                &gemm_bound(&abs_db, s.batch),
+                &product_bound(b, &abs_db, s.batch),
             );
             if with_dx {
                 check(
@@ -1209,6 +1209,23 @@ fn cpu_bf16_avx512(t: impl OpTest, test: &str) {
     let b = CpuBackend::<f32>::new().with_precision(Precision::Bf16);
     t.run(&b.with_bf16_unit(Bf16Unit::Avx512));
 }
+/// The tiled kernels on the emulator's TF32 and BF16 tensor cores (`--precision`).
+fn emu_tf32(t: impl OpTest, _test: &str) {
+    t.run(&emu_backend(Schedule::Forward, Variant::Tiled).with_precision(Precision::Tf32));
+}
+fn emu_bf16(t: impl OpTest, _test: &str) {
+    t.run(&emu_backend(RANDOM, Variant::Tiled).with_precision(Precision::Bf16));
+}
+fn on_gpu_tf32(t: impl OpTest, test: &str) {
+    if let Some(b) = gpu_tensor_backend(Precision::Tf32, test) {
+        t.run(b);
+    }
+}
+fn on_gpu_bf16(t: impl OpTest, test: &str) {
+    if let Some(b) = gpu_tensor_backend(Precision::Bf16, test) {
+        t.run(b);
+    }
+}
 fn emu_forward(t: impl OpTest, _test: &str) {
     t.run(&emu_backend(Schedule::Forward, Variant::Tiled));
 }
@@ -1317,6 +1334,23 @@ op_matrix!(
 op_matrix!(
     @target cpu_bf16_avx512,
     [conv_forward, conv_backward_data, conv_backward_filter]
+);
+// The tensor cores of the GPU (and of the emulator): every GEMM-shaped op in TF32 and BF16.
+op_matrix!(
+    @target emu_tf32,
+    [conv_forward, conv_backward_data, conv_backward_filter, dense_forward, dense_backward]
+);
+op_matrix!(
+    @target emu_bf16,
+    [conv_forward, conv_backward_data, conv_backward_filter, dense_forward, dense_backward]
+);
+op_matrix!(
+    @target on_gpu_tf32,
+    [conv_forward, conv_backward_data, conv_backward_filter, dense_forward, dense_backward]
+);
+op_matrix!(
+    @target on_gpu_bf16,
+    [conv_forward, conv_backward_data, conv_backward_filter, dense_forward, dense_backward]
 );
 
 /// The CPU's Winograd path (forward, input and filter gradients) against the f64 reference
@@ -1653,5 +1687,66 @@ fn fast_paths_are_as_accurate_as_the_reference_path_on_the_reference_cnn() {
             ef <= 2.0 * er + 1e-5,
             "{name}: fast paths {ef:e}, reference path {er:e}"
         );
+    }
+}
+
+/// The tensor-core kernels really round their operands (TF32: 11 significant bits, BF16: 8)
+/// and no more than that: the forward convolution on the emulator, errors against the f64
+/// reference in units of 2 u * sum|a b| (u the format's unit roundoff), beside fp32's.
+#[test]
+fn tensor_cores_round_their_operands_on_the_emulator() {
+    let cpu = CpuBackend::<f64>::new();
+    let s = ConvShape {
+        batch: 2,
+        in_h: 11,
+        in_w: 9,
+        in_c: 16,
+        out_c: 32,
+        kernel_h: 3,
+        kernel_w: 3,
+        padding: Padding::Same,
+    };
+    let mut rng = Rng::new(31);
+    let (x, w) = (
+        random(&mut rng, s.input_len()),
+        random(&mut rng, s.kernel_len()),
+    );
+    let bias = vec![0f32; s.out_c];
+    let (mut want, mut scale) = (vec![0f64; s.output_len()], vec![0f64; s.output_len()]);
+    cpu.conv2d_forward(&s, &wide(&x), &wide(&w), &wide(&bias), &mut want, false)
+        .unwrap();
+    cpu.conv2d_forward(&s, &abs(&x), &abs(&w), &wide(&bias), &mut scale, false)
+        .unwrap();
+    for precision in Precision::ALL {
+        let b = emu_backend(Schedule::Forward, Variant::Tiled).with_precision(precision);
+        let mut y = b.zeros(s.output_len()).unwrap();
+        let (dx, dw, db) = (
+            b.upload(&x).unwrap(),
+            b.upload(&w).unwrap(),
+            b.upload(&bias).unwrap(),
+        );
+        b.conv2d_forward(&s, &dx, &dw, &db, &mut y, false).unwrap();
+        let got = b.read(&y, s.output_len()).unwrap();
+        let unit = 2.0 * precision.unit_roundoff();
+        let e: Vec<f64> = got
+            .iter()
+            .zip(&want)
+            .zip(&scale)
+            .map(|((g, w), s)| (*g as f64 - w).abs() / (unit * s.max(1e-30)))
+            .collect();
+        let max = e.iter().fold(0f64, |m, v| m.max(*v));
+        let mean = e.iter().sum::<f64>() / e.len() as f64;
+        println!("{precision}: max {max:.3}, mean {mean:.4} (2 u * sum|a b|)");
+        if precision.is_fp32() {
+            // K = 144 f32 sums: within (K + 2) / 2 units of EPSILON / 2.
+            assert!(max <= 73.0, "fp32: max {max}");
+        } else {
+            // Both operands rounded, exact products, f32 sums (2^-13 or 2^-16 of a unit).
+            assert!(max <= 1.01, "{precision}: max {max}");
+            assert!(
+                mean >= 1e-2,
+                "{precision}: mean {mean}: operands not rounded?"
+            );
+        }
     }
 }

@@ -156,20 +156,46 @@ fn a_precision_the_device_lacks_is_one_line_naming_what_is_missing() {
         .output()
         .unwrap();
     error_line(&out, &["AVX512_BF16"]);
-    // The GPU's tensor-core kernels are not built yet: CUDA (and its emulator) say so.
-    let out = command()
-        .args([
-            "bench",
-            "--device",
-            "cuda-emu",
-            "--precision",
-            "bf16",
-            "--image-size",
-            "32",
-        ])
-        .output()
-        .unwrap();
-    error_line(&out, &["--precision bf16 on cuda", "fp32"]);
+}
+
+/// The tensor-core kernels train on the emulator: TF32 and BF16 runs record their
+/// precision, stay finite and follow the fp32 run's losses closely (the same weights and
+/// batches, only the products' operands rounded).
+#[test]
+fn the_emulator_trains_with_tensor_cores() {
+    let dir = TempDir::new("precision-emu");
+    let loss_of = |precision: &str| -> Vec<f64> {
+        let run = dir.join(precision);
+        let run_s = run.display().to_string();
+        let mut args: Vec<&str> = RUN
+            .iter()
+            .map(|a| if *a == "cpu" { "cuda-emu" } else { a })
+            .collect();
+        args.extend(["--precision", precision, "--out", &run_s]);
+        run_ok(&args);
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["precision"], precision, "{config}");
+        metrics(&run)
+            .iter()
+            .map(|m| {
+                assert_eq!(m["precision"], precision, "{m}");
+                m["train_loss"].as_f64().unwrap()
+            })
+            .collect()
+    };
+    let fp32 = loss_of("fp32");
+    for precision in ["tf32", "bf16"] {
+        let losses = loss_of(precision);
+        for (got, want) in losses.iter().zip(&fp32) {
+            assert!(got.is_finite(), "{precision}: {losses:?}");
+            assert!(
+                (got - want).abs() <= 0.05 * want.abs().max(0.1),
+                "{precision}: train losses {losses:?} against fp32's {fp32:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -103,7 +103,8 @@ macro_rules! on_device {
         match $device {
             $crate::cli::DeviceChoice::Cuda | $crate::cli::DeviceChoice::CudaEmu => {
                 $crate::cli::device::check_precision($device, $precision)?;
-                let backend = $crate::cli::device::cuda_backend($device)?;
+                let backend =
+                    $crate::cli::device::cuda_backend($device)?.with_precision($precision);
                 let $b = &backend;
                 $body
             }

@@ -207,14 +207,47 @@ pub struct GemmFamily {
 }
 
 impl GemmFamily {
-    /// The kernel of tile `tile` with vector (float4) or scalar loads.
-    pub fn kernel_name(&self, tile: &GemmTile, vector: bool) -> String {
+    /// The kernel of tile `tile` with vector (float4) or scalar loads, on `math`.
+    pub fn kernel_name(&self, tile: &GemmTile, vector: bool, math: GemmMath) -> String {
         format!(
-            "{}_{}_{}",
+            "{}_{}_{}{}",
             self.prefix,
             tile.name,
-            if vector { "v" } else { "s" }
+            if vector { "v" } else { "s" },
+            math.suffix()
         )
+    }
+}
+
+/// The arithmetic of a GEMM kernel (gemm_tile.cuh's `Math*`): f32 FMAs, or tensor cores on
+/// TF32 or BF16 operands (`--precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmMath {
+    Fma,
+    Tf32,
+    Bf16,
+}
+
+impl GemmMath {
+    /// Every arithmetic, each a kernel per family, tile and load width.
+    pub const ALL: [GemmMath; 3] = [GemmMath::Fma, GemmMath::Tf32, GemmMath::Bf16];
+
+    /// The struct of gemm_tile.cuh.
+    pub fn cuda_type(self) -> &'static str {
+        match self {
+            GemmMath::Fma => "MathFma",
+            GemmMath::Tf32 => "MathTf32",
+            GemmMath::Bf16 => "MathBf16",
+        }
+    }
+
+    /// The kernel names' suffix (none for the FMA kernels, whose names predate the others).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            GemmMath::Fma => "",
+            GemmMath::Tf32 => "_tf32",
+            GemmMath::Bf16 => "_bf16",
+        }
     }
 }
 

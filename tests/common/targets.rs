@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use focalflow::executor::{EmuOptions, Executor, Schedule};
 use focalflow::ops::CudaBackend;
 use focalflow::ops::gemm::{KernelChoice, Variant};
+use focalflow::precision::Precision;
 
 /// The schedules every emulator target runs under (the random one with a fixed seed).
 pub const RANDOM: Schedule = Schedule::Random(0xF0CA1);
@@ -35,6 +36,8 @@ pub fn emu_choice(schedule: Schedule, choice: KernelChoice) -> CudaBackend {
 static GPU_EXECUTOR: OnceLock<Result<Executor, String>> = OnceLock::new();
 static GPU_TILED: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
 static GPU_NAIVE: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+static GPU_TF32: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+static GPU_BF16: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
 
 /// An executor on GPU 0, or `None` after the skip line naming `test`.
 pub fn gpu_executor(test: &str) -> Option<&'static Executor> {
@@ -44,6 +47,21 @@ pub fn gpu_executor(test: &str) -> Option<&'static Executor> {
 
 /// A CUDA backend on GPU 0 with the given GEMM implementation, or `None` after the skip
 /// line naming `test`.
+/// The tiled kernels on GPU 0 with `precision`'s tensor cores (TF32 or BF16), or `None`
+/// after the skip line naming `test`.
+pub fn gpu_tensor_backend(precision: Precision, test: &str) -> Option<&'static CudaBackend> {
+    let cell = match precision {
+        Precision::Tf32 => &GPU_TF32,
+        _ => &GPU_BF16,
+    };
+    let init = || {
+        Executor::cuda(0)
+            .map(|e| CudaBackend::with_variant(e, Variant::Tiled).with_precision(precision))
+            .map_err(|e| e.to_string())
+    };
+    super::gpu_or_skip(cell, init, test)
+}
+
 pub fn gpu_backend(variant: Variant, test: &str) -> Option<&'static CudaBackend> {
     let cell = match variant {
         Variant::Tiled => &GPU_TILED,

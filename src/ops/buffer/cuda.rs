@@ -35,6 +35,10 @@ impl Storage for CudaBackend {
         self.exec.kind().name()
     }
 
+    fn precision(&self) -> crate::precision::Precision {
+        self.gemm_precision()
+    }
+
     fn zeros(&self, len: usize) -> Result<DeviceBuffer<f32>> {
         self.exec.alloc_zeros(len)
     }

@@ -9,9 +9,10 @@ use crate::ops::cuda::CudaBackend;
 use crate::ops::kernel_abi::{
     CONV_BACKWARD_DATA, CONV_BACKWARD_FILTER, CONV_FORWARD, DENSE_BACKWARD_INPUT,
     DENSE_BACKWARD_WEIGHTS, DENSE_FORWARD, GEMM_BK, GEMM_THREADS, GEMM_VECTOR_WIDTH, GemmArgs,
-    GemmFamily, GemmTile, M32N64, M64N32, N16, N32, N64, S32, S64,
+    GemmFamily, GemmMath, GemmTile, M32N64, M64N32, N16, N32, N64, S32, S64,
 };
 use crate::ops::launch::int;
+use crate::precision::Precision;
 use crate::{Error, Result};
 
 // SAFETY: `repr(C)`, only integer fields, and no padding (6 * 8 + 22 * 4 = 136 bytes, a
@@ -163,6 +164,19 @@ pub struct Planner {
     /// Blocks that fill the device (a few per SM): below this, a long K is split.
     pub target_blocks: usize,
     pub choice: KernelChoice,
+    /// The tiled kernels' arithmetic (`--precision`; the naive ones are always f32).
+    pub math: GemmMath,
+}
+
+impl GemmMath {
+    /// The arithmetic of `precision`'s products.
+    pub fn of(precision: Precision) -> GemmMath {
+        match precision {
+            Precision::Fp32 => GemmMath::Fma,
+            Precision::Tf32 => GemmMath::Tf32,
+            Precision::Bf16 => GemmMath::Bf16,
+        }
+    }
 }
 
 /// Smallest K range of one split-K slice.
@@ -233,7 +247,7 @@ impl Planner {
         args.k_chunk = int("split-K chunk", chunk)?;
         let name =
             g.op.family()
-                .kernel_name(&tile, g.vector && !self.choice.scalar);
+                .kernel_name(&tile, g.vector && !self.choice.scalar, self.math);
         let grid = (int("row tiles", mt)? as u32, nt as u32, slices as u32);
         let cfg = LaunchConfig::new(grid, GEMM_THREADS);
         if slices == 1 {
@@ -283,6 +297,7 @@ fn target_blocks(exec: &Executor) -> usize {
 struct GemmState {
     variant: Variant,
     choice: KernelChoice,
+    precision: Precision,
     workspace: Option<DeviceBuffer<f32>>,
 }
 
@@ -309,6 +324,18 @@ impl CudaBackend {
         });
     }
 
+    /// This backend with its GEMM-shaped ops (convolutions, dense layers) on `precision`'s
+    /// tensor cores (fp32: the FMA kernels).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        self.op_state(|s: &mut GemmState| s.precision = precision);
+        self
+    }
+
+    /// The precision of the GEMM-shaped ops ([`CudaBackend::with_precision`]).
+    pub fn gemm_precision(&self) -> Precision {
+        self.op_state(|s: &mut GemmState| s.precision)
+    }
+
     pub fn variant(&self) -> Variant {
         self.op_state(|s: &mut GemmState| s.variant)
     }
@@ -330,6 +357,7 @@ impl CudaBackend {
                 variant: s.variant,
                 target_blocks,
                 choice: s.choice,
+                math: GemmMath::of(s.precision),
             };
             let need = planner.workspace_len(&g);
             if need > 0 && s.workspace.as_ref().is_none_or(|w| w.len() < need) {
@@ -352,6 +380,7 @@ mod tests {
             variant: Variant::Tiled,
             target_blocks: 528,
             choice: KernelChoice::default(),
+            math: GemmMath::Fma,
         };
         for (tiles, k) in [
             (1, 1_577_088),
