@@ -230,6 +230,12 @@ print(libs[0] if libs else "")' 2>/dev/null)"
     step_json bench_cpu_b$b1 1 90 "$ff" bench --device cpu --image-size $img --batch-size $b1 --steps $cpu_steps --json "${arch_args[@]}"
     step_json bench_${dev}_b$b1 1 90 "$ff" bench --device $dev --image-size $img --batch-size $b1 --steps $steps --end-to-end $e2e1 --json "${arch_args[@]}"
     step_json bench_${dev}_b$b2 1 120 "$ff" bench --device $dev --image-size $img --batch-size $b2 --steps $((steps * 2 / 3 + 1)) --end-to-end $e2e2 --json "${arch_args[@]}"
+    # The tensor-core kernels (--precision tf32 / bf16), kernels only, at both batch sizes.
+    for prec in tf32 bf16; do
+        for b in $b1 $b2; do
+            step_json bench_${dev}_${prec}_b$b 0 60 "$ff" bench --device $dev --precision $prec --image-size $img --batch-size $b --steps $steps --json "${arch_args[@]}"
+        done
+    done
     # The default run a user starts (10 epochs of 640 generated images; at the test size
     # in a dry run), its epoch times from metrics.jsonl.
     local default_size=()
@@ -288,7 +294,7 @@ def load(path):
         return []
 for path in sorted(glob.glob(os.path.join(out, "bench_*.json"))):
     for r in load(path):
-        rows.append(("focalflow " + r["device"], r["batch_size"], r["image_size"], r["train_images_per_second"],
+        rows.append(("focalflow " + r["device"] + " " + r.get("precision", "fp32"), r["batch_size"], r["image_size"], r["train_images_per_second"],
                      r["inference_images_per_second"], r["train_step_ms"], r.get("train_gflops"),
                      r.get("end_to_end_images_per_second")))
 for name in ("torch_bench", "torch_bench_channels_last"):
@@ -311,7 +317,7 @@ if default:
     secs = sum(m["seconds"] for m in default)
     print(f"\nDefault `train --device {dev}` run: {len(default)} epochs, {secs:.2f} s of training "
           f"(sum of the epochs' seconds in metrics.jsonl), final val accuracy {default[-1].get('val_accuracy')}")
-ff = {r[1]: r for r in rows if r[0] == "focalflow " + dev}
+ff = {r[1]: r for r in rows if r[0] == "focalflow " + dev + " fp32"}
 pt = {r[1]: r for r in rows if r[0] == "pytorch fp32 cuDNN"}
 for b in sorted(set(ff) & set(pt)):
     print(f"\nbatch {b}: focalflow {dev} / PyTorch = {ff[b][3] / pt[b][3]:.2f}x training, "

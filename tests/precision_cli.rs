@@ -34,6 +34,11 @@ fn run_ok(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// A run's config.json, parsed.
+fn config_of(run: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap()
+}
+
 /// The last line of a failed command, checked to be its one error line with `words`.
 fn error_line(out: &std::process::Output, words: &[&str]) {
     let stderr = text(&out.stderr);
@@ -58,8 +63,7 @@ fn a_bf16_run_is_recorded_resumed_and_evaluated_as_bf16() {
     args.extend(["--precision", "bf16", "--out", &run_s]);
     run_ok(&args);
 
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let config = config_of(&run);
     assert_eq!(config["precision"], "bf16", "{config}");
     assert_eq!(config["options"]["precision"], "bf16", "{config}");
     let lines = metrics(&run);
@@ -173,9 +177,7 @@ fn the_emulator_trains_with_tensor_cores() {
             .collect();
         args.extend(["--precision", precision, "--out", &run_s]);
         run_ok(&args);
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap())
-                .unwrap();
+        let config = config_of(&run);
         assert_eq!(config["precision"], precision, "{config}");
         metrics(&run)
             .iter()

@@ -58,6 +58,75 @@ impl TileConfig {
     }
 }
 
+/// `with_sums!(j, S => body)`: `body` with the const `S` the tile of sums `j` (0-3, tmm0-tmm3):
+/// tile registers are immediates, so a runtime index picks one of four copies.
+macro_rules! with_sums {
+    ($j:expr, $s:ident => $body:expr) => {
+        match $j {
+            0 => {
+                const $s: usize = 0;
+                $body
+            }
+            1 => {
+                const $s: usize = 1;
+                $body
+            }
+            2 => {
+                const $s: usize = 2;
+                $body
+            }
+            _ => {
+                const $s: usize = 3;
+                $body
+            }
+        }
+    };
+}
+
+/// Loads tile of sums `j` from `p` (rows `stride` bytes apart).
+///
+/// # Safety
+/// Tiles configured; 16 rows of 64 bytes readable at `p`.
+#[inline(always)]
+unsafe fn load_sums(j: usize, p: *const f32, stride: usize) {
+    // SAFETY: forwarded.
+    unsafe {
+        with_sums!(j, S => asm!("tileloadd tmm{s}, [{}+{}*1]", in(reg) p, in(reg) stride,
+            s = const S, options(nostack, readonly)))
+    }
+}
+
+/// Stores tile of sums `j` to `p` (rows `stride` bytes apart).
+///
+/// # Safety
+/// Tiles configured; 16 rows of 64 bytes writable at `p`.
+#[inline(always)]
+unsafe fn store_sums(j: usize, p: *mut f32, stride: usize) {
+    // SAFETY: forwarded.
+    unsafe {
+        with_sums!(j, S => asm!("tilestored [{}+{}*1], tmm{s}", in(reg) p, in(reg) stride,
+            s = const S, options(nostack)))
+    }
+}
+
+/// Sums `j` += tmm4 (the first operand, loaded) x the second operand's block at `b` (rows
+/// `stride` bytes apart), loaded into tmm5-tmm7 in turn so that loads overlap products.
+///
+/// # Safety
+/// Tiles configured; the block readable at `b`.
+#[inline(always)]
+unsafe fn multiply_into(j: usize, b: *const u32, stride: usize) {
+    // SAFETY: forwarded.
+    unsafe {
+        with_sums!(j, S => asm!(
+            "tileloadd tmm{b}, [{}+{}*1]",
+            "tdpbf16ps tmm{s}, tmm4, tmm{b}",
+            in(reg) b, in(reg) stride, s = const S, b = const 5 + S % 3,
+            options(nostack, readonly)
+        ))
+    }
+}
+
 /// Output channels per tile of sums (16 f32 = 64 bytes a row).
 const BLOCK: usize = LANES;
 /// Tiles (rows of M) per block.
@@ -111,28 +180,7 @@ pub(super) unsafe fn products(g: &Geometry, count: usize, v: &[f32], u: &[u32], 
                         for j in 0..n {
                             // U channel pairs c0 / 2.., output channels (first + j) * 16...
                             let b = up.add(c0 / 2 * g.k + (first + j) * BLOCK);
-                            match j {
-                                0 => asm!(
-                                    "tileloadd tmm5, [{}+{}*1]",
-                                    "tdpbf16ps tmm0, tmm4, tmm5",
-                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
-                                ),
-                                1 => asm!(
-                                    "tileloadd tmm6, [{}+{}*1]",
-                                    "tdpbf16ps tmm1, tmm4, tmm6",
-                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
-                                ),
-                                2 => asm!(
-                                    "tileloadd tmm7, [{}+{}*1]",
-                                    "tdpbf16ps tmm2, tmm4, tmm7",
-                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
-                                ),
-                                _ => asm!(
-                                    "tileloadd tmm5, [{}+{}*1]",
-                                    "tdpbf16ps tmm3, tmm4, tmm5",
-                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
-                                ),
-                            }
+                            multiply_into(j, b, b_stride);
                         }
                     }
                     let rows = (count - t).min(ROWS);
@@ -143,20 +191,7 @@ pub(super) unsafe fn products(g: &Geometry, count: usize, v: &[f32], u: &[u32], 
                         } else {
                             (spill.as_mut_ptr(), 4 * BLOCK)
                         };
-                        match j {
-                            0 => {
-                                asm!("tilestored [{}+{}*1], tmm0", in(reg) dst, in(reg) stride, options(nostack))
-                            }
-                            1 => {
-                                asm!("tilestored [{}+{}*1], tmm1", in(reg) dst, in(reg) stride, options(nostack))
-                            }
-                            2 => {
-                                asm!("tilestored [{}+{}*1], tmm2", in(reg) dst, in(reg) stride, options(nostack))
-                            }
-                            _ => {
-                                asm!("tilestored [{}+{}*1], tmm3", in(reg) dst, in(reg) stride, options(nostack))
-                            }
-                        }
+                        store_sums(j, dst, stride);
                         if !full {
                             for r in 0..rows {
                                 let row = mp.add((t + r) * g.k + (first + j) * BLOCK);
@@ -233,20 +268,7 @@ pub(super) unsafe fn filter_products(
                     let sum_at = |j: usize| sums.add((p * g.c + c0) * g.k + (first + j) * BLOCK);
                     for j in 0..n {
                         let s = sum_at(j);
-                        match j {
-                            0 => {
-                                asm!("tileloadd tmm0, [{}+{}*1]", in(reg) s, in(reg) c_stride, options(nostack, readonly))
-                            }
-                            1 => {
-                                asm!("tileloadd tmm1, [{}+{}*1]", in(reg) s, in(reg) c_stride, options(nostack, readonly))
-                            }
-                            2 => {
-                                asm!("tileloadd tmm2, [{}+{}*1]", in(reg) s, in(reg) c_stride, options(nostack, readonly))
-                            }
-                            _ => {
-                                asm!("tileloadd tmm3, [{}+{}*1]", in(reg) s, in(reg) c_stride, options(nostack, readonly))
-                            }
-                        }
+                        load_sums(j, s, c_stride);
                     }
                     for i0 in (0..padded).step_by(PAIRS) {
                         // Channels c0.. c0 + 16 over tile pairs i0.. i0 + 16.
@@ -255,46 +277,12 @@ pub(super) unsafe fn filter_products(
                             options(nostack, readonly));
                         for j in 0..n {
                             let b = zp.add((p * pairs + i0) * g.k + (first + j) * BLOCK);
-                            match j {
-                                0 => asm!(
-                                    "tileloadd tmm5, [{}+{}*1]",
-                                    "tdpbf16ps tmm0, tmm4, tmm5",
-                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
-                                ),
-                                1 => asm!(
-                                    "tileloadd tmm6, [{}+{}*1]",
-                                    "tdpbf16ps tmm1, tmm4, tmm6",
-                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
-                                ),
-                                2 => asm!(
-                                    "tileloadd tmm7, [{}+{}*1]",
-                                    "tdpbf16ps tmm2, tmm4, tmm7",
-                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
-                                ),
-                                _ => asm!(
-                                    "tileloadd tmm5, [{}+{}*1]",
-                                    "tdpbf16ps tmm3, tmm4, tmm5",
-                                    in(reg) b, in(reg) b_stride, options(nostack, readonly)
-                                ),
-                            }
+                            multiply_into(j, b, b_stride);
                         }
                     }
                     for j in 0..n {
                         let s = sum_at(j);
-                        match j {
-                            0 => {
-                                asm!("tilestored [{}+{}*1], tmm0", in(reg) s, in(reg) c_stride, options(nostack))
-                            }
-                            1 => {
-                                asm!("tilestored [{}+{}*1], tmm1", in(reg) s, in(reg) c_stride, options(nostack))
-                            }
-                            2 => {
-                                asm!("tilestored [{}+{}*1], tmm2", in(reg) s, in(reg) c_stride, options(nostack))
-                            }
-                            _ => {
-                                asm!("tilestored [{}+{}*1], tmm3", in(reg) s, in(reg) c_stride, options(nostack))
-                            }
-                        }
+                        store_sums(j, s, c_stride);
                     }
                 }
             }
