@@ -227,9 +227,9 @@ pub fn conv_image(
         // SAFETY: AVX-512F is present (asserted); every buffer's length was checked above
         // against the geometry, and the kernels index inside those lengths (see theirs).
         unsafe {
-            avx512::input_transform::<false>(g, input, first, count, v);
+            transforms::input_transform(Layout::F32, g, input, first, count, v);
             avx512::products(g, count, v, u, m);
-            avx512::output_transform(g, m, first, count, bias, relu, out);
+            transforms::output_transform(g, m, first, count, bias, relu, out);
         }
     }
 }
@@ -258,8 +258,8 @@ pub fn filter_gradient_image(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in conv_image: AVX-512F present, every length checked above.
         unsafe {
-            avx512::input_transform::<false>(g, input, first, count, v);
-            avx512::gradient_transform(g, dy, first, count, z);
+            transforms::input_transform(Layout::F32, g, input, first, count, v);
+            transforms::gradient_transform(Layout::F32, g, dy, first, count, z);
             avx512::filter_products(g, count, v, z, sums);
         }
     }
@@ -300,100 +300,15 @@ pub fn fold_filter_sums(g: &Geometry, sums: &[f32], dw: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod transforms;
+#[cfg(target_arch = "x86_64")]
+use transforms::Layout;
+
+#[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Geometry, LANES, POSITIONS};
-
-    /// 16 f32 lanes rounded to bf16 (to nearest even, a NaN kept a NaN, as
-    /// [`crate::precision::bf16_bits`]), each in the high half of its 32-bit lane. Integer
-    /// instructions only, so that AVX-512F code can use it.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    pub(super) unsafe fn bf16_high_halves(x: __m512) -> __m512i {
-        let bits = _mm512_castps_si512(x);
-        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-        let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
-        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
-        let quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x0040_0000));
-        _mm512_mask_mov_epi32(rounded, nan, quiet)
-    }
-
-    /// `V[p][t][c]` for the chunk's tiles `first..first + count`: the 4x4 input patch of
-    /// tile t (zero outside the image), transformed by `B^T d B`, B^T = [[1, 0, -1, 0],
-    /// [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]. Reads input pixels only after checking
-    /// they are inside `[0, in_h) x [0, in_w)`; writes `V[p][t][c]` for t < count <= chunk.
-    /// With `BF16` the values are rounded to bf16 and written two channels a 32-bit word
-    /// (`[p][t][c / 2]` words in the first half of `v`), the layout of the bf16 products.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn input_transform<const BF16: bool>(
-        g: &Geometry,
-        input: &[f32],
-        first: usize,
-        count: usize,
-        v: &mut [f32],
-    ) {
-        let tiles_w = g.tiles_w();
-        let stride_p = count * g.c; // between positions, for this chunk's layout
-        for t in 0..count {
-            let tile = first + t;
-            let (th, tw) = (tile / tiles_w, tile % tiles_w);
-            let top = (2 * th) as isize - g.pad as isize;
-            let left = (2 * tw) as isize - g.pad as isize;
-            for cb in (0..g.c).step_by(LANES) {
-                let mut d = [[_mm512_setzero_ps(); 4]; 4];
-                for (i, row) in d.iter_mut().enumerate() {
-                    let ih = top + i as isize;
-                    if ih < 0 || ih >= g.in_h as isize {
-                        continue;
-                    }
-                    for (j, val) in row.iter_mut().enumerate() {
-                        let iw = left + j as isize;
-                        if iw < 0 || iw >= g.in_w as isize {
-                            continue;
-                        }
-                        let at = (ih as usize * g.in_w + iw as usize) * g.c + cb;
-                        debug_assert!(at + LANES <= input.len());
-                        // SAFETY: (ih, iw) is inside the image and cb + 16 <= c.
-                        *val = unsafe { _mm512_loadu_ps(input.as_ptr().add(at)) };
-                    }
-                }
-                // B^T d (rows), then (B^T d) B (columns).
-                let mut r = [[_mm512_setzero_ps(); 4]; 4];
-                for j in 0..4 {
-                    r[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
-                    r[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
-                    r[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
-                    r[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
-                }
-                for (i, row) in r.iter().enumerate() {
-                    let out = [
-                        _mm512_sub_ps(row[0], row[2]),
-                        _mm512_add_ps(row[1], row[2]),
-                        _mm512_sub_ps(row[2], row[1]),
-                        _mm512_sub_ps(row[1], row[3]),
-                    ];
-                    for (j, o) in out.iter().enumerate() {
-                        let at = (i * 4 + j) * stride_p + t * g.c + cb;
-                        debug_assert!(at + LANES <= v.len());
-                        if BF16 {
-                            // 16 bf16 = 8 words at word at / 2 (c and cb are even).
-                            let halves = unsafe { bf16_high_halves(*o) };
-                            let packed = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(halves));
-                            // SAFETY: at / 2 + 8 <= 16 * count * c / 2: inside v's first half.
-                            unsafe {
-                                let dst = v.as_mut_ptr().cast::<u16>().add(at);
-                                _mm256_storeu_si256(dst.cast::<__m256i>(), packed);
-                            }
-                        } else {
-                            // SAFETY: p < 16, t < count, cb + 16 <= c: inside 16 * count * c.
-                            unsafe { _mm512_storeu_ps(v.as_mut_ptr().add(at), *o) };
-                        }
-                    }
-                }
-            }
-        }
-    }
 
     /// `M[p][t][k] = sum_c V[p][t][c] U[p][c][k]` for the chunk's `count` tiles: blocks of
     /// 4 to 12 tiles by up to 4 registers of output channels, accumulated over c.
@@ -485,63 +400,6 @@ mod avx512 {
         }
     }
 
-    /// `Z[p][t][k] = (A dy A^T)[p]` for the chunk's tiles, A = [[1, 0], [1, 1], [1, -1],
-    /// [0, -1]]: the tile's 2x2 output gradient (zero where the tile passes an odd-sized
-    /// output's edge) taken back to the Winograd domain. Reads dy only inside the output.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gradient_transform(
-        g: &Geometry,
-        dy: &[f32],
-        first: usize,
-        count: usize,
-        z: &mut [f32],
-    ) {
-        let tiles_w = g.tiles_w();
-        let stride_p = count * g.k;
-        let zero = _mm512_setzero_ps();
-        for t in 0..count {
-            let tile = first + t;
-            let (th, tw) = (tile / tiles_w, tile % tiles_w);
-            for kb in (0..g.k).step_by(LANES) {
-                let mut d = [[zero; 2]; 2];
-                for (i, row) in d.iter_mut().enumerate() {
-                    let oh = 2 * th + i;
-                    if oh >= g.out_h {
-                        continue;
-                    }
-                    for (j, val) in row.iter_mut().enumerate() {
-                        let ow = 2 * tw + j;
-                        if ow >= g.out_w {
-                            continue;
-                        }
-                        let at = (oh * g.out_w + ow) * g.k + kb;
-                        // SAFETY: (oh, ow) inside the output, kb + 16 <= k.
-                        *val = unsafe { _mm512_loadu_ps(dy.as_ptr().add(at)) };
-                    }
-                }
-                // A d (rows), then (A d) A^T (columns): 2x2 -> 4x4.
-                let a = |u: __m512, v: __m512| -> [__m512; 4] {
-                    [
-                        u,
-                        _mm512_add_ps(u, v),
-                        _mm512_sub_ps(u, v),
-                        _mm512_sub_ps(zero, v),
-                    ]
-                };
-                let c0 = a(d[0][0], d[1][0]);
-                let c1 = a(d[0][1], d[1][1]);
-                for i in 0..4 {
-                    let r = a(c0[i], c1[i]);
-                    for (j, v) in r.iter().enumerate() {
-                        let at = (i * 4 + j) * stride_p + t * g.k + kb;
-                        // SAFETY: p < 16, t < count, kb + 16 <= k: inside 16 * count * k.
-                        unsafe { _mm512_storeu_ps(z.as_mut_ptr().add(at), *v) };
-                    }
-                }
-            }
-        }
-    }
-
     /// `sums[p][c][k] += sum_t V[p][t][c] Z[p][t][k]` over the chunk's `count` tiles: blocks
     /// of 4 input channels by up to 4 registers of output channels, accumulated over t.
     #[target_feature(enable = "avx512f")]
@@ -613,129 +471,6 @@ mod avx512 {
                     let old = _mm512_loadu_ps(sp.as_ptr().add(at));
                     _mm512_storeu_ps(sp.as_mut_ptr().add(at), _mm512_add_ps(old, *a));
                 }
-            }
-        }
-    }
-
-    /// The chunk's outputs: `A^T M A` per tile and channel block, A^T = [[1, 1, 1, 0],
-    /// [0, 1, -1, -1]], plus bias and ReLU; the 2x2 outputs that fall outside an odd-sized
-    /// output are dropped.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn output_transform(
-        g: &Geometry,
-        m: &[f32],
-        first: usize,
-        count: usize,
-        bias: Option<&[f32]>,
-        relu: bool,
-        out: &mut [f32],
-    ) {
-        let tiles_w = g.tiles_w();
-        let stride_p = count * g.k;
-        let zero = _mm512_setzero_ps();
-        for t in 0..count {
-            let tile = first + t;
-            let (th, tw) = (tile / tiles_w, tile % tiles_w);
-            for kb in (0..g.k).step_by(LANES) {
-                let mut mm = [[zero; 4]; 4];
-                for (i, row) in mm.iter_mut().enumerate() {
-                    for (j, val) in row.iter_mut().enumerate() {
-                        let at = (i * 4 + j) * stride_p + t * g.k + kb;
-                        // SAFETY: p < 16, t < count, kb + 16 <= k: inside 16 * count * k.
-                        *val = unsafe { _mm512_loadu_ps(m.as_ptr().add(at)) };
-                    }
-                }
-                let mut s = [[zero; 4]; 2];
-                for j in 0..4 {
-                    s[0][j] = _mm512_add_ps(_mm512_add_ps(mm[0][j], mm[1][j]), mm[2][j]);
-                    s[1][j] = _mm512_sub_ps(_mm512_sub_ps(mm[1][j], mm[2][j]), mm[3][j]);
-                }
-                let b = match bias {
-                    // SAFETY: kb + 16 <= k = bias.len() (checked by conv_image).
-                    Some(b) => unsafe { _mm512_loadu_ps(b.as_ptr().add(kb)) },
-                    None => zero,
-                };
-                for (i, row) in s.iter().enumerate() {
-                    let oh = 2 * th + i;
-                    if oh >= g.out_h {
-                        continue;
-                    }
-                    let ys = [
-                        _mm512_add_ps(_mm512_add_ps(row[0], row[1]), row[2]),
-                        _mm512_sub_ps(_mm512_sub_ps(row[1], row[2]), row[3]),
-                    ];
-                    for (j, y) in ys.iter().enumerate() {
-                        let ow = 2 * tw + j;
-                        if ow >= g.out_w {
-                            continue;
-                        }
-                        let mut y = _mm512_add_ps(*y, b);
-                        if relu {
-                            // max(0, y): a NaN y stays NaN (the second operand wins), as
-                            // in the scalar path.
-                            y = _mm512_max_ps(zero, y);
-                        }
-                        let at = (oh * g.out_w + ow) * g.k + kb;
-                        debug_assert!(at + LANES <= out.len());
-                        // SAFETY: (oh, ow) inside the output, kb + 16 <= k.
-                        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at), y) };
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[cfg(all(test, target_arch = "x86_64"))]
-mod tests {
-    use std::arch::x86_64::*;
-
-    use crate::precision::bf16_bits;
-
-    /// The kernels' vector rounding to bf16 is the scalar one, ties and specials included.
-    #[test]
-    fn vector_bf16_rounding_is_the_scalar_one() {
-        if !super::avx512() {
-            println!("SKIPPED vector_bf16_rounding_is_the_scalar_one: no AVX-512");
-            return;
-        }
-        let tie = 1.0 + 2f32.powi(-8);
-        let mut values = vec![
-            0.0,
-            -0.0,
-            1.0,
-            tie,
-            1.0 + 3.0 * 2f32.powi(-8),
-            -tie,
-            f32::MAX,
-            f32::MIN_POSITIVE,
-            1e-40, // subnormal
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            f32::from_bits(0x7F80_0001), // a signalling NaN with only low bits set
-        ];
-        let mut rng = crate::rng::Rng::new(3);
-        values.extend((0..1000).map(|_| (rng.uniform() as f32 - 0.5) * 1e3));
-        for chunk in values.chunks(16) {
-            let mut lanes = [0f32; 16];
-            lanes[..chunk.len()].copy_from_slice(chunk);
-            let mut out = [0u32; 16];
-            // SAFETY: AVX-512F present (checked above); 16-element arrays.
-            unsafe {
-                let v = super::avx512::bf16_high_halves(_mm512_loadu_ps(lanes.as_ptr()));
-                _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
-            }
-            for (x, o) in lanes.iter().zip(out) {
-                let got = (o >> 16) as u16;
-                let want = bf16_bits(*x);
-                assert_eq!(
-                    got,
-                    want,
-                    "{x:e} ({:#x}): {got:#x} vs {want:#x}",
-                    x.to_bits()
-                );
             }
         }
     }

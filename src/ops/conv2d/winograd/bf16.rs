@@ -1,17 +1,17 @@
 //! The Winograd passes with their products in bf16 (`--precision bf16`, AVX512_BF16).
 //!
-//! The transforms stay f32 (adds and halves only); the 16 products per chunk, where the
-//! multiplies are, take both operands rounded to bf16 and sum in f32 with `vdpbf16ps`,
-//! which multiplies two pairs per 32-bit lane: twice the multiplies of an f32 FMA per
-//! instruction, and half the bytes of the transformed operands through L2.
+//! The transforms compute in f32 (adds and halves only) and round their results to bf16 as
+//! they store them; the 16 products per chunk, where the multiplies are, sum in f32 on AMX
+//! tiles (`super::amx`) or with `vdpbf16ps`, which multiplies two pairs per 32-bit lane;
+//! the transformed operands take half the bytes through L2.
 //!
 //! Pairs: the forward products `M[p] = V[p] U[p]` sum over input channels, so a word holds
 //! channels (2i, 2i + 1) of V (written so by the input transform) and of U (packed once per
 //! call by [`pack_kernel`]). The filter gradient sums over tiles, so a word holds tiles
-//! (2i, 2i + 1) of V and of Z, paired after the f32 transforms ([`avx512bf16::pair_tiles`];
+//! (2i, 2i + 1) of V and of Z, paired by the transforms as they store (`Layout::TilePairs`;
 //! an odd last tile is paired with zeros).
 
-use super::{Geometry, LANES, POSITIONS, avx512};
+use super::{Geometry, LANES, Layout, POSITIONS, transforms};
 use crate::ops::Bf16Unit;
 use crate::precision::bf16_pair;
 
@@ -65,12 +65,12 @@ pub fn conv_image(
         // SAFETY: AVX-512F and AVX512_BF16 are present (asserted); every buffer's length
         // was checked above against the geometry, and the kernels index inside those.
         unsafe {
-            avx512::input_transform::<true>(g, input, first, count, v);
+            transforms::input_transform(Layout::ChannelPairs, g, input, first, count, v);
             match unit {
                 Bf16Unit::Amx => super::amx::products(g, count, v, u, m),
                 Bf16Unit::Avx512 => avx512bf16::products(g, count, v, u, m),
             }
-            avx512::output_transform(g, m, first, count, bias, relu, out);
+            transforms::output_transform(g, m, first, count, bias, relu, out);
         }
     }
 }
@@ -111,10 +111,8 @@ pub fn filter_gradient_image(
         // SAFETY: as in conv_image; the AMX products' extra reads and `pack` are sized by
         // filter_scratch_len (asserted).
         unsafe {
-            avx512::input_transform::<false>(g, input, first, count, v);
-            avx512::gradient_transform(g, dy, first, count, z);
-            avx512bf16::pair_tiles(count, g.c, v);
-            avx512bf16::pair_tiles(count, g.k, z);
+            transforms::input_transform(Layout::TilePairs, g, input, first, count, v);
+            transforms::gradient_transform(Layout::TilePairs, g, dy, first, count, z);
             match unit {
                 Bf16Unit::Amx => super::amx::filter_products(g, count, v, z, pack, sums),
                 Bf16Unit::Avx512 => avx512bf16::filter_products(g, count.div_ceil(2), v, z, sums),
@@ -127,7 +125,6 @@ pub fn filter_gradient_image(
 mod avx512bf16 {
     use std::arch::x86_64::*;
 
-    use super::super::avx512::bf16_high_halves;
     use super::{Geometry, LANES, POSITIONS};
 
     /// One bf16 product step: `acc += lo(x) lo(w) + hi(x) hi(w)` per f32 lane.
@@ -142,45 +139,6 @@ mod avx512bf16 {
             )
         };
         _mm512_dpbf16_ps(acc, x, w)
-    }
-
-    /// `buf` holds 16 positions of `count` rows of `width` f32 (`[p][t][width]`); rewrites
-    /// it in place as `[p][t / 2][width]` words of bf16 tile pairs (row 2i in the low half,
-    /// a missing odd last row as zeros), the words packed at the start of `buf`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn pair_tiles(count: usize, width: usize, buf: &mut [f32]) {
-        assert!(width.is_multiple_of(LANES) && POSITIONS * count * width <= buf.len());
-        let pairs = count.div_ceil(2);
-        let base = buf.as_mut_ptr();
-        let low = _mm512_set1_epi32(0xFFFF);
-        let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-        // In order of increasing address, each word is written at or before the first of
-        // its two source floats, after both were read, and past every float read so far:
-        // (p * pairs + i) * width + j <= (p * count + 2i) * width + j.
-        for p in 0..POSITIONS {
-            for i in 0..pairs {
-                for j in (0..width).step_by(LANES) {
-                    let src = (p * count + 2 * i) * width + j;
-                    // SAFETY: rows 2i (and 2i + 1 when < count) of position p lie inside
-                    // 16 * count * width <= buf.len() (asserted); the write is at a lower
-                    // or equal address (above), also inside.
-                    unsafe {
-                        let even = bf16_high_halves(_mm512_loadu_ps(base.add(src)));
-                        let odd = if 2 * i + 1 < count {
-                            bf16_high_halves(_mm512_loadu_ps(base.add(src + width)))
-                        } else {
-                            _mm512_setzero_si512()
-                        };
-                        let words = _mm512_or_si512(
-                            _mm512_and_si512(_mm512_srli_epi32::<16>(even), low),
-                            _mm512_and_si512(odd, high),
-                        );
-                        let dst = (p * pairs + i) * width + j;
-                        _mm512_storeu_si512(base.add(dst).cast(), words);
-                    }
-                }
-            }
-        }
     }
 
     /// `M[p][t][k] = sum_c V[p][t][c] U[p][c][k]` with V and U as bf16 channel pairs
@@ -281,7 +239,7 @@ mod avx512bf16 {
     }
 
     /// `sums[p][c][k] += sum over tile pairs of V[p][i][c] . Z[p][i][k]` (bf16 tile pairs
-    /// from [`pair_tiles`], `pairs` of them): 4 input channels by up to 4 registers of
+    /// from the transforms' `Layout::TilePairs`, `pairs` of them): 4 input channels by up to 4 registers of
     /// output channels per block.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn filter_products(
@@ -291,7 +249,7 @@ mod avx512bf16 {
         z: &[f32],
         sums: &mut [f32],
     ) {
-        // SAFETY: f32 and u32 have one size and alignment; pair_tiles wrote the words.
+        // SAFETY: f32 and u32 have one size and alignment; the transforms wrote the words.
         let (v, z) = unsafe {
             (
                 std::slice::from_raw_parts(v.as_ptr().cast::<u32>(), v.len()),
