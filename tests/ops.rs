@@ -1044,6 +1044,8 @@ fn training_step<B: Backend<E = f32>>(b: &B) {
         ),
         // 16k channels: the CPU's Winograd path in every pass of the middle layers.
         ("c16,c16s,c32,d6", LossConfig::default_focal(), 4),
+        // A 16-channel first layer and its pool: the CPU's fused first block.
+        ("c16,p,c16,d6", LossConfig::default_focal(), 3),
     ];
     let wide_all = |v: Vec<Vec<f32>>| v.iter().map(|t| wide(t)).collect::<Vec<_>>();
     for (arch, loss, batch) in cases {

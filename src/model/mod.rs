@@ -33,6 +33,9 @@ struct Workspace<Buf> {
     /// Ping-pong buffers for the activation gradients of the backward pass.
     grad_a: Buf,
     grad_b: Buf,
+    /// The last forward pass ran ops 0 and 1 as one fused block: `acts[0]` holds the pool's
+    /// codes, not the convolution's output (see [`fused_first_block`]).
+    fused: bool,
 }
 
 impl<Buf> Workspace<Buf> {
@@ -63,6 +66,33 @@ pub struct Model<B: Backend> {
     pub params: Vec<Param<B::Buf>>,
     pub optimizer: Adam,
     workspace: Option<Workspace<B::Buf>>,
+    /// Fuse the first convolution, its ReLU and a 2x2 pool where the backend can (true
+    /// unless [`Model::keep_activations`] turned it off).
+    fuse: bool,
+}
+
+/// The shapes of the first block at `batch` when the plan starts with a ReLU convolution
+/// and a pool and `backend` runs them as one pass (`Conv2dOps::fuses_conv_relu_pool`: the
+/// CPU's direct first layer). Only the first: it needs no input gradient, and its
+/// convolution output is the largest activation (100 MB of the reference CNN's batch).
+fn fused_first_block<B: Backend>(
+    ops: &[Layer],
+    backend: &B,
+    batch: usize,
+) -> Option<(crate::ops::ConvShape, crate::ops::PoolShape)> {
+    match ops {
+        [
+            Layer::Conv {
+                shape, relu: true, ..
+            },
+            Layer::Pool { shape: pool },
+            ..,
+        ] => {
+            let (s, p) = (Layer::conv(shape, batch), Layer::pool(pool, batch));
+            backend.fuses_conv_relu_pool(&s, &p).then_some((s, p))
+        }
+        _ => None,
+    }
 }
 
 /// Glorot-uniform initial values (Keras' default kernel initialiser) for a kernel, zeros
@@ -129,6 +159,7 @@ impl<B: Backend> Model<B> {
             params,
             optimizer: Adam::default(),
             workspace: None,
+            fuse: true,
         })
     }
 
@@ -156,6 +187,7 @@ impl<B: Backend> Model<B> {
                 dprobs: backend.zeros(logits)?,
                 grad_a: backend.zeros(biggest)?,
                 grad_b: backend.zeros(biggest)?,
+                fused: false,
             });
         }
         Ok(self.workspace.as_mut().expect("workspace was just ensured"))
@@ -166,6 +198,7 @@ impl<B: Backend> Model<B> {
     pub fn forward(&mut self, backend: &B, x: &B::Buf, batch: usize) -> Result<()> {
         let classes = self.plan.classes;
         self.workspace(backend, batch)?;
+        let fuse = self.fuse;
         let Model {
             plan,
             params,
@@ -174,7 +207,19 @@ impl<B: Backend> Model<B> {
         } = self;
         let ws = workspace.as_mut().expect("workspace was just ensured");
         let ops = &plan.ops;
+        let fused = fuse
+            .then(|| fused_first_block(ops, backend, batch))
+            .flatten();
+        ws.fused = fused.is_some();
+        if let (Some((s, p)), Layer::Conv { param, .. }) = (&fused, &ops[0]) {
+            let (codes, pooled) = ws.acts.split_at_mut(1);
+            let (w, b) = (&params[*param].value, &params[param + 1].value);
+            backend.conv2d_relu_pool_forward(s, p, x, w, b, &mut pooled[0], &mut codes[0])?;
+        }
         for (i, op) in ops.iter().enumerate() {
+            if ws.fused && i < 2 {
+                continue; // ran above
+            }
             let (done, rest) = ws.acts.split_at_mut(i);
             let input = if i == 0 { x } else { &done[i - 1] };
             let out = &mut rest[0];
@@ -232,10 +277,23 @@ impl<B: Backend> Model<B> {
         backend.read(ws.logits(), batch * self.plan.classes)
     }
 
-    /// Output of op `index` in the last forward pass (after its ReLU), `batch` images.
+    /// Output of op `index` in the last forward pass (after its ReLU), `batch` images. A
+    /// fused first block keeps no convolution output: call [`Model::keep_activations`] first
+    /// to read it.
     pub fn activation(&self, backend: &B, index: usize, batch: usize) -> Result<Vec<B::E>> {
         let ws = self.last_forward("activation")?;
+        if ws.fused && index == 0 {
+            return Err(Error::invalid(
+                "activation(0): the first convolution ran fused with its pool and was not kept; call keep_activations() before forward()",
+            ));
+        }
         backend.read(&ws.acts[index], batch * self.plan.ops[index].output_len())
+    }
+
+    /// Every op's output is kept from the next forward pass on (no fused first block), for
+    /// [`Model::activation`]; the results are the same either way.
+    pub fn keep_activations(&mut self) {
+        self.fuse = false;
     }
 
     /// Forward pass on `x` and softmax probabilities back on the host.
@@ -322,6 +380,28 @@ impl<B: Backend> Model<B> {
         // Set by a pool that already applied the ReLU mask of the layer before it.
         let mut relu_done = false;
         for (i, op) in ops.iter().enumerate().rev() {
+            if ws.fused && i < 2 {
+                // The fused first block: the pool's gradient (in `grad`) and its codes give
+                // the convolution's kernel and bias gradients in one pass.
+                if let (Layer::Conv { shape, param, .. }, Layer::Pool { shape: pool }) =
+                    (&ops[0], &ops[1])
+                    && i == 0
+                {
+                    let (s, p) = (Layer::conv(shape, batch), Layer::pool(pool, batch));
+                    let (kernel, bias) = pair_mut(params, *param);
+                    let codes = &ws.acts[0];
+                    backend.conv2d_relu_pool_backward_filter(
+                        &s,
+                        &p,
+                        x,
+                        codes,
+                        grad,
+                        &mut kernel.grad,
+                        &mut bias.grad,
+                    )?;
+                }
+                continue;
+            }
             let input = if i == 0 { x } else { &ws.acts[i - 1] };
             let output = &ws.acts[i];
             match op {

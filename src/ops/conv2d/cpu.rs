@@ -10,6 +10,7 @@ use crate::ops::cpu::{
     Bf16Unit, CpuBackend, CpuPath, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
 };
 use crate::ops::gemm::cpu::{MatRef, matmul};
+use crate::ops::{PoolShape, check_len};
 use crate::{Element, Result};
 
 /// Bytes of im2col matrix processed at a time: small enough to stay in L2 between its
@@ -409,5 +410,104 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
             self.give_scratch(acc);
         }
         Ok(())
+    }
+
+    fn fuses_conv_relu_pool(&self, s: &ConvShape, pool: &PoolShape) -> bool {
+        self.path == CpuPath::Auto && is_f32::<T>() && direct::relu_pool_supported(s, pool)
+    }
+
+    fn conv2d_relu_pool_forward(
+        &self,
+        s: &ConvShape,
+        pool: &PoolShape,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        b: &Vec<T>,
+        pooled: &mut Vec<T>,
+        codes: &mut Vec<T>,
+    ) -> Result<()> {
+        s.check_forward(x.len(), w.len(), b.len(), s.output_len())?;
+        check_fused(self, s, pool)?;
+        let (n, in_img, out_img) = (
+            pool.output_len(),
+            s.in_h * s.in_w * s.in_c,
+            pool.output_len() / s.batch,
+        );
+        check_len("pooled output", pooled.len(), n)?;
+        check_len("pool codes", codes.len(), n)?;
+        let (w, b) = (f32_view(&w[..s.kernel_len()]), f32_view(&b[..s.out_c]));
+        pooled[..n]
+            .par_chunks_mut(out_img)
+            .zip(codes[..n].par_chunks_mut(out_img))
+            .zip(x[..s.input_len()].par_chunks(in_img))
+            .for_each(|((pi, ci), xi)| {
+                let (pi, ci) = (f32_view_mut(pi), f32_view_mut(ci));
+                direct::forward_relu_pool_image(s, f32_view(xi), w, b, pi, ci);
+            });
+        Ok(())
+    }
+
+    fn conv2d_relu_pool_backward_filter(
+        &self,
+        s: &ConvShape,
+        pool: &PoolShape,
+        x: &Vec<T>,
+        codes: &Vec<T>,
+        dpooled: &Vec<T>,
+        dw: &mut Vec<T>,
+        db: &mut Vec<T>,
+    ) -> Result<()> {
+        s.check_backward_filter(x.len(), s.output_len(), dw.len(), db.len())?;
+        check_fused(self, s, pool)?;
+        let n = pool.output_len();
+        check_len("pool codes", codes.len(), n)?;
+        check_len("pooled gradient", dpooled.len(), n)?;
+        let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, n / s.batch);
+        let per_task = Self::images_per_task(s.batch);
+        let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
+        // As conv2d_backward_filter: private [dw | db] sums per task, added in a fixed order.
+        let partials: Vec<Vec<T>> = x[..s.input_len()]
+            .par_chunks(in_img * per_task)
+            .zip(codes[..n].par_chunks(out_img * per_task))
+            .zip(dpooled[..n].par_chunks(out_img * per_task))
+            .map(|((xs, cs), gs)| {
+                let mut acc = self.take_scratch(kernel_len + out_c);
+                acc.fill(T::zero());
+                let (dwt, dbt) = f32_view_mut(&mut acc).split_at_mut(kernel_len);
+                for ((xi, ci), gi) in xs
+                    .chunks_exact(in_img)
+                    .zip(cs.chunks_exact(out_img))
+                    .zip(gs.chunks_exact(out_img))
+                {
+                    let (xi, ci, gi) = (f32_view(xi), f32_view(ci), f32_view(gi));
+                    direct::backward_filter_relu_pool_image(s, xi, ci, gi, dwt, dbt);
+                }
+                acc
+            })
+            .collect();
+        dw[..kernel_len].fill(T::zero());
+        db[..out_c].fill(T::zero());
+        for acc in partials {
+            for (d, &v) in dw[..kernel_len].iter_mut().zip(&acc[..kernel_len]) {
+                *d += v;
+            }
+            for (d, &v) in db[..out_c].iter_mut().zip(&acc[kernel_len..]) {
+                *d += v;
+            }
+            self.give_scratch(acc);
+        }
+        Ok(())
+    }
+}
+
+/// The fused block's shapes fit this backend (what the callers ask
+/// [`Conv2dOps::fuses_conv_relu_pool`] first).
+fn check_fused<T: Element>(b: &CpuBackend<T>, s: &ConvShape, pool: &PoolShape) -> Result<()> {
+    if b.fuses_conv_relu_pool(s, pool) {
+        Ok(())
+    } else {
+        Err(crate::Error::Shape(format!(
+            "conv {s:?} with pool {pool:?}: not a block the CPU fuses"
+        )))
     }
 }

@@ -13,6 +13,7 @@
 //! path up to the order of the sums (the tests below compare them).
 
 use super::{ConvShape, Padding};
+use crate::ops::PoolShape;
 use crate::ops::cpu::avx512;
 
 /// Output pixels computed together by the forward pass.
@@ -49,6 +50,79 @@ pub fn forward_image(s: &ConvShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f3
         match s.in_c {
             3 => avx512::forward::<3>(s, x, w, b, y, relu),
             _ => avx512::forward::<1>(s, x, w, b, y, relu),
+        }
+    }
+}
+
+/// Whether `conv` with its ReLU and the 2x2 max-pool `pool` over its output run as one pass
+/// ([`forward_relu_pool_image`], [`backward_filter_relu_pool_image`]): the direct path, and
+/// a pool that takes exactly this convolution's output.
+pub fn relu_pool_supported(conv: &ConvShape, pool: &PoolShape) -> bool {
+    supported(conv)
+        && pool.size == 2
+        && (pool.batch, pool.in_h, pool.in_w, pool.channels)
+            == (conv.batch, conv.out_h(), conv.out_w(), conv.out_c)
+        && pool.out_h() > 0
+        && pool.out_w() > 0
+}
+
+/// The pooled output of `pool(relu(conv(x, w) + b))` for one image, without the convolution's
+/// output ever being stored: `pooled` `[out_h / 2, out_w / 2, out_c]`, and `codes` (as long)
+/// which of the window's four values is the maximum (0-3, row by row, the first of equal
+/// ones, as the pool's backward pass picks) or -1 where the maximum is <= 0 (the ReLU was
+/// off there: no gradient). The values are the unfused path's bit for bit.
+pub fn forward_relu_pool_image(
+    s: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    pooled: &mut [f32],
+    codes: &mut [f32],
+) {
+    assert!(supported(s), "direct conv used where it does not apply");
+    assert_eq!(x.len(), s.in_h * s.in_w * s.in_c, "input image");
+    assert_eq!(w.len(), s.kernel_len(), "kernel");
+    assert_eq!(b.len(), s.out_c, "bias");
+    let pooled_len = (s.out_h() / 2) * (s.out_w() / 2) * s.out_c;
+    assert_eq!(pooled.len(), pooled_len, "pooled image");
+    assert_eq!(codes.len(), pooled_len, "codes");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F is present (supported() checked it); the lengths were checked above
+    // and the kernels index only inside them (see their comments).
+    unsafe {
+        match s.in_c {
+            3 => avx512::forward_relu_pool::<3>(s, x, w, b, pooled, codes),
+            _ => avx512::forward_relu_pool::<1>(s, x, w, b, pooled, codes),
+        }
+    }
+}
+
+/// `dw += sum over pixels of patch(x)^T dy` and `db += sum of dy` for one image, where dy is
+/// the gradient the pool and the ReLU give the convolution's output from the pooled
+/// gradient `dpooled` and the `codes` of [`forward_relu_pool_image`]: the pooled value's
+/// gradient at the window's maximum, zero elsewhere. The sums run in the unfused path's
+/// order (pixel by pixel, row by row), so they equal it bit for bit.
+pub fn backward_filter_relu_pool_image(
+    s: &ConvShape,
+    x: &[f32],
+    codes: &[f32],
+    dpooled: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    assert!(supported(s), "direct conv used where it does not apply");
+    assert_eq!(x.len(), s.in_h * s.in_w * s.in_c, "input image");
+    let pooled_len = (s.out_h() / 2) * (s.out_w() / 2) * s.out_c;
+    assert_eq!(codes.len(), pooled_len, "codes");
+    assert_eq!(dpooled.len(), pooled_len, "pooled gradient");
+    assert_eq!(dw.len(), s.kernel_len(), "kernel gradient");
+    assert_eq!(db.len(), s.out_c, "bias gradient");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in forward_relu_pool_image.
+    unsafe {
+        match s.in_c {
+            3 => avx512::backward_filter_relu_pool::<3>(s, x, codes, dpooled, dw, db),
+            _ => avx512::backward_filter_relu_pool::<1>(s, x, codes, dpooled, dw, db),
         }
     }
 }
@@ -154,16 +228,7 @@ mod avx512 {
     ) {
         // SAFETY: indices as in forward's comment.
         unsafe {
-            let mut acc = [bias; N];
-            for (p, offs) in off.iter().enumerate() {
-                for (ci, &o) in offs.iter().enumerate() {
-                    let wv = _mm512_loadu_ps(at.w.add((p * C + ci) * at.out_c + co));
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        let xv = _mm512_set1_ps(*at.x.add(x0 + i * C + o));
-                        *a = _mm512_fmadd_ps(xv, wv, *a);
-                    }
-                }
-            }
+            let acc = conv_pixels::<C, N>(at, off, x0, co, bias);
             for (i, &a) in acc.iter().enumerate() {
                 // max(0, a) keeps a NaN (vmaxps returns its second operand when either is
                 // NaN), so a diverging run still shows it.
@@ -173,6 +238,171 @@ mod avx512 {
                     a
                 };
                 _mm512_storeu_ps(at.y.add((y0 + i) * at.out_c + co), v);
+            }
+        }
+    }
+
+    /// The convolution (before ReLU) of N consecutive output pixels of one row, from input
+    /// value `x0`, channels `co..co + 16`: the bias, then the 27 (or 9) FMAs in one order.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn conv_pixels<const C: usize, const N: usize>(
+        at: &Pointers,
+        off: &[[usize; C]; 9],
+        x0: usize,
+        co: usize,
+        bias: __m512,
+    ) -> [__m512; N] {
+        let mut acc = [bias; N];
+        // SAFETY: indices as in forward's comment.
+        unsafe {
+            for (p, offs) in off.iter().enumerate() {
+                for (ci, &o) in offs.iter().enumerate() {
+                    let wv = _mm512_loadu_ps(at.w.add((p * C + ci) * at.out_c + co));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let xv = _mm512_set1_ps(*at.x.add(x0 + i * C + o));
+                        *a = _mm512_fmadd_ps(xv, wv, *a);
+                    }
+                }
+            }
+        }
+        acc
+    }
+
+    /// Pooled outputs per block of the fused forward pass: 2 rows of 2 * POOLED pixels,
+    /// 4 * POOLED FMA chains.
+    const POOLED: usize = 4;
+
+    /// Indexing: as in [`forward`] for the convolution's pixels (rows and columns below
+    /// 2 * (out / 2)); `pooled` and `codes` at `(ph * pooled_w + pw) * out_c + co`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn forward_relu_pool<const C: usize>(
+        s: &ConvShape,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        pooled: &mut [f32],
+        codes: &mut [f32],
+    ) {
+        let (pooled_h, pooled_w, out_c) = (s.out_h() / 2, s.out_w() / 2, s.out_c);
+        let off = patch_offsets::<C>(s.in_w);
+        let at = Pointers {
+            x: x.as_ptr(),
+            w: w.as_ptr(),
+            y: std::ptr::null_mut(),
+            out_c,
+        };
+        let (pp, cp) = (pooled.as_mut_ptr(), codes.as_mut_ptr());
+        // SAFETY (whole body): indices as in the comment above.
+        unsafe {
+            for co in (0..out_c).step_by(LANES) {
+                let bias = _mm512_loadu_ps(b.as_ptr().add(co));
+                for ph in 0..pooled_h {
+                    let mut pw = 0;
+                    while pw < pooled_w {
+                        let n = (pooled_w - pw).min(POOLED);
+                        let (top, bottom) = (
+                            (2 * ph * s.in_w + 2 * pw) * C,
+                            ((2 * ph + 1) * s.in_w + 2 * pw) * C,
+                        );
+                        let mut rows = [[_mm512_setzero_ps(); 2 * POOLED]; 2];
+                        if n == POOLED {
+                            rows[0] = conv_pixels::<C, { 2 * POOLED }>(&at, &off, top, co, bias);
+                            rows[1] = conv_pixels::<C, { 2 * POOLED }>(&at, &off, bottom, co, bias);
+                        } else {
+                            for q in 0..n {
+                                let t = conv_pixels::<C, 2>(&at, &off, top + 2 * q * C, co, bias);
+                                let u =
+                                    conv_pixels::<C, 2>(&at, &off, bottom + 2 * q * C, co, bias);
+                                rows[0][2 * q..2 * q + 2].copy_from_slice(&t);
+                                rows[1][2 * q..2 * q + 2].copy_from_slice(&u);
+                            }
+                        }
+                        for q in 0..n {
+                            let (m, code) = pool_window([
+                                rows[0][2 * q],
+                                rows[0][2 * q + 1],
+                                rows[1][2 * q],
+                                rows[1][2 * q + 1],
+                            ]);
+                            let o = (ph * pooled_w + pw + q) * out_c + co;
+                            _mm512_storeu_ps(pp.add(o), m);
+                            _mm512_storeu_ps(cp.add(o), code);
+                        }
+                        pw += n;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The max-pool of a window's four convolution values after ReLU, as the unfused path
+    /// computes it (relu then `v > max` in window order), and its code: the position of the
+    /// maximum (0-3), or -1 where the maximum is <= 0.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn pool_window(v: [__m512; 4]) -> (__m512, __m512) {
+        let zero = _mm512_setzero_ps();
+        let r = v.map(|a| _mm512_max_ps(zero, a));
+        let mut m = r[0];
+        let mut code = zero;
+        for (k, &x) in r.iter().enumerate().skip(1) {
+            let more = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, m);
+            m = _mm512_mask_mov_ps(m, more, x);
+            code = _mm512_mask_mov_ps(code, more, _mm512_set1_ps(k as f32));
+        }
+        let off = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(m, zero);
+        (m, _mm512_mask_mov_ps(code, off, _mm512_set1_ps(-1.0)))
+    }
+
+    /// Indexing as in [`forward`]; `codes` and `dpooled` as in [`forward_relu_pool`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn backward_filter_relu_pool<const C: usize>(
+        s: &ConvShape,
+        x: &[f32],
+        codes: &[f32],
+        dpooled: &[f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+    ) {
+        let (pooled_h, pooled_w, out_c) = (s.out_h() / 2, s.out_w() / 2, s.out_c);
+        let off = patch_offsets::<C>(s.in_w);
+        let (xp, cp, gp, dwp) = (
+            x.as_ptr(),
+            codes.as_ptr(),
+            dpooled.as_ptr(),
+            dw.as_mut_ptr(),
+        );
+        // SAFETY (whole body): indices as in the comment above.
+        unsafe {
+            for co in (0..out_c).step_by(LANES) {
+                let mut acc = [[_mm512_setzero_ps(); C]; 9];
+                let mut bias = _mm512_loadu_ps(db.as_ptr().add(co));
+                // Rows and columns past 2 * pooled get no gradient: the unfused sums add
+                // zeros there, which leaves them as they are.
+                for oh in 0..2 * pooled_h {
+                    for ow in 0..2 * pooled_w {
+                        let o = ((oh / 2) * pooled_w + ow / 2) * out_c + co;
+                        let here = _mm512_set1_ps(((oh % 2) * 2 + ow % 2) as f32);
+                        let hit =
+                            _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_loadu_ps(cp.add(o)), here);
+                        let g = _mm512_maskz_mov_ps(hit, _mm512_loadu_ps(gp.add(o)));
+                        bias = _mm512_add_ps(bias, g);
+                        let base = (oh * s.in_w + ow) * C;
+                        for (accs, offs) in acc.iter_mut().zip(&off) {
+                            for (a, &o) in accs.iter_mut().zip(offs) {
+                                *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(base + o)), g, *a);
+                            }
+                        }
+                    }
+                }
+                _mm512_storeu_ps(db.as_mut_ptr().add(co), bias);
+                for (p, accs) in acc.iter().enumerate() {
+                    for (ci, &a) in accs.iter().enumerate() {
+                        let at = dwp.add((p * C + ci) * out_c + co);
+                        _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), a));
+                    }
+                }
             }
         }
     }

@@ -18,7 +18,7 @@ pub mod winograd;
 pub use cpu::{Algorithm, algorithm};
 
 use crate::Result;
-use crate::ops::{Storage, check_len};
+use crate::ops::{PoolShape, Storage, check_len};
 use crate::profile::{Phase, Profiled, Timeline};
 
 /// Spatial padding of a convolution.
@@ -146,6 +146,52 @@ pub trait Conv2dOps: Storage {
         dw: &mut Self::Buf,
         db: &mut Self::Buf,
     ) -> Result<()>;
+
+    /// Whether this backend runs the convolution `s` with its ReLU and the 2x2 max-pool
+    /// `pool` of its output as one pass ([`Conv2dOps::conv2d_relu_pool_forward`] and
+    /// [`Conv2dOps::conv2d_relu_pool_backward_filter`]), never storing the convolution's
+    /// output. None does unless it says so.
+    fn fuses_conv_relu_pool(&self, s: &ConvShape, pool: &PoolShape) -> bool {
+        let _ = (s, pool);
+        false
+    }
+    /// `pooled = maxpool(relu(conv(x, w) + b))` and each pooled value's `codes` (where in
+    /// its window the maximum was, -1 where the ReLU was off), as long as `pooled`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_relu_pool_forward(
+        &self,
+        s: &ConvShape,
+        pool: &PoolShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        pooled: &mut Self::Buf,
+        codes: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (s, pool, x, w, b, pooled, codes);
+        Err(crate::Error::invalid(format!(
+            "{}: no fused convolution + ReLU + pool",
+            self.name()
+        )))
+    }
+    /// `dw`, `db` of the fused block from the pooled gradient and the forward's `codes`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_relu_pool_backward_filter(
+        &self,
+        s: &ConvShape,
+        pool: &PoolShape,
+        x: &Self::Buf,
+        codes: &Self::Buf,
+        dpooled: &Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (s, pool, x, codes, dpooled, dw, db);
+        Err(crate::Error::invalid(format!(
+            "{}: no fused convolution + ReLU + pool",
+            self.name()
+        )))
+    }
 }
 
 /// Under `--profile`: the op, timed as part of its phase of the step.
@@ -185,5 +231,36 @@ impl<B: Conv2dOps + Timeline> Conv2dOps for Profiled<'_, B> {
     ) -> Result<()> {
         self.enter(Phase::Backward)?;
         self.inner.conv2d_backward_filter(s, x, dy, dw, db)
+    }
+    fn fuses_conv_relu_pool(&self, s: &ConvShape, pool: &PoolShape) -> bool {
+        self.inner.fuses_conv_relu_pool(s, pool)
+    }
+    fn conv2d_relu_pool_forward(
+        &self,
+        s: &ConvShape,
+        pool: &PoolShape,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        pooled: &mut Self::Buf,
+        codes: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Forward)?;
+        self.inner
+            .conv2d_relu_pool_forward(s, pool, x, w, b, pooled, codes)
+    }
+    fn conv2d_relu_pool_backward_filter(
+        &self,
+        s: &ConvShape,
+        pool: &PoolShape,
+        x: &Self::Buf,
+        codes: &Self::Buf,
+        dpooled: &Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Backward)?;
+        self.inner
+            .conv2d_relu_pool_backward_filter(s, pool, x, codes, dpooled, dw, db)
     }
 }

@@ -1,0 +1,116 @@
+//! The CPU's fused first block (convolution + ReLU + 2x2 max-pool as one pass, the
+//! convolution's output never stored) trains exactly as the unfused ops: the same losses,
+//! gradients and weights, bit for bit, step after step.
+
+use focalflow::loss::LossConfig;
+use focalflow::model::{Arch, ImageShape, Model, Plan};
+use focalflow::ops::prelude::*;
+use focalflow::ops::{ConvShape, CpuBackend, Padding, PoolShape};
+use focalflow::rng::Rng;
+
+fn skipped(test: &str) -> bool {
+    let b = CpuBackend::<f32>::new();
+    let conv = ConvShape {
+        batch: 1,
+        in_h: 8,
+        in_w: 8,
+        in_c: 3,
+        out_c: 16,
+        kernel_h: 3,
+        kernel_w: 3,
+        padding: Padding::Valid,
+    };
+    let pool = PoolShape {
+        batch: 1,
+        in_h: 6,
+        in_w: 6,
+        channels: 16,
+        size: 2,
+    };
+    if b.fuses_conv_relu_pool(&conv, &pool) {
+        return false;
+    }
+    println!("SKIPPED {test}: this CPU runs no fused block (no AVX-512)");
+    true
+}
+
+/// Trains two copies of one model for 3 steps, fused and not, and compares everything.
+fn fused_equals_unfused(arch: &str, height: usize, width: usize, loss: LossConfig) {
+    let b = CpuBackend::<f32>::new();
+    let input = ImageShape {
+        height,
+        width,
+        channels: 3,
+    };
+    let plan = Plan::new(&arch.parse::<Arch>().unwrap(), input, 3).unwrap();
+    let mut fused = Model::new(&b, plan.clone(), 11).unwrap();
+    let mut plain = Model::with_weights(&b, plan, &fused.weights(&b).unwrap()).unwrap();
+    plain.keep_activations();
+    let batch = 3;
+    let mut rng = Rng::new(5);
+    for step in 0..3 {
+        let x: Vec<f32> = (0..batch * input.len())
+            .map(|_| rng.uniform() as f32 - 0.3)
+            .collect();
+        let y: Vec<f32> = (0..batch * 3)
+            .map(|i| f32::from(i % 3 == (i / 3 + step) % 3))
+            .collect();
+        let (x, y) = (b.upload(&x).unwrap(), b.upload(&y).unwrap());
+        let what = format!("{arch} at {height}x{width}, step {step}");
+        fused.forward(&b, &x, batch).unwrap();
+        plain.forward(&b, &x, batch).unwrap();
+        assert_eq!(
+            fused.probabilities(&b, batch).unwrap(),
+            plain.probabilities(&b, batch).unwrap(),
+            "{what}: probabilities"
+        );
+        // The fused block's convolution output is not kept, and says so.
+        let err = fused.activation(&b, 0, batch).unwrap_err().to_string();
+        assert!(err.contains("keep_activations"), "{err}");
+        assert_eq!(
+            fused.activation(&b, 1, batch).unwrap(),
+            plain.activation(&b, 1, batch).unwrap(),
+            "{what}: the pooled output"
+        );
+        let (lf, lp) = (
+            fused.backward(&b, &loss, &x, &y, batch).unwrap(),
+            plain.backward(&b, &loss, &x, &y, batch).unwrap(),
+        );
+        assert_eq!(lf, lp, "{what}: loss");
+        let (gf, gp) = (fused.gradients(&b).unwrap(), plain.gradients(&b).unwrap());
+        for (i, (f, p)) in gf.iter().zip(&gp).enumerate() {
+            assert_eq!(f, p, "{what}: gradient of parameter {i}");
+            assert!(
+                f.iter().any(|v| *v != 0.0),
+                "{what}: parameter {i} got no gradient"
+            );
+        }
+        fused.apply_gradients(&b).unwrap();
+        plain.apply_gradients(&b).unwrap();
+        assert_eq!(
+            fused.weights(&b).unwrap(),
+            plain.weights(&b).unwrap(),
+            "{what}: weights after Adam"
+        );
+    }
+}
+
+#[test]
+fn the_fused_first_block_trains_exactly_as_the_unfused_ops() {
+    if skipped("the_fused_first_block_trains_exactly_as_the_unfused_ops") {
+        return;
+    }
+    // Even convolution outputs (every pixel pooled), odd ones (a row and a column the pool
+    // drops), one and more 16-channel blocks, a pooled row of 1 to 9 (partial blocks of 4).
+    fused_equals_unfused("c16,p,d4", 12, 12, LossConfig::default_focal());
+    fused_equals_unfused("c16,p,c16,p,d4", 13, 22, LossConfig::default_focal());
+    fused_equals_unfused(
+        "c32,p,d5",
+        21,
+        9,
+        LossConfig::CrossEntropy {
+            label_smoothing: 0.0,
+            from_logits: true,
+        },
+    );
+}
