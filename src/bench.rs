@@ -78,7 +78,11 @@ impl ConvLayerPaths {
             })
             .enumerate()
             .map(|(i, (at, s))| {
-                let paths = backend.conv2d_paths(s);
+                let mut paths = backend.conv2d_paths(s);
+                if at == 0 && crate::model::fused_first_block(&plan.ops, backend, 1).is_some() {
+                    paths.forward = "direct 3x3 + ReLU + 2x2 max-pool in one pass (AVX-512)";
+                    paths.backward_filter = "direct 3x3 from the pooled gradient (AVX-512)";
+                }
                 ConvLayerPaths {
                     layer: format!(
                         "conv {}: {}x{}x{} -> {}, {}x{} {:?}",

@@ -75,7 +75,7 @@ pub struct Model<B: Backend> {
 /// and a pool and `backend` runs them as one pass (`Conv2dOps::fuses_conv_relu_pool`: the
 /// CPU's direct first layer). Only the first: it needs no input gradient, and its
 /// convolution output is the largest activation (100 MB of the reference CNN's batch).
-fn fused_first_block<B: Backend>(
+pub fn fused_first_block<B: Backend>(
     ops: &[Layer],
     backend: &B,
     batch: usize,

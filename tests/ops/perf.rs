@@ -116,6 +116,19 @@ pub fn time_ops<B: Backend<E = f32> + Timeline>(
         time(format!("pool{n} + conv{n} relu backward"), 0.0, &mut || {
             b.maxpool2d_relu_backward(&p, &y, &py, &mut pdx).unwrap()
         });
+        // Where the backend fuses the block (the CPU's first layer): what training runs
+        // instead of the five ops above.
+        if b.fuses_conv_relu_pool(s, &p) {
+            let mut codes = buf(p.output_len(), 0.0);
+            time(format!("conv{n} + relu + pool{n} forward, fused"), f, &mut || {
+                b.conv2d_relu_pool_forward(s, &p, &x, &w, &bias, &mut py, &mut codes)
+                    .unwrap()
+            });
+            time(format!("conv{n} + relu + pool{n} backward, fused"), f, &mut || {
+                b.conv2d_relu_pool_backward_filter(s, &p, &x, &codes, &py, &mut dw, &mut db)
+                    .unwrap()
+            });
+        }
     }
     for (name, inputs, outputs) in [("dense1", 43264, 256), ("dense2", 256, 2)] {
         let d = DenseShape {
