@@ -192,15 +192,7 @@ fn precisions_line(cuda: bool) -> String {
     if !no.is_empty() {
         let reasons: Vec<String> = no
             .iter()
-            .map(|p| {
-                let w = why(*p).unwrap_or_default();
-                // The reason without the flag it repeats ("--precision bf16 on cuda: ").
-                let reason = w
-                    .split_once(": ")
-                    .map_or(w.as_str(), |(_, r)| r)
-                    .to_string();
-                format!("not {p}: {reason}")
-            })
+            .map(|p| format!("not {p}: {}", why(*p).unwrap_or_default()))
             .collect();
         line.push_str(&format!(" ({})", reasons.join("; ")));
     }

@@ -99,10 +99,7 @@ pub fn cpu_has(feature: &str) -> bool {
     {
         match feature {
             "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
-            "avx512bf16" => {
-                std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bf16")
-            }
+            "avx512bf16" => cpu_has("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16"),
             "amx-bf16" => cpu_has("avx512bf16") && amx_bf16_usable(),
             _ => false,
         }
@@ -147,20 +144,31 @@ fn request_tile_data() -> bool {
     false
 }
 
-/// Why the CPU backend cannot run `precision` on this machine (None: it can).
+/// Why the CPU backend cannot run `precision` on this machine (None: it can), as a reason
+/// with what to use instead (the callers name the flag and the device before it).
 pub fn cpu_unsupported(precision: Precision) -> Option<String> {
+    let bf16 = cpu_has("avx512bf16");
+    let hidden = std::env::var(CPU_HIDE_ENV).is_ok_and(|v| !v.trim().is_empty());
     match precision {
         Precision::Fp32 => None,
-        Precision::Tf32 => Some(
-            "--precision tf32: TF32 is a format of NVIDIA tensor cores (GPUs from Ampere, \
-             compute capability 8.0, on); no CPU has it: use --precision bf16 or fp32 on the cpu"
-                .to_string(),
-        ),
-        Precision::Bf16 if !cpu_has("avx512bf16") => Some(
-            "--precision bf16 on the cpu needs the AVX512_BF16 instructions, which this CPU lacks \
-             (Intel from Cooper Lake and Sapphire Rapids, AMD from Zen 4 have them): use --precision fp32"
-                .to_string(),
-        ),
+        Precision::Tf32 => Some(format!(
+            "TF32 is a format of NVIDIA tensor cores (GPUs from Ampere, compute capability \
+             8.0, on) and no CPU has it; use --device cuda, or {} on the cpu",
+            if bf16 {
+                "--precision bf16 or fp32"
+            } else {
+                "--precision fp32"
+            }
+        )),
+        Precision::Bf16 if !bf16 => Some(format!(
+            "bf16 products need the AVX512_BF16 instructions, which this CPU {} (Intel from \
+             Cooper Lake and Sapphire Rapids, AMD from Zen 4 have them); use --precision fp32",
+            if hidden {
+                "lacks or which FOCALFLOW_CPU_HIDE hides"
+            } else {
+                "lacks"
+            }
+        )),
         Precision::Bf16 => None,
     }
 }

@@ -110,11 +110,13 @@ fn check<B: Backend<E = f32>>(b: &B, what: &str, got: &B::Buf, want: &[f32], bou
     }
 }
 
-/// The bound of a product computed by `b` in its precision: [`gemm_bound`], plus for bf16
-/// the rounding of both operands, (2 u + u^2) |a b| per product with u = 2^-8, times 64/9:
-/// Winograd F(2x2, 3x3) rounds the transformed operands, whose sum of absolute products
-/// grows by (8/3)^2 over the direct one where the magnitudes are equal (the 1-D transform's
-/// 8/3, once per dimension).
+/// The bound of a product computed by `b` in its precision: [`gemm_bound`], plus for TF32
+/// and bf16 the rounding of both operands, (2 u + u^2) |a b| per product (u = 2^-11 or
+/// 2^-8), times 64/9: Winograd F(2x2, 3x3) rounds the transformed operands, whose sum of
+/// absolute products grows by (8/3)^2 over the direct one where the magnitudes are equal
+/// (the 1-D transform's 8/3, once per dimension). A plain GEMM needs no such factor; one
+/// bound for every path keeps the targets comparable (a wrong index or a dropped term is
+/// off by O(1), far outside either).
 fn product_bound<B: Backend<E = f32>>(b: &B, abs_ref: &[f64], k: usize) -> Vec<f32> {
     let u = b.precision().unit_roundoff();
     let rounding = if b.precision().is_fp32() {
@@ -1321,8 +1323,8 @@ op_matrix!(
     ]
 );
 
-// `--precision bf16` changes the products alone: the ops that have them, on the bf16 CPU
-// (each unit).
+// `--precision bf16` changes the products alone: the convolutions and dense layers on the
+// bf16 CPU (each unit; its dense layers stay f32, within the same bound).
 op_matrix!(
     @target cpu_bf16,
     [

@@ -144,7 +144,22 @@ fn a_precision_the_device_lacks_is_one_line_naming_what_is_missing() {
         .unwrap();
     error_line(
         &out,
-        &["--precision bf16", "AVX512_BF16", "--precision fp32"],
+        &[
+            "--precision bf16 on cpu",
+            "AVX512_BF16",
+            CPU_HIDE_ENV,
+            "--precision fp32",
+        ],
+    );
+    // The plain reference path multiplies in f32 only.
+    let out = command()
+        .args(&args)
+        .env("FOCALFLOW_CPU_PATH", "reference")
+        .output()
+        .unwrap();
+    error_line(
+        &out,
+        &["--precision bf16 on cpu", "FOCALFLOW_CPU_PATH=reference"],
     );
     let out = command()
         .args([
@@ -209,7 +224,10 @@ fn bench_and_info_state_the_precision() {
         .find(|l| l.trim_start().starts_with("cpu "))
         .unwrap();
     assert!(cpu.contains("precisions: fp32"), "{cpu}");
-    assert!(cpu.contains("not tf32"), "{cpu}");
+    assert!(
+        cpu.contains("not tf32: TF32 is a format of NVIDIA"),
+        "{cpu}"
+    );
     assert_eq!(
         cpu.contains("bf16") && !cpu.contains("not bf16"),
         cpu_unsupported(Precision::Bf16).is_none(),

@@ -22,20 +22,35 @@ pub struct DeviceFlag {
 #[derive(clap::Args, Debug, Clone)]
 pub struct PrecisionFlag {
     /// Number format of the convolution and dense products: fp32 (bit-reproducible), bf16
-    /// (a CPU with AVX512_BF16) or tf32 (tensor cores); weights, sums, loss and metrics stay
-    /// f32.
+    /// (GPU tensor cores, or a CPU with AVX512_BF16) or tf32 (GPU tensor cores); weights,
+    /// sums, loss and metrics stay f32.
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
 }
 
-/// Checks that the resolved `device` runs `precision`: a one-line error naming what is
+/// Checks that the resolved `device` runs `precision` (before any work: every command that
+/// takes `--precision` calls it first): a one-line error naming the flag, the device, what is
 /// missing and what to use instead.
 pub fn check_precision(device: DeviceChoice, precision: Precision) -> Result<()> {
     let why = match device {
         DeviceChoice::Cuda | DeviceChoice::CudaEmu => precision::cuda_unsupported(precision),
+        _ if precision != Precision::Fp32
+            && crate::ops::CpuPath::from_env()? == crate::ops::CpuPath::Reference =>
+        {
+            Some(
+                "FOCALFLOW_CPU_PATH=reference is the plain f32 path, for comparisons; unset it \
+                 for other precisions"
+                    .to_string(),
+            )
+        }
         _ => precision::cpu_unsupported(precision),
     };
-    why.map_or(Ok(()), |w| Err(Error::invalid(w)))
+    why.map_or(Ok(()), |w| {
+        Err(Error::invalid(format!(
+            "--precision {precision} on {}: {w}",
+            name(device)
+        )))
+    })
 }
 
 /// Resolves `--device` to a backend this machine and build can run (`auto`: cuda when a GPU
@@ -95,21 +110,20 @@ pub fn cuda_backend(device: DeviceChoice) -> Result<CudaBackend> {
 }
 
 /// Evaluates `$body` with `$b` bound to (a reference to) the backend of a resolved
-/// `--device`, its products in `$precision` (checked by [`check_precision`]): one body,
+/// `--device`, its products in `$precision` (which the caller has checked with
+/// [`check_precision`], before any work): one body,
 /// compiled for each backend type (a closure cannot be generic over it). `?` inside `$body`
 /// returns from the enclosing function.
 macro_rules! on_device {
     ($device:expr, $precision:expr, |$b:ident| $body:expr) => {
         match $device {
             $crate::cli::DeviceChoice::Cuda | $crate::cli::DeviceChoice::CudaEmu => {
-                $crate::cli::device::check_precision($device, $precision)?;
                 let backend =
                     $crate::cli::device::cuda_backend($device)?.with_precision($precision);
                 let $b = &backend;
                 $body
             }
             _ => {
-                $crate::cli::device::check_precision($device, $precision)?;
                 let path = $crate::ops::CpuPath::from_env()?;
                 let backend =
                     $crate::ops::CpuBackend::<f32>::with_path(path).with_precision($precision);

@@ -132,10 +132,11 @@ impl<T: Element> CpuBackend<T> {
         self
     }
 
-    /// Where the products run in bf16, if they do: asked for, and this is an f32 backend on
-    /// a CPU with AVX512_BF16.
+    /// Where the products run in bf16, if they do: asked for, on the fast paths (the
+    /// reference path is f32), and this is an f32 backend on a CPU with AVX512_BF16.
     pub(crate) fn bf16_products(&self) -> Option<Bf16Unit> {
         (self.precision == Precision::Bf16
+            && self.path == CpuPath::Auto
             && is_f32::<T>()
             && crate::precision::cpu_has("avx512bf16"))
         .then_some(self.bf16_unit)

@@ -45,8 +45,6 @@ pub fn gpu_executor(test: &str) -> Option<&'static Executor> {
     super::gpu_or_skip(&GPU_EXECUTOR, init, test)
 }
 
-/// A CUDA backend on GPU 0 with the given GEMM implementation, or `None` after the skip
-/// line naming `test`.
 /// The tiled kernels on GPU 0 with `precision`'s tensor cores (TF32 or BF16), or `None`
 /// after the skip line naming `test`.
 pub fn gpu_tensor_backend(precision: Precision, test: &str) -> Option<&'static CudaBackend> {
@@ -62,6 +60,8 @@ pub fn gpu_tensor_backend(precision: Precision, test: &str) -> Option<&'static C
     super::gpu_or_skip(cell, init, test)
 }
 
+/// A CUDA backend on GPU 0 with the given GEMM implementation, or `None` after the skip
+/// line naming `test`.
 pub fn gpu_backend(variant: Variant, test: &str) -> Option<&'static CudaBackend> {
     let cell = match variant {
         Variant::Tiled => &GPU_TILED,

@@ -120,14 +120,22 @@ pub fn time_ops<B: Backend<E = f32> + Timeline>(
         // instead of the five ops above.
         if b.fuses_conv_relu_pool(s, &p) {
             let mut codes = buf(p.output_len(), 0.0);
-            time(format!("conv{n} + relu + pool{n} forward, fused"), f, &mut || {
-                b.conv2d_relu_pool_forward(s, &p, &x, &w, &bias, &mut py, &mut codes)
-                    .unwrap()
-            });
-            time(format!("conv{n} + relu + pool{n} backward, fused"), f, &mut || {
-                b.conv2d_relu_pool_backward_filter(s, &p, &x, &codes, &py, &mut dw, &mut db)
-                    .unwrap()
-            });
+            time(
+                format!("conv{n} + relu + pool{n} forward, fused"),
+                f,
+                &mut || {
+                    b.conv2d_relu_pool_forward(s, &p, &x, &w, &bias, &mut py, &mut codes)
+                        .unwrap()
+                },
+            );
+            time(
+                format!("conv{n} + relu + pool{n} backward, fused"),
+                f,
+                &mut || {
+                    b.conv2d_relu_pool_backward_filter(s, &p, &x, &codes, &py, &mut dw, &mut db)
+                        .unwrap()
+                },
+            );
         }
     }
     for (name, inputs, outputs) in [("dense1", 43264, 256), ("dense2", 256, 2)] {

@@ -398,17 +398,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                 acc
             })
             .collect();
-        dw[..kernel_len].fill(T::zero());
-        db[..out_c].fill(T::zero());
-        for acc in partials {
-            for (d, &v) in dw[..kernel_len].iter_mut().zip(&acc[..kernel_len]) {
-                *d += v;
-            }
-            for (d, &v) in db[..out_c].iter_mut().zip(&acc[kernel_len..]) {
-                *d += v;
-            }
-            self.give_scratch(acc);
-        }
+        self.sum_partials(partials, &mut dw[..kernel_len], &mut db[..out_c]);
         Ok(())
     }
 
@@ -485,17 +475,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                 acc
             })
             .collect();
-        dw[..kernel_len].fill(T::zero());
-        db[..out_c].fill(T::zero());
-        for acc in partials {
-            for (d, &v) in dw[..kernel_len].iter_mut().zip(&acc[..kernel_len]) {
-                *d += v;
-            }
-            for (d, &v) in db[..out_c].iter_mut().zip(&acc[kernel_len..]) {
-                *d += v;
-            }
-            self.give_scratch(acc);
-        }
+        self.sum_partials(partials, &mut dw[..kernel_len], &mut db[..out_c]);
         Ok(())
     }
 }
@@ -509,5 +489,24 @@ fn check_fused<T: Element>(b: &CpuBackend<T>, s: &ConvShape, pool: &PoolShape) -
         Err(crate::Error::Shape(format!(
             "conv {s:?} with pool {pool:?}: not a block the CPU fuses"
         )))
+    }
+}
+
+impl<T: Element> CpuBackend<T> {
+    /// `[dw | db]` as the sum of the tasks' private `[dw | db]` partial sums, added in task
+    /// order (so the same inputs give the same bits), the buffers handed back to the pool.
+    fn sum_partials(&self, partials: Vec<Vec<T>>, dw: &mut [T], db: &mut [T]) {
+        dw.fill(T::zero());
+        db.fill(T::zero());
+        for acc in partials {
+            let (pw, pb) = acc.split_at(dw.len());
+            for (d, &v) in dw.iter_mut().zip(pw) {
+                *d += v;
+            }
+            for (d, &v) in db.iter_mut().zip(pb) {
+                *d += v;
+            }
+            self.give_scratch(acc);
+        }
     }
 }

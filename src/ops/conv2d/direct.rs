@@ -336,23 +336,28 @@ mod avx512 {
         }
     }
 
-    /// The max-pool of a window's four convolution values after ReLU, as the unfused path
-    /// computes it (relu then `v > max` in window order), and its code: the position of the
-    /// maximum (0-3), or -1 where the maximum is <= 0.
+    /// The max-pool of a window's four convolution values after ReLU and its code, each as
+    /// the unfused ops compute them (NaNs included): the pooled value as the pool's forward
+    /// pass (from -inf, `v > max` in window order), the code as its backward pass picks the
+    /// maximum (from the first value, the first of equal ones): its position (0-3), or -1
+    /// where that maximum is <= 0 (no gradient through the ReLU).
     #[target_feature(enable = "avx512f")]
     #[inline]
     fn pool_window(v: [__m512; 4]) -> (__m512, __m512) {
         let zero = _mm512_setzero_ps();
         let r = v.map(|a| _mm512_max_ps(zero, a));
-        let mut m = r[0];
-        let mut code = zero;
+        let mut pooled = _mm512_set1_ps(f32::NEG_INFINITY);
+        for &x in &r {
+            pooled = _mm512_mask_mov_ps(pooled, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, pooled), x);
+        }
+        let (mut best, mut code) = (r[0], zero);
         for (k, &x) in r.iter().enumerate().skip(1) {
-            let more = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, m);
-            m = _mm512_mask_mov_ps(m, more, x);
+            let more = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, best);
+            best = _mm512_mask_mov_ps(best, more, x);
             code = _mm512_mask_mov_ps(code, more, _mm512_set1_ps(k as f32));
         }
-        let off = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(m, zero);
-        (m, _mm512_mask_mov_ps(code, off, _mm512_set1_ps(-1.0)))
+        let off = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(best, zero);
+        (pooled, _mm512_mask_mov_ps(code, off, _mm512_set1_ps(-1.0)))
     }
 
     /// Indexing as in [`forward`]; `codes` and `dpooled` as in [`forward_relu_pool`].

@@ -1,6 +1,8 @@
 //! Winograd F(2x2, 3x3) convolution on the CPU, f32 on AVX-512: the forward pass, the input
 //! gradient and the filter gradient of a 3x3 convolution with 16k input and output channels
-//! (conv2 and conv3 of the reference CNN).
+//! (conv2 and conv3 of the reference CNN). The transforms are in `winograd/transforms.rs`;
+//! `--precision bf16` runs the products in bf16 (`winograd/bf16.rs`, on AMX tiles where
+//! present: `winograd/amx.rs`), held to the bf16 bound of `tests/ops.rs`.
 //!
 //! Why: a 2x2 block of outputs of a 3x3 convolution takes 36 multiplies per channel pair
 //! directly, 16 in the Winograd domain (Lavin & Gray, "Fast Algorithms for Convolutional

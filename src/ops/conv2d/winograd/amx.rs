@@ -9,9 +9,10 @@
 //! layout of the second operand), M as f32 rows; each position's product is a small GEMM
 //! `M[p] (tiles x k) = V[p] (tiles x c) U[p] (c x k)` in 16 x 16 blocks of M.
 //!
-//! Tiles: tmm0-tmm3 the sums of up to four 16-channel blocks of outputs, tmm4 the V block,
-//! tmm5-tmm7 the U blocks. A thread configures its tiles at the start of a call and
-//! releases them at the end, so the state never outlives the call.
+//! Tiles: tmm0-tmm3 the sums of up to four 16-channel blocks of outputs, tmm4 the first
+//! operand's block (V; for the filter gradient V transposed: channels by tiles), tmm5-tmm7
+//! the second's (U; for the filter gradient Z in tile pairs). A thread configures its tiles
+//! at the start of a call and releases them at the end, so the state never outlives it.
 
 use std::arch::asm;
 
@@ -28,13 +29,13 @@ struct TileConfig {
 }
 
 impl TileConfig {
-    /// Four 16 x 16 f32 sums, a 16 x `channels` bf16 block of V, three `channels / 2` x 16
-    /// word blocks of U (`channels` = 16 or 32).
     /// Every tile 16 rows of 64 bytes: the filter gradient's blocks.
     fn filter() -> TileConfig {
         TileConfig::products(32)
     }
 
+    /// Four 16 x 16 f32 sums, a 16 x `channels` bf16 block of V, three `channels / 2` x 16
+    /// word blocks of U (`channels` = 16 or 32).
     fn products(channels: usize) -> TileConfig {
         debug_assert!(channels == 16 || channels == 32);
         let mut cfg = TileConfig {
@@ -133,7 +134,7 @@ const BLOCK: usize = LANES;
 const ROWS: usize = 16;
 
 /// `M[p][t][k] = sum_c V[p][t][c] U[p][c][k]` for the chunk's `count` tiles, V as bf16
-/// (`v`'s first half, written by the input transform with `BF16`), U packed by
+/// (`v`'s first half, written by the input transform in `Layout::ChannelPairs`), U packed by
 /// `super::bf16::pack_kernel`, on AMX tiles.
 ///
 /// # Safety
@@ -226,7 +227,8 @@ pub(super) fn filter_pack_len(g: &Geometry) -> usize {
 }
 
 /// `sums[p][c][k] += sum over tile pairs of V[p][i][c] . Z[p][i][k]` on AMX tiles: `v` and
-/// `z` as `super::bf16` pairs them (`[p][pairs][width]` words, `pairs = ceil(count / 2)`),
+/// `z` as the transforms store them in `Layout::TilePairs` (`[p][pairs][width]` words,
+/// `pairs = ceil(count / 2)`),
 /// `pack` at least [`filter_pack_len`] floats. The sums are the tiles' accumulators, loaded
 /// and stored back per block; V goes through `pack` transposed (the first operand's rows
 /// must run along the sum: over tiles, per channel), zero-padded to whole blocks, which

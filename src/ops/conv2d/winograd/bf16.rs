@@ -11,7 +11,9 @@
 //! (2i, 2i + 1) of V and of Z, paired by the transforms as they store (`Layout::TilePairs`;
 //! an odd last tile is paired with zeros).
 
-use super::{Geometry, LANES, Layout, POSITIONS, transforms};
+use super::{Geometry, LANES, POSITIONS};
+#[cfg(target_arch = "x86_64")]
+use super::{Layout, transforms};
 use crate::ops::Bf16Unit;
 use crate::precision::bf16_pair;
 
@@ -75,7 +77,6 @@ pub fn conv_image(
     }
 }
 
-/// [`super::filter_gradient_image`] with bf16 products.
 /// Scratch floats [`filter_gradient_image`] takes on `unit` (a Winograd pass's, and for AMX
 /// room for V transposed).
 pub fn filter_scratch_len(unit: Bf16Unit, g: &Geometry) -> usize {
@@ -142,8 +143,8 @@ mod avx512bf16 {
     }
 
     /// `M[p][t][k] = sum_c V[p][t][c] U[p][c][k]` with V and U as bf16 channel pairs
-    /// (`v` written by the input transform with `BF16`, `u` by `pack_kernel`): the f32
-    /// [`super::super::avx512::products`]' blocking, half the steps.
+    /// (`v` written by the input transform in `Layout::ChannelPairs`, `u` by `pack_kernel`):
+    /// the f32 products' blocking (winograd.rs), half the steps.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn products(g: &Geometry, count: usize, v: &[f32], u: &[u32], m: &mut [f32]) {
         let half = g.c / 2;
