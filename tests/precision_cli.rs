@@ -203,6 +203,28 @@ fn the_emulator_trains_with_tensor_cores() {
             .collect()
     };
     let fp32 = loss_of("fp32");
+    for (precision, cores) in [("tf32", "TF32 tensor cores"), ("bf16", "BF16 tensor cores")] {
+        let out = run_ok(&[
+            "bench",
+            "--device",
+            "cuda-emu",
+            "--precision",
+            precision,
+            "--image-size",
+            "16",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--arch",
+            "c2,p,d3",
+            "--json",
+        ]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["precision"], precision, "{report}");
+        let paths = report["conv_layers"].to_string();
+        assert!(paths.contains(cores), "{paths}");
+    }
     for precision in ["tf32", "bf16"] {
         let losses = loss_of(precision);
         for (got, want) in losses.iter().zip(&fp32) {

@@ -33,13 +33,24 @@ fn with_geometry(args: GemmArgs, s: &ConvShape) -> Result<GemmArgs> {
 
 impl Conv2dOps for CudaBackend {
     fn conv2d_paths(&self, _s: &ConvShape) -> ConvPaths {
-        match self.variant() {
-            Variant::Tiled => ConvPaths {
+        use crate::precision::Precision;
+        match (self.variant(), self.gemm_precision()) {
+            (Variant::Tiled, Precision::Fp32) => ConvPaths {
                 forward: "implicit GEMM, bias + ReLU fused",
                 backward_data: "implicit GEMM",
                 backward_filter: "implicit GEMM, split-K",
             },
-            Variant::Naive => ConvPaths {
+            (Variant::Tiled, Precision::Tf32) => ConvPaths {
+                forward: "implicit GEMM on TF32 tensor cores, bias + ReLU fused",
+                backward_data: "implicit GEMM on TF32 tensor cores",
+                backward_filter: "implicit GEMM on TF32 tensor cores, split-K",
+            },
+            (Variant::Tiled, Precision::Bf16) => ConvPaths {
+                forward: "implicit GEMM on BF16 tensor cores, bias + ReLU fused",
+                backward_data: "implicit GEMM on BF16 tensor cores",
+                backward_filter: "implicit GEMM on BF16 tensor cores, split-K",
+            },
+            (Variant::Naive, _) => ConvPaths {
                 forward: "naive (one thread per output)",
                 backward_data: "naive (one thread per output)",
                 backward_filter: "naive (one thread per output)",
