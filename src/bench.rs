@@ -69,6 +69,7 @@ pub struct ConvLayerPaths {
 impl ConvLayerPaths {
     /// The layers of `plan` and their paths on `backend`.
     fn of<B: Feeds>(backend: &B, plan: &Plan) -> Vec<ConvLayerPaths> {
+        let fused = crate::model::fused_blocks(&plan.ops, backend, 1);
         plan.ops
             .iter()
             .enumerate()
@@ -79,9 +80,12 @@ impl ConvLayerPaths {
             .enumerate()
             .map(|(i, (at, s))| {
                 let mut paths = backend.conv2d_paths(s);
-                if at == 0 && crate::model::fused_first_block(&plan.ops, backend, 1).is_some() {
+                if fused[at] && at == 0 {
                     paths.forward = "direct 3x3 + ReLU + 2x2 max-pool in one pass (AVX-512)";
                     paths.backward_filter = "direct 3x3 from the pooled gradient (AVX-512)";
+                } else if fused[at] {
+                    paths.forward =
+                        "Winograd F(2x2,3x3) + ReLU + 2x2 max-pool in its output transform";
                 }
                 ConvLayerPaths {
                     layer: format!(

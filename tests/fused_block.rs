@@ -1,11 +1,13 @@
-//! The CPU's fused first block (convolution + ReLU + 2x2 max-pool as one pass, the
-//! convolution's output never stored) trains exactly as the unfused ops: the same losses,
-//! gradients and weights, bit for bit, step after step.
+//! The CPU's fused blocks (convolution + ReLU + 2x2 max-pool as one pass, the convolution's
+//! output never stored: the direct first layer, and Winograd layers whose output tiles are
+//! the pool's windows) train exactly as the unfused ops: the same losses, gradients and
+//! weights, bit for bit, step after step, in fp32 and in bf16.
 
 use focalflow::loss::LossConfig;
 use focalflow::model::{Arch, ImageShape, Model, Plan};
 use focalflow::ops::prelude::*;
 use focalflow::ops::{ConvShape, CpuBackend, Padding, PoolShape};
+use focalflow::precision::{Precision, cpu_unsupported};
 use focalflow::rng::Rng;
 
 fn skipped(test: &str) -> bool {
@@ -35,16 +37,23 @@ fn skipped(test: &str) -> bool {
 }
 
 /// Trains two copies of one model for 3 steps, fused and not, and compares everything.
-fn fused_equals_unfused(arch: &str, height: usize, width: usize, loss: LossConfig) {
-    let b = CpuBackend::<f32>::new();
+fn fused_equals_unfused(
+    b: &CpuBackend<f32>,
+    arch: &str,
+    height: usize,
+    width: usize,
+    loss: LossConfig,
+) {
+    let b = &b;
     let input = ImageShape {
         height,
         width,
         channels: 3,
     };
     let plan = Plan::new(&arch.parse::<Arch>().unwrap(), input, 3).unwrap();
-    let mut fused = Model::new(&b, plan.clone(), 11).unwrap();
-    let mut plain = Model::with_weights(&b, plan, &fused.weights(&b).unwrap()).unwrap();
+    let fusable = focalflow::model::fused_blocks(&plan.ops, *b, 3);
+    let mut fused = Model::new(*b, plan.clone(), 11).unwrap();
+    let mut plain = Model::with_weights(*b, plan, &fused.weights(*b).unwrap()).unwrap();
     plain.keep_activations();
     let batch = 3;
     let mut rng = Rng::new(5);
@@ -57,27 +66,33 @@ fn fused_equals_unfused(arch: &str, height: usize, width: usize, loss: LossConfi
             .collect();
         let (x, y) = (b.upload(&x).unwrap(), b.upload(&y).unwrap());
         let what = format!("{arch} at {height}x{width}, step {step}");
-        fused.forward(&b, &x, batch).unwrap();
-        plain.forward(&b, &x, batch).unwrap();
+        fused.forward(b, &x, batch).unwrap();
+        plain.forward(b, &x, batch).unwrap();
         assert_eq!(
-            fused.probabilities(&b, batch).unwrap(),
-            plain.probabilities(&b, batch).unwrap(),
+            fused.probabilities(b, batch).unwrap(),
+            plain.probabilities(b, batch).unwrap(),
             "{what}: probabilities"
         );
-        // The fused block's convolution output is not kept, and says so.
-        let err = fused.activation(&b, 0, batch).unwrap_err().to_string();
-        assert!(err.contains("keep_activations"), "{err}");
-        assert_eq!(
-            fused.activation(&b, 1, batch).unwrap(),
-            plain.activation(&b, 1, batch).unwrap(),
-            "{what}: the pooled output"
-        );
+        for (i, &f) in fusable.iter().enumerate() {
+            if !f {
+                continue;
+            }
+            // A fused block's convolution output is not kept, and says so.
+            let err = fused.activation(b, i, batch).unwrap_err().to_string();
+            assert!(err.contains("keep_activations"), "{err}");
+            assert_eq!(
+                fused.activation(b, i + 1, batch).unwrap(),
+                plain.activation(b, i + 1, batch).unwrap(),
+                "{what}: the pooled output of op {}",
+                i + 1
+            );
+        }
         let (lf, lp) = (
-            fused.backward(&b, &loss, &x, &y, batch).unwrap(),
-            plain.backward(&b, &loss, &x, &y, batch).unwrap(),
+            fused.backward(b, &loss, &x, &y, batch).unwrap(),
+            plain.backward(b, &loss, &x, &y, batch).unwrap(),
         );
         assert_eq!(lf, lp, "{what}: loss");
-        let (gf, gp) = (fused.gradients(&b).unwrap(), plain.gradients(&b).unwrap());
+        let (gf, gp) = (fused.gradients(b).unwrap(), plain.gradients(b).unwrap());
         for (i, (f, p)) in gf.iter().zip(&gp).enumerate() {
             assert_eq!(f, p, "{what}: gradient of parameter {i}");
             assert!(
@@ -85,32 +100,68 @@ fn fused_equals_unfused(arch: &str, height: usize, width: usize, loss: LossConfi
                 "{what}: parameter {i} got no gradient"
             );
         }
-        fused.apply_gradients(&b).unwrap();
-        plain.apply_gradients(&b).unwrap();
+        fused.apply_gradients(b).unwrap();
+        plain.apply_gradients(b).unwrap();
         assert_eq!(
-            fused.weights(&b).unwrap(),
-            plain.weights(&b).unwrap(),
+            fused.weights(b).unwrap(),
+            plain.weights(b).unwrap(),
             "{what}: weights after Adam"
         );
     }
 }
 
 #[test]
-fn the_fused_first_block_trains_exactly_as_the_unfused_ops() {
-    if skipped("the_fused_first_block_trains_exactly_as_the_unfused_ops") {
+fn fused_blocks_train_exactly_as_the_unfused_ops() {
+    if skipped("fused_blocks_train_exactly_as_the_unfused_ops") {
         return;
     }
-    // Even convolution outputs (every pixel pooled), odd ones (a row and a column the pool
-    // drops), one and more 16-channel blocks, a pooled row of 1 to 9 (partial blocks of 4).
-    fused_equals_unfused("c16,p,d4", 12, 12, LossConfig::default_focal());
-    fused_equals_unfused("c16,p,c16,p,d4", 13, 22, LossConfig::default_focal());
-    fused_equals_unfused(
-        "c32,p,d5",
-        21,
-        9,
-        LossConfig::CrossEntropy {
-            label_smoothing: 0.0,
-            from_logits: true,
-        },
-    );
+    let mut backends = vec![("fp32", CpuBackend::<f32>::new())];
+    match cpu_unsupported(Precision::Bf16) {
+        None => backends.push((
+            "bf16",
+            CpuBackend::<f32>::new().with_precision(Precision::Bf16),
+        )),
+        Some(why) => {
+            println!("SKIPPED fused_blocks_train_exactly_as_the_unfused_ops (bf16): {why}")
+        }
+    }
+    for (name, b) in &backends {
+        // Which blocks fuse: the first (direct) and the 16-channel ones (Winograd).
+        let plan = |arch: &str| {
+            let input = ImageShape {
+                height: 13,
+                width: 22,
+                channels: 3,
+            };
+            Plan::new(&arch.parse::<Arch>().unwrap(), input, 3).unwrap()
+        };
+        let ops = plan("c16,p,c16,p,d4").ops;
+        assert_eq!(
+            focalflow::model::fused_blocks(&ops, b, 3),
+            [true, false, true, false, false, false],
+            "{name}"
+        );
+        // Even convolution outputs (every pixel pooled), odd ones (a row and a column the
+        // pool drops), one and more 16-channel blocks, pooled rows of 1 to 9 (partial
+        // blocks of 4), partial Winograd chunks.
+        fused_equals_unfused(b, "c16,p,d4", 12, 12, LossConfig::default_focal());
+        fused_equals_unfused(b, "c16,p,c16,p,d4", 13, 22, LossConfig::default_focal());
+        fused_equals_unfused(
+            b,
+            "c16,p,c32,p,c16,p,d4",
+            29,
+            27,
+            LossConfig::default_focal(),
+        );
+        fused_equals_unfused(
+            b,
+            "c32,p,d5",
+            21,
+            9,
+            LossConfig::CrossEntropy {
+                label_smoothing: 0.0,
+                from_logits: true,
+            },
+        );
+    }
 }

@@ -33,9 +33,10 @@ struct Workspace<Buf> {
     /// Ping-pong buffers for the activation gradients of the backward pass.
     grad_a: Buf,
     grad_b: Buf,
-    /// The last forward pass ran ops 0 and 1 as one fused block: `acts[0]` holds the pool's
-    /// codes, not the convolution's output (see [`fused_first_block`]).
-    fused: bool,
+    /// `fused[i]`: the last forward pass ran op i (a convolution) and op i + 1 (its pool) as
+    /// one fused block: `acts[i]` holds the pool's codes, not the convolution's output (see
+    /// [`fused_blocks`]).
+    fused: Vec<bool>,
 }
 
 impl<Buf> Workspace<Buf> {
@@ -66,33 +67,31 @@ pub struct Model<B: Backend> {
     pub params: Vec<Param<B::Buf>>,
     pub optimizer: Adam,
     workspace: Option<Workspace<B::Buf>>,
-    /// Fuse the first convolution, its ReLU and a 2x2 pool where the backend can (true
+    /// Fuse a convolution, its ReLU and the 2x2 pool after it where the backend can (true
     /// unless [`Model::keep_activations`] turned it off).
     fuse: bool,
 }
 
-/// The shapes of the first block at `batch` when the plan starts with a ReLU convolution
-/// and a pool and `backend` runs them as one pass (`Conv2dOps::fuses_conv_relu_pool`: the
-/// CPU's direct first layer). Only the first: it needs no input gradient, and its
-/// convolution output is the largest activation (100 MB of the reference CNN's batch).
-pub fn fused_first_block<B: Backend>(
-    ops: &[Layer],
-    backend: &B,
-    batch: usize,
-) -> Option<(crate::ops::ConvShape, crate::ops::PoolShape)> {
-    match ops {
-        [
+/// Which ops of `ops` are a ReLU convolution that `backend` runs with the 2x2 max-pool after
+/// it as one pass (`Conv2dOps::fuses_conv_relu_pool`: the CPU's direct first layer and its
+/// Winograd layers), at `batch`: `fused[i]` for op i. The convolution's output, the largest
+/// activation of its block (100 MB of the reference CNN's first at batch 32), is then never
+/// stored, nor read back by the pool's passes.
+pub fn fused_blocks<B: Backend>(ops: &[Layer], backend: &B, batch: usize) -> Vec<bool> {
+    let mut fused = vec![false; ops.len()];
+    for (i, pair) in ops.windows(2).enumerate() {
+        if let [
             Layer::Conv {
                 shape, relu: true, ..
             },
             Layer::Pool { shape: pool },
-            ..,
-        ] => {
+        ] = pair
+        {
             let (s, p) = (Layer::conv(shape, batch), Layer::pool(pool, batch));
-            backend.fuses_conv_relu_pool(&s, &p).then_some((s, p))
+            fused[i] = backend.fuses_conv_relu_pool(&s, &p);
         }
-        _ => None,
     }
+    fused
 }
 
 /// Glorot-uniform initial values (Keras' default kernel initialiser) for a kernel, zeros
@@ -187,7 +186,7 @@ impl<B: Backend> Model<B> {
                 dprobs: backend.zeros(logits)?,
                 grad_a: backend.zeros(biggest)?,
                 grad_b: backend.zeros(biggest)?,
-                fused: false,
+                fused: Vec::new(),
             });
         }
         Ok(self.workspace.as_mut().expect("workspace was just ensured"))
@@ -207,21 +206,34 @@ impl<B: Backend> Model<B> {
         } = self;
         let ws = workspace.as_mut().expect("workspace was just ensured");
         let ops = &plan.ops;
-        let fused = fuse
-            .then(|| fused_first_block(ops, backend, batch))
-            .flatten();
-        ws.fused = fused.is_some();
-        if let (Some((s, p)), Layer::Conv { param, .. }) = (&fused, &ops[0]) {
-            let (codes, pooled) = ws.acts.split_at_mut(1);
-            let (w, b) = (&params[*param].value, &params[param + 1].value);
-            backend.conv2d_relu_pool_forward(s, p, x, w, b, &mut pooled[0], &mut codes[0])?;
-        }
+        ws.fused = if fuse {
+            fused_blocks(ops, backend, batch)
+        } else {
+            vec![false; ops.len()]
+        };
         for (i, op) in ops.iter().enumerate() {
-            if ws.fused && i < 2 {
-                continue; // ran above
+            if i > 0 && ws.fused[i - 1] {
+                continue; // the pool ran with its convolution
             }
             let (done, rest) = ws.acts.split_at_mut(i);
             let input = if i == 0 { x } else { &done[i - 1] };
+            if let (true, Layer::Conv { shape, param, .. }, Some(Layer::Pool { shape: pool })) =
+                (ws.fused[i], op, ops.get(i + 1))
+            {
+                let (s, p) = (Layer::conv(shape, batch), Layer::pool(pool, batch));
+                let (w, b) = (&params[*param].value, &params[param + 1].value);
+                let (codes, pooled) = rest.split_at_mut(1);
+                backend.conv2d_relu_pool_forward(
+                    &s,
+                    &p,
+                    input,
+                    w,
+                    b,
+                    &mut pooled[0],
+                    &mut codes[0],
+                )?;
+                continue;
+            }
             let out = &mut rest[0];
             match op {
                 Layer::Conv { shape, relu, param } => {
@@ -278,19 +290,19 @@ impl<B: Backend> Model<B> {
     }
 
     /// Output of op `index` in the last forward pass (after its ReLU), `batch` images. A
-    /// fused first block keeps no convolution output: call [`Model::keep_activations`] first
-    /// to read it.
+    /// fused block keeps no convolution output: call [`Model::keep_activations`] first to
+    /// read it.
     pub fn activation(&self, backend: &B, index: usize, batch: usize) -> Result<Vec<B::E>> {
         let ws = self.last_forward("activation")?;
-        if ws.fused && index == 0 {
-            return Err(Error::invalid(
-                "activation(0): the first convolution ran fused with its pool and was not kept; call keep_activations() before forward()",
-            ));
+        if ws.fused.get(index) == Some(&true) {
+            return Err(Error::invalid(format!(
+                "activation({index}): the convolution ran fused with its pool and was not kept; call keep_activations() before forward()"
+            )));
         }
         backend.read(&ws.acts[index], batch * self.plan.ops[index].output_len())
     }
 
-    /// Every op's output is kept from the next forward pass on (no fused first block), for
+    /// Every op's output is kept from the next forward pass on (no fused blocks), for
     /// [`Model::activation`]; the results are the same either way.
     pub fn keep_activations(&mut self) {
         self.fuse = false;
@@ -380,26 +392,25 @@ impl<B: Backend> Model<B> {
         // Set by a pool that already applied the ReLU mask of the layer before it.
         let mut relu_done = false;
         for (i, op) in ops.iter().enumerate().rev() {
-            if ws.fused && i < 2 {
+            if i == 1 && ws.fused[0] {
+                continue; // the first block's pool: with its convolution, below
+            }
+            if let (0, true, Layer::Conv { shape, param, .. }, Some(Layer::Pool { shape: pool })) =
+                (i, ws.fused[0], op, ops.get(1))
+            {
                 // The fused first block: the pool's gradient (in `grad`) and its codes give
-                // the convolution's kernel and bias gradients in one pass.
-                if let (Layer::Conv { shape, param, .. }, Layer::Pool { shape: pool }) =
-                    (&ops[0], &ops[1])
-                    && i == 0
-                {
-                    let (s, p) = (Layer::conv(shape, batch), Layer::pool(pool, batch));
-                    let (kernel, bias) = pair_mut(params, *param);
-                    let codes = &ws.acts[0];
-                    backend.conv2d_relu_pool_backward_filter(
-                        &s,
-                        &p,
-                        x,
-                        codes,
-                        grad,
-                        &mut kernel.grad,
-                        &mut bias.grad,
-                    )?;
-                }
+                // the convolution's kernel and bias gradients in one pass (no input gradient).
+                let (s, p) = (Layer::conv(shape, batch), Layer::pool(pool, batch));
+                let (kernel, bias) = pair_mut(params, *param);
+                backend.conv2d_relu_pool_backward_filter(
+                    &s,
+                    &p,
+                    x,
+                    &ws.acts[0],
+                    grad,
+                    &mut kernel.grad,
+                    &mut bias.grad,
+                )?;
                 continue;
             }
             let input = if i == 0 { x } else { &ws.acts[i - 1] };
@@ -425,8 +436,12 @@ impl<B: Backend> Model<B> {
                 Layer::Pool { shape } => {
                     let s = Layer::pool(shape, batch);
                     // A pool right after a ReLU conv (the usual block) does both backward
-                    // steps in one pass over the large pre-pool activations.
-                    if i > 0 && matches!(ops[i - 1], Layer::Conv { relu: true, .. }) {
+                    // steps in one pass over the large pre-pool activations; a fused block's
+                    // from the codes its forward pass wrote in place of them.
+                    if i > 0 && ws.fused[i - 1] {
+                        backend.maxpool2d_relu_backward_from_codes(&s, input, grad, next)?;
+                        relu_done = true;
+                    } else if i > 0 && matches!(ops[i - 1], Layer::Conv { relu: true, .. }) {
                         backend.maxpool2d_relu_backward(&s, input, grad, next)?;
                         relu_done = true;
                     } else {

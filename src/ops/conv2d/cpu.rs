@@ -10,6 +10,7 @@ use crate::ops::cpu::{
     Bf16Unit, CpuBackend, CpuPath, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
 };
 use crate::ops::gemm::cpu::{MatRef, matmul};
+use crate::ops::pool::PoolOps;
 use crate::ops::{PoolShape, check_len};
 use crate::{Element, Result};
 
@@ -163,16 +164,23 @@ fn winograd_image(
     (g, kernel): &(Geometry, WinogradKernel),
     input: &[f32],
     bias: Option<&[f32]>,
-    relu: bool,
-    out: &mut [f32],
+    out: winograd::Output<'_>,
     scratch: &mut [f32],
 ) {
     match kernel {
-        WinogradKernel::F32(u) => winograd::conv_image(g, input, u, bias, relu, out, scratch),
+        WinogradKernel::F32(u) => winograd::conv_image(g, input, u, bias, out, scratch),
         WinogradKernel::Bf16(unit, u) => {
-            winograd::bf16::conv_image(*unit, g, input, u, bias, relu, out, scratch)
+            winograd::bf16::conv_image(*unit, g, input, u, bias, out, scratch)
         }
     }
+}
+
+/// Whether `pool` is a 2x2 max-pool over exactly the output of `s`.
+fn pools_the_output(s: &ConvShape, pool: &PoolShape) -> bool {
+    pool.size == 2
+        && (pool.batch, pool.in_h, pool.in_w, pool.channels)
+            == (s.batch, s.out_h(), s.out_w(), s.out_c)
+        && pool.output_len() > 0
 }
 
 /// The name of `algo` for reports, with the products' format and unit where they are bf16.
@@ -236,7 +244,11 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                     if let Some(plan) = &wino {
                         let bias = Some(f32_view(&b[..s.out_c]));
                         let scratch = f32_view_mut(&mut col);
-                        winograd_image(plan, f32_view(xi), bias, relu, f32_view_mut(yi), scratch);
+                        let out = winograd::Output::Plain {
+                            out: f32_view_mut(yi),
+                            relu,
+                        };
+                        winograd_image(plan, f32_view(xi), bias, out, scratch);
                         continue;
                     }
                     for_each_pixel_chunk::<T>(s, |first, count| {
@@ -284,14 +296,11 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                 for (dxi, dyi) in dxs.chunks_exact_mut(in_img).zip(dys.chunks_exact(out_img)) {
                     if let Some(plan) = &wino {
                         let scratch = f32_view_mut(&mut dcol);
-                        winograd_image(
-                            plan,
-                            f32_view(dyi),
-                            None,
-                            false,
-                            f32_view_mut(dxi),
-                            scratch,
-                        );
+                        let out = winograd::Output::Plain {
+                            out: f32_view_mut(dxi),
+                            relu: false,
+                        };
+                        winograd_image(plan, f32_view(dyi), None, out, scratch);
                         continue;
                     }
                     dxi.fill(T::zero());
@@ -403,7 +412,11 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
     }
 
     fn fuses_conv_relu_pool(&self, s: &ConvShape, pool: &PoolShape) -> bool {
-        self.path == CpuPath::Auto && is_f32::<T>() && direct::relu_pool_supported(s, pool)
+        // The direct first layer, or a Winograd layer: its output tiles are the windows.
+        let winograd = algorithm::<T>(self.path, s, Direction::Forward) == Algorithm::Winograd;
+        self.path == CpuPath::Auto
+            && is_f32::<T>()
+            && (direct::relu_pool_supported(s, pool) || winograd && pools_the_output(s, pool))
     }
 
     fn conv2d_relu_pool_forward(
@@ -425,14 +438,31 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         );
         check_len("pooled output", pooled.len(), n)?;
         check_len("pool codes", codes.len(), n)?;
+        let wino = (!direct::relu_pool_supported(s, pool))
+            .then(|| winograd_plan(s, Direction::Forward, w, self.bf16_products()));
+        let scratch_len = wino.as_ref().map_or(0, |(g, _)| g.scratch_len());
         let (w, b) = (f32_view(&w[..s.kernel_len()]), f32_view(&b[..s.out_c]));
         pooled[..n]
             .par_chunks_mut(out_img)
             .zip(codes[..n].par_chunks_mut(out_img))
             .zip(x[..s.input_len()].par_chunks(in_img))
             .for_each(|((pi, ci), xi)| {
-                let (pi, ci) = (f32_view_mut(pi), f32_view_mut(ci));
-                direct::forward_relu_pool_image(s, f32_view(xi), w, b, pi, ci);
+                let (pooled, codes) = (f32_view_mut(pi), f32_view_mut(ci));
+                match &wino {
+                    None => direct::forward_relu_pool_image(s, f32_view(xi), w, b, pooled, codes),
+                    Some(plan) => {
+                        let mut scratch = self.take_scratch(scratch_len);
+                        let out = winograd::Output::Pooled { pooled, codes };
+                        winograd_image(
+                            plan,
+                            f32_view(xi),
+                            Some(b),
+                            out,
+                            f32_view_mut(&mut scratch),
+                        );
+                        self.give_scratch(scratch);
+                    }
+                }
             });
         Ok(())
     }
@@ -452,6 +482,15 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let n = pool.output_len();
         check_len("pool codes", codes.len(), n)?;
         check_len("pooled gradient", dpooled.len(), n)?;
+        if !direct::relu_pool_supported(s, pool) {
+            // A Winograd block: the convolution's output gradient from the codes, then its
+            // filter gradient as unfused.
+            let mut dy = self.take_scratch(s.output_len());
+            self.maxpool2d_relu_backward_from_codes(pool, codes, dpooled, &mut dy)?;
+            let done = self.conv2d_backward_filter(s, x, &dy, dw, db);
+            self.give_scratch(dy);
+            return done;
+        }
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, n / s.batch);
         let per_task = Self::images_per_task(s.batch);
         let (kernel_len, out_c) = (s.kernel_len(), s.out_c);

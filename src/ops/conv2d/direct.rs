@@ -319,7 +319,7 @@ mod avx512 {
                             }
                         }
                         for q in 0..n {
-                            let (m, code) = pool_window([
+                            let (m, code) = crate::ops::pool::avx512::relu_window_max([
                                 rows[0][2 * q],
                                 rows[0][2 * q + 1],
                                 rows[1][2 * q],
@@ -334,30 +334,6 @@ mod avx512 {
                 }
             }
         }
-    }
-
-    /// The max-pool of a window's four convolution values after ReLU and its code, each as
-    /// the unfused ops compute them (NaNs included): the pooled value as the pool's forward
-    /// pass (from -inf, `v > max` in window order), the code as its backward pass picks the
-    /// maximum (from the first value, the first of equal ones): its position (0-3), or -1
-    /// where that maximum is <= 0 (no gradient through the ReLU).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn pool_window(v: [__m512; 4]) -> (__m512, __m512) {
-        let zero = _mm512_setzero_ps();
-        let r = v.map(|a| _mm512_max_ps(zero, a));
-        let mut pooled = _mm512_set1_ps(f32::NEG_INFINITY);
-        for &x in &r {
-            pooled = _mm512_mask_mov_ps(pooled, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, pooled), x);
-        }
-        let (mut best, mut code) = (r[0], zero);
-        for (k, &x) in r.iter().enumerate().skip(1) {
-            let more = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, best);
-            best = _mm512_mask_mov_ps(best, more, x);
-            code = _mm512_mask_mov_ps(code, more, _mm512_set1_ps(k as f32));
-        }
-        let off = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(best, zero);
-        (pooled, _mm512_mask_mov_ps(code, off, _mm512_set1_ps(-1.0)))
     }
 
     /// Indexing as in [`forward`]; `codes` and `dpooled` as in [`forward_relu_pool`].

@@ -148,9 +148,11 @@ pub trait Conv2dOps: Storage {
     ) -> Result<()>;
 
     /// Whether this backend runs the convolution `s` with its ReLU and the 2x2 max-pool
-    /// `pool` of its output as one pass ([`Conv2dOps::conv2d_relu_pool_forward`] and
-    /// [`Conv2dOps::conv2d_relu_pool_backward_filter`]), never storing the convolution's
-    /// output. None does unless it says so.
+    /// `pool` of its output as one pass ([`Conv2dOps::conv2d_relu_pool_forward`], never
+    /// storing the convolution's output; its gradients then come from the pool's codes:
+    /// [`Conv2dOps::conv2d_relu_pool_backward_filter`] for a first layer, which needs no input
+    /// gradient, `PoolOps::maxpool2d_relu_backward_from_codes` for the others). None does
+    /// unless it says so.
     fn fuses_conv_relu_pool(&self, s: &ConvShape, pool: &PoolShape) -> bool {
         let _ = (s, pool);
         false

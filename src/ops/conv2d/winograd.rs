@@ -206,22 +206,49 @@ pub fn transform_kernel(s: &ConvShape, direction: Direction, w: &[f32]) -> Vec<f
     u
 }
 
-/// One image: `out = correlation(pad(input), kernel)` (+ `bias`, then ReLU if `relu`), the
+/// Where a forward (or input-gradient) pass puts each tile's 2x2 outputs.
+pub enum Output<'a> {
+    /// Stored as they are (after the ReLU if `relu`): `[out_h, out_w, k]`.
+    Plain { out: &'a mut [f32], relu: bool },
+    /// ReLU, then the 2x2 max-pool: each tile is one pool window. `pooled` and `codes` are
+    /// `[out_h / 2, out_w / 2, k]`: the pooled values and where each window's maximum was,
+    /// as the fused first block writes them (`super::direct::forward_relu_pool_image`).
+    Pooled {
+        pooled: &'a mut [f32],
+        codes: &'a mut [f32],
+    },
+}
+
+impl Output<'_> {
+    /// Checks the output buffers against the problem `g` describes.
+    fn check(&self, g: &Geometry) {
+        match self {
+            Output::Plain { out, .. } => {
+                assert_eq!(out.len(), g.out_h * g.out_w * g.k, "output image")
+            }
+            Output::Pooled { pooled, codes } => {
+                let n = (g.out_h / 2) * (g.out_w / 2) * g.k;
+                assert_eq!(pooled.len(), n, "pooled image");
+                assert_eq!(codes.len(), n, "pool codes");
+            }
+        }
+    }
+}
+
+/// One image: `out = correlation(pad(input), kernel)` (+ `bias`, then per `out`), the
 /// kernel given transformed by [`transform_kernel`]. `scratch` holds at least
 /// [`Geometry::scratch_len`] floats.
-#[allow(clippy::too_many_arguments)]
 pub fn conv_image(
     g: &Geometry,
     input: &[f32],
     u: &[f32],
     bias: Option<&[f32]>,
-    relu: bool,
-    out: &mut [f32],
+    mut out: Output<'_>,
     scratch: &mut [f32],
 ) {
     g.check_pass(input, scratch);
     assert_eq!(u.len(), g.kernel_len(), "transformed kernel");
-    assert_eq!(out.len(), g.out_h * g.out_w * g.k, "output image");
+    out.check(g);
     assert!(bias.is_none_or(|b| b.len() == g.k), "bias");
     let (v, m) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * g.chunk_tiles() * g.c);
     for (first, count) in g.chunks() {
@@ -231,7 +258,7 @@ pub fn conv_image(
         unsafe {
             transforms::input_transform(Layout::F32, g, input, first, count, v);
             avx512::products(g, count, v, u, m);
-            transforms::output_transform(g, m, first, count, bias, relu, out);
+            transforms::output_transform(g, m, first, count, bias, &mut out);
         }
     }
 }

@@ -170,4 +170,43 @@ impl<T: Element> PoolOps for CpuBackend<T> {
         maxpool_backward(s, x, dy, dx, true);
         Ok(())
     }
+
+    fn maxpool2d_relu_backward_from_codes(
+        &self,
+        s: &PoolShape,
+        codes: &Vec<T>,
+        dy: &Vec<T>,
+        dx: &mut Vec<T>,
+    ) -> Result<()> {
+        s.check_backward(s.input_len(), dy.len(), dx.len())?;
+        crate::ops::check_len("pool codes", codes.len(), s.output_len())?;
+        if s.size != 2 {
+            return Err(crate::Error::Shape(format!(
+                "pool {s:?}: codes describe 2x2 windows only"
+            )));
+        }
+        let (in_img, out_img, c) = (
+            s.in_h * s.in_w * s.channels,
+            s.out_h() * s.out_w() * s.channels,
+            s.channels,
+        );
+        dx[..s.input_len()]
+            .par_chunks_mut(in_img)
+            .zip(codes[..s.output_len()].par_chunks(out_img))
+            .zip(dy[..s.output_len()].par_chunks(out_img))
+            .for_each(|((dxi, ci), dyi)| {
+                // Zero but at each window's maximum (none where the ReLU was off, none in
+                // the floored edge): what maxpool2d_relu_backward writes.
+                dxi.fill(T::zero());
+                for (o, (&code, &g)) in ci.iter().zip(dyi).enumerate() {
+                    let Some(k) = code.to_usize() else {
+                        continue; // -1: no gradient
+                    };
+                    let (pixel, ch) = (o / c, o % c);
+                    let (ph, pw) = (pixel / s.out_w(), pixel % s.out_w());
+                    dxi[((2 * ph + k / 2) * s.in_w + 2 * pw + k % 2) * c + ch] = g;
+                }
+            });
+        Ok(())
+    }
 }

@@ -87,6 +87,22 @@ pub trait PoolOps: Storage + ReluOps {
         self.maxpool2d_backward(s, x, dy, dx)?;
         self.relu_backward(s.input_len(), x, dx)
     }
+    /// [`Self::maxpool2d_relu_backward`] of a 2x2 pool from the `codes` a fused forward pass
+    /// wrote (`Conv2dOps::conv2d_relu_pool_forward`: where each window's maximum was, -1
+    /// where the ReLU was off) instead of the pool's input, which it never stored.
+    fn maxpool2d_relu_backward_from_codes(
+        &self,
+        s: &PoolShape,
+        codes: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (s, codes, dy, dx);
+        Err(crate::Error::invalid(format!(
+            "{}: no pool backward from codes",
+            self.name()
+        )))
+    }
 }
 
 /// Under `--profile`: the op, timed as part of its phase of the step.
@@ -114,5 +130,47 @@ impl<B: PoolOps + Timeline> PoolOps for Profiled<'_, B> {
     ) -> Result<()> {
         self.enter(Phase::Backward)?;
         self.inner.maxpool2d_relu_backward(s, x, dy, dx)
+    }
+    fn maxpool2d_relu_backward_from_codes(
+        &self,
+        s: &PoolShape,
+        codes: &Self::Buf,
+        dy: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Backward)?;
+        self.inner
+            .maxpool2d_relu_backward_from_codes(s, codes, dy, dx)
+    }
+}
+
+/// The pool's window arithmetic for the fused convolution blocks (the direct first layer,
+/// Winograd's output transform), on AVX-512.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// The 2x2 max-pool of a window's four values (row by row) after a ReLU, and its code, each
+    /// as the unfused ReLU and pool ops compute them (NaNs included): the pooled value as the pool's forward
+    /// pass (from -inf, `v > max` in window order), the code as its backward pass picks the
+    /// maximum (from the first value, the first of equal ones): its position (0-3), or -1
+    /// where that maximum is <= 0 (no gradient through the ReLU).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) fn relu_window_max(v: [__m512; 4]) -> (__m512, __m512) {
+        let zero = _mm512_setzero_ps();
+        let r = v.map(|a| _mm512_max_ps(zero, a));
+        let mut pooled = _mm512_set1_ps(f32::NEG_INFINITY);
+        for &x in &r {
+            pooled = _mm512_mask_mov_ps(pooled, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, pooled), x);
+        }
+        let (mut best, mut code) = (r[0], zero);
+        for (k, &x) in r.iter().enumerate().skip(1) {
+            let more = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, best);
+            best = _mm512_mask_mov_ps(best, more, x);
+            code = _mm512_mask_mov_ps(code, more, _mm512_set1_ps(k as f32));
+        }
+        let off = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(best, zero);
+        (pooled, _mm512_mask_mov_ps(code, off, _mm512_set1_ps(-1.0)))
     }
 }

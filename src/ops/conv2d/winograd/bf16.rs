@@ -49,8 +49,7 @@ pub fn conv_image(
     input: &[f32],
     u: &[u32],
     bias: Option<&[f32]>,
-    relu: bool,
-    out: &mut [f32],
+    mut out: super::Output<'_>,
     scratch: &mut [f32],
 ) {
     g.check_pass(input, scratch);
@@ -59,7 +58,7 @@ pub fn conv_image(
         "bf16 Winograd products on {unit:?} without it"
     );
     assert_eq!(u.len(), g.kernel_len() / 2, "packed kernel");
-    assert_eq!(out.len(), g.out_h * g.out_w * g.k, "output image");
+    out.check(g);
     assert!(bias.is_none_or(|b| b.len() == g.k), "bias");
     let (v, m) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * g.chunk_tiles() * g.c);
     for (first, count) in g.chunks() {
@@ -72,7 +71,7 @@ pub fn conv_image(
                 Bf16Unit::Amx => super::amx::products(g, count, v, u, m),
                 Bf16Unit::Avx512 => avx512bf16::products(g, count, v, u, m),
             }
-            transforms::output_transform(g, m, first, count, bias, relu, out);
+            transforms::output_transform(g, m, first, count, bias, &mut out);
         }
     }
 }

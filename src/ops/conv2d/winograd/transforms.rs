@@ -242,9 +242,10 @@ unsafe fn gradient_tile(g: &Geometry, dy: &[f32], tile: usize, kb: usize) -> [__
 }
 
 /// The chunk's outputs: `A^T M A` per tile and channel block, A^T = [[1, 1, 1, 0],
-/// [0, 1, -1, -1]], plus bias and ReLU; the 2x2 outputs that fall outside an odd-sized
-/// output are dropped.
-#[allow(clippy::too_many_arguments)]
+/// [0, 1, -1, -1]], plus bias, then per `out`: ReLU (if asked) and stored, the 2x2 outputs
+/// that fall outside an odd-sized output dropped; or ReLU and the 2x2 max-pool of the tile
+/// (a tile is exactly a pool window), its value and code stored (tiles past the pooled
+/// output dropped, as the pool drops them).
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn output_transform(
     g: &Geometry,
@@ -252,15 +253,18 @@ pub(super) unsafe fn output_transform(
     first: usize,
     count: usize,
     bias: Option<&[f32]>,
-    relu: bool,
-    out: &mut [f32],
+    out: &mut super::Output<'_>,
 ) {
     let tiles_w = g.tiles_w();
     let stride_p = count * g.k;
     let zero = _mm512_setzero_ps();
+    let (pooled_h, pooled_w) = (g.out_h / 2, g.out_w / 2);
     for t in 0..count {
         let tile = first + t;
         let (th, tw) = (tile / tiles_w, tile % tiles_w);
+        if matches!(out, super::Output::Pooled { .. }) && (th >= pooled_h || tw >= pooled_w) {
+            continue;
+        }
         for kb in (0..g.k).step_by(LANES) {
             let mut mm = [[zero; 4]; 4];
             for (i, row) in mm.iter_mut().enumerate() {
@@ -280,30 +284,38 @@ pub(super) unsafe fn output_transform(
                 Some(b) => unsafe { _mm512_loadu_ps(b.as_ptr().add(kb)) },
                 None => zero,
             };
+            // The tile's 2x2 outputs, row by row, with the bias.
+            let mut ys = [zero; 4];
             for (i, row) in s.iter().enumerate() {
-                let oh = 2 * th + i;
-                if oh >= g.out_h {
-                    continue;
+                ys[2 * i] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(row[0], row[1]), row[2]), b);
+                ys[2 * i + 1] =
+                    _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(row[1], row[2]), row[3]), b);
+            }
+            match out {
+                super::Output::Plain { out, relu } => {
+                    for (e, y) in ys.iter().enumerate() {
+                        let (oh, ow) = (2 * th + e / 2, 2 * tw + e % 2);
+                        if oh >= g.out_h || ow >= g.out_w {
+                            continue;
+                        }
+                        // max(0, y): a NaN y stays NaN (the second operand wins), as in
+                        // the scalar path.
+                        let y = if *relu { _mm512_max_ps(zero, *y) } else { *y };
+                        let at = (oh * g.out_w + ow) * g.k + kb;
+                        debug_assert!(at + LANES <= out.len());
+                        // SAFETY: (oh, ow) inside the output, kb + 16 <= k.
+                        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at), y) };
+                    }
                 }
-                let ys = [
-                    _mm512_add_ps(_mm512_add_ps(row[0], row[1]), row[2]),
-                    _mm512_sub_ps(_mm512_sub_ps(row[1], row[2]), row[3]),
-                ];
-                for (j, y) in ys.iter().enumerate() {
-                    let ow = 2 * tw + j;
-                    if ow >= g.out_w {
-                        continue;
+                super::Output::Pooled { pooled, codes } => {
+                    let (value, code) = crate::ops::pool::avx512::relu_window_max(ys);
+                    let at = (th * pooled_w + tw) * g.k + kb;
+                    debug_assert!(at + LANES <= pooled.len() && at + LANES <= codes.len());
+                    // SAFETY: th < pooled_h, tw < pooled_w, kb + 16 <= k.
+                    unsafe {
+                        _mm512_storeu_ps(pooled.as_mut_ptr().add(at), value);
+                        _mm512_storeu_ps(codes.as_mut_ptr().add(at), code);
                     }
-                    let mut y = _mm512_add_ps(*y, b);
-                    if relu {
-                        // max(0, y): a NaN y stays NaN (the second operand wins), as
-                        // in the scalar path.
-                        y = _mm512_max_ps(zero, y);
-                    }
-                    let at = (oh * g.out_w + ow) * g.k + kb;
-                    debug_assert!(at + LANES <= out.len());
-                    // SAFETY: (oh, ow) inside the output, kb + 16 <= k.
-                    unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at), y) };
                 }
             }
         }
