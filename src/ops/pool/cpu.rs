@@ -195,16 +195,31 @@ impl<T: Element> PoolOps for CpuBackend<T> {
             .zip(codes[..s.output_len()].par_chunks(out_img))
             .zip(dy[..s.output_len()].par_chunks(out_img))
             .for_each(|((dxi, ci), dyi)| {
-                // Zero but at each window's maximum (none where the ReLU was off, none in
-                // the floored edge): what maxpool2d_relu_backward writes.
-                dxi.fill(T::zero());
-                for (o, (&code, &g)) in ci.iter().zip(dyi).enumerate() {
-                    let Some(k) = code.to_usize() else {
-                        continue; // -1: no gradient
-                    };
-                    let (pixel, ch) = (o / c, o % c);
-                    let (ph, pw) = (pixel / s.out_w(), pixel % s.out_w());
-                    dxi[((2 * ph + k / 2) * s.in_w + 2 * pw + k % 2) * c + ch] = g;
+                // What maxpool2d_relu_backward writes: each window's gradient at its
+                // maximum, zero at its other inputs (and everywhere where the ReLU was off:
+                // code -1), zero in the floored edge. Rows of windows, channels innermost,
+                // as selects: it vectorises.
+                let row_len = s.in_w * c;
+                let covered_w = s.out_w() * 2 * c;
+                dxi[s.out_h() * 2 * row_len..].fill(T::zero());
+                for ph in 0..s.out_h() {
+                    let (top, bottom) =
+                        dxi[2 * ph * row_len..(2 * ph + 2) * row_len].split_at_mut(row_len);
+                    top[covered_w..].fill(T::zero());
+                    bottom[covered_w..].fill(T::zero());
+                    for pw in 0..s.out_w() {
+                        let o = (ph * s.out_w() + pw) * c;
+                        let (cs, gs) = (&ci[o..o + c], &dyi[o..o + c]);
+                        let at = 2 * pw * c;
+                        let (d00, d01) = top[at..at + 2 * c].split_at_mut(c);
+                        let (d10, d11) = bottom[at..at + 2 * c].split_at_mut(c);
+                        for (k, d) in [d00, d01, d10, d11].into_iter().enumerate() {
+                            let here = T::from(k).expect("0-3 is a float");
+                            for ((d, &code), &g) in d.iter_mut().zip(cs).zip(gs) {
+                                *d = if code == here { g } else { T::zero() };
+                            }
+                        }
+                    }
                 }
             });
         Ok(())
