@@ -113,6 +113,10 @@ const fn bare(args: &'static [&'static str], words: &'static [&'static str]) -> 
 /// Cases that need nothing but the sandbox.
 const CASES: &[Case] = &[
     tiny(&["--lr", "nan"], &["--lr NaN", "positive"]),
+    tiny(
+        &["--device", "cpu", "--precision", "tf32"],
+        &["--precision tf32 on cpu", "NVIDIA"],
+    ),
     tiny(&["--lr", "-1"], &["--lr -1", "positive"]),
     tiny(&["--lr=-1"], &["--lr -1", "positive"]),
     tiny(&["--lr", "0"], &["--lr 0", "positive"]),
@@ -353,6 +357,10 @@ const CASES: &[Case] = &[
     bare(
         &["bench", "--device", "cpu", "--image-size", "100000"],
         &["--image-size 100000"],
+    ),
+    bare(
+        &["bench", "--device", "cpu", "--precision", "tf32"],
+        &["--precision tf32 on cpu", "NVIDIA"],
     ),
     bare(
         &[
