@@ -328,6 +328,50 @@ pub fn fold_filter_sums(g: &Geometry, sums: &[f32], dw: &mut [f32]) {
     }
 }
 
+/// Tiles per block of the products, by registers of output channels (1-4): as many as keep
+/// 12-16 accumulators in registers.
+const TILES_PER_BLOCK: [usize; 5] = [0, 12, 8, 4, 4];
+
+/// The blocking of a chunk's 16 products `M[p] = V[p] U[p]` over `count` tiles, shared by
+/// the f32 and bf16 kernels: per position p, output channels in blocks of up to 4 registers
+/// from `kb`, tiles in blocks of [`TILES_PER_BLOCK`] from `t` (the last one, `tb` long,
+/// maybe shorter): `block(p, t, tb, regs, kb)`.
+fn for_each_product_block(
+    g: &Geometry,
+    count: usize,
+    mut block: impl FnMut(usize, usize, usize, usize, usize),
+) {
+    for p in 0..POSITIONS {
+        let mut kb = 0;
+        while kb < g.k {
+            let regs = ((g.k - kb) / LANES).min(4);
+            let mut t = 0;
+            while t < count {
+                let tb = (count - t).min(TILES_PER_BLOCK[regs]);
+                block(p, t, tb, regs, kb);
+                t += tb;
+            }
+            kb += regs * LANES;
+        }
+    }
+}
+
+/// The blocking of the filter gradient's 16 products, shared by the f32 and bf16 kernels:
+/// per position p, output channels in blocks of up to 4 registers from `kb`, input channels
+/// in fours from `c`: `block(p, c, regs, kb)`.
+fn for_each_filter_block(g: &Geometry, mut block: impl FnMut(usize, usize, usize, usize)) {
+    for p in 0..POSITIONS {
+        let mut kb = 0;
+        while kb < g.k {
+            let regs = ((g.k - kb) / LANES).min(4);
+            for c in (0..g.c).step_by(4) {
+                block(p, c, regs, kb);
+            }
+            kb += regs * LANES;
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod transforms;
 #[cfg(target_arch = "x86_64")]
@@ -337,42 +381,30 @@ use transforms::Layout;
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Geometry, LANES, POSITIONS};
+    use super::{Geometry, LANES, TILES_PER_BLOCK, for_each_filter_block, for_each_product_block};
 
     /// `M[p][t][k] = sum_c V[p][t][c] U[p][c][k]` for the chunk's `count` tiles: blocks of
     /// 4 to 12 tiles by up to 4 registers of output channels, accumulated over c.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn products(g: &Geometry, count: usize, v: &[f32], u: &[f32], m: &mut [f32]) {
-        for p in 0..POSITIONS {
+        for_each_product_block(g, count, |p, t, tb, regs, kb| {
             let vp = &v[p * count * g.c..(p + 1) * count * g.c];
             let up = &u[p * g.c * g.k..(p + 1) * g.c * g.k];
             let mp = &mut m[p * count * g.k..(p + 1) * count * g.k];
-            let mut kb = 0;
-            while kb < g.k {
-                let regs = ((g.k - kb) / LANES).min(4);
-                // Tiles per block: as many as keep 12-16 accumulators in registers.
-                let full = [0, 12, 8, 4, 4][regs];
-                let mut t = 0;
-                while t < count {
-                    let tb = (count - t).min(full);
-                    // SAFETY: tiles t..t + tb < count, channels kb..kb + 16 * regs <= k.
-                    unsafe {
-                        match (tb == full, regs) {
-                            (true, 4) => block::<4, 4>(g, vp, up, mp, t, kb),
-                            (true, 3) => block::<4, 3>(g, vp, up, mp, t, kb),
-                            (true, 2) => block::<8, 2>(g, vp, up, mp, t, kb),
-                            (true, _) => block::<12, 1>(g, vp, up, mp, t, kb),
-                            (false, 4) => rest::<4>(g, vp, up, mp, t, tb, kb),
-                            (false, 3) => rest::<3>(g, vp, up, mp, t, tb, kb),
-                            (false, 2) => rest::<2>(g, vp, up, mp, t, tb, kb),
-                            (false, _) => rest::<1>(g, vp, up, mp, t, tb, kb),
-                        }
-                    }
-                    t += tb;
+            // SAFETY: tiles t..t + tb < count, channels kb..kb + 16 * regs <= k.
+            unsafe {
+                match (tb == TILES_PER_BLOCK[regs], regs) {
+                    (true, 4) => block::<4, 4>(g, vp, up, mp, t, kb),
+                    (true, 3) => block::<4, 3>(g, vp, up, mp, t, kb),
+                    (true, 2) => block::<8, 2>(g, vp, up, mp, t, kb),
+                    (true, _) => block::<12, 1>(g, vp, up, mp, t, kb),
+                    (false, 4) => rest::<4>(g, vp, up, mp, t, tb, kb),
+                    (false, 3) => rest::<3>(g, vp, up, mp, t, tb, kb),
+                    (false, 2) => rest::<2>(g, vp, up, mp, t, tb, kb),
+                    (false, _) => rest::<1>(g, vp, up, mp, t, tb, kb),
                 }
-                kb += regs * LANES;
             }
-        }
+        });
     }
 
     /// `TB` tiles from `t` by `R` registers of output channels from `kb`, over every c.
@@ -439,27 +471,20 @@ mod avx512 {
         z: &[f32],
         sums: &mut [f32],
     ) {
-        for p in 0..POSITIONS {
+        for_each_filter_block(g, |p, c, regs, kb| {
             let vp = &v[p * count * g.c..(p + 1) * count * g.c];
             let zp = &z[p * count * g.k..(p + 1) * count * g.k];
             let sp = &mut sums[p * g.c * g.k..(p + 1) * g.c * g.k];
-            let mut kb = 0;
-            while kb < g.k {
-                let regs = ((g.k - kb) / LANES).min(4);
-                for c in (0..g.c).step_by(4) {
-                    // SAFETY: c + 4 <= c (c is a multiple of 16), kb + 16 * regs <= k.
-                    unsafe {
-                        match regs {
-                            4 => filter_block::<4>(g, count, vp, zp, sp, c, kb),
-                            3 => filter_block::<3>(g, count, vp, zp, sp, c, kb),
-                            2 => filter_block::<2>(g, count, vp, zp, sp, c, kb),
-                            _ => filter_block::<1>(g, count, vp, zp, sp, c, kb),
-                        }
-                    }
+            // SAFETY: c + 4 <= c (c is a multiple of 16), kb + 16 * regs <= k.
+            unsafe {
+                match regs {
+                    4 => filter_block::<4>(g, count, vp, zp, sp, c, kb),
+                    3 => filter_block::<3>(g, count, vp, zp, sp, c, kb),
+                    2 => filter_block::<2>(g, count, vp, zp, sp, c, kb),
+                    _ => filter_block::<1>(g, count, vp, zp, sp, c, kb),
                 }
-                kb += regs * LANES;
             }
-        }
+        });
     }
 
     /// Input channels `c..c + 4` by `R` registers of output channels from `kb`, over every

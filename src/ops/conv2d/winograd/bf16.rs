@@ -125,7 +125,8 @@ pub fn filter_gradient_image(
 mod avx512bf16 {
     use std::arch::x86_64::*;
 
-    use super::{Geometry, LANES, POSITIONS};
+    use super::super::{TILES_PER_BLOCK, for_each_filter_block, for_each_product_block};
+    use super::{Geometry, LANES};
 
     /// One bf16 product step: `acc += lo(x) lo(w) + hi(x) hi(w)` per f32 lane.
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -149,35 +150,24 @@ mod avx512bf16 {
         let half = g.c / 2;
         // SAFETY: f32 and u32 have one size and alignment; the words were written there.
         let v = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u32>(), v.len()) };
-        for p in 0..POSITIONS {
+        for_each_product_block(g, count, |p, t, tb, regs, kb| {
             let vp = &v[p * count * half..(p + 1) * count * half];
             let up = &u[p * half * g.k..(p + 1) * half * g.k];
             let mp = &mut m[p * count * g.k..(p + 1) * count * g.k];
-            let mut kb = 0;
-            while kb < g.k {
-                let regs = ((g.k - kb) / LANES).min(4);
-                let full = [0, 12, 8, 4, 4][regs];
-                let mut t = 0;
-                while t < count {
-                    let tb = (count - t).min(full);
-                    // SAFETY: tiles t..t + tb < count, channels kb..kb + 16 * regs <= k.
-                    unsafe {
-                        match (tb == full, regs) {
-                            (true, 4) => block::<4, 4>(g, vp, up, mp, t, kb),
-                            (true, 3) => block::<4, 3>(g, vp, up, mp, t, kb),
-                            (true, 2) => block::<8, 2>(g, vp, up, mp, t, kb),
-                            (true, _) => block::<12, 1>(g, vp, up, mp, t, kb),
-                            (false, 4) => rest::<4>(g, vp, up, mp, t, tb, kb),
-                            (false, 3) => rest::<3>(g, vp, up, mp, t, tb, kb),
-                            (false, 2) => rest::<2>(g, vp, up, mp, t, tb, kb),
-                            (false, _) => rest::<1>(g, vp, up, mp, t, tb, kb),
-                        }
-                    }
-                    t += tb;
+            // SAFETY: tiles t..t + tb < count, channels kb..kb + 16 * regs <= k.
+            unsafe {
+                match (tb == TILES_PER_BLOCK[regs], regs) {
+                    (true, 4) => block::<4, 4>(g, vp, up, mp, t, kb),
+                    (true, 3) => block::<4, 3>(g, vp, up, mp, t, kb),
+                    (true, 2) => block::<8, 2>(g, vp, up, mp, t, kb),
+                    (true, _) => block::<12, 1>(g, vp, up, mp, t, kb),
+                    (false, 4) => rest::<4>(g, vp, up, mp, t, tb, kb),
+                    (false, 3) => rest::<3>(g, vp, up, mp, t, tb, kb),
+                    (false, 2) => rest::<2>(g, vp, up, mp, t, tb, kb),
+                    (false, _) => rest::<1>(g, vp, up, mp, t, tb, kb),
                 }
-                kb += regs * LANES;
             }
-        }
+        });
     }
 
     /// `TB` tiles from `t` by `R` registers of output channels from `kb`, over every
@@ -256,27 +246,20 @@ mod avx512bf16 {
                 std::slice::from_raw_parts(z.as_ptr().cast::<u32>(), z.len()),
             )
         };
-        for p in 0..POSITIONS {
+        for_each_filter_block(g, |p, c, regs, kb| {
             let vp = &v[p * pairs * g.c..(p + 1) * pairs * g.c];
             let zp = &z[p * pairs * g.k..(p + 1) * pairs * g.k];
             let sp = &mut sums[p * g.c * g.k..(p + 1) * g.c * g.k];
-            let mut kb = 0;
-            while kb < g.k {
-                let regs = ((g.k - kb) / LANES).min(4);
-                for c in (0..g.c).step_by(4) {
-                    // SAFETY: c + 4 <= c (c is a multiple of 16), kb + 16 * regs <= k.
-                    unsafe {
-                        match regs {
-                            4 => filter_block::<4>(g, pairs, vp, zp, sp, c, kb),
-                            3 => filter_block::<3>(g, pairs, vp, zp, sp, c, kb),
-                            2 => filter_block::<2>(g, pairs, vp, zp, sp, c, kb),
-                            _ => filter_block::<1>(g, pairs, vp, zp, sp, c, kb),
-                        }
-                    }
+            // SAFETY: c + 4 <= c (c is a multiple of 16), kb + 16 * regs <= k.
+            unsafe {
+                match regs {
+                    4 => filter_block::<4>(g, pairs, vp, zp, sp, c, kb),
+                    3 => filter_block::<3>(g, pairs, vp, zp, sp, c, kb),
+                    2 => filter_block::<2>(g, pairs, vp, zp, sp, c, kb),
+                    _ => filter_block::<1>(g, pairs, vp, zp, sp, c, kb),
                 }
-                kb += regs * LANES;
             }
-        }
+        });
     }
 
     /// Input channels `c..c + 4` by `R` registers of output channels from `kb`, over every
