@@ -175,14 +175,6 @@ fn winograd_image(
     }
 }
 
-/// Whether `pool` is a 2x2 max-pool over exactly the output of `s`.
-fn pools_the_output(s: &ConvShape, pool: &PoolShape) -> bool {
-    pool.size == 2
-        && (pool.batch, pool.in_h, pool.in_w, pool.channels)
-            == (s.batch, s.out_h(), s.out_w(), s.out_c)
-        && pool.output_len() > 0
-}
-
 /// The name of `algo` for reports, with the products' format and unit where they are bf16.
 fn path_name(algo: Algorithm, bf16: Option<Bf16Unit>) -> &'static str {
     match (algo, bf16) {
@@ -416,7 +408,8 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let winograd = algorithm::<T>(self.path, s, Direction::Forward) == Algorithm::Winograd;
         self.path == CpuPath::Auto
             && is_f32::<T>()
-            && (direct::relu_pool_supported(s, pool) || winograd && pools_the_output(s, pool))
+            && s.pooled_2x2_by(pool)
+            && (direct::supported(s) || winograd)
     }
 
     fn conv2d_relu_pool_forward(
@@ -438,7 +431,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         );
         check_len("pooled output", pooled.len(), n)?;
         check_len("pool codes", codes.len(), n)?;
-        let wino = (!direct::relu_pool_supported(s, pool))
+        let wino = (!direct::supported(s))
             .then(|| winograd_plan(s, Direction::Forward, w, self.bf16_products()));
         let scratch_len = wino.as_ref().map_or(0, |(g, _)| g.scratch_len());
         let (w, b) = (f32_view(&w[..s.kernel_len()]), f32_view(&b[..s.out_c]));
@@ -482,7 +475,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let n = pool.output_len();
         check_len("pool codes", codes.len(), n)?;
         check_len("pooled gradient", dpooled.len(), n)?;
-        if !direct::relu_pool_supported(s, pool) {
+        if !direct::supported(s) {
             // A Winograd block: the convolution's output gradient from the codes, then its
             // filter gradient as unfused.
             let mut dy = self.take_scratch(s.output_len());

@@ -13,7 +13,6 @@
 //! path up to the order of the sums (the tests below compare them).
 
 use super::{ConvShape, Padding};
-use crate::ops::PoolShape;
 use crate::ops::cpu::avx512;
 
 /// Output pixels computed together by the forward pass.
@@ -35,11 +34,21 @@ fn shape_fits(s: &ConvShape) -> bool {
         && s.in_w >= 3
 }
 
+/// What every per-image entry point checks first: this machine and shape, the input image.
+fn check_image(s: &ConvShape, x: &[f32]) {
+    assert!(supported(s), "direct conv used where it does not apply");
+    assert_eq!(x.len(), s.in_h * s.in_w * s.in_c, "input image");
+}
+
+/// Values per image of the 2x2 max-pool over the convolution's output (floored).
+fn pooled_len(s: &ConvShape) -> usize {
+    (s.out_h() / 2) * (s.out_w() / 2) * s.out_c
+}
+
 /// `y = conv(x, w) + b` (then ReLU if `relu`) for one image: `x` is `[in_h, in_w, in_c]`,
 /// `w` `[3, 3, in_c, out_c]`, `y` `[out_h, out_w, out_c]`.
 pub fn forward_image(s: &ConvShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], relu: bool) {
-    assert!(supported(s), "direct conv used where it does not apply");
-    assert_eq!(x.len(), s.in_h * s.in_w * s.in_c, "input image");
+    check_image(s, x);
     assert_eq!(w.len(), s.kernel_len(), "kernel");
     assert_eq!(b.len(), s.out_c, "bias");
     assert_eq!(y.len(), s.out_h() * s.out_w() * s.out_c, "output image");
@@ -52,18 +61,6 @@ pub fn forward_image(s: &ConvShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f3
             _ => avx512::forward::<1>(s, x, w, b, y, relu),
         }
     }
-}
-
-/// Whether `conv` with its ReLU and the 2x2 max-pool `pool` over its output run as one pass
-/// ([`forward_relu_pool_image`], [`backward_filter_relu_pool_image`]): the direct path, and
-/// a pool that takes exactly this convolution's output.
-pub fn relu_pool_supported(conv: &ConvShape, pool: &PoolShape) -> bool {
-    supported(conv)
-        && pool.size == 2
-        && (pool.batch, pool.in_h, pool.in_w, pool.channels)
-            == (conv.batch, conv.out_h(), conv.out_w(), conv.out_c)
-        && pool.out_h() > 0
-        && pool.out_w() > 0
 }
 
 /// The pooled output of `pool(relu(conv(x, w) + b))` for one image, without the convolution's
@@ -79,11 +76,10 @@ pub fn forward_relu_pool_image(
     pooled: &mut [f32],
     codes: &mut [f32],
 ) {
-    assert!(supported(s), "direct conv used where it does not apply");
-    assert_eq!(x.len(), s.in_h * s.in_w * s.in_c, "input image");
+    check_image(s, x);
     assert_eq!(w.len(), s.kernel_len(), "kernel");
     assert_eq!(b.len(), s.out_c, "bias");
-    let pooled_len = (s.out_h() / 2) * (s.out_w() / 2) * s.out_c;
+    let pooled_len = pooled_len(s);
     assert_eq!(pooled.len(), pooled_len, "pooled image");
     assert_eq!(codes.len(), pooled_len, "codes");
     #[cfg(target_arch = "x86_64")]
@@ -110,9 +106,8 @@ pub fn backward_filter_relu_pool_image(
     dw: &mut [f32],
     db: &mut [f32],
 ) {
-    assert!(supported(s), "direct conv used where it does not apply");
-    assert_eq!(x.len(), s.in_h * s.in_w * s.in_c, "input image");
-    let pooled_len = (s.out_h() / 2) * (s.out_w() / 2) * s.out_c;
+    check_image(s, x);
+    let pooled_len = pooled_len(s);
     assert_eq!(codes.len(), pooled_len, "codes");
     assert_eq!(dpooled.len(), pooled_len, "pooled gradient");
     assert_eq!(dw.len(), s.kernel_len(), "kernel gradient");
@@ -130,8 +125,7 @@ pub fn backward_filter_relu_pool_image(
 /// `dw += sum over pixels of patch(x)^T dy` for one image (`dw` as `w` in
 /// [`forward_image`]; the bias gradient is left to the caller).
 pub fn backward_filter_image(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
-    assert!(supported(s), "direct conv used where it does not apply");
-    assert_eq!(x.len(), s.in_h * s.in_w * s.in_c, "input image");
+    check_image(s, x);
     assert_eq!(dy.len(), s.out_h() * s.out_w() * s.out_c, "output gradient");
     assert_eq!(dw.len(), s.kernel_len(), "kernel gradient");
     #[cfg(target_arch = "x86_64")]

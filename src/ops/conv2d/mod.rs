@@ -99,6 +99,14 @@ impl ConvShape {
         check_len("conv kernel", w, self.kernel_len())?;
         check_len("conv input gradient", dx, self.input_len())
     }
+    /// Whether `pool` is a 2x2 max-pool over exactly this convolution's output, with at
+    /// least one window: the block a backend may fuse (`Conv2dOps::fuses_conv_relu_pool`).
+    pub fn pooled_2x2_by(&self, pool: &PoolShape) -> bool {
+        pool.size == 2
+            && (pool.batch, pool.in_h, pool.in_w, pool.channels)
+                == (self.batch, self.out_h(), self.out_w(), self.out_c)
+            && pool.output_len() > 0
+    }
     pub fn check_backward_filter(&self, x: usize, dy: usize, dw: usize, db: usize) -> Result<()> {
         check_len("conv input", x, self.input_len())?;
         check_len("conv output gradient", dy, self.output_len())?;
