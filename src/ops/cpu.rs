@@ -48,8 +48,8 @@ impl CpuPath {
 /// The instructions the bf16 products run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bf16Unit {
-    /// AMX tiles (`TDPBF16PS`), where the CPU has them and Linux allows them: ~7x the f32
-    /// FMAs' multiply rate measured on a Xeon.
+    /// AMX tiles (`TDPBF16PS`), where the CPU has them and Linux allows them: 15x the f32
+    /// FMAs' multiply rate measured on a Xeon (`cargo bench --bench cpu_units`).
     Amx,
     /// AVX512_BF16 (`vdpbf16ps`): twice the f32 FMA's multiplies per instruction, though a
     /// Xeon issues it at a quarter of the FMA's rate (AMD's Zen 4 at the same rate).

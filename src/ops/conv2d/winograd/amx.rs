@@ -1,8 +1,9 @@
 //! The bf16 Winograd products on AMX tiles (Intel from Sapphire Rapids), where the CPU has
 //! them: `TDPBF16PS` multiplies a 16 x 32 bf16 tile by a 32 x 16 one into 16 x 16 f32 sums,
-//! 8,192 multiplies an instruction. Measured on this project's 2-core Xeon: ~1,700 GMAC/s
-//! a core, against ~240 for f32 FMAs and ~120 for `vdpbf16ps` (which runs at a quarter of
-//! the FMA's instruction rate there), so on such a CPU the tiles are the bf16 path.
+//! 8,192 multiplies an instruction. Measured on this project's 2-core Xeon (`cargo bench
+//! --bench cpu_units`): 1,803 GMAC/s a core, against 118 for f32 FMAs and 60 for `vdpbf16ps`
+//! (which issues at a quarter of the FMA's rate there), so on such a CPU the tiles are the
+//! bf16 path.
 //!
 //! The operands are the layouts of the AVX512_BF16 path (`super::bf16`): V as bf16 rows of
 //! channels (`[p][t][c]`), U packed as channel pairs (`[p][c / 2][k]` words: AMX's "VNNI"

@@ -1,0 +1,152 @@
+//! The multiply rate of the CPU's product units, one core: f32 FMAs (`vfmadd`), AVX512_BF16's
+//! `vdpbf16ps` and AMX's `TDPBF16PS`, each as independent chains (throughput, not latency).
+//! `cargo bench --bench cpu_units`. Why it exists: the README's "Why the CPU uses AMX" rests
+//! on these figures (on the project's Xeon `vdpbf16ps` issues at a quarter of the FMA's rate,
+//! half its multiplies; AMX is ~7x the FMAs).
+
+#[cfg(target_arch = "x86_64")]
+mod units {
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+    use std::time::Instant;
+
+    const CHAINS: usize = 12;
+
+    /// Seconds for `n` rounds of CHAINS independent FMAs.
+    #[target_feature(enable = "avx512f")]
+    fn fma(n: usize) -> (f64, f32) {
+        let (x, y) = (_mm512_set1_ps(1.0001), _mm512_set1_ps(0.9999));
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        let start = Instant::now();
+        for _ in 0..n {
+            for a in &mut acc {
+                *a = _mm512_fmadd_ps(x, y, *a);
+            }
+            // SAFETY: an empty barrier, so that the rounds are not folded together.
+            unsafe { asm!("", options(nomem, nostack)) };
+        }
+        let s = start.elapsed().as_secs_f64();
+        (s, acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum())
+    }
+
+    /// Seconds for `n` rounds of CHAINS independent `vdpbf16ps`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn dpbf16(n: usize) -> (f64, f32) {
+        // SAFETY: __m512i and __m512bh are the same 512 bits.
+        let x = unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f80_3f80)) };
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        let start = Instant::now();
+        for _ in 0..n {
+            for a in &mut acc {
+                *a = _mm512_dpbf16_ps(*a, x, x);
+            }
+            // SAFETY: as in fma.
+            unsafe { asm!("", options(nomem, nostack)) };
+        }
+        let s = start.elapsed().as_secs_f64();
+        (s, acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum())
+    }
+
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        bytes_per_row: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// Seconds for `n` rounds of 4 independent `TDPBF16PS` (16x32 by 32x16 bf16 into 16x16
+    /// f32 each).
+    ///
+    /// # Safety
+    /// AMX-BF16 usable (`focalflow::precision::cpu_has("amx-bf16")` asked Linux for it).
+    unsafe fn tdpbf16(n: usize) -> f64 {
+        let mut cfg = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            bytes_per_row: [0; 16],
+            rows: [0; 16],
+        };
+        for t in 0..6 {
+            cfg.bytes_per_row[t] = 64;
+            cfg.rows[t] = 16;
+        }
+        let ones = vec![0x3f80u16; 16 * 32];
+        // SAFETY: tiles 0-5 configured above, 16 rows of 64 bytes read from `ones`.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly));
+            asm!("tileloadd tmm4, [{}+{}*1]", in(reg) ones.as_ptr(), in(reg) 64usize, options(nostack, readonly));
+            asm!("tileloadd tmm5, [{}+{}*1]", in(reg) ones.as_ptr(), in(reg) 64usize, options(nostack, readonly));
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            let start = Instant::now();
+            for _ in 0..n {
+                asm!(
+                    "tdpbf16ps tmm0, tmm4, tmm5",
+                    "tdpbf16ps tmm1, tmm4, tmm5",
+                    "tdpbf16ps tmm2, tmm4, tmm5",
+                    "tdpbf16ps tmm3, tmm4, tmm5",
+                    options(nostack, nomem)
+                );
+            }
+            let s = start.elapsed().as_secs_f64();
+            asm!("tilerelease", options(nostack, nomem));
+            s
+        }
+    }
+
+    pub fn run() {
+        use focalflow::precision::cpu_has;
+        if !cpu_has("avx512f") {
+            println!("cpu units: not timed (no AVX-512)");
+            return;
+        }
+        let n = 20_000_000;
+        // SAFETY: AVX-512F present (checked above).
+        let (s, sum) = unsafe { fma(n) };
+        std::hint::black_box(sum);
+        let fma_ns = s * 1e9 / (n * CHAINS) as f64;
+        let fma_gmac = (n * CHAINS * 16) as f64 / s / 1e9;
+        println!("vfmadd (16 f32 MACs):      {fma_ns:.3} ns per instruction, {fma_gmac:.0} GMAC/s");
+        if cpu_has("avx512bf16") {
+            // SAFETY: AVX512_BF16 present (checked).
+            let (s, sum) = unsafe { dpbf16(n) };
+            std::hint::black_box(sum);
+            let ns = s * 1e9 / (n * CHAINS) as f64;
+            let gmac = (n * CHAINS * 32) as f64 / s / 1e9;
+            println!(
+                "vdpbf16ps (32 bf16 MACs):  {ns:.3} ns per instruction, {gmac:.0} GMAC/s ({:.2}x the FMAs' multiplies)",
+                gmac / fma_gmac
+            );
+        } else {
+            println!("vdpbf16ps: not timed (no AVX512_BF16)");
+        }
+        if cpu_has("amx-bf16") {
+            let n = 2_000_000;
+            // SAFETY: AMX-BF16 usable (checked, which asked Linux for the tile state).
+            let s = unsafe { tdpbf16(n) };
+            let gmac = (n * 4 * 16 * 16 * 32) as f64 / s / 1e9;
+            println!(
+                "TDPBF16PS (8192 bf16 MACs): {:.2} ns per instruction, {gmac:.0} GMAC/s ({:.1}x the FMAs')",
+                s * 1e9 / (n * 4) as f64,
+                gmac / fma_gmac
+            );
+        } else {
+            println!("TDPBF16PS: not timed (no usable AMX)");
+        }
+    }
+}
+
+fn main() {
+    #[cfg(target_arch = "x86_64")]
+    units::run();
+    #[cfg(not(target_arch = "x86_64"))]
+    println!("cpu units: x86-64 only");
+}
