@@ -126,7 +126,9 @@ fn fused_blocks_train_exactly_as_the_unfused_ops() {
         }
     }
     for (name, b) in &backends {
-        // Which blocks fuse: the first (direct) and the 16-channel ones (Winograd).
+        // Which blocks fuse: the first (direct) and the 16-channel ones (Winograd); the
+        // pool of a fused block is left out of the backward pass, its input gradient
+        // computed from the codes by the convolution's (but for the first layer's).
         let plan = |arch: &str| {
             let input = ImageShape {
                 height: 13,
@@ -153,6 +155,16 @@ fn fused_blocks_train_exactly_as_the_unfused_ops() {
             27,
             LossConfig::default_focal(),
         );
+        // Same padding: the input gradient's tiles cut the pool windows at odd offsets.
+        fused_equals_unfused(
+            b,
+            "c16s,p,c16s,p,c32s,p,d4",
+            23,
+            18,
+            LossConfig::default_focal(),
+        );
+        // A direct block past the first layer (3 channels in): its input gradient too.
+        fused_equals_unfused(b, "c16,p,c3,c16,p,d4", 20, 17, LossConfig::default_focal());
         fused_equals_unfused(
             b,
             "c32,p,d5",

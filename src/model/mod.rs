@@ -392,29 +392,40 @@ impl<B: Backend> Model<B> {
         // Set by a pool that already applied the ReLU mask of the layer before it.
         let mut relu_done = false;
         for (i, op) in ops.iter().enumerate().rev() {
-            if i == 1 && ws.fused[0] {
-                continue; // the first block's pool: with its convolution, below
+            if i > 0 && ws.fused[i - 1] {
+                continue; // a fused block's pool: with its convolution, below
             }
-            if let (0, true, Layer::Conv { shape, param, .. }, Some(Layer::Pool { shape: pool })) =
-                (i, ws.fused[0], op, ops.get(1))
+            let input = if i == 0 { x } else { &ws.acts[i - 1] };
+            let output = &ws.acts[i];
+            if let (true, Layer::Conv { shape, param, .. }, Some(Layer::Pool { shape: pool })) =
+                (ws.fused[i], op, ops.get(i + 1))
             {
-                // The fused first block: the pool's gradient (in `grad`) and its codes give
-                // the convolution's kernel and bias gradients in one pass (no input gradient).
+                // A fused block: the pool's gradient (in `grad`) and its codes (in place of
+                // the convolution's output) give the convolution's gradients directly.
                 let (s, p) = (Layer::conv(shape, batch), Layer::pool(pool, batch));
                 let (kernel, bias) = pair_mut(params, *param);
                 backend.conv2d_relu_pool_backward_filter(
                     &s,
                     &p,
-                    x,
-                    &ws.acts[0],
+                    input,
+                    output,
                     grad,
                     &mut kernel.grad,
                     &mut bias.grad,
                 )?;
+                if i > 0 {
+                    backend.conv2d_relu_pool_backward_data(
+                        &s,
+                        &p,
+                        output,
+                        grad,
+                        &kernel.value,
+                        next,
+                    )?;
+                }
+                std::mem::swap(&mut grad, &mut next);
                 continue;
             }
-            let input = if i == 0 { x } else { &ws.acts[i - 1] };
-            let output = &ws.acts[i];
             match op {
                 Layer::Conv { shape, relu, param } => {
                     let s = Layer::conv(shape, batch);
@@ -436,12 +447,8 @@ impl<B: Backend> Model<B> {
                 Layer::Pool { shape } => {
                     let s = Layer::pool(shape, batch);
                     // A pool right after a ReLU conv (the usual block) does both backward
-                    // steps in one pass over the large pre-pool activations; a fused block's
-                    // from the codes its forward pass wrote in place of them.
-                    if i > 0 && ws.fused[i - 1] {
-                        backend.maxpool2d_relu_backward_from_codes(&s, input, grad, next)?;
-                        relu_done = true;
-                    } else if i > 0 && matches!(ops[i - 1], Layer::Conv { relu: true, .. }) {
+                    // steps in one pass over the large pre-pool activations.
+                    if i > 0 && matches!(ops[i - 1], Layer::Conv { relu: true, .. }) {
                         backend.maxpool2d_relu_backward(&s, input, grad, next)?;
                         relu_done = true;
                     } else {

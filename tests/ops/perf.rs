@@ -116,8 +116,8 @@ pub fn time_ops<B: Backend<E = f32> + Timeline>(
         time(format!("pool{n} + conv{n} relu backward"), 0.0, &mut || {
             b.maxpool2d_relu_backward(&p, &y, &py, &mut pdx).unwrap()
         });
-        // Where the backend fuses the block (the CPU's first layer): what training runs
-        // instead of the five ops above.
+        // Where the backend fuses the block (the CPU's direct first layer and its Winograd
+        // layers): what training runs instead of the five ops above.
         if b.fuses_conv_relu_pool(s, &p) {
             let mut codes = buf(p.output_len(), 0.0);
             time(
@@ -129,13 +129,23 @@ pub fn time_ops<B: Backend<E = f32> + Timeline>(
                 },
             );
             time(
-                format!("conv{n} + relu + pool{n} backward, fused"),
+                format!("conv{n} + relu + pool{n} backward filter, fused"),
                 f,
                 &mut || {
                     b.conv2d_relu_pool_backward_filter(s, &p, &x, &codes, &py, &mut dw, &mut db)
                         .unwrap()
                 },
             );
+            if i > 0 {
+                time(
+                    format!("conv{n} + relu + pool{n} backward data, fused"),
+                    f,
+                    &mut || {
+                        b.conv2d_relu_pool_backward_data(s, &p, &codes, &py, &w, &mut dx)
+                            .unwrap()
+                    },
+                );
+            }
         }
     }
     for (name, inputs, outputs) in [("dense1", 43264, 256), ("dense2", 256, 2)] {

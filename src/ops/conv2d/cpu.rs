@@ -4,13 +4,13 @@
 
 use rayon::prelude::*;
 
-use super::winograd::{self, Direction, Geometry};
+use super::winograd::{self, Direction, Geometry, Source};
 use super::{Conv2dOps, ConvPaths, ConvShape, direct};
 use crate::ops::cpu::{
     Bf16Unit, CpuBackend, CpuPath, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
 };
 use crate::ops::gemm::cpu::{MatRef, matmul};
-use crate::ops::pool::PoolOps;
+use crate::ops::pool::cpu::unpool_from_codes;
 use crate::ops::{PoolShape, check_len};
 use crate::{Element, Result};
 
@@ -162,7 +162,7 @@ fn winograd_plan<T: Element>(
 /// One image through a Winograd forward or input-gradient pass.
 fn winograd_image(
     (g, kernel): &(Geometry, WinogradKernel),
-    input: &[f32],
+    input: Source<'_>,
     bias: Option<&[f32]>,
     out: winograd::Output<'_>,
     scratch: &mut [f32],
@@ -240,7 +240,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                             out: f32_view_mut(yi),
                             relu,
                         };
-                        winograd_image(plan, f32_view(xi), bias, out, scratch);
+                        winograd_image(plan, Source::Dense(f32_view(xi)), bias, out, scratch);
                         continue;
                     }
                     for_each_pixel_chunk::<T>(s, |first, count| {
@@ -270,31 +270,21 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         dx: &mut Vec<T>,
     ) -> Result<()> {
         s.check_backward_data(dy.len(), w.len(), dx.len())?;
+        if algorithm::<T>(self.path, s, Direction::BackwardData) == Algorithm::Winograd {
+            let dy = Source::Dense(f32_view(&dy[..s.output_len()]));
+            self.winograd_backward_data(s, dy, w, dx);
+            return Ok(());
+        }
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
-        let algo = algorithm::<T>(self.path, s, Direction::BackwardData);
-        let wino = (algo == Algorithm::Winograd)
-            .then(|| winograd_plan(s, Direction::BackwardData, w, self.bf16_products()));
-        let scratch_len = match &wino {
-            Some((g, _)) => g.scratch_len(),
-            None => chunk_pixels::<T>(s) * s.patch_len(),
-        };
+        let scratch_len = chunk_pixels::<T>(s) * s.patch_len();
         dx[..s.input_len()]
             .par_chunks_mut(in_img * per_task)
             .zip(dy[..s.output_len()].par_chunks(out_img * per_task))
             .for_each(|(dxs, dys)| {
                 let mut dcol = self.take_scratch(scratch_len);
                 for (dxi, dyi) in dxs.chunks_exact_mut(in_img).zip(dys.chunks_exact(out_img)) {
-                    if let Some(plan) = &wino {
-                        let scratch = f32_view_mut(&mut dcol);
-                        let out = winograd::Output::Plain {
-                            out: f32_view_mut(dxi),
-                            relu: false,
-                        };
-                        winograd_image(plan, f32_view(dyi), None, out, scratch);
-                        continue;
-                    }
                     dxi.fill(T::zero());
                     for_each_pixel_chunk::<T>(s, |first, count| {
                         let dcol = &mut dcol[..count * s.patch_len()];
@@ -327,23 +317,17 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         db: &mut Vec<T>,
     ) -> Result<()> {
         s.check_backward_filter(x.len(), dy.len(), dw.len(), db.len())?;
+        let algo = algorithm::<T>(self.path, s, Direction::BackwardFilter);
+        if algo == Algorithm::Winograd {
+            let dy = Source::Dense(f32_view(&dy[..s.output_len()]));
+            self.winograd_backward_filter(s, x, dy, dw, db);
+            return Ok(());
+        }
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, s.out_h() * s.out_w() * s.out_c);
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
-        let algo = algorithm::<T>(self.path, s, Direction::BackwardFilter);
-        let bf16 = self.bf16_products();
-        let wino =
-            (algo == Algorithm::Winograd).then(|| Geometry::of(s, Direction::BackwardFilter));
-        // The per-image work and, after it, the task's Winograd-domain sums.
-        let work_len = wino.as_ref().map(|g| match bf16 {
-            Some(unit) => winograd::bf16::filter_scratch_len(unit, g),
-            None => g.scratch_len(),
-        });
-        let scratch_len = match (&wino, work_len) {
-            (Some(g), Some(work)) => work + winograd::filter_sums_len(g),
-            _ => chunk_pixels::<T>(s) * s.patch_len(),
-        };
+        let scratch_len = chunk_pixels::<T>(s) * s.patch_len();
         // Each task sums its images' gradients into a private [dw | db] buffer; the partial
         // sums are added up at the end (a fixed order, so results are reproducible).
         let partials: Vec<Vec<T>> = x[..s.input_len()]
@@ -353,24 +337,6 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                 let mut col = self.take_scratch(scratch_len);
                 let mut acc = self.take_scratch(kernel_len + out_c);
                 acc.fill(T::zero());
-                if let Some(g) = &wino {
-                    // The task's images summed in the Winograd domain, then folded once.
-                    let work_len = work_len.unwrap_or_default();
-                    let (work, sums) = f32_view_mut(&mut col).split_at_mut(work_len);
-                    sums.fill(0.0);
-                    for (xi, dyi) in xs.chunks_exact(in_img).zip(dys.chunks_exact(out_img)) {
-                        add_column_sums(dyi, &mut acc[kernel_len..]);
-                        let (xi, dyi) = (f32_view(xi), f32_view(dyi));
-                        if let Some(unit) = bf16 {
-                            winograd::bf16::filter_gradient_image(unit, g, xi, dyi, sums, work);
-                        } else {
-                            winograd::filter_gradient_image(g, xi, dyi, sums, work);
-                        }
-                    }
-                    winograd::fold_filter_sums(g, sums, f32_view_mut(&mut acc[..kernel_len]));
-                    self.give_scratch(col);
-                    return acc;
-                }
                 for (xi, dyi) in xs.chunks_exact(in_img).zip(dys.chunks_exact(out_img)) {
                     add_column_sums(dyi, &mut acc[kernel_len..]);
                     if algo == Algorithm::Direct {
@@ -448,7 +414,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                         let out = winograd::Output::Pooled { pooled, codes };
                         winograd_image(
                             plan,
-                            f32_view(xi),
+                            Source::Dense(f32_view(xi)),
                             Some(b),
                             out,
                             f32_view_mut(&mut scratch),
@@ -476,13 +442,11 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         check_len("pool codes", codes.len(), n)?;
         check_len("pooled gradient", dpooled.len(), n)?;
         if !direct::supported(s) {
-            // A Winograd block: the convolution's output gradient from the codes, then its
-            // filter gradient as unfused.
-            let mut dy = self.take_scratch(s.output_len());
-            self.maxpool2d_relu_backward_from_codes(pool, codes, dpooled, &mut dy)?;
-            let done = self.conv2d_backward_filter(s, x, &dy, dw, db);
-            self.give_scratch(dy);
-            return done;
+            // A Winograd block: its transforms read the pooled gradient where they read
+            // the convolution's output gradient, which is never expanded.
+            let dy = pooled_source(dpooled, codes, n);
+            self.winograd_backward_filter(s, x, dy, dw, db);
+            return Ok(());
         }
         let (in_img, out_img) = (s.in_h * s.in_w * s.in_c, n / s.batch);
         let per_task = Self::images_per_task(s.batch);
@@ -510,6 +474,42 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         self.sum_partials(partials, &mut dw[..kernel_len], &mut db[..out_c]);
         Ok(())
     }
+
+    fn conv2d_relu_pool_backward_data(
+        &self,
+        s: &ConvShape,
+        pool: &PoolShape,
+        codes: &Vec<T>,
+        dpooled: &Vec<T>,
+        w: &Vec<T>,
+        dx: &mut Vec<T>,
+    ) -> Result<()> {
+        s.check_backward_data(s.output_len(), w.len(), dx.len())?;
+        check_fused(self, s, pool)?;
+        let n = pool.output_len();
+        check_len("pool codes", codes.len(), n)?;
+        check_len("pooled gradient", dpooled.len(), n)?;
+        if algorithm::<T>(self.path, s, Direction::BackwardData) == Algorithm::Winograd {
+            self.winograd_backward_data(s, pooled_source(dpooled, codes, n), w, dx);
+            return Ok(());
+        }
+        // A direct block past the first layer (1 or 3 channels in, no Winograd input
+        // gradient): the convolution's output gradient expanded, then as unfused.
+        let mut dy = self.take_scratch(s.output_len());
+        let done = unpool_from_codes(pool, &codes[..n], &dpooled[..n], &mut dy)
+            .and_then(|()| self.conv2d_backward_data(s, &dy, w, dx));
+        self.give_scratch(dy);
+        done
+    }
+}
+
+/// A fused block's output gradient as the Winograd transforms read it: the first `n`
+/// values of the pooled gradient and of the codes.
+fn pooled_source<'a, T: Element>(dpooled: &'a [T], codes: &'a [T], n: usize) -> Source<'a> {
+    Source::Pooled {
+        grad: f32_view(&dpooled[..n]),
+        codes: f32_view(&codes[..n]),
+    }
 }
 
 /// The fused block's shapes fit this backend (what the callers ask
@@ -525,6 +525,76 @@ fn check_fused<T: Element>(b: &CpuBackend<T>, s: &ConvShape, pool: &PoolShape) -
 }
 
 impl<T: Element> CpuBackend<T> {
+    /// `dx` of a Winograd layer (f32) from the batch's output gradient `dy`, either form.
+    fn winograd_backward_data(&self, s: &ConvShape, dy: Source<'_>, w: &[T], dx: &mut [T]) {
+        let plan = winograd_plan(s, Direction::BackwardData, w, self.bf16_products());
+        let (in_img, per_task) = (s.in_h * s.in_w * s.in_c, Self::images_per_task(s.batch));
+        f32_view_mut(&mut dx[..s.input_len()])
+            .par_chunks_mut(in_img * per_task)
+            .enumerate()
+            .for_each(|(task, dxs)| {
+                let mut scratch = self.take_scratch(plan.0.scratch_len());
+                for (i, dxi) in dxs.chunks_exact_mut(in_img).enumerate() {
+                    let dyi = dy.image(task * per_task + i, s.out_h(), s.out_w(), s.out_c);
+                    let out = winograd::Output::Plain {
+                        out: dxi,
+                        relu: false,
+                    };
+                    winograd_image(&plan, dyi, None, out, f32_view_mut(&mut scratch));
+                }
+                self.give_scratch(scratch);
+            });
+    }
+
+    /// `dw`, `db` of a Winograd layer (f32) from its input `x` and the batch's output
+    /// gradient `dy`, either form: each task sums its images in the Winograd domain and
+    /// folds the sums once, into a private `[dw | db]` ([`Self::sum_partials`]).
+    fn winograd_backward_filter(
+        &self,
+        s: &ConvShape,
+        x: &[T],
+        dy: Source<'_>,
+        dw: &mut [T],
+        db: &mut [T],
+    ) {
+        let g = Geometry::of(s, Direction::BackwardFilter);
+        let bf16 = self.bf16_products();
+        // The per-image work and, after it, the task's Winograd-domain sums.
+        let work_len = match bf16 {
+            Some(unit) => winograd::bf16::filter_scratch_len(unit, &g),
+            None => g.scratch_len(),
+        };
+        let (in_img, per_task) = (s.in_h * s.in_w * s.in_c, Self::images_per_task(s.batch));
+        let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
+        let partials: Vec<Vec<T>> = x[..s.input_len()]
+            .par_chunks(in_img * per_task)
+            .enumerate()
+            .map(|(task, xs)| {
+                let mut col = self.take_scratch(work_len + winograd::filter_sums_len(&g));
+                let mut acc = self.take_scratch(kernel_len + out_c);
+                acc.fill(T::zero());
+                let (dwt, dbt) = f32_view_mut(&mut acc).split_at_mut(kernel_len);
+                let (work, sums) = f32_view_mut(&mut col).split_at_mut(work_len);
+                sums.fill(0.0);
+                for (i, xi) in xs.chunks_exact(in_img).enumerate() {
+                    let dyi = dy.image(task * per_task + i, s.out_h(), s.out_w(), out_c);
+                    dyi.add_channel_sums(s.out_h(), s.out_w(), out_c, dbt);
+                    let xi = f32_view(xi);
+                    match bf16 {
+                        Some(unit) => {
+                            winograd::bf16::filter_gradient_image(unit, &g, xi, dyi, sums, work)
+                        }
+                        None => winograd::filter_gradient_image(&g, xi, dyi, sums, work),
+                    }
+                }
+                winograd::fold_filter_sums(&g, sums, dwt);
+                self.give_scratch(col);
+                acc
+            })
+            .collect();
+        self.sum_partials(partials, &mut dw[..kernel_len], &mut db[..out_c]);
+    }
+
     /// `[dw | db]` as the sum of the tasks' private `[dw | db]` partial sums, added in task
     /// order (so the same inputs give the same bits), the buffers handed back to the pool.
     fn sum_partials(&self, partials: Vec<Vec<T>>, dw: &mut [T], db: &mut [T]) {

@@ -157,10 +157,10 @@ pub trait Conv2dOps: Storage {
 
     /// Whether this backend runs the convolution `s` with its ReLU and the 2x2 max-pool
     /// `pool` of its output as one pass ([`Conv2dOps::conv2d_relu_pool_forward`], never
-    /// storing the convolution's output; its gradients then come from the pool's codes:
-    /// [`Conv2dOps::conv2d_relu_pool_backward_filter`] for a first layer, which needs no input
-    /// gradient, `PoolOps::maxpool2d_relu_backward_from_codes` for the others). None does
-    /// unless it says so.
+    /// storing the convolution's output; its gradients then come from the pooled gradient
+    /// and the pool's codes: [`Conv2dOps::conv2d_relu_pool_backward_filter`] and, but for a
+    /// first layer, [`Conv2dOps::conv2d_relu_pool_backward_data`]). None does unless it says
+    /// so.
     fn fuses_conv_relu_pool(&self, s: &ConvShape, pool: &PoolShape) -> bool {
         let _ = (s, pool);
         false
@@ -197,6 +197,23 @@ pub trait Conv2dOps: Storage {
         db: &mut Self::Buf,
     ) -> Result<()> {
         let _ = (s, pool, x, codes, dpooled, dw, db);
+        Err(crate::Error::invalid(format!(
+            "{}: no fused convolution + ReLU + pool",
+            self.name()
+        )))
+    }
+    /// `dx` of the fused block from the pooled gradient, the forward's `codes` and the
+    /// kernel `w`.
+    fn conv2d_relu_pool_backward_data(
+        &self,
+        s: &ConvShape,
+        pool: &PoolShape,
+        codes: &Self::Buf,
+        dpooled: &Self::Buf,
+        w: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (s, pool, codes, dpooled, w, dx);
         Err(crate::Error::invalid(format!(
             "{}: no fused convolution + ReLU + pool",
             self.name()
@@ -272,5 +289,18 @@ impl<B: Conv2dOps + Timeline> Conv2dOps for Profiled<'_, B> {
         self.enter(Phase::Backward)?;
         self.inner
             .conv2d_relu_pool_backward_filter(s, pool, x, codes, dpooled, dw, db)
+    }
+    fn conv2d_relu_pool_backward_data(
+        &self,
+        s: &ConvShape,
+        pool: &PoolShape,
+        codes: &Self::Buf,
+        dpooled: &Self::Buf,
+        w: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) -> Result<()> {
+        self.enter(Phase::Backward)?;
+        self.inner
+            .conv2d_relu_pool_backward_data(s, pool, codes, dpooled, w, dx)
     }
 }

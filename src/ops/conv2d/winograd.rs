@@ -144,14 +144,90 @@ impl Geometry {
 
     /// The checks every per-image pass makes first: this machine, the channel blocks, the
     /// input image and the scratch.
-    fn check_pass(&self, input: &[f32], scratch: &[f32]) {
+    fn check_pass(&self, input: Source<'_>, scratch: &[f32]) {
         assert!(avx512(), "Winograd convolution used without AVX-512");
         assert!(
             self.c.is_multiple_of(LANES) && self.k.is_multiple_of(LANES),
             "channels"
         );
-        assert_eq!(input.len(), self.in_h * self.in_w * self.c, "input image");
+        input.check(self.in_h, self.in_w, self.c, "input image");
         assert!(scratch.len() >= self.scratch_len(), "scratch");
+    }
+}
+
+/// An image a pass reads: the forward pass's input, or an output gradient (the input
+/// gradient's image, the filter gradient's second operand).
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// `[h, w, channels]` as stored.
+    Dense(&'a [f32]),
+    /// A fused block's output gradient, never expanded (three quarters of it are zeros):
+    /// the pooled gradient and the codes of [`Output::Pooled`], `[h / 2, w / 2, channels]`
+    /// each. The gradient of window (i, j) is at the position its code names (none where
+    /// the ReLU was off); everything else, the floored edge included, is zero: what
+    /// `maxpool2d_relu_backward` would have written.
+    Pooled { grad: &'a [f32], codes: &'a [f32] },
+}
+
+impl<'a> Source<'a> {
+    /// Image `index` of a batch of `[h, w, channels]` images.
+    pub fn image(self, index: usize, h: usize, w: usize, channels: usize) -> Source<'a> {
+        let pick = |buf: &'a [f32], len: usize| &buf[index * len..(index + 1) * len];
+        match self {
+            Source::Dense(images) => Source::Dense(pick(images, h * w * channels)),
+            Source::Pooled { grad, codes } => {
+                let len = (h / 2) * (w / 2) * channels;
+                Source::Pooled {
+                    grad: pick(grad, len),
+                    codes: pick(codes, len),
+                }
+            }
+        }
+    }
+
+    /// `sums[ch] += ` every pixel's value of channel ch, pixel after pixel (row by row), of
+    /// an `[h, w, channels]` image: the bias gradient, the same bits from either form (the
+    /// pooled one adds the zeros of a window's other positions in their places and leaves
+    /// out the floored edge's, which change no sum).
+    pub fn add_channel_sums(self, h: usize, w: usize, channels: usize, sums: &mut [f32]) {
+        assert_eq!(sums.len(), channels, "channel sums");
+        self.check(h, w, channels, "output gradient");
+        match self {
+            Source::Dense(image) => crate::ops::cpu::add_column_sums(image, sums),
+            Source::Pooled { grad, codes } => {
+                let row = (w / 2) * channels;
+                if row == 0 {
+                    return;
+                }
+                for (g_row, c_row) in grad.chunks_exact(row).zip(codes.chunks_exact(row)) {
+                    for a in 0..2 {
+                        for (g, c) in g_row
+                            .chunks_exact(channels)
+                            .zip(c_row.chunks_exact(channels))
+                        {
+                            for b in 0..2 {
+                                let here = (2 * a + b) as f32;
+                                for ((s, &g), &c) in sums.iter_mut().zip(g).zip(c) {
+                                    *s += if c == here { g } else { 0.0 };
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks the buffers against an `[h, w, channels]` image.
+    fn check(&self, h: usize, w: usize, channels: usize, what: &str) {
+        match self {
+            Source::Dense(image) => assert_eq!(image.len(), h * w * channels, "{what}"),
+            Source::Pooled { grad, codes } => {
+                let n = (h / 2) * (w / 2) * channels;
+                assert_eq!(grad.len(), n, "{what}: pooled gradient");
+                assert_eq!(codes.len(), n, "{what}: pool codes");
+            }
+        }
     }
 }
 
@@ -240,7 +316,7 @@ impl Output<'_> {
 /// [`Geometry::scratch_len`] floats.
 pub fn conv_image(
     g: &Geometry,
-    input: &[f32],
+    input: Source<'_>,
     u: &[f32],
     bias: Option<&[f32]>,
     mut out: Output<'_>,
@@ -275,19 +351,19 @@ pub fn filter_sums_len(g: &Geometry) -> usize {
 pub fn filter_gradient_image(
     g: &Geometry,
     input: &[f32],
-    dy: &[f32],
+    dy: Source<'_>,
     sums: &mut [f32],
     scratch: &mut [f32],
 ) {
-    g.check_pass(input, scratch);
-    assert_eq!(dy.len(), g.out_h * g.out_w * g.k, "output gradient");
+    g.check_pass(Source::Dense(input), scratch);
+    dy.check(g.out_h, g.out_w, g.k, "output gradient");
     assert_eq!(sums.len(), filter_sums_len(g), "filter sums");
     let (v, z) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * g.chunk_tiles() * g.c);
     for (first, count) in g.chunks() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in conv_image: AVX-512F present, every length checked above.
         unsafe {
-            transforms::input_transform(Layout::F32, g, input, first, count, v);
+            transforms::input_transform(Layout::F32, g, Source::Dense(input), first, count, v);
             transforms::gradient_transform(Layout::F32, g, dy, first, count, z);
             avx512::filter_products(g, count, v, z, sums);
         }

@@ -170,58 +170,62 @@ impl<T: Element> PoolOps for CpuBackend<T> {
         maxpool_backward(s, x, dy, dx, true);
         Ok(())
     }
+}
 
-    fn maxpool2d_relu_backward_from_codes(
-        &self,
-        s: &PoolShape,
-        codes: &Vec<T>,
-        dy: &Vec<T>,
-        dx: &mut Vec<T>,
-    ) -> Result<()> {
-        s.check_backward(s.input_len(), dy.len(), dx.len())?;
-        crate::ops::check_len("pool codes", codes.len(), s.output_len())?;
-        if s.size != 2 {
-            return Err(crate::Error::Shape(format!(
-                "pool {s:?}: codes describe 2x2 windows only"
-            )));
-        }
-        let (in_img, out_img, c) = (
-            s.in_h * s.in_w * s.channels,
-            s.out_h() * s.out_w() * s.channels,
-            s.channels,
-        );
-        dx[..s.input_len()]
-            .par_chunks_mut(in_img)
-            .zip(codes[..s.output_len()].par_chunks(out_img))
-            .zip(dy[..s.output_len()].par_chunks(out_img))
-            .for_each(|((dxi, ci), dyi)| {
-                // What maxpool2d_relu_backward writes: each window's gradient at its
-                // maximum, zero at its other inputs (and everywhere where the ReLU was off:
-                // code -1), zero in the floored edge. Rows of windows, channels innermost,
-                // as selects: it vectorises.
-                let row_len = s.in_w * c;
-                let covered_w = s.out_w() * 2 * c;
-                dxi[s.out_h() * 2 * row_len..].fill(T::zero());
-                for ph in 0..s.out_h() {
-                    let (top, bottom) =
-                        dxi[2 * ph * row_len..(2 * ph + 2) * row_len].split_at_mut(row_len);
-                    top[covered_w..].fill(T::zero());
-                    bottom[covered_w..].fill(T::zero());
-                    for pw in 0..s.out_w() {
-                        let o = (ph * s.out_w() + pw) * c;
-                        let (cs, gs) = (&ci[o..o + c], &dyi[o..o + c]);
-                        let at = 2 * pw * c;
-                        let (d00, d01) = top[at..at + 2 * c].split_at_mut(c);
-                        let (d10, d11) = bottom[at..at + 2 * c].split_at_mut(c);
-                        for (k, d) in [d00, d01, d10, d11].into_iter().enumerate() {
-                            let here = T::from(k).expect("0-3 is a float");
-                            for ((d, &code), &g) in d.iter_mut().zip(cs).zip(gs) {
-                                *d = if code == here { g } else { T::zero() };
-                            }
+/// `maxpool2d_relu_backward` of a 2x2 pool from the `codes` a fused forward pass wrote
+/// (`Conv2dOps::conv2d_relu_pool_forward`: where each window's maximum was, -1 where the
+/// ReLU was off) instead of the pool's input, which it never stored: the convolution's
+/// output gradient, for the rare fused block whose input gradient no transform reads from
+/// the codes directly.
+pub(crate) fn unpool_from_codes<T: Element>(
+    s: &PoolShape,
+    codes: &[T],
+    dy: &[T],
+    dx: &mut [T],
+) -> Result<()> {
+    s.check_backward(s.input_len(), dy.len(), dx.len())?;
+    crate::ops::check_len("pool codes", codes.len(), s.output_len())?;
+    if s.size != 2 {
+        return Err(crate::Error::Shape(format!(
+            "pool {s:?}: codes describe 2x2 windows only"
+        )));
+    }
+    let (in_img, out_img, c) = (
+        s.in_h * s.in_w * s.channels,
+        s.out_h() * s.out_w() * s.channels,
+        s.channels,
+    );
+    dx[..s.input_len()]
+        .par_chunks_mut(in_img)
+        .zip(codes[..s.output_len()].par_chunks(out_img))
+        .zip(dy[..s.output_len()].par_chunks(out_img))
+        .for_each(|((dxi, ci), dyi)| {
+            // What maxpool2d_relu_backward writes: each window's gradient at its
+            // maximum, zero at its other inputs (and everywhere where the ReLU was off:
+            // code -1), zero in the floored edge. Rows of windows, channels innermost,
+            // as selects: it vectorises.
+            let row_len = s.in_w * c;
+            let covered_w = s.out_w() * 2 * c;
+            dxi[s.out_h() * 2 * row_len..].fill(T::zero());
+            for ph in 0..s.out_h() {
+                let (top, bottom) =
+                    dxi[2 * ph * row_len..(2 * ph + 2) * row_len].split_at_mut(row_len);
+                top[covered_w..].fill(T::zero());
+                bottom[covered_w..].fill(T::zero());
+                for pw in 0..s.out_w() {
+                    let o = (ph * s.out_w() + pw) * c;
+                    let (cs, gs) = (&ci[o..o + c], &dyi[o..o + c]);
+                    let at = 2 * pw * c;
+                    let (d00, d01) = top[at..at + 2 * c].split_at_mut(c);
+                    let (d10, d11) = bottom[at..at + 2 * c].split_at_mut(c);
+                    for (k, d) in [d00, d01, d10, d11].into_iter().enumerate() {
+                        let here = T::from(k).expect("0-3 is a float");
+                        for ((d, &code), &g) in d.iter_mut().zip(cs).zip(gs) {
+                            *d = if code == here { g } else { T::zero() };
                         }
                     }
                 }
-            });
-        Ok(())
-    }
+            }
+        });
+    Ok(())
 }

@@ -4,7 +4,7 @@
 //! - CPU (`cpu.rs`): one image per rayon task; the usual 2x2 window branch-free.
 //! - CUDA (`cuda.rs`, `kernels/pool.cu`): one thread per output (per 4 channels with float4).
 
-mod cpu;
+pub(crate) mod cpu;
 mod cuda;
 
 use crate::Result;
@@ -87,22 +87,6 @@ pub trait PoolOps: Storage + ReluOps {
         self.maxpool2d_backward(s, x, dy, dx)?;
         self.relu_backward(s.input_len(), x, dx)
     }
-    /// [`Self::maxpool2d_relu_backward`] of a 2x2 pool from the `codes` a fused forward pass
-    /// wrote (`Conv2dOps::conv2d_relu_pool_forward`: where each window's maximum was, -1
-    /// where the ReLU was off) instead of the pool's input, which it never stored.
-    fn maxpool2d_relu_backward_from_codes(
-        &self,
-        s: &PoolShape,
-        codes: &Self::Buf,
-        dy: &Self::Buf,
-        dx: &mut Self::Buf,
-    ) -> Result<()> {
-        let _ = (s, codes, dy, dx);
-        Err(crate::Error::invalid(format!(
-            "{}: no pool backward from codes",
-            self.name()
-        )))
-    }
 }
 
 /// Under `--profile`: the op, timed as part of its phase of the step.
@@ -130,17 +114,6 @@ impl<B: PoolOps + Timeline> PoolOps for Profiled<'_, B> {
     ) -> Result<()> {
         self.enter(Phase::Backward)?;
         self.inner.maxpool2d_relu_backward(s, x, dy, dx)
-    }
-    fn maxpool2d_relu_backward_from_codes(
-        &self,
-        s: &PoolShape,
-        codes: &Self::Buf,
-        dy: &Self::Buf,
-        dx: &mut Self::Buf,
-    ) -> Result<()> {
-        self.enter(Phase::Backward)?;
-        self.inner
-            .maxpool2d_relu_backward_from_codes(s, codes, dy, dx)
     }
 }
 

@@ -11,7 +11,7 @@
 //! (2i, 2i + 1) of V and of Z, paired by the transforms as they store (`Layout::TilePairs`;
 //! an odd last tile is paired with zeros).
 
-use super::{Geometry, LANES, POSITIONS};
+use super::{Geometry, LANES, POSITIONS, Source};
 #[cfg(target_arch = "x86_64")]
 use super::{Layout, transforms};
 use crate::ops::Bf16Unit;
@@ -46,7 +46,7 @@ fn unit_present(unit: Bf16Unit) -> bool {
 pub fn conv_image(
     unit: Bf16Unit,
     g: &Geometry,
-    input: &[f32],
+    input: Source<'_>,
     u: &[u32],
     bias: Option<&[f32]>,
     mut out: super::Output<'_>,
@@ -92,17 +92,17 @@ pub fn filter_gradient_image(
     unit: Bf16Unit,
     g: &Geometry,
     input: &[f32],
-    dy: &[f32],
+    dy: Source<'_>,
     sums: &mut [f32],
     scratch: &mut [f32],
 ) {
-    g.check_pass(input, scratch);
+    g.check_pass(Source::Dense(input), scratch);
     assert!(
         unit_present(unit),
         "bf16 Winograd products on {unit:?} without it"
     );
     assert!(scratch.len() >= filter_scratch_len(unit, g), "scratch");
-    assert_eq!(dy.len(), g.out_h * g.out_w * g.k, "output gradient");
+    dy.check(g.out_h, g.out_w, g.k, "output gradient");
     assert_eq!(sums.len(), super::filter_sums_len(g), "filter sums");
     let (work, pack) = scratch.split_at_mut(g.scratch_len());
     let (v, z) = work.split_at_mut(POSITIONS * g.chunk_tiles() * g.c);
@@ -111,7 +111,14 @@ pub fn filter_gradient_image(
         // SAFETY: as in conv_image; the AMX products' extra reads and `pack` are sized by
         // filter_scratch_len (asserted).
         unsafe {
-            transforms::input_transform(Layout::TilePairs, g, input, first, count, v);
+            transforms::input_transform(
+                Layout::TilePairs,
+                g,
+                Source::Dense(input),
+                first,
+                count,
+                v,
+            );
             transforms::gradient_transform(Layout::TilePairs, g, dy, first, count, z);
             match unit {
                 Bf16Unit::Amx => super::amx::filter_products(g, count, v, z, pack, sums),
@@ -345,7 +352,14 @@ mod tests {
             let sums_with = |fill: f32| {
                 let mut scratch = vec![fill; filter_scratch_len(unit, &g)];
                 let mut sums = vec![0f32; super::super::filter_sums_len(&g)];
-                filter_gradient_image(unit, &g, &x, &dy, &mut sums, &mut scratch);
+                filter_gradient_image(
+                    unit,
+                    &g,
+                    &x,
+                    super::Source::Dense(&dy),
+                    &mut sums,
+                    &mut scratch,
+                );
                 sums
             };
             let (clean, stale) = (sums_with(0.0), sums_with(f32::NAN));

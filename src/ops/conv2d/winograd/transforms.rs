@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Geometry, LANES, POSITIONS};
+use super::{Geometry, LANES, POSITIONS, Source};
 
 /// 16 f32 lanes rounded to bf16 (to nearest even, a NaN kept a NaN, as
 /// [`crate::precision::bf16_bits`]), each in the high half of its 32-bit lane. Integer
@@ -111,7 +111,7 @@ unsafe fn pair_words(even: __m512, odd: __m512) -> __m512i {
 pub(super) unsafe fn input_transform(
     layout: Layout,
     g: &Geometry,
-    input: &[f32],
+    input: Source<'_>,
     first: usize,
     count: usize,
     v: &mut [f32],
@@ -130,31 +130,29 @@ pub(super) unsafe fn input_transform(
 /// only after checking they are inside `[0, in_h) x [0, in_w)`.
 ///
 /// # Safety
-/// `input` is an image of `g` (`in_h * in_w * c` floats) and cb + 16 <= c.
+/// `input` is an image of `g` (`[in_h, in_w, c]`, checked by `Source::check`) and
+/// cb + 16 <= c.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn input_tile(g: &Geometry, input: &[f32], tile: usize, cb: usize) -> [__m512; POSITIONS] {
+unsafe fn input_tile(
+    g: &Geometry,
+    input: Source<'_>,
+    tile: usize,
+    cb: usize,
+) -> [__m512; POSITIONS] {
     let tiles_w = g.tiles_w();
     let (th, tw) = (tile / tiles_w, tile % tiles_w);
     let top = (2 * th) as isize - g.pad as isize;
     let left = (2 * tw) as isize - g.pad as isize;
-    let mut d = [[_mm512_setzero_ps(); 4]; 4];
-    for (i, row) in d.iter_mut().enumerate() {
-        let ih = top + i as isize;
-        if ih < 0 || ih >= g.in_h as isize {
-            continue;
+    let image = (g.in_h, g.in_w, g.c);
+    // SAFETY: forwarded (the contract).
+    let d = unsafe {
+        if g.pad.is_multiple_of(2) {
+            patch::<4, 0>(input, image, (top, left), cb)
+        } else {
+            patch::<4, 1>(input, image, (top, left), cb)
         }
-        for (j, val) in row.iter_mut().enumerate() {
-            let iw = left + j as isize;
-            if iw < 0 || iw >= g.in_w as isize {
-                continue;
-            }
-            let at = (ih as usize * g.in_w + iw as usize) * g.c + cb;
-            debug_assert!(at + LANES <= input.len());
-            // SAFETY: (ih, iw) is inside the image and cb + 16 <= c (the contract).
-            *val = unsafe { _mm512_loadu_ps(input.as_ptr().add(at)) };
-        }
-    }
+    };
     // B^T d (rows), then (B^T d) B (columns).
     let mut r = [[_mm512_setzero_ps(); 4]; 4];
     for j in 0..4 {
@@ -179,7 +177,7 @@ unsafe fn input_tile(g: &Geometry, input: &[f32], tile: usize, cb: usize) -> [__
 pub(super) unsafe fn gradient_transform(
     layout: Layout,
     g: &Geometry,
-    dy: &[f32],
+    dy: Source<'_>,
     first: usize,
     count: usize,
     z: &mut [f32],
@@ -198,30 +196,22 @@ pub(super) unsafe fn gradient_transform(
 /// [1, -1], [0, -1]]. Reads dy only inside the output.
 ///
 /// # Safety
-/// `dy` is an output gradient of `g` (`out_h * out_w * k` floats) and kb + 16 <= k.
+/// `dy` is an output gradient of `g` (`[out_h, out_w, k]`, checked by `Source::check`) and
+/// kb + 16 <= k.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn gradient_tile(g: &Geometry, dy: &[f32], tile: usize, kb: usize) -> [__m512; POSITIONS] {
+unsafe fn gradient_tile(
+    g: &Geometry,
+    dy: Source<'_>,
+    tile: usize,
+    kb: usize,
+) -> [__m512; POSITIONS] {
     let tiles_w = g.tiles_w();
     let (th, tw) = (tile / tiles_w, tile % tiles_w);
     let zero = _mm512_setzero_ps();
-    let mut d = [[zero; 2]; 2];
-    for (i, row) in d.iter_mut().enumerate() {
-        let oh = 2 * th + i;
-        if oh >= g.out_h {
-            continue;
-        }
-        for (j, val) in row.iter_mut().enumerate() {
-            let ow = 2 * tw + j;
-            if ow >= g.out_w {
-                continue;
-            }
-            let at = (oh * g.out_w + ow) * g.k + kb;
-            debug_assert!(at + LANES <= dy.len());
-            // SAFETY: (oh, ow) is inside the output and kb + 16 <= k (the contract).
-            *val = unsafe { _mm512_loadu_ps(dy.as_ptr().add(at)) };
-        }
-    }
+    let corner = ((2 * th) as isize, (2 * tw) as isize);
+    // SAFETY: forwarded (the contract).
+    let d = unsafe { patch::<2, 0>(dy, (g.out_h, g.out_w, g.k), corner, kb) };
     // A d (rows), then (A d) A^T (columns): 2x2 -> 4x4.
     let a = |u: __m512, v: __m512| -> [__m512; 4] {
         [
@@ -239,6 +229,91 @@ unsafe fn gradient_tile(g: &Geometry, dy: &[f32], tile: usize, kb: usize) -> [__
         out[i * 4..i * 4 + 4].copy_from_slice(&r);
     }
     out
+}
+
+/// The `N x N` patch of `src`, an `[h, w, channels]` image, from (top, left), channels
+/// cb.. cb + 16, zero outside the image. `P` is top's and left's parity, `top % 2` (both
+/// alike: the tiles start at even offsets less the padding): for a pooled source it says
+/// where the patch cuts the pool windows.
+///
+/// # Safety
+/// `src` holds an `[h, w, channels]` image (`Source::check`) and cb + 16 <= channels.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn patch<const N: usize, const P: usize>(
+    src: Source<'_>,
+    (h, w, channels): (usize, usize, usize),
+    (top, left): (isize, isize),
+    cb: usize,
+) -> [[__m512; N]; N] {
+    debug_assert!(top.rem_euclid(2) as usize == P && left.rem_euclid(2) as usize == P);
+    let mut d = [[_mm512_setzero_ps(); N]; N];
+    match src {
+        Source::Dense(image) => {
+            for (i, row) in d.iter_mut().enumerate() {
+                let y = top + i as isize;
+                if y < 0 || y >= h as isize {
+                    continue;
+                }
+                for (j, val) in row.iter_mut().enumerate() {
+                    let x = left + j as isize;
+                    if x < 0 || x >= w as isize {
+                        continue;
+                    }
+                    let at = (y as usize * w + x as usize) * channels + cb;
+                    debug_assert!(at + LANES <= image.len());
+                    // SAFETY: (y, x) is inside the image and cb + 16 <= channels.
+                    *val = unsafe { _mm512_loadu_ps(image.as_ptr().add(at)) };
+                }
+            }
+        }
+        Source::Pooled { grad, codes } => {
+            // Window by window: each one's gradient and code are read once and give the
+            // (up to) four values of the patch inside it, the one its code names or zero.
+            let (pooled_h, pooled_w) = (h / 2, w / 2);
+            let (first_row, first_col) = (top.div_euclid(2), left.div_euclid(2));
+            let windows = (N + P).div_ceil(2);
+            for wi in 0..windows {
+                let r = first_row + wi as isize;
+                if r < 0 || r >= pooled_h as isize {
+                    continue;
+                }
+                for wj in 0..windows {
+                    let c = first_col + wj as isize;
+                    if c < 0 || c >= pooled_w as isize {
+                        continue;
+                    }
+                    let at = (r as usize * pooled_w + c as usize) * channels + cb;
+                    debug_assert!(at + LANES <= grad.len() && at + LANES <= codes.len());
+                    // SAFETY: window (r, c) is inside the pooled image, cb + 16 <= channels.
+                    let (g, code) = unsafe {
+                        (
+                            _mm512_loadu_ps(grad.as_ptr().add(at)),
+                            _mm512_loadu_ps(codes.as_ptr().add(at)),
+                        )
+                    };
+                    for a in 0..2 {
+                        // The patch row of the window's row a (the patch starts P rows
+                        // into its first window).
+                        let i = 2 * wi + a;
+                        if i < P || i - P >= N {
+                            continue;
+                        }
+                        for b in 0..2 {
+                            let j = 2 * wj + b;
+                            if j < P || j - P >= N {
+                                continue;
+                            }
+                            let here = _mm512_set1_ps((2 * a + b) as f32);
+                            let hit = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(code, here);
+                            d[i - P][j - P] = _mm512_maskz_mov_ps(hit, g);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    d
 }
 
 /// The chunk's outputs: `A^T M A` per tile and channel block, A^T = [[1, 1, 1, 0],
