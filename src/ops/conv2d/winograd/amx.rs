@@ -17,7 +17,7 @@
 
 use std::arch::asm;
 
-use super::{Geometry, LANES, POSITIONS};
+use super::{Geometry, LANES, POSITIONS, position_stride};
 
 /// `LDTILECFG`'s 64-byte operand: palette 1, then bytes per row and rows of each tile.
 #[repr(C, align(64))]
@@ -140,16 +140,25 @@ const ROWS: usize = 16;
 ///
 /// # Safety
 /// AMX-BF16 must be usable (`crate::precision::cpu_has("amx-bf16")`); `g.c` and `g.k` are
-/// multiples of 16; `v` holds `16 * chunk * c` floats for a chunk of at least `count` tiles
-/// (the last block of tiles reads up to 15 rows beyond `count`, inside that space, and its
-/// sums for those rows are dropped); `u` holds `16 * c / 2 * k` words and `m` `16 * count * k`
-/// floats.
+/// multiples of 16; `v` holds a chunk's V region for at least `count` tiles (the last block
+/// of tiles reads up to 15 rows beyond `count`, inside that region, and its sums for those
+/// rows are dropped); `u` holds `16 * c / 2 * k` words and `m` 16 positions of `count * k`
+/// floats, [`position_stride`] apart.
 pub(super) unsafe fn products(g: &Geometry, count: usize, v: &[f32], u: &[u32], m: &mut [f32]) {
     // Channels per V block: 32 (a full 64-byte row) where they divide c, else 16.
     let channels = if g.c.is_multiple_of(32) { 32 } else { 16 };
     assert!(g.c.is_multiple_of(channels) && g.k.is_multiple_of(BLOCK));
-    assert!(v.len() * 2 >= POSITIONS * count * g.c + ROWS * g.c, "V");
-    assert!(u.len() >= POSITIONS * g.c / 2 * g.k && m.len() >= POSITIONS * count * g.k);
+    // Positions' rows apart, in bf16 values (V) and floats (M).
+    let (sv, sm) = (
+        2 * position_stride(count, g.c / 2),
+        position_stride(count, g.k),
+    );
+    assert!(
+        v.len() * 2 >= (POSITIONS - 1) * sv + (count + ROWS) * g.c,
+        "V"
+    );
+    assert!(u.len() >= POSITIONS * g.c / 2 * g.k);
+    assert!(m.len() >= (POSITIONS - 1) * sm + count * g.k, "M");
     let cfg = TileConfig::products(channels);
     let v = v.as_ptr().cast::<u16>();
     let (a_stride, b_stride, c_stride) = (2 * g.c, 4 * g.k, 4 * g.k);
@@ -161,9 +170,9 @@ pub(super) unsafe fn products(g: &Geometry, count: usize, v: &[f32], u: &[u32], 
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly));
         for p in 0..POSITIONS {
-            let vp = v.add(p * count * g.c);
+            let vp = v.add(p * sv);
             let up = u.as_ptr().add(p * g.c / 2 * g.k);
-            let mp = m.as_mut_ptr().add(p * count * g.k);
+            let mp = m.as_mut_ptr().add(p * sm);
             for t in (0..count).step_by(ROWS) {
                 for first in (0..blocks).step_by(4) {
                     let n = (blocks - first).min(4);
@@ -229,7 +238,7 @@ pub(super) fn filter_pack_len(g: &Geometry) -> usize {
 
 /// `sums[p][c][k] += sum over tile pairs of V[p][i][c] . Z[p][i][k]` on AMX tiles: `v` and
 /// `z` as the transforms store them in `Layout::TilePairs` (`[p][pairs][width]` words,
-/// `pairs = ceil(count / 2)`),
+/// `pairs = ceil(count / 2)`, positions [`position_stride`] apart),
 /// `pack` at least [`filter_pack_len`] floats. The sums are the tiles' accumulators, loaded
 /// and stored back per block; V goes through `pack` transposed (the first operand's rows
 /// must run along the sum: over tiles, per channel), zero-padded to whole blocks, which
@@ -248,13 +257,25 @@ pub(super) unsafe fn filter_products(
     sums: &mut [f32],
 ) {
     let (pairs, padded) = (count.div_ceil(2), padded_pairs(count));
+    let (sv, sz) = (position_stride(pairs, g.c), position_stride(pairs, g.k));
     assert!(g.c.is_multiple_of(BLOCK) && g.k.is_multiple_of(BLOCK));
-    assert!(v.len() >= POSITIONS * pairs * g.c && pack.len() >= POSITIONS * g.c * padded);
-    // The second operand's last block reads up to PAIRS - 1 rows past the last pair.
-    let z_end = POSITIONS * pairs * g.k;
-    assert!(z.len() >= z_end + (PAIRS - 1) * g.k, "Z");
+    assert!(v.len() >= (POSITIONS - 1) * sv + pairs * g.c, "V");
+    assert!(pack.len() >= POSITIONS * g.c * padded, "pack");
     assert_eq!(sums.len(), POSITIONS * g.c * g.k, "sums");
-    z[z_end..z_end + (PAIRS - 1) * g.k].fill(0.0);
+    // The second operand's last block reads up to PAIRS - 1 rows past a position's last
+    // pair: into the gap before the next position's rows (stale), then into those (this
+    // chunk's), or past the last position (stale). The stale words are zeroed.
+    let reach = (PAIRS - 1) * g.k;
+    assert!(z.len() >= (POSITIONS - 1) * sz + pairs * g.k + reach, "Z");
+    for p in 0..POSITIONS {
+        let (end, next) = (p * sz + pairs * g.k, (p + 1) * sz);
+        let stale = if p + 1 < POSITIONS {
+            next.min(end + reach)
+        } else {
+            end + reach
+        };
+        z[end..stale].fill(0.0);
+    }
     // SAFETY: as the function's contract; lengths asserted above.
     unsafe {
         transpose_pairs(g.c, pairs, padded, v, pack);
@@ -279,7 +300,7 @@ pub(super) unsafe fn filter_products(
                         asm!("tileloadd tmm4, [{}+{}*1]", in(reg) a, in(reg) a_stride,
                             options(nostack, readonly));
                         for j in 0..n {
-                            let b = zp.add((p * pairs + i0) * g.k + (first + j) * BLOCK);
+                            let b = zp.add(p * sz + i0 * g.k + (first + j) * BLOCK);
                             multiply_into(j, b, b_stride);
                         }
                     }
@@ -294,19 +315,22 @@ pub(super) unsafe fn filter_products(
     }
 }
 
-/// `vt[p][c][i] = v[p][i][c]` (32-bit words) for the `pairs` tile pairs, zeros for
-/// `pairs <= i < padded`: 16 x 16 blocks transposed in registers.
+/// `vt[p][c][i] = v[p][i][c]` (32-bit words, v's positions [`position_stride`] apart) for
+/// the `pairs` tile pairs, zeros for `pairs <= i < padded`: 16 x 16 blocks transposed in
+/// registers.
 #[target_feature(enable = "avx512f")]
 unsafe fn transpose_pairs(c: usize, pairs: usize, padded: usize, v: &[f32], vt: &mut [f32]) {
     use std::arch::x86_64::*;
-    debug_assert!(v.len() >= POSITIONS * pairs * c && vt.len() >= POSITIONS * c * padded);
+    let sv = position_stride(pairs, c);
+    debug_assert!(v.len() >= (POSITIONS - 1) * sv + pairs * c);
+    debug_assert!(vt.len() >= POSITIONS * c * padded);
     for p in 0..POSITIONS {
         for i0 in (0..padded).step_by(PAIRS) {
             for c0 in (0..c).step_by(BLOCK) {
                 let mut rows = [_mm512_setzero_si512(); 16];
                 for (i, row) in rows.iter_mut().enumerate() {
                     if i0 + i < pairs {
-                        let at = (p * pairs + i0 + i) * c + c0;
+                        let at = p * sv + (i0 + i) * c + c0;
                         // SAFETY: pair i0 + i < pairs, channels c0 + 16 <= c: inside v.
                         *row = unsafe { _mm512_loadu_si512(v.as_ptr().add(at).cast()) };
                     }

@@ -60,7 +60,7 @@ pub fn conv_image(
     assert_eq!(u.len(), g.kernel_len() / 2, "packed kernel");
     out.check(g);
     assert!(bias.is_none_or(|b| b.len() == g.k), "bias");
-    let (v, m) = scratch[..g.scratch_len()].split_at_mut(POSITIONS * g.chunk_tiles() * g.c);
+    let (v, m) = scratch[..g.scratch_len()].split_at_mut(g.v_len());
     for (first, count) in g.chunks() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512F and AVX512_BF16 are present (asserted); every buffer's length
@@ -105,7 +105,7 @@ pub fn filter_gradient_image(
     dy.check(g.out_h, g.out_w, g.k, "output gradient");
     assert_eq!(sums.len(), super::filter_sums_len(g), "filter sums");
     let (work, pack) = scratch.split_at_mut(g.scratch_len());
-    let (v, z) = work.split_at_mut(POSITIONS * g.chunk_tiles() * g.c);
+    let (v, z) = work.split_at_mut(g.v_len());
     for (first, count) in g.chunks() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in conv_image; the AMX products' extra reads and `pack` are sized by
@@ -132,7 +132,9 @@ pub fn filter_gradient_image(
 mod avx512bf16 {
     use std::arch::x86_64::*;
 
-    use super::super::{TILES_PER_BLOCK, for_each_filter_block, for_each_product_block};
+    use super::super::{
+        TILES_PER_BLOCK, for_each_filter_block, for_each_product_block, position_stride,
+    };
     use super::{Geometry, LANES};
 
     /// One bf16 product step: `acc += lo(x) lo(w) + hi(x) hi(w)` per f32 lane.
@@ -157,10 +159,11 @@ mod avx512bf16 {
         let half = g.c / 2;
         // SAFETY: f32 and u32 have one size and alignment; the words were written there.
         let v = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u32>(), v.len()) };
+        let (sv, sm) = (position_stride(count, half), position_stride(count, g.k));
         for_each_product_block(g, count, |p, t, tb, regs, kb| {
-            let vp = &v[p * count * half..(p + 1) * count * half];
+            let vp = &v[p * sv..][..count * half];
             let up = &u[p * half * g.k..(p + 1) * half * g.k];
-            let mp = &mut m[p * count * g.k..(p + 1) * count * g.k];
+            let mp = &mut m[p * sm..][..count * g.k];
             // SAFETY: tiles t..t + tb < count, channels kb..kb + 16 * regs <= k.
             unsafe {
                 match (tb == TILES_PER_BLOCK[regs], regs) {
@@ -253,9 +256,10 @@ mod avx512bf16 {
                 std::slice::from_raw_parts(z.as_ptr().cast::<u32>(), z.len()),
             )
         };
+        let (sv, sz) = (position_stride(pairs, g.c), position_stride(pairs, g.k));
         for_each_filter_block(g, |p, c, regs, kb| {
-            let vp = &v[p * pairs * g.c..(p + 1) * pairs * g.c];
-            let zp = &z[p * pairs * g.k..(p + 1) * pairs * g.k];
+            let vp = &v[p * sv..][..pairs * g.c];
+            let zp = &z[p * sz..][..pairs * g.k];
             let sp = &mut sums[p * g.c * g.k..(p + 1) * g.c * g.k];
             // SAFETY: c + 4 <= c (c is a multiple of 16), kb + 16 * regs <= k.
             unsafe {

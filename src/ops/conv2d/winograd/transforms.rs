@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Geometry, LANES, POSITIONS, Source};
+use super::{Geometry, LANES, POSITIONS, Source, position_stride};
 
 /// 16 f32 lanes rounded to bf16 (to nearest even, a NaN kept a NaN, as
 /// [`crate::precision::bf16_bits`]), each in the high half of its 32-bit lane. Integer
@@ -35,11 +35,12 @@ pub(super) enum Layout {
 }
 
 /// Stores one chunk's transform, `values(t, cb)` giving tile t's 16 positions for the
-/// channels cb.. cb + 16 of `width`, in `layout`.
+/// channels cb.. cb + 16 of `width`, in `layout`, each position's rows
+/// [`position_stride`] words after the last's.
 ///
 /// # Safety
-/// `out` holds at least `16 * count * width` floats; `values` is safe to call for every
-/// t < count and cb < width.
+/// `out` holds at least `16 * position_stride(count, width)` floats; `values` is safe to
+/// call for every t < count and cb < width.
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn store_chunk(
@@ -49,10 +50,11 @@ unsafe fn store_chunk(
     out: &mut [f32],
     mut values: impl FnMut(usize, usize) -> [__m512; POSITIONS],
 ) {
-    debug_assert!(out.len() >= POSITIONS * count * width);
+    debug_assert!(out.len() >= POSITIONS * position_stride(count, width));
     let base = out.as_mut_ptr();
     if layout == Layout::TilePairs {
         let pairs = count.div_ceil(2);
+        let stride = position_stride(pairs, width);
         for i in 0..pairs {
             for cb in (0..width).step_by(LANES) {
                 let even = values(2 * i, cb);
@@ -63,7 +65,7 @@ unsafe fn store_chunk(
                 };
                 for p in 0..POSITIONS {
                     let words = unsafe { pair_words(even[p], odd[p]) };
-                    let at = (p * pairs + i) * width + cb;
+                    let at = p * stride + i * width + cb;
                     // SAFETY: p < 16, i < pairs <= count, cb + 16 <= width.
                     unsafe { _mm512_storeu_si512(base.add(at).cast(), words) };
                 }
@@ -71,21 +73,27 @@ unsafe fn store_chunk(
         }
         return;
     }
+    // Words per position: a row of `width` f32, or of width / 2 bf16 pairs.
+    let stride = match layout {
+        Layout::ChannelPairs => position_stride(count, width / 2),
+        _ => position_stride(count, width),
+    };
     for t in 0..count {
         for cb in (0..width).step_by(LANES) {
             let vals = values(t, cb);
             for (p, o) in vals.iter().enumerate() {
-                let at = (p * count + t) * width + cb;
                 if layout == Layout::ChannelPairs {
-                    // 16 bf16 = 8 words at word at / 2 (width and cb are even).
+                    // 16 bf16 = 8 words at bf16 `at` (width and cb are even).
+                    let at = 2 * p * stride + t * width + cb;
                     let halves = unsafe { bf16_high_halves(*o) };
                     let packed = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(halves));
-                    // SAFETY: at / 2 + 8 <= 16 * count * width / 2.
+                    // SAFETY: at / 2 + 8 <= 16 * position_stride(count, width / 2) words.
                     unsafe {
                         let dst = base.cast::<u16>().add(at);
                         _mm256_storeu_si256(dst.cast::<__m256i>(), packed);
                     }
                 } else {
+                    let at = p * stride + t * width + cb;
                     // SAFETY: p < 16, t < count, cb + 16 <= width.
                     unsafe { _mm512_storeu_ps(base.add(at), *o) };
                 }
@@ -331,7 +339,7 @@ pub(super) unsafe fn output_transform(
     out: &mut super::Output<'_>,
 ) {
     let tiles_w = g.tiles_w();
-    let stride_p = count * g.k;
+    let stride_p = position_stride(count, g.k);
     let zero = _mm512_setzero_ps();
     let (pooled_h, pooled_w) = (g.out_h / 2, g.out_w / 2);
     for t in 0..count {
@@ -345,7 +353,7 @@ pub(super) unsafe fn output_transform(
             for (i, row) in mm.iter_mut().enumerate() {
                 for (j, val) in row.iter_mut().enumerate() {
                     let at = (i * 4 + j) * stride_p + t * g.k + kb;
-                    // SAFETY: p < 16, t < count, kb + 16 <= k: inside 16 * count * k.
+                    // SAFETY: p < 16, t < count, kb + 16 <= k: inside 16 * stride_p.
                     *val = unsafe { _mm512_loadu_ps(m.as_ptr().add(at)) };
                 }
             }
