@@ -449,15 +449,29 @@ fn for_each_product_block(
     }
 }
 
+/// The short last block of a chunk's products, `tb` tiles: `(offset, four)` for blocks of 4
+/// tiles, then of 1 (see `avx512::rest`).
+fn rest_blocks(tb: usize) -> impl Iterator<Item = (usize, bool)> {
+    let fours = tb / 4 * 4;
+    (0..fours)
+        .step_by(4)
+        .map(|i| (i, true))
+        .chain((fours..tb).map(|i| (i, false)))
+}
+
 /// The blocking of the filter gradient's 16 products, shared by the f32 and bf16 kernels:
 /// per position p, output channels in blocks of up to 4 registers from `kb`, input channels
-/// in fours from `c`: `block(p, c, regs, kb)`.
-fn for_each_filter_block(g: &Geometry, mut block: impl FnMut(usize, usize, usize, usize)) {
+/// in blocks of `channels(regs)` (4 or 8: a divisor of 16) from `c`: `block(p, c, regs, kb)`.
+fn for_each_filter_block(
+    g: &Geometry,
+    channels: impl Fn(usize) -> usize,
+    mut block: impl FnMut(usize, usize, usize, usize),
+) {
     for p in 0..POSITIONS {
         let mut kb = 0;
         while kb < g.k {
             let regs = ((g.k - kb) / LANES).min(4);
-            for c in (0..g.c).step_by(4) {
+            for c in (0..g.c).step_by(channels(regs)) {
                 block(p, c, regs, kb);
             }
             kb += regs * LANES;
@@ -541,7 +555,9 @@ mod avx512 {
         }
     }
 
-    /// The last tiles of a chunk (fewer than a block), one at a time.
+    /// The last tiles of a chunk (fewer than a block): by fours, then one at a time (a
+    /// single tile's accumulators wait on their own latency: 8 of the 128 tiles of a chunk
+    /// of conv2's input gradient cost half as much again as the other 120 one by one).
     #[target_feature(enable = "avx512f")]
     unsafe fn rest<const R: usize>(
         g: &Geometry,
@@ -552,14 +568,23 @@ mod avx512 {
         tb: usize,
         kb: usize,
     ) {
-        for i in 0..tb {
-            // SAFETY: forwarded: tile t + i < count.
-            unsafe { block::<1, R>(g, vp, up, mp, t + i, kb) };
+        for (i, four) in super::rest_blocks(tb) {
+            // SAFETY: forwarded: tiles t + i.. (4 or 1 of them) < count.
+            unsafe {
+                if four {
+                    block::<4, R>(g, vp, up, mp, t + i, kb)
+                } else {
+                    block::<1, R>(g, vp, up, mp, t + i, kb)
+                }
+            };
         }
     }
 
     /// `sums[p][c][k] += sum_t V[p][t][c] Z[p][t][k]` over the chunk's `count` tiles: blocks
-    /// of 4 input channels by up to 4 registers of output channels, accumulated over t.
+    /// of input channels by up to 4 registers of output channels, accumulated over t; 8
+    /// channels where the registers are 1 or 2, so that 8 to 16 sums are in flight (with 8
+    /// of 2 registers, each FMA waited for the one before it: conv2's filter gradient).
+    /// The order of every sum's terms is the same either way.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn filter_products(
         g: &Geometry,
@@ -569,27 +594,28 @@ mod avx512 {
         sums: &mut [f32],
     ) {
         let (sv, sz) = (position_stride(count, g.c), position_stride(count, g.k));
-        for_each_filter_block(g, |p, c, regs, kb| {
+        let channels = |regs: usize| if regs <= 2 { 8 } else { 4 };
+        for_each_filter_block(g, channels, |p, c, regs, kb| {
             let vp = &v[p * sv..][..count * g.c];
             let zp = &z[p * sz..][..count * g.k];
             let sp = &mut sums[p * g.c * g.k..(p + 1) * g.c * g.k];
-            // SAFETY: c + 4 <= c (c is a multiple of 16), kb + 16 * regs <= k.
+            // SAFETY: c + 8 <= c (c is a multiple of 16), kb + 16 * regs <= k.
             unsafe {
                 match regs {
-                    4 => filter_block::<4>(g, count, vp, zp, sp, c, kb),
-                    3 => filter_block::<3>(g, count, vp, zp, sp, c, kb),
-                    2 => filter_block::<2>(g, count, vp, zp, sp, c, kb),
-                    _ => filter_block::<1>(g, count, vp, zp, sp, c, kb),
+                    4 => filter_block::<4, 4>(g, count, vp, zp, sp, c, kb),
+                    3 => filter_block::<3, 4>(g, count, vp, zp, sp, c, kb),
+                    2 => filter_block::<2, 8>(g, count, vp, zp, sp, c, kb),
+                    _ => filter_block::<1, 8>(g, count, vp, zp, sp, c, kb),
                 }
             }
         });
     }
 
-    /// Input channels `c..c + 4` by `R` registers of output channels from `kb`, over every
+    /// Input channels `c..c + CB` by `R` registers of output channels from `kb`, over every
     /// tile of the chunk, added to the sums.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn filter_block<const R: usize>(
+    unsafe fn filter_block<const R: usize, const CB: usize>(
         g: &Geometry,
         count: usize,
         vp: &[f32],
@@ -598,9 +624,9 @@ mod avx512 {
         c: usize,
         kb: usize,
     ) {
-        debug_assert!(c + 4 <= g.c && kb + R * LANES <= g.k);
+        debug_assert!(c + CB <= g.c && kb + R * LANES <= g.k);
         debug_assert!(count * g.c <= vp.len() && count * g.k <= zp.len());
-        let mut acc = [[_mm512_setzero_ps(); R]; 4];
+        let mut acc = [[_mm512_setzero_ps(); R]; CB];
         for t in 0..count {
             let mut d = [_mm512_setzero_ps(); R];
             for (r, dr) in d.iter_mut().enumerate() {

@@ -221,7 +221,7 @@ mod avx512bf16 {
         }
     }
 
-    /// The last tiles of a chunk (fewer than a block), one at a time.
+    /// The last tiles of a chunk (fewer than a block): by fours, then one at a time.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn rest<const R: usize>(
         g: &Geometry,
@@ -232,9 +232,15 @@ mod avx512bf16 {
         tb: usize,
         kb: usize,
     ) {
-        for i in 0..tb {
-            // SAFETY: forwarded: tile t + i < count.
-            unsafe { block::<1, R>(g, vp, up, mp, t + i, kb) };
+        for (i, four) in super::super::rest_blocks(tb) {
+            // SAFETY: forwarded: tiles t + i.. (4 or 1 of them) < count.
+            unsafe {
+                if four {
+                    block::<4, R>(g, vp, up, mp, t + i, kb)
+                } else {
+                    block::<1, R>(g, vp, up, mp, t + i, kb)
+                }
+            };
         }
     }
 
@@ -257,20 +263,24 @@ mod avx512bf16 {
             )
         };
         let (sv, sz) = (position_stride(pairs, g.c), position_stride(pairs, g.k));
-        for_each_filter_block(g, |p, c, regs, kb| {
-            let vp = &v[p * sv..][..pairs * g.c];
-            let zp = &z[p * sz..][..pairs * g.k];
-            let sp = &mut sums[p * g.c * g.k..(p + 1) * g.c * g.k];
-            // SAFETY: c + 4 <= c (c is a multiple of 16), kb + 16 * regs <= k.
-            unsafe {
-                match regs {
-                    4 => filter_block::<4>(g, pairs, vp, zp, sp, c, kb),
-                    3 => filter_block::<3>(g, pairs, vp, zp, sp, c, kb),
-                    2 => filter_block::<2>(g, pairs, vp, zp, sp, c, kb),
-                    _ => filter_block::<1>(g, pairs, vp, zp, sp, c, kb),
+        for_each_filter_block(
+            g,
+            |_| 4,
+            |p, c, regs, kb| {
+                let vp = &v[p * sv..][..pairs * g.c];
+                let zp = &z[p * sz..][..pairs * g.k];
+                let sp = &mut sums[p * g.c * g.k..(p + 1) * g.c * g.k];
+                // SAFETY: c + 4 <= c (c is a multiple of 16), kb + 16 * regs <= k.
+                unsafe {
+                    match regs {
+                        4 => filter_block::<4>(g, pairs, vp, zp, sp, c, kb),
+                        3 => filter_block::<3>(g, pairs, vp, zp, sp, c, kb),
+                        2 => filter_block::<2>(g, pairs, vp, zp, sp, c, kb),
+                        _ => filter_block::<1>(g, pairs, vp, zp, sp, c, kb),
+                    }
                 }
-            }
-        });
+            },
+        );
     }
 
     /// Input channels `c..c + 4` by `R` registers of output channels from `kb`, over every
