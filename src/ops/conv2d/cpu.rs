@@ -437,10 +437,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         db: &mut Vec<T>,
     ) -> Result<()> {
         s.check_backward_filter(x.len(), s.output_len(), dw.len(), db.len())?;
-        check_fused(self, s, pool)?;
-        let n = pool.output_len();
-        check_len("pool codes", codes.len(), n)?;
-        check_len("pooled gradient", dpooled.len(), n)?;
+        let n = check_fused_gradient(self, s, pool, codes, dpooled)?;
         if !direct::supported(s) {
             // A Winograd block: its transforms read the pooled gradient where they read
             // the convolution's output gradient, which is never expanded.
@@ -485,10 +482,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         dx: &mut Vec<T>,
     ) -> Result<()> {
         s.check_backward_data(s.output_len(), w.len(), dx.len())?;
-        check_fused(self, s, pool)?;
-        let n = pool.output_len();
-        check_len("pool codes", codes.len(), n)?;
-        check_len("pooled gradient", dpooled.len(), n)?;
+        let n = check_fused_gradient(self, s, pool, codes, dpooled)?;
         if algorithm::<T>(self.path, s, Direction::BackwardData) == Algorithm::Winograd {
             self.winograd_backward_data(s, pooled_source(dpooled, codes, n), w, dx);
             return Ok(());
@@ -501,6 +495,21 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         self.give_scratch(dy);
         done
     }
+}
+
+/// [`check_fused`], and the pooled gradient and the codes against the pool: their length.
+fn check_fused_gradient<T: Element>(
+    b: &CpuBackend<T>,
+    s: &ConvShape,
+    pool: &PoolShape,
+    codes: &[T],
+    dpooled: &[T],
+) -> Result<usize> {
+    check_fused(b, s, pool)?;
+    let n = pool.output_len();
+    check_len("pool codes", codes.len(), n)?;
+    check_len("pooled gradient", dpooled.len(), n)?;
+    Ok(n)
 }
 
 /// A fused block's output gradient as the Winograd transforms read it: the first `n`
