@@ -81,6 +81,43 @@ pub fn free_disk_space(path: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Maps every page of `buf` in now, a few MiB per call from every thread of the current
+/// rayon pool (`MADV_POPULATE_WRITE`, Linux 5.14 and later), rather than one page fault at a
+/// time as the first write reaches each. A fresh 180 MB set of decoded images took 66-76 ms
+/// of two threads' time in single faults and 45-57 ms populated (2-core Xeon, under load).
+/// Where the call is not supported, the pages fault in as before; the contents (zeros for
+/// fresh memory) do not change either way.
+pub fn populate(buf: &mut [u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        use rayon::prelude::*;
+        const CHUNK: usize = 4 << 20;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+        if page == 0 || buf.len() < 2 * page {
+            return;
+        }
+        // The whole pages inside buf, in chunks of whole pages.
+        let skip = buf.as_ptr().align_offset(page).min(buf.len());
+        let pages = &mut buf[skip..];
+        let whole = pages.len() / page * page;
+        pages[..whole].par_chunks_mut(CHUNK).for_each(|chunk| {
+            // SAFETY: the range is whole pages of memory this slice owns; populating
+            // changes no byte of it. A failure (an old kernel: EINVAL) leaves the pages to
+            // fault in on first write.
+            unsafe {
+                libc::madvise(
+                    chunk.as_mut_ptr().cast(),
+                    chunk.len(),
+                    libc::MADV_POPULATE_WRITE,
+                );
+            }
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
 /// `1.23 GiB`.
 pub fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
@@ -100,5 +137,23 @@ mod tests {
             meminfo_field("MemAvailable:   2048 kB\n", "MemAvailable:"),
             Some(2 << 20)
         );
+    }
+
+    /// Populating pages changes no byte: fresh memory stays zero, written memory keeps what
+    /// was written, in a slice that starts and ends inside pages.
+    #[test]
+    fn populating_keeps_the_contents() {
+        let mut fresh = vec![0u8; 9 << 20];
+        populate(&mut fresh[3..(9 << 20) - 5]);
+        assert!(fresh.iter().all(|&b| b == 0));
+        let mut written: Vec<u8> = (0..(9usize << 20)).map(|i| (i % 251) as u8).collect();
+        populate(&mut written[3..]);
+        assert!(
+            written
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == (i % 251) as u8)
+        );
+        populate(&mut []);
     }
 }

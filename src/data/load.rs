@@ -528,6 +528,7 @@ fn preprocess(
         None => Sink::Memory,
     };
     let mut buffer = vec![0u8; chunk.min(items.len()).max(1) * len];
+    crate::system::populate(&mut buffer);
     let mut kept = 0usize;
     let mut labels: Vec<u32> = Vec::new();
     let mut warnings: Vec<Skipped> = Vec::new();
