@@ -2,7 +2,7 @@
 //! `vdpbf16ps` and AMX's `TDPBF16PS`, each as independent chains (throughput, not latency).
 //! `cargo bench --bench cpu_units`. Why it exists: the README's "Why the CPU uses AMX" rests
 //! on these figures (on the project's Xeon `vdpbf16ps` issues at a quarter of the FMA's rate,
-//! half its multiplies; AMX is ~7x the FMAs).
+//! half its multiplies; AMX about 15x the FMAs).
 
 #[cfg(target_arch = "x86_64")]
 mod units {

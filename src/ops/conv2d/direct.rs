@@ -40,6 +40,13 @@ fn check_image(s: &ConvShape, x: &[f32]) {
     assert_eq!(x.len(), s.in_h * s.in_w * s.in_c, "input image");
 }
 
+/// [`check_image`], and the kernel and bias of a forward pass.
+fn check_forward(s: &ConvShape, x: &[f32], w: &[f32], b: &[f32]) {
+    check_image(s, x);
+    assert_eq!(w.len(), s.kernel_len(), "kernel");
+    assert_eq!(b.len(), s.out_c, "bias");
+}
+
 /// Values per image of the 2x2 max-pool over the convolution's output (floored).
 fn pooled_len(s: &ConvShape) -> usize {
     (s.out_h() / 2) * (s.out_w() / 2) * s.out_c
@@ -48,9 +55,7 @@ fn pooled_len(s: &ConvShape) -> usize {
 /// `y = conv(x, w) + b` (then ReLU if `relu`) for one image: `x` is `[in_h, in_w, in_c]`,
 /// `w` `[3, 3, in_c, out_c]`, `y` `[out_h, out_w, out_c]`.
 pub fn forward_image(s: &ConvShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], relu: bool) {
-    check_image(s, x);
-    assert_eq!(w.len(), s.kernel_len(), "kernel");
-    assert_eq!(b.len(), s.out_c, "bias");
+    check_forward(s, x, w, b);
     assert_eq!(y.len(), s.out_h() * s.out_w() * s.out_c, "output image");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F is present (supported() checked it); the lengths were checked above
@@ -76,9 +81,7 @@ pub fn forward_relu_pool_image(
     pooled: &mut [f32],
     codes: &mut [f32],
 ) {
-    check_image(s, x);
-    assert_eq!(w.len(), s.kernel_len(), "kernel");
-    assert_eq!(b.len(), s.out_c, "bias");
+    check_forward(s, x, w, b);
     let pooled_len = pooled_len(s);
     assert_eq!(pooled.len(), pooled_len, "pooled image");
     assert_eq!(codes.len(), pooled_len, "codes");
