@@ -29,6 +29,45 @@
 use super::ConvShape;
 use crate::ops::cpu::avx512;
 
+/// `product_block!(block, (g, vp, up, mp), t, tb, regs, kb)`: one block of a chunk's products
+/// (see [`for_each_product_block`]) by the kernel `block::<TB, R>(g, vp, up, mp, tile, kb)` of
+/// the f32 or the bf16 products: a full block in the shape [`TILES_PER_BLOCK`] gives `regs`,
+/// a chunk's short last one by fours, then tile by tile (a single tile's sums wait on their
+/// own latency: 8 of the 128 tiles of a chunk of conv2's input gradient had cost half as
+/// much again as the other 120). Call inside `unsafe`, with the kernel's contract met for
+/// tiles t..t + tb.
+macro_rules! product_block {
+    ($block:ident, ($($arg:expr),*), $t:expr, $tb:expr, $regs:expr, $kb:expr) => {{
+        let (t, tb, regs, kb) = ($t, $tb, $regs, $kb);
+        if tb == TILES_PER_BLOCK[regs] {
+            match regs {
+                4 => $block::<4, 4>($($arg,)* t, kb),
+                3 => $block::<4, 3>($($arg,)* t, kb),
+                2 => $block::<8, 2>($($arg,)* t, kb),
+                _ => $block::<12, 1>($($arg,)* t, kb),
+            }
+        } else {
+            let fours = t + tb / 4 * 4;
+            for tile in (t..fours).step_by(4) {
+                match regs {
+                    4 => $block::<4, 4>($($arg,)* tile, kb),
+                    3 => $block::<4, 3>($($arg,)* tile, kb),
+                    2 => $block::<4, 2>($($arg,)* tile, kb),
+                    _ => $block::<4, 1>($($arg,)* tile, kb),
+                }
+            }
+            for tile in fours..t + tb {
+                match regs {
+                    4 => $block::<1, 4>($($arg,)* tile, kb),
+                    3 => $block::<1, 3>($($arg,)* tile, kb),
+                    2 => $block::<1, 2>($($arg,)* tile, kb),
+                    _ => $block::<1, 1>($($arg,)* tile, kb),
+                }
+            }
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod amx;
 pub mod bf16;
@@ -449,16 +488,6 @@ fn for_each_product_block(
     }
 }
 
-/// The short last block of a chunk's products, `tb` tiles: `(offset, four)` for blocks of 4
-/// tiles, then of 1 (see `avx512::rest`).
-fn rest_blocks(tb: usize) -> impl Iterator<Item = (usize, bool)> {
-    let fours = tb / 4 * 4;
-    (0..fours)
-        .step_by(4)
-        .map(|i| (i, true))
-        .chain((fours..tb).map(|i| (i, false)))
-}
-
 /// The blocking of the filter gradient's 16 products, shared by the f32 and bf16 kernels:
 /// per position p, output channels in blocks of up to 4 registers from `kb`, input channels
 /// in blocks of `channels(regs)` (4 or 8: a divisor of 16) from `c`: `block(p, c, regs, kb)`.
@@ -503,18 +532,7 @@ mod avx512 {
             let up = &u[p * g.c * g.k..(p + 1) * g.c * g.k];
             let mp = &mut m[p * sm..][..count * g.k];
             // SAFETY: tiles t..t + tb < count, channels kb..kb + 16 * regs <= k.
-            unsafe {
-                match (tb == TILES_PER_BLOCK[regs], regs) {
-                    (true, 4) => block::<4, 4>(g, vp, up, mp, t, kb),
-                    (true, 3) => block::<4, 3>(g, vp, up, mp, t, kb),
-                    (true, 2) => block::<8, 2>(g, vp, up, mp, t, kb),
-                    (true, _) => block::<12, 1>(g, vp, up, mp, t, kb),
-                    (false, 4) => rest::<4>(g, vp, up, mp, t, tb, kb),
-                    (false, 3) => rest::<3>(g, vp, up, mp, t, tb, kb),
-                    (false, 2) => rest::<2>(g, vp, up, mp, t, tb, kb),
-                    (false, _) => rest::<1>(g, vp, up, mp, t, tb, kb),
-                }
-            }
+            unsafe { product_block!(block, (g, vp, up, mp), t, tb, regs, kb) }
         });
     }
 
@@ -552,31 +570,6 @@ mod avx512 {
                 // SAFETY: tile t + i < count, channel block inside k: inside M[p].
                 unsafe { _mm512_storeu_ps(mp.as_mut_ptr().add(at), *a) };
             }
-        }
-    }
-
-    /// The last tiles of a chunk (fewer than a block): by fours, then one at a time (a
-    /// single tile's accumulators wait on their own latency: 8 of the 128 tiles of a chunk
-    /// of conv2's input gradient cost half as much again as the other 120 one by one).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn rest<const R: usize>(
-        g: &Geometry,
-        vp: &[f32],
-        up: &[f32],
-        mp: &mut [f32],
-        t: usize,
-        tb: usize,
-        kb: usize,
-    ) {
-        for (i, four) in super::rest_blocks(tb) {
-            // SAFETY: forwarded: tiles t + i.. (4 or 1 of them) < count.
-            unsafe {
-                if four {
-                    block::<4, R>(g, vp, up, mp, t + i, kb)
-                } else {
-                    block::<1, R>(g, vp, up, mp, t + i, kb)
-                }
-            };
         }
     }
 

@@ -165,18 +165,7 @@ mod avx512bf16 {
             let up = &u[p * half * g.k..(p + 1) * half * g.k];
             let mp = &mut m[p * sm..][..count * g.k];
             // SAFETY: tiles t..t + tb < count, channels kb..kb + 16 * regs <= k.
-            unsafe {
-                match (tb == TILES_PER_BLOCK[regs], regs) {
-                    (true, 4) => block::<4, 4>(g, vp, up, mp, t, kb),
-                    (true, 3) => block::<4, 3>(g, vp, up, mp, t, kb),
-                    (true, 2) => block::<8, 2>(g, vp, up, mp, t, kb),
-                    (true, _) => block::<12, 1>(g, vp, up, mp, t, kb),
-                    (false, 4) => rest::<4>(g, vp, up, mp, t, tb, kb),
-                    (false, 3) => rest::<3>(g, vp, up, mp, t, tb, kb),
-                    (false, 2) => rest::<2>(g, vp, up, mp, t, tb, kb),
-                    (false, _) => rest::<1>(g, vp, up, mp, t, tb, kb),
-                }
-            }
+            unsafe { product_block!(block, (g, vp, up, mp), t, tb, regs, kb) }
         });
     }
 
@@ -218,29 +207,6 @@ mod avx512bf16 {
                 // SAFETY: tile t + i < count, channel block inside k: inside M[p].
                 unsafe { _mm512_storeu_ps(mp.as_mut_ptr().add(at), *a) };
             }
-        }
-    }
-
-    /// The last tiles of a chunk (fewer than a block): by fours, then one at a time.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn rest<const R: usize>(
-        g: &Geometry,
-        vp: &[u32],
-        up: &[u32],
-        mp: &mut [f32],
-        t: usize,
-        tb: usize,
-        kb: usize,
-    ) {
-        for (i, four) in super::super::rest_blocks(tb) {
-            // SAFETY: forwarded: tiles t + i.. (4 or 1 of them) < count.
-            unsafe {
-                if four {
-                    block::<4, R>(g, vp, up, mp, t + i, kb)
-                } else {
-                    block::<1, R>(g, vp, up, mp, t + i, kb)
-                }
-            };
         }
     }
 
