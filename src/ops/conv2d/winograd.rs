@@ -32,10 +32,9 @@ use crate::ops::cpu::avx512;
 /// `product_block!(block, (g, vp, up, mp), t, tb, regs, kb)`: one block of a chunk's products
 /// (see [`for_each_product_block`]) by the kernel `block::<TB, R>(g, vp, up, mp, tile, kb)` of
 /// the f32 or the bf16 products: a full block in the shape [`TILES_PER_BLOCK`] gives `regs`,
-/// a chunk's short last one by fours, then tile by tile (a single tile's sums wait on their
-/// own latency: 8 of the 128 tiles of a chunk of conv2's input gradient had cost half as
-/// much again as the other 120). Call inside `unsafe`, with the kernel's contract met for
-/// tiles t..t + tb.
+/// a chunk's short last one by fours, then tile by tile (a single tile's few sums wait on
+/// their own FMA latency, so as few tiles as possible go singly). Call inside `unsafe`, with
+/// the kernel's contract met for tiles t..t + tb.
 macro_rules! product_block {
     ($block:ident, ($($arg:expr),*), $t:expr, $tb:expr, $regs:expr, $kb:expr) => {{
         let (t, tb, regs, kb) = ($t, $tb, $regs, $kb);
