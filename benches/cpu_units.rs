@@ -47,6 +47,8 @@ mod units {
         (s, acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum())
     }
 
+    /// `LDTILECFG`'s operand, as `src/ops/conv2d/winograd/amx.rs` has it (private there: a
+    /// bench sees only the crate's public API).
     #[repr(C, align(64))]
     struct TileConfig {
         palette: u8,
