@@ -237,13 +237,21 @@ mod avx512 {
     /// Blended values a step can pick from (two registers).
     const REACH: usize = 32;
 
-    /// A step whose taps are not within reach.
-    const FAR: u32 = u32::MAX;
+    /// A step whose taps lie within reach: its first output value, and the first of the
+    /// 32 blended values its taps come from.
+    #[derive(Clone, Copy)]
+    struct Near {
+        out: u32,
+        base: u32,
+    }
 
-    /// Per step of a row: the first of the 32 blended values its taps come from ([`FAR`]:
-    /// not within reach), and each value's taps relative to it.
+    /// The steps of a row: those within reach ([`Near`]) with each value's taps relative
+    /// to the step's base, and the first output value of each of the others. Split once
+    /// per image, so that the loop over the near steps has no branch (a branch per step
+    /// had cost more than the step's arithmetic: `perf annotate`).
     pub(super) struct Blocks {
-        base: Vec<u32>,
+        near: Vec<Near>,
+        far: Vec<u32>,
         left: Vec<u32>,
         right: Vec<u32>,
     }
@@ -251,8 +259,9 @@ mod avx512 {
     impl Blocks {
         pub(super) fn of(t: &RowTaps, row_len: usize) -> Blocks {
             let steps = t.left.len() / STEP;
-            let (mut base, mut left, mut right) = (
+            let (mut near, mut far, mut left, mut right) = (
                 Vec::with_capacity(steps),
+                Vec::new(),
                 vec![0; steps * STEP],
                 vec![0; steps * STEP],
             );
@@ -262,14 +271,25 @@ mod avx512 {
                 let highest = t.right[at.clone()].iter().max().copied().unwrap_or(0) as usize;
                 // The load of 32 values must stay inside the row: start earlier if needed.
                 let start = lowest.min(row_len.saturating_sub(REACH));
-                let fits = row_len >= REACH && highest < start + REACH;
-                base.push(if fits { start as u32 } else { FAR });
+                if !(row_len >= REACH && highest < start + REACH) {
+                    far.push(at.start as u32);
+                    continue;
+                }
+                near.push(Near {
+                    out: at.start as u32,
+                    base: start as u32,
+                });
                 for o in at {
-                    left[o] = t.left[o].saturating_sub(start as u32);
-                    right[o] = t.right[o].saturating_sub(start as u32);
+                    left[o] = t.left[o] - start as u32;
+                    right[o] = t.right[o] - start as u32;
                 }
             }
-            Blocks { base, left, right }
+            Blocks {
+                near,
+                far,
+                left,
+                right,
+            }
         }
     }
 
@@ -285,34 +305,33 @@ mod avx512 {
     ) {
         debug_assert_eq!(out_row.len(), t.left.len());
         let half = _mm512_set1_ps(0.5);
-        for (s, &base) in blocks.base.iter().enumerate() {
-            let o = s * STEP;
-            if base == FAR {
-                super::horizontal(blended, t, &mut out_row[..o + STEP], o);
-                continue;
-            }
-            let base = base as usize;
-            debug_assert!(base + REACH <= blended.len());
-            // SAFETY: base + 32 <= blended.len() (Blocks::of), o + 8 <= the row's values;
-            // the indices are < 32 (Blocks::of), the upper 8 lanes are never stored.
+        let (src, left, right) = (blended.as_ptr(), blocks.left.as_ptr(), blocks.right.as_ptr());
+        let (weight, out) = (t.weight.as_ptr(), out_row.as_mut_ptr());
+        for &Near { out: o, base } in &blocks.near {
+            let (o, base) = (o as usize, base as usize);
+            debug_assert!(base + REACH <= blended.len() && o + STEP <= out_row.len());
+            // SAFETY: base + 32 <= blended.len() and o + 8 <= the row's values (Blocks::of
+            // for these taps and rows); the indices are < 32, the upper 8 lanes are never
+            // stored.
             unsafe {
-                let low = _mm512_loadu_ps(blended.as_ptr().add(base));
-                let high = _mm512_loadu_ps(blended.as_ptr().add(base + 16));
-                let li =
-                    _mm512_castsi256_si512(_mm256_loadu_si256(blocks.left.as_ptr().add(o).cast()));
-                let ri =
-                    _mm512_castsi256_si512(_mm256_loadu_si256(blocks.right.as_ptr().add(o).cast()));
-                let w = _mm512_castps256_ps512(_mm256_loadu_ps(t.weight.as_ptr().add(o)));
+                let low = _mm512_loadu_ps(src.add(base));
+                let high = _mm512_loadu_ps(src.add(base + 16));
+                let li = _mm512_castsi256_si512(_mm256_loadu_si256(left.add(o).cast()));
+                let ri = _mm512_castsi256_si512(_mm256_loadu_si256(right.add(o).cast()));
+                let w = _mm512_castps256_ps512(_mm256_loadu_ps(weight.add(o)));
                 let a = _mm512_permutex2var_ps(low, li, high);
                 let b = _mm512_permutex2var_ps(low, ri, high);
                 // a + (b - a) * w, then + 0.5 and truncation: the portable code's steps.
                 let v = _mm512_add_ps(a, _mm512_mul_ps(_mm512_sub_ps(b, a), w));
                 let q = _mm512_cvttps_epi32(_mm512_add_ps(v, half));
-                let bytes = _mm512_cvtepi32_epi8(q);
-                _mm_storel_epi64(out_row.as_mut_ptr().add(o).cast(), bytes);
+                _mm_storel_epi64(out.add(o).cast(), _mm512_cvtepi32_epi8(q));
             }
         }
-        let done = blocks.base.len() * STEP;
+        for &o in &blocks.far {
+            let o = o as usize;
+            super::horizontal(blended, t, &mut out_row[..o + STEP], o);
+        }
+        let done = t.left.len() / STEP * STEP;
         super::horizontal(blended, t, out_row, done);
     }
 }
