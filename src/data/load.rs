@@ -528,7 +528,6 @@ fn preprocess(
         None => Sink::Memory,
     };
     let mut buffer = vec![0u8; chunk.min(items.len()).max(1) * len];
-    crate::system::populate(&mut buffer);
     let mut kept = 0usize;
     let mut labels: Vec<u32> = Vec::new();
     let mut warnings: Vec<Skipped> = Vec::new();
@@ -632,6 +631,8 @@ pub fn decode_resized(
     DECODED.with_borrow_mut(|buf| {
         let decoded = decode_rgb8_into(bytes, buf)?;
         let (width, height) = (decoded.width, decoded.height);
+        // A fresh slot's pages mapped (and zeroed) only now: still in cache when written.
+        crate::system::populate(slot);
         resize_bilinear(buf, width, height, slot, shape.width, shape.height, 3);
         if buf.capacity() > 64 << 20 {
             *buf = Vec::new(); // do not hold on to a huge photo's buffer
