@@ -89,9 +89,16 @@ pub fn free_disk_space(path: &Path) -> Option<u64> {
 /// still in cache when they are overwritten (populating the whole set first had left them
 /// to be read back from memory). Where the call is not supported, the pages fault in as
 /// before; the contents (zeros for fresh memory) do not change either way.
-pub fn populate(buf: &mut [u8]) {
+pub fn populate<T: Copy>(buf: &mut [T]) {
     #[cfg(target_os = "linux")]
     {
+        // SAFETY: the same memory as bytes (T is plain data); only its pages are touched.
+        let buf = unsafe {
+            std::slice::from_raw_parts_mut(
+                buf.as_mut_ptr().cast::<u8>(),
+                std::mem::size_of_val(buf),
+            )
+        };
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
         if page == 0 {
@@ -153,6 +160,6 @@ mod tests {
                 .enumerate()
                 .all(|(i, &b)| b == (i % 251) as u8)
         );
-        populate(&mut []);
+        populate::<u8>(&mut []);
     }
 }

@@ -305,7 +305,11 @@ mod avx512 {
     ) {
         debug_assert_eq!(out_row.len(), t.left.len());
         let half = _mm512_set1_ps(0.5);
-        let (src, left, right) = (blended.as_ptr(), blocks.left.as_ptr(), blocks.right.as_ptr());
+        let (src, left, right) = (
+            blended.as_ptr(),
+            blocks.left.as_ptr(),
+            blocks.right.as_ptr(),
+        );
         let (weight, out) = (t.weight.as_ptr(), out_row.as_mut_ptr());
         for &Near { out: o, base } in &blocks.near {
             let (o, base) = (o as usize, base as usize);
