@@ -151,12 +151,20 @@ mod avx512 {
         out: &mut [f32],
     ) {
         debug_assert!(k0 + rows <= s.inputs && out.len() == s.batch * rows);
-        let mut b = 0;
-        while b < s.batch {
-            let nb = (s.batch - b).min(BLOCK);
-            let mut r = 0;
-            while r < rows {
-                let nr = (rows - r).min(BLOCK);
+        let mut r = 0;
+        while r < rows {
+            let nr = (rows - r).min(BLOCK);
+            // The next block's weight rows, on their way from memory while every image
+            // uses this block's (the loads had waited on memory: `perf annotate`).
+            let next = (k0 + r + nr) * s.outputs;
+            let ahead = (rows - r - nr).min(BLOCK) * s.outputs;
+            for at in (next..next + ahead).step_by(16) {
+                // SAFETY: a prefetch of an address inside w (rows below k0 + rows).
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(at).cast()) };
+            }
+            let mut b = 0;
+            while b < s.batch {
+                let nb = (s.batch - b).min(BLOCK);
                 // SAFETY: forwarded: images b..b + nb, band rows r..r + nr, all in range.
                 unsafe {
                     if nb == BLOCK && nr == BLOCK {
@@ -169,9 +177,9 @@ mod avx512 {
                         }
                     }
                 }
-                r += nr;
+                b += nb;
             }
-            b += nb;
+            r += nr;
         }
     }
 
