@@ -84,8 +84,13 @@ impl ConvLayerPaths {
                     paths.forward = "direct 3x3 + ReLU + 2x2 max-pool in one pass (AVX-512)";
                     paths.backward_filter = "direct 3x3 from the pooled gradient (AVX-512)";
                 } else if fused[at] {
-                    paths.forward =
-                        "Winograd F(2x2,3x3) + ReLU + 2x2 max-pool in its output transform";
+                    // The backend's name of the pass (with its products' format) and the
+                    // epilogue; made once per benchmark, so leaking the few bytes is fine.
+                    let name = format!(
+                        "{} + ReLU + 2x2 max-pool in its output transform",
+                        paths.forward
+                    );
+                    paths.forward = Box::leak(name.into_boxed_str());
                 }
                 ConvLayerPaths {
                     layer: format!(
