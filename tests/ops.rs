@@ -866,6 +866,8 @@ fn dense_shapes() -> Vec<DenseShape> {
         d(5, 70, 64),
         d(3, 9, 192),
         d(6, 300, 128),
+        // a full block of 8 images and 3 more; ranges of two chunks (a prefetched next one)
+        d(11, 2100, 64),
     ]
 }
 
