@@ -31,17 +31,41 @@ impl<T: Element> AdamOps for CpuBackend<T> {
             return Ok(());
         }
         let s = *step;
+        let chunk = PARALLEL_MIN_ELEMENTS;
         param[..len]
-            .par_iter_mut()
-            .with_min_len(PARALLEL_MIN_ELEMENTS)
-            .zip(&grad[..len])
-            .zip(m[..len].par_iter_mut())
-            .zip(v[..len].par_iter_mut())
-            .for_each(|(((p, &g), m), v)| {
-                *m += (g - *m) * s.one_minus_beta1;
-                *v += (g * g - *v) * s.one_minus_beta2;
-                *p -= *m * s.step_size / (v.sqrt() + s.epsilon);
+            .par_chunks_mut(chunk)
+            .zip(grad[..len].par_chunks(chunk))
+            .zip(m[..len].par_chunks_mut(chunk))
+            .zip(v[..len].par_chunks_mut(chunk))
+            .for_each(|(((p, g), m), v)| {
+                #[cfg(target_arch = "x86_64")]
+                if crate::ops::cpu::avx512() {
+                    // SAFETY: the CPU has AVX-512F, checked just above.
+                    return unsafe { update_avx512(p, g, m, v, &s) };
+                }
+                update(p, g, m, v, &s);
             });
         Ok(())
     }
+}
+
+/// One chunk's update, element by element (the compiler vectorises the loop).
+#[inline(always)]
+fn update<T: Element>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], s: &AdamStep<T>) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        *m += (g - *m) * s.one_minus_beta1;
+        *v += (g * g - *v) * s.one_minus_beta2;
+        *p -= *m * s.step_size / (v.sqrt() + s.epsilon);
+    }
+}
+
+/// [`update`] compiled for AVX-512: 16 lanes where the default build has SSE2's 4, the
+/// same IEEE operations in the same order (Rust contracts no multiply-add), so the same
+/// bits. The pass is bound by memory, yet the narrow square roots and divisions showed:
+/// the loop in C over the reference CNN's 11.1 M parameters took 6.9-7.2 ms for AVX-512
+/// against 8.4-8.5 ms for SSE2 (2 threads, caches flushed between runs).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn update_avx512<T: Element>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], s: &AdamStep<T>) {
+    update(p, g, m, v, s);
 }
