@@ -84,11 +84,12 @@ pub fn free_disk_space(path: &Path) -> Option<u64> {
 /// Maps the whole pages inside `buf` in now, in one call (`MADV_POPULATE_WRITE`, Linux 5.14
 /// and later), rather than one page fault at a time as the first write reaches each: for a
 /// fresh 180 MB set of decoded images, 66-76 ms of two threads' time in single faults
-/// against 45-57 ms populated (2-core Xeon, under load). Called on each image's slot just
-/// before the image is written there, so that the lines the kernel has just zeroed are
-/// still in cache when they are overwritten (populating the whole set first had left them
-/// to be read back from memory). Where the call is not supported, the pages fault in as
-/// before; the contents (zeros for fresh memory) do not change either way.
+/// against 45-57 ms populated (2-core Xeon, under load); and memory read before it is
+/// written gets pages of its own at once, not the shared zero page and then a copy (see the
+/// CPU backend's `zeros`). The loader calls it on each image's slot just before the image is
+/// written there, so that the lines the kernel has just zeroed are still in cache when they
+/// are overwritten. Where the call is not supported, the pages fault in as before; the
+/// contents (zeros for fresh memory) do not change either way.
 pub fn populate<T: Copy>(buf: &mut [T]) {
     #[cfg(target_os = "linux")]
     {

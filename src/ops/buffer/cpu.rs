@@ -25,7 +25,8 @@ impl<T: Element> Storage for CpuBackend<T> {
     /// kernel's shared zero page when first read, and the first write to each then costs a
     /// copy and a TLB shootdown across the threads (an inter-processor interrupt, a VM exit
     /// on a virtual machine). Adam's moments are read before they are written: their 22,000
-    /// pages took 10% of the CPU time of `focalflow bench --device cpu --steps 8` that way.
+    /// pages took 10% of the CPU time of `focalflow bench --device cpu --precision bf16
+    /// --steps 8` that way (`perf record`: `native_write_msr` under `flush_tlb_mm_range`).
     fn zeros(&self, len: usize) -> Result<Vec<T>> {
         let mut v = vec![T::zero(); len];
         crate::system::populate(&mut v);

@@ -251,8 +251,7 @@ mod avx512 {
         for c0 in (k0..k1).step_by(CHUNK_ROWS) {
             let c1 = (c0 + CHUNK_ROWS).min(k1);
             // The next chunk's weights, a line per row step of every block, into L2.
-            let next = (c1 * s.outputs..((c1 + CHUNK_ROWS).min(k1)) * s.outputs).step_by(16);
-            let mut next = next.peekable();
+            let mut next = (c1 * s.outputs..((c1 + CHUNK_ROWS).min(k1)) * s.outputs).step_by(16);
             for first in (0..s.outputs).step_by(C * LANES) {
                 let mut b = 0;
                 while b < s.batch {
