@@ -69,3 +69,46 @@ fn update<T: Element>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], s: &AdamSt
 fn update_avx512<T: Element>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], s: &AdamStep<T>) {
     update(p, g, m, v, s);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 build of the update gives the portable build's bits (the claim that lets
+    /// it replace the SSE2 loop without changing a run), over lengths that leave tails.
+    #[test]
+    fn avx512_update_equals_the_portable_one_bit_for_bit() {
+        if !crate::ops::cpu::avx512() {
+            println!("SKIPPED avx512_update_equals_the_portable_one_bit_for_bit: no AVX-512");
+            return;
+        }
+        let step = AdamStep {
+            step_size: 1e-3f32,
+            one_minus_beta1: 0.1,
+            one_minus_beta2: 1e-3,
+            epsilon: 1e-7,
+        };
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for len in [1, 15, 16, 17, 1000, 4099] {
+            let g: Vec<f32> = (0..len).map(|_| next()).collect();
+            let p: Vec<f32> = (0..len).map(|_| next()).collect();
+            let m: Vec<f32> = (0..len).map(|_| next() * 0.1).collect();
+            let v: Vec<f32> = (0..len).map(|_| next().abs() * 0.01).collect();
+            let (mut p1, mut m1, mut v1) = (p.clone(), m.clone(), v.clone());
+            update(&mut p1, &g, &mut m1, &mut v1, &step);
+            let (mut p2, mut m2, mut v2) = (p, m, v);
+            // SAFETY: AVX-512F checked above.
+            unsafe { update_avx512(&mut p2, &g, &mut m2, &mut v2, &step) };
+            for (a, b) in [(&p1, &p2), (&m1, &m2), (&v1, &v2)] {
+                let bits = |x: &Vec<f32>| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(a), bits(b), "length {len}");
+            }
+        }
+    }
+}
