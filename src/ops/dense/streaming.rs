@@ -387,3 +387,68 @@ mod avx512 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The forward pass's sums in the order its doc states, one multiply-add at a time:
+    /// per range of weight rows, per chunk from zero, added to the range's partial sum; the
+    /// partials added in range order.
+    fn forward_in_order(s: &DenseShape, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let per_range = s.inputs.div_ceil(CHUNK_ROWS).div_ceil(FORWARD_RANGES) * CHUNK_ROWS;
+        let mut y: Option<Vec<f32>> = None;
+        for k0 in (0..s.inputs).step_by(per_range) {
+            let k1 = (k0 + per_range).min(s.inputs);
+            let mut part = vec![0f32; s.batch * s.outputs];
+            for c0 in (k0..k1).step_by(CHUNK_ROWS) {
+                for b in 0..s.batch {
+                    for j in 0..s.outputs {
+                        let mut acc = 0f32;
+                        for k in c0..(c0 + CHUNK_ROWS).min(k1) {
+                            acc = x[b * s.inputs + k].mul_add(w[k * s.outputs + j], acc);
+                        }
+                        part[b * s.outputs + j] += acc;
+                    }
+                }
+            }
+            y = Some(match y {
+                None => part,
+                Some(y) => y.iter().zip(&part).map(|(a, b)| a + b).collect(),
+            });
+        }
+        y.expect("inputs > 0")
+    }
+
+    /// Bit for bit that order, whatever the register blocking (full blocks of images and
+    /// the rest one by one, several chunks a range, column blocks): the sums do not depend
+    /// on the number of threads or on how the kernel is tiled.
+    #[test]
+    fn forward_sums_in_its_stated_order() {
+        if !crate::ops::cpu::avx512() {
+            println!("SKIPPED forward_sums_in_its_stated_order: no AVX-512");
+            return;
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for (batch, inputs, outputs) in [(11, 2100, 64), (3, 300, 128), (8, 40, 192)] {
+            let s = DenseShape {
+                batch,
+                inputs,
+                outputs,
+            };
+            let x: Vec<f32> = (0..batch * inputs).map(|_| next()).collect();
+            let w: Vec<f32> = (0..inputs * outputs).map(|_| next()).collect();
+            let mut y = vec![0f32; batch * outputs];
+            forward(&s, &x, &w, &mut y);
+            let want = forward_in_order(&s, &x, &w);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&want), "{batch}x{inputs} -> {outputs}");
+        }
+    }
+}
