@@ -35,7 +35,11 @@ pub fn install() -> Result<()> {
     std::thread::spawn(move || {
         for _ in signals.forever() {
             if REQUESTED.swap(true, Ordering::SeqCst) {
-                for tmp in WRITING.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                // Held until the process is gone: a write that has not created its
+                // temporary file yet waits for the lock (create_temporary) and never does.
+                // (Released before exit, it had let one be created after the removal.)
+                let writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+                for tmp in writing.iter() {
                     let _ = std::fs::remove_file(tmp);
                 }
                 eprintln!("\ninterrupted again: stopped at once");
@@ -78,16 +82,17 @@ pub fn after_step() {
     }
 }
 
-/// Registers `tmp` as being written until the guard is dropped.
-pub fn writing(tmp: &Path) -> WritingGuard {
-    WRITING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(tmp.to_path_buf());
-    WritingGuard(tmp.to_path_buf())
+/// Creates the temporary file `tmp` and registers it as being written until the guard is
+/// dropped, both under the lock a second interrupt holds while it removes such files and
+/// exits: so every temporary file either exists registered or is never created.
+pub fn create_temporary(tmp: &Path) -> std::io::Result<(std::fs::File, WritingGuard)> {
+    let mut writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    let file = std::fs::File::create(tmp)?;
+    writing.push(tmp.to_path_buf());
+    Ok((file, WritingGuard(tmp.to_path_buf())))
 }
 
-/// See [`writing`].
+/// See [`create_temporary`].
 pub struct WritingGuard(PathBuf);
 
 impl Drop for WritingGuard {

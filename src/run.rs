@@ -128,13 +128,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    // A second Ctrl-C exits at once: it removes this file first.
-    let _writing = crate::interrupt::writing(&tmp);
     let abort_after: Option<usize> = std::env::var(ABORT_AFTER_BYTES_ENV)
         .ok()
         .and_then(|v| v.parse().ok());
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        // A second Ctrl-C exits at once: it removes this file first.
+        let (mut f, _writing) = crate::interrupt::create_temporary(&tmp)?;
         match abort_after {
             Some(n) if n < bytes.len() => {
                 f.write_all(&bytes[..n])?;
