@@ -227,9 +227,8 @@ mod avx512 {
 
     /// Images per register block of the forward pass, by [`FORWARD_REGS`] registers of
     /// columns: each weight vector loaded from L2 serves 8 images, half the L2 traffic of 4
-    /// images by 4 registers. With the next chunk prefetched, dense1's forward took 3.5-3.7
-    /// ms warm and 4.7-5.1 cold against 5.8-6.1 / 6.2-7.8 before; the prefetch alone
-    /// 3.9-4.4 / 5.1-6.8 (a throwaway timing of `forward` at dense1's shape, alternating).
+    /// images by 4 registers. With the next chunk prefetched, dense1's forward took 4.9-5.3
+    /// ms against 5.8-8.8 before (`cargo bench --bench dense_streaming`, alternating).
     const FORWARD_IMAGES: usize = 8;
     const FORWARD_REGS: usize = 2;
 
