@@ -38,13 +38,8 @@ fn main() {
         inputs: 43264,
         outputs: 256,
     };
-    let mut state = 12345u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
+    let mut rng = focalflow::rng::Rng::new(12345);
+    let mut next = || rng.range(-0.5, 0.5) as f32;
     let x: Vec<f32> = (0..s.batch * s.inputs).map(|_| next()).collect();
     let w: Vec<f32> = (0..s.inputs * s.outputs).map(|_| next() * 0.01).collect();
     let dy: Vec<f32> = (0..s.batch * s.outputs).map(|_| next()).collect();

@@ -88,13 +88,8 @@ mod tests {
             one_minus_beta2: 1e-3,
             epsilon: 1e-7,
         };
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut rng = crate::rng::Rng::new(21);
+        let mut next = || rng.range(-0.5, 0.5) as f32;
         for len in [1, 15, 16, 17, 1000, 4099] {
             let g: Vec<f32> = (0..len).map(|_| next()).collect();
             let p: Vec<f32> = (0..len).map(|_| next()).collect();

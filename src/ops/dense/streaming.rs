@@ -428,13 +428,8 @@ mod tests {
             println!("SKIPPED forward_sums_in_its_stated_order: no AVX-512");
             return;
         }
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut rng = crate::rng::Rng::new(22);
+        let mut next = || rng.range(-0.5, 0.5) as f32;
         for (batch, inputs, outputs) in [(11, 2100, 64), (3, 300, 128), (8, 40, 192)] {
             let s = DenseShape {
                 batch,
