@@ -73,14 +73,9 @@ fn main() {
             "input gradient" => &dx,
             _ => &dw,
         };
-        println!("  {pass:16} {cold:7.2}  {warm:7.2}   {:016x}", hash(out));
+        let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let hash = focalflow::data::cache::fnv1a(&bytes);
+        println!("  {pass:16} {cold:7.2}  {warm:7.2}   {hash:016x}");
     }
     std::hint::black_box(sink);
-}
-
-/// FNV-1a over the values' bits.
-fn hash(v: &[f32]) -> u64 {
-    v.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| {
-        (h ^ u64::from(x.to_bits())).wrapping_mul(0x0100_0000_01b3)
-    })
 }
