@@ -33,13 +33,15 @@ fn main() {
     }) {
         println!("  {}", t.line());
     }
-    // `--precision bf16`: the ops whose products it changes.
+    // `--precision bf16`: the ops whose products it changes (the fused blocks too: they
+    // are what training runs).
     match cpu_unsupported(Precision::Bf16) {
         None => {
             println!("cpu (bf16 products), batch {batch}:");
             let bf16 = CpuBackend::<f32>::new().with_precision(Precision::Bf16);
             for t in perf::time_ops(&bf16, batch, 3, &|op| {
-                (op.starts_with("conv") && !op.contains("relu") || op.starts_with("dense"))
+                (op.starts_with("conv") && (!op.contains("relu") || op.contains("fused"))
+                    || op.starts_with("dense"))
                     && picked(op)
             }) {
                 println!("  {}", t.line());

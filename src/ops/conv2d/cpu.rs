@@ -139,38 +139,121 @@ pub fn algorithm<T: Element>(path: CpuPath, s: &ConvShape, direction: Direction)
 /// The transformed kernel of a Winograd pass, f32 or packed for the bf16 products.
 enum WinogradKernel {
     F32(Vec<f32>),
-    Bf16(Bf16Unit, Vec<u32>),
+    Bf16(Vec<u32>),
 }
 
-/// The transformed kernel and the per-image geometry of a Winograd pass (its products in
-/// bf16 on `bf16`'s unit, if any).
-fn winograd_plan<T: Element>(
-    s: &ConvShape,
-    direction: Direction,
-    w: &[T],
-    bf16: Option<Bf16Unit>,
-) -> (Geometry, WinogradKernel) {
-    let g = Geometry::of(s, direction);
-    let u = winograd::transform_kernel(s, direction, f32_view(&w[..s.kernel_len()]));
-    let kernel = match bf16 {
-        Some(unit) => WinogradKernel::Bf16(unit, winograd::bf16::pack_kernel(&g, &u)),
-        None => WinogradKernel::F32(u),
-    };
-    (g, kernel)
+/// A Winograd layer's forward or input-gradient pass as it runs: by Winograd (f32 products,
+/// or bf16 on AVX512_BF16), or with bf16 products on AMX directly (`amx_direct.rs`: there
+/// the transforms would cost more than the multiplies they save).
+enum LayerPass {
+    Winograd(Geometry, WinogradKernel),
+    #[cfg(target_arch = "x86_64")]
+    Amx(super::amx_direct::Plan),
 }
 
-/// One image through a Winograd forward or input-gradient pass.
-fn winograd_image(
-    (g, kernel): &(Geometry, WinogradKernel),
-    input: Source<'_>,
-    bias: Option<&[f32]>,
-    out: winograd::Output<'_>,
-    scratch: &mut [f32],
-) {
-    match kernel {
-        WinogradKernel::F32(u) => winograd::conv_image(g, input, u, bias, out, scratch),
-        WinogradKernel::Bf16(unit, u) => {
-            winograd::bf16::conv_image(*unit, g, input, u, bias, out, scratch)
+impl LayerPass {
+    /// The pass `direction` of `s` with kernel `w`, its products in bf16 on `bf16`'s unit
+    /// if any.
+    fn new<T: Element>(s: &ConvShape, direction: Direction, w: &[T], bf16: Option<Bf16Unit>) -> Self {
+        let w = f32_view(&w[..s.kernel_len()]);
+        #[cfg(target_arch = "x86_64")]
+        if bf16 == Some(Bf16Unit::Amx) {
+            return LayerPass::Amx(super::amx_direct::Plan::new(s, direction, w));
+        }
+        let g = Geometry::of(s, direction);
+        let u = winograd::transform_kernel(s, direction, w);
+        let kernel = match bf16 {
+            Some(_) => WinogradKernel::Bf16(winograd::bf16::pack_kernel(&g, &u)),
+            None => WinogradKernel::F32(u),
+        };
+        LayerPass::Winograd(g, kernel)
+    }
+
+    /// Floats of scratch [`LayerPass::image`] takes.
+    fn scratch_len(&self) -> usize {
+        match self {
+            LayerPass::Winograd(g, _) => g.scratch_len(),
+            #[cfg(target_arch = "x86_64")]
+            LayerPass::Amx(plan) => plan.scratch_len(),
+        }
+    }
+
+    /// One image through the pass.
+    fn image(
+        &self,
+        input: Source<'_>,
+        bias: Option<&[f32]>,
+        out: winograd::Output<'_>,
+        scratch: &mut [f32],
+    ) {
+        match self {
+            LayerPass::Winograd(g, WinogradKernel::F32(u)) => {
+                winograd::conv_image(g, input, u, bias, out, scratch)
+            }
+            LayerPass::Winograd(g, WinogradKernel::Bf16(u)) => {
+                winograd::bf16::conv_image(g, input, u, bias, out, scratch)
+            }
+            #[cfg(target_arch = "x86_64")]
+            LayerPass::Amx(plan) => plan.image(input, bias, out, scratch),
+        }
+    }
+}
+
+/// A Winograd layer's filter gradient as it runs: by Winograd (f32 or bf16 on AVX512_BF16
+/// products), each task summing its images in the Winograd domain and folding the sums
+/// once; or with bf16 products on AMX directly, into the task's `dw`.
+enum FilterPass {
+    /// The geometry, and whether the products are bf16.
+    Winograd(Geometry, bool),
+    #[cfg(target_arch = "x86_64")]
+    Amx(super::amx_direct::FilterPlan),
+}
+
+impl FilterPass {
+    fn new(s: &ConvShape, bf16: Option<Bf16Unit>) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if bf16 == Some(Bf16Unit::Amx) {
+            return FilterPass::Amx(super::amx_direct::FilterPlan::new(s));
+        }
+        FilterPass::Winograd(Geometry::of(s, Direction::BackwardFilter), bf16.is_some())
+    }
+
+    /// Floats of a task's scratch.
+    fn scratch_len(&self) -> usize {
+        match self {
+            FilterPass::Winograd(g, _) => g.scratch_len() + winograd::filter_sums_len(g),
+            #[cfg(target_arch = "x86_64")]
+            FilterPass::Amx(plan) => plan.scratch_len(),
+        }
+    }
+
+    /// Before a task's first image.
+    fn start(&self, scratch: &mut [f32]) {
+        if let FilterPass::Winograd(g, _) = self {
+            scratch[g.scratch_len()..].fill(0.0);
+        }
+    }
+
+    /// One image's filter gradient: into the task's sums, or `dw += ` it.
+    fn image(&self, x: &[f32], dy: Source<'_>, dw: &mut [f32], scratch: &mut [f32]) {
+        match self {
+            FilterPass::Winograd(g, bf16) => {
+                let (work, sums) = scratch.split_at_mut(g.scratch_len());
+                if *bf16 {
+                    winograd::bf16::filter_gradient_image(g, x, dy, sums, work)
+                } else {
+                    winograd::filter_gradient_image(g, x, dy, sums, work)
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            FilterPass::Amx(plan) => plan.image(x, dy, dw, scratch),
+        }
+    }
+
+    /// After a task's last image: `dw += ` the task's sums.
+    fn finish(&self, scratch: &[f32], dw: &mut [f32]) {
+        if let FilterPass::Winograd(g, _) = self {
+            winograd::fold_filter_sums(g, &scratch[g.scratch_len()..], dw);
         }
     }
 }
@@ -178,7 +261,7 @@ fn winograd_image(
 /// The name of `algo` for reports, with the products' format and unit where they are bf16.
 fn path_name(algo: Algorithm, bf16: Option<Bf16Unit>) -> &'static str {
     match (algo, bf16) {
-        (Algorithm::Winograd, Some(Bf16Unit::Amx)) => "Winograd F(2x2,3x3), bf16 products (AMX)",
+        (Algorithm::Winograd, Some(Bf16Unit::Amx)) => "direct 3x3, bf16 products (AMX)",
         (Algorithm::Winograd, Some(Bf16Unit::Avx512)) => {
             "Winograd F(2x2,3x3), bf16 products (AVX512_BF16)"
         }
@@ -211,9 +294,9 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let algo = algorithm::<T>(self.path, s, Direction::Forward);
         let wino = (algo == Algorithm::Winograd)
-            .then(|| winograd_plan(s, Direction::Forward, w, self.bf16_products()));
+            .then(|| LayerPass::new(s, Direction::Forward, w, self.bf16_products()));
         let scratch_len = match &wino {
-            Some((g, _)) => g.scratch_len(),
+            Some(pass) => pass.scratch_len(),
             None => chunk_pixels::<T>(s) * s.patch_len(),
         };
         y[..s.output_len()]
@@ -240,7 +323,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                             out: f32_view_mut(yi),
                             relu,
                         };
-                        winograd_image(plan, Source::Dense(f32_view(xi)), bias, out, scratch);
+                        plan.image(Source::Dense(f32_view(xi)), bias, out, scratch);
                         continue;
                     }
                     for_each_pixel_chunk::<T>(s, |first, count| {
@@ -398,8 +481,8 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         check_len("pooled output", pooled.len(), n)?;
         check_len("pool codes", codes.len(), n)?;
         let wino = (!direct::supported(s))
-            .then(|| winograd_plan(s, Direction::Forward, w, self.bf16_products()));
-        let scratch_len = wino.as_ref().map_or(0, |(g, _)| g.scratch_len());
+            .then(|| LayerPass::new(s, Direction::Forward, w, self.bf16_products()));
+        let scratch_len = wino.as_ref().map_or(0, LayerPass::scratch_len);
         let (w, b) = (f32_view(&w[..s.kernel_len()]), f32_view(&b[..s.out_c]));
         pooled[..n]
             .par_chunks_mut(out_img)
@@ -412,13 +495,8 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                     Some(plan) => {
                         let mut scratch = self.take_scratch(scratch_len);
                         let out = winograd::Output::Pooled { pooled, codes };
-                        winograd_image(
-                            plan,
-                            Source::Dense(f32_view(xi)),
-                            Some(b),
-                            out,
-                            f32_view_mut(&mut scratch),
-                        );
+                        let scratch_f32 = f32_view_mut(&mut scratch);
+                        plan.image(Source::Dense(f32_view(xi)), Some(b), out, scratch_f32);
                         self.give_scratch(scratch);
                     }
                 }
@@ -536,28 +614,28 @@ fn check_fused<T: Element>(b: &CpuBackend<T>, s: &ConvShape, pool: &PoolShape) -
 impl<T: Element> CpuBackend<T> {
     /// `dx` of a Winograd layer (f32) from the batch's output gradient `dy`, either form.
     fn winograd_backward_data(&self, s: &ConvShape, dy: Source<'_>, w: &[T], dx: &mut [T]) {
-        let plan = winograd_plan(s, Direction::BackwardData, w, self.bf16_products());
+        let plan = LayerPass::new(s, Direction::BackwardData, w, self.bf16_products());
         let (in_img, per_task) = (s.in_h * s.in_w * s.in_c, Self::images_per_task(s.batch));
         f32_view_mut(&mut dx[..s.input_len()])
             .par_chunks_mut(in_img * per_task)
             .enumerate()
             .for_each(|(task, dxs)| {
-                let mut scratch = self.take_scratch(plan.0.scratch_len());
+                let mut scratch = self.take_scratch(plan.scratch_len());
                 for (i, dxi) in dxs.chunks_exact_mut(in_img).enumerate() {
                     let dyi = dy.image(task * per_task + i, s.out_h(), s.out_w(), s.out_c);
                     let out = winograd::Output::Plain {
                         out: dxi,
                         relu: false,
                     };
-                    winograd_image(&plan, dyi, None, out, f32_view_mut(&mut scratch));
+                    plan.image(dyi, None, out, f32_view_mut(&mut scratch));
                 }
                 self.give_scratch(scratch);
             });
     }
 
     /// `dw`, `db` of a Winograd layer (f32) from its input `x` and the batch's output
-    /// gradient `dy`, either form: each task sums its images in the Winograd domain and
-    /// folds the sums once, into a private `[dw | db]` ([`Self::sum_partials`]).
+    /// gradient `dy`, either form: each task sums its images into a private `[dw | db]`
+    /// ([`Self::sum_partials`]), through [`FilterPass`].
     fn winograd_backward_filter(
         &self,
         s: &ConvShape,
@@ -566,38 +644,26 @@ impl<T: Element> CpuBackend<T> {
         dw: &mut [T],
         db: &mut [T],
     ) {
-        let g = Geometry::of(s, Direction::BackwardFilter);
-        let bf16 = self.bf16_products();
-        // The per-image work and, after it, the task's Winograd-domain sums.
-        let work_len = match bf16 {
-            Some(unit) => winograd::bf16::filter_scratch_len(unit, &g),
-            None => g.scratch_len(),
-        };
+        let pass = FilterPass::new(s, self.bf16_products());
         let (in_img, per_task) = (s.in_h * s.in_w * s.in_c, Self::images_per_task(s.batch));
         let (kernel_len, out_c) = (s.kernel_len(), s.out_c);
         let partials: Vec<Vec<T>> = x[..s.input_len()]
             .par_chunks(in_img * per_task)
             .enumerate()
             .map(|(task, xs)| {
-                let mut col = self.take_scratch(work_len + winograd::filter_sums_len(&g));
+                let mut work = self.take_scratch(pass.scratch_len());
                 let mut acc = self.take_scratch(kernel_len + out_c);
                 acc.fill(T::zero());
                 let (dwt, dbt) = f32_view_mut(&mut acc).split_at_mut(kernel_len);
-                let (work, sums) = f32_view_mut(&mut col).split_at_mut(work_len);
-                sums.fill(0.0);
+                let work_f32 = f32_view_mut(&mut work);
+                pass.start(work_f32);
                 for (i, xi) in xs.chunks_exact(in_img).enumerate() {
                     let dyi = dy.image(task * per_task + i, s.out_h(), s.out_w(), out_c);
                     dyi.add_channel_sums(s.out_h(), s.out_w(), out_c, dbt);
-                    let xi = f32_view(xi);
-                    match bf16 {
-                        Some(unit) => {
-                            winograd::bf16::filter_gradient_image(unit, &g, xi, dyi, sums, work)
-                        }
-                        None => winograd::filter_gradient_image(&g, xi, dyi, sums, work),
-                    }
+                    pass.image(f32_view(xi), dyi, dwt, work_f32);
                 }
-                winograd::fold_filter_sums(&g, sums, dwt);
-                self.give_scratch(col);
+                pass.finish(work_f32, dwt);
+                self.give_scratch(work);
                 acc
             })
             .collect();

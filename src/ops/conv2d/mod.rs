@@ -10,6 +10,10 @@
 //!   reduction of `kernels/gemm_splitk.cu`; `kernels/conv2d_naive.cu` the one-thread-per-output
 //!   reference kernels ([`Variant::Naive`](crate::ops::gemm::Variant)).
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx_direct;
+#[cfg(target_arch = "x86_64")]
+mod amx_tiles;
 mod cpu;
 mod cuda;
 pub mod direct;

@@ -1,8 +1,9 @@
 //! Winograd F(2x2, 3x3) convolution on the CPU, f32 on AVX-512: the forward pass, the input
 //! gradient and the filter gradient of a 3x3 convolution with 16k input and output channels
 //! (conv2 and conv3 of the reference CNN). The transforms are in `winograd/transforms.rs`;
-//! `--precision bf16` runs the products in bf16 (`winograd/bf16.rs`, on AMX tiles where
-//! present: `winograd/amx.rs`), held to the bf16 bound of `tests/ops.rs`.
+//! `--precision bf16` runs the products in bf16 on AVX512_BF16 (`winograd/bf16.rs`), held to
+//! the bf16 bound of `tests/ops.rs`; a CPU with AMX tiles runs these layers directly
+//! (`amx_direct`).
 //!
 //! Why: a 2x2 block of outputs of a 3x3 convolution takes 36 multiplies per channel pair
 //! directly, 16 in the Winograd domain (Lavin & Gray, "Fast Algorithms for Convolutional
@@ -67,8 +68,6 @@ macro_rules! product_block {
     }};
 }
 
-#[cfg(target_arch = "x86_64")]
-mod amx;
 pub mod bf16;
 
 /// Channels per AVX-512 register.
@@ -110,13 +109,13 @@ fn shape_fits(s: &ConvShape) -> bool {
 /// an `[out_h, out_w, k]` output.
 #[derive(Clone, Copy, Debug)]
 pub struct Geometry {
-    in_h: usize,
-    in_w: usize,
-    c: usize,
-    out_h: usize,
-    out_w: usize,
-    k: usize,
-    pad: usize,
+    pub(in crate::ops::conv2d) in_h: usize,
+    pub(in crate::ops::conv2d) in_w: usize,
+    pub(in crate::ops::conv2d) c: usize,
+    pub(in crate::ops::conv2d) out_h: usize,
+    pub(in crate::ops::conv2d) out_w: usize,
+    pub(in crate::ops::conv2d) k: usize,
+    pub(in crate::ops::conv2d) pad: usize,
 }
 
 impl Geometry {
@@ -274,7 +273,7 @@ impl<'a> Source<'a> {
     }
 
     /// Checks the buffers against an `[h, w, channels]` image.
-    fn check(&self, h: usize, w: usize, channels: usize, what: &str) {
+    pub(in crate::ops::conv2d) fn check(&self, h: usize, w: usize, channels: usize, what: &str) {
         match self {
             Source::Dense(image) => assert_eq!(image.len(), h * w * channels, "{what}"),
             Source::Pooled { grad, codes } => {
@@ -352,7 +351,7 @@ pub enum Output<'a> {
 
 impl Output<'_> {
     /// Checks the output buffers against the problem `g` describes.
-    fn check(&self, g: &Geometry) {
+    pub(in crate::ops::conv2d) fn check(&self, g: &Geometry) {
         match self {
             Output::Plain { out, .. } => {
                 assert_eq!(out.len(), g.out_h * g.out_w * g.k, "output image")
@@ -508,7 +507,7 @@ fn for_each_filter_block(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod transforms;
+pub(in crate::ops::conv2d) mod transforms;
 #[cfg(target_arch = "x86_64")]
 use transforms::Layout;
 

@@ -1,9 +1,10 @@
 //! The Winograd passes with their products in bf16 (`--precision bf16`, AVX512_BF16).
 //!
 //! The transforms compute in f32 (adds and halves only) and round their results to bf16 as
-//! they store them; the 16 products per chunk, where the multiplies are, sum in f32 on AMX
-//! tiles (`super::amx`) or with `vdpbf16ps`, which multiplies two pairs per 32-bit lane;
-//! the transformed operands take half the bytes through L2.
+//! they store them; the 16 products per chunk, where the multiplies are, sum in f32 with
+//! `vdpbf16ps`, which multiplies two pairs per 32-bit lane; the transformed operands take
+//! half the bytes through L2. A CPU with AMX tiles runs these layers directly instead
+//! (`super::super::amx_direct`).
 //!
 //! Pairs: the forward products `M[p] = V[p] U[p]` sum over input channels, so a word holds
 //! channels (2i, 2i + 1) of V (written so by the input transform) and of U (packed once per
@@ -14,7 +15,6 @@
 use super::{Geometry, LANES, POSITIONS, Source};
 #[cfg(target_arch = "x86_64")]
 use super::{Layout, transforms};
-use crate::ops::Bf16Unit;
 use crate::precision::bf16_pair;
 
 /// `U` of [`super::transform_kernel`] as bf16 pairs of input channels: `[p][c / 2][k]`
@@ -33,18 +33,13 @@ pub fn pack_kernel(g: &Geometry, u: &[f32]) -> Vec<u32> {
     packed
 }
 
-/// Whether this CPU runs the bf16 products on `unit` (AVX-512F and AVX512_BF16, and the
-/// AMX tiles for `Amx`, not hidden).
-fn unit_present(unit: Bf16Unit) -> bool {
+/// Whether this CPU runs the bf16 products (AVX512_BF16, not hidden).
+fn present() -> bool {
     crate::precision::cpu_has("avx512bf16")
-        && (unit == Bf16Unit::Avx512 || crate::precision::cpu_has("amx-bf16"))
 }
 
-/// [`super::conv_image`] with bf16 products on `unit`: `u` is the kernel packed by
-/// [`pack_kernel`].
-#[allow(clippy::too_many_arguments)]
+/// [`super::conv_image`] with bf16 products: `u` is the kernel packed by [`pack_kernel`].
 pub fn conv_image(
-    unit: Bf16Unit,
     g: &Geometry,
     input: Source<'_>,
     u: &[u32],
@@ -53,10 +48,7 @@ pub fn conv_image(
     scratch: &mut [f32],
 ) {
     g.check_pass(input, scratch);
-    assert!(
-        unit_present(unit),
-        "bf16 Winograd products on {unit:?} without it"
-    );
+    assert!(present(), "bf16 Winograd products without AVX512_BF16");
     assert_eq!(u.len(), g.kernel_len() / 2, "packed kernel");
     out.check(g);
     assert!(bias.is_none_or(|b| b.len() == g.k), "bias");
@@ -67,29 +59,15 @@ pub fn conv_image(
         // was checked above against the geometry, and the kernels index inside those.
         unsafe {
             transforms::input_transform(Layout::ChannelPairs, g, input, first, count, v);
-            match unit {
-                Bf16Unit::Amx => super::amx::products(g, count, v, u, m),
-                Bf16Unit::Avx512 => avx512bf16::products(g, count, v, u, m),
-            }
+            avx512bf16::products(g, count, v, u, m);
             transforms::output_transform(g, m, first, count, bias, &mut out);
         }
     }
 }
 
-/// Scratch floats [`filter_gradient_image`] takes on `unit` (a Winograd pass's, and for AMX
-/// room for V transposed).
-pub fn filter_scratch_len(unit: Bf16Unit, g: &Geometry) -> usize {
-    match unit {
-        #[cfg(target_arch = "x86_64")]
-        Bf16Unit::Amx => g.scratch_len() + super::amx::filter_pack_len(g),
-        _ => g.scratch_len(),
-    }
-}
-
-/// [`super::filter_gradient_image`] with bf16 products on `unit`; `scratch` holds at least
-/// [`filter_scratch_len`] floats.
+/// [`super::filter_gradient_image`] with bf16 products; `scratch` holds at least
+/// [`Geometry::scratch_len`] floats.
 pub fn filter_gradient_image(
-    unit: Bf16Unit,
     g: &Geometry,
     input: &[f32],
     dy: Source<'_>,
@@ -97,19 +75,13 @@ pub fn filter_gradient_image(
     scratch: &mut [f32],
 ) {
     g.check_pass(Source::Dense(input), scratch);
-    assert!(
-        unit_present(unit),
-        "bf16 Winograd products on {unit:?} without it"
-    );
-    assert!(scratch.len() >= filter_scratch_len(unit, g), "scratch");
+    assert!(present(), "bf16 Winograd products without AVX512_BF16");
     dy.check(g.out_h, g.out_w, g.k, "output gradient");
     assert_eq!(sums.len(), super::filter_sums_len(g), "filter sums");
-    let (work, pack) = scratch.split_at_mut(g.scratch_len());
-    let (v, z) = work.split_at_mut(g.v_len());
+    let (v, z) = scratch[..g.scratch_len()].split_at_mut(g.v_len());
     for (first, count) in g.chunks() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in conv_image; the AMX products' extra reads and `pack` are sized by
-        // filter_scratch_len (asserted).
+        // SAFETY: as in conv_image.
         unsafe {
             transforms::input_transform(
                 Layout::TilePairs,
@@ -120,10 +92,7 @@ pub fn filter_gradient_image(
                 v,
             );
             transforms::gradient_transform(Layout::TilePairs, g, dy, first, count, z);
-            match unit {
-                Bf16Unit::Amx => super::amx::filter_products(g, count, v, z, pack, sums),
-                Bf16Unit::Avx512 => avx512bf16::filter_products(g, count.div_ceil(2), v, z, sums),
-            }
+            avx512bf16::filter_products(g, count.div_ceil(2), v, z, sums);
         }
     }
 }
@@ -289,62 +258,6 @@ mod avx512bf16 {
                     _mm512_storeu_ps(sp.as_mut_ptr().add(at), _mm512_add_ps(old, *a));
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ops::{ConvShape, Padding};
-
-    /// The filter gradient does not depend on what its scratch held before: stale NaNs in
-    /// the space its operands' last blocks read past their end must not reach the sums.
-    #[test]
-    fn filter_gradient_ignores_stale_scratch() {
-        if crate::precision::cpu_unsupported(crate::precision::Precision::Bf16).is_some() {
-            println!("SKIPPED filter_gradient_ignores_stale_scratch: no AVX512_BF16");
-            return;
-        }
-        // 7x7 outputs: 16 tiles, 8 pairs, half a block of the AMX products; 2x2: one tile,
-        // whose block reads past everything the transforms wrote.
-        for size in [9, 4] {
-            let s = ConvShape {
-                batch: 1,
-                in_h: size,
-                in_w: size,
-                in_c: 16,
-                out_c: 32,
-                kernel_h: 3,
-                kernel_w: 3,
-                padding: Padding::Valid,
-            };
-            check_stale_scratch(&s);
-        }
-    }
-
-    fn check_stale_scratch(s: &ConvShape) {
-        let g = Geometry::of(s, super::super::Direction::BackwardFilter);
-        let mut rng = crate::rng::Rng::new(9);
-        let x: Vec<f32> = (0..s.input_len()).map(|_| rng.uniform() as f32).collect();
-        let dy: Vec<f32> = (0..s.output_len()).map(|_| rng.uniform() as f32).collect();
-        for unit in [Bf16Unit::Avx512, Bf16Unit::best()] {
-            let sums_with = |fill: f32| {
-                let mut scratch = vec![fill; filter_scratch_len(unit, &g)];
-                let mut sums = vec![0f32; super::super::filter_sums_len(&g)];
-                filter_gradient_image(
-                    unit,
-                    &g,
-                    &x,
-                    super::Source::Dense(&dy),
-                    &mut sums,
-                    &mut scratch,
-                );
-                sums
-            };
-            let (clean, stale) = (sums_with(0.0), sums_with(f32::NAN));
-            assert!(clean.iter().all(|v| v.is_finite()), "{unit:?}");
-            assert_eq!(clean, stale, "{unit:?}: stale scratch changed the sums");
         }
     }
 }

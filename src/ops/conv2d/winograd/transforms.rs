@@ -12,7 +12,7 @@ use super::{Geometry, LANES, POSITIONS, Source, position_stride};
 /// instructions only, so that AVX-512F code can use it.
 #[target_feature(enable = "avx512f")]
 #[inline]
-pub(super) unsafe fn bf16_high_halves(x: __m512) -> __m512i {
+pub(in crate::ops::conv2d) unsafe fn bf16_high_halves(x: __m512) -> __m512i {
     let bits = _mm512_castps_si512(x);
     let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
     let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
@@ -105,7 +105,7 @@ unsafe fn store_chunk(
 /// Two f32 vectors as bf16 pairs: `even` in the low half of each 32-bit lane.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn pair_words(even: __m512, odd: __m512) -> __m512i {
+pub(in crate::ops::conv2d) unsafe fn pair_words(even: __m512, odd: __m512) -> __m512i {
     let (even, odd) = unsafe { (bf16_high_halves(even), bf16_high_halves(odd)) };
     _mm512_or_si512(
         _mm512_srli_epi32::<16>(even),
