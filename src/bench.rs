@@ -86,10 +86,7 @@ impl ConvLayerPaths {
                 } else if fused[at] {
                     // The backend's name of the pass (with its products' format) and the
                     // epilogue; made once per benchmark, so leaking the few bytes is fine.
-                    let name = format!(
-                        "{} + ReLU + 2x2 max-pool in its output transform",
-                        paths.forward
-                    );
+                    let name = format!("{} + ReLU + 2x2 max-pool in its epilogue", paths.forward);
                     paths.forward = Box::leak(name.into_boxed_str());
                 }
                 ConvLayerPaths {

@@ -234,10 +234,12 @@ impl FilterPass {
         }
     }
 
-    /// One image's filter gradient: into the task's sums, or `dw += ` it.
-    fn image(&self, x: &[f32], dy: Source<'_>, dw: &mut [f32], scratch: &mut [f32]) {
+    /// One image's filter gradient (into the task's sums, or `dw += ` it) and
+    /// `db += ` its bias gradient.
+    fn image(&self, x: &[f32], dy: Source<'_>, dw: &mut [f32], db: &mut [f32], scratch: &mut [f32]) {
         match self {
             FilterPass::Winograd(g, bf16) => {
+                dy.add_channel_sums(g.out_h, g.out_w, g.k, db);
                 let (work, sums) = scratch.split_at_mut(g.scratch_len());
                 if *bf16 {
                     winograd::bf16::filter_gradient_image(g, x, dy, sums, work)
@@ -246,7 +248,7 @@ impl FilterPass {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            FilterPass::Amx(plan) => plan.image(x, dy, dw, scratch),
+            FilterPass::Amx(plan) => plan.image(x, dy, dw, db, scratch),
         }
     }
 
@@ -261,7 +263,6 @@ impl FilterPass {
 /// The name of `algo` for reports, with the products' format and unit where they are bf16.
 fn path_name(algo: Algorithm, bf16: Option<Bf16Unit>) -> &'static str {
     match (algo, bf16) {
-        (Algorithm::Winograd, Some(Bf16Unit::Amx)) => "direct 3x3, bf16 products (AMX)",
         (Algorithm::Winograd, Some(Bf16Unit::Avx512)) => {
             "Winograd F(2x2,3x3), bf16 products (AVX512_BF16)"
         }
@@ -271,7 +272,13 @@ fn path_name(algo: Algorithm, bf16: Option<Bf16Unit>) -> &'static str {
 
 impl<T: Element> Conv2dOps for CpuBackend<T> {
     fn conv2d_paths(&self, s: &ConvShape) -> ConvPaths {
-        let name = |d| path_name(algorithm::<T>(self.path, s, d), self.bf16_products());
+        let name = |d| {
+            if self.on_amx(s, d) {
+                "direct 3x3, bf16 products (AMX)"
+            } else {
+                path_name(algorithm::<T>(self.path, s, d), self.bf16_products())
+            }
+        };
         ConvPaths {
             forward: name(Direction::Forward),
             backward_data: name(Direction::BackwardData),
@@ -293,7 +300,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let algo = algorithm::<T>(self.path, s, Direction::Forward);
-        let wino = (algo == Algorithm::Winograd)
+        let wino = (algo == Algorithm::Winograd || self.on_amx(s, Direction::Forward))
             .then(|| LayerPass::new(s, Direction::Forward, w, self.bf16_products()));
         let scratch_len = match &wino {
             Some(pass) => pass.scratch_len(),
@@ -305,6 +312,16 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
             .for_each(|(ys, xs)| {
                 let mut col = self.take_scratch(scratch_len);
                 for (yi, xi) in ys.chunks_exact_mut(out_img).zip(xs.chunks_exact(in_img)) {
+                    if let Some(plan) = &wino {
+                        let bias = Some(f32_view(&b[..s.out_c]));
+                        let scratch = f32_view_mut(&mut col);
+                        let out = winograd::Output::Plain {
+                            out: f32_view_mut(yi),
+                            relu,
+                        };
+                        plan.image(Source::Dense(f32_view(xi)), bias, out, scratch);
+                        continue;
+                    }
                     if algo == Algorithm::Direct {
                         direct::forward_image(
                             s,
@@ -314,16 +331,6 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
                             f32_view_mut(yi),
                             relu,
                         );
-                        continue;
-                    }
-                    if let Some(plan) = &wino {
-                        let bias = Some(f32_view(&b[..s.out_c]));
-                        let scratch = f32_view_mut(&mut col);
-                        let out = winograd::Output::Plain {
-                            out: f32_view_mut(yi),
-                            relu,
-                        };
-                        plan.image(Source::Dense(f32_view(xi)), bias, out, scratch);
                         continue;
                     }
                     for_each_pixel_chunk::<T>(s, |first, count| {
@@ -480,7 +487,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         );
         check_len("pooled output", pooled.len(), n)?;
         check_len("pool codes", codes.len(), n)?;
-        let wino = (!direct::supported(s))
+        let wino = (!direct::supported(s) || self.on_amx(s, Direction::Forward))
             .then(|| LayerPass::new(s, Direction::Forward, w, self.bf16_products()));
         let scratch_len = wino.as_ref().map_or(0, LayerPass::scratch_len);
         let (w, b) = (f32_view(&w[..s.kernel_len()]), f32_view(&b[..s.out_c]));
@@ -612,6 +619,16 @@ fn check_fused<T: Element>(b: &CpuBackend<T>, s: &ConvShape, pool: &PoolShape) -
 }
 
 impl<T: Element> CpuBackend<T> {
+    /// Whether pass `direction` of `s` runs as direct bf16 products on AMX tiles
+    /// (`amx_direct.rs`): bf16 asked for, on a CPU with AMX, and a shape it takes.
+    fn on_amx(&self, s: &ConvShape, direction: Direction) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.bf16_products() == Some(Bf16Unit::Amx)
+            && super::amx_direct::supported(s, direction);
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
+    }
+
     /// `dx` of a Winograd layer (f32) from the batch's output gradient `dy`, either form.
     fn winograd_backward_data(&self, s: &ConvShape, dy: Source<'_>, w: &[T], dx: &mut [T]) {
         let plan = LayerPass::new(s, Direction::BackwardData, w, self.bf16_products());
@@ -659,8 +676,7 @@ impl<T: Element> CpuBackend<T> {
                 pass.start(work_f32);
                 for (i, xi) in xs.chunks_exact(in_img).enumerate() {
                     let dyi = dy.image(task * per_task + i, s.out_h(), s.out_w(), out_c);
-                    dyi.add_channel_sums(s.out_h(), s.out_w(), out_c, dbt);
-                    pass.image(f32_view(xi), dyi, dwt, work_f32);
+                    pass.image(f32_view(xi), dyi, dwt, dbt, work_f32);
                 }
                 pass.finish(work_f32, dwt);
                 self.give_scratch(work);

@@ -60,16 +60,26 @@ impl FilterPlan {
         self.x_len().div_ceil(2) + self.dy_len()
     }
 
-    /// `dw += ` one image's filter gradient: `x` the image `[in_h, in_w, c]`, `dy` its
-    /// output gradient `[out_h, out_w, k]` (either form), `dw` HWIO `[3, 3, c, k]`;
-    /// `scratch` holds at least [`FilterPlan::scratch_len`] floats.
-    pub fn image(&self, x: &[f32], dy: Source<'_>, dw: &mut [f32], scratch: &mut [f32]) {
+    /// `dw += ` one image's filter gradient and `db += ` its bias gradient: `x` the image
+    /// `[in_h, in_w, c]`, `dy` its output gradient `[out_h, out_w, k]` (either form), `dw`
+    /// HWIO `[3, 3, c, k]`; `scratch` holds at least [`FilterPlan::scratch_len`] floats.
+    /// `db` gets the bits of `Source::add_channel_sums` (the same values in the same
+    /// order), summed as the output gradient is staged.
+    pub fn image(
+        &self,
+        x: &[f32],
+        dy: Source<'_>,
+        dw: &mut [f32],
+        db: &mut [f32],
+        scratch: &mut [f32],
+    ) {
         let g = self.g;
         assert!(supported_here(), "AMX convolution used without AMX-BF16");
         assert!(scratch.len() >= self.scratch_len(), "scratch");
         assert_eq!(x.len(), g.in_h * g.in_w * g.c, "input image");
         dy.check(g.out_h, g.out_w, g.k, "output gradient");
         assert_eq!(dw.len(), 9 * g.c * g.k, "kernel gradient");
+        assert_eq!(db.len(), g.k, "bias gradient");
         let (xs, dys) = scratch[..self.scratch_len()].split_at_mut(self.x_len().div_ceil(2));
         // SAFETY: AVX-512F and AMX-BF16 present (asserted); buffers checked above, the
         // kernels index inside them.
@@ -77,7 +87,7 @@ impl FilterPlan {
             for y0 in (0..g.out_h).step_by(BAND) {
                 let rows = BAND.min(g.out_h - y0);
                 self.stage_x(x, y0, rows, xs);
-                self.stage_dy(dy, y0, rows, dys);
+                self.stage_dy(dy, y0, rows, dys, db);
                 configure(&TileConfig::products(CHUNK));
                 self.sum_band(rows, xs, dys, dw);
                 release();
@@ -136,12 +146,19 @@ impl FilterPlan {
     }
 
     /// Output gradient rows y0.. y0 + rows as bf16 pixel pairs into `staged` (zero past
-    /// the output).
+    /// the output), each pixel's f32 values added to `db` in turn.
     ///
     /// # Safety
     /// AVX-512F present; `dy` checked against the geometry.
     #[target_feature(enable = "avx512f")]
-    unsafe fn stage_dy(&self, dy: Source<'_>, y0: usize, rows: usize, staged: &mut [f32]) {
+    unsafe fn stage_dy(
+        &self,
+        dy: Source<'_>,
+        y0: usize,
+        rows: usize,
+        staged: &mut [f32],
+        db: &mut [f32],
+    ) {
         let g = self.g;
         let pairs = self.padded_out_w() / 2;
         debug_assert!(staged.len() >= self.dy_len());
@@ -157,6 +174,13 @@ impl FilterPlan {
                         let odd = pixel(dy, shape, y0 + r, 2 * q + 1, cb);
                         let at = (r * pairs + q) * g.k + cb;
                         _mm512_storeu_si512(staged.add(at).cast(), pair_words(even, odd));
+                        // The bias gradient, pixel after pixel (none past the output).
+                        let sum = db.as_mut_ptr().add(cb);
+                        for (x, v) in [(2 * q, even), (2 * q + 1, odd)] {
+                            if x < g.out_w {
+                                _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), v));
+                            }
+                        }
                     }
                 }
             }
