@@ -99,6 +99,7 @@ pub fn cpu_has(feature: &str) -> bool {
     {
         match feature {
             "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx512bw" => cpu_has("avx512f") && std::arch::is_x86_feature_detected!("avx512bw"),
             "avx512bf16" => cpu_has("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16"),
             "amx-bf16" => cpu_has("avx512bf16") && amx_bf16_usable(),
             _ => false,

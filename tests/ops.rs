@@ -871,6 +871,11 @@ fn dense_shapes() -> Vec<DenseShape> {
         d(6, 300, 128),
         // a full block of 8 images and 3 more; ranges of two chunks (a prefetched next one)
         d(11, 2100, 64),
+        // 32k inputs and outputs: the CPU's AMX passes in bf16 (a batch padded to 32, two
+        // steps of 32 images; ranges and bands of several chunks)
+        d(5, 96, 64),
+        d(33, 160, 32),
+        d(3, 2112, 96),
     ]
 }
 
@@ -1428,7 +1433,8 @@ fn winograd_error_against_f64() {
         let targets = [
             ("winograd", CpuPath::Auto, Precision::Fp32),
             ("im2col", CpuPath::Reference, Precision::Fp32),
-            ("winograd bf16", CpuPath::Auto, Precision::Bf16),
+            // Winograd with vdpbf16ps, or direct products where AMX is present.
+            ("bf16", CpuPath::Auto, Precision::Bf16),
         ];
         for (name, path, precision) in targets {
             if precision == Precision::Bf16 && !bf16 {

@@ -29,6 +29,8 @@
 //! its shape describes, and *overwrites* its outputs (gradients are not accumulated).
 
 pub mod adam;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx_tiles;
 pub mod buffer;
 pub mod conv2d;
 pub mod counters;

@@ -12,8 +12,6 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx_direct;
-#[cfg(target_arch = "x86_64")]
-mod amx_tiles;
 mod cpu;
 mod cuda;
 pub mod direct;

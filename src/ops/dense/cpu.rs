@@ -1,5 +1,6 @@
 //! Dense layers on the CPU: three GEMMs of `gemm::cpu`, or for layers whose weights dwarf
-//! the batch the streaming AVX-512 passes of `streaming.rs`.
+//! the batch the streaming AVX-512 passes of `streaming.rs`; in bf16 on a CPU with AMX, the
+//! tile passes of `amx.rs` where the shape fits.
 
 use super::{DenseOps, DenseShape, streaming};
 use crate::ops::cpu::{
@@ -7,6 +8,14 @@ use crate::ops::cpu::{
 };
 use crate::ops::gemm::cpu::{MatRef, matmul};
 use crate::{Element, Result};
+
+/// Whether `s` takes the AMX passes on this backend: bf16 products on AMX, a shape they take.
+fn on_amx<T: Element>(backend: &CpuBackend<T>, s: &DenseShape) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return backend.bf16_products() == Some(crate::ops::Bf16Unit::Amx) && super::amx::supported(s);
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
 
 /// Whether `s` takes the streaming passes on this backend.
 fn streams<T: Element>(backend: &CpuBackend<T>, s: &DenseShape) -> bool {
@@ -26,7 +35,10 @@ impl<T: Element> DenseOps for CpuBackend<T> {
         s.check_forward(x.len(), w.len(), b.len(), y.len())?;
         let out = &mut y[..s.batch * s.outputs];
         let (x, w) = (&x[..s.batch * s.inputs], &w[..s.inputs * s.outputs]);
-        if streams(self, s) {
+        if on_amx(self, s) {
+            #[cfg(target_arch = "x86_64")]
+            super::amx::forward(s, f32_view(x), f32_view(w), f32_view_mut(out));
+        } else if streams(self, s) {
             streaming::forward(s, f32_view(x), f32_view(w), f32_view_mut(out));
         } else {
             matmul(
@@ -56,7 +68,10 @@ impl<T: Element> DenseOps for CpuBackend<T> {
         let dy = &dy[..s.batch * s.outputs];
         // dw[in, out] = x^T[in, batch] @ dy[batch, out]
         let (x, dw) = (&x[..s.batch * s.inputs], &mut dw[..s.inputs * s.outputs]);
-        if streams(self, s) {
+        if on_amx(self, s) {
+            #[cfg(target_arch = "x86_64")]
+            super::amx::weight_gradient(s, f32_view(x), f32_view(dy), f32_view_mut(dw));
+        } else if streams(self, s) {
             streaming::weight_gradient(s, f32_view(x), f32_view(dy), f32_view_mut(dw));
         } else {
             matmul(
@@ -72,7 +87,10 @@ impl<T: Element> DenseOps for CpuBackend<T> {
         if let Some(dx) = dx {
             // dx[batch, in] = dy[batch, out] @ w^T[out, in]
             let (dx, w) = (&mut dx[..s.batch * s.inputs], &w[..s.inputs * s.outputs]);
-            if streams(self, s) {
+            if on_amx(self, s) {
+                #[cfg(target_arch = "x86_64")]
+                super::amx::input_gradient(s, f32_view(dy), f32_view(w), f32_view_mut(dx));
+            } else if streams(self, s) {
                 streaming::input_gradient(s, f32_view(dy), f32_view(w), f32_view_mut(dx));
             } else {
                 matmul(

@@ -6,6 +6,8 @@
 //! - CUDA (`cuda.rs`, `kernels/dense.cu`): the tiled GEMM core of `kernels/gemm_tile.cuh`, split-K for
 //!   the long reductions; `kernels/dense_naive.cu` the reference kernels.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 mod cpu;
 mod cuda;
 pub mod streaming;

@@ -13,8 +13,9 @@
 
 use std::arch::x86_64::*;
 
-use super::super::amx_tiles::{
+use crate::ops::amx_tiles::{
     TileConfig, configure, load_first, load_sums, multiply_into, release, store_sums,
+    transpose16,
 };
 use super::super::winograd::transforms::pair_words;
 use super::super::winograd::{Direction, Geometry, Source};
@@ -234,71 +235,6 @@ impl FilterPlan {
                 for j in 0..n {
                     store_sums(j, dw.add(sums_at(first + j)), sums_stride);
                 }
-            }
-        }
-    }
-}
-
-/// The transpose of a 16 x 16 matrix of 32-bit words held as 16 rows: interleave words,
-/// then pairs of words, within 128-bit lanes, then gather the lanes.
-#[target_feature(enable = "avx512f")]
-fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
-    use std::arch::x86_64::*;
-    let mut t = [_mm512_setzero_si512(); 16];
-    for i in 0..8 {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    // u[4g + q], lane L: word 4L + q of rows 4g.. 4g + 4.
-    let mut u = [_mm512_setzero_si512(); 16];
-    for g in 0..4 {
-        let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
-        u[4 * g] = _mm512_unpacklo_epi64(a, c);
-        u[4 * g + 1] = _mm512_unpackhi_epi64(a, c);
-        u[4 * g + 2] = _mm512_unpacklo_epi64(b, d);
-        u[4 * g + 3] = _mm512_unpackhi_epi64(b, d);
-    }
-    let mut out = [_mm512_setzero_si512(); 16];
-    for q in 0..4 {
-        let low = (
-            _mm512_shuffle_i32x4::<0x44>(u[q], u[4 + q]),
-            _mm512_shuffle_i32x4::<0x44>(u[8 + q], u[12 + q]),
-        );
-        let high = (
-            _mm512_shuffle_i32x4::<0xEE>(u[q], u[4 + q]),
-            _mm512_shuffle_i32x4::<0xEE>(u[8 + q], u[12 + q]),
-        );
-        out[q] = _mm512_shuffle_i32x4::<0x88>(low.0, low.1);
-        out[4 + q] = _mm512_shuffle_i32x4::<0xDD>(low.0, low.1);
-        out[8 + q] = _mm512_shuffle_i32x4::<0x88>(high.0, high.1);
-        out[12 + q] = _mm512_shuffle_i32x4::<0xDD>(high.0, high.1);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn transpose16_transposes() {
-        use std::arch::x86_64::*;
-        if !crate::precision::cpu_has("avx512f") {
-            println!("SKIPPED transpose16_transposes: no AVX-512");
-            return;
-        }
-        let m: Vec<u32> = (0..256).collect();
-        // SAFETY: AVX-512F present (checked above); 16 rows of 16 words.
-        let t = unsafe {
-            let rows = std::array::from_fn(|i| _mm512_loadu_si512(m.as_ptr().add(16 * i).cast()));
-            super::transpose16(rows)
-        };
-        let mut got = [0u32; 256];
-        for (j, col) in t.iter().enumerate() {
-            // SAFETY: 16 words per row of `got`.
-            unsafe { _mm512_storeu_si512(got.as_mut_ptr().add(16 * j).cast(), *col) };
-        }
-        for i in 0..16 {
-            for j in 0..16 {
-                assert_eq!(got[16 * j + i], m[16 * i + j], "({i}, {j})");
             }
         }
     }

@@ -30,7 +30,7 @@ use std::arch::x86_64::*;
 
 pub use filter::FilterPlan;
 
-use super::amx_tiles::{
+use crate::ops::amx_tiles::{
     TileConfig, configure, load_first, multiply_2x2, multiply_4x1, multiply_into, release,
     store_sums, zero_sums,
 };
