@@ -47,7 +47,7 @@ mod units {
         (s, acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum())
     }
 
-    /// `LDTILECFG`'s operand, as `src/ops/conv2d/winograd/amx.rs` has it (private there: a
+    /// `LDTILECFG`'s operand, as `src/ops/amx_tiles.rs` has it (private there: a
     /// bench sees only the crate's public API).
     #[repr(C, align(64))]
     struct TileConfig {

@@ -3,10 +3,13 @@
 //! `TDPBF16PS` multiplies a 16 x 32 bf16 tile by a 32 x 16 one (the second in "VNNI"
 //! layout: each 32-bit word a pair along the sum) into 16 x 16 f32 sums, 8,192 multiplies
 //! an instruction. One convention for every caller: tmm0-tmm3 hold up to four 16 x 16
-//! blocks of sums, tmm4 the first operand, tmm5-tmm7 the second (loaded in turn, so that
-//! a load overlaps the product before it). A thread configures its tiles at the start of a
-//! call ([`configure`]) and releases them at its end ([`release`]), so the state never
-//! outlives the call. Callers check `crate::precision::cpu_has("amx-bf16")` first.
+//! blocks of sums; [`multiply_into`] takes the first operand in tmm4 and the second in
+//! tmm5-tmm7 (loaded in turn, so that a load overlaps the product before it);
+//! [`multiply_2x2`] and [`multiply_4x1`] load first operands into tmm4 and tmm5, second
+//! ones into tmm6 and tmm7, for four independent sums. A thread configures its tiles at
+//! the start of a call ([`configure`]) and releases them at its end ([`release`]), so the
+//! state never outlives the call. Callers check `crate::precision::cpu_has("amx-bf16")`
+//! first.
 
 use std::arch::asm;
 
@@ -167,7 +170,12 @@ pub(crate) unsafe fn multiply_into(j: usize, b: *const u32, stride: usize) {
 /// Tiles configured with tmm4-tmm7 alike (`TileConfig::products(32)`); the blocks
 /// readable at `a` and `b`.
 #[inline(always)]
-pub(crate) unsafe fn multiply_2x2(a: [*const u16; 2], a_stride: usize, b: [*const u32; 2], b_stride: usize) {
+pub(crate) unsafe fn multiply_2x2(
+    a: [*const u16; 2],
+    a_stride: usize,
+    b: [*const u32; 2],
+    b_stride: usize,
+) {
     // SAFETY: forwarded.
     unsafe {
         asm!(
@@ -192,7 +200,12 @@ pub(crate) unsafe fn multiply_2x2(a: [*const u16; 2], a_stride: usize, b: [*cons
 /// # Safety
 /// As [`multiply_2x2`].
 #[inline(always)]
-pub(crate) unsafe fn multiply_4x1(a: [*const u16; 4], a_stride: usize, b: *const u32, b_stride: usize) {
+pub(crate) unsafe fn multiply_4x1(
+    a: [*const u16; 4],
+    a_stride: usize,
+    b: *const u32,
+    b_stride: usize,
+) {
     // SAFETY: forwarded.
     unsafe {
         asm!(

@@ -154,7 +154,12 @@ enum LayerPass {
 impl LayerPass {
     /// The pass `direction` of `s` with kernel `w`, its products in bf16 on `bf16`'s unit
     /// if any.
-    fn new<T: Element>(s: &ConvShape, direction: Direction, w: &[T], bf16: Option<Bf16Unit>) -> Self {
+    fn new<T: Element>(
+        s: &ConvShape,
+        direction: Direction,
+        w: &[T],
+        bf16: Option<Bf16Unit>,
+    ) -> Self {
         let w = f32_view(&w[..s.kernel_len()]);
         #[cfg(target_arch = "x86_64")]
         if bf16 == Some(Bf16Unit::Amx) {
@@ -236,7 +241,14 @@ impl FilterPass {
 
     /// One image's filter gradient (into the task's sums, or `dw += ` it) and
     /// `db += ` its bias gradient.
-    fn image(&self, x: &[f32], dy: Source<'_>, dw: &mut [f32], db: &mut [f32], scratch: &mut [f32]) {
+    fn image(
+        &self,
+        x: &[f32],
+        dy: Source<'_>,
+        dw: &mut [f32],
+        db: &mut [f32],
+        scratch: &mut [f32],
+    ) {
         match self {
             FilterPass::Winograd(g, bf16) => {
                 dy.add_channel_sums(g.out_h, g.out_w, g.k, db);
@@ -273,7 +285,7 @@ fn path_name(algo: Algorithm, bf16: Option<Bf16Unit>) -> &'static str {
 impl<T: Element> Conv2dOps for CpuBackend<T> {
     fn conv2d_paths(&self, s: &ConvShape) -> ConvPaths {
         let name = |d| {
-            if self.on_amx(s, d) {
+            if self.on_amx(s) {
                 "direct 3x3, bf16 products (AMX)"
             } else {
                 path_name(algorithm::<T>(self.path, s, d), self.bf16_products())
@@ -300,7 +312,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         let per_task = Self::images_per_task(s.batch);
         let gemm_parallel = s.batch < rayon::current_num_threads();
         let algo = algorithm::<T>(self.path, s, Direction::Forward);
-        let wino = (algo == Algorithm::Winograd || self.on_amx(s, Direction::Forward))
+        let wino = (algo == Algorithm::Winograd || self.on_amx(s))
             .then(|| LayerPass::new(s, Direction::Forward, w, self.bf16_products()));
         let scratch_len = match &wino {
             Some(pass) => pass.scratch_len(),
@@ -487,7 +499,7 @@ impl<T: Element> Conv2dOps for CpuBackend<T> {
         );
         check_len("pooled output", pooled.len(), n)?;
         check_len("pool codes", codes.len(), n)?;
-        let wino = (!direct::supported(s) || self.on_amx(s, Direction::Forward))
+        let wino = (!direct::supported(s) || self.on_amx(s))
             .then(|| LayerPass::new(s, Direction::Forward, w, self.bf16_products()));
         let scratch_len = wino.as_ref().map_or(0, LayerPass::scratch_len);
         let (w, b) = (f32_view(&w[..s.kernel_len()]), f32_view(&b[..s.out_c]));
@@ -619,12 +631,11 @@ fn check_fused<T: Element>(b: &CpuBackend<T>, s: &ConvShape, pool: &PoolShape) -
 }
 
 impl<T: Element> CpuBackend<T> {
-    /// Whether pass `direction` of `s` runs as direct bf16 products on AMX tiles
-    /// (`amx_direct.rs`): bf16 asked for, on a CPU with AMX, and a shape it takes.
-    fn on_amx(&self, s: &ConvShape, direction: Direction) -> bool {
+    /// Whether `s` runs as direct bf16 products on AMX tiles (`amx_direct/`): bf16 asked
+    /// for, on a CPU with AMX, and a shape it takes.
+    fn on_amx(&self, s: &ConvShape) -> bool {
         #[cfg(target_arch = "x86_64")]
-        return self.bf16_products() == Some(Bf16Unit::Amx)
-            && super::amx_direct::supported(s, direction);
+        return self.bf16_products() == Some(Bf16Unit::Amx) && super::amx_direct::supported(s);
         #[cfg(not(target_arch = "x86_64"))]
         return false;
     }

@@ -73,8 +73,8 @@ fn bf16x32(lo: __m512, hi: __m512) -> __m512i {
 fn paired(even: __m512, odd: __m512) -> __m512i {
     // [e0.. e15, o0.. o15] -> [e0, o0, e1, o1, ..].
     let order = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
-        4, 19, 3, 18, 2, 17, 1, 16, 0,
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
     );
     _mm512_permutexvar_epi16(order, bf16x32(even, odd))
 }
@@ -90,7 +90,10 @@ unsafe fn round_rows(src: &[f32], rows: usize, width: usize, dst: *mut u16) {
     for at in (0..rows * width).step_by(STEP) {
         // SAFETY: at + 32 <= rows * width, inside both.
         unsafe {
-            let (lo, hi) = (_mm512_loadu_ps(src.as_ptr().add(at)), _mm512_loadu_ps(src.as_ptr().add(at + TILE)));
+            let (lo, hi) = (
+                _mm512_loadu_ps(src.as_ptr().add(at)),
+                _mm512_loadu_ps(src.as_ptr().add(at + TILE)),
+            );
             _mm512_storeu_si512(dst.add(at).cast(), bf16x32(lo, hi));
         }
     }
@@ -120,33 +123,51 @@ fn pair_rows(m: &[f32], rows: usize, cols: usize, padded: usize) -> Vec<u32> {
     pairs
 }
 
+/// Floats of scratch [`forward`] takes: the batch as bf16 rows.
+pub fn forward_scratch_len(s: &DenseShape) -> usize {
+    padded_batch(s) * s.inputs / 2
+}
+
 /// `y = x @ w` (`x` `[batch, inputs]`, `w` `[inputs, outputs]`, `y` `[batch, outputs]`,
-/// all row-major), without the bias, with bf16 products.
-pub fn forward(s: &DenseShape, x: &[f32], w: &[f32], y: &mut [f32]) {
+/// all row-major), without the bias, with bf16 products; `scratch` holds at least
+/// [`forward_scratch_len`] floats (the caller's, reused: 2.7 MB for dense1, which a fresh
+/// allocation would map and fault in page by page at every call).
+pub fn forward(s: &DenseShape, x: &[f32], w: &[f32], y: &mut [f32], scratch: &mut [f32]) {
     assert!(supported(s), "AMX dense layer used where it does not apply");
     assert_eq!(x.len(), s.batch * s.inputs, "input");
     assert_eq!(w.len(), s.inputs * s.outputs, "kernel");
     assert_eq!(y.len(), s.batch * s.outputs, "output");
+    assert!(scratch.len() >= forward_scratch_len(s), "scratch");
     let batch = padded_batch(s);
-    // x as bf16 rows (the padding rows zero).
-    let mut xs = vec![0u16; batch * s.inputs];
-    xs.par_chunks_mut(s.inputs).take(s.batch).zip(x.par_chunks(s.inputs)).for_each(|(dst, src)| {
-        // SAFETY: AMX-BF16, AVX512_BF16 present (supported); one row of `inputs` values.
-        unsafe { round_rows(src, 1, s.inputs, dst.as_mut_ptr()) }
-    });
+    // x as bf16 rows, the padding rows zero.
+    let xs: &mut [u16] = bytemuck::cast_slice_mut(&mut scratch[..forward_scratch_len(s)]);
+    xs[s.batch * s.inputs..].fill(0);
+    xs.par_chunks_mut(s.inputs)
+        .zip(x.par_chunks(s.inputs))
+        .for_each(|(dst, src)| {
+            // SAFETY: AMX-BF16, AVX512_BF16 present (supported); one row of `inputs` values.
+            unsafe { round_rows(src, 1, s.inputs, dst.as_mut_ptr()) }
+        });
+    let xs = &*xs;
     let per_range = s.inputs.div_ceil(CHUNK_ROWS).div_ceil(FORWARD_RANGES) * CHUNK_ROWS;
     let starts: Vec<usize> = (0..s.inputs).step_by(per_range).collect();
     let partials: Vec<Vec<f32>> = starts
         .into_par_iter()
-        .map(|k0| {
-            let mut sums = vec![0f32; batch * s.outputs];
-            let k1 = (k0 + per_range).min(s.inputs);
-            // SAFETY: as above; the range's rows inside w, `sums` [batch, outputs].
-            unsafe { forward_range(s, &xs, w, k0, k1, &mut sums) };
-            sums
-        })
+        // A chunk's paired weights, one buffer per rayon job.
+        .map_init(
+            || vec![0u32; CHUNK_ROWS / 2 * s.outputs],
+            |pairs, k0| {
+                let mut sums = vec![0f32; batch * s.outputs];
+                let k1 = (k0 + per_range).min(s.inputs);
+                // SAFETY: as above; the range's rows inside w, `sums` [batch, outputs].
+                unsafe { forward_range(s, xs, w, k0, k1, pairs, &mut sums) };
+                sums
+            },
+        )
         .collect();
-    let (first, rest) = partials.split_first().expect("inputs > 0: one range at least");
+    let (first, rest) = partials
+        .split_first()
+        .expect("inputs > 0: one range at least");
     y.copy_from_slice(&first[..s.batch * s.outputs]);
     for part in rest {
         for (o, &v) in y.iter_mut().zip(part) {
@@ -162,9 +183,17 @@ pub fn forward(s: &DenseShape, x: &[f32], w: &[f32], y: &mut [f32]) {
 /// AMX-BF16, AVX-512 BW and BF16 usable; `xs` the padded batch of bf16 rows; k0, k1
 /// multiples of 32 (or k1 = inputs) inside the inputs.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-unsafe fn forward_range(s: &DenseShape, xs: &[u16], w: &[f32], k0: usize, k1: usize, sums: &mut [f32]) {
+unsafe fn forward_range(
+    s: &DenseShape,
+    xs: &[u16],
+    w: &[f32],
+    k0: usize,
+    k1: usize,
+    pairs: &mut [u32],
+    sums: &mut [f32],
+) {
     let (batch, outs) = (padded_batch(s), s.outputs);
-    let mut pairs = vec![0u32; CHUNK_ROWS / 2 * outs];
+    debug_assert!(pairs.len() >= CHUNK_ROWS / 2 * outs);
     let (a_stride, b_stride) = (2 * s.inputs, 4 * outs);
     let sums = sums.as_mut_ptr();
     // SAFETY (below): tiles configured here and released at the end; A tiles are 16 rows of
@@ -178,7 +207,10 @@ unsafe fn forward_range(s: &DenseShape, xs: &[u16], w: &[f32], k0: usize, k1: us
                 let at = |r: usize| (c0 + r) * outs + o;
                 // SAFETY: rows c0 + 2p + 1 < k1 <= inputs, o + 16 <= outputs.
                 let words = unsafe {
-                    paired(_mm512_loadu_ps(w.as_ptr().add(at(2 * p))), _mm512_loadu_ps(w.as_ptr().add(at(2 * p + 1))))
+                    paired(
+                        _mm512_loadu_ps(w.as_ptr().add(at(2 * p))),
+                        _mm512_loadu_ps(w.as_ptr().add(at(2 * p + 1))),
+                    )
                 };
                 // SAFETY: p < CHUNK_ROWS / 2, o + 16 <= outputs.
                 unsafe { _mm512_storeu_si512(pairs.as_mut_ptr().add(p * outs + o).cast(), words) };
@@ -227,13 +259,17 @@ pub fn input_gradient(s: &DenseShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
         .step_by(BAND)
         .collect::<Vec<_>>()
         .into_par_iter()
-        .map(|n0| {
-            let rows = BAND.min(s.inputs - n0);
-            let mut out = vec![0f32; batch * rows];
-            // SAFETY: as above; weight rows n0.. n0 + rows inside w.
-            unsafe { input_gradient_band(s, &pairs, w, n0, rows, &mut out) };
-            (n0, out)
-        })
+        // A band's weights as bf16 rows, one buffer per rayon job.
+        .map_init(
+            || vec![0u16; BAND * s.outputs],
+            |ws, n0| {
+                let rows = BAND.min(s.inputs - n0);
+                let mut out = vec![0f32; batch * rows];
+                // SAFETY: as above; weight rows n0.. n0 + rows inside w.
+                unsafe { input_gradient_band(s, &pairs, w, n0, rows, ws, &mut out) };
+                (n0, out)
+            },
+        )
         .collect();
     for (n0, out) in bands {
         let rows = out.len() / batch;
@@ -249,11 +285,26 @@ pub fn input_gradient(s: &DenseShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
 /// # Safety
 /// As [`forward_range`]; rows n0.. n0 + rows inside w; `out` `[padded batch, rows]`.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-unsafe fn input_gradient_band(s: &DenseShape, pairs: &[u32], w: &[f32], n0: usize, rows: usize, out: &mut [f32]) {
+unsafe fn input_gradient_band(
+    s: &DenseShape,
+    pairs: &[u32],
+    w: &[f32],
+    n0: usize,
+    rows: usize,
+    ws: &mut [u16],
+    out: &mut [f32],
+) {
     let (batch, outs) = (padded_batch(s), s.outputs);
-    let mut ws = vec![0u16; rows * outs];
+    debug_assert!(ws.len() >= rows * outs);
     // SAFETY: rows n0.. n0 + rows of w, `rows * outs` values of ws.
-    unsafe { round_rows(&w[n0 * outs..(n0 + rows) * outs], rows, outs, ws.as_mut_ptr()) };
+    unsafe {
+        round_rows(
+            &w[n0 * outs..(n0 + rows) * outs],
+            rows,
+            outs,
+            ws.as_mut_ptr(),
+        )
+    };
     let (a_stride, b_stride) = (2 * outs, 4 * batch);
     let mut tile = [0f32; TILE * TILE];
     // SAFETY (below): tiles configured and released here; A tiles 16 rows of ws from
@@ -273,7 +324,9 @@ unsafe fn input_gradient_band(s: &DenseShape, pairs: &[u32], w: &[f32], n0: usiz
                 for t in 0..4 {
                     let (m, n) = (t / 2, t % 2);
                     store_sums(t, tile.as_mut_ptr(), 4 * TILE);
-                    let rows_of = std::array::from_fn(|i| _mm512_loadu_si512(tile.as_ptr().add(i * TILE).cast()));
+                    let rows_of = std::array::from_fn(|i| {
+                        _mm512_loadu_si512(tile.as_ptr().add(i * TILE).cast())
+                    });
                     for (i, col) in transpose16(rows_of).into_iter().enumerate() {
                         let at = (b0 + n * TILE + i) * rows + r0 + m * TILE;
                         _mm512_storeu_si512(out.as_mut_ptr().add(at).cast(), col);
@@ -295,10 +348,12 @@ pub fn weight_gradient(s: &DenseShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let batch = padded_batch(s);
     // SAFETY: the CPU features checked by supported().
     let pairs = unsafe { pair_rows(dy, s.batch, s.outputs, batch) };
-    dw.par_chunks_mut(BAND * s.outputs).enumerate().for_each(|(i, band)| {
-        // SAFETY: as above; `band` is dw's rows i * BAND.. (a whole number of rows).
-        unsafe { weight_gradient_band(s, x, &pairs, i * BAND, band) };
-    });
+    dw.par_chunks_mut(BAND * s.outputs)
+        .enumerate()
+        .for_each(|(i, band)| {
+            // SAFETY: as above; `band` is dw's rows i * BAND.. (a whole number of rows).
+            unsafe { weight_gradient_band(s, x, &pairs, i * BAND, band) };
+        });
 }
 
 /// dw's rows n0.. (as many as `band` holds, a multiple of 32): x's columns turned to bf16
@@ -307,7 +362,13 @@ pub fn weight_gradient(s: &DenseShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
 /// # Safety
 /// As [`forward_range`]; `band` whole rows of dw from row n0.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-unsafe fn weight_gradient_band(s: &DenseShape, x: &[f32], pairs: &[u32], n0: usize, band: &mut [f32]) {
+unsafe fn weight_gradient_band(
+    s: &DenseShape,
+    x: &[f32],
+    pairs: &[u32],
+    n0: usize,
+    band: &mut [f32],
+) {
     let (batch, outs) = (padded_batch(s), s.outputs);
     let rows = band.len() / outs;
     // x^T for the band's inputs: [rows][batch] bf16, images past the batch zero.
@@ -317,7 +378,9 @@ unsafe fn weight_gradient_band(s: &DenseShape, x: &[f32], pairs: &[u32], n0: usi
             let images: [__m512i; TILE] = std::array::from_fn(|i| {
                 if b0 + i < s.batch {
                     // SAFETY: image b0 + i < batch, inputs n0 + r0 + 16 <= inputs.
-                    unsafe { _mm512_loadu_si512(x.as_ptr().add((b0 + i) * s.inputs + n0 + r0).cast()) }
+                    unsafe {
+                        _mm512_loadu_si512(x.as_ptr().add((b0 + i) * s.inputs + n0 + r0).cast())
+                    }
                 } else {
                     _mm512_setzero_si512()
                 }
@@ -327,7 +390,9 @@ unsafe fn weight_gradient_band(s: &DenseShape, x: &[f32], pairs: &[u32], n0: usi
                 // 16 images of input r0 + i, rounded.
                 let half = _mm512_castsi512_si256(bf16x32(v, _mm512_setzero_ps()));
                 // SAFETY: r0 + i < rows, b0 + 16 <= batch (padded): inside xt.
-                unsafe { _mm256_storeu_si256(xt.as_mut_ptr().add((r0 + i) * batch + b0).cast(), half) };
+                unsafe {
+                    _mm256_storeu_si256(xt.as_mut_ptr().add((r0 + i) * batch + b0).cast(), half)
+                };
             }
         }
     }

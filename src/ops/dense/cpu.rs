@@ -37,7 +37,12 @@ impl<T: Element> DenseOps for CpuBackend<T> {
         let (x, w) = (&x[..s.batch * s.inputs], &w[..s.inputs * s.outputs]);
         if on_amx(self, s) {
             #[cfg(target_arch = "x86_64")]
-            super::amx::forward(s, f32_view(x), f32_view(w), f32_view_mut(out));
+            {
+                let mut scratch = self.take_scratch(super::amx::forward_scratch_len(s));
+                let xs = f32_view_mut(&mut scratch);
+                super::amx::forward(s, f32_view(x), f32_view(w), f32_view_mut(out), xs);
+                self.give_scratch(scratch);
+            }
         } else if streams(self, s) {
             streaming::forward(s, f32_view(x), f32_view(w), f32_view_mut(out));
         } else {

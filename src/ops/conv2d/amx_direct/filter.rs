@@ -13,13 +13,12 @@
 
 use std::arch::x86_64::*;
 
-use crate::ops::amx_tiles::{
-    TileConfig, configure, load_first, load_sums, multiply_into, release, store_sums,
-    transpose16,
-};
 use super::super::winograd::transforms::pair_words;
 use super::super::winograd::{Direction, Geometry, Source};
 use super::{CHUNK, ConvShape, LANES, bf16x16, pixel, supported_here};
+use crate::ops::amx_tiles::{
+    TileConfig, configure, load_first, load_sums, multiply_into, release, store_sums, transpose16,
+};
 
 /// Output rows per band.
 const BAND: usize = 16;
@@ -32,7 +31,9 @@ pub struct FilterPlan {
 
 impl FilterPlan {
     pub fn new(s: &ConvShape) -> FilterPlan {
-        FilterPlan { g: Geometry::of(s, Direction::BackwardFilter) }
+        FilterPlan {
+            g: Geometry::of(s, Direction::BackwardFilter),
+        }
     }
 
     /// Output pixels a staged row covers: whole steps of 32.
@@ -120,7 +121,11 @@ impl FilterPlan {
                 // SAFETY: pad + written <= x_row (see below): inside channel ch's row.
                 unsafe {
                     std::ptr::write_bytes(staged.add(at), 0, g.pad);
-                    std::ptr::write_bytes(staged.add(at + g.pad + written), 0, row - g.pad - written);
+                    std::ptr::write_bytes(
+                        staged.add(at + g.pad + written),
+                        0,
+                        row - g.pad - written,
+                    );
                 }
             }
             for x0 in (0..g.in_w).step_by(LANES) {
@@ -129,7 +134,9 @@ impl FilterPlan {
                     // turned into channels of 16 pixels.
                     let pixels: [__m512i; LANES] = std::array::from_fn(|i| {
                         // SAFETY: `x` checked; cb + 16 <= c.
-                        let v = unsafe { pixel(Source::Dense(x), (g.in_h, g.in_w, g.c), y, x0 + i, cb) };
+                        let v = unsafe {
+                            pixel(Source::Dense(x), (g.in_h, g.in_w, g.c), y, x0 + i, cb)
+                        };
                         _mm512_castps_si512(v)
                     });
                     for (j, col) in transpose16(pixels).into_iter().enumerate() {
@@ -204,7 +211,11 @@ impl FilterPlan {
             let ((kpos, cb), kb) = split(t);
             (kpos * g.c + cb * LANES) * g.k + kb * LANES
         };
-        let (x, dy, dw) = (xs.as_ptr().cast::<u16>(), dys.as_ptr().cast::<u32>(), dw.as_mut_ptr());
+        let (x, dy, dw) = (
+            xs.as_ptr().cast::<u16>(),
+            dys.as_ptr().cast::<u32>(),
+            dw.as_mut_ptr(),
+        );
         let (a_stride, sums_stride) = (2 * row, 4 * g.k);
         for first in (0..tiles).step_by(4) {
             let n = (tiles - first).min(4);

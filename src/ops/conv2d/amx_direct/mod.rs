@@ -30,13 +30,13 @@ use std::arch::x86_64::*;
 
 pub use filter::FilterPlan;
 
+use super::ConvShape;
+use super::winograd::transforms::bf16_high_halves;
+use super::winograd::{Direction, Geometry, Output, Source};
 use crate::ops::amx_tiles::{
     TileConfig, configure, load_first, multiply_2x2, multiply_4x1, multiply_into, release,
     store_sums, zero_sums,
 };
-use super::winograd::transforms::bf16_high_halves;
-use super::winograd::{Direction, Geometry, Output, Source};
-use super::ConvShape;
 
 /// Channels per tile of sums, and per AVX-512 register.
 const LANES: usize = 16;
@@ -47,13 +47,13 @@ const CHUNK: usize = 32;
 /// pixels are dropped).
 const SLACK_PIXELS: usize = 80;
 
-/// Whether pass `direction` of `s` runs here, on a CPU whose AMX tiles this process may
-/// use: a 3x3 layer with 16k channels in and out (the Winograd layers). The forward pass
+/// Whether `s` runs here (every pass), on a CPU whose AMX tiles this process may use: a
+/// 3x3 layer with 16k channels in and out (the Winograd layers). The forward pass
 /// would take any number of input channels, but the first layer's (3: a tile row of 32
 /// values holds 9 of a kernel row) measured no faster than its f32 direct kernel (8.8
 /// against 9.8 ms, then 12.7 against 10.5, `cargo bench --bench ops -- "conv1 + relu"`),
 /// which stays.
-pub fn supported(s: &ConvShape, _direction: Direction) -> bool {
+pub fn supported(s: &ConvShape) -> bool {
     let shape = (s.kernel_h, s.kernel_w) == (3, 3)
         && s.in_c > 0
         && s.out_c > 0
@@ -102,7 +102,13 @@ unsafe fn round_run(src: &[f32], dst: *mut u16) {
 /// `src` checked against (h, w, channels); cb + 16 <= channels.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn pixel(src: Source<'_>, (h, w, channels): (usize, usize, usize), y: usize, x: usize, cb: usize) -> __m512 {
+unsafe fn pixel(
+    src: Source<'_>,
+    (h, w, channels): (usize, usize, usize),
+    y: usize,
+    x: usize,
+    cb: usize,
+) -> __m512 {
     match src {
         Source::Dense(image) => {
             if y >= h || x >= w {
@@ -122,7 +128,10 @@ unsafe fn pixel(src: Source<'_>, (h, w, channels): (usize, usize, usize), y: usi
             debug_assert!(at + LANES <= grad.len() && at + LANES <= codes.len());
             // SAFETY: window (i, j) inside the pooled image, cb + 16 <= channels.
             let (g, code) = unsafe {
-                (_mm512_loadu_ps(grad.as_ptr().add(at)), _mm512_loadu_ps(codes.as_ptr().add(at)))
+                (
+                    _mm512_loadu_ps(grad.as_ptr().add(at)),
+                    _mm512_loadu_ps(codes.as_ptr().add(at)),
+                )
             };
             let here = _mm512_set1_ps((2 * (y % 2) + x % 2) as f32);
             _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(code, here), g)
@@ -144,7 +153,10 @@ pub struct Plan {
 impl Plan {
     /// The pass `direction` (forward or input gradient) of `s` with HWIO kernel `w`.
     pub fn new(s: &ConvShape, direction: Direction, w: &[f32]) -> Plan {
-        assert!(direction != Direction::BackwardFilter, "FilterPlan runs the filter gradient");
+        assert!(
+            direction != Direction::BackwardFilter,
+            "FilterPlan runs the filter gradient"
+        );
         assert_eq!(w.len(), s.kernel_len(), "kernel");
         let g = Geometry::of(s, direction);
         let chunks = (3 * g.c).div_ceil(CHUNK);
@@ -167,8 +179,10 @@ impl Plan {
                     let along = q * CHUNK + 2 * pair;
                     for k in 0..g.k {
                         let at = ((ky * chunks + q) * CHUNK / 2 + pair) * g.k + k;
-                        kernel[at] =
-                            crate::precision::bf16_pair(value(ky, along, k), value(ky, along + 1, k));
+                        kernel[at] = crate::precision::bf16_pair(
+                            value(ky, along, k),
+                            value(ky, along + 1, k),
+                        );
                     }
                 }
             }
@@ -270,17 +284,34 @@ impl Plan {
                     // SAFETY: in_w * c values from `interior`: inside staged row py.
                     unsafe { round_run(run, staged.add(interior)) };
                 }
-                Source::Pooled { .. } => {
+                // Window by window of pooled row y / 2: its gradient where its code names
+                // the pixel, else zero (as `pixel`); the floored edge zero.
+                Source::Pooled { grad, codes } => {
                     assert!(g.c.is_multiple_of(LANES), "a pooled image of 16k channels");
-                    for x in 0..g.in_w {
-                        for cb in (0..g.c).step_by(LANES) {
-                            // SAFETY: (y, x) inside the image, cb + 16 <= c; inside row py.
-                            unsafe {
-                                let v = pixel(input, (g.in_h, g.in_w, g.c), y, x, cb);
-                                let at = interior + x * g.c + cb;
-                                _mm256_storeu_si256(staged.add(at).cast(), bf16x16(v));
+                    let (pooled_h, pooled_w) = (g.in_h / 2, g.in_w / 2);
+                    if y / 2 >= pooled_h {
+                        zero(interior, g.in_w * g.c);
+                    } else {
+                        for j in 0..pooled_w {
+                            for cb in (0..g.c).step_by(LANES) {
+                                let at = ((y / 2) * pooled_w + j) * g.c + cb;
+                                debug_assert!(at + LANES <= grad.len().min(codes.len()));
+                                // SAFETY: window (y / 2, j) inside the pooled image, cb + 16
+                                // <= c; pixels 2j, 2j + 1 inside staged row py.
+                                unsafe {
+                                    let gv = _mm512_loadu_ps(grad.as_ptr().add(at));
+                                    let code = _mm512_loadu_ps(codes.as_ptr().add(at));
+                                    for b in 0..2 {
+                                        let here = _mm512_set1_ps((2 * (y % 2) + b) as f32);
+                                        let hit = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(code, here);
+                                        let v = _mm512_maskz_mov_ps(hit, gv);
+                                        let to = interior + (2 * j + b) * g.c + cb;
+                                        _mm256_storeu_si256(staged.add(to).cast(), bf16x16(v));
+                                    }
+                                }
                             }
                         }
+                        zero(interior + 2 * pooled_w * g.c, (g.in_w - 2 * pooled_w) * g.c);
                     }
                 }
             }
@@ -330,9 +361,12 @@ impl Plan {
                                     b_at(0),
                                     b_stride,
                                 ),
-                                (2, 2) => {
-                                    multiply_2x2([a_at(0), a_at(1)], a_stride, [b_at(0), b_at(1)], b_stride)
-                                }
+                                (2, 2) => multiply_2x2(
+                                    [a_at(0), a_at(1)],
+                                    a_stride,
+                                    [b_at(0), b_at(1)],
+                                    b_stride,
+                                ),
                                 _ => {
                                     load_first(a_at(0), a_stride);
                                     for j in 0..n {
@@ -344,7 +378,9 @@ impl Plan {
                     }
                     for m in 0..pixel_blocks {
                         for j in 0..n {
-                            let dst = row.as_mut_ptr().add((x0 + m * LANES) * g.k + (group + j) * LANES);
+                            let dst = row
+                                .as_mut_ptr()
+                                .add((x0 + m * LANES) * g.k + (group + j) * LANES);
                             store_sums(m * n + j, dst, b_stride);
                         }
                     }
@@ -377,9 +413,10 @@ fn store_row(g: &Geometry, y: usize, row: &[f32], bias: Option<&[f32]>, out: &mu
         unreachable!("store_row takes a plain output")
     };
     let zero = _mm512_setzero_ps();
-    for kb in (0..g.k).step_by(LANES) {
-        let b = bias_at(bias, kb);
-        for x in 0..g.out_w {
+    // Pixel by pixel, its channels in turn: the output row is written in order.
+    for x in 0..g.out_w {
+        for kb in (0..g.k).step_by(LANES) {
+            let b = bias_at(bias, kb);
             // SAFETY: x < out_w, kb + 16 <= k: inside `row` and output row y.
             unsafe {
                 let v = _mm512_add_ps(_mm512_loadu_ps(row.as_ptr().add(x * g.k + kb)), b);
@@ -394,21 +431,34 @@ fn store_row(g: &Geometry, y: usize, row: &[f32], bias: Option<&[f32]>, out: &mu
 /// Pooled row `i` from output rows 2i and 2i + 1's sums: plus bias, ReLU, the 2x2 max-pool
 /// and its codes, as the Winograd output transform stores them (a `Pooled` output).
 #[target_feature(enable = "avx512f")]
-fn pool_rows(g: &Geometry, i: usize, top: &[f32], bottom: &[f32], bias: Option<&[f32]>, out: &mut Output<'_>) {
+fn pool_rows(
+    g: &Geometry,
+    i: usize,
+    top: &[f32],
+    bottom: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut Output<'_>,
+) {
     let Output::Pooled { pooled, codes } = out else {
         unreachable!("pool_rows takes a pooled output")
     };
     let pooled_w = g.out_w / 2;
-    for kb in (0..g.k).step_by(LANES) {
-        let b = bias_at(bias, kb);
-        for j in 0..pooled_w {
+    // Window by window, its channels in turn: the pooled row is written in order.
+    for j in 0..pooled_w {
+        for kb in (0..g.k).step_by(LANES) {
+            let b = bias_at(bias, kb);
             // SAFETY: pixels 2j, 2j + 1 < out_w and kb + 16 <= k: inside both rows; window
             // (i, j) inside the pooled output.
             unsafe {
                 let at = |row: &[f32], x: usize| {
                     _mm512_add_ps(_mm512_loadu_ps(row.as_ptr().add(x * g.k + kb)), b)
                 };
-                let window = [at(top, 2 * j), at(top, 2 * j + 1), at(bottom, 2 * j), at(bottom, 2 * j + 1)];
+                let window = [
+                    at(top, 2 * j),
+                    at(top, 2 * j + 1),
+                    at(bottom, 2 * j),
+                    at(bottom, 2 * j + 1),
+                ];
                 let (value, code) = crate::ops::pool::avx512::relu_window_max(window);
                 let dst = (i * pooled_w + j) * g.k + kb;
                 _mm512_storeu_ps(pooled.as_mut_ptr().add(dst), value);
@@ -455,12 +505,21 @@ mod tests {
 
     fn check_stale_scratch(s: &ConvShape) {
         let mut rng = crate::rng::Rng::new(9);
-        let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform() as f32 - 0.5).collect() };
-        let (x, w, bias, dy) = (draw(s.input_len()), draw(s.kernel_len()), draw(s.out_c), draw(s.output_len()));
+        let mut draw =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform() as f32 - 0.5).collect() };
+        let (x, w, bias, dy) = (
+            draw(s.input_len()),
+            draw(s.kernel_len()),
+            draw(s.out_c),
+            draw(s.output_len()),
+        );
         let pooled_len = (s.out_h() / 2) * (s.out_w() / 2) * s.out_c;
         let grad = draw(pooled_len);
         let codes: Vec<f32> = (0..pooled_len).map(|i| (i % 5) as f32 - 1.0).collect();
-        let pooled_dy = Source::Pooled { grad: &grad, codes: &codes };
+        let pooled_dy = Source::Pooled {
+            grad: &grad,
+            codes: &codes,
+        };
         let forward = Plan::new(s, Direction::Forward, &w);
         let backward = Plan::new(s, Direction::BackwardData, &w);
         let filter = FilterPlan::new(s);
@@ -468,18 +527,27 @@ mod tests {
             let mut results = Vec::new();
             let mut out = vec![0f32; s.output_len()];
             let mut scratch = vec![fill; forward.scratch_len()];
-            let plain = Output::Plain { out: &mut out, relu: true };
+            let plain = Output::Plain {
+                out: &mut out,
+                relu: true,
+            };
             forward.image(Source::Dense(&x), Some(&bias), plain, &mut scratch);
             results.push(out);
             let (mut pooled, mut pool_codes) = (vec![0f32; pooled_len], vec![0f32; pooled_len]);
             let mut scratch = vec![fill; forward.scratch_len()];
-            let out = Output::Pooled { pooled: &mut pooled, codes: &mut pool_codes };
+            let out = Output::Pooled {
+                pooled: &mut pooled,
+                codes: &mut pool_codes,
+            };
             forward.image(Source::Dense(&x), Some(&bias), out, &mut scratch);
             results.extend([pooled, pool_codes]);
             for dy in [Source::Dense(&dy), pooled_dy] {
                 let mut dx = vec![0f32; s.input_len()];
                 let mut scratch = vec![fill; backward.scratch_len()];
-                let plain = Output::Plain { out: &mut dx, relu: false };
+                let plain = Output::Plain {
+                    out: &mut dx,
+                    relu: false,
+                };
                 backward.image(dy, None, plain, &mut scratch);
                 results.push(dx);
                 let (mut dw, mut db) = (vec![0f32; s.kernel_len()], vec![0f32; s.out_c]);
@@ -497,9 +565,18 @@ mod tests {
         let nans = f32::from_bits(0x7FC0_7FC0);
         let (clean, stale) = (run(0.0), run(nans));
         for (i, (c, st)) in clean.iter().zip(&stale).enumerate() {
-            assert!(c.iter().all(|v| v.is_finite()), "{s:?}: result {i} not finite");
-            let differ = c.iter().zip(st).position(|(a, b)| a.to_bits() != b.to_bits());
-            assert_eq!(differ, None, "{s:?}: stale scratch changed result {i} at that value");
+            assert!(
+                c.iter().all(|v| v.is_finite()),
+                "{s:?}: result {i} not finite"
+            );
+            let differ = c
+                .iter()
+                .zip(st)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(
+                differ, None,
+                "{s:?}: stale scratch changed result {i} at that value"
+            );
         }
     }
 }
