@@ -3,8 +3,9 @@
 //!
 //! - CPU (`cpu.rs`, one image per rayon task; [`algorithm`] picks per shape and pass): the
 //!   first layer (3x3 over 1 or 3 channels) by direct AVX-512 code (`direct.rs`); 3x3 layers
-//!   with 16k channels in and out by Winograd F(2x2, 3x3) (`winograd.rs`); the rest by
-//!   im2col + GEMM (`gemm::cpu`) in L2-sized chunks. `CpuPath::Reference` takes the last for all.
+//!   with 16k channels in and out by Winograd F(2x2, 3x3) (`winograd.rs`), or in bf16 on a
+//!   CPU with AMX by direct products on its tiles (`amx_direct/`); the rest by im2col + GEMM
+//!   (`gemm::cpu`) in L2-sized chunks. `CpuPath::Reference` takes the last for all.
 //! - CUDA (`cuda.rs`, `kernels/conv2d.cu`): implicit GEMMs on the tiled core of
 //!   `kernels/gemm_tile.cuh`; the filter gradient split over K with the deterministic
 //!   reduction of `kernels/gemm_splitk.cu`; `kernels/conv2d_naive.cu` the one-thread-per-output

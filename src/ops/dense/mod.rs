@@ -2,7 +2,8 @@
 //! input gradients.
 //!
 //! - CPU (`cpu.rs`): GEMMs of `gemm::cpu`; for weights that dwarf the batch (outputs a
-//!   multiple of 64, f32 on AVX-512) every pass streams the weights once (`streaming.rs`).
+//!   multiple of 64, f32 on AVX-512) every pass streams the weights once (`streaming.rs`);
+//!   in bf16 on a CPU with AMX, inputs and outputs multiples of 32 run on its tiles (`amx.rs`).
 //! - CUDA (`cuda.rs`, `kernels/dense.cu`): the tiled GEMM core of `kernels/gemm_tile.cuh`, split-K for
 //!   the long reductions; `kernels/dense_naive.cu` the reference kernels.
 
