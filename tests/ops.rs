@@ -164,8 +164,8 @@ fn conv_shapes() -> Vec<ConvShape> {
         c(1, 9, 12, 32, 16, 3, 3, Padding::Same),  // same padding; 16 outputs, 32 inputs
         c(3, 3, 4, 16, 48, 3, 3, Padding::Valid),  // a 1x2 output; 48 = 3 registers
         c(1, 14, 13, 64, 80, 3, 3, Padding::Valid), // several chunks' worth of channels
-        // A first layer (3 channels in, 16k out): the CPU's direct kernel, and its AMX
-        // forward in bf16 (a 51-value image row: a partial last vector)
+        // A first layer (3 channels in, 16k out): the CPU's direct kernel, which bf16 keeps
+        // (f32 products) beside the AMX layers
         c(2, 13, 17, 3, 16, 3, 3, Padding::Valid),
     ]
 }

@@ -43,17 +43,17 @@ const FORWARD_RANGES: usize = 8;
 /// Inputs per task of the gradients.
 const BAND: usize = 256;
 
-/// Whether `s` runs here: inputs and outputs multiples of 32, on a CPU with AMX-BF16 (and
-/// the AVX-512 BW and BF16 instructions that round and pair the operands).
+/// Whether `s` runs here: inputs and outputs multiples of 32, on a CPU with AMX-BF16 (which
+/// `cpu_has` grants only with AVX512_BF16) and AVX-512 BW: the instructions that round and
+/// pair the operands.
 pub fn supported(s: &DenseShape) -> bool {
     s.inputs.is_multiple_of(STEP)
         && s.outputs.is_multiple_of(STEP)
         && s.inputs > 0
         && s.outputs > 0
         && s.batch > 0
-        && ["amx-bf16", "avx512bf16", "avx512bw"]
-            .iter()
-            .all(|f| crate::precision::cpu_has(f))
+        && crate::precision::cpu_has("amx-bf16")
+        && crate::precision::cpu_has("avx512bw")
 }
 
 /// The batch padded to whole steps of 32 rows.

@@ -84,16 +84,16 @@ impl FilterPlan {
         assert_eq!(db.len(), g.k, "bias gradient");
         let (xs, dys) = scratch[..self.scratch_len()].split_at_mut(self.x_len().div_ceil(2));
         // SAFETY: AVX-512F and AMX-BF16 present (asserted); buffers checked above, the
-        // kernels index inside them.
+        // kernels index inside them. The staging leaves the tiles alone.
         unsafe {
+            configure(&TileConfig::products(CHUNK));
             for y0 in (0..g.out_h).step_by(BAND) {
                 let rows = BAND.min(g.out_h - y0);
                 self.stage_x(x, y0, rows, xs);
                 self.stage_dy(dy, y0, rows, dys, db);
-                configure(&TileConfig::products(CHUNK));
                 self.sum_band(rows, xs, dys, dw);
-                release();
             }
+            release();
         }
     }
 

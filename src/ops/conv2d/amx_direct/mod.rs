@@ -48,11 +48,10 @@ const CHUNK: usize = 32;
 const SLACK_PIXELS: usize = 80;
 
 /// Whether `s` runs here (every pass), on a CPU whose AMX tiles this process may use: a
-/// 3x3 layer with 16k channels in and out (the Winograd layers). The forward pass
-/// would take any number of input channels, but the first layer's (3: a tile row of 32
-/// values holds 9 of a kernel row) measured no faster than its f32 direct kernel (8.8
-/// against 9.8 ms, then 12.7 against 10.5, `cargo bench --bench ops -- "conv1 + relu"`),
-/// which stays.
+/// 3x3 layer with 16k channels in and out (the Winograd layers). A version whose forward
+/// pass also took the first layer (3 channels: a tile row of 32 values then holds 9 of a
+/// kernel row) ran it no faster than its f32 direct kernel (8.8 against 9.8 ms, then 12.7
+/// against 10.5, `cargo bench --bench ops -- "conv1 + relu"`), which stays.
 pub fn supported(s: &ConvShape) -> bool {
     let shape = (s.kernel_h, s.kernel_w) == (3, 3)
         && s.in_c > 0
@@ -74,23 +73,19 @@ fn bf16x16(x: __m512) -> __m256i {
     _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(halves))
 }
 
-/// `src` rounded to bf16 into `dst` (16 values at a time, the rest one by one).
+/// `src` rounded to bf16 into `dst`, 16 values at a time (a row of 16k channels).
 ///
 /// # Safety
 /// `src.len()` values writable at `dst`.
 #[target_feature(enable = "avx512f")]
 unsafe fn round_run(src: &[f32], dst: *mut u16) {
-    let whole = src.len() / LANES * LANES;
-    for i in (0..whole).step_by(LANES) {
+    debug_assert!(src.len().is_multiple_of(LANES));
+    for i in (0..src.len()).step_by(LANES) {
         // SAFETY: i + 16 <= len for both.
         unsafe {
             let v = _mm512_loadu_ps(src.as_ptr().add(i));
             _mm256_storeu_si256(dst.add(i).cast(), bf16x16(v));
         }
-    }
-    for (i, &v) in src.iter().enumerate().skip(whole) {
-        // SAFETY: i < len.
-        unsafe { *dst.add(i) = crate::precision::bf16_bits(v) };
     }
 }
 
@@ -192,7 +187,7 @@ impl Plan {
 
     /// Pixels of a staged image's row: the padded input, and zero pixels for the values a
     /// kernel row's last chunk reads past its `3c` (with kernel values zero there): a
-    /// fourth pixel for 16 channels, none for 32k.
+    /// fourth pixel for 16 channels (48 values in two chunks of 32), none for 32k.
     fn staged_width(&self) -> usize {
         let past = (self.chunks * CHUNK - 3 * self.g.c).div_ceil(self.g.c);
         self.g.in_w + 2 * self.g.pad + past
@@ -278,7 +273,7 @@ impl Plan {
             zero(row, g.pad * g.c);
             let interior = row + g.pad * g.c;
             match input {
-                // A row of the image is one run of values, any number of channels.
+                // A row of the image is one run of values.
                 Source::Dense(image) => {
                     let run = &image[y * g.in_w * g.c..(y + 1) * g.in_w * g.c];
                     // SAFETY: in_w * c values from `interior`: inside staged row py.
@@ -390,9 +385,10 @@ impl Plan {
     }
 }
 
-/// Whether this process may run AMX-BF16 (and AVX-512F for the staging).
+/// Whether this process may run AMX-BF16 (which `cpu_has` grants only with AVX512_BF16 and
+/// AVX-512F, the staging's instructions).
 fn supported_here() -> bool {
-    crate::precision::cpu_has("amx-bf16") && crate::precision::cpu_has("avx512f")
+    crate::precision::cpu_has("amx-bf16")
 }
 
 /// The bias of channels kb.. kb + 16, or zeros.
