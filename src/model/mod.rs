@@ -5,8 +5,8 @@ pub mod arch;
 mod plan;
 
 use crate::loss::{LossConfig, Output};
-use crate::ops::Backend;
 use crate::ops::loss::{CountStep, uncounted};
+use crate::ops::{AdamStep, Backend, Kernel};
 use crate::optim::Adam;
 use crate::rng::Rng;
 use crate::{Element, Error, Result};
@@ -324,31 +324,41 @@ impl<B: Backend> Model<B> {
         y: &B::Buf,
         batch: usize,
     ) -> Result<B::E> {
+        let value = self.loss_gradient(backend, loss, y, batch)?;
+        self.backward_layers(backend, x, batch, None)?;
+        Ok(value)
+    }
+
+    /// The loss of the last forward pass against `y`, and its gradient in the workspace.
+    fn loss_gradient(
+        &mut self,
+        backend: &B,
+        loss: &LossConfig,
+        y: &B::Buf,
+        batch: usize,
+    ) -> Result<B::E> {
         let classes = self.plan.classes;
-        self.backward_with(backend, loss, x, batch, |pred, _probs, grad| {
+        self.loss_gradient_with(backend, loss, batch, |pred, _probs, grad| {
             backend
                 .loss(loss, batch, classes, y, pred, Some(grad), None)
                 .map(uncounted)
         })
     }
 
-    /// [`Self::backward`] with the loss computed by `loss_call(pred, probs, grad)`: `pred`
-    /// is what the loss takes (logits or probabilities), `grad` receives dLoss/dpred.
-    fn backward_with<V>(
+    /// The gradient of the loss computed by `loss_call(pred, probs, grad)` with respect to
+    /// the logits, into the workspace (where [`Self::backward_layers`] starts): `pred` is
+    /// what the loss takes (logits or probabilities), `grad` receives dLoss/dpred.
+    fn loss_gradient_with<V>(
         &mut self,
         backend: &B,
         loss: &LossConfig,
-        x: &B::Buf,
         batch: usize,
         loss_call: impl FnOnce(&B::Buf, &B::Buf, &mut B::Buf) -> Result<V>,
     ) -> Result<V> {
         let Model {
-            plan,
-            params,
-            workspace,
-            ..
+            plan, workspace, ..
         } = self;
-        let (classes, ops) = (plan.classes, &plan.ops);
+        let classes = plan.classes;
         if loss.output() != plan.output {
             return Err(Error::invalid(format!(
                 "{} trains a {} head, but this model's head is a {} (build its plan with Plan::with_output)",
@@ -388,6 +398,31 @@ impl<B: Backend> Model<B> {
             }
             value
         };
+        Ok(value)
+    }
+
+    /// Every layer's gradients from the loss gradient in the workspace, last layer first.
+    /// With `adam` (a train step), the dense kernels whose backend fuses their Adam step
+    /// into the backward pass are updated there, their gradients not stored: the returned
+    /// flags mark those parameters (the rest wait for [`Self::update_params`]).
+    fn backward_layers(
+        &mut self,
+        backend: &B,
+        x: &B::Buf,
+        batch: usize,
+        adam: Option<AdamInBackward<'_, B>>,
+    ) -> Result<Vec<bool>> {
+        let Model {
+            plan,
+            params,
+            workspace,
+            ..
+        } = self;
+        let ops = &plan.ops;
+        let ws = workspace
+            .as_mut()
+            .ok_or_else(|| Error::invalid("backward() before forward()"))?;
+        let mut updated = vec![false; params.len()];
         let (mut grad, mut next) = (&mut ws.grad_a, &mut ws.grad_b);
         // Set by a pool that already applied the ReLU mask of the layer before it.
         let mut relu_done = false;
@@ -462,20 +497,48 @@ impl<B: Backend> Model<B> {
                     }
                     let (kernel, bias) = pair_mut(params, *param);
                     let dx = if i > 0 { Some(&mut *next) } else { None };
-                    backend.dense_backward(
-                        &s,
-                        input,
-                        &kernel.value,
-                        grad,
-                        dx,
-                        &mut kernel.grad,
-                        &mut bias.grad,
-                    )?;
+                    match &adam {
+                        Some(adam) if backend.fuses_dense_adam(&s) => {
+                            let Param {
+                                value,
+                                grad: g,
+                                m,
+                                v,
+                                ..
+                            } = kernel;
+                            let kernel = Kernel {
+                                value,
+                                grad: g,
+                                m,
+                                v,
+                            };
+                            backend.dense_backward_adam(
+                                &s,
+                                input,
+                                grad,
+                                dx,
+                                kernel,
+                                &mut bias.grad,
+                                &adam.step,
+                                adam.counters,
+                            )?;
+                            updated[*param] = true;
+                        }
+                        _ => backend.dense_backward(
+                            &s,
+                            input,
+                            &kernel.value,
+                            grad,
+                            dx,
+                            &mut kernel.grad,
+                            &mut bias.grad,
+                        )?,
+                    }
                 }
             }
             std::mem::swap(&mut grad, &mut next);
         }
-        Ok(value)
+        Ok(updated)
     }
 
     /// Loss of the last forward pass against one-hot `y`, without gradients (validation).
@@ -502,16 +565,26 @@ impl<B: Backend> Model<B> {
 
     /// One Adam update of every parameter from its current gradient.
     pub fn apply_gradients(&mut self, backend: &B) -> Result<()> {
-        self.update_params(backend, None)
+        let step = self.optimizer.next_step::<B::E>();
+        self.update_params(backend, &step, None, &[])
     }
 
-    /// One Adam step of every parameter; with `counters`, the update each parameter skips
-    /// once they record a failed step ([`Backend::adam_update`]).
-    fn update_params(&mut self, backend: &B, counters: Option<&B::Counters>) -> Result<()> {
-        let step = self.optimizer.next_step::<B::E>();
-        for p in &mut self.params {
+    /// Adam step `step` of every parameter but those `done` marks (updated in the backward
+    /// pass); with `counters`, the update each parameter skips once they record a failed
+    /// step ([`Backend::adam_update`]).
+    fn update_params(
+        &mut self,
+        backend: &B,
+        step: &AdamStep<B::E>,
+        counters: Option<&B::Counters>,
+        done: &[bool],
+    ) -> Result<()> {
+        for (i, p) in self.params.iter_mut().enumerate() {
+            if done.get(i) == Some(&true) {
+                continue;
+            }
             let (len, value, m, v) = (p.spec.len(), &mut p.value, &mut p.m, &mut p.v);
-            backend.adam_update(len, &step, value, &p.grad, m, v, counters)?;
+            backend.adam_update(len, step, value, &p.grad, m, v, counters)?;
         }
         Ok(())
     }
@@ -527,11 +600,17 @@ impl<B: Backend> Model<B> {
         batch: usize,
     ) -> Result<StepOutput<B::E>> {
         self.forward(backend, x, batch)?;
-        let value = self.backward(backend, loss, x, y, batch)?;
+        let value = self.loss_gradient(backend, loss, y, batch)?;
         if !value.f64().is_finite() {
             return Err(Error::NonFinite(format!("the loss is {value}")));
         }
-        self.apply_gradients(backend)?;
+        let step = self.optimizer.next_step::<B::E>();
+        let adam = AdamInBackward {
+            step,
+            counters: None,
+        };
+        let done = self.backward_layers(backend, x, batch, Some(adam))?;
+        self.update_params(backend, &step, None, &done)?;
         Ok(StepOutput {
             loss: value,
             probs: self.probabilities(backend, batch)?,
@@ -555,7 +634,7 @@ impl<B: Backend> Model<B> {
     ) -> Result<()> {
         self.forward(backend, x, batch)?;
         let classes = self.plan.classes;
-        self.backward_with(backend, loss, x, batch, |pred, probs, grad| {
+        self.loss_gradient_with(backend, loss, batch, |pred, probs, grad| {
             let count = CountStep {
                 probs,
                 step,
@@ -563,7 +642,13 @@ impl<B: Backend> Model<B> {
             };
             backend.loss(loss, batch, classes, y, pred, Some(grad), Some(count))
         })?;
-        self.update_params(backend, Some(counters))
+        let adam_step = self.optimizer.next_step::<B::E>();
+        let adam = AdamInBackward {
+            step: adam_step,
+            counters: Some(&*counters),
+        };
+        let done = self.backward_layers(backend, x, batch, Some(adam))?;
+        self.update_params(backend, &adam_step, Some(counters), &done)
     }
 
     /// The loss of the last forward pass against one-hot `y`, added to `counters` as step
@@ -618,13 +703,21 @@ impl<B: Backend> Model<B> {
             .collect()
     }
 
-    /// Every parameter's gradient of the last `backward`, on the host.
+    /// Every parameter's gradient of the last [`Self::backward`], on the host. (A train
+    /// step's dense kernels may not store theirs: see [`Self::backward_layers`].)
     pub fn gradients(&self, backend: &B) -> Result<Vec<Vec<B::E>>> {
         self.params
             .iter()
             .map(|p| backend.read(&p.grad, p.spec.len()))
             .collect()
     }
+}
+
+/// A train step's Adam step, for the parameters updated inside the backward pass
+/// ([`Model::backward_layers`]), and the counters that gate it.
+struct AdamInBackward<'a, B: Backend> {
+    step: AdamStep<B::E>,
+    counters: Option<&'a B::Counters>,
 }
 
 /// The kernel and the bias of a layer (two neighbouring parameters), both mutable.

@@ -52,7 +52,7 @@ pub use conv2d::{Conv2dOps, ConvShape, Padding};
 pub use counters::{CounterOps, StepFailure, StepTotals};
 pub use cpu::{Bf16Unit, CpuBackend, CpuPath};
 pub use cuda::CudaBackend;
-pub use dense::{DenseOps, DenseShape};
+pub use dense::{DenseAdamOps, DenseOps, DenseShape, Kernel};
 pub use loss::LossOps;
 pub use pool::{PoolOps, PoolShape};
 pub use relu::ReluOps;
@@ -64,7 +64,16 @@ use crate::Result;
 /// type (f32 for training; the CPU backend also runs in f64 for gradient checks); `Buf` a
 /// device buffer of `E`. Implemented for every type that implements all the op traits.
 pub trait Backend:
-    Storage + Conv2dOps + PoolOps + DenseOps + ReluOps + SoftmaxOps + LossOps + AdamOps + CounterOps
+    Storage
+    + Conv2dOps
+    + PoolOps
+    + DenseOps
+    + DenseAdamOps
+    + ReluOps
+    + SoftmaxOps
+    + LossOps
+    + AdamOps
+    + CounterOps
 {
 }
 
@@ -73,6 +82,7 @@ impl<B> Backend for B where
         + Conv2dOps
         + PoolOps
         + DenseOps
+        + DenseAdamOps
         + ReluOps
         + SoftmaxOps
         + LossOps
@@ -84,8 +94,8 @@ impl<B> Backend for B where
 /// The op traits, for calling ops on a concrete backend: `use focalflow::ops::prelude::*`.
 pub mod prelude {
     pub use super::{
-        AdamOps, Backend, Conv2dOps, CounterOps, DenseOps, LossOps, PoolOps, ReluOps, SoftmaxOps,
-        Storage,
+        AdamOps, Backend, Conv2dOps, CounterOps, DenseAdamOps, DenseOps, LossOps, PoolOps, ReluOps,
+        SoftmaxOps, Storage,
     };
 }
 

@@ -37,16 +37,27 @@ impl<T: Element> AdamOps for CpuBackend<T> {
             .zip(grad[..len].par_chunks(chunk))
             .zip(m[..len].par_chunks_mut(chunk))
             .zip(v[..len].par_chunks_mut(chunk))
-            .for_each(|(((p, g), m), v)| {
-                #[cfg(target_arch = "x86_64")]
-                if crate::ops::cpu::avx512() {
-                    // SAFETY: the CPU has AVX-512F, checked just above.
-                    return unsafe { update_avx512(p, g, m, v, &s) };
-                }
-                update(p, g, m, v, &s);
-            });
+            .for_each(|(((p, g), m), v)| update_slice(p, g, m, v, &s));
         Ok(())
     }
+}
+
+/// The update of one slice of parameters, on this CPU's widest vectors: every element on
+/// its own, so any split of a buffer into slices gives the same bits (the dense layers'
+/// backward passes apply it band by band: `crate::ops::dense::DenseAdamOps`).
+pub(crate) fn update_slice<T: Element>(
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    s: &AdamStep<T>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::ops::cpu::avx512() {
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        return unsafe { update_avx512(p, g, m, v, s) };
+    }
+    update(p, g, m, v, s);
 }
 
 /// One chunk's update, element by element (the compiler vectorises the loop).

@@ -8,6 +8,8 @@
 mod cpu;
 mod cuda;
 
+pub(crate) use cpu::update_slice;
+
 use crate::Result;
 use crate::ops::CounterOps;
 use crate::profile::{Phase, Profiled, Timeline};

@@ -27,7 +27,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::DenseShape;
+use super::{DenseShape, GradientSink};
 use crate::ops::amx_tiles::{
     TileConfig, configure, load_sums, multiply_2x2, release, store_sums, transpose16, zero_sums,
 };
@@ -340,22 +340,20 @@ unsafe fn input_gradient_band(
     unsafe { release() };
 }
 
-/// `dw = x^T @ dy` (`dw` `[inputs, outputs]`) with bf16 products: rayon over bands of
-/// weight rows, each tile of dw stored once.
-pub fn weight_gradient(s: &DenseShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+/// `dw = x^T @ dy` (`dw` `[inputs, outputs]`) with bf16 products, into `sink` (stored,
+/// or applied by Adam): rayon over bands of weight rows, each tile of a band stored once.
+pub(crate) fn weight_gradient(s: &DenseShape, x: &[f32], dy: &[f32], sink: GradientSink<'_>) {
     assert!(supported(s), "AMX dense layer used where it does not apply");
     assert_eq!(x.len(), s.batch * s.inputs, "input");
     assert_eq!(dy.len(), s.batch * s.outputs, "output gradient");
-    assert_eq!(dw.len(), s.inputs * s.outputs, "kernel gradient");
+    assert_eq!(sink.len(), s.inputs * s.outputs, "kernel gradient");
     let batch = padded_batch(s);
     // SAFETY: the CPU features checked by supported().
     let pairs = unsafe { pair_rows(dy, s.batch, s.outputs, batch) };
-    dw.par_chunks_mut(BAND * s.outputs)
-        .enumerate()
-        .for_each(|(i, band)| {
-            // SAFETY: as above; `band` is dw's rows i * BAND.. (a whole number of rows).
-            unsafe { weight_gradient_band(s, x, &pairs, i * BAND, band) };
-        });
+    sink.bands(s.outputs, BAND, |n0, band| {
+        // SAFETY: as above; `band` is dw's rows n0.. (a whole number of rows).
+        unsafe { weight_gradient_band(s, x, &pairs, n0, band) };
+    });
 }
 
 /// dw's rows n0.. (as many as `band` holds, a multiple of 32): x's columns turned to bf16

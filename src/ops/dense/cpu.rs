@@ -1,8 +1,12 @@
 //! Dense layers on the CPU: three GEMMs of `gemm::cpu`, or for layers whose weights dwarf
 //! the batch the streaming AVX-512 passes of `streaming.rs`; in bf16 on a CPU with AMX, the
-//! tile passes of `amx.rs` where the shape fits.
+//! tile passes of `amx.rs` where the shape fits. The streaming and AMX passes also run the
+//! kernel's Adam step inside the backward pass (`adam.rs`).
 
-use super::{DenseOps, DenseShape, streaming};
+use super::{DenseAdamOps, DenseOps, DenseShape, GradientSink, Kernel, streaming};
+use crate::ops::adam::{AdamOps, AdamStep};
+use crate::ops::check_len;
+use crate::ops::counters::StepTotals;
 use crate::ops::cpu::{
     CpuBackend, CpuPath, add_bias_relu, add_column_sums, f32_view, f32_view_mut, is_f32,
 };
@@ -73,11 +77,9 @@ impl<T: Element> DenseOps for CpuBackend<T> {
         let dy = &dy[..s.batch * s.outputs];
         // dw[in, out] = x^T[in, batch] @ dy[batch, out]
         let (x, dw) = (&x[..s.batch * s.inputs], &mut dw[..s.inputs * s.outputs]);
-        if on_amx(self, s) {
-            #[cfg(target_arch = "x86_64")]
-            super::amx::weight_gradient(s, f32_view(x), f32_view(dy), f32_view_mut(dw));
-        } else if streams(self, s) {
-            streaming::weight_gradient(s, f32_view(x), f32_view(dy), f32_view_mut(dw));
+        if on_amx(self, s) || streams(self, s) {
+            let sink = GradientSink::Store(f32_view_mut(dw));
+            self.weight_gradient(s, f32_view(x), f32_view(dy), sink);
         } else {
             matmul(
                 dw,
@@ -87,26 +89,106 @@ impl<T: Element> DenseOps for CpuBackend<T> {
                 true,
             );
         }
+        self.bias_and_input_gradients(s, dy, &w[..s.inputs * s.outputs], dx, db);
+        Ok(())
+    }
+}
+
+impl<T: Element> DenseAdamOps for CpuBackend<T> {
+    fn fuses_dense_adam(&self, s: &DenseShape) -> bool {
+        on_amx(self, s) || streams(self, s)
+    }
+
+    fn dense_backward_adam(
+        &self,
+        s: &DenseShape,
+        x: &Vec<T>,
+        dy: &Vec<T>,
+        dx: Option<&mut Vec<T>>,
+        kernel: Kernel<'_, Vec<T>>,
+        db: &mut Vec<T>,
+        step: &AdamStep<T>,
+        counters: Option<&StepTotals>,
+    ) -> Result<()> {
+        let failed = counters.is_some_and(|c| c.failure.is_some());
+        if !self.fuses_dense_adam(s) || failed {
+            // As the default: the gradient stored, the update (or its skip) after it.
+            self.dense_backward(s, x, kernel.value, dy, dx, kernel.grad, db)?;
+            let len = s.inputs * s.outputs;
+            return self.adam_update(
+                len,
+                step,
+                kernel.value,
+                kernel.grad,
+                kernel.m,
+                kernel.v,
+                counters,
+            );
+        }
+        let (w, len) = (kernel.value, s.inputs * s.outputs);
+        let dx_len = dx.as_ref().map(|d| d.len());
+        s.check_backward(x.len(), w.len(), dy.len(), dx_len, w.len(), db.len())?;
+        check_len("first moment", kernel.m.len(), len)?;
+        check_len("second moment", kernel.v.len(), len)?;
+        let dy = &dy[..s.batch * s.outputs];
+        // The input gradient first: it reads the kernel before its update.
+        self.bias_and_input_gradients(s, dy, &w[..len], dx, db);
+        let of = |x: T| x.f64() as f32; // exact: the fused passes are f32 only
+        let sink = GradientSink::Adam {
+            w: f32_view_mut(&mut w[..len]),
+            m: f32_view_mut(&mut kernel.m[..len]),
+            v: f32_view_mut(&mut kernel.v[..len]),
+            step: AdamStep {
+                step_size: of(step.step_size),
+                one_minus_beta1: of(step.one_minus_beta1),
+                one_minus_beta2: of(step.one_minus_beta2),
+                epsilon: of(step.epsilon),
+            },
+        };
+        self.weight_gradient(s, f32_view(&x[..s.batch * s.inputs]), f32_view(dy), sink);
+        Ok(())
+    }
+}
+
+impl<T: Element> CpuBackend<T> {
+    /// `dw = x^T @ dy` into `sink` by the AMX or the streaming passes (where
+    /// [`DenseAdamOps::fuses_dense_adam`] says one applies).
+    fn weight_gradient(&self, s: &DenseShape, x: &[f32], dy: &[f32], sink: GradientSink<'_>) {
+        if on_amx(self, s) {
+            #[cfg(target_arch = "x86_64")]
+            super::amx::weight_gradient(s, x, dy, sink);
+        } else {
+            streaming::weight_gradient_into(s, x, dy, sink);
+        }
+    }
+
+    /// `db = sum_rows(dy)`, and `dx = dy @ w^T` when `dx` is given.
+    fn bias_and_input_gradients(
+        &self,
+        s: &DenseShape,
+        dy: &[T],
+        w: &[T],
+        dx: Option<&mut Vec<T>>,
+        db: &mut [T],
+    ) {
         db[..s.outputs].fill(T::zero());
         add_column_sums(dy, &mut db[..s.outputs]);
-        if let Some(dx) = dx {
-            // dx[batch, in] = dy[batch, out] @ w^T[out, in]
-            let (dx, w) = (&mut dx[..s.batch * s.inputs], &w[..s.inputs * s.outputs]);
-            if on_amx(self, s) {
-                #[cfg(target_arch = "x86_64")]
-                super::amx::input_gradient(s, f32_view(dy), f32_view(w), f32_view_mut(dx));
-            } else if streams(self, s) {
-                streaming::input_gradient(s, f32_view(dy), f32_view(w), f32_view_mut(dx));
-            } else {
-                matmul(
-                    dx,
-                    MatRef::row_major(dy, s.batch, s.outputs),
-                    MatRef::transposed(w, s.outputs, s.inputs),
-                    false,
-                    true,
-                );
-            }
+        let Some(dx) = dx else { return };
+        // dx[batch, in] = dy[batch, out] @ w^T[out, in]
+        let dx = &mut dx[..s.batch * s.inputs];
+        if on_amx(self, s) {
+            #[cfg(target_arch = "x86_64")]
+            super::amx::input_gradient(s, f32_view(dy), f32_view(w), f32_view_mut(dx));
+        } else if streams(self, s) {
+            streaming::input_gradient(s, f32_view(dy), f32_view(w), f32_view_mut(dx));
+        } else {
+            matmul(
+                dx,
+                MatRef::row_major(dy, s.batch, s.outputs),
+                MatRef::transposed(w, s.outputs, s.inputs),
+                false,
+                true,
+            );
         }
-        Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Dense layers on CUDA: launches of kernels/dense.cu's kernels (or kernels/dense_naive.cu's)
 //! through the GEMM planner (`gemm::cuda`).
 
-use super::{DenseOps, DenseShape};
+use super::{DenseAdamOps, DenseOps, DenseShape};
 use crate::Result;
 use crate::executor::DeviceBuffer;
 use crate::ops::cuda::CudaBackend;
@@ -15,6 +15,9 @@ fn dense_check(s: &DenseShape) -> Result<()> {
     int("dense kernel", (s.inputs + 1) * s.outputs)?;
     Ok(())
 }
+
+/// The gradient and the Adam step apart, as two launches each (the default).
+impl DenseAdamOps for CudaBackend {}
 
 impl DenseOps for CudaBackend {
     fn dense_forward(

@@ -6,12 +6,19 @@
 //!   in bf16 on a CPU with AMX, inputs and outputs multiples of 32 run on its tiles (`amx.rs`).
 //! - CUDA (`cuda.rs`, `kernels/dense.cu`): the tiled GEMM core of `kernels/gemm_tile.cuh`, split-K for
 //!   the long reductions; `kernels/dense_naive.cu` the reference kernels.
+//!
+//! `adam.rs`: the backward pass with the kernel's Adam step fused in, where the CPU's
+//! streaming and AMX passes apply each band of the weight gradient as it is computed.
 
+mod adam;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 mod cpu;
 mod cuda;
 pub mod streaming;
+
+pub(crate) use adam::GradientSink;
+pub use adam::{DenseAdamOps, Kernel};
 
 use crate::Result;
 use crate::ops::{Storage, check_len};

@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::DenseShape;
+use super::{DenseShape, GradientSink};
 use crate::ops::cpu::avx512;
 
 /// Output columns per block: four AVX-512 registers.
@@ -77,23 +77,25 @@ pub fn forward(s: &DenseShape, x: &[f32], w: &[f32], y: &mut [f32]) {
 
 /// `dw = x^T @ dy` (`dw` `[inputs, outputs]`): rayon over bands of weight rows.
 pub fn weight_gradient(s: &DenseShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    weight_gradient_into(s, x, dy, GradientSink::Store(dw));
+}
+
+/// [`weight_gradient`] into `sink` (stored, or applied by Adam band by band).
+pub(crate) fn weight_gradient_into(s: &DenseShape, x: &[f32], dy: &[f32], sink: GradientSink<'_>) {
     assert!(
         supported(s),
         "streaming dense layer used where it does not apply"
     );
     assert_eq!(x.len(), s.batch * s.inputs, "input");
     assert_eq!(dy.len(), s.batch * s.outputs, "output gradient");
-    assert_eq!(dw.len(), s.inputs * s.outputs, "kernel gradient");
-    let band = CHUNK_ROWS;
-    dw.par_chunks_mut(band * s.outputs)
-        .enumerate()
-        .for_each(|(i, rows)| {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as in forward; `rows` is dw's rows i * band.. (a whole number of rows).
-            unsafe {
-                avx512::gradient_rows(s, x, dy, i * band, rows)
-            };
-        });
+    assert_eq!(sink.len(), s.inputs * s.outputs, "kernel gradient");
+    sink.bands(s.outputs, CHUNK_ROWS, |k0, rows| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in forward; `rows` is dw's rows k0.. (a whole number of rows).
+        unsafe {
+            avx512::gradient_rows(s, x, dy, k0, rows)
+        };
+    });
 }
 
 /// Weight rows per task of the input gradient: 64 rows (64 KiB at 256 outputs) stay in L2
