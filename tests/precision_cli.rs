@@ -127,12 +127,16 @@ fn a_bf16_run_is_recorded_resumed_and_evaluated_as_bf16() {
 
 #[test]
 fn a_precision_the_device_lacks_is_one_line_naming_what_is_missing() {
-    // TF32 exists on NVIDIA tensor cores only.
+    // TF32 exists on NVIDIA tensor cores only; the line offers what this CPU runs instead.
     let mut args = RUN.to_vec();
     args.extend(["--precision", "tf32"]);
+    let instead = match cpu_unsupported(Precision::Bf16) {
+        None => "use --device cuda, or --precision bf16 or fp32 on the cpu",
+        Some(_) => "use --device cuda, or --precision fp32 on the cpu",
+    };
     error_line(
         &command().args(&args).output().unwrap(),
-        &["--precision tf32", "NVIDIA", "bf16"],
+        &["--precision tf32", "NVIDIA", instead],
     );
     // A CPU without AVX512_BF16 (hidden here, as if absent).
     let mut args = RUN.to_vec();
