@@ -4,6 +4,8 @@
 //! the Adam pass), in fp32 (the streaming passes) and in bf16 (AMX), counted or not; and a
 //! step after a failed one must leave every weight as it was.
 
+mod common;
+
 use focalflow::loss::LossConfig;
 use focalflow::model::{Arch, ImageShape, Layer, Model, Plan};
 use focalflow::ops::prelude::*;
@@ -33,7 +35,7 @@ fn backends(test: &str) -> Vec<(&'static str, CpuBackend<f32>)> {
             "bf16",
             CpuBackend::<f32>::new().with_precision(Precision::Bf16),
         )),
-        Some(why) => println!("SKIPPED {test} (bf16): {why}"),
+        Some(why) => common::skipped(&format!("{test} (bf16): {why}")),
     }
     let plan = plan();
     let Some(Layer::Dense { shape, .. }) =
@@ -45,7 +47,9 @@ fn backends(test: &str) -> Vec<(&'static str, CpuBackend<f32>)> {
     all.retain(|(name, b)| {
         let fused = b.fuses_dense_adam(&s);
         if !fused {
-            println!("SKIPPED {test} ({name}): this CPU's dense passes do not fuse Adam");
+            common::skipped(&format!(
+                "{test} ({name}): this CPU's dense passes do not fuse Adam"
+            ));
         }
         fused
     });

@@ -3,6 +3,8 @@
 //! the pool's windows) train exactly as the unfused ops: the same losses, gradients and
 //! weights, bit for bit, step after step, in fp32 and in bf16.
 
+mod common;
+
 use focalflow::loss::LossConfig;
 use focalflow::model::{Arch, ImageShape, Model, Plan};
 use focalflow::ops::prelude::*;
@@ -32,7 +34,9 @@ fn skipped(test: &str) -> bool {
     if b.fuses_conv_relu_pool(&conv, &pool) {
         return false;
     }
-    println!("SKIPPED {test}: this CPU runs no fused block (no AVX-512)");
+    common::skipped(&format!(
+        "{test}: this CPU runs no fused block (no AVX-512)"
+    ));
     true
 }
 
@@ -121,9 +125,9 @@ fn fused_blocks_train_exactly_as_the_unfused_ops() {
             "bf16",
             CpuBackend::<f32>::new().with_precision(Precision::Bf16),
         )),
-        Some(why) => {
-            println!("SKIPPED fused_blocks_train_exactly_as_the_unfused_ops (bf16): {why}")
-        }
+        Some(why) => common::skipped(&format!(
+            "fused_blocks_train_exactly_as_the_unfused_ops (bf16): {why}"
+        )),
     }
     for (name, b) in &backends {
         // Which blocks fuse: the first (direct) and the 16-channel ones (Winograd); the

@@ -7,7 +7,8 @@
 //! Without libjpeg in the build the exact test prints `SKIPPED` and passes, unless
 //! `FOCALFLOW_LIBJPEG=require` (as in CI), where it fails.
 
-use std::io::Write as _;
+mod common;
+
 use std::path::PathBuf;
 
 use focalflow::data::decode::{Skip, decode_jpeg_with_zune, decode_rgb8};
@@ -71,11 +72,7 @@ fn libjpeg_built() -> bool {
         "FOCALFLOW_LIBJPEG=require, but this build has no libjpeg ({})",
         libjpeg::jpeg_decoder()
     );
-    // Straight to the stderr handle: the test harness captures eprintln!.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED (built without libjpeg-turbo): jpeg_decoding: the decode is zune-jpeg's"
-    );
+    common::skipped("(built without libjpeg-turbo): jpeg_decoding: the decode is zune-jpeg's");
     false
 }
 

@@ -1208,7 +1208,7 @@ fn cpu_f32_im2col(t: impl OpTest, _test: &str) {
 /// without AVX512_BF16.
 fn cpu_bf16(t: impl OpTest, test: &str) {
     if let Some(why) = focalflow::precision::cpu_unsupported(Precision::Bf16) {
-        println!("SKIPPED {test}: {why}");
+        common::skipped(&format!("{test}: {why}"));
         return;
     }
     t.run(&CpuBackend::<f32>::new().with_precision(Precision::Bf16));
@@ -1217,7 +1217,7 @@ fn cpu_bf16(t: impl OpTest, test: &str) {
 /// the default: both units are tested on a CPU with AMX.
 fn cpu_bf16_avx512(t: impl OpTest, test: &str) {
     if let Some(why) = focalflow::precision::cpu_unsupported(Precision::Bf16) {
-        println!("SKIPPED {test}: {why}");
+        common::skipped(&format!("{test}: {why}"));
         return;
     }
     let b = CpuBackend::<f32>::new().with_precision(Precision::Bf16);
@@ -1388,10 +1388,7 @@ fn winograd_error_against_f64() {
             padding: Padding::Valid,
         };
         if !focalflow::ops::conv2d::winograd::supported(&s) {
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED winograd_error_against_f64: no AVX-512"
-            );
+            common::skipped("winograd_error_against_f64: no AVX-512");
             return;
         }
         let (x, w, dy) = (
@@ -1438,10 +1435,9 @@ fn winograd_error_against_f64() {
         ];
         for (name, path, precision) in targets {
             if precision == Precision::Bf16 && !bf16 {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED winograd_error_against_f64 ({name}): no AVX512_BF16"
-                );
+                common::skipped(&format!(
+                    "winograd_error_against_f64 ({name}): no AVX512_BF16"
+                ));
                 continue;
             }
             let b = CpuBackend::<f32>::with_path(path).with_precision(precision);

@@ -53,7 +53,9 @@ fn error_line(out: &std::process::Output, words: &[&str]) {
 #[test]
 fn a_bf16_run_is_recorded_resumed_and_evaluated_as_bf16() {
     if let Some(why) = cpu_unsupported(Precision::Bf16) {
-        println!("SKIPPED a_bf16_run_is_recorded_resumed_and_evaluated_as_bf16: {why}");
+        common::skipped(&format!(
+            "a_bf16_run_is_recorded_resumed_and_evaluated_as_bf16: {why}"
+        ));
         return;
     }
     let dir = TempDir::new("precision-run");
@@ -260,7 +262,7 @@ fn bench_and_info_state_the_precision() {
         "{cpu}"
     );
     if cpu_unsupported(Precision::Bf16).is_some() {
-        println!("SKIPPED bench_and_info_state_the_precision (bench in bf16): no AVX512_BF16");
+        common::skipped("bench_and_info_state_the_precision (bench in bf16): no AVX512_BF16");
         return;
     }
     let out = run_ok(&[

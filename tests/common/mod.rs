@@ -61,6 +61,13 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Says that `what` was skipped and why, as a `SKIPPED {what}` line written straight to the
+/// stderr handle, which the harness does not capture (it captures `println!` and
+/// `eprintln!`): a skip is seen in every run, passing or not.
+pub fn skipped(what: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {what}");
+}
+
 /// The GPU resource in `cell`, made once by `init`. Where `init` fails (no GPU, no driver)
 /// the test is skipped visibly: `None` after a `SKIPPED (no GPU): {test}: {reason}` line
 /// written straight to the stderr handle (the harness captures `eprintln!`); with
@@ -76,7 +83,7 @@ pub fn gpu_or_skip<T>(
             if std::env::var("FOCALFLOW_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("FOCALFLOW_REQUIRE_GPU=1 but the GPU is unavailable: {reason}");
             }
-            let _ = writeln!(std::io::stderr(), "SKIPPED (no GPU): {test}: {reason}");
+            skipped(&format!("(no GPU): {test}: {reason}"));
             None
         }
     }
