@@ -104,6 +104,103 @@ mod units {
         }
     }
 
+    /// Seconds for `n` rounds of 4 `TDPBF16PS` whose operands are loaded each round, as the
+    /// convolutions' and dense layers' loops load them, in `shape` (first operands x second
+    /// ones: 2x2, 1x4 or 4x1, the repeated kind loaded into tiles in turn). Each operand kind
+    /// comes from L1 (the same few KiB every round) or from L2 (`far`: the rounds walk
+    /// through 512 KiB); every tile row starts `misaligned` bytes past a cache line (0, or 16
+    /// as in a buffer straight from the heap, whose rows then straddle two lines).
+    ///
+    /// # Safety
+    /// AMX-BF16 usable.
+    unsafe fn tdpbf16_loaded(
+        n: usize,
+        shape: (usize, usize),
+        far: (bool, bool),
+        misaligned: usize,
+    ) -> f64 {
+        let mut cfg = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            bytes_per_row: [0; 16],
+            rows: [0; 16],
+        };
+        for t in 0..8 {
+            cfg.bytes_per_row[t] = 64;
+            cfg.rows[t] = 16;
+        }
+        const BLOCK: usize = 16 * 32;
+        const FAR: usize = 512;
+        // Near blocks 0..8 (first operands 0..4, second 4..8), far ones from 8 on.
+        let ones = vec![0x3f80u16; (8 + 2 * FAR + 9) * BLOCK];
+        let p = ones.as_ptr();
+        let (p, s) = (p.wrapping_add(p.align_offset(64) + misaligned / 2), 64usize);
+        let mut at = 0;
+        // SAFETY: tiles 0-7 configured; every block read lies inside `ones`.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly));
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            let start = Instant::now();
+            for _ in 0..n {
+                at = (at + 8) % (2 * FAR);
+                let a = |i: usize| p.wrapping_add(if far.0 { 8 + at + i } else { i } * BLOCK);
+                let b = |j: usize| p.wrapping_add(if far.1 { 12 + at + j } else { 4 + j } * BLOCK);
+                match shape {
+                    (2, 2) => asm!(
+                        "tileloadd tmm6, [{b0}+{s}*1]",
+                        "tileloadd tmm4, [{a0}+{s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tileloadd tmm7, [{b1}+{s}*1]",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tileloadd tmm5, [{a1}+{s}*1]",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a(0), a1 = in(reg) a(1), b0 = in(reg) b(0), b1 = in(reg) b(1),
+                        s = in(reg) s, options(nostack, readonly)
+                    ),
+                    (1, 4) => asm!(
+                        "tileloadd tmm4, [{a0}+{s}*1]",
+                        "tileloadd tmm5, [{b0}+{s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm5",
+                        "tileloadd tmm6, [{b1}+{s}*1]",
+                        "tdpbf16ps tmm1, tmm4, tmm6",
+                        "tileloadd tmm7, [{b2}+{s}*1]",
+                        "tdpbf16ps tmm2, tmm4, tmm7",
+                        "tileloadd tmm5, [{b3}+{s}*1]",
+                        "tdpbf16ps tmm3, tmm4, tmm5",
+                        a0 = in(reg) a(0), b0 = in(reg) b(0), b1 = in(reg) b(1),
+                        b2 = in(reg) b(2), b3 = in(reg) b(3),
+                        s = in(reg) s, options(nostack, readonly)
+                    ),
+                    _ => asm!(
+                        "tileloadd tmm6, [{b0}+{s}*1]",
+                        "tileloadd tmm4, [{a0}+{s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tileloadd tmm5, [{a1}+{s}*1]",
+                        "tdpbf16ps tmm1, tmm5, tmm6",
+                        "tileloadd tmm4, [{a2}+{s}*1]",
+                        "tdpbf16ps tmm2, tmm4, tmm6",
+                        "tileloadd tmm5, [{a3}+{s}*1]",
+                        "tdpbf16ps tmm3, tmm5, tmm6",
+                        a0 = in(reg) a(0), a1 = in(reg) a(1), a2 = in(reg) a(2),
+                        a3 = in(reg) a(3), b0 = in(reg) b(0),
+                        s = in(reg) s, options(nostack, readonly)
+                    ),
+                }
+            }
+            let secs = start.elapsed().as_secs_f64();
+            asm!("tilerelease", options(nostack, nomem));
+            secs
+        }
+    }
+
     pub fn run() {
         use focalflow::precision::cpu_has;
         if !cpu_has("avx512f") {
@@ -140,6 +237,30 @@ mod units {
                 s * 1e9 / (n * 4) as f64,
                 gmac / fma_gmac
             );
+            let n = n / 4;
+            for (shape, misaligned) in [((2, 2), 0), ((1, 4), 0), ((4, 1), 0), ((2, 2), 16)] {
+                let line: Vec<String> =
+                    [(false, false), (true, false), (false, true), (true, true)]
+                        .into_iter()
+                        .map(|far| {
+                            // SAFETY: as above.
+                            let s = unsafe { tdpbf16_loaded(n, shape, far, misaligned) };
+                            let level = |f: bool| if f { "L2" } else { "L1" };
+                            format!(
+                                "{}/{} {:.2}",
+                                level(far.0),
+                                level(far.1),
+                                s * 1e9 / (n * 4) as f64
+                            )
+                        })
+                        .collect();
+                println!(
+                    "TDPBF16PS with tile loads, {}x{}, rows {misaligned} bytes off a line (first/second from): {} ns per product",
+                    shape.0,
+                    shape.1,
+                    line.join(", ")
+                );
+            }
         } else {
             println!("TDPBF16PS: not timed (no usable AMX)");
         }
