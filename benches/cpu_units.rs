@@ -58,12 +58,8 @@ mod units {
         rows: [u8; 16],
     }
 
-    /// Seconds for `n` rounds of 4 independent `TDPBF16PS` (16x32 by 32x16 bf16 into 16x16
-    /// f32 each).
-    ///
-    /// # Safety
-    /// AMX-BF16 usable (`focalflow::precision::cpu_has("amx-bf16")` asked Linux for it).
-    unsafe fn tdpbf16(n: usize) -> f64 {
+    /// Tiles `0..count` configured as 16 rows of 64 bytes.
+    fn full_tiles(count: usize) -> TileConfig {
         let mut cfg = TileConfig {
             palette: 1,
             start_row: 0,
@@ -71,10 +67,18 @@ mod units {
             bytes_per_row: [0; 16],
             rows: [0; 16],
         };
-        for t in 0..6 {
-            cfg.bytes_per_row[t] = 64;
-            cfg.rows[t] = 16;
-        }
+        cfg.bytes_per_row[..count].fill(64);
+        cfg.rows[..count].fill(16);
+        cfg
+    }
+
+    /// Seconds for `n` rounds of 4 independent `TDPBF16PS` (16x32 by 32x16 bf16 into 16x16
+    /// f32 each).
+    ///
+    /// # Safety
+    /// AMX-BF16 usable (`focalflow::precision::cpu_has("amx-bf16")` asked Linux for it).
+    unsafe fn tdpbf16(n: usize) -> f64 {
+        let cfg = full_tiles(6);
         let ones = vec![0x3f80u16; 16 * 32];
         // SAFETY: tiles 0-5 configured above, 16 rows of 64 bytes read from `ones`.
         unsafe {
@@ -119,17 +123,7 @@ mod units {
         far: (bool, bool),
         misaligned: usize,
     ) -> f64 {
-        let mut cfg = TileConfig {
-            palette: 1,
-            start_row: 0,
-            reserved: [0; 14],
-            bytes_per_row: [0; 16],
-            rows: [0; 16],
-        };
-        for t in 0..8 {
-            cfg.bytes_per_row[t] = 64;
-            cfg.rows[t] = 16;
-        }
+        let cfg = full_tiles(8);
         const BLOCK: usize = 16 * 32;
         const FAR: usize = 512;
         // Near blocks 0..8 (first operands 0..4, second 4..8), far ones from 8 on.

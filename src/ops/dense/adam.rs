@@ -49,18 +49,35 @@ pub trait DenseAdamOps: DenseOps + AdamOps {
         step: &AdamStep<Self::E>,
         counters: Option<&Self::Counters>,
     ) -> Result<()> {
-        self.dense_backward(s, x, kernel.value, dy, dx, kernel.grad, db)?;
-        let len = s.inputs * s.outputs;
-        self.adam_update(
-            len,
-            step,
-            kernel.value,
-            kernel.grad,
-            kernel.m,
-            kernel.v,
-            counters,
-        )
+        backward_then_adam(self, s, x, dy, dx, kernel, db, step, counters)
     }
+}
+
+/// The unfused [`DenseAdamOps::dense_backward_adam`]: the gradient stored by
+/// [`DenseOps::dense_backward`], then [`AdamOps::adam_update`] (or its skip).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_then_adam<B: DenseOps + AdamOps + ?Sized>(
+    backend: &B,
+    s: &DenseShape,
+    x: &B::Buf,
+    dy: &B::Buf,
+    dx: Option<&mut B::Buf>,
+    kernel: Kernel<'_, B::Buf>,
+    db: &mut B::Buf,
+    step: &AdamStep<B::E>,
+    counters: Option<&B::Counters>,
+) -> Result<()> {
+    backend.dense_backward(s, x, kernel.value, dy, dx, kernel.grad, db)?;
+    let len = s.inputs * s.outputs;
+    backend.adam_update(
+        len,
+        step,
+        kernel.value,
+        kernel.grad,
+        kernel.m,
+        kernel.v,
+        counters,
+    )
 }
 
 /// Under `--profile`: the fused pass is timed as backward (the kernel's update with it).

@@ -3,8 +3,10 @@
 //! tile passes of `amx.rs` where the shape fits. The streaming and AMX passes also run the
 //! kernel's Adam step inside the backward pass (`adam.rs`).
 
-use super::{DenseAdamOps, DenseOps, DenseShape, GradientSink, Kernel, streaming};
-use crate::ops::adam::{AdamOps, AdamStep};
+use super::{
+    DenseAdamOps, DenseOps, DenseShape, GradientSink, Kernel, backward_then_adam, streaming,
+};
+use crate::ops::adam::AdamStep;
 use crate::ops::check_len;
 use crate::ops::counters::StepTotals;
 use crate::ops::cpu::{
@@ -112,18 +114,7 @@ impl<T: Element> DenseAdamOps for CpuBackend<T> {
     ) -> Result<()> {
         let failed = counters.is_some_and(|c| c.failure.is_some());
         if !self.fuses_dense_adam(s) || failed {
-            // As the default: the gradient stored, the update (or its skip) after it.
-            self.dense_backward(s, x, kernel.value, dy, dx, kernel.grad, db)?;
-            let len = s.inputs * s.outputs;
-            return self.adam_update(
-                len,
-                step,
-                kernel.value,
-                kernel.grad,
-                kernel.m,
-                kernel.v,
-                counters,
-            );
+            return backward_then_adam(self, s, x, dy, dx, kernel, db, step, counters);
         }
         let (w, len) = (kernel.value, s.inputs * s.outputs);
         let dx_len = dx.as_ref().map(|d| d.len());

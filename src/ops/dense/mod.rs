@@ -17,8 +17,8 @@ mod cpu;
 mod cuda;
 pub mod streaming;
 
-pub(crate) use adam::GradientSink;
 pub use adam::{DenseAdamOps, Kernel};
+pub(crate) use adam::{GradientSink, backward_then_adam};
 
 use crate::Result;
 use crate::ops::{Storage, check_len};
