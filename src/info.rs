@@ -102,7 +102,15 @@ pub fn info_report() -> String {
 
     // ---- executors -------------------------------------------------------------------------
     let _ = writeln!(s, "\nExecutors");
-    let _ = writeln!(s, "  cpu            available; {}", precisions_line(false));
+    let cpu_paths = match crate::ops::CpuPath::from_env() {
+        Ok(path) => path.describe(),
+        Err(e) => e.to_string(),
+    };
+    let _ = writeln!(
+        s,
+        "  cpu            available; paths: {cpu_paths}; {}",
+        precisions_line(false)
+    );
     let emu = if BUILD.emulator {
         match EmuOptions::from_env().and_then(executor::EmuExecutor::new) {
             Ok(e) => format!("available: {}", e.describe()),

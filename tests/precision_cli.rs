@@ -252,6 +252,23 @@ fn bench_and_info_state_the_precision() {
         .find(|l| l.trim_start().starts_with("cpu "))
         .unwrap();
     assert!(cpu.contains("precisions: fp32"), "{cpu}");
+    // The paths it names follow the CPU's features.
+    let winograd = "Winograd 3x3 layers";
+    assert_eq!(
+        cpu.contains(winograd),
+        focalflow::precision::cpu_has("avx512f"),
+        "{cpu}"
+    );
+    let hidden = command()
+        .arg("info")
+        .env(CPU_HIDE_ENV, "avx512f")
+        .output()
+        .unwrap();
+    let hidden = text(&hidden.stdout);
+    assert!(
+        hidden.contains("paths: im2col + GEMM and GEMM for every layer: no AVX-512F here"),
+        "{hidden}"
+    );
     assert!(
         cpu.contains("not tf32: TF32 is a format of NVIDIA"),
         "{cpu}"

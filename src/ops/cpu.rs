@@ -32,6 +32,22 @@ pub enum CpuPath {
 }
 
 impl CpuPath {
+    /// What this path runs on this CPU, for `focalflow info` (`focalflow bench` names each
+    /// layer's path).
+    pub fn describe(self) -> String {
+        match self {
+            CpuPath::Reference => {
+                "im2col + GEMM and GEMM for every layer (FOCALFLOW_CPU_PATH=reference)".into()
+            }
+            CpuPath::Auto if avx512() => "direct 3x3 first layers, Winograd 3x3 layers, \
+                                          streaming dense layers (AVX-512), GEMM for the rest"
+                .into(),
+            CpuPath::Auto => "im2col + GEMM and GEMM for every layer: no AVX-512F here, which \
+                              the direct, Winograd and streaming paths need"
+                .into(),
+        }
+    }
+
     /// `FOCALFLOW_CPU_PATH`: `auto` (the default) or `reference` (im2col + GEMM and GEMM for
     /// every convolution and dense layer: the plain reference path, for comparisons).
     pub fn from_env() -> crate::Result<CpuPath> {
