@@ -499,18 +499,11 @@ impl<B: Backend> Model<B> {
                     let dx = if i > 0 { Some(&mut *next) } else { None };
                     match &adam {
                         Some(adam) if backend.fuses_dense_adam(&s) => {
-                            let Param {
-                                value,
-                                grad: g,
-                                m,
-                                v,
-                                ..
-                            } = kernel;
                             let kernel = Kernel {
-                                value,
-                                grad: g,
-                                m,
-                                v,
+                                value: &mut kernel.value,
+                                grad: &mut kernel.grad,
+                                m: &mut kernel.m,
+                                v: &mut kernel.v,
                             };
                             backend.dense_backward_adam(
                                 &s,
@@ -569,6 +562,22 @@ impl<B: Backend> Model<B> {
         self.update_params(backend, &step, None, &[])
     }
 
+    /// A train step's backward pass and Adam step, from the loss gradient in the workspace:
+    /// the parameters the backend updates inside the backward pass there, the rest after
+    /// it; with `counters`, gated as [`Backend::adam_update`] gates them.
+    fn backward_and_update(
+        &mut self,
+        backend: &B,
+        x: &B::Buf,
+        batch: usize,
+        counters: Option<&B::Counters>,
+    ) -> Result<()> {
+        let step = self.optimizer.next_step::<B::E>();
+        let adam = AdamInBackward { step, counters };
+        let done = self.backward_layers(backend, x, batch, Some(adam))?;
+        self.update_params(backend, &step, counters, &done)
+    }
+
     /// Adam step `step` of every parameter but those `done` marks (updated in the backward
     /// pass); with `counters`, the update each parameter skips once they record a failed
     /// step ([`Backend::adam_update`]).
@@ -604,13 +613,7 @@ impl<B: Backend> Model<B> {
         if !value.f64().is_finite() {
             return Err(Error::NonFinite(format!("the loss is {value}")));
         }
-        let step = self.optimizer.next_step::<B::E>();
-        let adam = AdamInBackward {
-            step,
-            counters: None,
-        };
-        let done = self.backward_layers(backend, x, batch, Some(adam))?;
-        self.update_params(backend, &step, None, &done)?;
+        self.backward_and_update(backend, x, batch, None)?;
         Ok(StepOutput {
             loss: value,
             probs: self.probabilities(backend, batch)?,
@@ -642,13 +645,7 @@ impl<B: Backend> Model<B> {
             };
             backend.loss(loss, batch, classes, y, pred, Some(grad), Some(count))
         })?;
-        let adam_step = self.optimizer.next_step::<B::E>();
-        let adam = AdamInBackward {
-            step: adam_step,
-            counters: Some(&*counters),
-        };
-        let done = self.backward_layers(backend, x, batch, Some(adam))?;
-        self.update_params(backend, &adam_step, Some(counters), &done)
+        self.backward_and_update(backend, x, batch, Some(counters))
     }
 
     /// The loss of the last forward pass against one-hot `y`, added to `counters` as step
